@@ -1,0 +1,58 @@
+/* Included first thing by every probe family: the target filter. Userspace writes the single
+ * entry of `sidecar_target` (and rewrites it when the target restarts in a new cgroup). */
+#ifndef SIDECAR_BPF_H
+#define SIDECAR_BPF_H
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include "sidecar.h"
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct sidecar_target);
+} sidecar_target SEC(".maps");
+
+static __always_inline int sidecar_in_target(void)
+{
+	__u32 zero = 0;
+	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+
+	if (!t)
+		return 0;
+	if (t->mode == SIDECAR_FILTER_CGROUP)
+		return bpf_get_current_cgroup_id() == t->cgroup_id;
+	if (t->mode == SIDECAR_FILTER_PIDNS) {
+		struct bpf_pidns_info ns = {};
+
+		if (bpf_get_ns_current_pid_tgid(t->pidns_dev, t->pidns_ino, &ns, sizeof(ns)))
+			return 0;
+		return ns.tgid != t->self_tgid;
+	}
+	return 0;
+}
+
+/* Index of the log2 bucket for a duration in ns (0 for 0 and 1). */
+static __always_inline __u32 sidecar_log2(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+static __always_inline __u32 sidecar_hist_bucket(__u64 ns)
+{
+	__u32 b = sidecar_log2(ns);
+
+	return b < SIDECAR_HIST_BUCKETS ? b : SIDECAR_HIST_BUCKETS - 1;
+}
+
+#endif

@@ -1,0 +1,69 @@
+/* Structs shared by the kernel programs and userspace (mirrored in sidecar-ebpf/src/lib.rs, whose
+ * compile-time asserts pin every size and offset). Fixed-width fields, explicit padding: the Rust
+ * side reads these as plain bytes. */
+#ifndef SIDECAR_H
+#define SIDECAR_H
+
+#define SIDECAR_COMM_LEN 16
+/* Syscall numbers at or above this are counted in the last slot ("other"). */
+#define SIDECAR_SYSCALL_SLOTS 512
+/* log2 buckets of nanoseconds: bucket b holds durations in [2^b, 2^(b+1)) ns; the last bucket
+ * holds everything longer. */
+#define SIDECAR_HIST_BUCKETS 40
+
+/* How programs decide whether the current task belongs to the target. */
+enum sidecar_filter_mode {
+	SIDECAR_FILTER_NONE = 0,   /* target is down: count nothing */
+	SIDECAR_FILTER_CGROUP = 1, /* cgroup v2 id equals cgroup_id */
+	SIDECAR_FILTER_PIDNS = 2,  /* task is in pid namespace (pidns_dev, pidns_ino), minus self_tgid */
+};
+
+struct sidecar_target {
+	__u64 cgroup_id;
+	__u64 pidns_dev;
+	__u64 pidns_ino;
+	__u32 mode;
+	__u32 self_tgid; /* the sidecar's own tgid as seen in that pid namespace (PIDNS mode) */
+};
+
+/* syscalls: one per syscall number, per CPU. */
+struct syscall_stats {
+	__u64 calls;
+	__u64 time_ns;
+	__u64 hist[SIDECAR_HIST_BUCKETS];
+};
+
+struct syscall_error_key {
+	__u32 nr;
+	__u32 err; /* positive errno */
+};
+
+/* process */
+struct comm_key {
+	char comm[SIDECAR_COMM_LEN];
+};
+
+struct exit_key {
+	char comm[SIDECAR_COMM_LEN];
+	__u32 code;   /* exit status (0..255) when the process exited normally */
+	__u32 signal; /* terminating signal, 0 when it exited normally */
+};
+
+enum process_counter {
+	PROCESS_FORKS = 0,       /* new processes (clone without CLONE_THREAD) */
+	PROCESS_THREADS = 1,     /* new threads */
+	PROCESS_OOM_KILLS = 2,   /* processes that died as OOM victims */
+	PROCESS_LOST_EXECS = 3,  /* exec keys that did not fit the map */
+	PROCESS_LOST_EXITS = 4,  /* exit keys that did not fit the map */
+	PROCESS_EXITS = 5,       /* all process exits (including those lost above) */
+	PROCESS_EXECS = 6,       /* all execs (including those lost above) */
+	PROCESS_COUNTERS = 8,
+};
+
+enum syscalls_counter {
+	SYSCALLS_LOST_STARTS = 0, /* in-flight table full: the call's duration was not measured */
+	SYSCALLS_LOST_ERRORS = 1, /* error table full */
+	SYSCALLS_COUNTERS = 4,
+};
+
+#endif

@@ -1,0 +1,375 @@
+//! Wiring: resolve the target, load and attach probes, drop privileges, serve, follow the target.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::export::{self, ProbeStatus, Shared, TargetState};
+use crate::probes::{self, Options, Probe};
+use crate::target::{self, Cgroup2Mount, RunCgroup, TargetSpec};
+
+/// What to monitor, as the user said it.
+#[derive(Clone, Debug)]
+pub enum Choice {
+    Sidecar,
+    Pid(u32),
+    Container(String),
+    Run {
+        cmd: Vec<OsString>,
+        metrics_out: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub choice: Choice,
+    pub listen: SocketAddr,
+    pub probes: Vec<String>,
+    pub bpf_stats: bool,
+    pub options: Options,
+    pub resolve_interval: Duration,
+    pub extra_labels: Vec<(String, String)>,
+}
+
+/// Errors before serving starts are the user's to fix: they exit with status 2.
+#[derive(Debug)]
+pub struct StartError(pub anyhow::Error);
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:#}", self.0)
+    }
+}
+
+impl std::error::Error for StartError {}
+
+fn start<T>(r: Result<T>) -> Result<T> {
+    r.map_err(|e| anyhow::Error::new(StartError(e)))
+}
+
+/// Run until stopped (or, for `run`, until the command exits). Returns the process exit status.
+pub fn run(cfg: Config) -> Result<i32> {
+    for p in &cfg.probes {
+        if probes::family(p).is_none() {
+            let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
+            return start(Err(anyhow::anyhow!(
+                "unknown probe family {p:?} in --probes (known: {})",
+                known.join(",")
+            )));
+        }
+    }
+    let listener = start(std::net::TcpListener::bind(cfg.listen).with_context(|| {
+        format!(
+            "cannot listen on {} (is another program using that port? choose one with --listen)",
+            cfg.listen
+        )
+    }))?;
+    listener.set_nonblocking(true)?;
+    start(crate::caps::check(!cfg.probes.is_empty(), cfg.bpf_stats).map_err(anyhow::Error::from))?;
+    raise_memlock();
+    let _stats_fd = if cfg.bpf_stats {
+        Some(start(
+            aya::sys::enable_stats(aya::sys::Stats::RunTime)
+                .context("enabling bpf_stats (BPF_ENABLE_STATS)"),
+        )?)
+    } else {
+        None
+    };
+
+    let mount = target::cgroup::cgroup2_mount();
+    let (spec, run_cmd) = match &cfg.choice {
+        Choice::Sidecar => (TargetSpec::Sidecar, None),
+        Choice::Pid(p) => (TargetSpec::Pid(*p), None),
+        Choice::Container(c) => (TargetSpec::Container(c.clone()), None),
+        Choice::Run { cmd, metrics_out } => {
+            let m = start(
+                mount
+                    .as_ref()
+                    .map_err(|e| anyhow::anyhow!("run needs cgroup v2: {e}")),
+            )?;
+            let cg = start(RunCgroup::create(m).map_err(anyhow::Error::from))?;
+            (
+                TargetSpec::Run(Arc::new(cg)),
+                Some((cmd.clone(), metrics_out.clone())),
+            )
+        }
+    };
+    let mount: Option<Cgroup2Mount> = match mount {
+        Ok(m) => Some(m),
+        Err(e) => {
+            tracing::warn!("{e}");
+            None
+        }
+    };
+    let initial = match target::resolve(&spec, mount.as_ref()) {
+        Ok(Some(t)) => Some(t),
+        Ok(None) if matches!(spec, TargetSpec::Pid(_)) => {
+            return start(Err(target::TargetError::NoSuchPid(match spec {
+                TargetSpec::Pid(p) => p,
+                _ => 0,
+            })
+            .into()));
+        }
+        Ok(None) => {
+            tracing::warn!(
+                "target is not running yet; serving with ebpf_sidecar_target_up 0 until it starts"
+            );
+            None
+        }
+        Err(e) => return start(Err(e.into())),
+    };
+    if let Some(t) = &initial {
+        tracing::info!(
+            mode = spec.mode(),
+            filter = t.filter.name(),
+            cgroup = t.cgroup_path.as_deref().unwrap_or("-"),
+            cgroup_id = t.cgroup_id().unwrap_or(0),
+            "target resolved"
+        );
+    }
+
+    let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
+    let mut statuses = Vec::new();
+    for name in &cfg.probes {
+        let fam = probes::family(name).expect("validated above");
+        let t0 = Instant::now();
+        match (fam.load)(&cfg.options) {
+            Ok(p) => {
+                tracing::info!(
+                    probe = fam.name,
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "probe attached"
+                );
+                statuses.push(ProbeStatus {
+                    name: fam.name,
+                    error: None,
+                });
+                loaded.push(p);
+            }
+            Err(e) => {
+                tracing::error!(probe = fam.name, "probe skipped: {e}");
+                statuses.push(ProbeStatus {
+                    name: fam.name,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
+    let kernel_target = initial
+        .as_ref()
+        .map(|t| t.filter.to_kernel())
+        .unwrap_or_default();
+    for p in &loaded {
+        start(
+            p.object()
+                .set_target(&kernel_target)
+                .map_err(anyhow::Error::from),
+        )?;
+    }
+
+    // The command starts only now, with every probe attached, so nothing it does is missed.
+    let child = match &run_cmd {
+        Some((cmd, _)) => {
+            let TargetSpec::Run(cg) = &spec else {
+                unreachable!()
+            };
+            Some(start(spawn_in_cgroup(cmd, cg))?)
+        }
+        None => None,
+    };
+
+    let mut keep = crate::caps::needed_after_attach();
+    if child.is_some() {
+        // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
+        keep.insert(caps::Capability::CAP_DAC_OVERRIDE);
+    }
+    if let Err(e) = crate::caps::drop_all_except(&keep) {
+        tracing::warn!("could not drop capabilities: {e}");
+    }
+
+    let shared = Arc::new(Shared {
+        probes: loaded,
+        statuses,
+        target: RwLock::new(TargetState {
+            mode: spec.mode(),
+            generation: u64::from(initial.is_some()),
+            current: initial,
+        }),
+        options: cfg.options.clone(),
+        bpf_stats: cfg.bpf_stats,
+        extra_labels: cfg.extra_labels.clone(),
+        started: Instant::now(),
+    });
+    let registry = Arc::new(export::registry(shared.clone()));
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        tracing::info!("serving on http://{}/metrics", listener.local_addr()?);
+        let app = export::server::App {
+            registry: registry.clone(),
+            shared: shared.clone(),
+        };
+        let server =
+            tokio::spawn(async move { axum::serve(listener, export::server::router(app)).await });
+
+        if let (Some(mut child), Some((_, metrics_out))) = (child, run_cmd) {
+            let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+            let code = status
+                .code()
+                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            if let Some(path) = metrics_out {
+                let (_, text) = export::render(&registry, None)
+                    .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
+                write_atomically(&path, text.as_bytes())
+                    .with_context(|| format!("writing --metrics-out {}", path.display()))?;
+            }
+            server.abort();
+            return Ok(code);
+        }
+
+        if !matches!(spec, TargetSpec::Run(_)) {
+            let (spec, mount, shared, every) = (
+                spec.clone(),
+                mount.clone(),
+                shared.clone(),
+                cfg.resolve_interval,
+            );
+            std::thread::Builder::new()
+                .name("target-watch".into())
+                .spawn(move || watch(spec, mount, shared, every))?;
+        }
+        tokio::select! {
+            r = server => { r??; }
+            _ = shutdown_signal() => { tracing::info!("shutting down"); }
+        }
+        Ok(0)
+    })
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Follow the target: when it goes away, stop counting and report it down; when it comes back
+/// (a restarted container lives in a new cgroup), point the kernel filter at it again.
+fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, every: Duration) {
+    loop {
+        std::thread::sleep(every);
+        let now = match target::resolve(&spec, mount.as_ref()) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!("target lookup failed: {e}");
+                None
+            }
+        };
+        let before = shared
+            .target
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .current
+            .clone();
+        if before.as_ref().map(|t| t.filter) == now.as_ref().map(|t| t.filter) {
+            if before != now {
+                shared
+                    .target
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .current = now;
+            }
+            continue;
+        }
+        let kernel = now
+            .as_ref()
+            .map(|t| t.filter.to_kernel())
+            .unwrap_or_default();
+        for p in &shared.probes {
+            if let Err(e) = p.object().set_target(&kernel) {
+                tracing::error!("updating the target filter: {e}");
+            }
+        }
+        let mut st = shared.target.write().unwrap_or_else(|p| p.into_inner());
+        match &now {
+            Some(t) => {
+                st.generation += 1;
+                tracing::info!(
+                    cgroup_id = t.cgroup_id().unwrap_or(0),
+                    filter = t.filter.name(),
+                    "target (re)acquired"
+                );
+            }
+            None => tracing::warn!("target went away; counting paused until it comes back"),
+        }
+        st.current = now;
+    }
+}
+
+/// Start `cmd` inside the run cgroup: the child moves itself there before exec, so its whole
+/// process tree is the target from its first instruction.
+fn spawn_in_cgroup(cmd: &[OsString], cg: &RunCgroup) -> Result<std::process::Child> {
+    let Some((prog, args)) = cmd.split_first() else {
+        bail!("run needs a command after --")
+    };
+    let procs = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cg.procs_file())
+        .with_context(|| format!("opening {}", cg.procs_file().display()))?;
+    let fd = procs.as_raw_fd();
+    let mut c = std::process::Command::new(prog);
+    c.args(args);
+    // SAFETY: the closure only calls write(2), which is async-signal-safe, on an fd we keep open.
+    unsafe {
+        c.pre_exec(move || {
+            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
+            if rc == 1 {
+                Ok(())
+            } else {
+                Err(std::io::Error::last_os_error())
+            }
+        });
+    }
+    let child = c
+        .spawn()
+        .with_context(|| format!("starting {}", prog.to_string_lossy()))?;
+    drop(procs);
+    Ok(child)
+}
+
+fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    std::fs::rename(tmp, path)
+}
+
+fn raise_memlock() {
+    // Kernels since 5.11 charge BPF memory to the cgroup and ignore this; older ones need it.
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: plain syscall with a valid pointer.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+}

@@ -1,0 +1,225 @@
+//! Helpers for writing metric families from map contents, and the label budget that bounds
+//! every label's cardinality.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::sync::Mutex;
+
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+pub type Labels = Vec<(&'static str, String)>;
+
+/// A counter family. `name` without `_total` (the encoder appends it).
+pub fn counter<V: prometheus_client::encoding::EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, V)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        m.encode_family(&labels)?
+            .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+    }
+    Ok(())
+}
+
+pub fn gauge<V: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, V)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        m.encode_family(&labels)?.encode_gauge(&v)?;
+    }
+    Ok(())
+}
+
+pub fn info(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    labels: &impl EncodeLabelSet,
+) -> fmt::Result {
+    enc.encode_descriptor(name, help, None, MetricType::Info)?
+        .encode_info(labels)
+}
+
+/// A histogram from kernel log2 buckets (bucket b counts durations in [2^b, 2^(b+1)) ns).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Log2Histogram {
+    pub buckets: Vec<u64>,
+    pub sum_ns: u64,
+}
+
+/// Lowest and highest exported upper bounds: 2^10 ns (about 1 µs) to 2^35 ns (about 34 s).
+/// Kernel buckets below are folded into the first, above into +Inf.
+pub const LOG2_FIRST: usize = 9;
+pub const LOG2_LAST: usize = 34;
+
+impl Log2Histogram {
+    pub fn new(n: usize) -> Self {
+        Self {
+            buckets: vec![0; n],
+            sum_ns: 0,
+        }
+    }
+
+    pub fn add(&mut self, buckets: &[u64], sum_ns: u64) {
+        for (a, b) in self.buckets.iter_mut().zip(buckets) {
+            *a += b;
+        }
+        self.sum_ns += sum_ns;
+    }
+
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// (le in seconds, count in this bucket only) pairs, +Inf last: the shape prometheus-client's
+    /// encoder takes (it accumulates them itself).
+    pub fn bounded(&self) -> Vec<(f64, u64)> {
+        let mut out = Vec::with_capacity(LOG2_LAST - LOG2_FIRST + 2);
+        let mut pending = 0;
+        for (b, n) in self.buckets.iter().enumerate() {
+            pending += n;
+            if (LOG2_FIRST..=LOG2_LAST).contains(&b) {
+                out.push(((1u64 << (b + 1)) as f64 / 1e9, pending));
+                pending = 0;
+            }
+        }
+        out.push((f64::INFINITY, pending));
+        out
+    }
+}
+
+pub fn histogram(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: impl IntoIterator<Item = (Labels, Log2Histogram)>,
+) -> fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+            h.sum_ns as f64 / 1e9,
+            h.count(),
+            &h.bounded(),
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+/// Bounds one label's values: the first `max` distinct values (biggest first when several
+/// arrive in one scrape) keep their own series for the life of the process; every later value
+/// is reported as `other`. Admission is sticky so that no counter series ever goes backwards.
+#[derive(Debug)]
+pub struct LabelBudget {
+    max: usize,
+    admitted: Mutex<HashSet<String>>,
+}
+
+pub const OTHER: &str = "other";
+
+impl LabelBudget {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            admitted: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Fold `(value, count)` pairs into at most `max` named values plus `other`.
+    pub fn fold<K: Clone + Ord>(&self, items: Vec<(String, K, u64)>) -> Vec<(String, K, u64)> {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        let mut items = items;
+        items.sort_by(|a, b| b.2.cmp(&a.2).then_with(|| a.0.cmp(&b.0)));
+        let mut out: Vec<(String, K, u64)> = Vec::new();
+        for (label, rest, n) in items {
+            let keep = admitted.contains(&label) || {
+                if admitted.len() < self.max && label != OTHER {
+                    admitted.insert(label.clone());
+                    true
+                } else {
+                    false
+                }
+            };
+            let label = if keep { label } else { OTHER.to_string() };
+            match out.iter_mut().find(|(l, r, _)| *l == label && *r == rest) {
+                Some(e) => e.2 += n,
+                None => out.push((label, rest, n)),
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+        out
+    }
+}
+
+/// A NUL-padded kernel `comm` as a label value.
+pub fn comm_label(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    let s = String::from_utf8_lossy(&raw[..end]).into_owned();
+    if s.is_empty() { "unknown".into() } else { s }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log2_bounded() {
+        let mut h = Log2Histogram::new(40);
+        let mut b = vec![0; 40];
+        b[3] = 2; // 8..16 ns: folded into the first exported bucket
+        b[20] = 1; // about 1 ms
+        b[39] = 1; // beyond the last bound
+        h.add(&b, 1000);
+        let c = h.bounded();
+        assert_eq!(c.first().unwrap(), &(1024.0 / 1e9, 2));
+        assert_eq!(c.len(), LOG2_LAST - LOG2_FIRST + 2);
+        let at_1ms = c
+            .iter()
+            .find(|(le, _)| *le == (1u64 << 21) as f64 / 1e9)
+            .unwrap();
+        assert_eq!(at_1ms.1, 1);
+        assert_eq!(c[c.len() - 2].1, 0);
+        assert_eq!(c.last().unwrap(), &(f64::INFINITY, 1));
+        assert_eq!(c.iter().map(|b| b.1).sum::<u64>(), 4);
+        assert_eq!(h.count(), 4);
+    }
+
+    #[test]
+    fn budget_is_sticky_and_bounded() {
+        let b = LabelBudget::new(2);
+        let first = b.fold(vec![
+            ("a".into(), (), 5),
+            ("b".into(), (), 3),
+            ("c".into(), (), 1),
+        ]);
+        assert_eq!(
+            first,
+            vec![
+                ("a".into(), (), 5),
+                ("b".into(), (), 3),
+                ("other".into(), (), 1)
+            ]
+        );
+        // c grows past a and b, but they were admitted first: c stays in other.
+        let second = b.fold(vec![
+            ("a".into(), (), 5),
+            ("b".into(), (), 3),
+            ("c".into(), (), 100),
+        ]);
+        assert_eq!(second[2], ("other".into(), (), 100));
+    }
+
+    #[test]
+    fn comm() {
+        assert_eq!(comm_label(b"true\0\0\0\0"), "true");
+        assert_eq!(comm_label(b"\0"), "unknown");
+    }
+}

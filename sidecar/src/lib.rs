@@ -1,0 +1,8 @@
+//! ebpf-sidecar: attach to a running container (or pid, or command) and export what its
+//! processes do as Prometheus metrics, from kernel probes aggregated in the kernel.
+
+pub mod app;
+pub mod caps;
+pub mod export;
+pub mod probes;
+pub mod target;

@@ -1,0 +1,76 @@
+//! Probe families. Each owns one compiled object (`sidecar-ebpf/bpf/<family>.bpf.c`), attaches
+//! its programs, and turns its maps into metrics at scrape time.
+//!
+//! A family that cannot load is reported (`ebpf_sidecar_probe_up{probe}=0` and a log line with
+//! the reason) and skipped; the others keep working.
+
+pub mod object;
+pub mod process;
+pub mod syscalls;
+pub mod tables;
+
+use std::fmt;
+use std::sync::Arc;
+
+use prometheus_client::encoding::DescriptorEncoder;
+
+pub use object::{Object, ProbeError, ProgramStats};
+
+use crate::target::Resolved;
+
+/// What a family may look at while encoding.
+pub struct EncodeCtx<'a> {
+    pub target: Option<&'a Resolved>,
+    pub options: &'a Options,
+}
+
+/// Settings shared by the families.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Label values kept per label (comm, …) before the rest go to `other`.
+    pub top_n: usize,
+    /// Label the syscall latency histogram by syscall.
+    pub per_syscall_histograms: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            top_n: 20,
+            per_syscall_histograms: false,
+        }
+    }
+}
+
+pub trait Probe: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn object(&self) -> &Object;
+    /// Write this family's metrics, reading its maps now.
+    fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;
+    /// Events the kernel side could not record (full tables, ring buffer overruns).
+    fn lost_events(&self) -> u64;
+}
+
+/// A family the sidecar knows, and how to load it.
+pub struct Family {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub load: fn(&Options) -> Result<Arc<dyn Probe>, ProbeError>,
+}
+
+pub const FAMILIES: &[Family] = &[
+    Family {
+        name: "process",
+        about: "execs, exits by code/signal, forks, live processes, OOM kills",
+        load: process::load,
+    },
+    Family {
+        name: "syscalls",
+        about: "calls, errors by errno, time and latency per syscall",
+        load: syscalls::load,
+    },
+];
+
+pub fn family(name: &str) -> Option<&'static Family> {
+    FAMILIES.iter().find(|f| f.name == name)
+}

@@ -1,0 +1,150 @@
+//! One loaded BPF object: load with the kernel's BTF, attach, write the target filter, read
+//! per-program kernel statistics.
+
+use std::sync::{Mutex, MutexGuard};
+
+use aya::maps::Array;
+use aya::programs::RawTracePoint;
+use aya::{Ebpf, EbpfLoader};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ProbeError {
+    #[error("probe {family}: loading the BPF object: {source}")]
+    Load {
+        family: &'static str,
+        #[source]
+        source: Box<aya::EbpfError>,
+    },
+    #[error("probe {family}: program {program} not found in the object")]
+    MissingProgram {
+        family: &'static str,
+        program: String,
+    },
+    #[error("probe {family}: map {map} missing or of the wrong type: {detail}")]
+    Map {
+        family: &'static str,
+        map: String,
+        detail: String,
+    },
+    #[error("probe {family}: program {program}: {source}{log}", log = verifier_hint(.source))]
+    Program {
+        family: &'static str,
+        program: String,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
+    },
+}
+
+fn verifier_hint(e: &aya::programs::ProgramError) -> String {
+    match e {
+        aya::programs::ProgramError::LoadError { verifier_log, .. } => {
+            let log = verifier_log.to_string();
+            let tail: Vec<&str> = log.lines().rev().take(8).collect();
+            format!(
+                "\nverifier log (last lines):\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            )
+        }
+        _ => String::new(),
+    }
+}
+
+/// Kernel-side cost of one program (filled only while bpf_stats is enabled).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_time_ns: u64,
+    pub run_count: u64,
+}
+
+pub struct Object {
+    pub family: &'static str,
+    ebpf: Mutex<Ebpf>,
+    programs: Vec<String>,
+}
+
+impl Object {
+    pub fn load(family: &'static str, bytes: &[u8]) -> Result<Self, ProbeError> {
+        let ebpf = EbpfLoader::new()
+            .load(bytes)
+            .map_err(|e| ProbeError::Load {
+                family,
+                source: Box::new(e),
+            })?;
+        Ok(Self {
+            family,
+            ebpf: Mutex::new(ebpf),
+            programs: Vec::new(),
+        })
+    }
+
+    /// Load `program` and attach it to raw tracepoint `tp`.
+    pub fn attach_raw_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let prog: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        prog.attach(tp).map_err(err)?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(())
+    }
+
+    /// Point the kernel filter at a (new) target.
+    pub fn set_target(&self, target: &sidecar_ebpf::Target) -> Result<(), ProbeError> {
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: sidecar_ebpf::TARGET_MAP.into(),
+            detail,
+        };
+        let mut ebpf = self.lock();
+        let map = ebpf
+            .map_mut(sidecar_ebpf::TARGET_MAP)
+            .ok_or_else(|| map_err("not in the object".into()))?;
+        let mut arr: Array<_, sidecar_ebpf::Target> =
+            Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
+        arr.set(0, target, 0).map_err(|e| map_err(e.to_string()))
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Ebpf> {
+        self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        let ebpf = self.lock();
+        self.programs
+            .iter()
+            .filter_map(|name| {
+                let info = ebpf.program(name)?.info().ok()?;
+                Some(ProgramStats {
+                    program: name.clone(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                    run_count: info.run_count(),
+                })
+            })
+            .collect()
+    }
+}
+
+/// Sum a per-CPU counter array slot.
+pub fn percpu_counter(ebpf: &Ebpf, map: &str, idx: u32) -> u64 {
+    let Some(m) = ebpf.map(map) else { return 0 };
+    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(m) else {
+        return 0;
+    };
+    arr.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
