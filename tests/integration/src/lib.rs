@@ -1,1 +1,321 @@
-//! Shared harness for the privileged tests.
+//! Harness for the privileged end-to-end tests: build the workloads, start the sidecar (binary
+//! or image), scrape it, drive real Docker. Missing prerequisites fail the test with what to
+//! install; nothing is skipped.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Fail (not skip) when not root: these tests load BPF programs and drive dockerd.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged tests must run as root (see README: run the tests)");
+}
+
+/// The sidecar binary under test: $SIDECAR_BIN, else target/release, else target/debug.
+pub fn sidecar_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SIDECAR_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = repo_root();
+    for profile in ["release", "debug"] {
+        let p = root.join("target").join(profile).join("ebpf-sidecar");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("ebpf-sidecar is not built: run `cargo build --release -p sidecar` first (scripts/test.sh does)");
+}
+
+/// A static build of a workload in `workloads/NAME.c`, built once per test binary.
+pub fn workload(name: &str) -> PathBuf {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let d = repo_root().join("target/workloads");
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    });
+    let out = dir.join(name);
+    let src = repo_root().join(format!("tests/integration/workloads/{name}.c"));
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-Wall", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .expect("gcc not found: apt-get install gcc libc6-dev");
+    assert!(st.success(), "building {}", src.display());
+    out
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// HTTP GET on loopback; returns (status, content-type, body).
+pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n")?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)?;
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let ct = head
+        .lines()
+        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+        .unwrap_or_default();
+    Ok((status, ct, body.to_string()))
+}
+
+/// A parsed Prometheus text exposition.
+#[derive(Debug, Default, Clone)]
+pub struct Metrics {
+    pub series: Vec<(String, BTreeMap<String, String>, f64)>,
+    pub text: String,
+}
+
+impl Metrics {
+    pub fn parse(text: &str) -> Self {
+        let mut series = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+            let (name_labels, value) = line.rsplit_once(' ').unwrap();
+            let value = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().unwrap_or(f64::NAN),
+            };
+            let (name, labels) = match name_labels.split_once('{') {
+                Some((n, rest)) => (n.to_string(), parse_labels(rest.trim_end_matches('}'))),
+                None => (name_labels.to_string(), BTreeMap::new()),
+            };
+            series.push((name, labels, value));
+        }
+        Self { series, text: text.to_string() }
+    }
+
+    /// Sum of the series of `name` whose labels include all of `labels`.
+    pub fn sum(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        self.matching(name, labels).map(|(_, v)| v).sum()
+    }
+
+    pub fn get(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let m: Vec<_> = self.matching(name, labels).collect();
+        (!m.is_empty()).then(|| m.iter().map(|(_, v)| v).sum())
+    }
+
+    pub fn matching<'a>(
+        &'a self,
+        name: &'a str,
+        labels: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
+        self.series
+            .iter()
+            .filter(move |(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .map(|(_, l, v)| (l, *v))
+    }
+}
+
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut rest = s;
+    while let Some((k, after)) = rest.split_once("=\"") {
+        let mut val = String::new();
+        let mut chars = after.char_indices();
+        let mut end = after.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, n)) = chars.next() {
+                        val.push(if n == 'n' { '\n' } else { n });
+                    }
+                }
+                '"' => {
+                    end = i;
+                    break;
+                }
+                c => val.push(c),
+            }
+        }
+        out.insert(k.trim_start_matches(',').trim().to_string(), val);
+        rest = after.get(end + 1..).unwrap_or("");
+    }
+    out
+}
+
+/// A sidecar process started by a test; killed on drop.
+pub struct Sidecar {
+    pub child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+impl Sidecar {
+    /// Start the binary with `args` (plus --listen) and wait until it serves metrics.
+    pub fn start(args: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("ebpf-sidecar-test-{port}.log"));
+        let child = Command::new(sidecar_bin())
+            .args(args)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting ebpf-sidecar");
+        let mut s = Self { child, port, log };
+        s.wait_ready();
+        s
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("sidecar exited early ({st}):\n{}", self.log_text());
+            }
+            if http_get(self.port, "/healthz", None).is_ok_and(|r| r.0 == 200) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("sidecar did not serve within 30 s:\n{}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn scrape(&self) -> Metrics {
+        let (status, _, body) = http_get(self.port, "/metrics", None).expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        Metrics::parse(&body)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Poll `f` until it returns Some, or fail with `what`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// `promtool check metrics` on an exposition: returns its complaints (empty when clean).
+pub fn promtool_check(text: &str) -> String {
+    let mut c = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool not found: apt-get install prometheus");
+    c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.push_str(&String::from_utf8_lossy(&out.stderr));
+    if out.status.success() { String::new() } else { s }
+}
+
+pub mod docker {
+    use super::*;
+
+    pub fn run(args: &[&str]) -> Output {
+        Command::new("docker").args(args).output().expect("docker CLI not found: apt-get install docker.io")
+    }
+
+    /// Run docker and require success.
+    pub fn ok(args: &[&str]) -> String {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "docker {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// dockerd must be up; then make the local base images and the sidecar image (cached by
+    /// Docker's layer cache after the first build).
+    pub fn sidecar_image() -> &'static str {
+        static IMAGE: OnceLock<()> = OnceLock::new();
+        IMAGE.get_or_init(|| {
+            let v = run(&["version", "--format", "{{.Server.Version}}"]);
+            assert!(
+                v.status.success(),
+                "dockerd is not running: start it (scripts/test.sh does): {}",
+                String::from_utf8_lossy(&v.stderr)
+            );
+            let st = Command::new(repo_root().join("scripts/images.sh")).status().unwrap();
+            assert!(st.success(), "scripts/images.sh failed");
+            let st = Command::new("docker")
+                .args(["build", "-q", "--build-arg", "BUILDER=ebpf-sidecar-builder:local", "-t", "ebpf-sidecar:test", "."])
+                .current_dir(repo_root())
+                .stdout(Stdio::null())
+                .status()
+                .unwrap();
+            assert!(st.success(), "docker build of the sidecar image failed");
+        });
+        "ebpf-sidecar:test"
+    }
+
+    /// A container removed on drop.
+    pub struct Container(pub String);
+
+    impl Container {
+        pub fn run(name: &str, args: &[&str]) -> Self {
+            let _ = run(&["rm", "-f", name]);
+            let mut a = vec!["run", "-d", "--name", name];
+            a.extend_from_slice(args);
+            ok(&a);
+            Container(name.to_string())
+        }
+
+        pub fn logs(&self) -> String {
+            let out = run(&["logs", &self.0]);
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+        }
+
+        pub fn host_pid(&self) -> u32 {
+            ok(&["inspect", "-f", "{{.State.Pid}}", &self.0]).parse().unwrap()
+        }
+    }
+
+    impl Drop for Container {
+        fn drop(&mut self) {
+            let _ = run(&["rm", "-f", &self.0]);
+        }
+    }
+}

@@ -1,0 +1,42 @@
+#!/bin/bash
+# Makes the local images the Dockerfile and the tests build FROM, without any registry:
+#   debian:bookworm-slim          minimal Debian (debootstrap --variant=minbase + docker import)
+#   ebpf-sidecar-builder:local    the same plus clang, libbpf-dev, gcc and this machine's Rust
+#                                 toolchain and crate cache (used as the Dockerfile's build stage)
+# Each image is made once; pass --force to remake them.
+set -euo pipefail
+MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+WORK=${IMAGES_WORKDIR:-/var/tmp/ebpf-sidecar-images}
+FORCE=${1:-}
+
+have() { [ "$FORCE" != "--force" ] && docker image inspect "$1" >/dev/null 2>&1; }
+log() { echo "images: $*" >&2; }
+
+mkdir -p "$WORK"
+if ! have debian:bookworm-slim; then
+  log "debootstrap minbase bookworm"
+  rm -rf "$WORK/slim"
+  debootstrap --variant=minbase bookworm "$WORK/slim" "$MIRROR" >"$WORK/slim.log" 2>&1 \
+    || { tail -20 "$WORK/slim.log"; exit 1; }
+  rm -rf "$WORK/slim/var/cache/apt/archives/"*.deb "$WORK/slim/var/lib/apt/lists/"*
+  tar -C "$WORK/slim" -c . | docker import - debian:bookworm-slim >/dev/null
+  log "made debian:bookworm-slim"
+fi
+
+if ! have ebpf-sidecar-builder:local; then
+  log "debootstrap builder (clang-19, libbpf-dev, gcc)"
+  rm -rf "$WORK/builder"
+  debootstrap --variant=minbase --include=clang-19,libbpf-dev,gcc,libc6-dev,ca-certificates \
+    bookworm "$WORK/builder" "$MIRROR" >"$WORK/builder.log" 2>&1 || { tail -20 "$WORK/builder.log"; exit 1; }
+  rm -rf "$WORK/builder/var/cache/apt/archives/"*.deb
+  # The toolchain this machine builds with, without docs; and the crates Cargo.lock names.
+  tc=$(rustc --print sysroot)
+  mkdir -p "$WORK/builder/opt/rust" "$WORK/builder/opt/cargo"
+  cp -a "$tc/bin" "$tc/lib" "$WORK/builder/opt/rust/"
+  ( cd "$(dirname "$0")/.." && CARGO_HOME="$WORK/builder/opt/cargo" cargo fetch --locked >/dev/null )
+  tar -C "$WORK/builder" -c . | docker import \
+    --change 'ENV PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
+    --change 'ENV CARGO_HOME=/opt/cargo' --change 'ENV CARGO_NET_OFFLINE=true' \
+    - ebpf-sidecar-builder:local >/dev/null
+  log "made ebpf-sidecar-builder:local"
+fi
