@@ -1,1 +1,34 @@
-fn main() {}
+//! Overhead benchmarks, each side by side with the peer its issue names, in one run.
+//!
+//!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
+//!
+//! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
+//! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
+
+mod foundation;
+mod util;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(which) = args.first() else {
+        anyhow::bail!("usage: bench foundation [--calls N] [--repeat R]");
+    };
+    let opt = |name: &str, default: u64| -> anyhow::Result<u64> {
+        match args.iter().position(|a| a == name) {
+            Some(i) => Ok(args
+                .get(i + 1)
+                .ok_or_else(|| anyhow::anyhow!("{name} needs a value"))?
+                .parse()?),
+            None => Ok(default),
+        }
+    };
+    let report = match which.as_str() {
+        "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation)"),
+    };
+    print!("{report}");
+    let path = util::root().join(format!("bench/results/{which}.md"));
+    std::fs::write(&path, &report)?;
+    eprintln!("written to {}", path.display());
+    Ok(())
+}

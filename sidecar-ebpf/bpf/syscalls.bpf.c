@@ -6,6 +6,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Set at load: measure per-call latency (two clock reads and a task-storage lookup per call), or
+ * only count calls and errors. */
+const volatile __u8 measure_latency = 1;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SIDECAR_SYSCALL_SLOTS);
@@ -25,11 +29,12 @@ struct start {
 	__u64 nr;
 };
 
-/* Calls in flight, by thread id. */
+/* The call in flight, per thread: task-local storage lives in the task itself, so no hash lookup,
+ * no table to fill up, and nothing to clean when the thread dies. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 32768);
-	__type(key, __u32);
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct start);
 } syscall_start SEC(".maps");
 
@@ -66,12 +71,18 @@ int sys_enter(unsigned long long *ctx)
 
 	if (st)
 		st->calls++;
+	if (!measure_latency)
+		return 0;
 
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct start v = { .ts = bpf_ktime_get_ns(), .nr = nr };
+	struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0,
+					       BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	if (bpf_map_update_elem(&syscall_start, &tid, &v, BPF_ANY))
+	if (!v) {
 		bump_counter(SYSCALLS_LOST_STARTS);
+		return 0;
+	}
+	v->ts = bpf_ktime_get_ns();
+	v->nr = nr;
 	return 0;
 }
 
@@ -79,31 +90,40 @@ int sys_enter(unsigned long long *ctx)
 SEC("raw_tp/sys_exit")
 int sys_exit(unsigned long long *ctx)
 {
+	long ret = (long)ctx[1];
+	__u64 nr;
+
+	/* Counting only: successful calls (nearly all) leave before the filter. */
+	if (!measure_latency && (ret >= 0 || ret < -4095))
+		return 0;
 	if (!sidecar_in_target())
 		return 0;
 
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct start *v = bpf_map_lookup_elem(&syscall_start, &tid);
+	if (measure_latency) {
+		struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
 
-	if (!v)
-		return 0; /* entered before we attached */
+		if (!v || !v->ts)
+			return 0; /* entered before we attached */
 
-	__u64 now = bpf_ktime_get_ns();
-	__u64 delta = now - v->ts;
-	__u64 nr = v->nr;
-	long ret = (long)ctx[1];
+		__u64 delta = bpf_ktime_get_ns() - v->ts;
+		__u32 s = slot(v->nr);
+		struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
 
-	bpf_map_delete_elem(&syscall_start, &tid);
+		nr = v->nr;
+		v->ts = 0;
+		if (st) {
+			st->time_ns += delta;
+			st->hist[sidecar_hist_bucket(delta)]++;
+		}
+	} else {
+		/* Only failures get here: their number is in orig_ax of the saved registers. */
+		struct pt_regs *regs = (struct pt_regs *)ctx[0];
 
-	__u32 s = slot(nr);
-	struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
-
-	if (st) {
-		st->time_ns += delta;
-		st->hist[sidecar_hist_bucket(delta)]++;
+		nr = BPF_CORE_READ(regs, orig_ax);
 	}
 
 	if (ret < 0 && ret >= -4095) {
+		__u32 s = slot(nr);
 		struct syscall_error_key k = { .nr = s, .err = (__u32)(-ret) };
 		__u64 *c = bpf_map_lookup_elem(&syscall_errors, &k);
 
@@ -119,18 +139,5 @@ int sys_exit(unsigned long long *ctx)
 				*c += 1; /* another CPU's insert won the race: count ours too */
 		}
 	}
-	return 0;
-}
-
-/* A thread that dies inside a syscall (exit, exit_group, fatal signal) never reaches sys_exit. */
-SEC("raw_tp/sched_process_exit")
-int syscalls_task_exit(unsigned long long *ctx)
-{
-	if (!sidecar_in_target())
-		return 0;
-
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-
-	bpf_map_delete_elem(&syscall_start, &tid);
 	return 0;
 }

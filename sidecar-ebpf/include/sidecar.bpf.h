@@ -22,8 +22,13 @@ static __always_inline int sidecar_in_target(void)
 
 	if (!t)
 		return 0;
-	if (t->mode == SIDECAR_FILTER_CGROUP)
-		return bpf_get_current_cgroup_id() == t->cgroup_id;
+	if (t->mode == SIDECAR_FILTER_CGROUP) {
+		/* What bpf_get_current_cgroup_id() returns, read with plain loads: this runs on every
+		 * syscall of every process on the host, and a helper call costs more than the walk. */
+		struct task_struct *task = bpf_get_current_task_btf();
+
+		return task->cgroups->dfl_cgrp->kn->id == t->cgroup_id;
+	}
 	if (t->mode == SIDECAR_FILTER_PIDNS) {
 		struct bpf_pidns_info ns = {};
 

@@ -31,6 +31,8 @@ pub struct Options {
     pub top_n: usize,
     /// Label the syscall latency histogram by syscall.
     pub per_syscall_histograms: bool,
+    /// Measure each syscall's latency (time and histogram), not only count calls and errors.
+    pub syscall_latency: bool,
 }
 
 impl Default for Options {
@@ -38,6 +40,7 @@ impl Default for Options {
         Self {
             top_n: 20,
             per_syscall_histograms: false,
+            syscall_latency: true,
         }
     }
 }

@@ -66,12 +66,25 @@ pub struct Object {
 
 impl Object {
     pub fn load(family: &'static str, bytes: &[u8]) -> Result<Self, ProbeError> {
-        let ebpf = EbpfLoader::new()
-            .load(bytes)
-            .map_err(|e| ProbeError::Load {
-                family,
-                source: Box::new(e),
-            })?;
+        Self::load_with(family, bytes, &[])
+    }
+
+    /// Load after setting the object's `const volatile` settings (name, value bytes).
+    pub fn load_with<'a>(
+        family: &'static str,
+        bytes: &[u8],
+        globals: &[(&'a str, &'a [u8])],
+    ) -> Result<Self, ProbeError> {
+        let mut loader = EbpfLoader::new();
+        // Task storage (per-thread syscall start) has no typed wrapper in aya 0.14 but loads fine.
+        loader.allow_unsupported_maps();
+        for (name, value) in globals {
+            loader.override_global(name, *value, true);
+        }
+        let ebpf = loader.load(bytes).map_err(|e| ProbeError::Load {
+            family,
+            source: Box::new(e),
+        })?;
         Ok(Self {
             family,
             ebpf: Mutex::new(ebpf),

@@ -20,11 +20,15 @@ pub struct Syscalls {
     obj: Object,
 }
 
-pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("syscalls", sidecar_ebpf::objects::SYSCALLS)?;
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let latency = [u8::from(opts.syscall_latency)];
+    let mut obj = Object::load_with(
+        "syscalls",
+        sidecar_ebpf::objects::SYSCALLS,
+        &[("measure_latency", &latency[..])],
+    )?;
     obj.attach_raw_tp("sys_enter", "sys_enter")?;
     obj.attach_raw_tp("sys_exit", "sys_exit")?;
-    obj.attach_raw_tp("syscalls_task_exit", "sched_process_exit")?;
     Ok(Arc::new(Syscalls { obj }))
 }
 
@@ -103,6 +107,9 @@ impl Probe for Syscalls {
                 .into_iter()
                 .map(|((s, e), n)| (vec![("syscall", s), ("errno", e)], n)),
         )?;
+        if !ctx.options.syscall_latency {
+            return Ok(()); // --syscall-latency off: no time was measured
+        }
         encode::counter(
             enc,
             "ebpf_sidecar_syscall_seconds",

@@ -11,13 +11,20 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Fail (not skip) when not root: these tests load BPF programs and drive dockerd.
 pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged tests must run as root (see README: run the tests)");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged tests must run as root (see README: run the tests)"
+    );
 }
 
 /// The sidecar binary under test: $SIDECAR_BIN, else target/release, else target/debug.
@@ -32,7 +39,9 @@ pub fn sidecar_bin() -> PathBuf {
             return p;
         }
     }
-    panic!("ebpf-sidecar is not built: run `cargo build --release -p sidecar` first (scripts/test.sh does)");
+    panic!(
+        "ebpf-sidecar is not built: run `cargo build --release -p sidecar` first (scripts/test.sh does)"
+    );
 }
 
 /// A static build of a workload in `workloads/NAME.c`, built once per test binary.
@@ -56,22 +65,40 @@ pub fn workload(name: &str) -> PathBuf {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// HTTP GET on loopback; returns (status, content-type, body).
-pub fn http_get(port: u16, path: &str, accept: Option<&str>) -> std::io::Result<(u16, String, String)> {
+pub fn http_get(
+    port: u16,
+    path: &str,
+    accept: Option<&str>,
+) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let accept = accept.map(|a| format!("Accept: {a}\r\n")).unwrap_or_default();
+    let accept = accept
+        .map(|a| format!("Accept: {a}\r\n"))
+        .unwrap_or_default();
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n{accept}\r\n")?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
     let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     let ct = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type:").map(|v| v.trim().to_string()))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
         .unwrap_or_default();
     Ok((status, ct, body.to_string()))
 }
@@ -86,7 +113,10 @@ pub struct Metrics {
 impl Metrics {
     pub fn parse(text: &str) -> Self {
         let mut series = Vec::new();
-        for line in text.lines().filter(|l| !l.starts_with('#') && !l.trim().is_empty()) {
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        {
             let (name_labels, value) = line.rsplit_once(' ').unwrap();
             let value = match value {
                 "+Inf" => f64::INFINITY,
@@ -98,7 +128,10 @@ impl Metrics {
             };
             series.push((name, labels, value));
         }
-        Self { series, text: text.to_string() }
+        Self {
+            series,
+            text: text.to_string(),
+        }
     }
 
     /// Sum of the series of `name` whose labels include all of `labels`.
@@ -118,7 +151,12 @@ impl Metrics {
     ) -> impl Iterator<Item = (&'a BTreeMap<String, String>, f64)> + 'a {
         self.series
             .iter()
-            .filter(move |(n, l, _)| n == name && labels.iter().all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v)))
+            .filter(move |(n, l, _)| {
+                n == name
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+            })
             .map(|(_, l, v)| (l, *v))
     }
 }
@@ -244,14 +282,21 @@ pub fn promtool_check(text: &str) -> String {
     let out = c.wait_with_output().unwrap();
     let mut s = String::from_utf8_lossy(&out.stdout).into_owned();
     s.push_str(&String::from_utf8_lossy(&out.stderr));
-    if out.status.success() { String::new() } else { s }
+    if out.status.success() {
+        String::new()
+    } else {
+        s
+    }
 }
 
 pub mod docker {
     use super::*;
 
     pub fn run(args: &[&str]) -> Output {
-        Command::new("docker").args(args).output().expect("docker CLI not found: apt-get install docker.io")
+        Command::new("docker")
+            .args(args)
+            .output()
+            .expect("docker CLI not found: apt-get install docker.io")
     }
 
     /// Run docker and require success.
@@ -278,10 +323,20 @@ pub mod docker {
                 "dockerd is not running: start it (scripts/test.sh does): {}",
                 String::from_utf8_lossy(&v.stderr)
             );
-            let st = Command::new(repo_root().join("scripts/images.sh")).status().unwrap();
+            let st = Command::new(repo_root().join("scripts/images.sh"))
+                .status()
+                .unwrap();
             assert!(st.success(), "scripts/images.sh failed");
             let st = Command::new("docker")
-                .args(["build", "-q", "--build-arg", "BUILDER=ebpf-sidecar-builder:local", "-t", "ebpf-sidecar:test", "."])
+                .args([
+                    "build",
+                    "-q",
+                    "--build-arg",
+                    "BUILDER=ebpf-sidecar-builder:local",
+                    "-t",
+                    "ebpf-sidecar:test",
+                    ".",
+                ])
                 .current_dir(repo_root())
                 .stdout(Stdio::null())
                 .status()
@@ -305,11 +360,17 @@ pub mod docker {
 
         pub fn logs(&self) -> String {
             let out = run(&["logs", &self.0]);
-            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
         }
 
         pub fn host_pid(&self) -> u32 {
-            ok(&["inspect", "-f", "{{.State.Pid}}", &self.0]).parse().unwrap()
+            ok(&["inspect", "-f", "{{.State.Pid}}", &self.0])
+                .parse()
+                .unwrap()
         }
     }
 
