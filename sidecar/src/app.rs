@@ -72,7 +72,12 @@ pub fn run(cfg: Config) -> Result<i32> {
         )
     }))?;
     listener.set_nonblocking(true)?;
-    start(crate::caps::check(!cfg.probes.is_empty(), cfg.bpf_stats).map_err(anyhow::Error::from))?;
+    let families: Vec<&probes::Family> = cfg
+        .probes
+        .iter()
+        .filter_map(|p| probes::family(p))
+        .collect();
+    start(crate::caps::check(&families, cfg.bpf_stats).map_err(anyhow::Error::from))?;
     raise_memlock();
     let _stats_fd = if cfg.bpf_stats {
         Some(start(
@@ -186,6 +191,9 @@ pub fn run(cfg: Config) -> Result<i32> {
     };
 
     let mut keep = crate::caps::needed_after_attach();
+    for f in &families {
+        keep.extend(f.keeps.iter().copied());
+    }
     if child.is_some() {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);

@@ -17,6 +17,16 @@ pub enum CapsError {
          (effective now: {effective})"
     )]
     BpfStats { effective: String },
+    #[error(
+        "probe family {family} needs {cap}: add --cap-add {flag} (or leave {family} out of --probes) \
+         (effective now: {effective})"
+    )]
+    Family {
+        family: &'static str,
+        cap: String,
+        flag: String,
+        effective: String,
+    },
     #[error("reading capabilities: {0}")]
     Read(String),
 }
@@ -36,8 +46,9 @@ fn describe(set: &CapsHashSet) -> String {
 }
 
 /// Fail early, naming the capability and the flag, when probes could not load.
-pub fn check(load_probes: bool, bpf_stats: bool) -> Result<(), CapsError> {
+pub fn check(families: &[&crate::probes::Family], bpf_stats: bool) -> Result<(), CapsError> {
     let eff = effective()?;
+    let load_probes = !families.is_empty();
     let has = |c| eff.contains(&c);
     if load_probes && !has(Capability::CAP_SYS_ADMIN) {
         let missing: Vec<&str> = [
@@ -51,6 +62,17 @@ pub fn check(load_probes: bool, bpf_stats: bool) -> Result<(), CapsError> {
         if !missing.is_empty() {
             return Err(CapsError::Probes {
                 missing: missing.join(" and "),
+                effective: describe(&eff),
+            });
+        }
+    }
+    for f in families {
+        if let Some(cap) = f.needs.iter().find(|c| !has(**c)) {
+            let name = cap.to_string();
+            return Err(CapsError::Family {
+                family: f.name,
+                flag: name.trim_start_matches("CAP_").to_string(),
+                cap: name,
                 effective: describe(&eff),
             });
         }

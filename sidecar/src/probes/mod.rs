@@ -48,6 +48,13 @@ impl Default for Options {
 pub trait Probe: Send + Sync {
     fn name(&self) -> &'static str;
     fn object(&self) -> &Object;
+    /// The target was found, changed (a restarted container has a new cgroup) or went away
+    /// (`None`). Called once right after load, then by the target watcher. The default points the
+    /// kernel filter at it; families with per-cgroup or per-netns attachments re-attach here.
+    fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
+        self.object().set_target(&kernel)
+    }
     /// Write this family's metrics, reading its maps now.
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;
     /// Events the kernel side could not record (full tables, ring buffer overruns).
@@ -58,6 +65,10 @@ pub trait Probe: Send + Sync {
 pub struct Family {
     pub name: &'static str,
     pub about: &'static str,
+    /// Capabilities, beyond loading tracing programs (CAP_BPF + CAP_PERFMON), needed to attach.
+    pub needs: &'static [caps::Capability],
+    /// Capabilities still needed after attaching (e.g. to re-attach when the target restarts).
+    pub keeps: &'static [caps::Capability],
     pub load: fn(&Options) -> Result<Arc<dyn Probe>, ProbeError>,
 }
 
@@ -65,11 +76,15 @@ pub const FAMILIES: &[Family] = &[
     Family {
         name: "process",
         about: "execs, exits by code/signal, forks, live processes, OOM kills",
+        needs: &[],
+        keeps: &[],
         load: process::load,
     },
     Family {
         name: "syscalls",
         about: "calls, errors by errno, time and latency per syscall",
+        needs: &[],
+        keeps: &[],
         load: syscalls::load,
     },
 ];
