@@ -1,0 +1,41 @@
+#!/bin/bash
+# Prepares a Debian bookworm machine (as root) to build, run and test ebpf-sidecar: packages,
+# Rust, kernel filesystems, dockerd. Safe to run again; does only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+[ "$(id -u)" = 0 ] || { echo "setup: run as root (the probes load BPF programs)" >&2; exit 2; }
+
+# Build: clang + libbpf headers (C probes), gcc (static test workloads).
+# Tests and benchmarks: docker.io + debootstrap (images without a registry), prometheus (promtool
+# and the server), bpftrace/bpftool (peers and cross-checks), wrk/hyperfine, iproute2, util-linux.
+PACKAGES="clang-19 llvm-19 libbpf-dev linux-libc-dev gcc libc6-dev make pkg-config bpftool bpftrace
+  docker.io debootstrap prometheus wrk hyperfine iproute2 util-linux procps curl ca-certificates
+  python3 graphviz chromium systemtap-sdt-dev openjdk-17-jdk-headless nodejs tshark"
+missing=""
+for p in $PACKAGES; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+
+# Rust: the toolchain in rust-toolchain terms is 1.95 (aya 0.14); rustup when cargo is absent.
+if ! command -v cargo >/dev/null; then
+  [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0
+  export PATH="$HOME/.cargo/bin:$PATH"
+fi
+
+# Kernel filesystems: tracefs for bpftrace's tracepoints, bpffs for pinning.
+mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing 2>/dev/null || true
+mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf 2>/dev/null || true
+
+# dockerd, unless one already answers.
+if ! docker info >/dev/null 2>&1; then
+  echo "setup: starting dockerd" >&2
+  nohup dockerd >/var/log/ebpf-sidecar-dockerd.log 2>&1 &
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { tail -20 /var/log/ebpf-sidecar-dockerd.log >&2; exit 1; }
+fi
