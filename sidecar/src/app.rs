@@ -24,6 +24,7 @@ pub enum Choice {
     Run {
         cmd: Vec<OsString>,
         metrics_out: Option<PathBuf>,
+        seccomp_out: Option<PathBuf>,
     },
 }
 
@@ -93,7 +94,11 @@ pub fn run(cfg: Config) -> Result<i32> {
         Choice::Sidecar => (TargetSpec::Sidecar, None),
         Choice::Pid(p) => (TargetSpec::Pid(*p), None),
         Choice::Container(c) => (TargetSpec::Container(c.clone()), None),
-        Choice::Run { cmd, metrics_out } => {
+        Choice::Run {
+            cmd,
+            metrics_out,
+            seccomp_out,
+        } => {
             let m = start(
                 mount
                     .as_ref()
@@ -102,7 +107,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             let cg = start(RunCgroup::create(m).map_err(anyhow::Error::from))?;
             (
                 TargetSpec::Run(Arc::new(cg)),
-                Some((cmd.clone(), metrics_out.clone())),
+                Some((cmd.clone(), metrics_out.clone(), seccomp_out.clone())),
             )
         }
     };
@@ -113,7 +118,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             None
         }
     };
-    let initial = match target::resolve(&spec, mount.as_ref()) {
+    let mut initial = match target::resolve(&spec, mount.as_ref()) {
         Ok(Some(t)) => Some(t),
         Ok(None) if matches!(spec, TargetSpec::Pid(_)) => {
             return start(Err(target::TargetError::NoSuchPid(match spec {
@@ -181,11 +186,15 @@ pub fn run(cfg: Config) -> Result<i32> {
 
     // The command starts only now, with every probe attached, so nothing it does is missed.
     let child = match &run_cmd {
-        Some((cmd, _)) => {
+        Some((cmd, _, _)) => {
             let TargetSpec::Run(cg) = &spec else {
                 unreachable!()
             };
-            Some(start(spawn_in_cgroup(cmd, cg))?)
+            let child = start(spawn_in_cgroup(cmd, cg))?;
+            if let Some(t) = initial.as_mut() {
+                t.pid = Some(child.id());
+            }
+            Some(child)
         }
         None => None,
     };
@@ -232,7 +241,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         let server =
             tokio::spawn(async move { axum::serve(listener, export::server::router(app)).await });
 
-        if let (Some(mut child), Some((_, metrics_out))) = (child, run_cmd) {
+        if let (Some(mut child), Some((_, metrics_out, seccomp_out))) = (child, run_cmd) {
             let status = tokio::task::spawn_blocking(move || child.wait()).await??;
             let code = status
                 .code()
@@ -242,6 +251,15 @@ pub fn run(cfg: Config) -> Result<i32> {
                     .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
                 write_atomically(&path, text.as_bytes())
                     .with_context(|| format!("writing --metrics-out {}", path.display()))?;
+            }
+            if let Some(path) = seccomp_out {
+                let observed = shared.probes.iter().find_map(|p| p.observed_syscalls());
+                let Some(observed) = observed else {
+                    anyhow::bail!("--seccomp-out needs the syscalls probe family");
+                };
+                let body = format!("{:#}\n", crate::seccomp::profile(&observed, true));
+                write_atomically(&path, body.as_bytes())
+                    .with_context(|| format!("writing --seccomp-out {}", path.display()))?;
             }
             server.abort();
             return Ok(code);

@@ -5,4 +5,5 @@ pub mod app;
 pub mod caps;
 pub mod export;
 pub mod probes;
+pub mod seccomp;
 pub mod target;

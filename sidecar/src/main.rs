@@ -95,6 +95,9 @@ enum Command {
         /// At CMD's exit, write the final metrics (Prometheus text) to FILE.
         #[arg(long, value_name = "FILE")]
         metrics_out: Option<PathBuf>,
+        /// At CMD's exit, write the advised seccomp profile (JSON, as GET /seccomp) to FILE.
+        #[arg(long, value_name = "FILE")]
+        seccomp_out: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -138,12 +141,20 @@ fn main() {
             }
             return;
         }
-        Some(Command::Run { cmd, metrics_out }) => {
+        Some(Command::Run {
+            cmd,
+            metrics_out,
+            seccomp_out,
+        }) => {
             if cli.target_pid.is_some() || cli.target_container.is_some() {
                 eprintln!("error: run makes its own target; drop --target-pid/--target-container");
                 std::process::exit(2);
             }
-            Choice::Run { cmd, metrics_out }
+            Choice::Run {
+                cmd,
+                metrics_out,
+                seccomp_out,
+            }
         }
         None => match (cli.target_pid, cli.target_container) {
             (Some(p), _) => Choice::Pid(p),

@@ -106,6 +106,33 @@ impl Collector for SidecarCollector {
             "1 while the target exists and is being counted, 0 while it is gone.",
             [(vec![], u64::from(target.current.is_some()))],
         )?;
+        let confined = target
+            .current
+            .as_ref()
+            .and_then(|t| t.pid)
+            .and_then(crate::seccomp::confinement);
+        if let Some(c) = confined {
+            encode::gauge(
+                &mut enc,
+                "ebpf_sidecar_target_seccomp_mode",
+                "Seccomp mode of the target's main process: 0 disabled, 1 strict, 2 filter (/proc/<pid>/status).",
+                [(vec![], c.seccomp_mode)],
+            )?;
+            encode::gauge(
+                &mut enc,
+                "ebpf_sidecar_target_no_new_privs",
+                "1 when the target's main process runs with no_new_privs.",
+                [(vec![], u64::from(c.no_new_privs))],
+            )?;
+            encode::gauge(
+                &mut enc,
+                "ebpf_sidecar_target_capabilities",
+                "Capability sets of the target's main process as bitmasks (bit n = capability n, see capabilities(7)).",
+                c.capabilities
+                    .iter()
+                    .map(|(set, mask)| (vec![("set", set.to_string())], *mask)),
+            )?;
+        }
         encode::counter(
             &mut enc,
             "ebpf_sidecar_target_acquisitions",

@@ -22,6 +22,7 @@ pub fn router(app: App) -> Router {
         .route("/", get(index))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
+        .route("/seccomp", get(seccomp))
         .with_state(app)
 }
 
@@ -39,6 +40,39 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
         _ => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",
+        )
+            .into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct SeccompQuery {
+    /// Leave out the container runtime's baseline (only for processes started outside runc).
+    baseline: Option<bool>,
+}
+
+/// The seccomp profile advised from what the target did so far.
+async fn seccomp(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<SeccompQuery>,
+) -> Response {
+    let shared = app.shared.clone();
+    let observed = tokio::task::spawn_blocking(move || {
+        shared.probes.iter().find_map(|p| p.observed_syscalls())
+    })
+    .await;
+    match observed {
+        Ok(Some(nrs)) => {
+            let body = crate::seccomp::profile(&nrs, q.baseline.unwrap_or(true));
+            (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{body:#}\n"),
+            )
+                .into_response()
+        }
+        _ => (
+            StatusCode::NOT_FOUND,
+            "the seccomp advisor needs the syscalls probe family (--probes ...,syscalls)\n",
         )
             .into_response(),
     }
@@ -78,6 +112,7 @@ async fn index() -> Html<&'static str> {
         "</h1><ul>",
         "<li><a href=\"/metrics\">/metrics</a> Prometheus metrics (text 0.0.4, or OpenMetrics by Accept)</li>",
         "<li><a href=\"/healthz\">/healthz</a> liveness and target state</li>",
+        "<li><a href=\"/seccomp\">/seccomp</a> seccomp profile advised from the syscalls seen</li>",
         "</ul></body></html>"
     ))
 }

@@ -57,6 +57,11 @@ pub trait Probe: Send + Sync {
     }
     /// Write this family's metrics, reading its maps now.
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;
+    /// Syscall numbers the target has made since start (the seccomp advisor's input); only the
+    /// syscalls family knows them.
+    fn observed_syscalls(&self) -> Option<Vec<u32>> {
+        None
+    }
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
 }

@@ -107,6 +107,20 @@ impl Probe for Syscalls {
                 .into_iter()
                 .map(|((s, e), n)| (vec![("syscall", s), ("errno", e)], n)),
         )?;
+        encode::gauge(
+            enc,
+            "ebpf_sidecar_seccomp_observed_syscalls",
+            "Distinct syscalls the target made since the sidecar started (the seccomp advisor's allow list, /seccomp).",
+            [(vec![], per.len() as u64)],
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_risky_syscalls",
+            "Calls of syscalls that widen a process's reach (ptrace, mount, unshare, setns, bpf, module loading...).",
+            per.iter()
+                .filter(|(s, _)| crate::seccomp::RISKY.contains(&s.as_str()))
+                .map(|(s, (n, _))| (label(s), *n)),
+        )?;
         if !ctx.options.syscall_latency {
             return Ok(()); // --syscall-latency off: no time was measured
         }
@@ -137,6 +151,22 @@ impl Probe for Syscalls {
                 [(vec![], all)],
             )
         }
+    }
+
+    fn observed_syscalls(&self) -> Option<Vec<u32>> {
+        let ebpf = self.obj.lock();
+        let arr = PerCpuArray::<_, SyscallStats>::try_from(ebpf.map("syscall_stats")?).ok()?;
+        Some(
+            arr.iter()
+                .enumerate()
+                .filter_map(|(nr, v)| {
+                    v.ok()
+                        .filter(|v| v.iter().any(|s| s.calls > 0))
+                        .map(|_| nr as u32)
+                })
+                .filter(|nr| (*nr as usize) < SYSCALL_SLOTS - 1)
+                .collect(),
+        )
     }
 
     fn lost_events(&self) -> u64 {

@@ -6,6 +6,9 @@
  *   counted serve N M K CODE stay up (as a container's PID 1); on each SIGUSR1 fork a child that
  *                            does `run N M K CODE`, reap it and print "done <status>".
  *   counted hog              allocate and touch memory until killed (OOM tests).
+ *   counted novel            call two syscalls the other modes never make: sysinfo (allowed by
+ *                            Docker's default profile) and unshare(CLONE_NEWUTS); exit status
+ *                            10 if sysinfo failed with EPERM + 20 if unshare did.
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -13,7 +16,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sched.h>
 #include <sys/syscall.h>
+#include <sys/sysinfo.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -50,6 +56,16 @@ int main(int argc, char **argv)
 			if (p)
 				memset(p, 1, 1 << 20);
 		}
+	}
+	if (argc >= 2 && !strcmp(argv[1], "novel")) {
+		struct sysinfo si;
+		int st = 0;
+
+		if (syscall(SYS_sysinfo, &si) != 0 && errno == EPERM)
+			st += 10;
+		if (syscall(SYS_unshare, CLONE_NEWUTS) != 0 && errno == EPERM)
+			st += 20;
+		return st;
 	}
 	if (argc != 6) {
 		fprintf(stderr, "usage: counted run|serve N M K CODE | counted hog\n");
