@@ -66,4 +66,55 @@ enum syscalls_counter {
 	SYSCALLS_COUNTERS = 4,
 };
 
+/* security: events through the ring buffer */
+#define SEC_PATH_LEN 128
+#define SEC_ARGV_LEN 256
+#define SEC_PREFIXES 16
+#define SEC_PREFIX_LEN 64
+
+enum security_kind {
+	SEC_EXEC = 1,            /* any exec: filename, argv */
+	SEC_SHELL = 2,           /* a shell exec'd by a non-shell */
+	SEC_PRIVILEGE = 3,       /* setuid/setgid/setres*id/setre*id/capset */
+	SEC_PTRACE = 4,
+	SEC_NAMESPACE = 5,       /* mount, umount2, unshare, setns */
+	SEC_MODULE = 6,          /* init_module, finit_module */
+	SEC_BPF = 7,             /* bpf() */
+	SEC_SENSITIVE_OPEN = 8,  /* open for write of a configured path prefix */
+	SEC_CONNECT_NEW_PEER = 9,
+	SEC_LISTEN_NEW_PORT = 10,
+	SEC_KINDS = 11,
+};
+
+struct security_event {
+	__u64 ts_ns;   /* CLOCK_MONOTONIC */
+	__u32 kind;
+	__u32 pid;     /* host tgid */
+	__u32 ns_pid;  /* tgid in the task's own pid namespace (the container's view) */
+	__u32 ppid;    /* host tgid of the parent */
+	__u32 uid;
+	__u32 nr;      /* syscall number, for syscall kinds */
+	__u64 args[4]; /* first syscall arguments */
+	__u8 addr[16]; /* peer address (IPv4 in the first 4 bytes) */
+	__u16 port;    /* peer or listening port, host order */
+	__u16 family;  /* AF_INET, AF_INET6 */
+	__u32 argv_len;
+	char comm[SIDECAR_COMM_LEN];
+	char pcomm[SIDECAR_COMM_LEN];
+	char path[SEC_PATH_LEN];  /* exec filename, opened path, mount target */
+	char argv[SEC_ARGV_LEN];  /* NUL-separated, truncated */
+};
+
+struct sec_prefix {
+	__u32 len;
+	char bytes[SEC_PREFIX_LEN];
+};
+
+enum security_counter {
+	SEC_LOST = 0, /* ring buffer full: events dropped (per kind below, +kind) */
+};
+
+_Static_assert(sizeof(struct sidecar_target) == 32, "mirrored in Rust");
+_Static_assert(sizeof(struct security_event) == 504, "mirrored in Rust");
+
 #endif

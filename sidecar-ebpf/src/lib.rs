@@ -16,6 +16,7 @@ macro_rules! object {
 pub mod objects {
     pub static PROCESS: &[u8] = object!("process");
     pub static SYSCALLS: &[u8] = object!("syscalls");
+    pub static SECURITY: &[u8] = object!("security");
 }
 
 pub const COMM_LEN: usize = 16;
@@ -97,6 +98,43 @@ pub mod syscalls_counter {
     pub const LOST_ERRORS: u32 = 1;
 }
 
+pub const SEC_PATH_LEN: usize = 128;
+pub const SEC_ARGV_LEN: usize = 256;
+pub const SEC_PREFIXES: u32 = 16;
+pub const SEC_PREFIX_LEN: usize = 64;
+/// `enum security_kind` values are 1..SEC_KINDS.
+pub const SEC_KINDS: u32 = 11;
+
+/// `struct security_event`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SecurityEvent {
+    pub ts_ns: u64,
+    pub kind: u32,
+    pub pid: u32,
+    pub ns_pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub nr: u32,
+    pub args: [u64; 4],
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub family: u16,
+    pub argv_len: u32,
+    pub comm: [u8; COMM_LEN],
+    pub pcomm: [u8; COMM_LEN],
+    pub path: [u8; SEC_PATH_LEN],
+    pub argv: [u8; SEC_ARGV_LEN],
+}
+
+/// `struct sec_prefix`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct SecPrefix {
+    pub len: u32,
+    pub bytes: [u8; SEC_PREFIX_LEN],
+}
+
 // SAFETY: all of these are repr(C), made of integers and byte arrays with no implicit padding
 // (checked below), so every bit pattern is a valid value.
 unsafe impl Pod for Target {}
@@ -104,6 +142,8 @@ unsafe impl Pod for SyscallStats {}
 unsafe impl Pod for SyscallErrorKey {}
 unsafe impl Pod for CommKey {}
 unsafe impl Pod for ExitKey {}
+unsafe impl Pod for SecurityEvent {}
+unsafe impl Pod for SecPrefix {}
 
 const _: () = {
     use core::mem::{offset_of, size_of};
@@ -115,6 +155,13 @@ const _: () = {
     assert!(size_of::<CommKey>() == 16);
     assert!(size_of::<ExitKey>() == 24);
     assert!(offset_of!(ExitKey, signal) == 20);
+    assert!(size_of::<SecurityEvent>() == 504);
+    assert!(offset_of!(SecurityEvent, args) == 32);
+    assert!(offset_of!(SecurityEvent, port) == 80);
+    assert!(offset_of!(SecurityEvent, comm) == 88);
+    assert!(offset_of!(SecurityEvent, path) == 120);
+    assert!(offset_of!(SecurityEvent, argv) == 248);
+    assert!(size_of::<SecPrefix>() == 68);
 };
 
 /// Name of the map every object carries for the target filter.

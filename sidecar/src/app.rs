@@ -37,6 +37,8 @@ pub struct Config {
     pub options: Options,
     pub resolve_interval: Duration,
     pub extra_labels: Vec<(String, String)>,
+    /// Also append every event (NDJSON) to this file.
+    pub events_out: Option<PathBuf>,
 }
 
 /// Errors before serving starts are the user's to fix: they exit with status 2.
@@ -199,6 +201,18 @@ pub fn run(cfg: Config) -> Result<i32> {
         None => None,
     };
 
+    // Opened before the capabilities go, in case the path needs them; readers start after.
+    let sink = start(
+        crate::events::EventSink::new(cfg.events_out.as_deref()).with_context(|| {
+            format!(
+                "opening --events-out {}",
+                cfg.events_out
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new(""))
+                    .display()
+            )
+        }),
+    )?;
     let mut keep = crate::caps::needed_after_attach();
     for f in &families {
         keep.extend(f.keeps.iter().copied());
@@ -211,7 +225,14 @@ pub fn run(cfg: Config) -> Result<i32> {
         tracing::warn!("could not drop capabilities: {e}");
     }
 
+    for p in &loaded {
+        if let Err(e) = p.start_events(sink.clone()) {
+            tracing::error!("starting the event reader of {}: {e}", p.name());
+        }
+    }
+
     let shared = Arc::new(Shared {
+        events: sink,
         probes: loaded,
         statuses,
         target: RwLock::new(TargetState {

@@ -3,6 +3,7 @@
 
 pub mod app;
 pub mod caps;
+pub mod events;
 pub mod export;
 pub mod probes;
 pub mod seccomp;

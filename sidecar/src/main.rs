@@ -7,9 +7,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
-use sidecar::probes::{FAMILIES, Options};
-
-const DEFAULT_PROBES: &str = "process,syscalls";
+use sidecar::probes::{DEFAULT_FAMILIES, FAMILIES, Options};
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
@@ -47,7 +45,7 @@ struct Cli {
     listen: SocketAddr,
 
     /// Probe families to load, comma separated (see `ebpf-sidecar probes`).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = DEFAULT_PROBES, global = true)]
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = DEFAULT_FAMILIES, global = true)]
     probes: Vec<String>,
 
     /// Enable the kernel's BPF run-time statistics and export each program's cost
@@ -67,6 +65,16 @@ struct Cli {
     /// histogram). `off` only counts calls and errors, at about a third of the kernel cost.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     syscall_latency: String,
+
+    /// Path prefix whose opening for write is a security event (repeatable; replaces the
+    /// defaults /etc/passwd, /etc/shadow, /etc/group, /etc/sudoers, /root/.ssh/, /etc/ssh/,
+    /// /etc/ld.so.preload). At most 16, 64 bytes each.
+    #[arg(long = "sensitive-path", value_name = "PREFIX", global = true)]
+    sensitive_paths: Vec<String>,
+
+    /// Append every event (security family) as NDJSON to FILE, as GET /events streams them.
+    #[arg(long, value_name = "FILE", global = true)]
+    events_out: Option<PathBuf>,
 
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
@@ -175,9 +183,11 @@ fn main() {
             top_n: cli.top_n,
             per_syscall_histograms: cli.per_syscall_histograms,
             syscall_latency: cli.syscall_latency == "on",
+            sensitive_paths: cli.sensitive_paths,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,
+        events_out: cli.events_out,
     };
     match app::run(cfg) {
         Ok(code) => std::process::exit(code),

@@ -41,6 +41,8 @@ pub struct Shared {
     /// Constant labels (e.g. Kubernetes pod and namespace) put on the target info.
     pub extra_labels: Vec<(String, String)>,
     pub started: Instant,
+    /// Where families publish events (served on /events).
+    pub events: crate::events::EventSink,
 }
 
 impl fmt::Debug for Shared {

@@ -23,6 +23,7 @@ pub fn router(app: App) -> Router {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/seccomp", get(seccomp))
+        .route("/events", get(events))
         .with_state(app)
 }
 
@@ -78,6 +79,54 @@ async fn seccomp(
     }
 }
 
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Comma-separated kinds to keep (all when absent).
+    kind: Option<String>,
+}
+
+/// Events as they happen, one JSON object per line, until the client goes away.
+async fn events(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> Response {
+    let kinds: Option<Vec<String>> = q.kind.map(|k| {
+        k.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let rx = app.shared.events.subscribe();
+    let stream = futures_util::stream::unfold((rx, kinds), |(mut rx, kinds)| async move {
+        loop {
+            match rx.recv().await {
+                Ok(line) => {
+                    let keep = kinds.as_ref().is_none_or(|ks| {
+                        ks.iter()
+                            .any(|k| line.contains(&format!("\"kind\":\"{k}\"")))
+                    });
+                    if keep {
+                        let chunk = axum::body::Bytes::from(format!("{line}\n"));
+                        return Some((Ok::<_, std::convert::Infallible>(chunk), (rx, kinds)));
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    let chunk = axum::body::Bytes::from(format!(
+                        "{{\"kind\":\"lagged\",\"missed\":{n}}}\n"
+                    ));
+                    return Some((Ok(chunk), (rx, kinds)));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     let failed: Vec<_> = app
         .shared
@@ -112,6 +161,7 @@ async fn index() -> Html<&'static str> {
         "</h1><ul>",
         "<li><a href=\"/metrics\">/metrics</a> Prometheus metrics (text 0.0.4, or OpenMetrics by Accept)</li>",
         "<li><a href=\"/healthz\">/healthz</a> liveness and target state</li>",
+        "<li><a href=\"/events\">/events</a> security events as NDJSON, streaming (?kind=exec,shell,...)</li>",
         "<li><a href=\"/seccomp\">/seccomp</a> seccomp profile advised from the syscalls seen</li>",
         "</ul></body></html>"
     ))

@@ -6,6 +6,7 @@
 
 pub mod object;
 pub mod process;
+pub mod security;
 pub mod syscalls;
 pub mod tables;
 
@@ -33,6 +34,8 @@ pub struct Options {
     pub per_syscall_histograms: bool,
     /// Measure each syscall's latency (time and histogram), not only count calls and errors.
     pub syscall_latency: bool,
+    /// Path prefixes whose opening for write is a security event (empty: the defaults).
+    pub sensitive_paths: Vec<String>,
 }
 
 impl Default for Options {
@@ -41,6 +44,7 @@ impl Default for Options {
             top_n: 20,
             per_syscall_histograms: false,
             syscall_latency: true,
+            sensitive_paths: Vec::new(),
         }
     }
 }
@@ -61,6 +65,11 @@ pub trait Probe: Send + Sync {
     /// syscalls family knows them.
     fn observed_syscalls(&self) -> Option<Vec<u32>> {
         None
+    }
+    /// Start handing this family's events (if it has any) to `sink`. Called once, after the
+    /// capabilities were dropped, so reader threads start without any.
+    fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
+        Ok(())
     }
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
@@ -92,7 +101,17 @@ pub const FAMILIES: &[Family] = &[
         keeps: &[],
         load: syscalls::load,
     },
+    Family {
+        name: "security",
+        about: "event stream: exec, shells, privilege changes, ptrace, mounts/namespaces, modules, bpf(), sensitive opens, new peers/ports",
+        needs: &[],
+        keeps: &[],
+        load: security::load,
+    },
 ];
+
+/// Families loaded when --probes is not given.
+pub const DEFAULT_FAMILIES: &str = "process,syscalls,security";
 
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)

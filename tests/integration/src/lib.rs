@@ -380,3 +380,44 @@ pub mod docker {
         }
     }
 }
+
+/// Read a streaming endpoint (NDJSON) for `for_how_long`, calling `during` once connected;
+/// returns the body lines.
+pub fn stream_lines(
+    port: u16,
+    path: &str,
+    for_how_long: Duration,
+    during: impl FnOnce(),
+) -> Vec<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let reader = std::thread::spawn(move || {
+        let deadline = Instant::now() + for_how_long;
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 65536];
+        while Instant::now() < deadline {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => raw.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+            if raw.windows(4).any(|w| w == b"\r\n\r\n") {
+                let _ = tx.send(());
+            }
+        }
+        raw
+    });
+    // Headers arrive at once: the subscription exists before the workload runs.
+    rx.recv_timeout(Duration::from_secs(5)).ok();
+    during();
+    let raw = reader.join().unwrap();
+    let text = String::from_utf8_lossy(&raw);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    body.lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}

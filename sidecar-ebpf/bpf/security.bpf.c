@@ -1,0 +1,342 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Security family: an event stream of what a security team cares about, through a ring buffer.
+ * Hooks: raw_tp sys_enter (only the few syscall numbers below go further), sched_process_exec,
+ * inet_sock_set_state (new listening ports). Counts per kind (emitted and lost) stay in the
+ * kernel; only events cross to userspace. */
+#include "sidecar.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define TCP_LISTEN 10
+#define O_ACCMODE 3
+#define O_CREAT 0100
+#define O_TRUNC 01000
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 * 1024);
+} security_events SEC(".maps");
+
+/* [kind] = emitted, [SEC_KINDS + kind] = lost */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2 * SEC_KINDS);
+	__type(key, __u32);
+	__type(value, __u64);
+} security_counts SEC(".maps");
+
+/* Sensitive path prefixes, written by userspace (--sensitive-path). */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SEC_PREFIXES);
+	__type(key, __u32);
+	__type(value, struct sec_prefix);
+} sensitive_prefixes SEC(".maps");
+
+struct peer_key {
+	__u8 addr[16];
+	__u16 port;
+	__u16 family;
+};
+
+/* Peers and listening ports already reported: "new" means not in here. Bounded (LRU). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct peer_key);
+	__type(value, __u8);
+} seen_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u16);
+	__type(value, __u8);
+} seen_ports SEC(".maps");
+
+/* Scratch for reading a path before deciding to emit (too big for the stack). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, char[SEC_PATH_LEN]);
+} path_scratch SEC(".maps");
+
+static __always_inline void count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&security_counts, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline struct security_event *reserve(__u32 kind)
+{
+	struct security_event *e = bpf_ringbuf_reserve(&security_events, sizeof(*e), 0);
+
+	if (!e) {
+		count(SEC_KINDS + kind);
+		return NULL;
+	}
+	count(kind);
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct pid *tp = task->group_leader->thread_pid;
+	unsigned int level = tp->level;
+	struct upid up = {};
+
+	bpf_probe_read_kernel(&up, sizeof(up), &tp->numbers[level & 7]);
+	e->ts_ns = bpf_ktime_get_ns();
+	e->kind = kind;
+	e->pid = bpf_get_current_pid_tgid() >> 32;
+	e->ns_pid = up.nr;
+	e->ppid = task->real_parent->tgid;
+	e->uid = (__u32)bpf_get_current_uid_gid();
+	e->nr = 0;
+	e->args[0] = e->args[1] = e->args[2] = e->args[3] = 0;
+	__builtin_memset(e->addr, 0, sizeof(e->addr));
+	e->port = 0;
+	e->family = 0;
+	e->argv_len = 0;
+	bpf_get_current_comm(e->comm, sizeof(e->comm));
+	bpf_probe_read_kernel_str(e->pcomm, sizeof(e->pcomm), task->real_parent->comm);
+	e->path[0] = 0;
+	e->argv[0] = 0;
+	return e;
+}
+
+static __always_inline int is_shell(const char *c)
+{
+	/* sh, ash, dash, bash, zsh */
+	if (c[0] == 's' && c[1] == 'h' && c[2] == 0)
+		return 1;
+	if (c[0] == 'a' && c[1] == 's' && c[2] == 'h' && c[3] == 0)
+		return 1;
+	if (c[0] == 'z' && c[1] == 's' && c[2] == 'h' && c[3] == 0)
+		return 1;
+	if ((c[0] == 'd' || c[0] == 'b') && c[1] == 'a' && c[2] == 's' && c[3] == 'h' && c[4] == 0)
+		return 1;
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = task, ctx[1] = old pid, ctx[2] = struct linux_binprm * */
+SEC("raw_tp/sched_process_exec")
+int security_exec(unsigned long long *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
+	struct security_event *e = reserve(SEC_EXEC);
+
+	if (!e)
+		return 0;
+	bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
+
+	struct task_struct *task = bpf_get_current_task_btf();
+	unsigned long start = task->mm->arg_start, end = task->mm->arg_end;
+	__u32 len = end > start ? end - start : 0;
+
+	if (len > SEC_ARGV_LEN)
+		len = SEC_ARGV_LEN;
+	if (len && !bpf_probe_read_user(e->argv, len & (SEC_ARGV_LEN - 1) ?: SEC_ARGV_LEN, (void *)start))
+		e->argv_len = len;
+
+	int shell = is_shell(e->comm) && !is_shell(e->pcomm);
+
+	bpf_ringbuf_submit(e, 0);
+
+	if (shell) {
+		e = reserve(SEC_SHELL);
+		if (!e)
+			return 0;
+		bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
+		bpf_ringbuf_submit(e, 0);
+	}
+	return 0;
+}
+
+static __always_inline int prefix_match(const char *path)
+{
+	for (__u32 i = 0; i < SEC_PREFIXES; i++) {
+		__u32 k = i;
+		struct sec_prefix *p = bpf_map_lookup_elem(&sensitive_prefixes, &k);
+
+		if (!p || !p->len)
+			return 0;
+		int ok = 1;
+
+		for (__u32 j = 0; j < SEC_PREFIX_LEN; j++) {
+			if (j >= p->len)
+				break;
+			if (path[j] != p->bytes[j]) {
+				ok = 0;
+				break;
+			}
+		}
+		if (ok)
+			return 1;
+	}
+	return 0;
+}
+
+static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *regs)
+{
+	struct security_event *e = reserve(kind);
+
+	if (!e)
+		return;
+	e->nr = nr;
+	e->args[0] = BPF_CORE_READ(regs, di);
+	e->args[1] = BPF_CORE_READ(regs, si);
+	e->args[2] = BPF_CORE_READ(regs, dx);
+	e->args[3] = BPF_CORE_READ(regs, r10);
+	/* mount(src, target, ...): the target is what matters */
+	if (nr == 165)
+		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[1]);
+	else if (nr == 166)
+		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[0]);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
+{
+	/* open(path, flags) or openat(dfd, path, flags) / openat2(dfd, path, how) */
+	const char *upath = (const char *)(nr == 2 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
+	__u64 flags;
+
+	if (nr == 2) {
+		flags = BPF_CORE_READ(regs, si);
+	} else if (nr == 257) {
+		flags = BPF_CORE_READ(regs, dx);
+	} else {
+		struct open_how how = {};
+
+		bpf_probe_read_user(&how, sizeof(how), (void *)BPF_CORE_READ(regs, dx));
+		flags = how.flags;
+	}
+	if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
+		return; /* read-only */
+
+	__u32 zero = 0;
+	char *path = bpf_map_lookup_elem(&path_scratch, &zero);
+
+	if (!path || bpf_probe_read_user_str(path, SEC_PATH_LEN, upath) <= 0)
+		return;
+	if (!prefix_match(path))
+		return;
+
+	struct security_event *e = reserve(SEC_SENSITIVE_OPEN);
+
+	if (!e)
+		return;
+	e->nr = nr;
+	e->args[0] = flags;
+	__builtin_memcpy(e->path, path, SEC_PATH_LEN);
+	bpf_ringbuf_submit(e, 0);
+}
+
+static __always_inline void connect_event(struct pt_regs *regs)
+{
+	struct peer_key k = {};
+	__u16 family = 0;
+	void *uaddr = (void *)BPF_CORE_READ(regs, si);
+
+	bpf_probe_read_user(&family, sizeof(family), uaddr);
+	if (family == AF_INET) {
+		struct sockaddr_in sa = {};
+
+		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
+		__builtin_memcpy(k.addr, &sa.sin_addr, 4);
+		k.port = bpf_ntohs(sa.sin_port);
+	} else if (family == AF_INET6) {
+		struct sockaddr_in6 sa = {};
+
+		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
+		__builtin_memcpy(k.addr, &sa.sin6_addr, 16);
+		k.port = bpf_ntohs(sa.sin6_port);
+	} else {
+		return;
+	}
+	k.family = family;
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&seen_peers, &k, &one, BPF_NOEXIST))
+		return; /* seen before */
+
+	struct security_event *e = reserve(SEC_CONNECT_NEW_PEER);
+
+	if (!e)
+		return;
+	e->nr = 42;
+	__builtin_memcpy(e->addr, k.addr, 16);
+	e->port = k.port;
+	e->family = family;
+	bpf_ringbuf_submit(e, 0);
+}
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
+SEC("raw_tp/sys_enter")
+int security_sys_enter(unsigned long long *ctx)
+{
+	__u64 nr = ctx[1];
+	__u32 kind;
+
+	/* Decide on the number first: nearly every syscall leaves here. */
+	switch (nr) {
+	case 105: case 106: case 113: case 114: case 117: case 119: case 126:
+		kind = SEC_PRIVILEGE; break;      /* setuid setgid setreuid setregid setresuid setresgid capset */
+	case 101:
+		kind = SEC_PTRACE; break;
+	case 165: case 166: case 272: case 308:
+		kind = SEC_NAMESPACE; break;      /* mount umount2 unshare setns */
+	case 175: case 313:
+		kind = SEC_MODULE; break;         /* init_module finit_module */
+	case 321:
+		kind = SEC_BPF; break;
+	case 2: case 257: case 437:
+		kind = SEC_SENSITIVE_OPEN; break; /* open openat openat2 */
+	case 42:
+		kind = SEC_CONNECT_NEW_PEER; break;
+	default:
+		return 0;
+	}
+	if (!sidecar_in_target())
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+
+	if (kind == SEC_SENSITIVE_OPEN)
+		open_event(nr, regs);
+	else if (kind == SEC_CONNECT_NEW_PEER)
+		connect_event(regs);
+	else
+		syscall_event(kind, nr, regs);
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = const struct sock *, ctx[1] = oldstate, ctx[2] = newstate */
+SEC("raw_tp/inet_sock_set_state")
+int security_listen(unsigned long long *ctx)
+{
+	if ((int)ctx[2] != TCP_LISTEN || !sidecar_in_target())
+		return 0;
+
+	struct sock *sk = (struct sock *)ctx[0];
+	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+	__u8 one = 1;
+
+	if (bpf_map_update_elem(&seen_ports, &port, &one, BPF_NOEXIST))
+		return 0;
+
+	struct security_event *e = reserve(SEC_LISTEN_NEW_PORT);
+
+	if (!e)
+		return 0;
+	e->port = port;
+	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

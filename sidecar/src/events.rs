@@ -1,0 +1,108 @@
+//! The event stream: families that emit events (ring buffers) hand each one, as a JSON line, to
+//! an [`EventSink`], which fans them out to `GET /events` subscribers and `--events-out`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::broadcast;
+
+/// Lines kept for a slow `/events` reader before it starts missing some (it is told how many).
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+#[derive(Clone)]
+pub struct EventSink {
+    tx: broadcast::Sender<Arc<str>>,
+    file: Option<Arc<Mutex<BufWriter<File>>>>,
+}
+
+impl EventSink {
+    pub fn new(events_out: Option<&Path>) -> std::io::Result<Self> {
+        let file = match events_out {
+            Some(p) => Some(Arc::new(Mutex::new(BufWriter::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(p)?,
+            )))),
+            None => None,
+        };
+        Ok(Self {
+            tx: broadcast::channel(SUBSCRIBER_BUFFER).0,
+            file,
+        })
+    }
+
+    /// Publish a batch of JSON lines (without newlines).
+    pub fn publish(&self, lines: &[String]) {
+        if let Some(f) = &self.file {
+            let mut f = f.lock().unwrap_or_else(|p| p.into_inner());
+            for l in lines {
+                let _ = writeln!(f, "{l}");
+            }
+            let _ = f.flush();
+        }
+        for l in lines {
+            // No subscriber is not an error: the event still went to the file, if any.
+            let _ = self.tx.send(Arc::from(l.as_str()));
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.tx.subscribe()
+    }
+}
+
+/// Wall-clock time of a CLOCK_MONOTONIC timestamp, as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339_from_monotonic(mono_ns: u64) -> String {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    let wall = now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC) + mono_ns as i128;
+    rfc3339(wall)
+}
+
+pub fn rfc3339(unix_ns: i128) -> String {
+    let secs = unix_ns.div_euclid(1_000_000_000) as i64;
+    let nanos = unix_ns.rem_euclid(1_000_000_000);
+    let (days, sod) = (secs.div_euclid(86400), secs.rem_euclid(86400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+        sod / 3600,
+        sod % 3600 / 60,
+        sod % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00.000000000Z");
+        assert_eq!(
+            super::rfc3339(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123456789Z"
+        );
+        assert_eq!(
+            super::rfc3339(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000000Z"
+        );
+    }
+}

@@ -1,0 +1,260 @@
+//! Security family: an event stream (exec, shell spawned, privilege changes, ptrace, mounts and
+//! namespaces, module loads, bpf(), writes to sensitive paths, new outbound peers, new listening
+//! ports) through a ring buffer. Kernel side: `sidecar-ebpf/bpf/security.bpf.c`.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use prometheus_client::encoding::DescriptorEncoder;
+use serde_json::{Value, json};
+use sidecar_ebpf::{SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES, SecPrefix, SecurityEvent};
+
+use super::syscalls::syscall_name;
+use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use crate::events::{EventSink, rfc3339_from_monotonic};
+use crate::export::encode::{self, comm_label};
+
+pub const KINDS: [&str; SEC_KINDS as usize] = [
+    "unknown",
+    "exec",
+    "shell",
+    "privilege",
+    "ptrace",
+    "namespace",
+    "module",
+    "bpf",
+    "sensitive_open",
+    "connect_new_peer",
+    "listen_new_port",
+];
+
+/// Paths whose opening for write is reported, by prefix (`--sensitive-path` replaces them).
+pub const DEFAULT_SENSITIVE: &[&str] = &[
+    "/etc/passwd",
+    "/etc/shadow",
+    "/etc/group",
+    "/etc/sudoers",
+    "/root/.ssh/",
+    "/etc/ssh/",
+    "/etc/ld.so.preload",
+];
+
+pub struct Security {
+    obj: Object,
+    ring: Mutex<Option<RingBuf<MapData>>>,
+}
+
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let mut obj = Object::load("security", sidecar_ebpf::objects::SECURITY)?;
+    {
+        let map_err = |detail: String| ProbeError::Map {
+            family: "security",
+            map: "sensitive_prefixes".into(),
+            detail,
+        };
+        let mut ebpf = obj.lock();
+        let mut prefixes: Array<_, SecPrefix> = Array::try_from(
+            ebpf.map_mut("sensitive_prefixes")
+                .ok_or_else(|| map_err("missing".into()))?,
+        )
+        .map_err(|e| map_err(e.to_string()))?;
+        let wanted: Vec<&str> = if opts.sensitive_paths.is_empty() {
+            DEFAULT_SENSITIVE.to_vec()
+        } else {
+            opts.sensitive_paths.iter().map(String::as_str).collect()
+        };
+        for (i, p) in wanted.iter().take(SEC_PREFIXES as usize).enumerate() {
+            let mut v = SecPrefix {
+                len: p.len().min(SEC_PREFIX_LEN) as u32,
+                bytes: [0; SEC_PREFIX_LEN],
+            };
+            v.bytes[..v.len as usize].copy_from_slice(&p.as_bytes()[..v.len as usize]);
+            prefixes
+                .set(i as u32, v, 0)
+                .map_err(|e| map_err(e.to_string()))?;
+        }
+    }
+    obj.attach_raw_tp("security_sys_enter", "sys_enter")?;
+    obj.attach_raw_tp("security_exec", "sched_process_exec")?;
+    obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
+    let ring = {
+        let mut ebpf = obj.lock();
+        let map = ebpf
+            .take_map("security_events")
+            .ok_or_else(|| ProbeError::Map {
+                family: "security",
+                map: "security_events".into(),
+                detail: "missing".into(),
+            })?;
+        RingBuf::try_from(map).map_err(|e| ProbeError::Map {
+            family: "security",
+            map: "security_events".into(),
+            detail: e.to_string(),
+        })?
+    };
+    Ok(Arc::new(Security {
+        obj,
+        ring: Mutex::new(Some(ring)),
+    }))
+}
+
+fn cstr(b: &[u8]) -> String {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// One event as the JSON object served on /events.
+pub fn to_json(e: &SecurityEvent) -> Value {
+    let kind = KINDS.get(e.kind as usize).copied().unwrap_or("unknown");
+    let mut v = json!({
+        "time": rfc3339_from_monotonic(e.ts_ns),
+        "kind": kind,
+        "pid": e.pid,
+        "ns_pid": e.ns_pid,
+        "ppid": e.ppid,
+        "uid": e.uid,
+        "comm": comm_label(&e.comm),
+        "parent_comm": comm_label(&e.pcomm),
+    });
+    let o = v.as_object_mut().expect("object");
+    match kind {
+        "exec" | "shell" => {
+            o.insert("filename".into(), json!(cstr(&e.path)));
+            if kind == "exec" {
+                let n = (e.argv_len as usize).min(e.argv.len());
+                let argv: Vec<String> = e.argv[..n]
+                    .split(|&c| c == 0)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                o.insert("argv".into(), json!(argv));
+                o.insert(
+                    "argv_truncated".into(),
+                    json!(e.argv_len as usize >= e.argv.len()),
+                );
+            }
+        }
+        "sensitive_open" => {
+            o.insert("syscall".into(), json!(syscall_name(e.nr)));
+            o.insert("path".into(), json!(cstr(&e.path)));
+            o.insert("flags".into(), json!(e.args[0]));
+        }
+        "connect_new_peer" => {
+            let ip = if e.family == 10 {
+                Ipv6Addr::from(e.addr).to_string()
+            } else {
+                Ipv4Addr::new(e.addr[0], e.addr[1], e.addr[2], e.addr[3]).to_string()
+            };
+            o.insert(
+                "peer".into(),
+                json!(if e.family == 10 {
+                    format!("[{ip}]:{}", e.port)
+                } else {
+                    format!("{ip}:{}", e.port)
+                }),
+            );
+        }
+        "listen_new_port" => {
+            o.insert("port".into(), json!(e.port));
+            o.insert(
+                "family".into(),
+                json!(if e.family == 10 { "ipv6" } else { "ipv4" }),
+            );
+        }
+        _ => {
+            o.insert("syscall".into(), json!(syscall_name(e.nr)));
+            o.insert("args".into(), json!(e.args));
+            let path = cstr(&e.path);
+            if !path.is_empty() {
+                o.insert("path".into(), json!(path));
+            }
+        }
+    }
+    v
+}
+
+impl Security {
+    fn counts(&self) -> Vec<u64> {
+        let ebpf = self.obj.lock();
+        let Some(Ok(arr)) = ebpf
+            .map("security_counts")
+            .map(PerCpuArray::<_, u64>::try_from)
+        else {
+            return vec![0; 2 * SEC_KINDS as usize];
+        };
+        (0..2 * SEC_KINDS)
+            .map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
+            .collect()
+    }
+}
+
+impl Probe for Security {
+    fn name(&self) -> &'static str {
+        "security"
+    }
+
+    fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let c = self.counts();
+        encode::counter(
+            enc,
+            "ebpf_sidecar_security_events",
+            "Security events of the target, by kind (counted in the kernel, including those lost on the way to /events).",
+            (1..SEC_KINDS as usize).map(|k| {
+                (
+                    vec![("kind", KINDS[k].to_string())],
+                    c[k] + c[SEC_KINDS as usize + k],
+                )
+            }),
+        )
+    }
+
+    fn lost_events(&self) -> u64 {
+        self.counts()[SEC_KINDS as usize..].iter().sum()
+    }
+
+    fn start_events(&self, sink: EventSink) -> Result<(), ProbeError> {
+        let Some(mut ring) = self.ring.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("security-events".into())
+            .spawn(move || {
+                let fd = ring.as_raw_fd();
+                loop {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 1000) };
+                    let mut batch = Vec::new();
+                    while let Some(item) = ring.next() {
+                        if item.len() >= std::mem::size_of::<SecurityEvent>() {
+                            // SAFETY: the kernel wrote a whole struct security_event (size checked);
+                            // read_unaligned copes with the ring buffer's 8-byte alignment.
+                            let e: SecurityEvent =
+                                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                            batch.push(to_json(&e).to_string());
+                        }
+                    }
+                    if !batch.is_empty() {
+                        sink.publish(&batch);
+                    }
+                }
+            })
+            .map_err(|e| ProbeError::Map {
+                family: "security",
+                map: "security_events".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(())
+    }
+}
