@@ -23,20 +23,31 @@ if ! have debian:bookworm-slim; then
   log "made debian:bookworm-slim"
 fi
 
-if ! have ebpf-sidecar-builder:local; then
+if ! have ebpf-sidecar-builder-base:local; then
   log "debootstrap builder (clang-19, libbpf-dev, gcc)"
   rm -rf "$WORK/builder"
   debootstrap --variant=minbase --include=clang-19,libbpf-dev,gcc,libc6-dev,ca-certificates \
     bookworm "$WORK/builder" "$MIRROR" >"$WORK/builder.log" 2>&1 || { tail -20 "$WORK/builder.log"; exit 1; }
   rm -rf "$WORK/builder/var/cache/apt/archives/"*.deb
-  # The toolchain this machine builds with, without docs; and the crates Cargo.lock names.
+  # The toolchain this machine builds with, without docs.
   tc=$(rustc --print sysroot)
   mkdir -p "$WORK/builder/opt/rust" "$WORK/builder/opt/cargo"
   cp -a "$tc/bin" "$tc/lib" "$WORK/builder/opt/rust/"
-  ( cd "$(dirname "$0")/.." && CARGO_HOME="$WORK/builder/opt/cargo" cargo fetch --locked >/dev/null )
   tar -C "$WORK/builder" -c . | docker import \
     --change 'ENV PATH=/opt/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV CARGO_HOME=/opt/cargo' --change 'ENV CARGO_NET_OFFLINE=true' \
-    - ebpf-sidecar-builder:local >/dev/null
+    - ebpf-sidecar-builder-base:local >/dev/null
+  log "made ebpf-sidecar-builder-base:local"
+fi
+
+# The crates Cargo.lock names, as a layer on the base; remade when Cargo.lock changes.
+lock=$(sha256sum "$(dirname "$0")/../Cargo.lock" | cut -c1-16)
+current=$(docker image inspect -f '{{ index .Config.Labels "lock" }}' ebpf-sidecar-builder:local 2>/dev/null || true)
+if [ "$FORCE" = "--force" ] || [ "$current" != "$lock" ]; then
+  log "crate cache for Cargo.lock $lock"
+  mkdir -p "$WORK/crates/cargo"
+  ( cd "$(dirname "$0")/.." && CARGO_HOME="$WORK/crates/cargo" cargo fetch --locked >/dev/null )
+  printf 'FROM ebpf-sidecar-builder-base:local\nCOPY cargo /opt/cargo\nLABEL lock=%s\n' "$lock" >"$WORK/crates/Dockerfile"
+  docker build -q -t ebpf-sidecar-builder:local "$WORK/crates" >/dev/null
   log "made ebpf-sidecar-builder:local"
 fi

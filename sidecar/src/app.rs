@@ -39,6 +39,8 @@ pub struct Config {
     pub extra_labels: Vec<(String, String)>,
     /// Also append every event (NDJSON) to this file.
     pub events_out: Option<PathBuf>,
+    /// Prometheus exporter-toolkit web configuration (TLS, basic auth).
+    pub web_config: Option<PathBuf>,
 }
 
 /// Errors before serving starts are the user's to fix: they exit with status 2.
@@ -75,6 +77,16 @@ pub fn run(cfg: Config) -> Result<i32> {
         )
     }))?;
     listener.set_nonblocking(true)?;
+    let (tls, auth) = match &cfg.web_config {
+        Some(path) => {
+            let web = start(export::web::WebConfig::load(path).map_err(anyhow::Error::from))?;
+            let tls = start(web.tls_acceptor(path).map_err(anyhow::Error::from))?;
+            let auth = (!web.basic_auth_users.is_empty())
+                .then(|| export::web::BasicAuth::new(web.basic_auth_users.clone()));
+            (tls, auth)
+        }
+        None => (None, None),
+    };
     let families: Vec<&probes::Family> = cfg
         .probes
         .iter()
@@ -254,13 +266,19 @@ pub fn run(cfg: Config) -> Result<i32> {
         .build()?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        tracing::info!("serving on http://{}/metrics", listener.local_addr()?);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        tracing::info!("serving on {scheme}://{}/metrics", listener.local_addr()?);
         let app = export::server::App {
             registry: registry.clone(),
             shared: shared.clone(),
         };
-        let server =
-            tokio::spawn(async move { axum::serve(listener, export::server::router(app)).await });
+        let router = export::server::router(app, auth);
+        let server = tokio::spawn(async move {
+            match tls {
+                Some(acceptor) => export::server::serve_tls(listener, router, acceptor).await,
+                None => axum::serve(listener, router).await,
+            }
+        });
 
         if let (Some(mut child), Some((_, metrics_out, seccomp_out))) = (child, run_cmd) {
             let status = tokio::task::spawn_blocking(move || child.wait()).await??;

@@ -76,6 +76,11 @@ struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     events_out: Option<PathBuf>,
 
+    /// Prometheus exporter-toolkit web configuration: `tls_server_config` (cert_file, key_file)
+    /// and `basic_auth_users` (user: bcrypt hash). Same file format Prometheus's exporters use.
+    #[arg(long = "web.config.file", value_name = "FILE", global = true)]
+    web_config: Option<PathBuf>,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -188,6 +193,7 @@ fn main() {
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,
         events_out: cli.events_out,
+        web_config: cli.web_config,
     };
     match app::run(cfg) {
         Ok(code) => std::process::exit(code),

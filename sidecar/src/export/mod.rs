@@ -3,6 +3,7 @@
 
 pub mod encode;
 pub mod server;
+pub mod web;
 
 use std::fmt;
 use std::sync::{Arc, RwLock};

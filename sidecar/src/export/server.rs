@@ -17,7 +17,46 @@ pub struct App {
     pub shared: Arc<Shared>,
 }
 
-pub fn router(app: App) -> Router {
+/// The routes; with `auth`, every one of them requires basic auth.
+pub fn router(app: App, auth: Option<super::web::BasicAuth>) -> Router {
+    let r = routes(app);
+    match auth {
+        Some(a) => r.layer(axum::middleware::from_fn_with_state(
+            a,
+            super::web::require_basic_auth,
+        )),
+        None => r,
+    }
+}
+
+/// Serve `router` over TLS: a plain-HTTP client gets a failed handshake and a closed connection.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    acceptor: tokio_rustls::TlsAcceptor,
+) -> std::io::Result<()> {
+    loop {
+        let (tcp, peer) = listener.accept().await?;
+        let (acceptor, router) = (acceptor.clone(), router.clone());
+        tokio::spawn(async move {
+            let tls = match acceptor.accept(tcp).await {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                    return;
+                }
+            };
+            let svc = hyper_util::service::TowerToHyperService::new(router);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), svc);
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, "connection: {e}");
+            }
+        });
+    }
+}
+
+fn routes(app: App) -> Router {
     Router::new()
         .route("/", get(index))
         .route("/metrics", get(metrics))
