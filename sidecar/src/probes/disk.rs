@@ -123,8 +123,9 @@ impl Probe for Disk {
                 a.queue.add(&v.queue_hist, v.queue_ns);
             }
         }
-        let labels =
-            |(d, o): &(String, &'static str)| -> Labels { vec![("device", d.clone()), ("op", o.to_string())] };
+        let labels = |(d, o): &(String, &'static str)| -> Labels {
+            vec![("device", d.clone()), ("op", o.to_string())]
+        };
         encode::counter(
             enc,
             "ebpf_sidecar_block_requests",

@@ -144,10 +144,7 @@ impl Probe for Files {
             }
         }
         let mut opens = vec![0u64; ERRNO_SLOTS];
-        if let Some(Ok(arr)) = ebpf
-            .map("file_opens")
-            .map(PerCpuArray::<_, u64>::try_from)
-        {
+        if let Some(Ok(arr)) = ebpf.map("file_opens").map(PerCpuArray::<_, u64>::try_from) {
             for (i, vals) in arr.iter().enumerate().take(ERRNO_SLOTS) {
                 if let Ok(vals) = vals {
                     opens[i] = vals.iter().sum();
@@ -192,7 +189,12 @@ impl Probe for Files {
             let pick = move |io: &FileIo| if read { io.read_bytes } else { io.write_bytes };
             let mut s: Vec<(Labels, u64)> = files
                 .iter()
-                .map(|(p, io)| (vec![("kind", "file".to_string()), ("path", p.clone())], pick(io)))
+                .map(|(p, io)| {
+                    (
+                        vec![("kind", "file".to_string()), ("path", p.clone())],
+                        pick(io),
+                    )
+                })
                 .collect();
             for (i, io) in kinds.iter().enumerate() {
                 if let Some(k) = kind_name(i as u32) {
@@ -218,10 +220,18 @@ impl Probe for Files {
             enc,
             "ebpf_sidecar_file_opens",
             "open/openat/openat2/creat calls of the target, by result (ok or errno name).",
-            opens.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, n)| {
-                let r = if i == 0 { "ok".to_string() } else { errno_name(i as u32) };
-                (vec![("result", r)], *n)
-            }),
+            opens
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(i, n)| {
+                    let r = if i == 0 {
+                        "ok".to_string()
+                    } else {
+                        errno_name(i as u32)
+                    };
+                    (vec![("result", r)], *n)
+                }),
         )?;
         // Failures whose (path, errno) did not fit the kernel table are in the totals only.
         let mut mapped: HashMap<u32, u64> = HashMap::new();
@@ -248,7 +258,9 @@ impl Probe for Files {
             enc,
             "ebpf_sidecar_file_syncs",
             "fsync/fdatasync/sync_file_range calls of the target that returned, by call.",
-            syncs.iter().map(|(c, n, _)| (vec![("call", c.to_string())], *n)),
+            syncs
+                .iter()
+                .map(|(c, n, _)| (vec![("call", c.to_string())], *n)),
         )?;
         encode::histogram(
             enc,

@@ -60,14 +60,19 @@ fn buffered_bytes_per_path_opens_and_fsyncs_are_exact() {
     let dir = fresh_dir("ebpf-sidecar-files-mon");
     let other_dir = fresh_dir("ebpf-sidecar-files-unmon");
     // An unmonitored process doing the same thing while the sidecar runs.
-    let mut noise = files_io(&other_dir, NFILES, K_MISSING, N_FSYNC, 0).spawn().unwrap();
+    let mut noise = files_io(&other_dir, NFILES, K_MISSING, N_FSYNC, 0)
+        .spawn()
+        .unwrap();
     let m = run_monitored("exact", files_io(&dir, NFILES, K_MISSING, N_FSYNC, 0));
     assert!(noise.wait().unwrap().success());
 
     let p = |i: u64| format!("{}/f{i:02}", dir.display());
     // Top 20 by bytes: f00..f19 (sizes decrease with i); f20 is the 21st and goes to `other`.
     for i in 0..NFILES - 1 {
-        for metric in ["ebpf_sidecar_file_write_bytes_total", "ebpf_sidecar_file_read_bytes_total"] {
+        for metric in [
+            "ebpf_sidecar_file_write_bytes_total",
+            "ebpf_sidecar_file_read_bytes_total",
+        ] {
             assert_eq!(
                 m.get(metric, &[("kind", "file"), ("path", &p(i))]),
                 Some(size(i) as f64),
@@ -76,8 +81,15 @@ fn buffered_bytes_per_path_opens_and_fsyncs_are_exact() {
             );
         }
     }
-    for metric in ["ebpf_sidecar_file_write_bytes_total", "ebpf_sidecar_file_read_bytes_total"] {
-        assert_eq!(m.get(metric, &[("path", &p(NFILES - 1))]), None, "{metric}: 21st file has its own series");
+    for metric in [
+        "ebpf_sidecar_file_write_bytes_total",
+        "ebpf_sidecar_file_read_bytes_total",
+    ] {
+        assert_eq!(
+            m.get(metric, &[("path", &p(NFILES - 1))]),
+            None,
+            "{metric}: 21st file has its own series"
+        );
         assert_eq!(
             m.get(metric, &[("kind", "file"), ("path", "other")]),
             Some(size(NFILES - 1) as f64),
@@ -85,23 +97,53 @@ fn buffered_bytes_per_path_opens_and_fsyncs_are_exact() {
         );
     }
     // Two opens per file (write, read back) and one for the fsyncs.
-    assert_eq!(m.sum("ebpf_sidecar_file_opens_total", &[("result", "ok")]), (2 * NFILES + 1) as f64);
-    assert_eq!(m.sum("ebpf_sidecar_file_opens_total", &[("result", "ENOENT")]), K_MISSING as f64);
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_opens_total", &[("result", "ok")]),
+        (2 * NFILES + 1) as f64
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_opens_total", &[("result", "ENOENT")]),
+        K_MISSING as f64
+    );
     let missing = format!("{}/missing", dir.display());
     assert_eq!(
-        m.get("ebpf_sidecar_file_open_errors_total", &[("path", &missing), ("errno", "ENOENT")]),
+        m.get(
+            "ebpf_sidecar_file_open_errors_total",
+            &[("path", &missing), ("errno", "ENOENT")]
+        ),
         Some(K_MISSING as f64)
     );
-    assert_eq!(m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]), N_FSYNC as f64);
     assert_eq!(
-        m.sum("ebpf_sidecar_file_sync_duration_seconds_count", &[("call", "fsync")]),
+        m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]),
         N_FSYNC as f64
     );
-    assert!(m.sum("ebpf_sidecar_file_sync_duration_seconds_sum", &[("call", "fsync")]) > 0.0);
-    assert_eq!(m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fdatasync")]), 0.0);
-    assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[("probe", "files")]), 0.0);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_file_sync_duration_seconds_count",
+            &[("call", "fsync")]
+        ),
+        N_FSYNC as f64
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_file_sync_duration_seconds_sum",
+            &[("call", "fsync")]
+        ) > 0.0
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fdatasync")]),
+        0.0
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_events_lost_total", &[("probe", "files")]),
+        0.0
+    );
     let unmon = other_dir.display().to_string();
-    assert!(!m.text.contains(&unmon), "the unmonitored process leaked in:\n{}", m.text);
+    assert!(
+        !m.text.contains(&unmon),
+        "the unmonitored process leaked in:\n{}",
+        m.text
+    );
 }
 
 #[test]
@@ -111,8 +153,14 @@ fn page_cache_misses_count_the_pages_read_back() {
     let m = run_monitored("pc", files_io(&dir, 0, 0, 0, PAGES));
     let pc = format!("{}/pc", dir.display());
     let bytes = (PAGES * 4096) as f64;
-    assert_eq!(m.get("ebpf_sidecar_file_write_bytes_total", &[("path", &pc)]), Some(bytes));
-    assert_eq!(m.get("ebpf_sidecar_file_read_bytes_total", &[("path", &pc)]), Some(bytes));
+    assert_eq!(
+        m.get("ebpf_sidecar_file_write_bytes_total", &[("path", &pc)]),
+        Some(bytes)
+    );
+    assert_eq!(
+        m.get("ebpf_sidecar_file_read_bytes_total", &[("path", &pc)]),
+        Some(bytes)
+    );
     // PAGES new pages when written, PAGES again when read back after POSIX_FADV_DONTNEED; a few
     // more for directory and inode blocks read into the block device's cache (0 to 2 seen).
     let misses = m.sum("ebpf_sidecar_page_cache_misses_total", &[]);
@@ -121,7 +169,10 @@ fn page_cache_misses_count_the_pages_read_back() {
         "page cache misses {misses}, expected {} + at most 8",
         2 * PAGES
     );
-    assert_eq!(m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]), 1.0);
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]),
+        1.0
+    );
 }
 
 #[test]
@@ -134,14 +185,34 @@ fn sockets_pipes_and_char_devices_are_kinds_not_paths() {
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--metrics-out")
         .arg(&out)
-        .args(["--", "/bin/sh", "-c", "head -c 1000 /dev/zero | cat > /dev/null"])
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            "head -c 1000 /dev/zero | cat > /dev/null",
+        ])
         .status()
         .unwrap();
     assert!(st.success());
     let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
     assert!(m.sum("ebpf_sidecar_file_read_bytes_total", &[("kind", "char")]) >= 1000.0);
-    assert_eq!(m.sum("ebpf_sidecar_file_read_bytes_total", &[("kind", "pipe")]), 1000.0);
-    assert_eq!(m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "pipe")]), 1000.0);
-    assert_eq!(m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "char")]), 1000.0);
-    assert_eq!(m.get("ebpf_sidecar_file_read_bytes_total", &[("path", "/dev/zero")]), None);
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_read_bytes_total", &[("kind", "pipe")]),
+        1000.0
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "pipe")]),
+        1000.0
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "char")]),
+        1000.0
+    );
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_file_read_bytes_total",
+            &[("path", "/dev/zero")]
+        ),
+        None
+    );
 }
