@@ -45,15 +45,15 @@ pub fn op_name(op: u32) -> &'static str {
 /// Kernel name of a block device (`vda`, `nvme0n1`): DEVNAME from sysfs, else /proc/partitions,
 /// else `major:minor`.
 pub fn device_name(major: u32, minor: u32) -> String {
-    if let Ok(s) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent")) {
-        if let Some(n) = s.lines().find_map(|l| l.strip_prefix("DEVNAME=")) {
-            return n.trim().to_string();
-        }
+    if let Ok(s) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        && let Some(n) = s.lines().find_map(|l| l.strip_prefix("DEVNAME="))
+    {
+        return n.trim().to_string();
     }
-    if let Ok(s) = std::fs::read_to_string("/proc/partitions") {
-        if let Some(n) = partitions_lookup(&s, major, minor) {
-            return n;
-        }
+    if let Ok(s) = std::fs::read_to_string("/proc/partitions")
+        && let Some(n) = partitions_lookup(&s, major, minor)
+    {
+        return n;
     }
     format!("{major}:{minor}")
 }
