@@ -78,10 +78,17 @@ fn sidecar(
         ("ebpf_sidecar_bpf_program_runs_total{", 1),
     ] {
         for l in text.lines().filter(|l| l.starts_with(metric)) {
-            let Some(p) = l.split("program=\"").nth(1).and_then(|r| r.split('"').next()) else {
+            let Some(p) = l
+                .split("program=\"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+            else {
                 continue;
             };
-            let v: f64 = l.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0);
+            let v: f64 = l
+                .rsplit_once(' ')
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0.0);
             let e = progs.entry(p.to_string()).or_default();
             if slot == 0 {
                 e.0 += v * 1e9;
@@ -219,6 +226,9 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
             }
         }
     }
-    writeln!(o, "| bpftrace biolatency (both programs) | seq | - | {bt_seq:.1} |")?;
+    writeln!(
+        o,
+        "| bpftrace biolatency (both programs) | seq | - | {bt_seq:.1} |"
+    )?;
     Ok(o)
 }

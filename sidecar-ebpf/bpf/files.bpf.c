@@ -47,7 +47,8 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct remembered {
 	__u64 inode;
-	struct file_path p;
+	__u32 id; /* index in file_io, SIDECAR_FILE_PATHS when the path table is full */
+	__u32 pad;
 };
 
 /* Files the target opened, by struct file address. LRU: closed files are never removed
@@ -59,10 +60,30 @@ struct {
 	__type(value, struct remembered);
 } files_open SEC(".maps");
 
+/* Path -> small id, looked up once per open; reads and writes then index an array by id instead
+ * of hashing a 256-byte path on every call. Userspace reads it for the names. */
 struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
-	__uint(max_entries, 4096);
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
 	__type(key, struct file_path);
+	__type(value, __u32);
+} file_path_ids SEC(".maps");
+
+/* Next id to hand out. Plain (not atomic: BPF v1 has no fetch-and-add): two CPUs may read the
+ * same value, and the claim below lets only one of them have it. */
+__u32 next_path_id = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
+	__type(key, __u32);
+	__type(value, __u32);
+} file_path_claims SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
+	__type(key, __u32);
 	__type(value, struct file_io);
 } file_io SEC(".maps");
 
@@ -114,7 +135,7 @@ struct {
 
 /* Path-sized work areas: too big for the 512-byte stack. */
 struct scratch {
-	struct remembered r;
+	struct file_path p;
 	struct open_error_key e;
 };
 
@@ -135,15 +156,18 @@ static __always_inline void bump_counter(__u32 idx, __u64 n)
 
 static __always_inline struct file *fd_file(__u64 fd)
 {
+	/* Direct (BTF) loads down to the fd array: a probe read per step costs more. */
 	struct task_struct *task = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **arr;
+	struct files_struct *files = task->files;
 	struct file *f = NULL;
 
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+	if (!files)
 		return NULL;
-	arr = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&f, sizeof(f), arr + fd);
+	struct fdtable *fdt = files->fdt;
+
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), (void *)fdt->fd + fd * sizeof(f));
 	return f;
 }
 
@@ -191,14 +215,9 @@ static __always_inline void account(__u64 fd, __u64 bytes, int write)
 	__u32 kind;
 
 	if (r && r->inode == (__u64)ino) {
-		struct file_io *io = bpf_map_lookup_elem(&file_io, &r->p);
+		__u32 id = r->id;
+		struct file_io *io = bpf_map_lookup_elem(&file_io, &id);
 
-		if (!io) {
-			struct file_io zero = {};
-
-			bpf_map_update_elem(&file_io, &r->p, &zero, BPF_NOEXIST);
-			io = bpf_map_lookup_elem(&file_io, &r->p);
-		}
 		if (io) {
 			add_io(io, bytes, write);
 			return;
@@ -246,9 +265,26 @@ static __always_inline void opened(const char *user_path, long ret)
 		/* Only regular files are reported by path; /dev/null and friends by kind. */
 		if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFREG)
 			return;
-		read_path(s->r.p.path, user_path);
-		s->r.inode = (__u64)ino;
-		if (bpf_map_update_elem(&files_open, &key, &s->r, BPF_ANY))
+		read_path(s->p.path, user_path);
+
+		struct remembered r = { .inode = (__u64)ino, .id = SIDECAR_FILE_PATHS };
+		__u32 *idp = bpf_map_lookup_elem(&file_path_ids, &s->p);
+
+		if (idp) {
+			r.id = *idp;
+		} else {
+			__u32 id = next_path_id, one = 1;
+
+			next_path_id = id + 1;
+			if (id < SIDECAR_FILE_PATHS &&
+			    !bpf_map_update_elem(&file_path_claims, &id, &one, BPF_NOEXIST)) {
+				if (!bpf_map_update_elem(&file_path_ids, &s->p, &id, BPF_NOEXIST))
+					r.id = id;
+				else if ((idp = bpf_map_lookup_elem(&file_path_ids, &s->p)))
+					r.id = *idp; /* another CPU named it first; our id stays unused */
+			}
+		}
+		if (bpf_map_update_elem(&files_open, &key, &r, BPF_ANY))
 			bump_counter(FILES_LOST_FDS, 1);
 		return;
 	}
@@ -305,8 +341,8 @@ int files_sys_enter(unsigned long long *ctx)
 	return 0;
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value */
-SEC("raw_tp/sys_exit")
+/* tp_btf args: ctx[0] = struct pt_regs * (typed: plain loads), ctx[1] = return value */
+SEC("tp_btf/sys_exit")
 int files_sys_exit(unsigned long long *ctx)
 {
 	if (!sidecar_in_target())
@@ -314,7 +350,7 @@ int files_sys_exit(unsigned long long *ctx)
 
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
 	long ret = (long)ctx[1];
-	__u64 nr = BPF_CORE_READ(regs, orig_ax);
+	__u64 nr = regs->orig_ax;
 
 	switch (nr) {
 	case NR_read:
@@ -323,7 +359,7 @@ int files_sys_exit(unsigned long long *ctx)
 	case NR_preadv:
 	case NR_preadv2:
 		if (ret > 0)
-			account(BPF_CORE_READ(regs, di), ret, 0);
+			account(regs->di, ret, 0);
 		return 0;
 	case NR_write:
 	case NR_pwrite64:
@@ -331,33 +367,33 @@ int files_sys_exit(unsigned long long *ctx)
 	case NR_pwritev:
 	case NR_pwritev2:
 		if (ret > 0)
-			account(BPF_CORE_READ(regs, di), ret, 1);
+			account(regs->di, ret, 1);
 		return 0;
 	case NR_sendfile: /* (out_fd, in_fd, ...) */
 		if (ret > 0) {
-			account(BPF_CORE_READ(regs, si), ret, 0);
-			account(BPF_CORE_READ(regs, di), ret, 1);
+			account(regs->si, ret, 0);
+			account(regs->di, ret, 1);
 		}
 		return 0;
 	case NR_copy_file_range: /* (fd_in, off_in, fd_out, ...) */
 		if (ret > 0) {
-			account(BPF_CORE_READ(regs, di), ret, 0);
-			account(BPF_CORE_READ(regs, dx), ret, 1);
+			account(regs->di, ret, 0);
+			account(regs->dx, ret, 1);
 		}
 		return 0;
 	case NR_splice: /* (fd_in, off_in, fd_out, off_out, ...) */
 		if (ret > 0) {
-			account(BPF_CORE_READ(regs, di), ret, 0);
-			account(BPF_CORE_READ(regs, dx), ret, 1);
+			account(regs->di, ret, 0);
+			account(regs->dx, ret, 1);
 		}
 		return 0;
 	case NR_open:
 	case NR_creat:
-		opened((const char *)BPF_CORE_READ(regs, di), ret);
+		opened((const char *)regs->di, ret);
 		return 0;
 	case NR_openat:
 	case NR_openat2:
-		opened((const char *)BPF_CORE_READ(regs, si), ret);
+		opened((const char *)regs->si, ret);
 		return 0;
 	}
 

@@ -102,6 +102,9 @@ enum disk_counter {
 /* Open results: slot 0 = success, slot e = errno e; errnos at or above the last slot share it. */
 #define SIDECAR_ERRNO_SLOTS 256
 
+/* Distinct paths the kernel keeps bytes for; later paths are counted in FILE_KIND_UNMAPPED. */
+#define SIDECAR_FILE_PATHS 4096
+
 struct file_path {
 	char path[SIDECAR_PATH_LEN];
 };

@@ -163,6 +163,7 @@ pub mod disk_counter {
 
 pub const PATH_LEN: usize = 256;
 pub const ERRNO_SLOTS: usize = 256;
+pub const FILE_PATHS: usize = 4096;
 
 /// `struct file_path`
 #[repr(C)]

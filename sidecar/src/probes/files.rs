@@ -6,11 +6,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
+use aya::maps::HashMap as BpfHashMap;
 use aya::maps::{PerCpuArray, PerCpuHashMap};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
-    ERRNO_SLOTS, FileIo, FilePath, FileSyncStats, HIST_BUCKETS, OpenErrorKey, file_kind,
-    file_sync_call, files_counter as fc,
+    ERRNO_SLOTS, FILE_PATHS, FileIo, FilePath, FileSyncStats, HIST_BUCKETS, OpenErrorKey,
+    file_kind, file_sync_call, files_counter as fc,
 };
 
 use super::object::percpu_counter;
@@ -29,7 +30,7 @@ pub struct Files {
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("files", sidecar_ebpf::objects::FILES)?;
-    obj.attach_raw_tp("files_sys_exit", "sys_exit")?;
+    obj.attach_btf_tp("files_sys_exit", "sys_exit")?;
     obj.attach_raw_tp("files_sys_enter", "sys_enter")?;
     obj.attach_raw_tp("files_page_cache_add", "mm_filemap_add_to_page_cache")?;
     Ok(Arc::new(Files {
@@ -117,19 +118,27 @@ impl Probe for Files {
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
         let ebpf = self.obj.lock();
+        // Names of the ids handed out, then each id's bytes: as many lookups as paths seen,
+        // not one per slot of the table.
         let mut paths: HashMap<String, FileIo> = HashMap::new();
-        if let Some(Ok(m)) = ebpf
-            .map("file_io")
-            .map(PerCpuHashMap::<_, FilePath, FileIo>::try_from)
-        {
-            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+        if let (Some(Ok(ids)), Some(Ok(io))) = (
+            ebpf.map("file_path_ids")
+                .map(BpfHashMap::<_, FilePath, u32>::try_from),
+            ebpf.map("file_io").map(PerCpuArray::<_, FileIo>::try_from),
+        ) {
+            for (k, id) in ids.iter().filter_map(|r| r.ok()) {
+                if id as usize >= FILE_PATHS {
+                    continue;
+                }
+                let Ok(vals) = io.get(&id, 0) else { continue };
                 let e = paths.entry(path_label(&k.path)).or_default();
-                for io in v.iter() {
-                    e.read_bytes += io.read_bytes;
-                    e.write_bytes += io.write_bytes;
+                for v in vals.iter() {
+                    e.read_bytes += v.read_bytes;
+                    e.write_bytes += v.write_bytes;
                 }
             }
         }
+        paths.retain(|_, io| *io != FileIo::default());
         let mut kinds = [FileIo::default(); file_kind::KINDS as usize];
         if let Some(Ok(arr)) = ebpf
             .map("file_kind_io")
