@@ -9,7 +9,7 @@
  * workers, the completion interrupt) and only look the request up. The bio's blkcg is not used: on
  * a hybrid v1+v2 host it is a v1 blkio cgroup, not the v2 id the target filter knows.
  *
- * Hooks (raw tracepoints): block_io_start (creation), block_rq_insert (into the scheduler),
+ * Hooks (tp_btf: the request argument is typed, so its fields are plain loads): block_io_start (creation), block_rq_insert (into the scheduler),
  * block_rq_issue (to the driver), block_rq_complete (done, possibly partially), block_rq_merge
  * (a request absorbed by another: freed without completing). */
 #include "sidecar.bpf.h"
@@ -24,10 +24,11 @@ struct disk_inflight_req {
 	struct disk_io_key key;
 };
 
-/* Requests of the target in flight. LRU: an entry whose request vanished without a completion we
- * saw (a driver error path) is recycled instead of filling the table. */
+/* Requests of the target in flight, by request address. A plain hash (cheaper to update than an
+ * LRU): requests come from each queue's fixed, preallocated pool, so an entry whose completion we
+ * never saw is overwritten or deleted when its request struct is used again. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct disk_inflight_req);
@@ -60,7 +61,7 @@ static __always_inline void bump_counter(__u32 idx)
 
 static __always_inline __u32 op_of(struct request *rq)
 {
-	__u32 flags = BPF_CORE_READ(rq, cmd_flags);
+	__u32 flags = rq->cmd_flags;
 	__u32 op = flags & 0xff; /* REQ_OP_MASK */
 	__u32 preflush = 1U << bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH);
 
@@ -68,7 +69,7 @@ static __always_inline __u32 op_of(struct request *rq)
 		return DISK_OP_READ;
 	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE))
 		/* fsync's cache flush is an empty write with PREFLUSH set */
-		return ((flags & preflush) && !BPF_CORE_READ(rq, __data_len)) ? DISK_OP_FLUSH
+		return ((flags & preflush) && !rq->__data_len) ? DISK_OP_FLUSH
 									 : DISK_OP_WRITE;
 	if (op == bpf_core_enum_value(enum req_op, REQ_OP_FLUSH))
 		return DISK_OP_FLUSH;
@@ -78,8 +79,8 @@ static __always_inline __u32 op_of(struct request *rq)
 	return DISK_OP_OTHER;
 }
 
-/* raw_tp args: ctx[0] = struct request * */
-SEC("raw_tp/block_io_start")
+/* tp_btf args: ctx[0] = struct request * */
+SEC("tp_btf/block_io_start")
 int disk_io_start(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
@@ -92,12 +93,12 @@ int disk_io_start(unsigned long long *ctx)
 	}
 
 	struct request *rq = (struct request *)rq_ptr;
-	struct gendisk *disk = BPF_CORE_READ(rq, q, disk);
+	struct gendisk *disk = rq->q->disk;
 	struct disk_inflight_req v = {
 		.start_ns = bpf_ktime_get_ns(),
 		.key = {
-			.major = disk ? BPF_CORE_READ(disk, major) : 0,
-			.minor = disk ? BPF_CORE_READ(disk, first_minor) : 0,
+			.major = disk ? disk->major : 0,
+			.minor = disk ? disk->first_minor : 0,
 			.op = op_of(rq),
 		},
 	};
@@ -110,7 +111,7 @@ int disk_io_start(unsigned long long *ctx)
 /* Hooks below run in other contexts (workers, interrupts): no current-task filter, the in-flight
  * table is the filter. */
 
-SEC("raw_tp/block_rq_insert")
+SEC("tp_btf/block_rq_insert")
 int disk_rq_insert(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
@@ -121,7 +122,7 @@ int disk_rq_insert(unsigned long long *ctx)
 	return 0;
 }
 
-SEC("raw_tp/block_rq_issue")
+SEC("tp_btf/block_rq_issue")
 int disk_rq_issue(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
@@ -133,7 +134,7 @@ int disk_rq_issue(unsigned long long *ctx)
 	return 0;
 }
 
-SEC("raw_tp/block_rq_merge")
+SEC("tp_btf/block_rq_merge")
 int disk_rq_merge(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
@@ -143,8 +144,8 @@ int disk_rq_merge(unsigned long long *ctx)
 	return 0;
 }
 
-/* raw_tp args: ctx[0] = struct request *, ctx[1] = blk_status_t, ctx[2] = bytes completed now */
-SEC("raw_tp/block_rq_complete")
+/* tp_btf args: ctx[0] = struct request *, ctx[1] = blk_status_t, ctx[2] = bytes completed now */
+SEC("tp_btf/block_rq_complete")
 int disk_rq_complete(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
@@ -158,7 +159,7 @@ int disk_rq_complete(unsigned long long *ctx)
 
 	v->bytes += nr_bytes;
 	/* Partial completion: the rest follows on the same request. */
-	if (nr_bytes < BPF_CORE_READ(rq, __data_len))
+	if (nr_bytes < rq->__data_len)
 		return 0;
 
 	__u64 now = bpf_ktime_get_ns();
