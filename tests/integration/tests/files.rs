@@ -176,43 +176,51 @@ fn page_cache_misses_count_the_pages_read_back() {
 }
 
 #[test]
-fn sockets_pipes_and_char_devices_are_kinds_not_paths() {
+fn pipes_and_char_devices_are_kinds_and_dup_fds_keep_their_path() {
     require_root();
     let out = std::env::temp_dir().join("ebpf-sidecar-files-kinds.prom");
-    // 1000 bytes from /dev/zero through a pipe; /dev/null gets them.
+    let dir = fresh_dir("ebpf-sidecar-files-dup");
+    let input = dir.join("in");
+    std::fs::write(&input, vec![b'x'; 4321]).unwrap();
+    // 1000 bytes from /dev/zero through a pipe; /dev/null gets them. Then the shell opens `in`
+    // and dup2()s it onto cat's stdin: cat reads a dup'ed fd in a forked child, and the path is
+    // still known (it is remembered by struct file, not by fd number).
+    let script = format!(
+        "head -c 1000 /dev/zero | cat > /dev/null; cat < {} > /dev/null",
+        input.display()
+    );
     let st = Command::new(sidecar_bin())
         .args(["run", "--probes", "files", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--metrics-out")
         .arg(&out)
-        .args([
-            "--",
-            "/bin/sh",
-            "-c",
-            "head -c 1000 /dev/zero | cat > /dev/null",
-        ])
+        .args(["--", "/bin/sh", "-c", &script])
         .status()
         .unwrap();
     assert!(st.success());
     let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
-    assert!(m.sum("ebpf_sidecar_file_read_bytes_total", &[("kind", "char")]) >= 1000.0);
+    let sum = |metric: &str, kind: &str| m.sum(metric, &[("kind", kind)]);
+    assert!(sum("ebpf_sidecar_file_read_bytes_total", "char") >= 1000.0);
+    assert_eq!(sum("ebpf_sidecar_file_read_bytes_total", "pipe"), 1000.0);
+    assert_eq!(sum("ebpf_sidecar_file_write_bytes_total", "pipe"), 1000.0);
     assert_eq!(
-        m.sum("ebpf_sidecar_file_read_bytes_total", &[("kind", "pipe")]),
-        1000.0
-    );
-    assert_eq!(
-        m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "pipe")]),
-        1000.0
-    );
-    assert_eq!(
-        m.sum("ebpf_sidecar_file_write_bytes_total", &[("kind", "char")]),
-        1000.0
+        sum("ebpf_sidecar_file_write_bytes_total", "char"),
+        1000.0 + 4321.0
     );
     assert_eq!(
         m.get(
             "ebpf_sidecar_file_read_bytes_total",
             &[("path", "/dev/zero")]
         ),
-        None
+        None,
+        "character devices are a kind, not a path"
+    );
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_file_read_bytes_total",
+            &[("kind", "file"), ("path", &input.display().to_string())]
+        ),
+        Some(4321.0),
+        "read through a dup'ed fd in a forked child"
     );
 }
