@@ -136,6 +136,15 @@ fn run_mode_attributes_direct_io_to_its_submitter_only() {
     // exec reads nothing from the disk and the only reads are the workload's own.
     let bin = workload("disk_direct");
     std::fs::read(&bin).unwrap();
+    // The file exists with its blocks allocated before the sidecar starts (see `keep`).
+    let file = dir.join("monitored.dat");
+    let st = Command::new(&bin)
+        .arg(&file)
+        .args([W, R, CHUNK].map(|v| v.to_string()))
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success());
     let out = std::env::temp_dir().join("ebpf-sidecar-disk-run.prom");
     let st = Command::new(sidecar_bin())
         .args(["run", "--probes", "disk", "--listen"])
@@ -144,8 +153,9 @@ fn run_mode_attributes_direct_io_to_its_submitter_only() {
         .arg(&out)
         .arg("--")
         .arg(&bin)
-        .arg(dir.join("monitored.dat"))
-        .args([W.to_string(), R.to_string(), CHUNK.to_string()])
+        .arg(&file)
+        .args([W, R, CHUNK].map(|v| v.to_string()))
+        .args(["1", "keep"])
         .stdout(Stdio::null())
         .status()
         .unwrap();
@@ -162,7 +172,7 @@ fn run_mode_attributes_direct_io_to_its_submitter_only() {
 #[test]
 fn container_io_counts_only_the_target_container() {
     require_root();
-    docker::sidecar_image(); // dockerd up and the base image present
+    base_image();
     let dir = data_dir();
     let dev = disk_of(&dir);
     let w = workload("disk_direct");
@@ -179,11 +189,24 @@ fn container_io_counts_only_the_target_container() {
     };
     let app = start("ebpf-sidecar-disk-app");
     let other = start("ebpf-sidecar-disk-other");
-    let s = Sidecar::start(&["--target-container", &app.0, "--probes", "disk"]);
     let run = |c: &Container, file: &str| {
         let (w, r, chunk) = (W.to_string(), R.to_string(), CHUNK.to_string());
-        docker::ok(&["exec", &c.0, "/disk_direct", file, &w, &r, &chunk]);
+        docker::ok(&[
+            "exec",
+            &c.0,
+            "/disk_direct",
+            file,
+            &w,
+            &r,
+            &chunk,
+            "1",
+            "keep",
+        ]);
     };
+    // Allocate both files before the sidecar looks (see `keep` in the workload).
+    run(&app, "/data/app.dat");
+    run(&other, "/data/other.dat");
+    let s = Sidecar::start(&["--target-container", &app.0, "--probes", "disk"]);
     run(&app, "/data/app.dat");
     run(&other, "/data/other.dat");
     let m = s.scrape();
@@ -192,4 +215,16 @@ fn container_io_counts_only_the_target_container() {
     run(&app, "/data/app.dat");
     let m = s.scrape();
     assert_direct_io(&m, &dev, 2);
+}
+
+/// dockerd up and the base image present (scripts/images.sh makes it); the sidecar runs from the
+/// host build, so the sidecar image is not needed.
+fn base_image() {
+    let out =
+        integration::docker::run(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    assert!(
+        out.status.success(),
+        "dockerd not running or debian:bookworm-slim missing (run scripts/images.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

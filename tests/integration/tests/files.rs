@@ -224,3 +224,86 @@ fn pipes_and_char_devices_are_kinds_and_dup_fds_keep_their_path() {
         "read through a dup'ed fd in a forked child"
     );
 }
+
+#[test]
+fn container_counts_only_the_target_container() {
+    require_root();
+    base_image();
+    let root = fresh_dir("ebpf-sidecar-files-docker");
+    for d in ["app", "other"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    let w = workload("files_io");
+    let mounts = [
+        format!("{}:/files_io:ro", w.display()),
+        format!("{}:/data", root.display()),
+    ];
+    let start = |name: &str| {
+        integration::docker::Container::run(
+            name,
+            &[
+                "-v",
+                &mounts[0],
+                "-v",
+                &mounts[1],
+                "debian:bookworm-slim",
+                "sleep",
+                "600",
+            ],
+        )
+    };
+    let app = start("ebpf-sidecar-files-app");
+    let other = start("ebpf-sidecar-files-other");
+    let s = Sidecar::start(&["--target-container", &app.0, "--probes", "files"]);
+    let run = |c: &integration::docker::Container, dir: &str| {
+        let a = [NFILES, K_MISSING, N_FSYNC, 0].map(|v| v.to_string());
+        let mut argv = vec!["exec", c.0.as_str(), "/files_io", dir];
+        argv.extend(a.iter().map(String::as_str));
+        integration::docker::ok(&argv);
+    };
+    run(&other, "/data/other");
+    run(&app, "/data/app");
+    run(&other, "/data/other");
+    let m = s.scrape();
+    for i in 0..NFILES - 1 {
+        let p = format!("/data/app/f{i:02}");
+        assert_eq!(
+            m.get("ebpf_sidecar_file_write_bytes_total", &[("path", &p)]),
+            Some(size(i) as f64),
+            "{p}"
+        );
+        assert_eq!(
+            m.get("ebpf_sidecar_file_read_bytes_total", &[("path", &p)]),
+            Some(size(i) as f64),
+            "{p}"
+        );
+    }
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_opens_total", &[("result", "ENOENT")]),
+        K_MISSING as f64
+    );
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_file_open_errors_total",
+            &[("path", "/data/app/missing"), ("errno", "ENOENT")]
+        ),
+        Some(K_MISSING as f64)
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]),
+        N_FSYNC as f64
+    );
+    assert!(!m.text.contains("/data/other"), "{}", m.text);
+}
+
+/// dockerd up and the base image present (scripts/images.sh makes it); the sidecar runs from the
+/// host build, so the sidecar image is not needed.
+fn base_image() {
+    let out =
+        integration::docker::run(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    assert!(
+        out.status.success(),
+        "dockerd not running or debian:bookworm-slim missing (run scripts/images.sh): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

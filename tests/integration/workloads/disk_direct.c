@@ -1,7 +1,11 @@
 /* Disk ground truth: write exactly W bytes to PATH with O_DIRECT in CHUNK-sized writes, fsync,
  * then read exactly R bytes back with O_DIRECT; LOOPS times. Sizes must be multiples of 4096.
  *
- *   disk_direct PATH W R CHUNK [LOOPS]
+ *   disk_direct PATH W R CHUNK [LOOPS [keep]]
+ *
+ * With `keep`, PATH is overwritten in place instead of truncated: when it already holds W bytes,
+ * no block is allocated or freed, so the filesystem reads no allocation bitmaps and discards
+ * nothing on the caller's behalf, and the only reads are the workload's.
  *
  * O_DIRECT bypasses the page cache, so every byte is one block request submitted by this
  * process (no writeback worker in between), which is what the test needs to attribute exactly. */
@@ -27,6 +31,7 @@ int main(int argc, char **argv)
 	const char *path = argv[1];
 	long w = atol(argv[2]), r = atol(argv[3]), chunk = atol(argv[4]);
 	long loops = argc > 5 ? atol(argv[5]) : 1;
+	int trunc = !(argc > 6 && !strcmp(argv[6], "keep")) ? O_TRUNC : 0;
 	void *buf;
 
 	if (chunk <= 0 || chunk % 4096 || w % chunk || r % chunk || r > w)
@@ -35,7 +40,7 @@ int main(int argc, char **argv)
 		die("posix_memalign");
 	memset(buf, 0x5a, chunk);
 	for (long l = 0; l < loops; l++) {
-		int fd = open(path, O_CREAT | O_TRUNC | O_WRONLY | O_DIRECT, 0644);
+		int fd = open(path, O_CREAT | trunc | O_WRONLY | O_DIRECT, 0644);
 
 		if (fd < 0)
 			die("open for writing");
