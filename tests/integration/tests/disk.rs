@@ -261,3 +261,97 @@ fn warm_page_cache(files: &[PathBuf]) {
         std::fs::read(f).unwrap_or_else(|e| panic!("reading {}: {e}", f.display()));
     }
 }
+
+#[test]
+fn sidecar_image_in_pid_container_mode_counts_its_app_only() {
+    require_root();
+    let image = docker::sidecar_image();
+    let dir = data_dir();
+    let dev = disk_of(&dir);
+    let w = workload("disk_direct");
+    let mounts = [
+        format!("{}:/disk_direct:ro", w.display()),
+        format!("{}:/data", dir.display()),
+    ];
+    let start = |name: &str| {
+        Container::run(
+            name,
+            &[
+                "-v",
+                &mounts[0],
+                "-v",
+                &mounts[1],
+                "debian:bookworm-slim",
+                "sleep",
+                "600",
+            ],
+        )
+    };
+    let app = start("ebpf-sidecar-disk-img-app");
+    let other = start("ebpf-sidecar-disk-img-other");
+    let run = |c: &Container, file: &str| {
+        let (w, r, chunk) = (W.to_string(), R.to_string(), CHUNK.to_string());
+        docker::ok(&[
+            "exec",
+            &c.0,
+            "/disk_direct",
+            file,
+            &w,
+            &r,
+            &chunk,
+            "1",
+            "keep",
+        ]);
+    };
+    let runc = Command::new("sh")
+        .args(["-c", "command -v runc || command -v docker-runc"])
+        .output()
+        .unwrap();
+    warm_page_cache(&[
+        w.clone(),
+        PathBuf::from(String::from_utf8_lossy(&runc.stdout).trim()),
+    ]);
+    run(&app, "/data/img-app.dat");
+    run(&other, "/data/img-other.dat");
+    let port = free_port();
+    let _sidecar = Container::run(
+        "ebpf-sidecar-disk-img-sidecar",
+        &[
+            "--pid=container:ebpf-sidecar-disk-img-app",
+            "--cap-add",
+            "SYS_ADMIN",
+            "-p",
+            &format!("127.0.0.1:{port}:9435"),
+            image,
+            "--probes",
+            "disk,files",
+        ],
+    );
+    wait_for("sidecar serving", Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    run(&app, "/data/img-app.dat");
+    run(&other, "/data/img-other.dat");
+    let m = Metrics::parse(&http_get(port, "/metrics", None).unwrap().2);
+    assert_direct_io(&m, &dev, 1, EXEC_SLACK);
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_file_write_bytes_total",
+            &[("kind", "file"), ("path", "/data/img-app.dat")]
+        ),
+        Some(W as f64)
+    );
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_file_read_bytes_total",
+            &[("kind", "file"), ("path", "/data/img-app.dat")]
+        ),
+        Some(R as f64)
+    );
+    assert!(!m.text.contains("img-other"), "{}", m.text);
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
