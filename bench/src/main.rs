@@ -1,10 +1,12 @@
 //! Overhead benchmarks, each side by side with the peer its issue names, in one run.
 //!
 //!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
+//!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
+mod disk;
 mod foundation;
 mod util;
 
@@ -24,7 +26,12 @@ fn main() -> anyhow::Result<()> {
     };
     let report = match which.as_str() {
         "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation)"),
+        "disk" => disk::run(
+            opt("--mib", 512)?,
+            opt("--reads", 200_000)?,
+            opt("--repeat", 5)? as usize,
+        )?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk)"),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

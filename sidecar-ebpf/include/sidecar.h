@@ -116,5 +116,91 @@ enum security_counter {
 
 _Static_assert(sizeof(struct sidecar_target) == 32, "mirrored in Rust");
 _Static_assert(sizeof(struct security_event) == 504, "mirrored in Rust");
+/* disk: block requests by (device, op), attributed to the cgroup that created them. */
+enum disk_op {
+	DISK_OP_READ = 0,
+	DISK_OP_WRITE = 1,
+	DISK_OP_FLUSH = 2,
+	DISK_OP_DISCARD = 3,
+	DISK_OP_OTHER = 4, /* write-zeroes, zone management, ... */
+};
+
+struct disk_io_key {
+	__u32 major; /* of the whole disk (gendisk), not the partition */
+	__u32 minor; /* the disk's first minor */
+	__u32 op;    /* enum disk_op */
+	__u32 pad;
+};
+
+struct disk_io_stats {
+	__u64 requests;
+	__u64 bytes;
+	__u64 request_ns; /* sum of issue -> complete */
+	__u64 queue_ns;   /* sum of insert (or creation) -> issue */
+	__u64 request_hist[SIDECAR_HIST_BUCKETS];
+	__u64 queue_hist[SIDECAR_HIST_BUCKETS];
+};
+
+enum disk_counter {
+	DISK_LOST_REQUESTS = 0, /* in-flight table full at creation: the request was not followed */
+	DISK_LOST_KEYS = 1,     /* (device, op) table full: a completion was dropped */
+	DISK_COUNTERS = 4,
+};
+
+/* files: VFS-level reads/writes by path, opens, syncs, page cache misses. */
+#define SIDECAR_PATH_LEN 256
+/* Open results: slot 0 = success, slot e = errno e; errnos at or above the last slot share it. */
+#define SIDECAR_ERRNO_SLOTS 256
+
+/* Distinct paths the kernel keeps bytes for; later paths are counted in FILE_KIND_UNMAPPED. */
+#define SIDECAR_FILE_PATHS 4096
+
+struct file_path {
+	char path[SIDECAR_PATH_LEN];
+};
+
+struct file_io {
+	__u64 read_bytes;
+	__u64 write_bytes;
+};
+
+/* What the fd a read/write went through points at. */
+enum file_kind {
+	FILE_KIND_UNKNOWN_PATH = 0, /* regular file whose open we did not see */
+	FILE_KIND_SOCKET = 1,
+	FILE_KIND_PIPE = 2,
+	FILE_KIND_TTY = 3,
+	FILE_KIND_CHAR = 4,   /* other character devices (/dev/null, /dev/urandom, ...) */
+	FILE_KIND_BLOCK = 5,
+	FILE_KIND_OTHER = 6,  /* anonymous inodes (eventfd, ...), directories */
+	FILE_KIND_UNMAPPED = 7, /* regular file with a known path that did not fit the path table */
+	FILE_KINDS = 8,
+};
+
+struct open_error_key {
+	char path[SIDECAR_PATH_LEN];
+	__u32 err;
+	__u32 pad;
+};
+
+enum file_sync_call {
+	FILE_SYNC_FSYNC = 0,
+	FILE_SYNC_FDATASYNC = 1,
+	FILE_SYNC_RANGE = 2,
+	FILE_SYNC_CALLS = 3,
+};
+
+struct file_sync_stats {
+	__u64 calls;
+	__u64 time_ns;
+	__u64 hist[SIDECAR_HIST_BUCKETS];
+};
+
+enum files_counter {
+	FILES_PAGE_CACHE_MISSES = 0, /* pages added to the page cache */
+	FILES_LOST_OPEN_ERRORS = 1,  /* failed opens whose (path, errno) did not fit the table */
+	FILES_LOST_FDS = 2,          /* opened files that could not be remembered */
+	FILES_COUNTERS = 4,
+};
 
 #endif

@@ -17,6 +17,8 @@ pub mod objects {
     pub static PROCESS: &[u8] = object!("process");
     pub static SYSCALLS: &[u8] = object!("syscalls");
     pub static SECURITY: &[u8] = object!("security");
+    pub static DISK: &[u8] = object!("disk");
+    pub static FILES: &[u8] = object!("files");
 }
 
 pub const COMM_LEN: usize = 16;
@@ -166,3 +168,126 @@ const _: () = {
 
 /// Name of the map every object carries for the target filter.
 pub const TARGET_MAP: &str = "sidecar_target";
+
+// ---- disk and files (include/sidecar.h, sections "disk" and "files") ----
+
+/// `enum disk_op`
+pub mod disk_op {
+    pub const READ: u32 = 0;
+    pub const WRITE: u32 = 1;
+    pub const FLUSH: u32 = 2;
+    pub const DISCARD: u32 = 3;
+    pub const OTHER: u32 = 4;
+}
+
+/// `struct disk_io_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DiskIoKey {
+    pub major: u32,
+    pub minor: u32,
+    pub op: u32,
+    pub pad: u32,
+}
+
+/// `struct disk_io_stats`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DiskIoStats {
+    pub requests: u64,
+    pub bytes: u64,
+    pub request_ns: u64,
+    pub queue_ns: u64,
+    pub request_hist: [u64; HIST_BUCKETS],
+    pub queue_hist: [u64; HIST_BUCKETS],
+}
+
+/// `enum disk_counter`
+pub mod disk_counter {
+    pub const LOST_REQUESTS: u32 = 0;
+    pub const LOST_KEYS: u32 = 1;
+}
+
+pub const PATH_LEN: usize = 256;
+pub const ERRNO_SLOTS: usize = 256;
+pub const FILE_PATHS: usize = 4096;
+
+/// `struct file_path`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FilePath {
+    pub path: [u8; PATH_LEN],
+}
+
+/// `struct file_io`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileIo {
+    pub read_bytes: u64,
+    pub write_bytes: u64,
+}
+
+/// `enum file_kind`
+pub mod file_kind {
+    pub const UNKNOWN_PATH: u32 = 0;
+    pub const SOCKET: u32 = 1;
+    pub const PIPE: u32 = 2;
+    pub const TTY: u32 = 3;
+    pub const CHAR: u32 = 4;
+    pub const BLOCK: u32 = 5;
+    pub const OTHER: u32 = 6;
+    pub const UNMAPPED: u32 = 7;
+    pub const KINDS: u32 = 8;
+}
+
+/// `struct open_error_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OpenErrorKey {
+    pub path: [u8; PATH_LEN],
+    pub err: u32,
+    pub pad: u32,
+}
+
+/// `enum file_sync_call`
+pub mod file_sync_call {
+    pub const FSYNC: u32 = 0;
+    pub const FDATASYNC: u32 = 1;
+    pub const RANGE: u32 = 2;
+    pub const CALLS: u32 = 3;
+}
+
+/// `struct file_sync_stats`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FileSyncStats {
+    pub calls: u64,
+    pub time_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+/// `enum files_counter`
+pub mod files_counter {
+    pub const PAGE_CACHE_MISSES: u32 = 0;
+    pub const LOST_OPEN_ERRORS: u32 = 1;
+    pub const LOST_FDS: u32 = 2;
+}
+
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+unsafe impl Pod for DiskIoKey {}
+unsafe impl Pod for DiskIoStats {}
+unsafe impl Pod for FilePath {}
+unsafe impl Pod for FileIo {}
+unsafe impl Pod for OpenErrorKey {}
+unsafe impl Pod for FileSyncStats {}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<DiskIoKey>() == 16);
+    assert!(size_of::<DiskIoStats>() == 8 * (4 + 2 * HIST_BUCKETS));
+    assert!(offset_of!(DiskIoStats, queue_hist) == 8 * (4 + HIST_BUCKETS));
+    assert!(size_of::<FilePath>() == PATH_LEN);
+    assert!(size_of::<FileIo>() == 16);
+    assert!(size_of::<OpenErrorKey>() == PATH_LEN + 8);
+    assert!(size_of::<FileSyncStats>() == 8 * (2 + HIST_BUCKETS));
+};

@@ -4,6 +4,8 @@
 //! A family that cannot load is reported (`ebpf_sidecar_probe_up{probe}=0` and a log line with
 //! the reason) and skipped; the others keep working.
 
+pub mod disk;
+pub mod files;
 pub mod object;
 pub mod process;
 pub mod security;
@@ -107,6 +109,20 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: security::load,
+    },
+    Family {
+        name: "disk",
+        about: "block requests, bytes, service and queue time by device and op",
+        needs: &[],
+        keeps: &[],
+        load: disk::load,
+    },
+    Family {
+        name: "files",
+        about: "bytes read/written per file, opens and failing paths, fsync latency, page cache misses",
+        needs: &[],
+        keeps: &[],
+        load: files::load,
     },
 ];
 

@@ -4,7 +4,7 @@
 use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::Array;
-use aya::programs::RawTracePoint;
+use aya::programs::{BtfTracePoint, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
@@ -111,6 +111,32 @@ impl Object {
             .map_err(err)?;
         prog.load().map_err(err)?;
         prog.attach(tp).map_err(err)?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(())
+    }
+
+    /// Load `program` and attach it to BTF-typed tracepoint `tp` (tp_btf: typed arguments, so
+    /// the program reads them with plain loads instead of probe reads).
+    pub fn attach_btf_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let btf = aya::Btf::from_sys_fs().map_err(|e| err(e.into()))?;
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let prog: &mut BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load(tp, &btf).map_err(err)?;
+        prog.attach().map_err(err)?;
         drop(ebpf);
         self.programs.push(program.to_string());
         Ok(())

@@ -1,0 +1,195 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Disk family: block requests, bytes, service time and queue time by (disk, op), for the requests
+ * the target itself submitted.
+ *
+ * Attribution: a request is created from a bio in the context of the task that submits it
+ * (block_io_start, from blk_account_io_start in blk_mq_bio_to_request). That is the only moment
+ * the submitter is current, so the target decision is taken there and remembered by request
+ * pointer. Insert, issue and completion run in whatever context the block layer picks (kblockd
+ * workers, the completion interrupt) and only look the request up. The bio's blkcg is not used: on
+ * a hybrid v1+v2 host it is a v1 blkio cgroup, not the v2 id the target filter knows.
+ *
+ * Hooks (tp_btf: the request argument is typed, so its fields are plain loads): block_io_start (creation), block_rq_insert (into the scheduler),
+ * block_rq_issue (to the driver), block_rq_complete (done, possibly partially), block_rq_merge
+ * (a request absorbed by another: freed without completing). */
+#include "sidecar.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+struct disk_inflight_req {
+	__u64 start_ns;  /* creation */
+	__u64 insert_ns; /* into the I/O scheduler, 0 when it went straight to the driver */
+	__u64 issue_ns;  /* to the driver, 0 until issued */
+	__u64 bytes;     /* completed so far (partial completions) */
+	struct disk_io_key key;
+};
+
+/* Requests of the target in flight, by request address. A plain hash (cheaper to update than an
+ * LRU): requests come from each queue's fixed, preallocated pool, so an entry whose completion we
+ * never saw is overwritten or deleted when its request struct is used again. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct disk_inflight_req);
+} disk_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct disk_io_key);
+	__type(value, struct disk_io_stats);
+} disk_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DISK_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} disk_counters SEC(".maps");
+
+/* Initial value for a new (device, op) key: too big for the stack. */
+static const struct disk_io_stats zero_stats;
+
+static __always_inline void bump_counter(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&disk_counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline __u32 op_of(struct request *rq)
+{
+	__u32 flags = rq->cmd_flags;
+	__u32 op = flags & 0xff; /* REQ_OP_MASK */
+	__u32 preflush = 1U << bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH);
+
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_READ))
+		return DISK_OP_READ;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE))
+		/* fsync's cache flush is an empty write with PREFLUSH set */
+		return ((flags & preflush) && !rq->__data_len) ? DISK_OP_FLUSH
+									 : DISK_OP_WRITE;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_FLUSH))
+		return DISK_OP_FLUSH;
+	if (op == bpf_core_enum_value(enum req_op, REQ_OP_DISCARD) ||
+	    op == bpf_core_enum_value(enum req_op, REQ_OP_SECURE_ERASE))
+		return DISK_OP_DISCARD;
+	return DISK_OP_OTHER;
+}
+
+/* tp_btf args: ctx[0] = struct request * */
+SEC("tp_btf/block_io_start")
+int disk_io_start(unsigned long long *ctx)
+{
+	__u64 rq_ptr = ctx[0];
+
+	if (!sidecar_in_target()) {
+		/* Request structs are recycled: make sure nobody else's request inherits a stale
+		 * entry of ours. */
+		bpf_map_delete_elem(&disk_inflight, &rq_ptr);
+		return 0;
+	}
+
+	struct request *rq = (struct request *)rq_ptr;
+	struct gendisk *disk = rq->q->disk;
+	struct disk_inflight_req v = {
+		.start_ns = bpf_ktime_get_ns(),
+		.key = {
+			.major = disk ? disk->major : 0,
+			.minor = disk ? disk->first_minor : 0,
+			.op = op_of(rq),
+		},
+	};
+
+	if (bpf_map_update_elem(&disk_inflight, &rq_ptr, &v, BPF_ANY))
+		bump_counter(DISK_LOST_REQUESTS);
+	return 0;
+}
+
+/* Hooks below run in other contexts (workers, interrupts): no current-task filter, the in-flight
+ * table is the filter. */
+
+SEC("tp_btf/block_rq_insert")
+int disk_rq_insert(unsigned long long *ctx)
+{
+	__u64 rq_ptr = ctx[0];
+	struct disk_inflight_req *v = bpf_map_lookup_elem(&disk_inflight, &rq_ptr);
+
+	if (v && !v->issue_ns)
+		v->insert_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/block_rq_issue")
+int disk_rq_issue(unsigned long long *ctx)
+{
+	__u64 rq_ptr = ctx[0];
+	struct disk_inflight_req *v = bpf_map_lookup_elem(&disk_inflight, &rq_ptr);
+
+	/* A requeued request is issued again: its service time starts over. */
+	if (v)
+		v->issue_ns = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/block_rq_merge")
+int disk_rq_merge(unsigned long long *ctx)
+{
+	__u64 rq_ptr = ctx[0];
+
+	/* Its bytes now complete as part of the request that absorbed it. */
+	bpf_map_delete_elem(&disk_inflight, &rq_ptr);
+	return 0;
+}
+
+/* tp_btf args: ctx[0] = struct request *, ctx[1] = blk_status_t, ctx[2] = bytes completed now */
+SEC("tp_btf/block_rq_complete")
+int disk_rq_complete(unsigned long long *ctx)
+{
+	__u64 rq_ptr = ctx[0];
+	struct disk_inflight_req *v = bpf_map_lookup_elem(&disk_inflight, &rq_ptr);
+
+	if (!v)
+		return 0;
+
+	__u64 nr_bytes = (__u32)ctx[2];
+	struct request *rq = (struct request *)rq_ptr;
+
+	v->bytes += nr_bytes;
+	/* Partial completion: the rest follows on the same request. */
+	if (nr_bytes < rq->__data_len)
+		return 0;
+
+	__u64 now = bpf_ktime_get_ns();
+	/* The flush an fsync asks for is never issued itself: the block layer's own flush request
+	 * does the work, and ours completes with it. Its service time is then counted from creation,
+	 * with no queue time. */
+	__u64 issued = v->issue_ns ? v->issue_ns : v->start_ns;
+	__u64 queued = v->issue_ns ? (v->insert_ns ? v->insert_ns : v->start_ns) : issued;
+	__u64 req_ns = now > issued ? now - issued : 0;
+	__u64 queue_ns = issued > queued ? issued - queued : 0;
+	struct disk_io_key key = v->key;
+	__u64 bytes = v->bytes;
+
+	bpf_map_delete_elem(&disk_inflight, &rq_ptr);
+
+	struct disk_io_stats *st = bpf_map_lookup_elem(&disk_stats, &key);
+
+	if (!st) {
+		bpf_map_update_elem(&disk_stats, &key, &zero_stats, BPF_NOEXIST);
+		st = bpf_map_lookup_elem(&disk_stats, &key);
+		if (!st) {
+			bump_counter(DISK_LOST_KEYS);
+			return 0;
+		}
+	}
+	st->requests++;
+	st->bytes += bytes;
+	st->request_ns += req_ns;
+	st->queue_ns += queue_ns;
+	st->request_hist[sidecar_hist_bucket(req_ns)]++;
+	st->queue_hist[sidecar_hist_bucket(queue_ns)]++;
+	return 0;
+}

@@ -1,0 +1,461 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Files family: bytes read and written by path, opens by result and failing path, fsync-style
+ * calls and their latency, page cache misses.
+ *
+ * Paths: tracing programs cannot call bpf_d_path here, so the path is the one the target gave to
+ * open/openat/openat2/creat, remembered by the opened `struct file` (not by fd number): dup'ed
+ * fds and fds shared with forked children point at the same struct file and keep their path, and
+ * a recycled fd number cannot inherit a stale one. The inode is remembered with it, so a freed and
+ * reused struct file is not mistaken for the old one. Reads and writes on a struct file whose open
+ * we did not see (opened before the sidecar started, or outside the target and passed in) count
+ * under their kind instead (FILE_KIND_UNKNOWN_PATH for regular files).
+ *
+ * Hooks: raw_tp sys_exit (everything: the arguments are still in the saved registers), raw_tp
+ * sys_enter (only to time the sync calls), raw_tp mm_filemap_add_to_page_cache. */
+#include "sidecar.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* x86_64 syscall numbers */
+#define NR_read 0
+#define NR_write 1
+#define NR_open 2
+#define NR_pread64 17
+#define NR_pwrite64 18
+#define NR_readv 19
+#define NR_writev 20
+#define NR_sendfile 40
+#define NR_fsync 74
+#define NR_fdatasync 75
+#define NR_creat 85
+#define NR_openat 257
+#define NR_splice 275
+#define NR_sync_file_range 277
+#define NR_preadv 295
+#define NR_pwritev 296
+#define NR_copy_file_range 326
+#define NR_preadv2 327
+#define NR_pwritev2 328
+#define NR_openat2 437
+
+#define S_IFMT 0170000
+#define S_IFSOCK 0140000
+#define S_IFBLK 0060000
+#define S_IFREG 0100000
+#define S_IFCHR 0020000
+#define S_IFIFO 0010000
+
+struct remembered {
+	__u64 inode;
+	__u32 id; /* index in file_io, SIDECAR_FILE_PATHS when the path table is full */
+	__u32 pad;
+};
+
+/* Files the target opened, by struct file address. LRU: closed files are never removed
+ * explicitly (close does not tell whether it dropped the last reference); they age out. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 8192);
+	__type(key, __u64);
+	__type(value, struct remembered);
+} files_open SEC(".maps");
+
+/* Path -> small id, looked up once per open; reads and writes then index an array by id instead
+ * of hashing a 256-byte path on every call. Userspace reads it for the names. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
+	__type(key, struct file_path);
+	__type(value, __u32);
+} file_path_ids SEC(".maps");
+
+/* Next id to hand out. Plain (not atomic: BPF v1 has no fetch-and-add): two CPUs may read the
+ * same value, and the claim below lets only one of them have it. */
+__u32 next_path_id = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
+	__type(key, __u32);
+	__type(value, __u32);
+} file_path_claims SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SIDECAR_FILE_PATHS);
+	__type(key, __u32);
+	__type(value, struct file_io);
+} file_io SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FILE_KINDS);
+	__type(key, __u32);
+	__type(value, struct file_io);
+} file_kind_io SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, SIDECAR_ERRNO_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} file_opens SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct open_error_key);
+	__type(value, __u64);
+} file_open_errors SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FILE_SYNC_CALLS);
+	__type(key, __u32);
+	__type(value, struct file_sync_stats);
+} file_syncs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, FILES_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} files_counters SEC(".maps");
+
+struct sync_start {
+	__u64 ts;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct sync_start);
+} file_sync_start SEC(".maps");
+
+/* Path-sized work areas: too big for the 512-byte stack. */
+struct scratch {
+	struct file_path p;
+	struct open_error_key e;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct scratch);
+} files_scratch SEC(".maps");
+
+static __always_inline void bump_counter(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&files_counters, &idx);
+
+	if (c)
+		*c += n;
+}
+
+static __always_inline struct file *fd_file(__u64 fd)
+{
+	/* Direct (BTF) loads down to the fd array: a probe read per step costs more. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct files_struct *files = task->files;
+	struct file *f = NULL;
+
+	if (!files)
+		return NULL;
+	struct fdtable *fdt = files->fdt;
+
+	if (!fdt || fd >= fdt->max_fds)
+		return NULL;
+	bpf_probe_read_kernel(&f, sizeof(f), (void *)fdt->fd + fd * sizeof(f));
+	return f;
+}
+
+static __always_inline __u32 kind_of(struct inode *ino)
+{
+	__u32 mode = BPF_CORE_READ(ino, i_mode) & S_IFMT;
+
+	if (mode == S_IFREG)
+		return FILE_KIND_UNKNOWN_PATH;
+	if (mode == S_IFSOCK)
+		return FILE_KIND_SOCKET;
+	if (mode == S_IFIFO)
+		return FILE_KIND_PIPE;
+	if (mode == S_IFBLK)
+		return FILE_KIND_BLOCK;
+	if (mode == S_IFCHR) {
+		__u32 major = BPF_CORE_READ(ino, i_rdev) >> 20;
+
+		/* ttys (4), /dev/tty and /dev/console (5), pseudo-terminal slaves (136-143) */
+		if (major == 4 || major == 5 || (major >= 136 && major <= 143))
+			return FILE_KIND_TTY;
+		return FILE_KIND_CHAR;
+	}
+	return FILE_KIND_OTHER;
+}
+
+static __always_inline void add_io(struct file_io *io, __u64 bytes, int write)
+{
+	if (write)
+		io->write_bytes += bytes;
+	else
+		io->read_bytes += bytes;
+}
+
+static __always_inline void account(__u64 fd, __u64 bytes, int write)
+{
+	struct file *f = fd_file(fd);
+
+	if (!f)
+		return;
+
+	struct inode *ino = BPF_CORE_READ(f, f_inode);
+	__u64 key = (__u64)f;
+	struct remembered *r = bpf_map_lookup_elem(&files_open, &key);
+	__u32 kind;
+
+	if (r && r->inode == (__u64)ino) {
+		__u32 id = r->id;
+		struct file_io *io = bpf_map_lookup_elem(&file_io, &id);
+
+		if (io) {
+			add_io(io, bytes, write);
+			return;
+		}
+		kind = FILE_KIND_UNMAPPED;
+	} else {
+		kind = kind_of(ino);
+	}
+
+	struct file_io *io = bpf_map_lookup_elem(&file_kind_io, &kind);
+
+	if (io)
+		add_io(io, bytes, write);
+}
+
+static __always_inline void read_path(char *dst, const char *user)
+{
+	/* The path is part of a hash key: bytes after its NUL must be zero, not left over. */
+	__builtin_memset(dst, 0, SIDECAR_PATH_LEN);
+	bpf_probe_read_user_str(dst, SIDECAR_PATH_LEN, user);
+}
+
+static __always_inline void opened(const char *user_path, long ret)
+{
+	__u32 zero = 0;
+	struct scratch *s = bpf_map_lookup_elem(&files_scratch, &zero);
+
+	if (!s)
+		return;
+
+	if (ret >= 0) {
+		__u32 ok = 0;
+		__u64 *c = bpf_map_lookup_elem(&file_opens, &ok);
+
+		if (c)
+			*c += 1;
+
+		struct file *f = fd_file(ret);
+
+		if (!f)
+			return;
+		__u64 key = (__u64)f;
+		struct inode *ino = BPF_CORE_READ(f, f_inode);
+
+		/* Only regular files are reported by path; /dev/null and friends by kind. */
+		if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFREG)
+			return;
+		read_path(s->p.path, user_path);
+
+		struct remembered r = { .inode = (__u64)ino, .id = SIDECAR_FILE_PATHS };
+		__u32 *idp = bpf_map_lookup_elem(&file_path_ids, &s->p);
+
+		if (idp) {
+			r.id = *idp;
+		} else {
+			__u32 id = next_path_id, one = 1;
+
+			next_path_id = id + 1;
+			if (id < SIDECAR_FILE_PATHS &&
+			    !bpf_map_update_elem(&file_path_claims, &id, &one, BPF_NOEXIST)) {
+				if (!bpf_map_update_elem(&file_path_ids, &s->p, &id, BPF_NOEXIST))
+					r.id = id;
+				else if ((idp = bpf_map_lookup_elem(&file_path_ids, &s->p)))
+					r.id = *idp; /* another CPU named it first; our id stays unused */
+			}
+		}
+		if (bpf_map_update_elem(&files_open, &key, &r, BPF_ANY))
+			bump_counter(FILES_LOST_FDS, 1);
+		return;
+	}
+
+	__u32 err = (__u32)(-ret);
+	__u32 slot = err < SIDECAR_ERRNO_SLOTS ? err : SIDECAR_ERRNO_SLOTS - 1;
+	__u64 *c = bpf_map_lookup_elem(&file_opens, &slot);
+
+	if (c)
+		*c += 1;
+
+	read_path(s->e.path, user_path);
+	s->e.err = slot;
+	s->e.pad = 0;
+	c = bpf_map_lookup_elem(&file_open_errors, &s->e);
+	if (!c) {
+		__u64 one = 0;
+
+		bpf_map_update_elem(&file_open_errors, &s->e, &one, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(&file_open_errors, &s->e);
+	}
+	if (c)
+		*c += 1;
+	else
+		bump_counter(FILES_LOST_OPEN_ERRORS, 1);
+}
+
+static __always_inline int sync_call(__u64 nr)
+{
+	if (nr == NR_fsync)
+		return FILE_SYNC_FSYNC;
+	if (nr == NR_fdatasync)
+		return FILE_SYNC_FDATASYNC;
+	if (nr == NR_sync_file_range)
+		return FILE_SYNC_RANGE;
+	return -1;
+}
+
+static __always_inline int interesting(__u64 nr)
+{
+	switch (nr) {
+	case NR_read: case NR_write: case NR_open: case NR_pread64: case NR_pwrite64:
+	case NR_readv: case NR_writev: case NR_sendfile: case NR_fsync: case NR_fdatasync:
+	case NR_creat: case NR_openat: case NR_splice: case NR_sync_file_range: case NR_preadv:
+	case NR_pwritev: case NR_copy_file_range: case NR_preadv2: case NR_pwritev2:
+	case NR_openat2:
+		return 1;
+	}
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
+SEC("raw_tp/sys_enter")
+int files_sys_enter(unsigned long long *ctx)
+{
+	/* Runs on every syscall of the host: the syscall number is cheaper than the filter. */
+	if (sync_call(ctx[1]) < 0)
+		return 0;
+	if (!sidecar_in_target())
+		return 0;
+
+	struct sync_start *v = bpf_task_storage_get(&file_sync_start, bpf_get_current_task_btf(), 0,
+						    BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (v)
+		v->ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+/* tp_btf args: ctx[0] = struct pt_regs * (typed: plain loads), ctx[1] = return value */
+SEC("tp_btf/sys_exit")
+int files_sys_exit(unsigned long long *ctx)
+{
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	__u64 nr = regs->orig_ax;
+
+	/* Runs on every syscall of the host: one plain load and a compare reject the calls this
+	 * family never looks at before the (dearer) target filter. */
+	if (!interesting(nr))
+		return 0;
+	if (!sidecar_in_target())
+		return 0;
+
+	long ret = (long)ctx[1];
+
+	switch (nr) {
+	case NR_read:
+	case NR_pread64:
+	case NR_readv:
+	case NR_preadv:
+	case NR_preadv2:
+		if (ret > 0)
+			account(regs->di, ret, 0);
+		return 0;
+	case NR_write:
+	case NR_pwrite64:
+	case NR_writev:
+	case NR_pwritev:
+	case NR_pwritev2:
+		if (ret > 0)
+			account(regs->di, ret, 1);
+		return 0;
+	case NR_sendfile: /* (out_fd, in_fd, ...) */
+		if (ret > 0) {
+			account(regs->si, ret, 0);
+			account(regs->di, ret, 1);
+		}
+		return 0;
+	case NR_copy_file_range: /* (fd_in, off_in, fd_out, ...) */
+		if (ret > 0) {
+			account(regs->di, ret, 0);
+			account(regs->dx, ret, 1);
+		}
+		return 0;
+	case NR_splice: /* (fd_in, off_in, fd_out, off_out, ...) */
+		if (ret > 0) {
+			account(regs->di, ret, 0);
+			account(regs->dx, ret, 1);
+		}
+		return 0;
+	case NR_open:
+	case NR_creat:
+		opened((const char *)regs->di, ret);
+		return 0;
+	case NR_openat:
+	case NR_openat2:
+		opened((const char *)regs->si, ret);
+		return 0;
+	}
+
+	int call = sync_call(nr);
+
+	if (call < 0)
+		return 0;
+
+	struct sync_start *v = bpf_task_storage_get(&file_sync_start, bpf_get_current_task_btf(), 0, 0);
+
+	if (!v || !v->ts)
+		return 0; /* entered before we attached */
+
+	__u64 delta = bpf_ktime_get_ns() - v->ts;
+	__u32 idx = call;
+	struct file_sync_stats *st = bpf_map_lookup_elem(&file_syncs, &idx);
+
+	v->ts = 0;
+	if (st) {
+		st->calls++;
+		st->time_ns += delta;
+		st->hist[sidecar_hist_bucket(delta)]++;
+	}
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = struct folio * (a folio read from storage into the page cache: a miss,
+ * readahead included) */
+SEC("raw_tp/mm_filemap_add_to_page_cache")
+int files_page_cache_add(unsigned long long *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	struct folio *folio = (struct folio *)ctx[0];
+	__u64 flags = 0, pages = 1;
+
+	/* folio->flags is an unsigned long, or a one-word struct on newer kernels: read the word. */
+	bpf_probe_read_kernel(&flags, sizeof(flags), &folio->flags);
+	if (flags & (1ULL << bpf_core_enum_value(enum pageflags, PG_head))) {
+		__u64 order = BPF_CORE_READ(folio, _flags_1) & 0xff;
+
+		pages = order < 32 ? 1ULL << order : 1;
+	}
+	bump_counter(FILES_PAGE_CACHE_MISSES, pages);
+	return 0;
+}

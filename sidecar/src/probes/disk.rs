@@ -1,0 +1,180 @@
+//! Disk family: block requests, bytes, service and queue time by disk and op, for the requests
+//! the target submitted. Kernel side: `sidecar-ebpf/bpf/disk.bpf.c`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use aya::maps::PerCpuHashMap;
+use prometheus_client::encoding::DescriptorEncoder;
+use sidecar_ebpf::{DiskIoKey, DiskIoStats, HIST_BUCKETS, disk_counter as dc, disk_op};
+
+use super::object::percpu_counter;
+use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use crate::export::encode::{self, Labels, Log2Histogram};
+
+pub struct Disk {
+    obj: Object,
+    names: Mutex<HashMap<(u32, u32), String>>,
+}
+
+pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let mut obj = Object::load("disk", sidecar_ebpf::objects::DISK)?;
+    // Followers first, so that no request of ours is created before its completion is watched.
+    obj.attach_btf_tp("disk_rq_complete", "block_rq_complete")?;
+    obj.attach_btf_tp("disk_rq_merge", "block_rq_merge")?;
+    obj.attach_btf_tp("disk_rq_issue", "block_rq_issue")?;
+    obj.attach_btf_tp("disk_rq_insert", "block_rq_insert")?;
+    obj.attach_btf_tp("disk_io_start", "block_io_start")?;
+    Ok(Arc::new(Disk {
+        obj,
+        names: Mutex::new(HashMap::new()),
+    }))
+}
+
+pub fn op_name(op: u32) -> &'static str {
+    match op {
+        disk_op::READ => "read",
+        disk_op::WRITE => "write",
+        disk_op::FLUSH => "flush",
+        disk_op::DISCARD => "discard",
+        _ => "other",
+    }
+}
+
+/// Kernel name of a block device (`vda`, `nvme0n1`): DEVNAME from sysfs, else /proc/partitions,
+/// else `major:minor`.
+pub fn device_name(major: u32, minor: u32) -> String {
+    if let Ok(s) = std::fs::read_to_string(format!("/sys/dev/block/{major}:{minor}/uevent"))
+        && let Some(n) = s.lines().find_map(|l| l.strip_prefix("DEVNAME="))
+    {
+        return n.trim().to_string();
+    }
+    if let Ok(s) = std::fs::read_to_string("/proc/partitions")
+        && let Some(n) = partitions_lookup(&s, major, minor)
+    {
+        return n;
+    }
+    format!("{major}:{minor}")
+}
+
+fn partitions_lookup(text: &str, major: u32, minor: u32) -> Option<String> {
+    text.lines().skip(2).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 4 && f[0].parse() == Ok(major) && f[1].parse() == Ok(minor))
+            .then(|| f[3].to_string())
+    })
+}
+
+#[derive(Default)]
+struct Agg {
+    requests: u64,
+    bytes: u64,
+    request: Log2Histogram,
+    queue: Log2Histogram,
+}
+
+impl Disk {
+    fn name(&self, major: u32, minor: u32) -> String {
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        names
+            .entry((major, minor))
+            .or_insert_with(|| device_name(major, minor))
+            .clone()
+    }
+}
+
+impl Probe for Disk {
+    fn name(&self) -> &'static str {
+        "disk"
+    }
+
+    fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let ebpf = self.obj.lock();
+        let mut keys: Vec<(DiskIoKey, Vec<DiskIoStats>)> = Vec::new();
+        if let Some(Ok(m)) = ebpf
+            .map("disk_stats")
+            .map(PerCpuHashMap::<_, DiskIoKey, DiskIoStats>::try_from)
+        {
+            keys.extend(
+                m.iter()
+                    .filter_map(|r| r.ok())
+                    .map(|(k, v)| (k, v.iter().copied().collect())),
+            );
+        }
+        drop(ebpf);
+        let mut per: BTreeMap<(String, &'static str), Agg> = BTreeMap::new();
+        for (k, vals) in keys {
+            let a = per
+                .entry((self.name(k.major, k.minor), op_name(k.op)))
+                .or_insert_with(|| Agg {
+                    request: Log2Histogram::new(HIST_BUCKETS),
+                    queue: Log2Histogram::new(HIST_BUCKETS),
+                    ..Default::default()
+                });
+            for v in vals {
+                a.requests += v.requests;
+                a.bytes += v.bytes;
+                a.request.add(&v.request_hist, v.request_ns);
+                a.queue.add(&v.queue_hist, v.queue_ns);
+            }
+        }
+        let labels = |(d, o): &(String, &'static str)| -> Labels {
+            vec![("device", d.clone()), ("op", o.to_string())]
+        };
+        encode::counter(
+            enc,
+            "ebpf_sidecar_block_requests",
+            "Block requests submitted by the target and completed, by disk and op.",
+            per.iter().map(|(k, a)| (labels(k), a.requests)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_block_bytes",
+            "Bytes of the target's completed block requests, by disk and op.",
+            per.iter().map(|(k, a)| (labels(k), a.bytes)),
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_block_request_duration_seconds",
+            "Service time of the target's block requests (issue to the driver -> completion).",
+            per.iter().map(|(k, a)| (labels(k), a.request.clone())),
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_block_queue_duration_seconds",
+            "Queue time of the target's block requests (insert into the I/O scheduler, or creation when it bypassed it -> issue).",
+            per.iter().map(|(k, a)| (labels(k), a.queue.clone())),
+        )
+    }
+
+    fn lost_events(&self) -> u64 {
+        let ebpf = self.obj.lock();
+        percpu_counter(&ebpf, "disk_counters", dc::LOST_REQUESTS)
+            + percpu_counter(&ebpf, "disk_counters", dc::LOST_KEYS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions() {
+        let t = "major minor  #blocks  name\n\n 254        0  268435456 vda\n 259        1  1000 nvme0n1p1\n";
+        assert_eq!(partitions_lookup(t, 254, 0).as_deref(), Some("vda"));
+        assert_eq!(partitions_lookup(t, 259, 1).as_deref(), Some("nvme0n1p1"));
+        assert_eq!(partitions_lookup(t, 8, 0), None);
+    }
+
+    #[test]
+    fn ops() {
+        assert_eq!(op_name(disk_op::READ), "read");
+        assert_eq!(op_name(disk_op::FLUSH), "flush");
+        assert_eq!(op_name(disk_op::OTHER), "other");
+    }
+}
