@@ -7,6 +7,7 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_core_read.h>
 #include <bpf/bpf_endian.h>
+#include <bpf/bpf_tracing.h>
 #include "sidecar.h"
 
 struct {
@@ -36,6 +37,30 @@ static __always_inline int sidecar_in_target(void)
 		if (bpf_get_ns_current_pid_tgid(t->pidns_dev, t->pidns_ino, &ns, sizeof(ns)))
 			return 0;
 		return ns.tgid != t->self_tgid;
+	}
+	return 0;
+}
+
+/* Whether `task` (not necessarily the current one: scheduler hooks see two tasks) belongs to the
+ * target. Pid-namespace mode compares the task's innermost pid namespace. */
+static __always_inline int sidecar_task_in_target(struct task_struct *task)
+{
+	__u32 zero = 0;
+	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+
+	if (!t || !task)
+		return 0;
+	if (t->mode == SIDECAR_FILTER_CGROUP)
+		return task->cgroups->dfl_cgrp->kn->id == t->cgroup_id;
+	if (t->mode == SIDECAR_FILTER_PIDNS) {
+		struct pid *p = task->thread_pid;
+		unsigned int level = p->level;
+		struct upid up = {};
+
+		bpf_probe_read_kernel(&up, sizeof(up), &p->numbers[level & 7]);
+		if (BPF_CORE_READ(up.ns, ns.inum) != t->pidns_ino)
+			return 0;
+		return task->tgid != 0 && up.nr != 0 && !(task->pid == task->tgid && up.nr == t->self_tgid);
 	}
 	return 0;
 }

@@ -203,4 +203,26 @@ enum files_counter {
 	FILES_COUNTERS = 4,
 };
 
+/* cpu: scheduler accounting */
+enum cpu_hist {
+	CPU_HIST_SLICE = 0,        /* on-CPU slices (cpudist) */
+	CPU_HIST_RUNQUEUE = 1,     /* wakeup or preemption to running (runqlat) */
+	CPU_HIST_OFF_SLEEPING = 2, /* off-CPU, interruptible sleep */
+	CPU_HIST_OFF_BLOCKED = 3,  /* off-CPU, uninterruptible (I/O, locks) */
+	CPU_HISTS = 4,
+};
+
+enum cpu_counter {
+	CPU_SWITCH_VOLUNTARY = 0,
+	CPU_SWITCH_INVOLUNTARY = 1,
+	CPU_MIGRATIONS = 2,
+	CPU_LOST_COMMS = 3,
+	CPU_COUNTERS = 4,
+};
+
+struct cpu_hist_val {
+	__u64 sum_ns;
+	__u64 hist[SIDECAR_HIST_BUCKETS];
+};
+
 #endif

@@ -17,6 +17,7 @@ pub mod objects {
     pub static PROCESS: &[u8] = object!("process");
     pub static SYSCALLS: &[u8] = object!("syscalls");
     pub static SECURITY: &[u8] = object!("security");
+    pub static CPU: &[u8] = object!("cpu");
     pub static DISK: &[u8] = object!("disk");
     pub static FILES: &[u8] = object!("files");
 }
@@ -137,6 +138,26 @@ pub struct SecPrefix {
     pub bytes: [u8; SEC_PREFIX_LEN],
 }
 
+/// `struct cpu_hist_val`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CpuHistVal {
+    pub sum_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+/// `enum cpu_hist` and `enum cpu_counter`
+pub mod cpu {
+    pub const HIST_SLICE: u32 = 0;
+    pub const HIST_RUNQUEUE: u32 = 1;
+    pub const HIST_OFF_SLEEPING: u32 = 2;
+    pub const HIST_OFF_BLOCKED: u32 = 3;
+    pub const SWITCH_VOLUNTARY: u32 = 0;
+    pub const SWITCH_INVOLUNTARY: u32 = 1;
+    pub const MIGRATIONS: u32 = 2;
+    pub const LOST_COMMS: u32 = 3;
+}
+
 // SAFETY: all of these are repr(C), made of integers and byte arrays with no implicit padding
 // (checked below), so every bit pattern is a valid value.
 unsafe impl Pod for Target {}
@@ -145,6 +166,7 @@ unsafe impl Pod for SyscallErrorKey {}
 unsafe impl Pod for CommKey {}
 unsafe impl Pod for ExitKey {}
 unsafe impl Pod for SecurityEvent {}
+unsafe impl Pod for CpuHistVal {}
 unsafe impl Pod for SecPrefix {}
 
 const _: () = {

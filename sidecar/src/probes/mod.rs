@@ -4,6 +4,7 @@
 //! A family that cannot load is reported (`ebpf_sidecar_probe_up{probe}=0` and a log line with
 //! the reason) and skipped; the others keep working.
 
+pub mod cpu;
 pub mod disk;
 pub mod files;
 pub mod object;
@@ -123,6 +124,13 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: files::load,
+    },
+    Family {
+        name: "cpu",
+        about: "on-CPU time by comm, slices, run-queue latency, off-CPU time, context switches, migrations",
+        needs: &[],
+        keeps: &[],
+        load: cpu::load,
     },
 ];
 

@@ -1,0 +1,188 @@
+// SPDX-License-Identifier: GPL-2.0
+/* CPU family: on-CPU time by comm and slice length (cpudist), run-queue latency (runqlat),
+ * off-CPU time by state, context switches, migrations. Hooks: tp_btf sched_switch,
+ * sched_wakeup, sched_wakeup_new, sched_migrate_task. The scheduler runs them for two tasks at
+ * once, so the target is checked on each task, not on `current`. */
+#include "sidecar.bpf.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define TASK_INTERRUPTIBLE 0x1
+#define TASK_UNINTERRUPTIBLE 0x2
+#define TASK_DEAD 0x80
+
+struct task_times {
+	__u64 on_ts;    /* switched in */
+	__u64 off_ts;   /* switched out while sleeping/blocked */
+	__u64 ready_ts; /* woken up or preempted: waiting for a CPU */
+	__u32 off_state;
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct task_times);
+} cpu_task SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CPU_HISTS);
+	__type(key, __u32);
+	__type(value, struct cpu_hist_val);
+} cpu_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, CPU_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} cpu_counters SEC(".maps");
+
+/* On-CPU nanoseconds by comm; comms beyond the table are added to cpu_other_ns. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct comm_key);
+	__type(value, __u64);
+} cpu_comm_ns SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cpu_other_ns SEC(".maps");
+
+static __always_inline void observe(__u32 h, __u64 ns)
+{
+	struct cpu_hist_val *v = bpf_map_lookup_elem(&cpu_hists, &h);
+
+	if (v) {
+		v->sum_ns += ns;
+		v->hist[sidecar_hist_bucket(ns)]++;
+	}
+}
+
+static __always_inline void bump(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&cpu_counters, &idx);
+
+	if (c)
+		*c += 1;
+}
+
+static __always_inline void add_comm_ns(struct task_struct *t, __u64 ns)
+{
+	struct comm_key k = {};
+
+	bpf_probe_read_kernel_str(k.comm, sizeof(k.comm), t->group_leader->comm);
+	__u64 *v = bpf_map_lookup_elem(&cpu_comm_ns, &k);
+
+	if (v) {
+		*v += ns;
+		return;
+	}
+	if (!bpf_map_update_elem(&cpu_comm_ns, &k, &ns, BPF_NOEXIST))
+		return;
+	v = bpf_map_lookup_elem(&cpu_comm_ns, &k);
+	if (v) {
+		*v += ns;
+		return;
+	}
+	__u32 zero = 0;
+	__u64 *o = bpf_map_lookup_elem(&cpu_other_ns, &zero);
+
+	if (o)
+		*o += ns;
+	bump(CPU_LOST_COMMS);
+}
+
+SEC("tp_btf/sched_switch")
+int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
+	     unsigned int prev_state)
+{
+	__u64 now = bpf_ktime_get_ns();
+
+	if (sidecar_task_in_target(prev)) {
+		struct task_times *tt = bpf_task_storage_get(&cpu_task, prev, 0,
+							     BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+		if (tt) {
+			if (tt->on_ts) {
+				__u64 d = now - tt->on_ts;
+
+				observe(CPU_HIST_SLICE, d);
+				add_comm_ns(prev, d);
+				tt->on_ts = 0;
+			}
+			__u32 state = prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE);
+
+			if (prev_state & TASK_DEAD) {
+				/* its last switch: nothing to wait for */
+			} else if (state) {
+				tt->off_ts = now;
+				tt->off_state = state;
+				tt->ready_ts = 0;
+				bump(CPU_SWITCH_VOLUNTARY);
+			} else {
+				/* preempted: still runnable, waiting in the run queue */
+				tt->off_ts = 0;
+				tt->ready_ts = now;
+				bump(CPU_SWITCH_INVOLUNTARY);
+			}
+		}
+	}
+	if (sidecar_task_in_target(next)) {
+		struct task_times *tt = bpf_task_storage_get(&cpu_task, next, 0,
+							     BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+		if (tt) {
+			if (tt->off_ts) {
+				observe(tt->off_state & TASK_UNINTERRUPTIBLE ? CPU_HIST_OFF_BLOCKED
+									     : CPU_HIST_OFF_SLEEPING,
+					now - tt->off_ts);
+				tt->off_ts = 0;
+			}
+			if (tt->ready_ts) {
+				observe(CPU_HIST_RUNQUEUE, now - tt->ready_ts);
+				tt->ready_ts = 0;
+			}
+			tt->on_ts = now;
+		}
+	}
+	return 0;
+}
+
+static __always_inline int wakeup(struct task_struct *p)
+{
+	if (!sidecar_task_in_target(p))
+		return 0;
+
+	struct task_times *tt = bpf_task_storage_get(&cpu_task, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (tt)
+		tt->ready_ts = bpf_ktime_get_ns();
+	return 0;
+}
+
+SEC("tp_btf/sched_wakeup")
+int BPF_PROG(cpu_wakeup, struct task_struct *p)
+{
+	return wakeup(p);
+}
+
+SEC("tp_btf/sched_wakeup_new")
+int BPF_PROG(cpu_wakeup_new, struct task_struct *p)
+{
+	return wakeup(p);
+}
+
+SEC("tp_btf/sched_migrate_task")
+int BPF_PROG(cpu_migrate, struct task_struct *p, int dest_cpu)
+{
+	if (sidecar_task_in_target(p))
+		bump(CPU_MIGRATIONS);
+	return 0;
+}

@@ -1,0 +1,99 @@
+//! CPU family against the kernel's own accounting and known code.
+
+use std::process::{Command, Stdio};
+
+use integration::*;
+
+/// Run `cpu_burn ARGS` under `ebpf-sidecar run --probes cpu`; returns (stdout, final metrics).
+fn run(args: &[&str]) -> (String, Metrics) {
+    let w = workload("cpu_burn");
+    let out = std::env::temp_dir().join(format!("ebpf-sidecar-cpu-{}.prom", args.join("-")));
+    let port = format!("127.0.0.1:{}", free_port());
+    let o = Command::new(sidecar_bin())
+        .args(["run", "--probes", "cpu", "--listen", &port, "--metrics-out"])
+        .arg(&out)
+        .arg("--")
+        .arg(&w)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lint = promtool_check(&text);
+    assert!(lint.is_empty(), "{lint}");
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        Metrics::parse(&text),
+    )
+}
+
+fn bucket(m: &Metrics, name: &str, labels: &[(&str, &str)], le: &str) -> f64 {
+    let mut l = labels.to_vec();
+    l.push(("le", le));
+    m.sum(&format!("{name}_bucket"), &l)
+}
+
+#[test]
+fn cpu_seconds_match_the_processes_own_rusage() {
+    require_root();
+    let (out, m) = run(&["burn", "2"]);
+    let rusage_s = out.trim().parse::<f64>().unwrap() / 1e9;
+    let counted = m.sum("ebpf_sidecar_cpu_seconds_total", &[("comm", "cpu_burn")]);
+    let err = (counted - rusage_s).abs() / rusage_s;
+    assert!(
+        err <= 0.03,
+        "counted {counted:.4} s vs rusage {rusage_s:.4} s: {:.2}% off",
+        err * 100.0
+    );
+    assert!(m.sum("ebpf_sidecar_cpu_slice_duration_seconds_count", &[]) >= 1.0);
+}
+
+#[test]
+fn sleeps_of_10ms_land_in_the_8_to_16ms_offcpu_bucket() {
+    require_root();
+    const N: f64 = 50.0;
+    let (_, m) = run(&["sleep", "50"]);
+    let name = "ebpf_sidecar_offcpu_duration_seconds";
+    let le16 = bucket(&m, name, &[("state", "sleeping")], "0.016777216");
+    let le8 = bucket(&m, name, &[("state", "sleeping")], "0.008388608");
+    assert_eq!(
+        le16 - le8,
+        N,
+        "each 10 ms sleep is one off-CPU interval in [8.4, 16.8) ms"
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_context_switches_total",
+            &[("kind", "voluntary")]
+        ) >= N
+    );
+}
+
+#[test]
+fn runqueue_latency_shows_contention_only_when_there_is_some() {
+    require_root();
+    // Two spinners on one CPU wait for each other a scheduler slice at a time (ms); one alone
+    // never waits that long.
+    let (_, two) = run(&["pinned", "2", "1"]);
+    let (_, one) = run(&["pinned", "1", "1"]);
+    let name = "ebpf_sidecar_runqueue_latency_seconds";
+    let over_1ms =
+        |m: &Metrics| m.sum(&format!("{name}_count"), &[]) - bucket(m, name, &[], "0.001048576");
+    assert!(
+        over_1ms(&two) >= 100.0,
+        "contended: {} waits over 1 ms",
+        over_1ms(&two)
+    );
+    assert!(
+        over_1ms(&one) <= 2.0,
+        "alone: {} waits over 1 ms",
+        over_1ms(&one)
+    );
+    assert!(
+        two.sum(
+            "ebpf_sidecar_context_switches_total",
+            &[("kind", "involuntary")]
+        ) >= 100.0
+    );
+}
