@@ -225,4 +225,20 @@ struct cpu_hist_val {
 	__u64 hist[SIDECAR_HIST_BUCKETS];
 };
 
+/* profile: sampled stacks */
+struct profile_key {
+	__u32 pid;          /* tgid as the sidecar sees it (its own pid namespace), 0 if invisible */
+	__u32 generation; /* drain generation: userspace flips it, then drains the old one */
+	__s32 user_stack;   /* stack map ids, negative when unavailable */
+	__s32 kernel_stack;
+	char comm[SIDECAR_COMM_LEN];
+};
+
+struct profile_cfg {
+	__u64 pidns_dev; /* the sidecar's own pid namespace */
+	__u64 pidns_ino;
+	__u32 generation;
+	__u32 pad;
+};
+
 #endif

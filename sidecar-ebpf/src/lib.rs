@@ -18,6 +18,7 @@ pub mod objects {
     pub static SYSCALLS: &[u8] = object!("syscalls");
     pub static SECURITY: &[u8] = object!("security");
     pub static CPU: &[u8] = object!("cpu");
+    pub static PROFILE: &[u8] = object!("profile");
     pub static DISK: &[u8] = object!("disk");
     pub static FILES: &[u8] = object!("files");
 }
@@ -158,6 +159,27 @@ pub mod cpu {
     pub const LOST_COMMS: u32 = 3;
 }
 
+/// `struct profile_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ProfileKey {
+    pub pid: u32,
+    pub generation: u32,
+    pub user_stack: i32,
+    pub kernel_stack: i32,
+    pub comm: [u8; COMM_LEN],
+}
+
+/// `struct profile_cfg`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProfileCfg {
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+    pub generation: u32,
+    pub pad: u32,
+}
+
 // SAFETY: all of these are repr(C), made of integers and byte arrays with no implicit padding
 // (checked below), so every bit pattern is a valid value.
 unsafe impl Pod for Target {}
@@ -167,6 +189,8 @@ unsafe impl Pod for CommKey {}
 unsafe impl Pod for ExitKey {}
 unsafe impl Pod for SecurityEvent {}
 unsafe impl Pod for CpuHistVal {}
+unsafe impl Pod for ProfileKey {}
+unsafe impl Pod for ProfileCfg {}
 unsafe impl Pod for SecPrefix {}
 
 const _: () = {
@@ -186,6 +210,8 @@ const _: () = {
     assert!(offset_of!(SecurityEvent, path) == 120);
     assert!(offset_of!(SecurityEvent, argv) == 248);
     assert!(size_of::<SecPrefix>() == 68);
+    assert!(size_of::<ProfileKey>() == 32);
+    assert!(size_of::<ProfileCfg>() == 24);
 };
 
 /// Name of the map every object carries for the target filter.

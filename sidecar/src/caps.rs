@@ -111,6 +111,9 @@ pub fn needed_after_attach() -> CapsHashSet {
 /// Drop every capability not in `keep` from all sets of this thread (call before starting other
 /// threads: they inherit it), and forbid regaining any through exec.
 pub fn drop_all_except(keep: &CapsHashSet) -> Result<(), String> {
+    // Keeping a capability we do not have is impossible (and would fail the whole drop).
+    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| e.to_string())?;
+    let keep: &CapsHashSet = &keep.intersection(&permitted).copied().collect();
     for cap in caps::all() {
         if !keep.contains(&cap) {
             // Needs CAP_SETPCAP; without it the bounding set stays, the other sets still empty.

@@ -7,4 +7,5 @@ pub mod events;
 pub mod export;
 pub mod probes;
 pub mod seccomp;
+pub mod symbolize;
 pub mod target;

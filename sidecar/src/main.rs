@@ -76,6 +76,14 @@ struct Cli {
     #[arg(long, value_name = "FILE", global = true)]
     events_out: Option<PathBuf>,
 
+    /// Profiler sampling frequency, per CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 49, value_parser = clap::value_parser!(u64).range(1..=10000), global = true)]
+    profile_hz: u64,
+
+    /// Do not run the sampling profiler (same as leaving `profile` out of --probes).
+    #[arg(long, global = true)]
+    no_profile: bool,
+
     /// Prometheus exporter-toolkit web configuration: `tls_server_config` (cert_file, key_file)
     /// and `basic_auth_users` (user: bcrypt hash). Same file format Prometheus's exporters use.
     #[arg(long = "web.config.file", value_name = "FILE", global = true)]
@@ -182,13 +190,18 @@ fn main() {
     let cfg = Config {
         choice,
         listen: cli.listen,
-        probes: cli.probes.into_iter().filter(|p| !p.is_empty()).collect(),
+        probes: cli
+            .probes
+            .into_iter()
+            .filter(|p| !p.is_empty() && !(cli.no_profile && p == "profile"))
+            .collect(),
         bpf_stats: cli.bpf_stats,
         options: Options {
             top_n: cli.top_n,
             per_syscall_histograms: cli.per_syscall_histograms,
             syscall_latency: cli.syscall_latency == "on",
             sensitive_paths: cli.sensitive_paths,
+            profile_hz: cli.profile_hz,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,

@@ -2,6 +2,7 @@
 //! sidecar's own metrics, served over HTTP.
 
 pub mod encode;
+pub mod pprof;
 pub mod server;
 pub mod web;
 

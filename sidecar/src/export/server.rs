@@ -63,6 +63,9 @@ fn routes(app: App) -> Router {
         .route("/healthz", get(healthz))
         .route("/seccomp", get(seccomp))
         .route("/events", get(events))
+        .route("/debug/profile/folded", get(profile_folded))
+        .route("/debug/flamegraph.svg", get(profile_svg))
+        .route("/debug/pprof/profile", get(profile_pprof))
         .with_state(app)
 }
 
@@ -166,6 +169,96 @@ async fn events(
         .into_response()
 }
 
+#[derive(serde::Deserialize)]
+struct ProfileQuery {
+    seconds: Option<u64>,
+}
+
+/// Samples of the next `seconds` (default 10), shared with any concurrent request.
+async fn collect_profile(
+    app: &App,
+    q: &ProfileQuery,
+) -> Result<(Vec<(Vec<String>, u64)>, u64, u64), Response> {
+    let Some(store) = app.shared.probes.iter().find_map(|p| p.profile_store()) else {
+        return Err((
+            StatusCode::NOT_FOUND,
+            "the profiler is off (--no-profile, or profile not in --probes)\n",
+        )
+            .into_response());
+    };
+    let seconds = q.seconds.unwrap_or(10);
+    if seconds == 0 || seconds > crate::probes::profile::MAX_SECONDS {
+        return Err((StatusCode::BAD_REQUEST, "seconds must be 1..=300\n").into_response());
+    }
+    let hz = store.hz;
+    let stacks = tokio::task::spawn_blocking(move || store.collect(seconds))
+        .await
+        .map_err(|_| (StatusCode::INTERNAL_SERVER_ERROR, "profiler failed\n").into_response())?;
+    Ok((stacks, hz, seconds))
+}
+
+async fn profile_folded(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<ProfileQuery>,
+) -> Response {
+    match collect_profile(&app, &q).await {
+        Ok((stacks, _, _)) => (
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            crate::probes::profile::folded_text(&stacks),
+        )
+            .into_response(),
+        Err(r) => r,
+    }
+}
+
+async fn profile_svg(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<ProfileQuery>,
+) -> Response {
+    let (stacks, _, seconds) = match collect_profile(&app, &q).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let text = crate::probes::profile::folded_text(&stacks);
+    let mut opts = inferno::flamegraph::Options::default();
+    opts.title = format!("ebpf-sidecar: {seconds} s of CPU samples");
+    opts.count_name = "samples".into();
+    let mut svg = Vec::new();
+    let lines: Vec<&str> = text.lines().collect();
+    if lines.is_empty() {
+        return (StatusCode::OK, [(header::CONTENT_TYPE, "image/svg+xml")], "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"600\" height=\"40\"><text x=\"10\" y=\"25\">no samples: the target did not run on a CPU</text></svg>\n").into_response();
+    }
+    match inferno::flamegraph::from_lines(&mut opts, lines, &mut svg) {
+        Ok(()) => ([(header::CONTENT_TYPE, "image/svg+xml")], svg).into_response(),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("flame graph: {e}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn profile_pprof(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<ProfileQuery>,
+) -> Response {
+    let (stacks, hz, seconds) = match collect_profile(&app, &q).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let body = super::pprof::encode(
+        &stacks,
+        1_000_000_000 / hz.max(1),
+        seconds * 1_000_000_000,
+        now - seconds * 1_000_000_000,
+    );
+    ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response()
+}
+
 async fn healthz(State(app): State<App>) -> Response {
     let failed: Vec<_> = app
         .shared
@@ -201,6 +294,9 @@ async fn index() -> Html<&'static str> {
         "<li><a href=\"/metrics\">/metrics</a> Prometheus metrics (text 0.0.4, or OpenMetrics by Accept)</li>",
         "<li><a href=\"/healthz\">/healthz</a> liveness and target state</li>",
         "<li><a href=\"/events\">/events</a> security events as NDJSON, streaming (?kind=exec,shell,...)</li>",
+        "<li><a href=\"/debug/flamegraph.svg?seconds=10\">/debug/flamegraph.svg?seconds=N</a> CPU flame graph of the target</li>",
+        "<li><a href=\"/debug/profile/folded?seconds=10\">/debug/profile/folded?seconds=N</a> collapsed stacks</li>",
+        "<li><a href=\"/debug/pprof/profile?seconds=10\">/debug/pprof/profile?seconds=N</a> pprof (go tool pprof, Pyroscope, Parca)</li>",
         "<li><a href=\"/seccomp\">/seccomp</a> seccomp profile advised from the syscalls seen</li>",
         "</ul></body></html>"
     ))

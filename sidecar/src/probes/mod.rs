@@ -9,6 +9,7 @@ pub mod disk;
 pub mod files;
 pub mod object;
 pub mod process;
+pub mod profile;
 pub mod security;
 pub mod syscalls;
 pub mod tables;
@@ -39,6 +40,8 @@ pub struct Options {
     pub syscall_latency: bool,
     /// Path prefixes whose opening for write is a security event (empty: the defaults).
     pub sensitive_paths: Vec<String>,
+    /// Profiler samples per second per CPU.
+    pub profile_hz: u64,
 }
 
 impl Default for Options {
@@ -48,6 +51,7 @@ impl Default for Options {
             per_syscall_histograms: false,
             syscall_latency: true,
             sensitive_paths: Vec::new(),
+            profile_hz: 49,
         }
     }
 }
@@ -67,6 +71,10 @@ pub trait Probe: Send + Sync {
     /// Syscall numbers the target has made since start (the seccomp advisor's input); only the
     /// syscalls family knows them.
     fn observed_syscalls(&self) -> Option<Vec<u32>> {
+        None
+    }
+    /// The profiler's sample store (only the profile family has one).
+    fn profile_store(&self) -> Option<Arc<profile::Store>> {
         None
     }
     /// Start handing this family's events (if it has any) to `sink`. Called once, after the
@@ -132,10 +140,18 @@ pub const FAMILIES: &[Family] = &[
         keeps: &[],
         load: cpu::load,
     },
+    Family {
+        name: "profile",
+        about: "sampling profiler (perf_event, 49 Hz per CPU): pprof, folded stacks, flame graphs",
+        needs: &[],
+        // Symbolizing reads the target's /proc/<pid>/maps and binaries (ptrace read access).
+        keeps: &[caps::Capability::CAP_SYS_PTRACE],
+        load: profile::load,
+    },
 ];
 
 /// Families loaded when --probes is not given.
-pub const DEFAULT_FAMILIES: &str = "process,syscalls,security";
+pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,disk,cpu,profile";
 
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)

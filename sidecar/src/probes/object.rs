@@ -142,6 +142,11 @@ impl Object {
         Ok(())
     }
 
+    /// Count a program attached by hand in the bpf_stats export.
+    pub fn record_program(&mut self, program: &str) {
+        self.programs.push(program.to_string());
+    }
+
     /// Point the kernel filter at a (new) target.
     pub fn set_target(&self, target: &sidecar_ebpf::Target) -> Result<(), ProbeError> {
         let family = self.family;

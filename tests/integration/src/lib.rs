@@ -54,8 +54,9 @@ pub fn workload(name: &str) -> PathBuf {
     });
     let out = dir.join(name);
     let src = repo_root().join(format!("tests/integration/workloads/{name}.c"));
+    // Frame pointers: the kernel unwinds user stacks by them (profiler tests).
     let st = Command::new("gcc")
-        .args(["-static", "-O2", "-Wall", "-o"])
+        .args(["-static", "-O2", "-Wall", "-fno-omit-frame-pointer", "-o"])
         .arg(&out)
         .arg(&src)
         .status()
@@ -72,6 +73,27 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// HTTP GET on loopback returning the raw body bytes.
+pub fn http_get_bytes(port: u16, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4)
+        .unwrap_or(raw.len());
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, raw[split..].to_vec()))
+}
+
 /// HTTP GET on loopback; returns (status, content-type, body).
 pub fn http_get(
     port: u16,
@@ -79,7 +101,7 @@ pub fn http_get(
     accept: Option<&str>,
 ) -> std::io::Result<(u16, String, String)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let accept = accept
         .map(|a| format!("Accept: {a}\r\n"))
         .unwrap_or_default();

@@ -1,0 +1,260 @@
+//! Profile family: a continuous sampling profiler of the target (perf_event CPU clock, 49 Hz per
+//! CPU by default). The kernel counts (pid, user stack, kernel stack, comm); a drain thread
+//! symbolizes them once a second into one-second windows that every profile request reads, so
+//! concurrent requests share one sampling session. Kernel side: `sidecar-ebpf/bpf/profile.bpf.c`.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::os::unix::fs::MetadataExt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
+use aya::programs::PerfEvent;
+use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
+use prometheus_client::encoding::DescriptorEncoder;
+use sidecar_ebpf::{ProfileCfg, ProfileKey};
+
+use super::object::percpu_counter;
+use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use crate::export::encode::{self, comm_label};
+use crate::symbolize::{Symbolizer, kallsyms};
+
+/// Seconds of history kept; the longest profile a request can ask for.
+pub const MAX_SECONDS: u64 = 300;
+
+/// Folded stacks (frames root first) with sample counts, per one-second window.
+pub type Folded = HashMap<Vec<String>, u64>;
+
+pub struct Store {
+    windows: Mutex<VecDeque<(Instant, Folded)>>,
+    pub hz: u64,
+}
+
+impl Store {
+    /// Wait `seconds`, then merge the windows drained in the meantime.
+    pub fn collect(&self, seconds: u64) -> Vec<(Vec<String>, u64)> {
+        let start = Instant::now();
+        std::thread::sleep(
+            Duration::from_secs(seconds.min(MAX_SECONDS)) + Duration::from_millis(1100),
+        );
+        let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
+        let mut merged: Folded = HashMap::new();
+        for (at, folded) in w.iter().filter(|(at, _)| *at > start) {
+            let _ = at;
+            for (stack, n) in folded {
+                *merged.entry(stack.clone()).or_default() += n;
+            }
+        }
+        let mut v: Vec<_> = merged.into_iter().collect();
+        v.sort();
+        v
+    }
+}
+
+pub struct Profile {
+    obj: Object,
+    store: Arc<Store>,
+    drain: Mutex<Option<Drain>>,
+}
+
+struct Drain {
+    counts: BpfHashMap<MapData, ProfileKey, u64>,
+    stacks: StackTraceMap<MapData>,
+    config: Array<MapData, ProfileCfg>,
+    symbolizer: Symbolizer,
+}
+
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let family = "profile";
+    let mut obj = Object::load(family, sidecar_ebpf::objects::PROFILE)?;
+    let perr = |e: aya::programs::ProgramError| ProbeError::Program {
+        family,
+        program: "profile_sample".into(),
+        source: Box::new(e),
+    };
+    let map_err = |map: &str, detail: String| ProbeError::Map {
+        family,
+        map: map.into(),
+        detail,
+    };
+    let drain = {
+        let mut ebpf = obj.lock();
+        let prog: &mut PerfEvent = ebpf
+            .program_mut("profile_sample")
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: "profile_sample".into(),
+            })?
+            .try_into()
+            .map_err(perr)?;
+        prog.load().map_err(perr)?;
+        let cpus = aya::util::online_cpus()
+            .map_err(|(what, e)| map_err("online cpus", format!("{what}: {e}")))?;
+        for cpu in cpus {
+            prog.attach(
+                PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                PerfEventScope::AllProcessesOneCpu { cpu },
+                SamplePolicy::Frequency(opts.profile_hz),
+                false,
+            )
+            .map_err(perr)?;
+        }
+        let take = |ebpf: &mut aya::Ebpf, name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| map_err(name, "missing".into()))
+        };
+        let mut config: Array<MapData, ProfileCfg> =
+            Array::try_from(take(&mut ebpf, "profile_config")?)
+                .map_err(|e| map_err("profile_config", e.to_string()))?;
+        let ns = std::fs::metadata("/proc/self/ns/pid")
+            .map_err(|e| map_err("profile_config", e.to_string()))?;
+        config
+            .set(
+                0,
+                ProfileCfg {
+                    pidns_dev: ns.dev(),
+                    pidns_ino: ns.ino(),
+                    generation: 0,
+                    pad: 0,
+                },
+                0,
+            )
+            .map_err(|e| map_err("profile_config", e.to_string()))?;
+        Drain {
+            counts: BpfHashMap::try_from(take(&mut ebpf, "profile_counts")?)
+                .map_err(|e| map_err("profile_counts", e.to_string()))?,
+            stacks: StackTraceMap::try_from(take(&mut ebpf, "profile_stacks")?)
+                .map_err(|e| map_err("profile_stacks", e.to_string()))?,
+            config,
+            // Read now: without CAP_SYSLOG (dropped after attach) kallsyms shows zero addresses.
+            symbolizer: Symbolizer::new(kallsyms()),
+        }
+    };
+    obj.record_program("profile_sample");
+    Ok(Arc::new(Profile {
+        obj,
+        store: Arc::new(Store {
+            windows: Mutex::new(VecDeque::new()),
+            hz: opts.profile_hz,
+        }),
+        drain: Mutex::new(Some(drain)),
+    }))
+}
+
+impl Drain {
+    /// Flip the generation, then move the previous one's counts out of the kernel.
+    fn once(&mut self) -> Folded {
+        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
+        let old = cfg.generation;
+        cfg.generation = cfg.generation.wrapping_add(1);
+        let _ = self.config.set(0, cfg, 0);
+        let entries: Vec<(ProfileKey, u64)> = self
+            .counts
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, _)| k.generation == old)
+            .collect();
+        let mut folded: Folded = HashMap::new();
+        for (k, n) in &entries {
+            let _ = self.counts.remove(k);
+            let mut frames = vec![comm_label(&k.comm)];
+            if k.user_stack >= 0 {
+                if let Ok(st) = self.stacks.get(&(k.user_stack as u32), 0) {
+                    let mut user: Vec<String> = st
+                        .frames()
+                        .iter()
+                        .map(|f| self.symbolizer.user(k.pid, f.ip))
+                        .collect();
+                    user.reverse();
+                    frames.extend(user);
+                }
+            }
+            if k.kernel_stack >= 0 {
+                if let Ok(st) = self.stacks.get(&(k.kernel_stack as u32), 0) {
+                    let mut kernel: Vec<String> = st
+                        .frames()
+                        .iter()
+                        .map(|f| self.symbolizer.kernel(f.ip))
+                        .collect();
+                    kernel.reverse();
+                    frames.extend(kernel);
+                }
+            }
+            *folded.entry(frames).or_default() += n;
+        }
+        folded
+    }
+}
+
+impl Probe for Profile {
+    fn name(&self) -> &'static str {
+        "profile"
+    }
+
+    fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let ebpf = self.obj.lock();
+        let samples = percpu_counter(&ebpf, "profile_totals", 0);
+        drop(ebpf);
+        encode::counter(
+            enc,
+            "ebpf_sidecar_profile_samples",
+            "CPU-clock samples taken while one of the target's tasks was running.",
+            [(vec![], samples)],
+        )
+    }
+
+    fn lost_events(&self) -> u64 {
+        percpu_counter(&self.obj.lock(), "profile_totals", 1)
+    }
+
+    fn profile_store(&self) -> Option<Arc<Store>> {
+        Some(self.store.clone())
+    }
+
+    fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
+        let Some(mut drain) = self.drain.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        let store = self.store.clone();
+        std::thread::Builder::new()
+            .name("profile-drain".into())
+            .spawn(move || {
+                let mut ticks = 0u64;
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    let folded = drain.once();
+                    let mut w = store.windows.lock().unwrap_or_else(|p| p.into_inner());
+                    w.push_back((Instant::now(), folded));
+                    while w.len() as u64 > MAX_SECONDS + 2 {
+                        w.pop_front();
+                    }
+                    drop(w);
+                    ticks += 1;
+                    if ticks % 30 == 0 {
+                        drain.symbolizer.forget_processes();
+                    }
+                }
+            })
+            .map_err(|e| ProbeError::Map {
+                family: "profile",
+                map: "profile_counts".into(),
+                detail: e.to_string(),
+            })?;
+        Ok(())
+    }
+}
+
+/// Collapsed-stack text (`frame;frame;frame count` per line), as flamegraph.pl and inferno read.
+pub fn folded_text(stacks: &[(Vec<String>, u64)]) -> String {
+    let mut out = String::new();
+    for (frames, n) in stacks {
+        let line: Vec<String> = frames.iter().map(|f| f.replace(';', ":")).collect();
+        out.push_str(&format!("{} {n}\n", line.join(";")));
+    }
+    out
+}
