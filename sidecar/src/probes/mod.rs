@@ -4,6 +4,7 @@
 //! A family that cannot load is reported (`ebpf_sidecar_probe_up{probe}=0` and a log line with
 //! the reason) and skipped; the others keep working.
 
+pub mod net;
 pub mod object;
 pub mod process;
 pub mod syscalls;
@@ -86,6 +87,14 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: syscalls::load,
+    },
+    Family {
+        name: "net",
+        about: "packets/bytes by protocol, TCP lifecycle, peers, connect/bind errors, UDP drops",
+        // cgroup_skb programs: attached at start and again when the target restarts.
+        needs: &[caps::Capability::CAP_NET_ADMIN],
+        keeps: &[caps::Capability::CAP_NET_ADMIN],
+        load: net::load,
     },
 ];
 

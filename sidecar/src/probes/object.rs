@@ -4,7 +4,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::Array;
-use aya::programs::RawTracePoint;
+use aya::programs::cgroup_skb::CgroupSkbLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
@@ -114,6 +115,77 @@ impl Object {
         drop(ebpf);
         self.programs.push(program.to_string());
         Ok(())
+    }
+
+    /// Load a cgroup_skb program; it is attached per cgroup with [`Self::attach_cgroup_skb`].
+    pub fn load_cgroup_skb(&mut self, program: &str) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(())
+    }
+
+    /// Attach a loaded cgroup_skb program to the cgroup v2 directory `cgroup` (an open fd). Only
+    /// the sockets of that cgroup's tasks pass through it, so the attachment is the filter.
+    pub fn attach_cgroup_skb(
+        &self,
+        program: &str,
+        cgroup: &std::fs::File,
+        attach_type: CgroupSkbAttachType,
+    ) -> Result<CgroupSkbLinkId, ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.attach(cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(err)
+    }
+
+    /// Detach a link made by [`Self::attach_cgroup_skb`] (a no-op in the kernel once the cgroup
+    /// is gone: its links die with it).
+    pub fn detach_cgroup_skb(&self, program: &str, link: CgroupSkbLinkId) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.detach(link).map_err(err)
     }
 
     /// Point the kernel filter at a (new) target.
