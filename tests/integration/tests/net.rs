@@ -28,11 +28,15 @@ fn run_net(tag: &str, extra: &[&str], args: &[&str]) -> (Metrics, String) {
         .arg("--")
         .arg(workload("net_traffic"))
         .args(args)
-        .stderr(Stdio::inherit())
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert_eq!(o.status.code(), Some(0), "workload failed: {stdout}");
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "workload failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     let text = std::fs::read_to_string(&out).expect("--metrics-out written");
     let lint = promtool_check(&text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
