@@ -89,7 +89,10 @@ fn slot_labels(slot: usize) -> Labels {
     let per_dir = k::FAMILIES * k::PROTOS;
     vec![
         ("direction", DIRECTIONS[slot / per_dir].to_string()),
-        ("family", IP_FAMILIES[(slot % per_dir) / k::PROTOS].to_string()),
+        (
+            "family",
+            IP_FAMILIES[(slot % per_dir) / k::PROTOS].to_string(),
+        ),
         ("protocol", PROTOCOLS[slot % k::PROTOS].to_string()),
     ]
 }
@@ -210,8 +213,7 @@ impl Probe for Net {
                 }
             }
         }
-        let (other_sent, other_received) =
-            (counter(c::OTHER_SENT), counter(c::OTHER_RECEIVED));
+        let (other_sent, other_received) = (counter(c::OTHER_SENT), counter(c::OTHER_RECEIVED));
         if other_sent + other_received > 0 || counter(c::OTHER_CLOSED) > 0 {
             let e = peers.entry(encode::OTHER.to_string()).or_default();
             e.0 += other_sent;

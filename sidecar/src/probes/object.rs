@@ -169,7 +169,11 @@ impl Object {
 
     /// Detach a link made by [`Self::attach_cgroup_skb`] (a no-op in the kernel once the cgroup
     /// is gone: its links die with it).
-    pub fn detach_cgroup_skb(&self, program: &str, link: CgroupSkbLinkId) -> Result<(), ProbeError> {
+    pub fn detach_cgroup_skb(
+        &self,
+        program: &str,
+        link: CgroupSkbLinkId,
+    ) -> Result<(), ProbeError> {
         let family = self.family;
         let err = |e: aya::programs::ProgramError| ProbeError::Program {
             family,

@@ -65,15 +65,24 @@ fn assert_tcp(m: &Metrics, c: u64, n: u64, port: u64, times: u64) {
     let (c, n, t) = (c as f64, n as f64, times as f64);
     let peer = format!("loopback:{port}");
     assert_eq!(
-        m.sum("ebpf_sidecar_tcp_connections_total", &[("direction", "active")]),
+        m.sum(
+            "ebpf_sidecar_tcp_connections_total",
+            &[("direction", "active")]
+        ),
         c * t
     );
     assert_eq!(
-        m.sum("ebpf_sidecar_tcp_connections_total", &[("direction", "passive")]),
+        m.sum(
+            "ebpf_sidecar_tcp_connections_total",
+            &[("direction", "passive")]
+        ),
         c * t
     );
     assert_eq!(
-        m.sum("ebpf_sidecar_tcp_accepts_total", &[("port", &port.to_string())]),
+        m.sum(
+            "ebpf_sidecar_tcp_accepts_total",
+            &[("port", &port.to_string())]
+        ),
         c * t
     );
     // The client's view of the server: exactly C*N bytes each way.
@@ -153,7 +162,10 @@ fn connect_refused_is_counted_once_per_attempt() {
     );
     assert_eq!(m.sum("ebpf_sidecar_tcp_connect_errors_total", &[]), k);
     assert_eq!(
-        m.sum("ebpf_sidecar_tcp_resets_total", &[("direction", "received")]),
+        m.sum(
+            "ebpf_sidecar_tcp_resets_total",
+            &[("direction", "received")]
+        ),
         k
     );
     assert_eq!(m.sum("ebpf_sidecar_tcp_connections_total", &[]), 0.0);
@@ -184,7 +196,10 @@ fn bind_to_a_used_port_counts_eaddrinuse() {
         ),
         k as f64
     );
-    assert_eq!(m.sum("ebpf_sidecar_socket_bind_errors_total", &[]), k as f64);
+    assert_eq!(
+        m.sum("ebpf_sidecar_socket_bind_errors_total", &[]),
+        k as f64
+    );
     assert_eq!(m.sum("ebpf_sidecar_tcp_connect_errors_total", &[]), 0.0);
 }
 
@@ -248,11 +263,7 @@ fn peer_label_is_bounded_and_bytes_still_add_up() {
         "ebpf_sidecar_tcp_received_bytes_total",
     ] {
         let series: Vec<_> = m.matching(metric, &[]).collect();
-        assert!(
-            series.len() <= top + 1,
-            "{metric}: {} series",
-            series.len()
-        );
+        assert!(series.len() <= top + 1, "{metric}: {} series", series.len());
         assert!(series.iter().any(|(l, _)| l["peer"] == "other"));
         assert_eq!(m.sum(metric, &[]), (2 * c * n) as f64, "{metric} total");
         // The server side (the biggest peer) keeps its own series.
