@@ -140,6 +140,22 @@ static __always_inline int sk_in_target(const struct sock *sk)
 	return sidecar_in_target();
 }
 
+/* sk_in_target() for a BTF-typed socket (tp_btf): plain loads instead of probe reads. */
+static __always_inline int sk_in_target_btf(const struct sock *sk)
+{
+	__u32 zero = 0;
+	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+
+	if (!t)
+		return 0;
+	if (t->mode == SIDECAR_FILTER_CGROUP) {
+		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+
+		return cg && cg->kn->id == t->cgroup_id;
+	}
+	return sidecar_in_target();
+}
+
 /* ---- packets and bytes (cgroup_skb) ---- */
 
 static __always_inline void count_skb(struct __sk_buff *skb, __u32 dir)
@@ -197,12 +213,12 @@ int net_egress(struct __sk_buff *skb)
 
 static __always_inline void peer_of(const struct sock *sk, struct net_peer_key *k)
 {
-	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+	__u16 family = sk->__sk_common.skc_family;
 
 	k->family = family;
-	k->port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+	k->port = bpf_ntohs(sk->__sk_common.skc_dport);
 	if (family == AF_INET) {
-		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+		__be32 a = sk->__sk_common.skc_daddr;
 
 		__builtin_memcpy(k->addr, &a, 4);
 	} else {
@@ -212,15 +228,18 @@ static __always_inline void peer_of(const struct sock *sk, struct net_peer_key *
 
 static __always_inline void account_close(const struct sock *sk)
 {
-	const struct tcp_sock *tp = (const struct tcp_sock *)sk;
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
 	struct net_peer_key k = {};
+
+	if (!tp)
+		return;
 	/* Payload as the application wrote and read it. bytes_sent counts data segments only (no
 	 * SYN/FIN), retransmissions included; bytes_received is rcv_nxt progress, which includes
 	 * the peer's FIN (SOCK_DONE is set when a FIN arrived; tcp_done sets nothing before the
 	 * state change we run in). */
-	__u64 sent = BPF_CORE_READ(tp, bytes_sent) - BPF_CORE_READ(tp, bytes_retrans);
-	__u64 received = BPF_CORE_READ(tp, bytes_received);
-	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+	__u64 sent = tp->bytes_sent - tp->bytes_retrans;
+	__u64 received = tp->bytes_received;
+	unsigned long flags = sk->__sk_common.skc_flags;
 
 	if ((flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received > 0)
 		received--;
@@ -231,9 +250,9 @@ static __always_inline void account_close(const struct sock *sk)
 	if (!s) {
 		struct net_peer_stats zero = {};
 
-		if (bpf_map_update_elem(&net_peers, &k, &zero, BPF_NOEXIST) == 0 ||
-		    (s = bpf_map_lookup_elem(&net_peers, &k)) == NULL)
-			s = bpf_map_lookup_elem(&net_peers, &k);
+		/* Fails when the table is full (or another CPU inserted first: found below). */
+		bpf_map_update_elem(&net_peers, &k, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&net_peers, &k);
 	}
 	if (s) {
 		s->sent += sent;
@@ -246,16 +265,20 @@ static __always_inline void account_close(const struct sock *sk)
 	}
 }
 
-/* raw_tp args: ctx[0] = const struct sock *, ctx[1] = old state, ctx[2] = new state */
-SEC("raw_tp/inet_sock_set_state")
+/* tp_btf args: ctx[0] = const struct sock * (typed: read with plain loads), ctx[1] = old
+ * state, ctx[2] = new state */
+SEC("tp_btf/inet_sock_set_state")
 int net_state(unsigned long long *ctx)
 {
 	const struct sock *sk = (const struct sock *)ctx[0];
 	int old = (int)ctx[1], new = (int)ctx[2];
 
-	if (BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (sk->sk_protocol != IPPROTO_TCP)
 		return 0;
-	if (!sk_in_target(sk))
+	/* Only the transitions used below: skip the filter for the rest (FIN_WAIT, CLOSE_WAIT…). */
+	if (new != ST_SYN_SENT && new != ST_SYN_RECV && new != ST_ESTABLISHED && new != ST_CLOSE)
+		return 0;
+	if (!sk_in_target_btf(sk))
 		return 0;
 
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
@@ -273,7 +296,7 @@ int net_state(unsigned long long *ctx)
 
 		bump(active ? NET_CONN_ACTIVE : NET_CONN_PASSIVE, 1);
 		if (!active) {
-			__u32 port = BPF_CORE_READ(sk, __sk_common.skc_num);
+			__u32 port = sk->__sk_common.skc_num;
 
 			hash_add(&net_accepts, &port, 1);
 		}

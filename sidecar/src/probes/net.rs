@@ -44,7 +44,7 @@ pub struct Net {
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("net", sidecar_ebpf::objects::NET)?;
-    obj.attach_raw_tp("net_state", "inet_sock_set_state")?;
+    obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;

@@ -117,6 +117,36 @@ impl Object {
         Ok(())
     }
 
+    /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed
+    /// kernel pointers the program reads with plain loads).
+    pub fn attach_tp_btf(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Map {
+            family,
+            map: "/sys/kernel/btf/vmlinux".into(),
+            detail: format!("reading kernel BTF for tp_btf/{tp}: {e}"),
+        })?;
+        let mut ebpf = self.lock();
+        let prog: &mut aya::programs::BtfTracePoint = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load(tp, &btf).map_err(err)?;
+        prog.attach().map_err(err)?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(())
+    }
+
     /// Load a cgroup_skb program; it is attached per cgroup with [`Self::attach_cgroup_skb`].
     pub fn load_cgroup_skb(&mut self, program: &str) -> Result<(), ProbeError> {
         let family = self.family;
