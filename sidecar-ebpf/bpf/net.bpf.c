@@ -382,6 +382,198 @@ int net_udp_drop(unsigned long long *ctx)
 	return 0;
 }
 
+/* ---- HTTP/1.x from read/write/recvfrom/sendto payloads ---- */
+
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The read/write in flight, per thread (task-local: no table to fill, nothing to clean). */
+struct http_call {
+	__u64 buf;
+	__u32 fd;
+	__u32 nr1; /* syscall number + 1; 0 = none in flight (read is 0) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_call);
+} net_http_calls SEC(".maps");
+
+/* The outstanding request of a connection, by socket. LRU: a connection that never answers
+ * or closes cannot fill it. */
+struct http_pending {
+	__u64 start;
+	__u32 method;
+	__u32 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct http_pending);
+} net_http_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct net_http_key);
+	__type(value, __u64);
+} net_http_requests SEC(".maps");
+
+/* Request start to response start, by dir * NET_HTTP_METHODS + method. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NET_HTTP_DIRS * NET_HTTP_METHODS);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} net_http_hists SEC(".maps");
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the four calls that
+ * carry payloads are remembered; every other syscall leaves at the first comparison. */
+SEC("raw_tp/sys_enter")
+int net_sys_enter(unsigned long long *ctx)
+{
+	long nr = (long)ctx[1];
+
+	if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM)
+		return 0;
+	if (!sidecar_in_target())
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	struct http_call *c = bpf_task_storage_get(&net_http_calls, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!c)
+		return 0;
+	c->fd = (__u32)BPF_CORE_READ(regs, di);
+	c->buf = BPF_CORE_READ(regs, si);
+	c->nr1 = (__u32)nr + 1;
+	return 0;
+}
+
+/* The TCP socket behind fd of the current task, or NULL. */
+static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+static __always_inline int has(const char *b, const char *p, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (b[i] != p[i])
+			return 0;
+	return 1;
+}
+
+/* Index of a request line's method, or -1. */
+static __always_inline int http_method(const char *b)
+{
+	if (has(b, "GET ", 4))
+		return 0;
+	if (has(b, "POST ", 5))
+		return 1;
+	if (has(b, "PUT ", 4))
+		return 2;
+	if (has(b, "DELETE ", 7))
+		return 3;
+	if (has(b, "HEAD ", 5))
+		return 4;
+	if (has(b, "PATCH ", 6))
+		return 5;
+	if (has(b, "OPTIONS ", 8))
+		return 6;
+	return -1;
+}
+
+/* Status of a status line ("HTTP/1.x NNN"), or 0. */
+static __always_inline __u32 http_status(const char *b)
+{
+	if (!has(b, "HTTP/1.", 7) || b[8] != ' ')
+		return 0;
+	for (int i = 9; i < 12; i++)
+		if (b[i] < '0' || b[i] > '9')
+			return 0;
+	__u32 st = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+
+	return st >= 100 && st <= 599 ? st : 0;
+}
+
+static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len)
+{
+	char b[16] = {};
+
+	if (len < 12)
+		return;
+	if (bpf_probe_read_user(b, len < 16 ? 12 : 16, (const void *)buf))
+		return;
+	/* Cheap rejection before looking at the socket: most payloads are neither. */
+	if (!((b[0] >= 'A' && b[0] <= 'Z')))
+		return;
+
+	int in = nr == NR_READ || nr == NR_RECVFROM;
+	int m = http_method(b);
+	__u32 st = m < 0 ? http_status(b) : 0;
+
+	if (m < 0 && !st)
+		return;
+	struct sock *sk = tcp_sock_of_fd(fd);
+
+	if (!sk)
+		return;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+
+	if (m >= 0) {
+		struct http_pending p = { .start = now, .method = m, .dir = in ? 0 : 1 };
+
+		bpf_map_update_elem(&net_http_pending, &key, &p, BPF_ANY);
+		return;
+	}
+	if (st < 200)
+		return; /* 1xx: an interim answer, the final one follows */
+	struct http_pending *p = bpf_map_lookup_elem(&net_http_pending, &key);
+
+	/* A server writes the answer to a request it read; a client reads it. */
+	if (!p || p->dir != (in ? 1 : 0))
+		return;
+	struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
+	__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+	__u64 d = now - p->start;
+
+	bpf_map_delete_elem(&net_http_pending, &key);
+	hash_add(&net_http_requests, &k, 1);
+	struct syscall_stats *hs = bpf_map_lookup_elem(&net_http_hists, &h);
+
+	if (hs) {
+		hs->calls++;
+		hs->time_ns += d;
+		hs->hist[sidecar_hist_bucket(d)]++;
+	}
+}
+
 /* ---- failed connect / bind / listen ---- */
 
 /* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. Successful calls (nearly all)
@@ -390,7 +582,18 @@ SEC("raw_tp/sys_exit")
 int net_sys_exit(unsigned long long *ctx)
 {
 	long ret = (long)ctx[1];
+	/* A payload call of the target in flight? Only its threads carry this storage; for every
+	 * other task the lookup returns NULL at once. */
+	struct http_call *hc = bpf_task_storage_get(&net_http_calls, bpf_get_current_task_btf(), 0, 0);
 
+	if (hc && hc->nr1) {
+		__u32 nr = hc->nr1 - 1, fd = hc->fd;
+		__u64 buf = hc->buf;
+
+		hc->nr1 = 0;
+		if (ret > 0)
+			http_payload(nr, fd, buf, ret);
+	}
 	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
 		return 0;
 

@@ -120,3 +120,14 @@ enum net_counter {
 	NET_LOST_KEYS = 10,     /* error or accept table full */
 	NET_COUNTERS = 16,
 };
+
+/* net: HTTP/1.x request and status lines seen in read/write/recvfrom/sendto payloads */
+#define NET_HTTP_METHODS 8 /* GET POST PUT DELETE HEAD PATCH OPTIONS, 7 unused */
+#define NET_HTTP_DIRS 2    /* 0 server (request read), 1 client (request written) */
+
+struct net_http_key {
+	__u32 dir;
+	__u32 method;
+	__u32 status; /* 100..599 */
+	__u32 pad;
+};

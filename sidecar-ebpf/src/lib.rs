@@ -182,7 +182,21 @@ pub mod net {
         pub const LOST_KEYS: u32 = 10;
     }
 
+    pub const HTTP_METHODS: usize = 8;
+    pub const HTTP_DIRS: usize = 2;
+
+    /// `struct net_http_key`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct HttpKey {
+        pub dir: u32,
+        pub method: u32,
+        pub status: u32,
+        pub pad: u32,
+    }
+
     // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+    unsafe impl Pod for HttpKey {}
     unsafe impl Pod for PktStats {}
     unsafe impl Pod for PeerKey {}
     unsafe impl Pod for PeerStats {}
@@ -196,6 +210,7 @@ pub mod net {
         assert!(offset_of!(PeerKey, port) == 18);
         assert!(size_of::<PeerStats>() == 24);
         assert!(size_of::<ErrorKey>() == 8);
+        assert!(size_of::<HttpKey>() == 16);
     };
 }
 

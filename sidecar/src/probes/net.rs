@@ -17,7 +17,7 @@ use aya::maps::{PerCpuArray, PerCpuHashMap};
 use aya::programs::CgroupSkbAttachType;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use prometheus_client::encoding::DescriptorEncoder;
-use sidecar_ebpf::net::{self as k, ErrorKey, PeerKey, PeerStats, PktStats, counter as c};
+use sidecar_ebpf::net::{self as k, ErrorKey, HttpKey, PeerKey, PeerStats, PktStats, counter as c};
 use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 
 use super::object::percpu_counter;
@@ -49,6 +49,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
+    obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
     obj.load_cgroup_skb(INGRESS)?;
     obj.load_cgroup_skb(EGRESS)?;
@@ -80,6 +81,9 @@ pub fn peer_label(key: &PeerKey) -> String {
         format!("{ip}:{}", key.port)
     }
 }
+
+const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+const HTTP_DIRS: [&str; k::HTTP_DIRS] = ["server", "client"];
 
 const DIRECTIONS: [&str; k::DIRS] = ["ingress", "egress"];
 const IP_FAMILIES: [&str; k::FAMILIES] = ["ipv4", "ipv6", "other"];
@@ -241,6 +245,34 @@ impl Probe for Net {
             }
         }
 
+        let mut http: BTreeMap<(u32, u32, u32), u64> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("net_http_requests")
+            .map(PerCpuHashMap::<_, HttpKey, u64>::try_from)
+        {
+            for (key, vals) in m.iter().filter_map(|r| r.ok()) {
+                *http.entry((key.dir, key.method, key.status)).or_default() +=
+                    vals.iter().sum::<u64>();
+            }
+        }
+        let mut http_hists: Vec<(u32, u32, Log2Histogram)> = Vec::new();
+        if let Some(Ok(arr)) = ebpf
+            .map("net_http_hists")
+            .map(PerCpuArray::<_, SyscallStats>::try_from)
+        {
+            for (i, vals) in arr.iter().enumerate() {
+                let Ok(vals) = vals else { continue };
+                let mut h = Log2Histogram::new(HIST_BUCKETS);
+                for v in vals.iter() {
+                    h.add(&v.hist, v.time_ns);
+                }
+                if h.count() > 0 {
+                    let (d, m) = (i / k::HTTP_METHODS, i % k::HTTP_METHODS);
+                    http_hists.push((d as u32, m as u32, h));
+                }
+            }
+        }
+
         let scalars = [
             counter(c::CONN_ACTIVE),
             counter(c::CONN_PASSIVE),
@@ -352,6 +384,40 @@ impl Probe for Net {
                 .iter()
                 .filter(|((kind, _), _)| *kind == k::ERR_BIND)
                 .map(|((_, e), n)| (vec![("errno", e.clone())], *n)),
+        )?;
+        let name = |v: u32, names: &[&str]| {
+            names
+                .get(v as usize)
+                .map_or_else(|| "other".to_string(), |n| n.to_string())
+        };
+        encode::counter(
+            enc,
+            "ebpf_sidecar_http_requests",
+            "HTTP/1.x requests of the target, recognised from request and status lines in read/write/recvfrom/sendto payloads on TCP sockets: direction server (request read) or client (request written), method, status.",
+            http.iter().map(|((d, m, st), n)| {
+                (
+                    vec![
+                        ("direction", name(*d, &HTTP_DIRS)),
+                        ("method", name(*m, &HTTP_METHODS)),
+                        ("status", st.to_string()),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_http_request_duration_seconds",
+            "Time from an HTTP/1.x request line to the status line of its answer, per connection.",
+            http_hists.into_iter().map(|(d, m, h)| {
+                (
+                    vec![
+                        ("direction", name(d, &HTTP_DIRS)),
+                        ("method", name(m, &HTTP_METHODS)),
+                    ],
+                    h,
+                )
+            }),
         )?;
         let labels: Labels = vec![];
         encode::counter(
