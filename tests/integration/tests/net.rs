@@ -481,3 +481,90 @@ fn packet_counters_follow_a_restarted_container() {
         sc.log_text()
     );
 }
+
+#[test]
+fn http_requests_by_method_and_status_are_exact() {
+    require_root();
+    // A real HTTP server (Python's http.server) and a real client (curl), both in the target.
+    let py = String::from_utf8(
+        Command::new("python3")
+            .args(["-c", "import sys; print(sys.executable)"])
+            .output()
+            .expect("python3 not found: apt-get install python3")
+            .stdout,
+    )
+    .unwrap();
+    let py = py.trim();
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl not found: apt-get install curl"
+    );
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-net-http-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("index.html"), "hello\n").unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let (get_ok, get_missing, head, post) = (3, 2, 1, 1);
+    let mut script = format!(
+        "cd {d} && {py} -u -m http.server --bind 127.0.0.1 {port} > srv.log 2>&1 &\n\
+         srv=$!\n\
+         until grep -q Serving {d}/srv.log; do sleep 0.05; done\n",
+        d = dir.display()
+    );
+    for _ in 0..get_ok {
+        script += &format!("curl -sf -o /dev/null {url}/index.html || exit 3\n");
+    }
+    for _ in 0..get_missing {
+        script += &format!("curl -s -o /dev/null {url}/missing\n");
+    }
+    for _ in 0..head {
+        script += &format!("curl -sf -o /dev/null -I {url}/index.html || exit 4\n");
+    }
+    for _ in 0..post {
+        // http.server's SimpleHTTPRequestHandler answers POST with 501.
+        script += &format!("curl -s -o /dev/null -X POST -d x=1 {url}/\n");
+    }
+    script += "kill $srv; wait $srv; exit 0\n";
+    let out = std::env::temp_dir().join("ebpf-sidecar-net-http.prom");
+    let st = Command::new(sidecar_bin())
+        .args(["run", "--probes", "net", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--metrics-out")
+        .arg(&out)
+        .args(["--", "/bin/sh", "-c", &script])
+        .status()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(st.success(), "{st}");
+    let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
+    for dir in ["server", "client"] {
+        for (method, status, n) in [
+            ("GET", "200", get_ok),
+            ("GET", "404", get_missing),
+            ("HEAD", "200", head),
+            ("POST", "501", post),
+        ] {
+            assert_eq!(
+                m.sum(
+                    "ebpf_sidecar_http_requests_total",
+                    &[("direction", dir), ("method", method), ("status", status)]
+                ),
+                n as f64,
+                "{dir} {method} {status}"
+            );
+        }
+        assert_eq!(
+            m.sum("ebpf_sidecar_http_requests_total", &[("direction", dir)]),
+            (get_ok + get_missing + head + post) as f64
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_http_request_duration_seconds_count",
+                &[("direction", dir), ("method", "GET")]
+            ),
+            (get_ok + get_missing) as f64
+        );
+    }
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
