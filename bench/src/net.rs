@@ -13,6 +13,8 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::*;
 
+const OFF: &[&str] = &["--net-http", "off"];
+
 const BPFTRACE: &str = r#"
 tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
   if (args->newstate == 2 || args->newstate == 3) { @birth[args->skaddr] = nsecs; }
@@ -41,6 +43,7 @@ fn under_sidecar(
     mode: &str,
     n: u64,
     stats: bool,
+    extra: &[&str],
 ) -> Result<(f64, Vec<(String, f64, f64)>)> {
     let port = free_port();
     let script = format!("{} {mode} {n}; sleep 2", bin.display());
@@ -53,6 +56,7 @@ fn under_sidecar(
             &format!("127.0.0.1:{port}"),
         ])
         .args(if stats { &["--bpf-stats"][..] } else { &[] })
+        .args(extra)
         .args(["--", "/bin/sh", "-c", &script])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -149,34 +153,39 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     // load changes hit all of them alike.
     let mut base = [Vec::new(), Vec::new()];
     let mut side = [Vec::new(), Vec::new()];
+    let mut nohttp = [Vec::new(), Vec::new()];
     let mut trace = [Vec::new(), Vec::new()];
     let mut bt_cost = (0.0, 0.0);
     for round in 0..repeat {
         for (i, (mode, n)) in work.iter().enumerate() {
             base[i].push(once(&bin, mode, *n)?);
-            side[i].push(under_sidecar(&bin, mode, *n, false)?.0);
+            side[i].push(under_sidecar(&bin, mode, *n, false, &[])?.0);
+            nohttp[i].push(under_sidecar(&bin, mode, *n, false, OFF)?.0);
         }
         let last = round + 1 == repeat;
         let (t, cost) = under_bpftrace(&bin, &work, last)?;
         for i in 0..2 {
             trace[i].push(t[i]);
             eprintln!(
-                "{}: no monitor {:.0}, sidecar {:.0}, bpftrace {:.0}",
-                work[i].0, base[i][round], side[i][round], t[i]
+                "{}: no monitor {:.0}, sidecar {:.0}, sidecar http off {:.0}, bpftrace {:.0}",
+                work[i].0, base[i][round], side[i][round], nohttp[i][round], t[i]
             );
         }
         if last {
             bt_cost = cost;
         }
     }
-    let (_, stream_costs) = under_sidecar(&bin, "stream", mib, true)?;
-    let (_, conn_costs) = under_sidecar(&bin, "conns", conns, true)?;
+    let (_, stream_costs) = under_sidecar(&bin, "stream", mib, true, &[])?;
+    let (_, conn_costs) = under_sidecar(&bin, "conns", conns, true, &[])?;
+    let (_, stream_off) = under_sidecar(&bin, "stream", mib, true, OFF)?;
+    let (_, conn_off) = under_sidecar(&bin, "conns", conns, true, OFF)?;
     let (bt_prog, bt_runs) = bt_cost;
 
     let med = |v: &mut Vec<f64>| median(v);
     let (b0, b1) = (med(&mut base[0]), med(&mut base[1]));
     let (s0m, s1m) = (med(&mut side[0]), med(&mut side[1]));
     let (t0m, t1m) = (med(&mut trace[0]), med(&mut trace[1]));
+    let (n0m, n1m) = (med(&mut nohttp[0]), med(&mut nohttp[1]));
     let loss = |x: f64, base: f64| (1.0 - x / base) * 100.0;
 
     let mut o = String::new();
@@ -205,9 +214,15 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     writeln!(o, "| no monitor | {b0:.0} | - | {b1:.0} | - |")?;
     writeln!(
         o,
-        "| ebpf-sidecar, net family (cgroup_skb + TCP tracepoints + sys_exit) | {s0m:.0} | {:.1}% | {s1m:.0} | {:.1}% |",
+        "| ebpf-sidecar, net family (default: cgroup_skb, TCP tracepoints, sys_enter/sys_exit) | {s0m:.0} | {:.1}% | {s1m:.0} | {:.1}% |",
         loss(s0m, b0),
         loss(s1m, b1)
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar, net family, --net-http off | {n0m:.0} | {:.1}% | {n1m:.0} | {:.1}% |",
+        loss(n0m, b0),
+        loss(n1m, b1)
     )?;
     writeln!(
         o,
@@ -246,6 +261,8 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     let per_mib = total(&stream_costs) / mib as f64;
     let per_conn = total(&conn_costs) / conns as f64;
     let bt_per_conn = bt_prog * bt_runs / conns as f64;
+    let off_per_mib = total(&stream_off) / mib as f64;
+    let off_per_conn = total(&conn_off) / conns as f64;
     writeln!(
         o,
         "\n| BPF time added (bpf_stats) | per unit | share of the unit's unmonitored time |"
@@ -262,6 +279,18 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
         "| ebpf-sidecar, short connections, per connection | {:.2} µs | {:.1}% |",
         per_conn / 1e3,
         per_conn / (1e9 / b1) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar --net-http off, stream, per MiB | {:.1} µs | {:.2}% |",
+        off_per_mib / 1e3,
+        off_per_mib / (1e9 / b0) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar --net-http off, short connections, per connection | {:.2} µs | {:.1}% |",
+        off_per_conn / 1e3,
+        off_per_conn / (1e9 / b1) * 100.0
     )?;
     writeln!(
         o,

@@ -68,6 +68,11 @@ struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     syscall_latency: String,
 
+    /// net family: recognise HTTP/1.x requests and answers in the target's read/write payloads
+    /// (ebpf_sidecar_http_*). `off` saves a program run on every syscall of the host.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
+    net_http: String,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -164,6 +169,7 @@ fn main() {
             top_n: cli.top_n,
             per_syscall_histograms: cli.per_syscall_histograms,
             syscall_latency: cli.syscall_latency == "on",
+            net_http: cli.net_http == "on",
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,

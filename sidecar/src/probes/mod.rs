@@ -34,6 +34,8 @@ pub struct Options {
     pub per_syscall_histograms: bool,
     /// Measure each syscall's latency (time and histogram), not only count calls and errors.
     pub syscall_latency: bool,
+    /// net: recognise HTTP/1.x in read/write payloads (one more program on every syscall).
+    pub net_http: bool,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             top_n: 20,
             per_syscall_histograms: false,
             syscall_latency: true,
+            net_http: true,
         }
     }
 }

@@ -49,7 +49,10 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
-    obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
+    if opts.net_http {
+        // Without it no thread ever gets payload storage, and sys_exit only does the lookup.
+        obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
+    }
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
     obj.load_cgroup_skb(INGRESS)?;
     obj.load_cgroup_skb(EGRESS)?;
@@ -165,7 +168,7 @@ impl Probe for Net {
         Ok(())
     }
 
-    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+    fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
         let ebpf = self.obj.lock();
         let counter = |i| percpu_counter(&ebpf, "net_counters", i);
 
@@ -390,6 +393,9 @@ impl Probe for Net {
                 .get(v as usize)
                 .map_or_else(|| "other".to_string(), |n| n.to_string())
         };
+        if !ctx.options.net_http {
+            http.clear(); // --net-http off: the HTTP families stay empty
+        }
         encode::counter(
             enc,
             "ebpf_sidecar_http_requests",
