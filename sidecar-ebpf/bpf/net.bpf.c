@@ -12,6 +12,10 @@
 
 char LICENSE[] SEC("license") = "GPL";
 
+/* Set at load (--net-http): recognise HTTP/1.x in payloads. Off, sys_exit skips the task-storage
+ * lookup it otherwise makes on every syscall of the host. */
+const volatile __u8 http_enabled = 1;
+
 #define AF_INET 2
 #define AF_INET6 10
 #define IPPROTO_TCP 6
@@ -584,7 +588,9 @@ int net_sys_exit(unsigned long long *ctx)
 	long ret = (long)ctx[1];
 	/* A payload call of the target in flight? Only its threads carry this storage; for every
 	 * other task the lookup returns NULL at once. */
-	struct http_call *hc = bpf_task_storage_get(&net_http_calls, bpf_get_current_task_btf(), 0, 0);
+	struct http_call *hc = http_enabled ? bpf_task_storage_get(&net_http_calls,
+							    bpf_get_current_task_btf(), 0, 0)
+					     : NULL;
 
 	if (hc && hc->nr1) {
 		__u32 nr = hc->nr1 - 1, fd = hc->fd;

@@ -43,7 +43,12 @@ pub struct Net {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("net", sidecar_ebpf::objects::NET)?;
+    let http = [u8::from(opts.net_http)];
+    let mut obj = Object::load_with(
+        "net",
+        sidecar_ebpf::objects::NET,
+        &[("http_enabled", &http[..])],
+    )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
