@@ -2,12 +2,14 @@
 //!
 //!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
 //!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
+//!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
 mod disk;
 mod foundation;
+mod net;
 mod util;
 
 fn main() -> anyhow::Result<()> {
@@ -31,7 +33,12 @@ fn main() -> anyhow::Result<()> {
             opt("--reads", 200_000)?,
             opt("--repeat", 5)? as usize,
         )?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk)"),
+        "net" => net::run(
+            opt("--repeat", 3)? as usize,
+            opt("--mib", 2000)?,
+            opt("--conns", 10_000)?,
+        )?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk, net)"),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

@@ -21,6 +21,7 @@ pub mod objects {
     pub static PROFILE: &[u8] = object!("profile");
     pub static DISK: &[u8] = object!("disk");
     pub static FILES: &[u8] = object!("files");
+    pub static NET: &[u8] = object!("net");
 }
 
 pub const COMM_LEN: usize = 16;
@@ -213,6 +214,102 @@ const _: () = {
     assert!(size_of::<ProfileKey>() == 32);
     assert!(size_of::<ProfileCfg>() == 24);
 };
+
+/// Network family (`net.bpf.c`): shapes mirrored from the `net` section of `sidecar.h`.
+pub mod net {
+    use aya::Pod;
+
+    pub const DIRS: usize = 2;
+    pub const FAMILIES: usize = 3;
+    pub const PROTOS: usize = 5;
+    pub const PKT_SLOTS: usize = DIRS * FAMILIES * PROTOS;
+    pub const PEERS_MAX: usize = 1024;
+    pub const HIST_CONNECT: u32 = 0;
+    pub const HIST_LIFETIME: u32 = 1;
+    pub const ERR_CONNECT: u32 = 0;
+    pub const ERR_BIND: u32 = 1;
+
+    /// `struct net_pkt_stats`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct PktStats {
+        pub packets: u64,
+        pub bytes: u64,
+    }
+
+    /// `struct net_peer_key`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct PeerKey {
+        pub addr: [u8; 16],
+        pub family: u16,
+        pub port: u16,
+        pub pad: u32,
+    }
+
+    /// `struct net_peer_stats`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct PeerStats {
+        pub sent: u64,
+        pub received: u64,
+        pub closed: u64,
+    }
+
+    /// `struct net_error_key`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct ErrorKey {
+        pub kind: u32,
+        pub err: u32,
+    }
+
+    /// `enum net_counter`
+    pub mod counter {
+        pub const CONN_ACTIVE: u32 = 0;
+        pub const CONN_PASSIVE: u32 = 1;
+        pub const RETRANSMITS: u32 = 2;
+        pub const RESETS_SENT: u32 = 3;
+        pub const RESETS_RECEIVED: u32 = 4;
+        pub const UDP_DROPS: u32 = 5;
+        pub const OTHER_SENT: u32 = 6;
+        pub const OTHER_RECEIVED: u32 = 7;
+        pub const OTHER_CLOSED: u32 = 8;
+        pub const LOST_CONNS: u32 = 9;
+        pub const LOST_KEYS: u32 = 10;
+    }
+
+    pub const HTTP_METHODS: usize = 8;
+    pub const HTTP_DIRS: usize = 2;
+
+    /// `struct net_http_key`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct HttpKey {
+        pub dir: u32,
+        pub method: u32,
+        pub status: u32,
+        pub pad: u32,
+    }
+
+    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+    unsafe impl Pod for HttpKey {}
+    unsafe impl Pod for PktStats {}
+    unsafe impl Pod for PeerKey {}
+    unsafe impl Pod for PeerStats {}
+    unsafe impl Pod for ErrorKey {}
+
+    const _: () = {
+        use core::mem::{offset_of, size_of};
+        assert!(size_of::<PktStats>() == 16);
+        assert!(size_of::<PeerKey>() == 24);
+        assert!(offset_of!(PeerKey, family) == 16);
+        assert!(offset_of!(PeerKey, port) == 18);
+        assert!(size_of::<PeerStats>() == 24);
+        assert!(size_of::<ErrorKey>() == 8);
+        assert!(size_of::<HttpKey>() == 16);
+    };
+}
 
 /// Name of the map every object carries for the target filter.
 pub const TARGET_MAP: &str = "sidecar_target";

@@ -33,6 +33,8 @@ pub struct Config {
     pub choice: Choice,
     pub listen: SocketAddr,
     pub probes: Vec<String>,
+    /// Whether --probes was given (else `probes` holds the defaults).
+    pub probes_explicit: bool,
     pub bpf_stats: bool,
     pub options: Options,
     pub resolve_interval: Duration,
@@ -87,11 +89,27 @@ pub fn run(cfg: Config) -> Result<i32> {
         }
         None => (None, None),
     };
-    let families: Vec<&probes::Family> = cfg
+    let mut families: Vec<&probes::Family> = cfg
         .probes
         .iter()
         .filter_map(|p| probes::family(p))
         .collect();
+    // A default family that needs a capability the user did not grant is skipped (and reported);
+    // one the user asked for by name makes the start fail with the flag to add.
+    let mut skipped: Vec<ProbeStatus> = Vec::new();
+    if !cfg.probes_explicit {
+        families.retain(|f| match crate::caps::missing_for(f) {
+            Some(why) => {
+                tracing::warn!(probe = f.name, "probe skipped: {why}");
+                skipped.push(ProbeStatus {
+                    name: f.name,
+                    error: Some(why),
+                });
+                false
+            }
+            None => true,
+        });
+    }
     start(crate::caps::check(&families, cfg.bpf_stats).map_err(anyhow::Error::from))?;
     raise_memlock();
     let _stats_fd = if cfg.bpf_stats {
@@ -160,9 +178,8 @@ pub fn run(cfg: Config) -> Result<i32> {
     }
 
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
-    let mut statuses = Vec::new();
-    for name in &cfg.probes {
-        let fam = probes::family(name).expect("validated above");
+    let mut statuses = skipped;
+    for fam in &families {
         let t0 = Instant::now();
         match (fam.load)(&cfg.options) {
             Ok(p) => {
@@ -186,16 +203,9 @@ pub fn run(cfg: Config) -> Result<i32> {
             }
         }
     }
-    let kernel_target = initial
-        .as_ref()
-        .map(|t| t.filter.to_kernel())
-        .unwrap_or_default();
+    // Each family points its kernel filter at the target (and attaches per-cgroup programs).
     for p in &loaded {
-        start(
-            p.object()
-                .set_target(&kernel_target)
-                .map_err(anyhow::Error::from),
-        )?;
+        start(p.on_target(initial.as_ref()).map_err(anyhow::Error::from))?;
     }
 
     // The command starts only now, with every probe attached, so nothing it does is missed.
@@ -360,12 +370,8 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
             }
             continue;
         }
-        let kernel = now
-            .as_ref()
-            .map(|t| t.filter.to_kernel())
-            .unwrap_or_default();
         for p in &shared.probes {
-            if let Err(e) = p.object().set_target(&kernel) {
+            if let Err(e) = p.on_target(now.as_ref()) {
                 tracing::error!("updating the target filter: {e}");
             }
         }

@@ -45,6 +45,17 @@ fn describe(set: &CapsHashSet) -> String {
     }
 }
 
+/// The first extra capability `family` needs and this process lacks, as a Docker flag hint.
+pub fn missing_for(family: &crate::probes::Family) -> Option<String> {
+    let eff = effective().ok()?;
+    family.needs.iter().find(|c| !eff.contains(c)).map(|c| {
+        format!(
+            "missing {c} (--cap-add {})",
+            c.to_string().trim_start_matches("CAP_")
+        )
+    })
+}
+
 /// Fail early, naming the capability and the flag, when probes could not load.
 pub fn check(families: &[&crate::probes::Family], bpf_stats: bool) -> Result<(), CapsError> {
     let eff = effective()?;

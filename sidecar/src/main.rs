@@ -45,8 +45,10 @@ struct Cli {
     listen: SocketAddr,
 
     /// Probe families to load, comma separated (see `ebpf-sidecar probes`).
-    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = DEFAULT_FAMILIES, global = true)]
-    probes: Vec<String>,
+    /// Default: process,syscalls,security,net,disk,cpu,profile (+ runtimes); defaults whose
+    /// capability is missing are skipped with a warning.
+    #[arg(long, value_name = "LIST", value_delimiter = ',', global = true)]
+    probes: Option<Vec<String>>,
 
     /// Enable the kernel's BPF run-time statistics and export each program's cost
     /// (ebpf_sidecar_bpf_program_run_seconds_total, …_runs_total). Needs CAP_SYS_ADMIN.
@@ -88,6 +90,10 @@ struct Cli {
     /// and `basic_auth_users` (user: bcrypt hash). Same file format Prometheus's exporters use.
     #[arg(long = "web.config.file", value_name = "FILE", global = true)]
     web_config: Option<PathBuf>,
+    /// net family: recognise HTTP/1.x requests and answers in the target's read/write payloads
+    /// (ebpf_sidecar_http_*). `off` saves a program run on every syscall of the host.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
+    net_http: String,
 
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
@@ -190,10 +196,12 @@ fn main() {
     let cfg = Config {
         choice,
         listen: cli.listen,
+        probes_explicit: cli.probes.is_some(),
         probes: cli
             .probes
+            .unwrap_or_else(|| DEFAULT_FAMILIES.split(',').map(str::to_string).collect())
             .into_iter()
-            .filter(|p| !p.is_empty() && !(cli.no_profile && p == "profile"))
+            .filter(|p| !(p.is_empty() || cli.no_profile && p == "profile"))
             .collect(),
         bpf_stats: cli.bpf_stats,
         options: Options {
@@ -202,6 +210,7 @@ fn main() {
             syscall_latency: cli.syscall_latency == "on",
             sensitive_paths: cli.sensitive_paths,
             profile_hz: cli.profile_hz,
+            net_http: cli.net_http == "on",
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,

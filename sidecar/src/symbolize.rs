@@ -67,10 +67,10 @@ impl ElfSymbols {
         let file = object::File::parse(&*data).ok()?;
         let mut syms = Vec::new();
         for s in file.symbols().chain(file.dynamic_symbols()) {
-            if s.kind() == object::SymbolKind::Text && s.address() != 0 {
-                if let Ok(name) = s.name() {
-                    syms.push((s.address(), s.size(), name.to_string()));
-                }
+            if let (object::SymbolKind::Text, true, Ok(name)) =
+                (s.kind(), s.address() != 0, s.name())
+            {
+                syms.push((s.address(), s.size(), name.to_string()));
             }
         }
         let segments = file
@@ -196,25 +196,26 @@ impl Symbolizer {
             return "[unknown pid]".into();
         }
         let (maps, perf) = self.process(pid).clone();
-        if let Some(m) = maps.iter().find(|m| ip >= m.start && ip < m.end) {
-            if m.path.starts_with('/') {
-                let host_path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-                let syms = std::fs::metadata(&host_path).ok().and_then(|md| {
-                    use std::os::unix::fs::MetadataExt;
-                    self.files
-                        .entry((md.dev(), md.ino()))
-                        .or_insert_with(|| ElfSymbols::load(&host_path).map(Arc::new))
-                        .clone()
-                });
-                if let Some(name) = syms
-                    .as_ref()
-                    .and_then(|s| s.lookup_offset(ip - m.start + m.offset))
-                {
-                    return name.to_string();
-                }
-                let base = m.path.rsplit('/').next().unwrap_or(&m.path);
-                return format!("[{base}+0x{:x}]", ip - m.start + m.offset);
+        if let Some(m) = maps
+            .iter()
+            .find(|m| ip >= m.start && ip < m.end && m.path.starts_with('/'))
+        {
+            let host_path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
+            let syms = std::fs::metadata(&host_path).ok().and_then(|md| {
+                use std::os::unix::fs::MetadataExt;
+                self.files
+                    .entry((md.dev(), md.ino()))
+                    .or_insert_with(|| ElfSymbols::load(&host_path).map(Arc::new))
+                    .clone()
+            });
+            if let Some(name) = syms
+                .as_ref()
+                .and_then(|s| s.lookup_offset(ip - m.start + m.offset))
+            {
+                return name.to_string();
             }
+            let base = m.path.rsplit('/').next().unwrap_or(&m.path);
+            return format!("[{base}+0x{:x}]", ip - m.start + m.offset);
         }
         if let Some(name) = perf.as_ref().and_then(|p| p.lookup(ip)) {
             return name.to_string();

@@ -19,10 +19,10 @@ pub struct Cpu {
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("cpu", sidecar_ebpf::objects::CPU)?;
-    obj.attach_btf_tp("cpu_switch", "sched_switch")?;
-    obj.attach_btf_tp("cpu_wakeup", "sched_wakeup")?;
-    obj.attach_btf_tp("cpu_wakeup_new", "sched_wakeup_new")?;
-    obj.attach_btf_tp("cpu_migrate", "sched_migrate_task")?;
+    obj.attach_tp_btf("cpu_switch", "sched_switch")?;
+    obj.attach_tp_btf("cpu_wakeup", "sched_wakeup")?;
+    obj.attach_tp_btf("cpu_wakeup_new", "sched_wakeup_new")?;
+    obj.attach_tp_btf("cpu_migrate", "sched_migrate_task")?;
     Ok(Arc::new(Cpu {
         obj,
         comms: LabelBudget::new(opts.top_n),

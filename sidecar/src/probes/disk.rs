@@ -21,11 +21,11 @@ pub struct Disk {
 pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("disk", sidecar_ebpf::objects::DISK)?;
     // Followers first, so that no request of ours is created before its completion is watched.
-    obj.attach_btf_tp("disk_rq_complete", "block_rq_complete")?;
-    obj.attach_btf_tp("disk_rq_merge", "block_rq_merge")?;
-    obj.attach_btf_tp("disk_rq_issue", "block_rq_issue")?;
-    obj.attach_btf_tp("disk_rq_insert", "block_rq_insert")?;
-    obj.attach_btf_tp("disk_io_start", "block_io_start")?;
+    obj.attach_tp_btf("disk_rq_complete", "block_rq_complete")?;
+    obj.attach_tp_btf("disk_rq_merge", "block_rq_merge")?;
+    obj.attach_tp_btf("disk_rq_issue", "block_rq_issue")?;
+    obj.attach_tp_btf("disk_rq_insert", "block_rq_insert")?;
+    obj.attach_tp_btf("disk_io_start", "block_io_start")?;
     Ok(Arc::new(Disk {
         obj,
         names: Mutex::new(HashMap::new()),

@@ -30,7 +30,7 @@ pub struct Files {
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("files", sidecar_ebpf::objects::FILES)?;
-    obj.attach_btf_tp("files_sys_exit", "sys_exit")?;
+    obj.attach_tp_btf("files_sys_exit", "sys_exit")?;
     obj.attach_raw_tp("files_sys_enter", "sys_enter")?;
     obj.attach_raw_tp("files_page_cache_add", "mm_filemap_add_to_page_cache")?;
     Ok(Arc::new(Files {

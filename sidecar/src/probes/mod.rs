@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod disk;
 pub mod files;
+pub mod net;
 pub mod object;
 pub mod process;
 pub mod profile;
@@ -42,6 +43,8 @@ pub struct Options {
     pub sensitive_paths: Vec<String>,
     /// Profiler samples per second per CPU.
     pub profile_hz: u64,
+    /// net: recognise HTTP/1.x in read/write payloads (one more program on every syscall).
+    pub net_http: bool,
 }
 
 impl Default for Options {
@@ -52,6 +55,7 @@ impl Default for Options {
             syscall_latency: true,
             sensitive_paths: Vec::new(),
             profile_hz: 49,
+            net_http: true,
         }
     }
 }
@@ -148,10 +152,18 @@ pub const FAMILIES: &[Family] = &[
         keeps: &[caps::Capability::CAP_SYS_PTRACE],
         load: profile::load,
     },
+    Family {
+        name: "net",
+        about: "packets/bytes by protocol, TCP lifecycle, peers, connect/bind errors, UDP drops",
+        // cgroup_skb programs: attached at start and again when the target restarts.
+        needs: &[caps::Capability::CAP_NET_ADMIN],
+        keeps: &[caps::Capability::CAP_NET_ADMIN],
+        load: net::load,
+    },
 ];
 
 /// Families loaded when --probes is not given.
-pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,disk,cpu,profile";
+pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,net,disk,cpu,profile";
 
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)

@@ -4,7 +4,8 @@
 use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::Array;
-use aya::programs::{BtfTracePoint, RawTracePoint};
+use aya::programs::cgroup_skb::CgroupSkbLinkId;
+use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
@@ -116,18 +117,22 @@ impl Object {
         Ok(())
     }
 
-    /// Load `program` and attach it to BTF-typed tracepoint `tp` (tp_btf: typed arguments, so
-    /// the program reads them with plain loads instead of probe reads).
-    pub fn attach_btf_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+    /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed
+    /// kernel pointers the program reads with plain loads).
+    pub fn attach_tp_btf(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
         let family = self.family;
         let err = |e: aya::programs::ProgramError| ProbeError::Program {
             family,
             program: program.to_string(),
             source: Box::new(e),
         };
-        let btf = aya::Btf::from_sys_fs().map_err(|e| err(e.into()))?;
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let prog: &mut BtfTracePoint = ebpf
+        let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Map {
+            family,
+            map: "/sys/kernel/btf/vmlinux".into(),
+            detail: format!("reading kernel BTF for tp_btf/{tp}: {e}"),
+        })?;
+        let mut ebpf = self.lock();
+        let prog: &mut aya::programs::BtfTracePoint = ebpf
             .program_mut(program)
             .ok_or_else(|| ProbeError::MissingProgram {
                 family,
@@ -145,6 +150,81 @@ impl Object {
     /// Count a program attached by hand in the bpf_stats export.
     pub fn record_program(&mut self, program: &str) {
         self.programs.push(program.to_string());
+    }
+
+    /// Load a cgroup_skb program; it is attached per cgroup with [`Self::attach_cgroup_skb`].
+    pub fn load_cgroup_skb(&mut self, program: &str) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(())
+    }
+
+    /// Attach a loaded cgroup_skb program to the cgroup v2 directory `cgroup` (an open fd). Only
+    /// the sockets of that cgroup's tasks pass through it, so the attachment is the filter.
+    pub fn attach_cgroup_skb(
+        &self,
+        program: &str,
+        cgroup: &std::fs::File,
+        attach_type: CgroupSkbAttachType,
+    ) -> Result<CgroupSkbLinkId, ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.attach(cgroup, attach_type, CgroupAttachMode::Single)
+            .map_err(err)
+    }
+
+    /// Detach a link made by [`Self::attach_cgroup_skb`] (a no-op in the kernel once the cgroup
+    /// is gone: its links die with it).
+    pub fn detach_cgroup_skb(
+        &self,
+        program: &str,
+        link: CgroupSkbLinkId,
+    ) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.lock();
+        let prog: &mut CgroupSkb = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.detach(link).map_err(err)
     }
 
     /// Point the kernel filter at a (new) target.

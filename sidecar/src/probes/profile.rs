@@ -159,27 +159,30 @@ impl Drain {
         for (k, n) in &entries {
             let _ = self.counts.remove(k);
             let mut frames = vec![comm_label(&k.comm)];
-            if k.user_stack >= 0 {
-                if let Ok(st) = self.stacks.get(&(k.user_stack as u32), 0) {
-                    let mut user: Vec<String> = st
-                        .frames()
-                        .iter()
-                        .map(|f| self.symbolizer.user(k.pid, f.ip))
-                        .collect();
-                    user.reverse();
-                    frames.extend(user);
-                }
+            // Stack ids are negative when the kernel could not take that stack.
+            let user = u32::try_from(k.user_stack)
+                .ok()
+                .and_then(|id| self.stacks.get(&id, 0).ok());
+            if let Some(st) = user {
+                let mut user: Vec<String> = st
+                    .frames()
+                    .iter()
+                    .map(|f| self.symbolizer.user(k.pid, f.ip))
+                    .collect();
+                user.reverse();
+                frames.extend(user);
             }
-            if k.kernel_stack >= 0 {
-                if let Ok(st) = self.stacks.get(&(k.kernel_stack as u32), 0) {
-                    let mut kernel: Vec<String> = st
-                        .frames()
-                        .iter()
-                        .map(|f| self.symbolizer.kernel(f.ip))
-                        .collect();
-                    kernel.reverse();
-                    frames.extend(kernel);
-                }
+            let kernel = u32::try_from(k.kernel_stack)
+                .ok()
+                .and_then(|id| self.stacks.get(&id, 0).ok());
+            if let Some(st) = kernel {
+                let mut kernel: Vec<String> = st
+                    .frames()
+                    .iter()
+                    .map(|f| self.symbolizer.kernel(f.ip))
+                    .collect();
+                kernel.reverse();
+                frames.extend(kernel);
             }
             *folded.entry(frames).or_default() += n;
         }
@@ -235,7 +238,7 @@ impl Probe for Profile {
                     }
                     drop(w);
                     ticks += 1;
-                    if ticks % 30 == 0 {
+                    if ticks.is_multiple_of(30) {
                         drain.symbolizer.forget_processes();
                     }
                 }

@@ -1,0 +1,302 @@
+//! Issue "Network" targets: loopback TCP throughput (one large transfer) and a short-connection
+//! workload (connect, 64-byte request, 64-byte reply, close), with no monitor, with ebpf-sidecar
+//! (net family on, in `run` mode) and with bpftrace doing tcplife-style accounting on the same
+//! tracepoint (sock:inet_sock_set_state: birth time, lifetime histogram, bytes at close). Also
+//! the sidecar's per-program cost from bpf_stats.
+
+use std::fmt::Write as _;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::*;
+
+const OFF: &[&str] = &["--net-http", "off"];
+
+const BPFTRACE: &str = r#"
+tracepoint:sock:inet_sock_set_state /args->protocol == 6/ {
+  if (args->newstate == 2 || args->newstate == 3) { @birth[args->skaddr] = nsecs; }
+  if (args->newstate == 7 && @birth[args->skaddr]) {
+    $tp = (struct tcp_sock *)args->skaddr;
+    @life = hist(nsecs - @birth[args->skaddr]);
+    @tx[args->dport] = sum($tp->bytes_acked);
+    @rx[args->dport] = sum($tp->bytes_received);
+    delete(@birth[args->skaddr]);
+  }
+}"#;
+
+/// One figure per workload: MiB/s for the stream, connections/s for the short connections.
+fn once(bin: &std::path::Path, mode: &str, n: u64) -> Result<f64> {
+    let out = Command::new(bin).args([mode, &n.to_string()]).output()?;
+    if !out.status.success() {
+        bail!("net_stream {mode} failed");
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
+}
+
+/// The workload under `ebpf-sidecar run --probes net`; with `stats`, also the cost of each of
+/// the family's programs as (program, ns per run, runs).
+fn under_sidecar(
+    bin: &std::path::Path,
+    mode: &str,
+    n: u64,
+    stats: bool,
+    extra: &[&str],
+) -> Result<(f64, Vec<(String, f64, f64)>)> {
+    let port = free_port();
+    let script = format!("{} {mode} {n}; sleep 2", bin.display());
+    let mut child = Command::new(sidecar_bin()?)
+        .args([
+            "run",
+            "--probes",
+            "net",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args(if stats { &["--bpf-stats"][..] } else { &[] })
+        .args(extra)
+        .args(["--", "/bin/sh", "-c", &script])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let figure: f64 = lines.next().context("workload output")??.trim().parse()?;
+    let mut costs = Vec::new();
+    if stats {
+        let t0 = Instant::now();
+        let body = loop {
+            if let Ok((200, b)) = http_get(port, "/metrics") {
+                break b;
+            }
+            if t0.elapsed() > Duration::from_secs(5) {
+                bail!("no scrape");
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        for line in body.lines() {
+            let Some(rest) = line.strip_prefix("ebpf_sidecar_bpf_program_run_seconds_total{")
+            else {
+                continue;
+            };
+            let Some(prog) = rest.split('"').nth(1) else {
+                continue;
+            };
+            let secs = metric_sum(
+                &body,
+                &format!("ebpf_sidecar_bpf_program_run_seconds_total{{program=\"{prog}\""),
+            );
+            let runs = metric_sum(
+                &body,
+                &format!("ebpf_sidecar_bpf_program_runs_total{{program=\"{prog}\""),
+            );
+            costs.push((prog.to_string(), secs * 1e9 / runs.max(1.0), runs));
+        }
+    }
+    child.wait()?;
+    Ok((figure, costs))
+}
+
+/// Both workloads with bpftrace attached; with `cost`, one more short-connection run with
+/// bpf_stats on gives bpftrace's (ns per run, runs).
+fn under_bpftrace(
+    bin: &std::path::Path,
+    work: &[(&str, u64); 2],
+    cost: bool,
+) -> Result<([f64; 2], (f64, f64))> {
+    ensure_tracefs();
+    let before = prog_ids()?;
+    let mut bt = Command::new("bpftrace")
+        .args(["-e", BPFTRACE])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("bpftrace not found: apt-get install bpftrace")?;
+    let mut out = BufReader::new(bt.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line)?;
+    if !line.contains("Attaching") {
+        bail!("bpftrace did not attach: {line:?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let figures = [
+        once(bin, work[0].0, work[0].1)?,
+        once(bin, work[1].0, work[1].1)?,
+    ];
+    let mut c = (0.0, 0.0);
+    if cost {
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
+        let s0 = new_prog_stats(&before)?;
+        once(bin, work[1].0, work[1].1)?;
+        let s1 = new_prog_stats(&before)?;
+        std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").ok();
+        c = (
+            (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64,
+            (s1.1 - s0.1) as f64,
+        );
+    }
+    // Its maps are printed at exit: closing the pipe first keeps it from blocking on a full one.
+    drop(out);
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
+    let _ = bt.wait();
+    Ok((figures, c))
+}
+
+pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
+    let bin = workload("net_stream")?;
+    once(&bin, "stream", mib / 4)?; // warm up
+    let work = [("stream", mib), ("conns", conns)];
+
+    // Other work shares these CPUs: the configurations alternate within each round so that
+    // load changes hit all of them alike.
+    let mut base = [Vec::new(), Vec::new()];
+    let mut side = [Vec::new(), Vec::new()];
+    let mut nohttp = [Vec::new(), Vec::new()];
+    let mut trace = [Vec::new(), Vec::new()];
+    let mut bt_cost = (0.0, 0.0);
+    for round in 0..repeat {
+        for (i, (mode, n)) in work.iter().enumerate() {
+            base[i].push(once(&bin, mode, *n)?);
+            side[i].push(under_sidecar(&bin, mode, *n, false, &[])?.0);
+            nohttp[i].push(under_sidecar(&bin, mode, *n, false, OFF)?.0);
+        }
+        let last = round + 1 == repeat;
+        let (t, cost) = under_bpftrace(&bin, &work, last)?;
+        for i in 0..2 {
+            trace[i].push(t[i]);
+            eprintln!(
+                "{}: no monitor {:.0}, sidecar {:.0}, sidecar http off {:.0}, bpftrace {:.0}",
+                work[i].0, base[i][round], side[i][round], nohttp[i][round], t[i]
+            );
+        }
+        if last {
+            bt_cost = cost;
+        }
+    }
+    let (_, stream_costs) = under_sidecar(&bin, "stream", mib, true, &[])?;
+    let (_, conn_costs) = under_sidecar(&bin, "conns", conns, true, &[])?;
+    let (_, stream_off) = under_sidecar(&bin, "stream", mib, true, OFF)?;
+    let (_, conn_off) = under_sidecar(&bin, "conns", conns, true, OFF)?;
+    let (bt_prog, bt_runs) = bt_cost;
+
+    let med = |v: &mut Vec<f64>| median(v);
+    let (b0, b1) = (med(&mut base[0]), med(&mut base[1]));
+    let (s0m, s1m) = (med(&mut side[0]), med(&mut side[1]));
+    let (t0m, t1m) = (med(&mut trace[0]), med(&mut trace[1]));
+    let (n0m, n1m) = (med(&mut nohttp[0]), med(&mut nohttp[1]));
+    let loss = |x: f64, base: f64| (1.0 - x / base) * 100.0;
+
+    let mut o = String::new();
+    writeln!(
+        o,
+        "## Network: loopback TCP, median of {repeat} runs, each configuration side by side\n"
+    )?;
+    writeln!(
+        o,
+        "kernel {}, {} CPUs shared with other work (expect a few % of noise). Stream: one \
+         connection carrying {mib} MiB. Short connections: {conns} × (connect, 64 B request, \
+         64 B reply, close). Throughput with bpf_stats off; program cost in separate runs with \
+         bpf_stats on.\n",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim(),
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )?;
+    writeln!(
+        o,
+        "| configuration | stream MiB/s | loss | short connections/s | loss |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---:|")?;
+    writeln!(o, "| no monitor | {b0:.0} | - | {b1:.0} | - |")?;
+    writeln!(
+        o,
+        "| ebpf-sidecar, net family (default: cgroup_skb, TCP tracepoints, sys_enter/sys_exit) | {s0m:.0} | {:.1}% | {s1m:.0} | {:.1}% |",
+        loss(s0m, b0),
+        loss(s1m, b1)
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar, net family, --net-http off | {n0m:.0} | {:.1}% | {n1m:.0} | {:.1}% |",
+        loss(n0m, b0),
+        loss(n1m, b1)
+    )?;
+    writeln!(
+        o,
+        "| bpftrace, tcplife-style accounting on sock:inet_sock_set_state | {t0m:.0} | {:.1}% | {t1m:.0} | {:.1}% |",
+        loss(t0m, b0),
+        loss(t1m, b1)
+    )?;
+    writeln!(
+        o,
+        "\nTargets: throughput loss <= 3% on the transfer, <= 5% on short requests.\n"
+    )?;
+    writeln!(
+        o,
+        "| program (bpf_stats) | stream: ns/run | stream: runs | short conns: ns/run | short conns: runs |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---:|")?;
+    for (prog, ns, runs) in &stream_costs {
+        let (cns, cruns) = conn_costs
+            .iter()
+            .find(|c| &c.0 == prog)
+            .map(|c| (c.1, c.2))
+            .unwrap_or((0.0, 0.0));
+        writeln!(
+            o,
+            "| {prog} | {ns:.1} | {runs:.0} | {cns:.1} | {cruns:.0} |"
+        )?;
+    }
+    writeln!(
+        o,
+        "| bpftrace's inet_sock_set_state program (short conns) | - | - | {bt_prog:.1} | {:.0} |",
+        bt_runs
+    )?;
+    // Throughput on shared CPUs is noisy; the kernel time the programs add is not. Per unit of
+    // work, against the unit's own cost without a monitor.
+    let total = |c: &[(String, f64, f64)]| c.iter().map(|p| p.1 * p.2).sum::<f64>();
+    let per_mib = total(&stream_costs) / mib as f64;
+    let per_conn = total(&conn_costs) / conns as f64;
+    let bt_per_conn = bt_prog * bt_runs / conns as f64;
+    let off_per_mib = total(&stream_off) / mib as f64;
+    let off_per_conn = total(&conn_off) / conns as f64;
+    writeln!(
+        o,
+        "\n| BPF time added (bpf_stats) | per unit | share of the unit's unmonitored time |"
+    )?;
+    writeln!(o, "|---|---:|---:|")?;
+    writeln!(
+        o,
+        "| ebpf-sidecar, stream, per MiB | {:.1} µs | {:.2}% |",
+        per_mib / 1e3,
+        per_mib / (1e9 / b0) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar, short connections, per connection | {:.2} µs | {:.1}% |",
+        per_conn / 1e3,
+        per_conn / (1e9 / b1) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar --net-http off, stream, per MiB | {:.1} µs | {:.2}% |",
+        off_per_mib / 1e3,
+        off_per_mib / (1e9 / b0) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| ebpf-sidecar --net-http off, short connections, per connection | {:.2} µs | {:.1}% |",
+        off_per_conn / 1e3,
+        off_per_conn / (1e9 / b1) * 100.0
+    )?;
+    writeln!(
+        o,
+        "| bpftrace tcplife-style, short connections, per connection | {:.2} µs | {:.1}% |",
+        bt_per_conn / 1e3,
+        bt_per_conn / (1e9 / b1) * 100.0
+    )?;
+    Ok(o)
+}

@@ -1,0 +1,621 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Network family: packets and bytes by direction/family/protocol (cgroup_skb on the target's
+ * cgroup), the TCP lifecycle (sock:inet_sock_set_state, tcp:*), failed connect/bind/listen by
+ * errno, UDP receive-queue drops. Everything is aggregated here; userspace reads maps at scrape.
+ *
+ * Filtering: cgroup_skb programs are attached to the target's cgroup only, so the attachment is
+ * the filter (they run in softirq, where `current` is whoever was interrupted). The TCP and UDP
+ * tracepoints fire in softirq too, so they filter on the cgroup the SOCKET was created in, not on
+ * the current task. Only sys_exit runs in the target's own context and uses sidecar_in_target(). */
+#include "sidecar.bpf.h"
+#include <bpf/bpf_endian.h>
+
+char LICENSE[] SEC("license") = "GPL";
+
+/* Set at load (--net-http): recognise HTTP/1.x in payloads. Off, sys_exit skips the task-storage
+ * lookup it otherwise makes on every syscall of the host. */
+const volatile __u8 http_enabled = 1;
+
+#define AF_INET 2
+#define AF_INET6 10
+#define IPPROTO_TCP 6
+
+/* x86_64 syscall numbers */
+#define NR_CONNECT 42
+#define NR_BIND 49
+#define NR_LISTEN 50
+#define EINPROGRESS 115
+
+/* enum tcp_state values are UAPI-stable (include/net/tcp_states.h) */
+#define ST_ESTABLISHED 1
+#define ST_SYN_SENT 2
+#define ST_SYN_RECV 3
+#define ST_TIME_WAIT 6
+#define ST_CLOSE 7
+#define ST_NEW_SYN_RECV 12
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NET_PKT_SLOTS);
+	__type(key, __u32);
+	__type(value, struct net_pkt_stats);
+} net_packets SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NET_COUNTERS);
+	__type(key, __u32);
+	__type(value, __u64);
+} net_counters SEC(".maps");
+
+/* Same layout as the syscall stats: count, sum of ns, log2 buckets. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} net_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NET_PEERS_MAX);
+	__type(key, struct net_peer_key);
+	__type(value, struct net_peer_stats);
+} net_peers SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 256);
+	__type(key, struct net_error_key);
+	__type(value, __u64);
+} net_errors SEC(".maps");
+
+/* Accepted connections by local (listening) port. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32);
+	__type(value, __u64);
+} net_accepts SEC(".maps");
+
+struct conn {
+	__u64 start;       /* SYN sent or child socket created */
+	__u64 established; /* 0 until the handshake completed */
+};
+
+/* Live TCP connections of the target, by socket address. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u64);
+	__type(value, struct conn);
+} net_conns SEC(".maps");
+
+static __always_inline void bump(__u32 idx, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(&net_counters, &idx);
+
+	if (c)
+		*c += n;
+}
+
+static __always_inline void observe(__u32 which, __u64 ns)
+{
+	struct syscall_stats *h = bpf_map_lookup_elem(&net_hists, &which);
+
+	if (!h)
+		return;
+	h->calls++;
+	h->time_ns += ns;
+	h->hist[sidecar_hist_bucket(ns)]++;
+}
+
+/* Add n at key in a per-CPU u64 hash; count a loss when the table is full. */
+static __always_inline void hash_add(void *map, void *key, __u64 n)
+{
+	__u64 *c = bpf_map_lookup_elem(map, key);
+
+	if (c) {
+		*c += n;
+		return;
+	}
+	if (bpf_map_update_elem(map, key, &n, BPF_NOEXIST)) {
+		c = bpf_map_lookup_elem(map, key);
+		if (c)
+			*c += n; /* another CPU inserted it first */
+		else
+			bump(NET_LOST_KEYS, 1);
+	}
+}
+
+/* The socket belongs to the target: it was created by one of the target's tasks (sockets carry
+ * their creator's cgroup; accepted sockets inherit the listener's). */
+static __always_inline int sk_in_target(const struct sock *sk)
+{
+	__u32 zero = 0;
+	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+
+	if (!t || !sk)
+		return 0;
+	if (t->mode == SIDECAR_FILTER_CGROUP)
+		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id) == t->cgroup_id;
+	/* pid-namespace mode has no cgroup to compare: best effort on the current task, which is
+	 * right in process context and may be wrong in softirq (documented). */
+	return sidecar_in_target();
+}
+
+/* sk_in_target() for a BTF-typed socket (tp_btf): plain loads instead of probe reads. */
+static __always_inline int sk_in_target_btf(const struct sock *sk)
+{
+	__u32 zero = 0;
+	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+
+	if (!t)
+		return 0;
+	if (t->mode == SIDECAR_FILTER_CGROUP) {
+		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+
+		return cg && cg->kn->id == t->cgroup_id;
+	}
+	return sidecar_in_target();
+}
+
+/* ---- packets and bytes (cgroup_skb) ---- */
+
+static __always_inline void count_skb(struct __sk_buff *skb, __u32 dir)
+{
+	__u8 b0 = 0, proto = 0;
+	__u32 fam = 2, p = 4;
+
+	/* cgroup_skb sees the packet from its network header on both paths. */
+	if (bpf_skb_load_bytes(skb, 0, &b0, 1) == 0) {
+		if ((b0 >> 4) == 4) {
+			fam = 0;
+			bpf_skb_load_bytes(skb, 9, &proto, 1);
+		} else if ((b0 >> 4) == 6) {
+			fam = 1;
+			/* next header of the fixed header; extension headers count as other */
+			bpf_skb_load_bytes(skb, 6, &proto, 1);
+		}
+	}
+	if (fam != 2) {
+		if (proto == 6)
+			p = 0;
+		else if (proto == 17)
+			p = 1;
+		else if (proto == 1 && fam == 0)
+			p = 2;
+		else if (proto == 58 && fam == 1)
+			p = 3;
+	}
+	__u32 idx = dir * (NET_FAMILIES * NET_PROTOS) + fam * NET_PROTOS + p;
+	struct net_pkt_stats *s = bpf_map_lookup_elem(&net_packets, &idx);
+
+	if (s) {
+		s->packets++;
+		s->bytes += skb->len;
+	}
+}
+
+/* No sidecar_in_target() here: the program is attached to the target's cgroup only, and runs
+ * in softirq where the current task is unrelated. Always return 1: count, never drop. */
+SEC("cgroup_skb/ingress")
+int net_ingress(struct __sk_buff *skb)
+{
+	count_skb(skb, 0);
+	return 1;
+}
+
+SEC("cgroup_skb/egress")
+int net_egress(struct __sk_buff *skb)
+{
+	count_skb(skb, 1);
+	return 1;
+}
+
+/* ---- TCP lifecycle ---- */
+
+static __always_inline void peer_of(const struct sock *sk, struct net_peer_key *k)
+{
+	__u16 family = sk->__sk_common.skc_family;
+
+	k->family = family;
+	k->port = bpf_ntohs(sk->__sk_common.skc_dport);
+	if (family == AF_INET) {
+		__be32 a = sk->__sk_common.skc_daddr;
+
+		__builtin_memcpy(k->addr, &a, 4);
+	} else {
+		BPF_CORE_READ_INTO(&k->addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+	}
+}
+
+static __always_inline void account_close(const struct sock *sk)
+{
+	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	struct net_peer_key k = {};
+
+	if (!tp)
+		return;
+	/* Payload as the application wrote and read it. bytes_sent counts data segments only (no
+	 * SYN/FIN), retransmissions included; bytes_received is rcv_nxt progress, which includes
+	 * the peer's FIN (SOCK_DONE is set when a FIN arrived; tcp_done sets nothing before the
+	 * state change we run in). */
+	__u64 sent = tp->bytes_sent - tp->bytes_retrans;
+	__u64 received = tp->bytes_received;
+	unsigned long flags = sk->__sk_common.skc_flags;
+
+	if ((flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && received > 0)
+		received--;
+
+	peer_of(sk, &k);
+	struct net_peer_stats *s = bpf_map_lookup_elem(&net_peers, &k);
+
+	if (!s) {
+		struct net_peer_stats zero = {};
+
+		/* Fails when the table is full (or another CPU inserted first: found below). */
+		bpf_map_update_elem(&net_peers, &k, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(&net_peers, &k);
+	}
+	if (s) {
+		s->sent += sent;
+		s->received += received;
+		s->closed++;
+	} else {
+		bump(NET_OTHER_SENT, sent);
+		bump(NET_OTHER_RECEIVED, received);
+		bump(NET_OTHER_CLOSED, 1);
+	}
+}
+
+/* tp_btf args: ctx[0] = const struct sock * (typed: read with plain loads), ctx[1] = old
+ * state, ctx[2] = new state */
+SEC("tp_btf/inet_sock_set_state")
+int net_state(unsigned long long *ctx)
+{
+	const struct sock *sk = (const struct sock *)ctx[0];
+	int old = (int)ctx[1], new = (int)ctx[2];
+
+	if (sk->sk_protocol != IPPROTO_TCP)
+		return 0;
+	/* Only the transitions used below: skip the filter for the rest (FIN_WAIT, CLOSE_WAIT…). */
+	if (new != ST_SYN_SENT && new != ST_SYN_RECV && new != ST_ESTABLISHED && new != ST_CLOSE)
+		return 0;
+	if (!sk_in_target_btf(sk))
+		return 0;
+
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+	struct conn *c;
+
+	if (new == ST_SYN_SENT || (new == ST_SYN_RECV && old != ST_ESTABLISHED)) {
+		struct conn v = { .start = now };
+
+		if (bpf_map_update_elem(&net_conns, &key, &v, BPF_ANY))
+			bump(NET_LOST_CONNS, 1);
+		return 0;
+	}
+	if (new == ST_ESTABLISHED && (old == ST_SYN_SENT || old == ST_SYN_RECV)) {
+		int active = old == ST_SYN_SENT;
+
+		bump(active ? NET_CONN_ACTIVE : NET_CONN_PASSIVE, 1);
+		if (!active) {
+			__u32 port = sk->__sk_common.skc_num;
+
+			hash_add(&net_accepts, &port, 1);
+		}
+		c = bpf_map_lookup_elem(&net_conns, &key);
+		if (c) {
+			c->established = now;
+			if (active)
+				observe(NET_HIST_CONNECT, now - c->start);
+		} else {
+			struct conn v = { .start = now, .established = now };
+
+			if (bpf_map_update_elem(&net_conns, &key, &v, BPF_ANY))
+				bump(NET_LOST_CONNS, 1);
+		}
+		return 0;
+	}
+	if (new == ST_CLOSE) {
+		c = bpf_map_lookup_elem(&net_conns, &key);
+		if (!c)
+			return 0;
+		if (c->established) {
+			observe(NET_HIST_LIFETIME, now - c->start);
+			account_close(sk);
+		}
+		bpf_map_delete_elem(&net_conns, &key);
+	}
+	return 0;
+}
+
+/* A full socket (not a time-wait or request mini-socket, which have no cgroup data). */
+static __always_inline int full_sock(const struct sock *sk)
+{
+	__u8 st;
+
+	if (!sk)
+		return 0;
+	st = BPF_CORE_READ(sk, __sk_common.skc_state);
+	return st != ST_TIME_WAIT && st != ST_NEW_SYN_RECV;
+}
+
+/* raw_tp args: ctx[0] = const struct sock *, ctx[1] = skb, ctx[2] = err */
+SEC("raw_tp/tcp_retransmit_skb")
+int net_retransmit(unsigned long long *ctx)
+{
+	const struct sock *sk = (const struct sock *)ctx[0];
+
+	if (full_sock(sk) && sk_in_target(sk))
+		bump(NET_RETRANSMITS, 1);
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = const struct sock * (NULL when no socket matched), ctx[1] = skb,
+ * ctx[2] = reason */
+SEC("raw_tp/tcp_send_reset")
+int net_send_reset(unsigned long long *ctx)
+{
+	const struct sock *sk = (const struct sock *)ctx[0];
+
+	if (full_sock(sk) && sk_in_target(sk))
+		bump(NET_RESETS_SENT, 1);
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = struct sock * */
+SEC("raw_tp/tcp_receive_reset")
+int net_receive_reset(unsigned long long *ctx)
+{
+	const struct sock *sk = (const struct sock *)ctx[0];
+
+	if (full_sock(sk) && sk_in_target(sk))
+		bump(NET_RESETS_RECEIVED, 1);
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = rc, ctx[1] = struct sock *, ctx[2] = skb */
+SEC("raw_tp/udp_fail_queue_rcv_skb")
+int net_udp_drop(unsigned long long *ctx)
+{
+	const struct sock *sk = (const struct sock *)ctx[1];
+
+	if (sk_in_target(sk))
+		bump(NET_UDP_DROPS, 1);
+	return 0;
+}
+
+/* ---- HTTP/1.x from read/write/recvfrom/sendto payloads ---- */
+
+#define NR_READ 0
+#define NR_WRITE 1
+#define NR_SENDTO 44
+#define NR_RECVFROM 45
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The read/write in flight, per thread (task-local: no table to fill, nothing to clean). */
+struct http_call {
+	__u64 buf;
+	__u32 fd;
+	__u32 nr1; /* syscall number + 1; 0 = none in flight (read is 0) */
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_call);
+} net_http_calls SEC(".maps");
+
+/* The outstanding request of a connection, by socket. LRU: a connection that never answers
+ * or closes cannot fill it. */
+struct http_pending {
+	__u64 start;
+	__u32 method;
+	__u32 dir;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct http_pending);
+} net_http_pending SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct net_http_key);
+	__type(value, __u64);
+} net_http_requests SEC(".maps");
+
+/* Request start to response start, by dir * NET_HTTP_METHODS + method. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, NET_HTTP_DIRS * NET_HTTP_METHODS);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} net_http_hists SEC(".maps");
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the four calls that
+ * carry payloads are remembered; every other syscall leaves at the first comparison. */
+SEC("raw_tp/sys_enter")
+int net_sys_enter(unsigned long long *ctx)
+{
+	long nr = (long)ctx[1];
+
+	if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM)
+		return 0;
+	if (!sidecar_in_target())
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	struct http_call *c = bpf_task_storage_get(&net_http_calls, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	if (!c)
+		return 0;
+	c->fd = (__u32)BPF_CORE_READ(regs, di);
+	c->buf = BPF_CORE_READ(regs, si);
+	c->nr1 = (__u32)nr + 1;
+	return 0;
+}
+
+/* The TCP socket behind fd of the current task, or NULL. */
+static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
+static __always_inline int has(const char *b, const char *p, int n)
+{
+	for (int i = 0; i < n; i++)
+		if (b[i] != p[i])
+			return 0;
+	return 1;
+}
+
+/* Index of a request line's method, or -1. */
+static __always_inline int http_method(const char *b)
+{
+	if (has(b, "GET ", 4))
+		return 0;
+	if (has(b, "POST ", 5))
+		return 1;
+	if (has(b, "PUT ", 4))
+		return 2;
+	if (has(b, "DELETE ", 7))
+		return 3;
+	if (has(b, "HEAD ", 5))
+		return 4;
+	if (has(b, "PATCH ", 6))
+		return 5;
+	if (has(b, "OPTIONS ", 8))
+		return 6;
+	return -1;
+}
+
+/* Status of a status line ("HTTP/1.x NNN"), or 0. */
+static __always_inline __u32 http_status(const char *b)
+{
+	if (!has(b, "HTTP/1.", 7) || b[8] != ' ')
+		return 0;
+	for (int i = 9; i < 12; i++)
+		if (b[i] < '0' || b[i] > '9')
+			return 0;
+	__u32 st = (b[9] - '0') * 100 + (b[10] - '0') * 10 + (b[11] - '0');
+
+	return st >= 100 && st <= 599 ? st : 0;
+}
+
+static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len)
+{
+	char b[16] = {};
+
+	if (len < 12)
+		return;
+	if (bpf_probe_read_user(b, len < 16 ? 12 : 16, (const void *)buf))
+		return;
+	/* Cheap rejection before looking at the socket: most payloads are neither. */
+	if (!((b[0] >= 'A' && b[0] <= 'Z')))
+		return;
+
+	int in = nr == NR_READ || nr == NR_RECVFROM;
+	int m = http_method(b);
+	__u32 st = m < 0 ? http_status(b) : 0;
+
+	if (m < 0 && !st)
+		return;
+	struct sock *sk = tcp_sock_of_fd(fd);
+
+	if (!sk)
+		return;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+
+	if (m >= 0) {
+		struct http_pending p = { .start = now, .method = m, .dir = in ? 0 : 1 };
+
+		bpf_map_update_elem(&net_http_pending, &key, &p, BPF_ANY);
+		return;
+	}
+	if (st < 200)
+		return; /* 1xx: an interim answer, the final one follows */
+	struct http_pending *p = bpf_map_lookup_elem(&net_http_pending, &key);
+
+	/* A server writes the answer to a request it read; a client reads it. */
+	if (!p || p->dir != (in ? 1 : 0))
+		return;
+	struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
+	__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+	__u64 d = now - p->start;
+
+	bpf_map_delete_elem(&net_http_pending, &key);
+	hash_add(&net_http_requests, &k, 1);
+	struct syscall_stats *hs = bpf_map_lookup_elem(&net_http_hists, &h);
+
+	if (hs) {
+		hs->calls++;
+		hs->time_ns += d;
+		hs->hist[sidecar_hist_bucket(d)]++;
+	}
+}
+
+/* ---- failed connect / bind / listen ---- */
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. Successful calls (nearly all)
+ * leave before anything is read. */
+SEC("raw_tp/sys_exit")
+int net_sys_exit(unsigned long long *ctx)
+{
+	long ret = (long)ctx[1];
+	/* A payload call of the target in flight? Only its threads carry this storage; for every
+	 * other task the lookup returns NULL at once. */
+	struct http_call *hc = http_enabled ? bpf_task_storage_get(&net_http_calls,
+							    bpf_get_current_task_btf(), 0, 0)
+					     : NULL;
+
+	if (hc && hc->nr1) {
+		__u32 nr = hc->nr1 - 1, fd = hc->fd;
+		__u64 buf = hc->buf;
+
+		hc->nr1 = 0;
+		if (ret > 0)
+			http_payload(nr, fd, buf, ret);
+	}
+	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)ctx[0];
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (nr != NR_CONNECT && nr != NR_BIND && nr != NR_LISTEN)
+		return 0;
+	if (!sidecar_in_target())
+		return 0;
+
+	struct net_error_key k = {
+		.kind = nr == NR_CONNECT ? NET_ERR_CONNECT : NET_ERR_BIND,
+		.err = (__u32)(-ret),
+	};
+
+	hash_add(&net_errors, &k, 1);
+	return 0;
+}

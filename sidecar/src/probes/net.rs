@@ -1,0 +1,495 @@
+//! Network family: packets and bytes by direction/family/protocol, the TCP lifecycle
+//! (connections, connect latency, lifetime, bytes per peer at close, retransmits, resets,
+//! accepts), failed connect/bind/listen by errno and UDP receive drops. Aggregated in the kernel;
+//! kernel side: `sidecar-ebpf/bpf/net.bpf.c`.
+//!
+//! Packets come from cgroup_skb programs attached to the target's cgroup v2 directory, so they
+//! follow the target: [`Probe::on_target`] re-attaches them when it restarts in a new cgroup and
+//! detaches them when it goes away.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::{Arc, Mutex};
+
+use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::programs::CgroupSkbAttachType;
+use aya::programs::cgroup_skb::CgroupSkbLinkId;
+use prometheus_client::encoding::DescriptorEncoder;
+use sidecar_ebpf::net::{self as k, ErrorKey, HttpKey, PeerKey, PeerStats, PktStats, counter as c};
+use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
+
+use super::object::percpu_counter;
+use super::syscalls::errno_name;
+use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use crate::export::encode::{self, LabelBudget, Labels, Log2Histogram};
+use crate::target::Resolved;
+
+const INGRESS: &str = "net_ingress";
+const EGRESS: &str = "net_egress";
+
+/// The cgroup the packet programs are attached to, and their links.
+struct Attached {
+    cgroup_id: u64,
+    links: Vec<(&'static str, CgroupSkbLinkId)>,
+}
+
+pub struct Net {
+    obj: Object,
+    attached: Mutex<Option<Attached>>,
+    peers: LabelBudget,
+    ports: LabelBudget,
+}
+
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let http = [u8::from(opts.net_http)];
+    let mut obj = Object::load_with(
+        "net",
+        sidecar_ebpf::objects::NET,
+        &[("http_enabled", &http[..])],
+    )?;
+    obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
+    obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
+    obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
+    obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
+    obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
+    if opts.net_http {
+        // Without it no thread ever gets payload storage, and sys_exit only does the lookup.
+        obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
+    }
+    obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
+    obj.load_cgroup_skb(INGRESS)?;
+    obj.load_cgroup_skb(EGRESS)?;
+    Ok(Arc::new(Net {
+        obj,
+        attached: Mutex::new(None),
+        peers: LabelBudget::new(opts.top_n),
+        ports: LabelBudget::new(opts.top_n),
+    }))
+}
+
+/// `ip:port` of a peer; loopback addresses read `loopback`, IPv4-mapped IPv6 reads as IPv4.
+pub fn peer_label(key: &PeerKey) -> String {
+    let ip: IpAddr = match key.family {
+        2 => IpAddr::V4(Ipv4Addr::new(
+            key.addr[0],
+            key.addr[1],
+            key.addr[2],
+            key.addr[3],
+        )),
+        10 => Ipv6Addr::from(key.addr).to_canonical(),
+        f => return format!("family_{f}"),
+    };
+    if ip.is_loopback() {
+        format!("loopback:{}", key.port)
+    } else if ip.is_ipv6() {
+        format!("[{ip}]:{}", key.port)
+    } else {
+        format!("{ip}:{}", key.port)
+    }
+}
+
+const HTTP_METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
+const HTTP_DIRS: [&str; k::HTTP_DIRS] = ["server", "client"];
+
+const DIRECTIONS: [&str; k::DIRS] = ["ingress", "egress"];
+const IP_FAMILIES: [&str; k::FAMILIES] = ["ipv4", "ipv6", "other"];
+const PROTOCOLS: [&str; k::PROTOS] = ["tcp", "udp", "icmp", "icmpv6", "other"];
+
+fn slot_labels(slot: usize) -> Labels {
+    let per_dir = k::FAMILIES * k::PROTOS;
+    vec![
+        ("direction", DIRECTIONS[slot / per_dir].to_string()),
+        (
+            "family",
+            IP_FAMILIES[(slot % per_dir) / k::PROTOS].to_string(),
+        ),
+        ("protocol", PROTOCOLS[slot % k::PROTOS].to_string()),
+    ]
+}
+
+impl Net {
+    fn detach(&self, a: Attached) {
+        for (prog, link) in a.links {
+            // Fails harmlessly when the cgroup is already gone (its links went with it).
+            if let Err(e) = self.obj.detach_cgroup_skb(prog, link) {
+                tracing::debug!("net: detaching {prog}: {e}");
+            }
+        }
+    }
+}
+
+impl Probe for Net {
+    fn name(&self) -> &'static str {
+        "net"
+    }
+
+    fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
+        self.obj.set_target(&kernel)?;
+
+        let want = target.and_then(|t| Some((t.cgroup_id()?, t.cgroup_dir.clone()?)));
+        let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
+        if attached.as_ref().map(|a| a.cgroup_id) == want.as_ref().map(|w| w.0) {
+            return Ok(());
+        }
+        if let Some(old) = attached.take() {
+            self.detach(old);
+        }
+        let Some((cgroup_id, dir)) = want else {
+            if target.is_some() {
+                tracing::warn!(
+                    "net: the target's cgroup v2 directory is not reachable, so packet and byte \
+                     counters (ebpf_sidecar_network_*) stay at zero; TCP and error metrics work"
+                );
+            }
+            return Ok(());
+        };
+        let fd = File::open(&dir).map_err(|e| ProbeError::Map {
+            family: "net",
+            map: format!("cgroup {}", dir.display()),
+            detail: format!("opening the cgroup directory to attach cgroup_skb programs: {e}"),
+        })?;
+        let mut links = Vec::new();
+        for (prog, ty) in [
+            (INGRESS, CgroupSkbAttachType::Ingress),
+            (EGRESS, CgroupSkbAttachType::Egress),
+        ] {
+            match self.obj.attach_cgroup_skb(prog, &fd, ty) {
+                Ok(l) => links.push((prog, l)),
+                Err(e) => {
+                    self.detach(Attached { cgroup_id, links });
+                    return Err(e);
+                }
+            }
+        }
+        tracing::info!(cgroup = %dir.display(), "net: packet counters attached");
+        *attached = Some(Attached { cgroup_id, links });
+        Ok(())
+    }
+
+    fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let ebpf = self.obj.lock();
+        let counter = |i| percpu_counter(&ebpf, "net_counters", i);
+
+        let mut pkts: Vec<(usize, PktStats)> = Vec::new();
+        if let Some(Ok(arr)) = ebpf
+            .map("net_packets")
+            .map(PerCpuArray::<_, PktStats>::try_from)
+        {
+            for (slot, vals) in arr.iter().enumerate() {
+                let Ok(vals) = vals else { continue };
+                let mut s = PktStats::default();
+                for v in vals.iter() {
+                    s.packets += v.packets;
+                    s.bytes += v.bytes;
+                }
+                if s.packets > 0 {
+                    pkts.push((slot, s));
+                }
+            }
+        }
+
+        let mut hists = [
+            Log2Histogram::new(HIST_BUCKETS),
+            Log2Histogram::new(HIST_BUCKETS),
+        ];
+        if let Some(Ok(arr)) = ebpf
+            .map("net_hists")
+            .map(PerCpuArray::<_, SyscallStats>::try_from)
+        {
+            for (i, h) in hists.iter_mut().enumerate() {
+                if let Ok(vals) = arr.get(&(i as u32), 0) {
+                    for v in vals.iter() {
+                        h.add(&v.hist, v.time_ns);
+                    }
+                }
+            }
+        }
+
+        let mut peers: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("net_peers")
+            .map(PerCpuHashMap::<_, PeerKey, PeerStats>::try_from)
+        {
+            for (key, vals) in m.iter().filter_map(|r| r.ok()) {
+                let e = peers.entry(peer_label(&key)).or_default();
+                for v in vals.iter() {
+                    e.0 += v.sent;
+                    e.1 += v.received;
+                }
+            }
+        }
+        let (other_sent, other_received) = (counter(c::OTHER_SENT), counter(c::OTHER_RECEIVED));
+        if other_sent + other_received > 0 || counter(c::OTHER_CLOSED) > 0 {
+            let e = peers.entry(encode::OTHER.to_string()).or_default();
+            e.0 += other_sent;
+            e.1 += other_received;
+        }
+
+        let mut errors: BTreeMap<(u32, String), u64> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("net_errors")
+            .map(PerCpuHashMap::<_, ErrorKey, u64>::try_from)
+        {
+            for (key, vals) in m.iter().filter_map(|r| r.ok()) {
+                *errors.entry((key.kind, errno_name(key.err))).or_default() +=
+                    vals.iter().sum::<u64>();
+            }
+        }
+
+        let mut accepts: Vec<(String, (), u64)> = Vec::new();
+        if let Some(Ok(m)) = ebpf
+            .map("net_accepts")
+            .map(PerCpuHashMap::<_, u32, u64>::try_from)
+        {
+            for (port, vals) in m.iter().filter_map(|r| r.ok()) {
+                accepts.push((port.to_string(), (), vals.iter().sum()));
+            }
+        }
+
+        let mut http: BTreeMap<(u32, u32, u32), u64> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("net_http_requests")
+            .map(PerCpuHashMap::<_, HttpKey, u64>::try_from)
+        {
+            for (key, vals) in m.iter().filter_map(|r| r.ok()) {
+                *http.entry((key.dir, key.method, key.status)).or_default() +=
+                    vals.iter().sum::<u64>();
+            }
+        }
+        let mut http_hists: Vec<(u32, u32, Log2Histogram)> = Vec::new();
+        if let Some(Ok(arr)) = ebpf
+            .map("net_http_hists")
+            .map(PerCpuArray::<_, SyscallStats>::try_from)
+        {
+            for (i, vals) in arr.iter().enumerate() {
+                let Ok(vals) = vals else { continue };
+                let mut h = Log2Histogram::new(HIST_BUCKETS);
+                for v in vals.iter() {
+                    h.add(&v.hist, v.time_ns);
+                }
+                if h.count() > 0 {
+                    let (d, m) = (i / k::HTTP_METHODS, i % k::HTTP_METHODS);
+                    http_hists.push((d as u32, m as u32, h));
+                }
+            }
+        }
+
+        let scalars = [
+            counter(c::CONN_ACTIVE),
+            counter(c::CONN_PASSIVE),
+            counter(c::RETRANSMITS),
+            counter(c::RESETS_SENT),
+            counter(c::RESETS_RECEIVED),
+            counter(c::UDP_DROPS),
+        ];
+        drop(ebpf);
+        let [active, passive, retrans, rst_sent, rst_received, udp_drops] = scalars;
+
+        encode::counter(
+            enc,
+            "ebpf_sidecar_network_packets",
+            "Packets of the target's sockets, by direction, IP family and protocol (cgroup_skb on the target's cgroup; a GSO/GRO batch counts once).",
+            pkts.iter().map(|(s, v)| (slot_labels(*s), v.packets)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_network_bytes",
+            "Bytes of the target's packets at the IP layer (IP and transport headers included), by direction, IP family and protocol.",
+            pkts.iter().map(|(s, v)| (slot_labels(*s), v.bytes)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_connections",
+            "TCP connections of the target that completed the handshake: active (connect) or passive (accepted).",
+            [
+                (vec![("direction", "active".to_string())], active),
+                (vec![("direction", "passive".to_string())], passive),
+            ],
+        )?;
+        let [connect_h, life_h] = hists;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_tcp_connect_duration_seconds",
+            "Time from SYN sent to connection established, for the target's outgoing TCP connections.",
+            [(vec![], connect_h)],
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_tcp_connection_duration_seconds",
+            "Lifetime of the target's TCP connections, from SYN (sent or received) to close.",
+            [(vec![], life_h)],
+        )?;
+
+        let mut items: Vec<(String, u8, u64)> = Vec::new();
+        for (peer, (sent, received)) in peers {
+            items.push((peer.clone(), 0, sent));
+            items.push((peer, 1, received));
+        }
+        let folded = self.peers.fold(items);
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_sent_bytes",
+            "TCP payload bytes the target sent, counted when a connection closes, by peer (ip:port of the remote end; top-N by bytes, the rest in other).",
+            folded
+                .iter()
+                .filter(|(_, d, _)| *d == 0)
+                .map(|(p, _, n)| (vec![("peer", p.clone())], *n)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_received_bytes",
+            "TCP payload bytes the target received, counted when a connection closes, by peer (ip:port of the remote end; top-N by bytes, the rest in other).",
+            folded
+                .iter()
+                .filter(|(_, d, _)| *d == 1)
+                .map(|(p, _, n)| (vec![("peer", p.clone())], *n)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_retransmits",
+            "TCP segments the target's sockets retransmitted.",
+            [(vec![], retrans)],
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_resets",
+            "TCP resets sent or received on the target's sockets.",
+            [
+                (vec![("direction", "sent".to_string())], rst_sent),
+                (vec![("direction", "received".to_string())], rst_received),
+            ],
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_accepts",
+            "TCP connections accepted (handshake completed) by the target, by local listening port.",
+            self.ports
+                .fold(accepts)
+                .into_iter()
+                .map(|(p, _, n)| (vec![("port", p)], n)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tcp_connect_errors",
+            "connect(2) calls of the target that failed, by errno (EINPROGRESS of non-blocking connects is not a failure).",
+            errors
+                .iter()
+                .filter(|((kind, _), _)| *kind == k::ERR_CONNECT)
+                .map(|((_, e), n)| (vec![("errno", e.clone())], *n)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_socket_bind_errors",
+            "bind(2) and listen(2) calls of the target that failed, by errno.",
+            errors
+                .iter()
+                .filter(|((kind, _), _)| *kind == k::ERR_BIND)
+                .map(|((_, e), n)| (vec![("errno", e.clone())], *n)),
+        )?;
+        let name = |v: u32, names: &[&str]| {
+            names
+                .get(v as usize)
+                .map_or_else(|| "other".to_string(), |n| n.to_string())
+        };
+        if !ctx.options.net_http {
+            http.clear(); // --net-http off: the HTTP families stay empty
+        }
+        encode::counter(
+            enc,
+            "ebpf_sidecar_http_requests",
+            "HTTP/1.x requests of the target, recognised from request and status lines in read/write/recvfrom/sendto payloads on TCP sockets: direction server (request read) or client (request written), method, status.",
+            http.iter().map(|((d, m, st), n)| {
+                (
+                    vec![
+                        ("direction", name(*d, &HTTP_DIRS)),
+                        ("method", name(*m, &HTTP_METHODS)),
+                        ("status", st.to_string()),
+                    ],
+                    *n,
+                )
+            }),
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_http_request_duration_seconds",
+            "Time from an HTTP/1.x request line to the status line of its answer, per connection.",
+            http_hists.into_iter().map(|(d, m, h)| {
+                (
+                    vec![
+                        ("direction", name(d, &HTTP_DIRS)),
+                        ("method", name(m, &HTTP_METHODS)),
+                    ],
+                    h,
+                )
+            }),
+        )?;
+        let labels: Labels = vec![];
+        encode::counter(
+            enc,
+            "ebpf_sidecar_udp_drops",
+            "UDP datagrams dropped on arrival at the target's sockets (receive queue full or socket filter), from udp:udp_fail_queue_rcv_skb.",
+            [(labels, udp_drops)],
+        )
+    }
+
+    fn lost_events(&self) -> u64 {
+        let ebpf = self.obj.lock();
+        percpu_counter(&ebpf, "net_counters", c::LOST_CONNS)
+            + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(family: u16, addr: &[u8], port: u16) -> PeerKey {
+        let mut k = PeerKey {
+            family,
+            port,
+            ..Default::default()
+        };
+        k.addr[..addr.len()].copy_from_slice(addr);
+        k
+    }
+
+    #[test]
+    fn peers() {
+        assert_eq!(peer_label(&key(2, &[10, 0, 0, 7], 443)), "10.0.0.7:443");
+        assert_eq!(peer_label(&key(2, &[127, 0, 0, 2], 80)), "loopback:80");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(peer_label(&key(10, &v6, 53)), "loopback:53");
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 192, 168, 1, 2];
+        assert_eq!(peer_label(&key(10, &mapped, 8080)), "192.168.1.2:8080");
+        let mut g = [0u8; 16];
+        g[0] = 0x20;
+        g[1] = 0x01;
+        g[2] = 0x0d;
+        g[3] = 0xb8;
+        g[15] = 5;
+        assert_eq!(peer_label(&key(10, &g, 443)), "[2001:db8::5]:443");
+    }
+
+    #[test]
+    fn slots() {
+        assert_eq!(
+            slot_labels(0),
+            vec![
+                ("direction", "ingress".to_string()),
+                ("family", "ipv4".to_string()),
+                ("protocol", "tcp".to_string())
+            ]
+        );
+        assert_eq!(slot_labels(k::PKT_SLOTS - 1)[0].1, "egress");
+        assert_eq!(slot_labels(15 + 5 + 3)[1].1, "ipv6");
+        assert_eq!(slot_labels(15 + 5 + 3)[2].1, "icmpv6");
+    }
+}
