@@ -540,3 +540,86 @@ fn prometheus_scrapes_the_sidecar_watching_the_node_app() {
         Some(0.0)
     );
 }
+
+/// The live page in real headless Chromium, driven over the DevTools protocol by
+/// tests/integration/live-page.js: after a few polls every chart has drawn non-zero data, and the
+/// endpoint list is on the page. The screenshot lands in target/live-page.png (docs/live-page.png
+/// is a copy of one).
+#[test]
+fn live_page_renders_charts_with_data_in_headless_chromium() {
+    require_root();
+    assert!(
+        Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
+        "chromium not found: apt-get install chromium (or set CHROMIUM)"
+    );
+    // A busy shell loop: syscalls, ENOENT errors, forks and execs every interval.
+    let port = free_port();
+    let mut sc = Command::new(sidecar_bin())
+        .args(["run", "--bpf-stats", "--listen", &format!("127.0.0.1:{port}")])
+        .args([
+            "--",
+            "sh",
+            "-c",
+            "while :; do ls /nonexistent 2>/dev/null; cat /proc/self/stat >/dev/null; sleep 0.05; done",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("sidecar serving", Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    // The page and its assets come from the binary.
+    let (status, ct, body) = http_get(port, "/", None).unwrap();
+    assert_eq!(status, 200);
+    assert!(ct.starts_with("text/html"), "{ct}");
+    assert!(!body.contains("http://") && !body.contains("https://"), "no external assets");
+    for (asset, ctype) in [
+        ("/assets/live.js", "text/javascript"),
+        ("/assets/live.css", "text/css"),
+    ] {
+        let (s, c, _) = http_get(port, asset, None).unwrap();
+        assert_eq!((s, c.starts_with(ctype)), (200, true), "{asset}: {c}");
+    }
+    let shot = root().join("target/live-page.png");
+    let out = Command::new("node")
+        .arg("--experimental-websocket")
+        .arg(root().join("tests/integration/live-page.js"))
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .arg("11000")
+        .arg(&shot)
+        .output()
+        .expect("node not found: apt-get install nodejs");
+    // SAFETY: kill with a pid we own.
+    unsafe { libc::kill(sc.id() as i32, libc::SIGTERM) };
+    let _ = sc.wait();
+    assert!(
+        out.status.success(),
+        "live-page.js: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: Value = serde_json::from_slice(&out.stdout).unwrap();
+    eprintln!("{r}");
+    assert!(r["scrapes"].as_u64().unwrap() >= 4, "{r}");
+    let charts = r["charts"].as_array().unwrap();
+    assert_eq!(charts.len(), 6, "{r}");
+    for c in charts {
+        assert!(
+            c["points"].as_u64().unwrap() > 0,
+            "chart {} drew no data: {r}",
+            c["id"]
+        );
+    }
+    let endpoints: Vec<&str> = r["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for e in ["/metrics", "/healthz"] {
+        assert!(endpoints.contains(&e), "endpoint list lacks {e}: {r}");
+    }
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot");
+}
