@@ -623,3 +623,115 @@ fn live_page_renders_charts_with_data_in_headless_chromium() {
     }
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot");
 }
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| s.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn kubernetes_manifests_have_the_required_fields_and_the_compose_flags() {
+    let dir = root().join("deploy/kubernetes");
+    let pod = &yaml_docs(&dir.join("pod.yaml"))[0];
+    assert_eq!(pod["kind"], "Pod");
+    assert_eq!(pod["spec"]["shareProcessNamespace"], true);
+    let containers = pod["spec"]["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 2, "app and sidecar");
+    let sidecar = containers
+        .iter()
+        .find(|c| c["name"] == "ebpf-sidecar")
+        .expect("a container named ebpf-sidecar");
+    // Minimal capabilities: drop everything, add back what loading probes needs.
+    let caps = &sidecar["securityContext"]["capabilities"];
+    assert_eq!(strings(&caps["drop"]), ["ALL"]);
+    let add = strings(&caps["add"]);
+    assert_eq!(add, ["BPF", "PERFMON"], "minimal set; see pod.yaml");
+    assert_ne!(sidecar["securityContext"]["privileged"], true);
+    // Downward API: POD_NAME / POD_NAMESPACE, which the sidecar reads as --pod-name/--pod-namespace.
+    let env = sidecar["env"].as_array().unwrap();
+    for (name, field) in [
+        ("POD_NAME", "metadata.name"),
+        ("POD_NAMESPACE", "metadata.namespace"),
+    ] {
+        let e = env
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("env {name}"));
+        assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field);
+    }
+    let port = &sidecar["ports"][0];
+    assert_eq!((port["name"].as_str(), port["containerPort"].as_u64()), (Some("metrics"), Some(9435)));
+    assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/healthz");
+    for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
+        assert_eq!(m["readOnly"], true, "sidecar mounts are read-only: {m}");
+    }
+    // The same flags as compose; only --bpf-stats may be left out (it needs SYS_ADMIN).
+    let k8s_args = strings(&sidecar["args"]);
+    let compose = &yaml_docs(&root().join("compose/compose.yaml"))[0];
+    let compose_args = strings(&compose["services"]["sidecar"]["command"]);
+    let mut expected: Vec<String> = compose_args
+        .iter()
+        .filter(|a| a.as_str() != "--bpf-stats")
+        .cloned()
+        .collect();
+    expected.sort();
+    let mut got = k8s_args.clone();
+    got.sort();
+    assert_eq!(got, expected, "pod args vs compose command");
+
+    // Service: scrape annotations on the sidecar's port, selecting the pod.
+    let svc = &yaml_docs(&dir.join("service.yaml"))[0];
+    assert_eq!(svc["kind"], "Service");
+    let ann = &svc["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9435");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+    let labels = pod["metadata"]["labels"].as_object().unwrap();
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(labels.get(k), Some(v), "service selects the pod");
+    }
+    // PodMonitor for the Prometheus Operator.
+    let pm = &yaml_docs(&dir.join("podmonitor.yaml"))[0];
+    assert_eq!(pm["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(pm["kind"], "PodMonitor");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(labels.get(k), Some(v), "podmonitor selects the pod");
+    }
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["port"], "metrics");
+    assert_eq!(pm["spec"]["podMetricsEndpoints"][0]["path"], "/metrics");
+}
+
+/// --pod-name/--pod-namespace and their downward-API variables become labels on target_info.
+#[test]
+fn pod_name_and_namespace_label_the_target_info() {
+    require_root();
+    let port = free_port();
+    let out = std::env::temp_dir().join(format!("ebpf-sidecar-stack-pod-{port}.prom"));
+    let st = Command::new(sidecar_bin())
+        .env("POD_NAME", "web-7d9f")
+        .env("POD_NAMESPACE", "shop")
+        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--metrics-out"])
+        .arg(&out)
+        .args(["--", "/bin/true"])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
+    let _ = std::fs::remove_file(&out);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_target_info",
+            &[("pod", "web-7d9f"), ("namespace", "shop")]
+        ),
+        1.0,
+        "{}",
+        m.text
+    );
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
