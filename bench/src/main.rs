@@ -1,11 +1,13 @@
 //! Overhead benchmarks, each side by side with the peer its issue names, in one run.
 //!
 //!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
+//!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
 mod foundation;
+mod stack;
 mod util;
 
 fn main() -> anyhow::Result<()> {
@@ -24,7 +26,8 @@ fn main() -> anyhow::Result<()> {
     };
     let report = match which.as_str() {
         "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation)"),
+        "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 2)? as usize)?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, stack)"),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

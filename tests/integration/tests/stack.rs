@@ -552,7 +552,8 @@ fn live_page_renders_charts_with_data_in_headless_chromium() {
         Path::new("/usr/bin/chromium").exists() || std::env::var_os("CHROMIUM").is_some(),
         "chromium not found: apt-get install chromium (or set CHROMIUM)"
     );
-    // A busy shell loop: syscalls, ENOENT errors, forks and execs every interval.
+    // A busy shell loop: syscalls, ENOENT errors, forks and execs every interval. Bounded (about
+    // a minute), because `run` leaves CMD running when the sidecar itself is stopped.
     let port = free_port();
     let mut sc = Command::new(sidecar_bin())
         .args(["run", "--bpf-stats", "--listen", &format!("127.0.0.1:{port}")])
@@ -560,8 +561,9 @@ fn live_page_renders_charts_with_data_in_headless_chromium() {
             "--",
             "sh",
             "-c",
-            "while :; do ls /nonexistent 2>/dev/null; cat /proc/self/stat >/dev/null; sleep 0.05; done",
+            "i=0; while [ $i -lt 800 ]; do ls /nonexistent 2>/dev/null; cat /proc/self/stat >/dev/null; sleep 0.05; i=$((i+1)); done",
         ])
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
