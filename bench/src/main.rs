@@ -26,7 +26,7 @@ fn main() -> anyhow::Result<()> {
     };
     let report = match which.as_str() {
         "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
-        "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 2)? as usize)?,
+        "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 3)? as usize)?,
         other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, stack)"),
     };
     print!("{report}");

@@ -108,7 +108,10 @@ fn start(server: &Path, metrics: Option<u16>) -> Result<Running> {
         .arg(server)
         .env("PORT", port.to_string())
         .env("UPSTREAM_PORT", upstream.to_string())
-        .env("DATA_DIR", std::env::temp_dir().join("ebpf-sidecar-bench-node"))
+        .env(
+            "DATA_DIR",
+            std::env::temp_dir().join("ebpf-sidecar-bench-node"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -122,7 +125,10 @@ fn start(server: &Path, metrics: Option<u16>) -> Result<Running> {
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Some(m) = metrics {
-        while http_get(m, "/healthz").map(|(s, _)| s != 200).unwrap_or(true) {
+        while http_get(m, "/healthz")
+            .map(|(s, _)| s != 200)
+            .unwrap_or(true)
+        {
             if Instant::now() > deadline {
                 bail!("sidecar did not serve on {m}");
             }
@@ -150,13 +156,28 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
             let app = start(&server, Some(m))?;
             let pid = app.child.id();
             let _ = wrk(app.port, 1)?;
-            let before = util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let before =
+                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
             let c0 = cpu_seconds(pid).context("sidecar stat")?;
             let t0 = Instant::now();
+            // Scraped every second while loaded (Prometheus would do every 15 s or so): the
+            // sidecar's own CPU is almost all scrape work.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraper = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = http_get(m, "/metrics");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+            };
             let w = wrk(app.port, seconds)?;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = scraper.join();
             let cpu = (cpu_seconds(pid).context("sidecar stat")? - c0) / t0.elapsed().as_secs_f64();
-            // A Prometheus-like scrape once per run: what the scrape costs is in the CPU figure.
-            let after = util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let after =
+                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
             let reqs = w.rps * seconds as f64;
             app_syscalls_per_req.push((after - before) / reqs);
             sidecar_cpu.push(cpu * 100.0);
@@ -191,8 +212,8 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         (p1 - p0) / p0 * 100.0
     ));
     s.push_str(&format!(
-        "Sidecar process at that load: {cpu:.2}% of one core (user+sys of the sidecar process; the BPF \
-         programs' own cost runs in the app's syscalls and is part of the overhead above), peak RSS \
+        "Sidecar process at that load, scraped every second: {cpu:.2}% of one core (user+sys of the \
+         sidecar process; the BPF programs' own cost runs in the app's syscalls and is part of the overhead above), peak RSS \
          {sidecar_rss_mib:.1} MiB. The app made {spr:.1} syscalls per request.\n\n"
     ));
     s.push_str("Per round (requests/s, p99 ms):\n\n");

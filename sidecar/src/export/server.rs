@@ -79,11 +79,17 @@ async fn index() -> Html<&'static str> {
 }
 
 async fn live_js() -> Response {
-    static_asset("text/javascript; charset=utf-8", include_str!("../../assets/live.js"))
+    static_asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/live.js"),
+    )
 }
 
 async fn live_css() -> Response {
-    static_asset("text/css; charset=utf-8", include_str!("../../assets/live.css"))
+    static_asset(
+        "text/css; charset=utf-8",
+        include_str!("../../assets/live.css"),
+    )
 }
 
 fn static_asset(content_type: &'static str, body: &'static str) -> Response {

@@ -277,8 +277,14 @@ impl Prometheus {
         )
         .unwrap();
         let child = Command::new("prometheus")
-            .arg(format!("--config.file={}", dir.join("prometheus.yml").display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--config.file={}",
+                dir.join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("log")).unwrap())
@@ -577,7 +583,10 @@ fn live_page_renders_charts_with_data_in_headless_chromium() {
     let (status, ct, body) = http_get(port, "/", None).unwrap();
     assert_eq!(status, 200);
     assert!(ct.starts_with("text/html"), "{ct}");
-    assert!(!body.contains("http://") && !body.contains("https://"), "no external assets");
+    assert!(
+        !body.contains("http://") && !body.contains("https://"),
+        "no external assets"
+    );
     for (asset, ctype) in [
         ("/assets/live.js", "text/javascript"),
         ("/assets/live.css", "text/css"),
@@ -623,7 +632,10 @@ fn live_page_renders_charts_with_data_in_headless_chromium() {
     for e in ["/metrics", "/healthz"] {
         assert!(endpoints.contains(&e), "endpoint list lacks {e}: {r}");
     }
-    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "screenshot");
+    assert!(
+        std::fs::metadata(&shot).unwrap().len() > 10_000,
+        "screenshot"
+    );
 }
 
 fn strings(v: &Value) -> Vec<String> {
@@ -667,7 +679,10 @@ fn kubernetes_manifests_have_the_required_fields_and_the_compose_flags() {
         assert_eq!(e["valueFrom"]["fieldRef"]["fieldPath"], field);
     }
     let port = &sidecar["ports"][0];
-    assert_eq!((port["name"].as_str(), port["containerPort"].as_u64()), (Some("metrics"), Some(9435)));
+    assert_eq!(
+        (port["name"].as_str(), port["containerPort"].as_u64()),
+        (Some("metrics"), Some(9435))
+    );
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/healthz");
     for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
         assert_eq!(m["readOnly"], true, "sidecar mounts are read-only: {m}");
@@ -717,7 +732,12 @@ fn pod_name_and_namespace_label_the_target_info() {
     let st = Command::new(sidecar_bin())
         .env("POD_NAME", "web-7d9f")
         .env("POD_NAMESPACE", "shop")
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--metrics-out"])
+        .args([
+            "run",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-out",
+        ])
         .arg(&out)
         .args(["--", "/bin/true"])
         .status()
