@@ -740,6 +740,7 @@ fn pod_name_and_namespace_label_the_target_info() {
         ])
         .arg(&out)
         .args(["--", "/bin/true"])
+        .stderr(Stdio::null())
         .status()
         .unwrap();
     assert!(st.success());
