@@ -3,6 +3,7 @@
 //!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
 //!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
 //!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
+//!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
@@ -10,6 +11,7 @@
 mod disk;
 mod foundation;
 mod net;
+mod stack;
 mod util;
 
 fn main() -> anyhow::Result<()> {
@@ -38,7 +40,8 @@ fn main() -> anyhow::Result<()> {
             opt("--mib", 2000)?,
             opt("--conns", 10_000)?,
         )?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk, net)"),
+        "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 3)? as usize)?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk, net, stack)"),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

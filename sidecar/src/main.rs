@@ -103,6 +103,16 @@ struct Cli {
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label, global = true)]
     labels: Vec<(String, String)>,
 
+    /// Kubernetes pod name (from the downward API), added as label `pod` on
+    /// ebpf_sidecar_target_info.
+    #[arg(long, value_name = "NAME", env = "POD_NAME", global = true)]
+    pod_name: Option<String>,
+
+    /// Kubernetes namespace (from the downward API), added as label `namespace` on
+    /// ebpf_sidecar_target_info.
+    #[arg(long, value_name = "NAMESPACE", env = "POD_NAMESPACE", global = true)]
+    pod_namespace: Option<String>,
+
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(
         long,
@@ -148,6 +158,22 @@ fn parse_label(s: &str) -> Result<(String, String), String> {
         ));
     }
     Ok((k.to_string(), v.to_string()))
+}
+
+/// --label pairs plus the pod labels; an empty downward-API value adds nothing.
+fn extra_labels(
+    mut labels: Vec<(String, String)>,
+    pod: Option<String>,
+    namespace: Option<String>,
+) -> Vec<(String, String)> {
+    for (key, value) in [("pod", pod), ("namespace", namespace)] {
+        if let Some(v) = value.filter(|v| !v.is_empty()) {
+            // An explicit --label of the same key would make a duplicate label: the flag wins.
+            labels.retain(|(k, _)| k != key);
+            labels.push((key.to_string(), v));
+        }
+    }
+    labels
 }
 
 fn main() {
@@ -213,7 +239,7 @@ fn main() {
             net_http: cli.net_http == "on",
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
-        extra_labels: cli.labels,
+        extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),
         events_out: cli.events_out,
         web_config: cli.web_config,
     };

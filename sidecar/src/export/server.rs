@@ -59,6 +59,8 @@ pub async fn serve_tls(
 fn routes(app: App) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/assets/live.js", get(live_js))
+        .route("/assets/live.css", get(live_css))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/seccomp", get(seccomp))
@@ -285,19 +287,33 @@ async fn healthz(State(app): State<App>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
+// The live page: static files compiled into the binary, so it works offline and needs no CDN.
+// The browser polls /metrics and draws from it; the server does no extra work for the page.
 async fn index() -> Html<&'static str> {
-    Html(concat!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>ebpf-sidecar</title></head><body>",
-        "<h1>ebpf-sidecar ",
-        env!("CARGO_PKG_VERSION"),
-        "</h1><ul>",
-        "<li><a href=\"/metrics\">/metrics</a> Prometheus metrics (text 0.0.4, or OpenMetrics by Accept)</li>",
-        "<li><a href=\"/healthz\">/healthz</a> liveness and target state</li>",
-        "<li><a href=\"/events\">/events</a> security events as NDJSON, streaming (?kind=exec,shell,...)</li>",
-        "<li><a href=\"/debug/flamegraph.svg?seconds=10\">/debug/flamegraph.svg?seconds=N</a> CPU flame graph of the target</li>",
-        "<li><a href=\"/debug/profile/folded?seconds=10\">/debug/profile/folded?seconds=N</a> collapsed stacks</li>",
-        "<li><a href=\"/debug/pprof/profile?seconds=10\">/debug/pprof/profile?seconds=N</a> pprof (go tool pprof, Pyroscope, Parca)</li>",
-        "<li><a href=\"/seccomp\">/seccomp</a> seccomp profile advised from the syscalls seen</li>",
-        "</ul></body></html>"
-    ))
+    Html(include_str!("../../assets/index.html"))
+}
+
+async fn live_js() -> Response {
+    static_asset(
+        "text/javascript; charset=utf-8",
+        include_str!("../../assets/live.js"),
+    )
+}
+
+async fn live_css() -> Response {
+    static_asset(
+        "text/css; charset=utf-8",
+        include_str!("../../assets/live.css"),
+    )
+}
+
+fn static_asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        body,
+    )
+        .into_response()
 }

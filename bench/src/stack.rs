@@ -1,0 +1,240 @@
+//! The node example app under wrk: requests/s and p99 latency without and with the sidecar
+//! (default probe set, `run` mode so node gets its own cgroup), and the sidecar's CPU and RSS
+//! at that load. Rounds alternate without/with so drift on a shared machine hits both sides.
+//!
+//!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::util::{self, free_port, http_get, median, rss_kib};
+
+const CONNECTIONS: u32 = 32;
+const THREADS: u32 = 2;
+const ROUTE: &str = "/fast";
+
+struct Wrk {
+    rps: f64,
+    p99_ms: f64,
+}
+
+/// wrk --latency output: "Requests/sec: N" and the "99%" line of the latency distribution.
+fn parse_wrk(out: &str) -> Result<Wrk> {
+    let rps = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .context("no Requests/sec in wrk output")?
+        .trim()
+        .parse()?;
+    let p99 = out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .context("no 99% line in wrk output (needs --latency)")?
+        .trim();
+    let p99_ms = if let Some(v) = p99.strip_suffix("us") {
+        v.parse::<f64>()? / 1000.0
+    } else if let Some(v) = p99.strip_suffix("ms") {
+        v.parse()?
+    } else if let Some(v) = p99.strip_suffix('s') {
+        v.parse::<f64>()? * 1000.0
+    } else {
+        bail!("unknown latency unit in {p99:?}")
+    };
+    Ok(Wrk { rps, p99_ms })
+}
+
+fn wrk(port: u16, seconds: u64) -> Result<Wrk> {
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            &THREADS.to_string(),
+            "-c",
+            &CONNECTIONS.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            &format!("http://127.0.0.1:{port}{ROUTE}"),
+        ])
+        .output()
+        .context("wrk not found: apt-get install wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    parse_wrk(&text)
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // Fields 14 and 15 of stat are 12 and 13 after the comm.
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+/// node server.js, bare or under `ebpf-sidecar run` (then also serving metrics on `metrics`).
+fn start(server: &Path, metrics: Option<u16>) -> Result<Running> {
+    let port = free_port();
+    let upstream = free_port();
+    let mut cmd = match metrics {
+        None => Command::new("node"),
+        Some(m) => {
+            let mut c = Command::new(util::sidecar_bin()?);
+            c.args(["run", "--listen", &format!("127.0.0.1:{m}"), "--", "node"]);
+            c
+        }
+    };
+    let child = cmd
+        .arg(server)
+        .env("PORT", port.to_string())
+        .env("UPSTREAM_PORT", upstream.to_string())
+        .env(
+            "DATA_DIR",
+            std::env::temp_dir().join("ebpf-sidecar-bench-node"),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting node (apt-get install nodejs)")?;
+    let r = Running { child, port };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while http_get(port, ROUTE).map(|(s, _)| s != 200).unwrap_or(true) {
+        if Instant::now() > deadline {
+            bail!("node app did not answer on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if let Some(m) = metrics {
+        while http_get(m, "/healthz")
+            .map(|(s, _)| s != 200)
+            .unwrap_or(true)
+        {
+            if Instant::now() > deadline {
+                bail!("sidecar did not serve on {m}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(r)
+}
+
+pub fn run(seconds: u64, rounds: usize) -> Result<String> {
+    let server = util::root().join("examples/node-app/server.js");
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    let mut sidecar_cpu = Vec::new();
+    let mut sidecar_rss_mib: f64 = 0.0;
+    let mut app_syscalls_per_req = Vec::new();
+    for round in 0..rounds {
+        {
+            let app = start(&server, None)?;
+            let _ = wrk(app.port, 1)?; // warm up the JIT
+            without.push(wrk(app.port, seconds)?);
+        }
+        {
+            let m = free_port();
+            let app = start(&server, Some(m))?;
+            let pid = app.child.id();
+            let _ = wrk(app.port, 1)?;
+            let before =
+                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let c0 = cpu_seconds(pid).context("sidecar stat")?;
+            let t0 = Instant::now();
+            // Scraped every second while loaded (Prometheus would do every 15 s or so): the
+            // sidecar's own CPU is almost all scrape work.
+            let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let scraper = {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let _ = http_get(m, "/metrics");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                })
+            };
+            let w = wrk(app.port, seconds)?;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            let _ = scraper.join();
+            let cpu = (cpu_seconds(pid).context("sidecar stat")? - c0) / t0.elapsed().as_secs_f64();
+            let after =
+                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let reqs = w.rps * seconds as f64;
+            app_syscalls_per_req.push((after - before) / reqs);
+            sidecar_cpu.push(cpu * 100.0);
+            if let Some((_, hwm)) = rss_kib(pid) {
+                sidecar_rss_mib = sidecar_rss_mib.max(hwm as f64 / 1024.0);
+            }
+            with.push(w);
+        }
+        eprintln!("round {}/{rounds} done", round + 1);
+    }
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (rps0, rps1) = (med(&without, |w| w.rps), med(&with, |w| w.rps));
+    let (p0, p1) = (med(&without, |w| w.p99_ms), med(&with, |w| w.p99_ms));
+    let cpu = median(&mut sidecar_cpu.clone());
+    let spr = median(&mut app_syscalls_per_req.clone());
+    let mut s = String::new();
+    s.push_str("# Stack benchmark: the node example app under wrk\n\n");
+    s.push_str(&format!(
+        "`cargo run --release -p bench -- stack --seconds {seconds} --rounds {rounds}`: wrk -t{THREADS} -c{CONNECTIONS} \
+         -d{seconds}s on `GET {ROUTE}` of examples/node-app/server.js (host node {}), {rounds} alternating \
+         rounds of {seconds} s without / with the sidecar (default probes process,syscalls, `run` mode); \
+         medians. {} CPUs shared with other work: read small differences as noise.\n\n",
+        node_version(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    ));
+    s.push_str("| | requests/s | p99 latency |\n|---|---:|---:|\n");
+    s.push_str(&format!("| without sidecar | {rps0:.0} | {p0:.2} ms |\n"));
+    s.push_str(&format!("| with sidecar | {rps1:.0} | {p1:.2} ms |\n"));
+    s.push_str(&format!(
+        "| overhead | {:+.1}% | {:+.1}% |\n\n",
+        (rps0 - rps1) / rps0 * 100.0,
+        (p1 - p0) / p0 * 100.0
+    ));
+    s.push_str(&format!(
+        "Sidecar process at that load, scraped every second: {cpu:.2}% of one core (user+sys of the \
+         sidecar process; the BPF programs' own cost runs in the app's syscalls and is part of the overhead above), peak RSS \
+         {sidecar_rss_mib:.1} MiB. The app made {spr:.1} syscalls per request.\n\n"
+    ));
+    s.push_str("Per round (requests/s, p99 ms):\n\n");
+    for (i, (a, b)) in without.iter().zip(&with).enumerate() {
+        s.push_str(&format!(
+            "- round {}: without {:.0}, {:.2}; with {:.0}, {:.2}; sidecar CPU {:.2}%\n",
+            i + 1,
+            a.rps,
+            a.p99_ms,
+            b.rps,
+            b.p99_ms,
+            sidecar_cpu[i]
+        ));
+    }
+    Ok(s)
+}
+
+fn node_version() -> String {
+    Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default()
+}
