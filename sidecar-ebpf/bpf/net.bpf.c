@@ -390,6 +390,8 @@ int net_udp_drop(unsigned long long *ctx)
 
 #define NR_READ 0
 #define NR_WRITE 1
+#define NR_READV 19
+#define NR_WRITEV 20
 #define NR_SENDTO 44
 #define NR_RECVFROM 45
 #define S_IFMT 00170000
@@ -439,14 +441,15 @@ struct {
 	__type(value, struct syscall_stats);
 } net_http_hists SEC(".maps");
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the four calls that
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the six calls that
  * carry payloads are remembered; every other syscall leaves at the first comparison. */
 SEC("raw_tp/sys_enter")
 int net_sys_enter(unsigned long long *ctx)
 {
 	long nr = (long)ctx[1];
 
-	if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM)
+	if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM &&
+	    nr != NR_READV && nr != NR_WRITEV)
 		return 0;
 	if (!sidecar_in_target())
 		return 0;
@@ -538,7 +541,7 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 	if (!((b[0] >= 'A' && b[0] <= 'Z')))
 		return;
 
-	int in = nr == NR_READ || nr == NR_RECVFROM;
+	int in = nr == NR_READ || nr == NR_RECVFROM || nr == NR_READV;
 	int m = http_method(b);
 	__u32 st = m < 0 ? http_status(b) : 0;
 
@@ -597,8 +600,21 @@ int net_sys_exit(unsigned long long *ctx)
 		__u64 buf = hc->buf;
 
 		hc->nr1 = 0;
-		if (ret > 0)
-			http_payload(nr, fd, buf, ret);
+		long len = ret;
+
+		/* readv/writev (Node.js writes its answers with writev): the head of the first
+		 * buffer is where a request or status line starts. */
+		if (ret > 0 && (nr == NR_READV || nr == NR_WRITEV)) {
+			struct iovec iov = {};
+
+			if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)buf))
+				len = 0;
+			buf = (__u64)iov.iov_base;
+			if ((long)iov.iov_len < len)
+				len = iov.iov_len;
+		}
+		if (len > 0)
+			http_payload(nr, fd, buf, len);
 	}
 	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
 		return 0;
