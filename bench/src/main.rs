@@ -4,13 +4,17 @@
 //!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
 //!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
+//!   cargo run --release -p bench -- security [--execs N] [--repeat R]
+//!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
+mod cpu;
 mod disk;
 mod foundation;
 mod net;
+mod security;
 mod stack;
 mod util;
 
@@ -40,8 +44,15 @@ fn main() -> anyhow::Result<()> {
             opt("--mib", 2000)?,
             opt("--conns", 10_000)?,
         )?,
+        "security" => security::run(opt("--execs", 20_000)?, opt("--repeat", 3)? as usize)?,
+        "cpu" => cpu::run(
+            opt("--iterations", 6_000_000_000)?,
+            opt("--repeat", 3)? as usize,
+        )?,
         "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 3)? as usize)?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, disk, net, stack)"),
+        other => anyhow::bail!(
+            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu)"
+        ),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

@@ -140,3 +140,38 @@ pub fn ensure_tracefs() {
             .status();
     }
 }
+
+/// Run `cmd` (a shell line) under `ebpf-sidecar run` with `args`; the command's first stdout line
+/// and the metrics scraped just after it printed (the shell then lingers a moment).
+pub fn under_sidecar(args: &[&str], cmd: &str) -> Result<(String, String)> {
+    use std::io::BufRead;
+    let port = free_port();
+    let mut child = Command::new(sidecar_bin()?)
+        .arg("run")
+        .args(args)
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--",
+            "/bin/sh",
+            "-c",
+        ])
+        .arg(format!("{cmd}; sleep 2"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+    let first = lines.next().context("no output from the workload")??;
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, metrics) = http_get(port, "/metrics")?;
+    child.wait()?;
+    Ok((first, metrics))
+}
+
+/// The value of one exact series line `name{labels}` (or `name`) in an exposition.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
+        .unwrap_or(0.0)
+}
