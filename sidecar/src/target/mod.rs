@@ -1,0 +1,256 @@
+//! What to monitor: resolve the user's choice of target into what the kernel filter needs (a
+//! cgroup v2 id, or a pid namespace) plus what the metrics say about it.
+//!
+//! Four ways in, one result ([`Resolved`]):
+//! - sidecar (default): started with `--pid=container:<app>`, the target is PID 1's cgroup;
+//! - `--target-pid PID`: that process's cgroup;
+//! - `--target-container NAME|ID`: through the Docker Engine API;
+//! - `run -- CMD`: a fresh cgroup made for CMD.
+
+pub mod cgroup;
+pub mod docker;
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use thiserror::Error;
+
+pub use cgroup::{Cgroup2Mount, RunCgroup};
+pub use docker::ContainerInfo;
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error(
+        "no process with pid {0} (check --target-pid; in a container, the pid must be visible in its pid namespace: --pid=host or --pid=container:<app>)"
+    )]
+    NoSuchPid(u32),
+    #[error("no container named or with id {0:?} (see `docker ps`)")]
+    NoSuchContainer(String),
+    #[error("{0:?} is not a container name or id")]
+    BadContainerRef(String),
+    #[error("Docker API: {0}")]
+    Docker(String),
+    #[error(
+        "container {name} runs, but its pid {pid} is not visible here: run the sidecar on the host or with --pid=host"
+    )]
+    ContainerPidHidden { name: String, pid: u32 },
+    #[error("cgroup v2 unavailable: {reason}")]
+    NoCgroup2 { reason: String },
+    #[error("no target: {0}")]
+    NoTarget(String),
+    #[error("{what}: {source}")]
+    Io { what: String, source: io::Error },
+}
+
+/// The user's choice of target.
+#[derive(Clone, Debug)]
+pub enum TargetSpec {
+    Sidecar,
+    Pid(u32),
+    Container(String),
+    Run(Arc<RunCgroup>),
+}
+
+impl TargetSpec {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            TargetSpec::Sidecar => "sidecar",
+            TargetSpec::Pid(_) => "pid",
+            TargetSpec::Container(_) => "container",
+            TargetSpec::Run(_) => "run",
+        }
+    }
+}
+
+/// How the kernel programs recognise the target's tasks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filter {
+    /// The task's cgroup v2 id equals this one.
+    Cgroup { id: u64 },
+    /// The task lives in this pid namespace and is not the sidecar. Used when no cgroup2 mount can
+    /// be had (a sidecar container without CAP_SYS_ADMIN).
+    PidNs { dev: u64, ino: u64, self_tgid: u32 },
+}
+
+impl Filter {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Filter::Cgroup { .. } => "cgroup",
+            Filter::PidNs { .. } => "pidns",
+        }
+    }
+
+    pub fn to_kernel(&self) -> sidecar_ebpf::Target {
+        match *self {
+            Filter::Cgroup { id } => sidecar_ebpf::Target {
+                cgroup_id: id,
+                mode: sidecar_ebpf::FILTER_CGROUP,
+                ..Default::default()
+            },
+            Filter::PidNs {
+                dev,
+                ino,
+                self_tgid,
+            } => sidecar_ebpf::Target {
+                pidns_dev: dev,
+                pidns_ino: ino,
+                self_tgid,
+                mode: sidecar_ebpf::FILTER_PIDNS,
+                ..Default::default()
+            },
+        }
+    }
+}
+
+/// A target found on the system.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resolved {
+    pub filter: Filter,
+    /// cgroup v2 path as the target's `/proc/<pid>/cgroup` shows it.
+    pub cgroup_path: Option<String>,
+    /// The cgroup's directory on a cgroup2 mount (to count processes, attach cgroup programs).
+    pub cgroup_dir: Option<PathBuf>,
+    /// A process of the target, as seen from here.
+    pub pid: Option<u32>,
+    pub pid_ns: Option<u64>,
+    pub net_ns: Option<u64>,
+    pub mnt_ns: Option<u64>,
+    pub container: Option<ContainerInfo>,
+}
+
+impl Resolved {
+    pub fn cgroup_id(&self) -> Option<u64> {
+        match self.filter {
+            Filter::Cgroup { id } => Some(id),
+            Filter::PidNs { .. } => None,
+        }
+    }
+}
+
+fn ns_inode(pid: u32, kind: &str) -> Option<(u64, u64)> {
+    fs::metadata(format!("/proc/{pid}/ns/{kind}"))
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
+}
+
+/// Resolve a target. `Ok(None)` means it is known but not running right now (a stopped
+/// container, a pid that went away): keep serving and try again.
+pub fn resolve(
+    spec: &TargetSpec,
+    mount: Option<&Cgroup2Mount>,
+) -> Result<Option<Resolved>, TargetError> {
+    match spec {
+        TargetSpec::Run(cg) => Ok(Some(Resolved {
+            filter: Filter::Cgroup { id: cg.id },
+            cgroup_path: Some(cg.path.clone()),
+            cgroup_dir: Some(cg.dir.clone()),
+            pid: None,
+            pid_ns: None,
+            net_ns: None,
+            mnt_ns: None,
+            container: None,
+        })),
+        TargetSpec::Pid(pid) => match of_pid(*pid, mount, false) {
+            Err(TargetError::NoSuchPid(_)) => Ok(None),
+            r => r.map(Some),
+        },
+        TargetSpec::Sidecar => {
+            if std::process::id() == 1 {
+                return Err(TargetError::NoTarget(
+                    "the sidecar is PID 1 of its own pid namespace: start it with --pid=container:<app> \
+                     (compose: pid: \"service:app\"), or pass --target-pid / --target-container"
+                        .into(),
+                ));
+            }
+            match of_pid(1, mount, true) {
+                Err(TargetError::NoSuchPid(_)) => Ok(None),
+                r => r.map(Some),
+            }
+        }
+        TargetSpec::Container(name) => {
+            let Some(info) = docker::inspect(name)? else {
+                return Err(TargetError::NoSuchContainer(name.clone()));
+            };
+            let Some(pid) = info.pid else {
+                return Ok(None);
+            };
+            match of_pid(pid, mount, false) {
+                Ok(mut r) => {
+                    r.container = Some(info);
+                    Ok(Some(r))
+                }
+                Err(TargetError::NoSuchPid(p)) if fs::metadata("/proc/1").is_ok() => {
+                    Err(TargetError::ContainerPidHidden {
+                        name: info.name,
+                        pid: p,
+                    })
+                }
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
+/// The target made of `pid`'s cgroup. With `allow_pidns`, fall back to filtering by `pid`'s pid
+/// namespace when its cgroup directory cannot be reached.
+fn of_pid(
+    pid: u32,
+    mount: Option<&Cgroup2Mount>,
+    allow_pidns: bool,
+) -> Result<Resolved, TargetError> {
+    let path = cgroup::proc_cgroup_path(pid)?;
+    let pid_ns = ns_inode(pid, "pid");
+    let mut r = Resolved {
+        filter: Filter::Cgroup { id: 0 },
+        cgroup_path: Some(path.clone()),
+        cgroup_dir: None,
+        pid: Some(pid),
+        pid_ns: pid_ns.map(|(_, i)| i),
+        net_ns: ns_inode(pid, "net").map(|(_, i)| i),
+        mnt_ns: ns_inode(pid, "mnt").map(|(_, i)| i),
+        container: None,
+    };
+    if path == "/" && pid == 1 && allow_pidns {
+        return Err(TargetError::NoTarget(
+            "PID 1 here is in the root cgroup, so this looks like a host, not a container: \
+             pass --target-pid or --target-container, or run the sidecar with --pid=container:<app>"
+                .into(),
+        ));
+    }
+    let dir = mount.and_then(|m| m.dir_of(&path));
+    match dir.as_ref().map(|d| (d, cgroup::cgroup_id(d))) {
+        Some((d, Ok(id))) => {
+            r.filter = Filter::Cgroup { id };
+            r.cgroup_dir = Some(d.clone());
+            Ok(r)
+        }
+        other => {
+            let why = match other {
+                Some((d, Err(e))) => format!("{}: {e}", d.display()),
+                _ => "no cgroup2 mount".to_string(),
+            };
+            if !allow_pidns {
+                return Err(TargetError::NoCgroup2 {
+                    reason: format!("cgroup {path} of pid {pid}: {why}"),
+                });
+            }
+            let (dev, ino) = ns_inode(pid, "pid").ok_or_else(|| TargetError::Io {
+                what: format!("reading /proc/{pid}/ns/pid"),
+                source: io::Error::last_os_error(),
+            })?;
+            tracing::warn!(
+                "cgroup {path} cannot be opened ({why}); filtering by pid namespace instead \
+                 (every process in it except the sidecar)"
+            );
+            r.filter = Filter::PidNs {
+                dev,
+                ino,
+                self_tgid: std::process::id(),
+            };
+            Ok(r)
+        }
+    }
+}
