@@ -167,16 +167,8 @@ pub fn run(cfg: Config) -> Result<i32> {
             }
         }
     }
-    let kernel_target = initial
-        .as_ref()
-        .map(|t| t.filter.to_kernel())
-        .unwrap_or_default();
     for p in &loaded {
-        start(
-            p.object()
-                .set_target(&kernel_target)
-                .map_err(anyhow::Error::from),
-        )?;
+        start(p.on_target(initial.as_ref()).map_err(anyhow::Error::from))?;
     }
 
     // The command starts only now, with every probe attached, so nothing it does is missed.
@@ -303,12 +295,8 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
             }
             continue;
         }
-        let kernel = now
-            .as_ref()
-            .map(|t| t.filter.to_kernel())
-            .unwrap_or_default();
         for p in &shared.probes {
-            if let Err(e) = p.object().set_target(&kernel) {
+            if let Err(e) = p.on_target(now.as_ref()) {
                 tracing::error!("updating the target filter: {e}");
             }
         }

@@ -6,3 +6,4 @@ pub mod caps;
 pub mod export;
 pub mod probes;
 pub mod target;
+pub mod usdt;

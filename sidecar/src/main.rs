@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
 use sidecar::probes::{FAMILIES, Options};
 
-const DEFAULT_PROBES: &str = "process,syscalls";
+const DEFAULT_PROBES: &str = "process,syscalls,runtimes";
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
@@ -68,6 +68,12 @@ struct Cli {
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     syscall_latency: String,
 
+    /// runtimes: count function calls by module:function
+    /// (ebpf_sidecar_runtime_function_calls_total). Costly: a probe fires on every call.
+    /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
+    #[arg(long, global = true)]
+    runtime_calls: bool,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -101,6 +107,29 @@ enum Command {
     },
     /// List the probe families.
     Probes,
+    /// USDT probes of binaries.
+    Usdt {
+        #[command(subcommand)]
+        command: UsdtCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsdtCommand {
+    /// Print the USDT probes of a binary, or of every binary a process maps (like bcc's tplist).
+    List {
+        /// A running process: its executable and libraries, inside its mount namespace.
+        #[arg(
+            long,
+            value_name = "PID",
+            conflicts_with = "binary",
+            required_unless_present = "binary"
+        )]
+        pid: Option<u32>,
+        /// An ELF executable or shared library.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -138,6 +167,9 @@ fn main() {
             }
             return;
         }
+        Some(Command::Usdt {
+            command: UsdtCommand::List { pid, binary },
+        }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),
         Some(Command::Run { cmd, metrics_out }) => {
             if cli.target_pid.is_some() || cli.target_container.is_some() {
                 eprintln!("error: run makes its own target; drop --target-pid/--target-container");
@@ -155,6 +187,10 @@ fn main() {
         eprintln!("error: --resolve-interval must be a positive number of seconds");
         std::process::exit(2);
     }
+    let run_program = match &choice {
+        Choice::Run { cmd, .. } => cmd.first().map(PathBuf::from),
+        _ => None,
+    };
     let cfg = Config {
         choice,
         listen: cli.listen,
@@ -164,6 +200,8 @@ fn main() {
             top_n: cli.top_n,
             per_syscall_histograms: cli.per_syscall_histograms,
             syscall_latency: cli.syscall_latency == "on",
+            runtime_calls: cli.runtime_calls,
+            run_program,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: cli.labels,

@@ -6,6 +6,7 @@
 
 pub mod object;
 pub mod process;
+pub mod runtimes;
 pub mod syscalls;
 pub mod tables;
 
@@ -33,6 +34,10 @@ pub struct Options {
     pub per_syscall_histograms: bool,
     /// Measure each syscall's latency (time and histogram), not only count calls and errors.
     pub syscall_latency: bool,
+    /// runtimes: count function calls by module:function (costly: every call fires a probe).
+    pub runtime_calls: bool,
+    /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
+    pub run_program: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -41,6 +46,8 @@ impl Default for Options {
             top_n: 20,
             per_syscall_histograms: false,
             syscall_latency: true,
+            runtime_calls: false,
+            run_program: None,
         }
     }
 }
@@ -86,6 +93,13 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: syscalls::load,
+    },
+    Family {
+        name: "runtimes",
+        about: "language runtimes (USDT + uprobes): Python/Java/Node GC pauses, HTTP, calls",
+        needs: &[],
+        keeps: &[],
+        load: runtimes::load,
     },
 ];
 
