@@ -28,6 +28,10 @@ use crate::usdt::{self, attach::Link, procs};
 /// How often the target's processes are scanned for runtimes not attached yet.
 pub const RESCAN: Duration = Duration::from_secs(1);
 
+/// Entries of the kernel's `usdt_specs` array (USDT_SPECS_MAX in usdt.bpf.h). Specs are not
+/// reused: a sidecar that attaches more sites than this over its life logs and stops attaching.
+const SPECS_MAX: usize = 1024;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Prog {
     Count,
@@ -264,36 +268,17 @@ const HOOKS: &[Hook] = &[
         label2: None,
         calls_only: false,
     },
-    // Event-loop lag: the time a loop thread spends between leaving libuv's poll and entering it
-    // again is time callbacks run and nothing else is served.
-    Hook {
-        runtime: Runtime::Node,
-        site: Site::Symbol {
-            name: "uv__io_poll",
-            short: "uv__io_poll:return",
-            ret: true,
-            args: "",
-        },
-        prog: Prog::Begin,
-        slot: slot::NODE_LAG,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Node,
-        site: Site::Symbol {
-            name: "uv__io_poll",
-            short: "uv__io_poll",
-            ret: false,
-            args: "",
-        },
-        prog: Prog::End,
-        slot: slot::NODE_LAG,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
+];
+
+/// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
+/// time a loop thread spends from an epoll_pwait/epoll_wait return to its next call is the time
+/// nothing new could be served. Attached per node process (perf event of that pid) on the libc it
+/// maps, so other programs' epoll calls are not counted. (symbol, at return, program)
+const NODE_LAG_HOOKS: &[(&str, bool, Prog)] = &[
+    ("epoll_pwait", true, Prog::Begin),
+    ("epoll_pwait", false, Prog::End),
+    ("epoll_wait", true, Prog::Begin),
+    ("epoll_wait", false, Prog::End),
 ];
 
 /// One attached runtime binary.
@@ -312,6 +297,10 @@ struct State {
     next_spec: u32,
     /// (runtime, version, pid) seen at the last scan.
     procs: Vec<(Runtime, String, u32)>,
+    /// Per-process attachments (node event-loop lag), dropped when the process is gone.
+    pid_links: HashMap<u32, Vec<Link>>,
+    /// libc symbol offsets by (device, inode).
+    libc: HashMap<(u64, u64), Vec<(&'static str, u64)>>,
 }
 
 struct Inner {
@@ -437,13 +426,104 @@ impl Inner {
                     continue;
                 }
                 if let Some((rt, version)) = self.consider(&m.host_path(pid), Some(&m.path)) {
+                    if rt == Runtime::Node {
+                        self.attach_lag(pid);
+                    }
                     seen.push((rt, version, pid));
                 }
             }
         }
         seen.sort();
         seen.dedup();
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).procs = seen;
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.pid_links
+            .retain(|pid, _| seen.iter().any(|(_, _, p)| p == pid));
+        st.procs = seen;
+    }
+
+    fn attach_lag(&self, pid: u32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.pid_links.contains_key(&pid) {
+            return;
+        }
+        // Mark it tried even when it fails: one warning per process, not one per scan.
+        st.pid_links.insert(pid, Vec::new());
+        let Some(libc) = procs::mappings(pid).ok().and_then(|m| {
+            m.into_iter().find(|m| {
+                let n = m.path.rsplit('/').next().unwrap_or("");
+                n.starts_with("libc.so") || n.starts_with("libc-")
+            })
+        }) else {
+            tracing::warn!(pid, "node event-loop lag: no libc mapped (static build?)");
+            return;
+        };
+        let host = libc.host_path(pid);
+        let Ok(meta) = std::fs::metadata(&host) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if !st.libc.contains_key(&key) {
+            let offs = match usdt::read_file(&host) {
+                Ok(data) => NODE_LAG_HOOKS
+                    .iter()
+                    .filter_map(|(sym, _, _)| Some((*sym, usdt::symbol_offset(&data, sym).ok()?)))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(pid, "node event-loop lag: {e}");
+                    Vec::new()
+                }
+            };
+            st.libc.insert(key, offs);
+        }
+        let offs = st.libc.get(&key).cloned().unwrap_or_default();
+        let mut links = Vec::new();
+        for (sym, ret, prog) in NODE_LAG_HOOKS {
+            let Some((_, off)) = offs.iter().find(|(s, _)| s == sym) else {
+                continue;
+            };
+            let spec = UsdtSpec {
+                slot: slot::NODE_LAG,
+                ..Default::default()
+            };
+            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret) {
+                Ok(l) => links.push(l),
+                Err(e) => tracing::warn!(pid, "node event-loop lag: {sym}: {e}"),
+            }
+        }
+        st.pid_links.insert(pid, links);
+    }
+
+    /// Write a spec and attach one program at one site with that spec's id as cookie.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_site(
+        &self,
+        st: &mut State,
+        pid: i32,
+        prog: Prog,
+        spec: UsdtSpec,
+        path: &Path,
+        off: u64,
+        sema: u64,
+        ret: bool,
+    ) -> Result<Link, String> {
+        let id = st.next_spec;
+        if id as usize >= SPECS_MAX {
+            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+        }
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(id, spec, 0)
+            .map_err(|e| format!("writing spec {id}: {e}"))?;
+        st.next_spec += 1;
+        let fd = &self
+            .progs
+            .iter()
+            .find(|(p, _)| *p == prog)
+            .expect("every program is loaded")
+            .1;
+        usdt::attach::attach_uprobe(pid, fd.as_fd(), path, off, sema, ret, u64::from(id))
+            .map_err(|e| format!("attaching at {off:#x}: {e}"))
     }
 
     /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
@@ -555,17 +635,7 @@ impl Inner {
                     Err(e) => tracing::warn!("{shown}: {short}: {e}"),
                 },
             }
-            let prog = &self
-                .progs
-                .iter()
-                .find(|(p, _)| *p == h.prog)
-                .expect("every program is loaded")
-                .1;
             for (off, sema, ret, args, provider, probe) in targets {
-                let id = st.next_spec;
-                if id as usize >= 1024 {
-                    return Err("spec table full (1024 probe sites)".into());
-                }
                 let mut spec = UsdtSpec {
                     arg_cnt: args.len() as u32,
                     slot: h.slot,
@@ -576,27 +646,12 @@ impl Inner {
                 for (i, a) in args.iter().enumerate() {
                     spec.args[i] = a.to_kernel();
                 }
-                self.specs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set(id, spec, 0)
-                    .map_err(|e| format!("writing spec {id}: {e}"))?;
-                st.next_spec += 1;
-                match usdt::attach::attach_uprobe(
-                    prog.as_fd(),
-                    host_path,
-                    off,
-                    sema,
-                    ret,
-                    u64::from(id),
-                ) {
+                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret) {
                     Ok(l) => {
                         links.push(l);
                         sites.push((provider, probe));
                     }
-                    Err(e) => {
-                        tracing::warn!("{shown}: attaching {provider}:{probe} at {off:#x}: {e}")
-                    }
+                    Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
                 }
             }
         }

@@ -38,9 +38,11 @@ const PERF_FLAG_FD_CLOEXEC: libc::c_ulong = 8;
 const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PERF_EVENT: u32 = 41;
 
-/// Attach `prog` at `offset` of the file at `path` for all processes (the BPF program filters the
-/// target). `ref_ctr_offset` is the semaphore's file offset (0: none).
+/// Attach `prog` at `offset` of the file at `path`, for process `pid` or, with -1, for all
+/// processes (the BPF program filters the target). `ref_ctr_offset` is the semaphore's file
+/// offset (0: none).
 pub fn attach_uprobe(
+    pid: i32,
     prog: BorrowedFd<'_>,
     path: &Path,
     offset: u64,
@@ -66,8 +68,9 @@ pub fn attach_uprobe(
         libc::syscall(
             libc::SYS_perf_event_open,
             attr.as_ptr(),
-            -1 as libc::pid_t,
-            0 as libc::c_int,
+            pid as libc::pid_t,
+            // libbpf's convention: any CPU for one process, CPU 0 (meaning all) for every process.
+            if pid == -1 { 0 } else { -1 } as libc::c_int,
             -1 as libc::c_int,
             PERF_FLAG_FD_CLOEXEC,
         )
