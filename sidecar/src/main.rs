@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
 use sidecar::probes::{FAMILIES, Options};
 
-const DEFAULT_PROBES: &str = "process,syscalls,runtimes";
+const DEFAULT_PROBES: &str = "process,syscalls";
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
