@@ -462,7 +462,7 @@ impl Inner {
             return;
         };
         let key = (meta.dev(), meta.ino());
-        if !st.libc.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(slot) = st.libc.entry(key) {
             let offs = match usdt::read_file(&host) {
                 Ok(data) => NODE_LAG_HOOKS
                     .iter()
@@ -473,7 +473,7 @@ impl Inner {
                     Vec::new()
                 }
             };
-            st.libc.insert(key, offs);
+            slot.insert(offs);
         }
         let offs = st.libc.get(&key).cloned().unwrap_or_default();
         let mut links = Vec::new();
@@ -539,7 +539,7 @@ impl Inner {
             return done.as_ref().map(|a| (a.runtime, a.version.clone()));
         }
         let r = self.attach_file(&mut st, runtime, host_path, &shown);
-        let out = match r {
+        match r {
             Ok(a) => {
                 tracing::info!(
                     runtime = runtime.name(),
@@ -561,8 +561,7 @@ impl Inner {
                 st.files.insert(key, None);
                 None
             }
-        };
-        out
+        }
     }
 
     fn attach_file(

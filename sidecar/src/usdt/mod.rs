@@ -100,10 +100,12 @@ impl<'a> Elf<'a> {
     fn data_offset(&self, addr: u64) -> Result<u64, UsdtError> {
         for s in self.file.sections() {
             let (a, size) = (s.address(), s.size());
-            if a != 0 && addr >= a && addr - a < size {
-                if let Some((off, _)) = s.file_range() {
-                    return Ok(addr - a + off);
-                }
+            if a != 0
+                && addr >= a
+                && addr - a < size
+                && let Some((off, _)) = s.file_range()
+            {
+                return Ok(addr - a + off);
             }
         }
         self.vaddr_to_offset(addr, false)
