@@ -6,6 +6,7 @@
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
 mod foundation;
+mod runtimes;
 mod util;
 
 fn main() -> anyhow::Result<()> {
@@ -24,7 +25,8 @@ fn main() -> anyhow::Result<()> {
     };
     let report = match which.as_str() {
         "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
-        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation)"),
+        "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
+        other => anyhow::bail!("unknown benchmark {other:?} (known: foundation, runtimes)"),
     };
     print!("{report}");
     let path = util::root().join(format!("bench/results/{which}.md"));

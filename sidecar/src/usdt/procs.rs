@@ -156,8 +156,8 @@ garbage line
         assert_eq!(
             paths,
             vec![
-                "/usr/lib/jvm/x/lib/server/libjvm.so",
                 "/opt/with space/lib.so",
+                "/usr/lib/jvm/x/lib/server/libjvm.so",
                 "/usr/bin/python3.11"
             ]
         );
