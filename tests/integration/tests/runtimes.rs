@@ -482,3 +482,86 @@ fn usdt_list_and_bad_input() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("python:function__entry"));
 }
+
+/// A runtime process that starts after the sidecar (here 1.5 s into the run, through a shell,
+/// so nothing is attached up front) is found by the periodic rescan and attached.
+#[test]
+fn late_python_is_discovered() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    const N: u64 = 13;
+    let script = scratch("late.py");
+    // GC off first; the rescan (every second) attaches while the script sleeps; then N collects.
+    std::fs::write(
+        &script,
+        format!(
+            "import gc, time\ngc.disable()\ntime.sleep(3)\n\
+             for _ in range({N}):\n    gc.collect()\ntime.sleep(60)\n"
+        ),
+    )
+    .unwrap();
+    let listen = free_port();
+    let log = scratch("late-sidecar.log");
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{listen}"))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("sleep 1.5; exec {PYTHON} {}", script.display()),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar {
+        child,
+        port: listen,
+        log,
+    };
+    let m = wait_for("the late python's GCs", Duration::from_secs(20), || {
+        let m = http_get(listen, "/metrics", None)
+            .ok()
+            .map(|r| Metrics::parse(&r.2))?;
+        (m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python")],
+        ) >= N as f64)
+            .then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = sidecar.scrape();
+    assert_eq!(
+        m2.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ),
+        N as f64,
+        "exactly the N collections made after attach:\n{}",
+        sidecar.log_text()
+    );
+    let info: Vec<_> = m
+        .matching("ebpf_sidecar_runtime_info", &[])
+        .map(|(l, v)| (l.clone(), v))
+        .collect();
+    assert!(
+        info.iter().any(|(l, v)| *v == 1.0
+            && l.get("runtime").map(String::as_str) == Some("python")
+            && l.get("version").map(String::as_str) == Some("3.11")),
+        "runtime_info: {info:?}"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "python"), ("probe", "gc__start")]
+        ),
+        1.0
+    );
+    // The script would sleep on; end it (a pid we started, through the sidecar).
+    for (l, _) in &info {
+        if let Some(pid) = l.get("pid").and_then(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill of the python process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
