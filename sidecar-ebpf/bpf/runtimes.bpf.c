@@ -188,7 +188,8 @@ int rt_end(struct pt_regs *ctx)
 	return 0;
 }
 
-/* Function calls by two string arguments (python function__entry: filename, funcname). */
+/* Hits by one or two string arguments (python function__entry: filename, funcname; node
+ * http__server__request: method, url): the spec's label_arg and label2_arg point at them. */
 SEC("uprobe")
 int rt_call(struct pt_regs *ctx)
 {
@@ -198,16 +199,19 @@ int rt_call(struct pt_regs *ctx)
 	struct usdt_spec *spec = usdt_spec_of(ctx);
 	__u32 zero = 0;
 	struct rt_call_key *k = bpf_map_lookup_elem(&rt_call_scratch, &zero);
-	__s64 file = 0, func = 0;
+	__s64 first = 0, second = 0;
 
-	if (!spec || !k || usdt_arg(ctx, spec, 0, &file) || usdt_arg(ctx, spec, 1, &func)) {
+	if (!spec || !k || usdt_arg(ctx, spec, spec->label_arg, &first)) {
 		bump(RT_BAD_SPECS);
 		return 0;
 	}
+	if (spec->label2_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label2_arg, &second))
+		bump(RT_BAD_SPECS);
 	__builtin_memset(k, 0, sizeof(*k));
 	k->slot = spec->slot;
-	bpf_probe_read_user_str(k->module, sizeof(k->module), (void *)file);
-	bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)func);
+	bpf_probe_read_user_str(k->module, sizeof(k->module), (void *)first);
+	if (second)
+		bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)second);
 	if (!add_one(&rt_calls, k))
 		bump(RT_LOST_KEYS);
 	return 0;

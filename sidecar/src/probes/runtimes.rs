@@ -63,6 +63,8 @@ mod slot {
     pub const NODE_HTTP: u32 = 6;
     pub const NODE_GC: u32 = 7;
     pub const NODE_LAG: u32 = 8;
+    pub const NODE_USDT_HTTP: u32 = 9;
+    pub const NODE_USDT_GC: u32 = 10;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -157,8 +159,8 @@ const HOOKS: &[Hook] = &[
         },
         prog: Prog::Call,
         slot: slot::PY_CALLS,
-        label: None,
-        label2: None,
+        label: Some(0),
+        label2: Some(1),
         calls_only: true,
     },
     Hook {
@@ -217,6 +219,44 @@ const HOOKS: &[Hook] = &[
         },
         prog: Prog::Count,
         slot: slot::JAVA_THREADS,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    // Node <= 18 built --with-dtrace (src/node_dtrace.cc): http__server__request(req, conn,
+    // remote, port, method, url, fd) and gc__start/gc__done(type, flags, isolate).
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "http__server__request",
+        },
+        prog: Prog::Call,
+        slot: slot::NODE_USDT_HTTP,
+        label: Some(4),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "gc__start",
+        },
+        prog: Prog::Begin,
+        slot: slot::NODE_USDT_GC,
+        label: Some(0),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "gc__done",
+        },
+        prog: Prog::End,
+        slot: slot::NODE_USDT_GC,
         label: None,
         label2: None,
         calls_only: false,
@@ -577,14 +617,13 @@ impl Inner {
             Runtime::Java => procs::java_version(host_path).unwrap_or_default(),
             Runtime::Node => procs::node_version(&data).unwrap_or_default(),
         };
-        let notes = if HOOKS
-            .iter()
-            .any(|h| h.runtime == runtime && matches!(h.site, Site::Usdt { .. }))
-        {
-            Some(usdt::probes(&data).map_err(|e| format!("{shown}: {e}"))?)
-        } else {
-            None
+        let notes = match usdt::probes(&data) {
+            Ok(n) => n,
+            // Stock Node >= 19 has no USDT: its pack is the symbol hooks.
+            Err(usdt::UsdtError::NoNotes) if runtime == Runtime::Node => Vec::new(),
+            Err(e) => return Err(format!("{shown}: {e}")),
         };
+        let has_provider = |p: &str| notes.iter().any(|n| n.provider == p);
         let mut links = Vec::new();
         let mut sites = Vec::new();
         for h in HOOKS.iter().filter(|h| h.runtime == runtime) {
@@ -595,9 +634,12 @@ impl Inner {
             let mut targets = Vec::new();
             match &h.site {
                 Site::Usdt { provider, probe } => {
+                    if !has_provider(provider) {
+                        // A whole provider missing is normal (node >= 19 has none): no noise.
+                        continue;
+                    }
                     let found: Vec<_> = notes
                         .iter()
-                        .flatten()
                         .filter(|p| p.provider == *provider && p.name == *probe)
                         .collect();
                     if found.is_empty() {
@@ -623,6 +665,8 @@ impl Inner {
                     ret,
                     args,
                 } => match usdt::symbol_offset(&data, name) {
+                    // A node with USDT (<= 18 --with-dtrace) is covered by its probes.
+                    Err(_) if has_provider("node") => continue,
                     Ok(off) => targets.push((
                         off,
                         0,
@@ -682,6 +726,28 @@ fn v8_generation(label: u64) -> String {
         _ => "other",
     }
     .to_string()
+}
+
+/// Node's USDT gc__start type (v8::GCType bits).
+fn node_usdt_generation(label: u64) -> String {
+    match label as u32 {
+        1 => "scavenge",
+        2 => "mark_compact",
+        4 => "incremental_marking",
+        8 => "weak_callbacks",
+        16 => "minor_mark_compact",
+        _ => "other",
+    }
+    .to_string()
+}
+
+/// A method string read from the target as a bounded label.
+pub fn method_label(raw: &[u8]) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let s = comm_label(raw);
+    KNOWN.into_iter().find(|m| *m == s).unwrap_or("other")
 }
 
 /// llhttp's method numbers (llhttp.h `llhttp_method`), the common ones; the rest are `other`.
@@ -747,21 +813,27 @@ impl Probe for Runtimes {
             }
         }
         let mut calls: Vec<(String, (), u64)> = Vec::new();
+        let mut usdt_methods: BTreeMap<&'static str, u64> = BTreeMap::new();
         if let Some(Ok(m)) = ebpf
             .map("rt_calls")
             .map(BpfHashMap::<_, RtCallKey, u64>::try_from)
         {
             let mut by: BTreeMap<String, u64> = BTreeMap::new();
             for (k, v) in m.iter().filter_map(|r| r.ok()) {
-                *by.entry(function_label(&k.module, &k.function))
-                    .or_default() += v;
+                match k.slot {
+                    slot::PY_CALLS => {
+                        *by.entry(function_label(&k.module, &k.function))
+                            .or_default() += v
+                    }
+                    slot::NODE_USDT_HTTP => {
+                        *usdt_methods.entry(method_label(&k.module)).or_default() += v
+                    }
+                    _ => {}
+                }
             }
             calls.extend(by.into_iter().map(|(k, v)| (k, (), v)));
         }
-        let lost = percpu_counter(&ebpf, "rt_counters", rc::LOST_KEYS)
-            + percpu_counter(&ebpf, "rt_counters", rc::LOST_BEGINS);
         drop(ebpf);
-        let _ = lost;
 
         let mut gc: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
         let mut lag = Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS);
@@ -770,6 +842,7 @@ impl Probe for Runtimes {
                 slot::PY_GC => ("python", py_generation(*label)),
                 slot::JAVA_GC => ("java", java_generation(*label)),
                 slot::NODE_GC => ("node", v8_generation(*label)),
+                slot::NODE_USDT_GC => ("node", node_usdt_generation(*label)),
                 slot::NODE_LAG => {
                     lag.add(&h.buckets, h.sum_ns);
                     continue;
@@ -795,7 +868,7 @@ impl Probe for Runtimes {
                 .map(|(_, v)| *v)
                 .sum()
         };
-        let mut methods: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut methods = usdt_methods;
         for ((s, label), v) in &counts {
             // High half: llhttp type (1 = request parsed by a server).
             if *s == slot::NODE_HTTP && (*label >> 32) as u8 == 1 {
@@ -917,6 +990,9 @@ mod tests {
         assert_eq!(http_method(1), "GET");
         assert_eq!(http_method(3), "POST");
         assert_eq!(http_method(200), "other");
+        assert_eq!(method_label(b"POST\0\0"), "POST");
+        assert_eq!(method_label(b"BREW\0"), "other");
+        assert_eq!(node_usdt_generation(1), "scavenge");
         assert_eq!(
             Runtime::of_path("/usr/bin/python3.11"),
             Some(Runtime::Python)

@@ -565,3 +565,66 @@ fn late_python_is_discovered() {
         }
     }
 }
+
+/// The Node <= 18 USDT path, on a C stand-in with Node 18's provider, probe names, argument
+/// layouts and semaphores (tests/integration/workloads/node18_usdt.c): exact counts, and the
+/// same as bpftrace's usdt: probes on the same run.
+#[test]
+fn node18_usdt_fixture_matches_bpftrace() {
+    require_root();
+    require(
+        "/usr/include/x86_64-linux-gnu/sys/sdt.h",
+        "apt-get install systemtap-sdt-dev",
+    );
+    let built = workload("node18_usdt");
+    // Named `node`, as the sidecar recognises Node.js binaries by name.
+    let dir = repo_root().join("target/workloads/node18");
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = dir.join("node");
+    std::fs::copy(&built, &node).unwrap();
+    let node_s = node.display().to_string();
+    let (gets, posts, gcs) = (6u64, 4u64, 3u64);
+    let run = GatedRun::new(
+        "node18",
+        &[],
+        &[
+            &node_s,
+            &gets.to_string(),
+            &posts.to_string(),
+            &gcs.to_string(),
+        ],
+    );
+    let bt = Bpftrace::start(&format!(
+        "usdt:{node_s}:node:http__server__request {{ @[str(arg4)] = count(); }} \
+         usdt:{node_s}:node:gc__start {{ @gc = count(); }}"
+    ));
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    for (method, n) in [("GET", gets), ("POST", posts)] {
+        let ours = m.sum(
+            "ebpf_sidecar_runtime_http_requests_total",
+            &[("runtime", "node"), ("method", method)],
+        );
+        assert_eq!(ours, n as f64, "{method}");
+        assert_eq!(
+            bpf_value(&maps, &format!("@[{method}]")),
+            n,
+            "bpftrace {method}"
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node"), ("generation", "mark_compact")]
+        ),
+        gcs as f64
+    );
+    assert_eq!(bpf_value(&maps, "@gc"), gcs);
+    // Each pair sleeps 1 ms between start and done.
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_sum",
+            &[("runtime", "node")]
+        ) >= gcs as f64 * 0.001
+    );
+}
