@@ -78,12 +78,12 @@ fn sidecar(calls: u64, stats: bool) -> Result<(f64, Vec<(String, f64, f64)>, f64
     Ok((ns, progs, counted))
 }
 
-/// `repeat` loops under bpftrace; returns (ns per call each run, ns per program run, count).
-fn bpftrace(calls: u64, repeat: usize) -> Result<(Vec<f64>, f64)> {
+/// One loop under bpftrace (attached before, detached after); with `stats`, also the ns per
+/// program run from bpf_stats.
+fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     let before = prog_ids()?;
     let prog =
         format!("usdt:{PYTHON}:python:function__entry {{ @[str(arg0), str(arg1)] = count(); }}");
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
     let mut bt = Command::new("bpftrace")
         .args(["-e", &prog])
         .stdout(Stdio::piped())
@@ -96,35 +96,36 @@ fn bpftrace(calls: u64, repeat: usize) -> Result<(Vec<f64>, f64)> {
     if !line.contains("Attaching") {
         bail!("bpftrace did not attach: {line:?}");
     }
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let mut ns = Vec::new();
-    for _ in 0..repeat {
-        ns.push(plain(calls)?);
-    }
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")?;
+    std::thread::sleep(Duration::from_millis(200));
+    let stats_fd = if stats {
+        Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
+    } else {
+        None
+    };
     let s0 = new_prog_stats(&before)?;
-    plain(calls)?;
+    let ns = plain(calls)?;
     let s1 = new_prog_stats(&before)?;
+    drop(stats_fd);
     // SAFETY: signalling our own child.
     unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
     let _ = bt.wait();
-    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").ok();
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }
 
 pub fn run(calls: u64, repeat: usize) -> Result<String> {
     plain(10_000)?; // warm caches
-    let mut base: Vec<f64> = (0..repeat).map(|_| plain(calls)).collect::<Result<_>>()?;
-    let mut ours = Vec::new();
+    // Interleaved, so that load from other work on the machine hits every column alike.
+    let (mut base, mut ours, mut bt) = (Vec::new(), Vec::new(), Vec::new());
     let mut counted = 0.0;
     for _ in 0..repeat {
+        base.push(plain(calls)?);
         let (ns, _, c) = sidecar(calls, false)?;
         ours.push(ns);
         counted = c;
+        bt.push(bpftrace(calls, false)?.0);
     }
     let (_, progs, _) = sidecar(calls, true)?;
-    let (mut bt, bt_prog) = bpftrace(calls, repeat)?;
+    let (_, bt_prog) = bpftrace(calls, true)?;
 
     let b = median(&mut base);
     let s = median(&mut ours);
@@ -132,7 +133,7 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     let mut o = String::new();
     writeln!(
         o,
-        "## Runtimes: CPython 3.11, {calls} calls of one function under sys.setprofile, median of {repeat} runs\n"
+        "## Runtimes: CPython 3.11, {calls} calls of one function under sys.setprofile, median of {repeat} interleaved runs\n"
     )?;
     writeln!(
         o,

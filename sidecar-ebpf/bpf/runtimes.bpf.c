@@ -57,6 +57,19 @@ struct {
 	__type(value, struct rt_call_key);
 } rt_call_scratch SEC(".maps");
 
+#define LONG_STR 256
+
+struct long_str {
+	char s[LONG_STR];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct long_str);
+} rt_str_scratch SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, RT_COUNTERS);
@@ -209,7 +222,18 @@ int rt_call(struct pt_regs *ctx)
 		bump(RT_BAD_SPECS);
 	__builtin_memset(k, 0, sizeof(*k));
 	k->slot = spec->slot;
-	bpf_probe_read_user_str(k->module, sizeof(k->module), (void *)first);
+	long n = bpf_probe_read_user_str(k->module, sizeof(k->module), (void *)first);
+
+	if (n == RT_STR_LEN) {
+		/* Possibly cut: keep the end instead, where a path has its file name. Strings longer
+		 * than LONG_STR keep bytes LONG_STR-RT_STR_LEN.. of the start. */
+		struct long_str *buf = bpf_map_lookup_elem(&rt_str_scratch, &zero);
+		long len = buf ? bpf_probe_read_user_str(buf->s, sizeof(buf->s), (void *)first) : 0;
+
+		if (len > RT_STR_LEN && len <= LONG_STR)
+			bpf_probe_read_user_str(k->module, sizeof(k->module),
+						(void *)(first + len - RT_STR_LEN));
+	}
 	if (second)
 		bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)second);
 	if (!add_one(&rt_calls, k))
