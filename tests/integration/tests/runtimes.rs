@@ -628,3 +628,90 @@ fn node18_usdt_fixture_matches_bpftrace() {
         ) >= gcs as f64 * 0.001
     );
 }
+
+/// The sidecar image next to a Node.js container (`--pid=container:`, as users run it): the node
+/// binary is found in the app's mount namespace through /proc/<pid>/root, and requests made
+/// inside the container are counted exactly by method.
+#[test]
+fn node_in_a_container_next_to_the_sidecar_image() {
+    use integration::docker::{self, Container};
+    require_root();
+    require("/usr/bin/node", "install Node.js 20 (/usr/bin/node)");
+    let image = docker::sidecar_image();
+    let app_js = scratch("container-app.js");
+    std::fs::write(&app_js, NODE_APP).unwrap();
+    // The host's node, bind-mounted into a stock Debian image: no registry access needed.
+    let app = Container::run(
+        "ebpf-sidecar-runtimes-node",
+        &[
+            "-v",
+            "/usr/bin/node:/usr/bin/node:ro",
+            "-v",
+            &format!("{}:/app.js:ro", app_js.display()),
+            "debian:bookworm-slim",
+            "node",
+            "/app.js",
+            "8080",
+        ],
+    );
+    let port = free_port();
+    let _sidecar = Container::run(
+        "ebpf-sidecar-runtimes-sidecar",
+        &[
+            "--pid=container:ebpf-sidecar-runtimes-node",
+            "--cap-add",
+            "SYS_ADMIN",
+            "-p",
+            &format!("127.0.0.1:{port}:9435"),
+            image,
+            "--probes",
+            "runtimes",
+        ],
+    );
+    let scrape = || {
+        http_get(port, "/metrics", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|r| Metrics::parse(&r.2))
+    };
+    wait_for(
+        "node discovered in the app container",
+        Duration::from_secs(30),
+        || {
+            let m = scrape()?;
+            (m.sum("ebpf_sidecar_runtime_info", &[("runtime", "node")]) >= 1.0).then_some(())
+        },
+    );
+    let client = "const http = require('http'); \
+        const go = (m) => new Promise((r) => { const q = http.request({ host: '127.0.0.1', \
+        port: 8080, method: m, path: '/x' }, (s) => { s.resume(); s.on('end', r); }); q.end('hi'); }); \
+        (async () => { for (const m of ['GET', 'GET', 'GET', 'POST', 'POST', 'DELETE']) await go(m); })();";
+    docker::ok(&["exec", &app.0, "node", "-e", client]);
+    let want = [("GET", 3.0), ("POST", 2.0), ("DELETE", 1.0)];
+    let m = wait_for("the requests counted", Duration::from_secs(10), || {
+        let m = scrape()?;
+        want.iter()
+            .all(|(meth, n)| {
+                m.sum(
+                    "ebpf_sidecar_runtime_http_requests_total",
+                    &[("runtime", "node"), ("method", meth)],
+                ) >= *n
+            })
+            .then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = scrape().unwrap();
+    for (meth, n) in want {
+        assert_eq!(
+            m2.sum(
+                "ebpf_sidecar_runtime_http_requests_total",
+                &[("runtime", "node"), ("method", meth)]
+            ),
+            n,
+            "{meth}: the client's own response parsing is not a request\n{}",
+            m.text
+        );
+    }
+    let lint = promtool_check(&m2.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
