@@ -112,6 +112,65 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }
 
+/// Requests/s of a minimal Node.js HTTP app under wrk, alone or under `ebpf-sidecar run` with
+/// the default packs (HTTP, GC, event-loop lag; no --runtime-calls).
+fn node_rps(monitored: bool) -> Result<f64> {
+    let port = free_port();
+    let app = root().join("bench/workloads/httpapp.js");
+    let mut cmd = if monitored {
+        let mut c = Command::new(sidecar_bin()?);
+        c.args([
+            "run",
+            "--probes",
+            "runtimes",
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+            "--",
+            "node",
+        ]);
+        c
+    } else {
+        Command::new("node")
+    };
+    let mut child = cmd
+        .arg(&app)
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let _ = child.kill();
+            bail!("node app did not listen");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Let the rescan attach the per-process event-loop probes too.
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new("wrk")
+        .args(["-t1", "-c8", "-d6s", &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .context("wrk not found: apt-get install wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("wrk output")?
+        .trim()
+        .parse()?;
+    {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        let _ = write!(
+            s,
+            "POST /quit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+        );
+    }
+    let _ = child.wait();
+    Ok(rps)
+}
+
 pub fn run(calls: u64, repeat: usize) -> Result<String> {
     plain(10_000)?; // warm caches
     // Interleaved, so that load from other work on the machine hits every column alike.
@@ -123,6 +182,11 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         ours.push(ns);
         counted = c;
         bt.push(bpftrace(calls, false)?.0);
+    }
+    let (mut rps_off, mut rps_on) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        rps_off.push(node_rps(false)?);
+        rps_on.push(node_rps(true)?);
     }
     let (_, progs, _) = sidecar(calls, true)?;
     let (_, bt_prog) = bpftrace(calls, true)?;
@@ -175,6 +239,14 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     for (p, ns, n) in progs {
         writeln!(o, "| {p} | {n:.0} | {ns:.0} |")?;
     }
+    let (r0, r1) = (median(&mut rps_off), median(&mut rps_on));
+    writeln!(
+        o,
+        "\nNode.js 20 HTTP app under `wrk -t1 -c8 -d6s` (2 interleaved runs each, median), packs on by\n\
+         default (HTTP by method, V8 GC, event-loop lag): {r0:.0} req/s alone, {r1:.0} req/s monitored \
+         ({:+.1}%).",
+        (r1 / r0 - 1.0) * 100.0
+    )?;
     writeln!(
         o,
         "\nThe slowdown is dominated by the uprobe trap itself (an int3 and a return to user space per\n\

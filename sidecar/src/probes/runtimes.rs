@@ -790,6 +790,12 @@ impl Probe for Runtimes {
     }
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        // Series of a runtime appear once that runtime has been attached.
+        let seen: Vec<Runtime> = {
+            let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.files.values().flatten().map(|a| a.runtime).collect()
+        };
+        let has = |r: Runtime| seen.contains(&r);
         let ebpf = self.inner.obj.lock();
         let mut counts: BTreeMap<(u32, u64), u64> = BTreeMap::new();
         if let Some(Ok(m)) = ebpf
@@ -903,34 +909,40 @@ impl Probe for Runtimes {
             enc,
             "ebpf_sidecar_runtime_imports",
             "Modules imported (found and loaded) by runtimes in the target.",
-            [(
-                vec![("runtime", "python".to_string())],
-                sum_slot(slot::PY_IMPORTS),
-            )],
+            has(Runtime::Python).then(|| {
+                (
+                    vec![("runtime", "python".to_string())],
+                    sum_slot(slot::PY_IMPORTS),
+                )
+            }),
         )?;
         encode::counter(
             enc,
             "ebpf_sidecar_runtime_classes_loaded",
             "Classes loaded by runtimes in the target.",
-            [(
-                vec![("runtime", "java".to_string())],
-                sum_slot(slot::JAVA_CLASSES),
-            )],
+            has(Runtime::Java).then(|| {
+                (
+                    vec![("runtime", "java".to_string())],
+                    sum_slot(slot::JAVA_CLASSES),
+                )
+            }),
         )?;
         encode::counter(
             enc,
             "ebpf_sidecar_runtime_threads_started",
             "Threads started by runtimes in the target.",
-            [(
-                vec![("runtime", "java".to_string())],
-                sum_slot(slot::JAVA_THREADS),
-            )],
+            has(Runtime::Java).then(|| {
+                (
+                    vec![("runtime", "java".to_string())],
+                    sum_slot(slot::JAVA_THREADS),
+                )
+            }),
         )?;
         encode::histogram(
             enc,
             "ebpf_sidecar_nodejs_event_loop_lag_seconds",
-            "Time a Node.js event-loop thread of the target spent between leaving libuv's poll and entering it again (callbacks running, nothing else served).",
-            [(vec![], lag)],
+            "Time a Node.js event-loop thread of the target spent between an epoll wait's return and its next call (callbacks running, nothing new served).",
+            has(Runtime::Node).then_some((vec![], lag)),
         )?;
 
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
