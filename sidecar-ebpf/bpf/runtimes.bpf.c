@@ -36,8 +36,9 @@ struct inflight {
 	__u64 label;
 };
 
+/* LRU: a thread that dies between begin and end must not hold its slot forever. */
 struct {
-	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, INFLIGHT_MAX);
 	__type(key, struct inflight_key);
 	__type(value, struct inflight);

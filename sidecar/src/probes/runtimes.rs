@@ -339,6 +339,8 @@ struct State {
     procs: Vec<(Runtime, String, u32)>,
     /// Per-process attachments (node event-loop lag), dropped when the process is gone.
     pid_links: HashMap<u32, Vec<Link>>,
+    /// The one spec every per-process lag site shares (they read no arguments).
+    lag_spec: Option<u32>,
     /// libc symbol offsets by (device, inode).
     libc: HashMap<(u64, u64), Vec<(&'static str, u64)>>,
 }
@@ -525,7 +527,7 @@ impl Inner {
                 slot: slot::NODE_LAG,
                 ..Default::default()
             };
-            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret) {
+            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret, true) {
                 Ok(l) => links.push(l),
                 Err(e) => tracing::warn!(pid, "node event-loop lag: {sym}: {e}"),
             }
@@ -545,17 +547,27 @@ impl Inner {
         off: u64,
         sema: u64,
         ret: bool,
+        lag: bool,
     ) -> Result<Link, String> {
-        let id = st.next_spec;
-        if id as usize >= SPECS_MAX {
-            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
-        }
-        self.specs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(id, spec, 0)
-            .map_err(|e| format!("writing spec {id}: {e}"))?;
-        st.next_spec += 1;
+        let id = match st.lag_spec {
+            Some(id) if lag => id,
+            _ => {
+                let id = st.next_spec;
+                if id as usize >= SPECS_MAX {
+                    return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+                }
+                self.specs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set(id, spec, 0)
+                    .map_err(|e| format!("writing spec {id}: {e}"))?;
+                st.next_spec += 1;
+                if lag {
+                    st.lag_spec = Some(id);
+                }
+                id
+            }
+        };
         let fd = &self
             .progs
             .iter()
@@ -689,7 +701,7 @@ impl Inner {
                 for (i, a) in args.iter().enumerate() {
                     spec.args[i] = a.to_kernel();
                 }
-                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret) {
+                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret, false) {
                     Ok(l) => {
                         links.push(l);
                         sites.push((provider, probe));

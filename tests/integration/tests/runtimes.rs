@@ -41,6 +41,8 @@ impl Bpftrace {
         let mut line = String::new();
         out.read_line(&mut line).unwrap();
         assert!(line.starts_with("Attaching"), "bpftrace: {line}");
+        // bpftrace prints that line before it attaches; give it time to finish.
+        std::thread::sleep(Duration::from_secs(1));
         // Keep reading in the background so bpftrace never blocks on a full pipe.
         let mut c = c;
         let (tx, rx) = std::sync::mpsc::channel();
@@ -57,7 +59,21 @@ impl Bpftrace {
     fn stop(mut self) -> Vec<(String, u64)> {
         // SAFETY: kill with a pid we own.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        let _ = self.child.wait();
+        // A SIGINT that lands while bpftrace is still settling can be lost: repeat it.
+        let mut tries = 0;
+        while self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+            tries += 1;
+            if tries % 10 == 0 {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            }
+            if tries > 150 {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+        }
         let text = self
             .rest
             .recv_timeout(Duration::from_secs(10))
