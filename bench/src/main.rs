@@ -14,6 +14,7 @@ mod cpu;
 mod disk;
 mod foundation;
 mod net;
+mod runtimes;
 mod security;
 mod stack;
 mod util;
@@ -50,8 +51,9 @@ fn main() -> anyhow::Result<()> {
             opt("--repeat", 3)? as usize,
         )?,
         "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 3)? as usize)?,
+        "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
         other => anyhow::bail!(
-            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu)"
+            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes)"
         ),
     };
     print!("{report}");

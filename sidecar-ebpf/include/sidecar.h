@@ -241,7 +241,67 @@ struct profile_cfg {
 	__u32 pad;
 };
 
-#endif
+/* runtimes: USDT argument specs, one per attached probe site, found by the attach cookie
+ * (libbpf's usdt.bpf.h cannot be used with aya, so this is our own, smaller form of it). */
+#define USDT_MAX_ARGS 12
+#define USDT_NO_ARG 0xffffffff
+#define RT_STR_LEN 64
+
+enum usdt_arg_kind {
+	USDT_ARG_CONST = 0,     /* val_off is the value */
+	USDT_ARG_REG = 1,       /* value of the register at reg_off in pt_regs */
+	USDT_ARG_REG_DEREF = 2, /* memory at reg + val_off */
+	USDT_ARG_SIB = 3,       /* memory at reg + (idx_reg << scale_shift) + val_off */
+};
+
+struct usdt_arg {
+	__u64 val_off;
+	__u32 kind;
+	__u16 reg_off;
+	__u16 idx_reg_off;
+	__u8 scale_shift;
+	__u8 bitshift; /* 64 - 8 * size: shifts out the bytes beyond the argument's width */
+	__u8 is_signed;
+	__u8 _pad[5];
+};
+
+struct usdt_spec {
+	struct usdt_arg args[USDT_MAX_ARGS];
+	__u32 arg_cnt;
+	__u32 slot;       /* the pack entry this site feeds (metric + runtime), chosen by userspace */
+	__u32 label_arg;  /* argument giving the low 32 bits of the label, or USDT_NO_ARG */
+	__u32 label2_arg; /* argument giving the high 32 bits of the label, or USDT_NO_ARG */
+};
+
+/* Counts and timings are keyed by pack entry and integer label. */
+struct rt_key {
+	__u32 slot;
+	__u32 _pad;
+	__u64 label;
+};
+
+struct rt_hist {
+	__u64 count;
+	__u64 sum_ns;
+	__u64 hist[SIDECAR_HIST_BUCKETS];
+};
+
+/* Function calls by module (file) and function name. */
+struct rt_call_key {
+	__u32 slot;
+	__u32 _pad;
+	char module[RT_STR_LEN];
+	char function[RT_STR_LEN];
+};
+
+enum runtimes_counter {
+	RT_LOST_KEYS = 0,      /* label keys that did not fit their map */
+	RT_LOST_BEGINS = 1,    /* begin/end pairs that could not be tracked (in-flight table full) */
+	RT_UNMATCHED_ENDS = 2, /* end seen without its begin (attached mid-pair) */
+	RT_BAD_SPECS = 3,      /* a site fired without a spec or with an unreadable argument */
+	RT_COUNTERS = 4,
+};
+
 
 /* net (packets by cgroup_skb, TCP lifecycle, socket errors) */
 #define NET_DIRS 2     /* 0 ingress, 1 egress */
@@ -306,3 +366,5 @@ struct net_http_key {
 	__u32 status; /* 100..599 */
 	__u32 pad;
 };
+
+#endif

@@ -19,6 +19,7 @@ pub mod objects {
     pub static SECURITY: &[u8] = object!("security");
     pub static CPU: &[u8] = object!("cpu");
     pub static PROFILE: &[u8] = object!("profile");
+    pub static RUNTIMES: &[u8] = object!("runtimes");
     pub static DISK: &[u8] = object!("disk");
     pub static FILES: &[u8] = object!("files");
     pub static NET: &[u8] = object!("net");
@@ -435,4 +436,110 @@ const _: () = {
     assert!(size_of::<FileIo>() == 16);
     assert!(size_of::<OpenErrorKey>() == PATH_LEN + 8);
     assert!(size_of::<FileSyncStats>() == 8 * (2 + HIST_BUCKETS));
+};
+
+// runtimes: USDT specs and the maps of the runtime packs.
+
+pub const USDT_MAX_ARGS: usize = 12;
+pub const USDT_NO_ARG: u32 = 0xffff_ffff;
+pub const RT_STR_LEN: usize = 64;
+
+/// `enum usdt_arg_kind`
+pub mod usdt_arg_kind {
+    pub const CONST: u32 = 0;
+    pub const REG: u32 = 1;
+    pub const REG_DEREF: u32 = 2;
+    pub const SIB: u32 = 3;
+}
+
+/// `struct usdt_arg`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UsdtArg {
+    pub val_off: u64,
+    pub kind: u32,
+    pub reg_off: u16,
+    pub idx_reg_off: u16,
+    pub scale_shift: u8,
+    pub bitshift: u8,
+    pub is_signed: u8,
+    pub _pad: [u8; 5],
+}
+
+/// `struct usdt_spec`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UsdtSpec {
+    pub args: [UsdtArg; USDT_MAX_ARGS],
+    pub arg_cnt: u32,
+    pub slot: u32,
+    pub label_arg: u32,
+    pub label2_arg: u32,
+}
+
+impl Default for UsdtSpec {
+    fn default() -> Self {
+        Self {
+            args: [UsdtArg::default(); USDT_MAX_ARGS],
+            arg_cnt: 0,
+            slot: 0,
+            label_arg: USDT_NO_ARG,
+            label2_arg: USDT_NO_ARG,
+        }
+    }
+}
+
+/// `struct rt_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RtKey {
+    pub slot: u32,
+    pub _pad: u32,
+    pub label: u64,
+}
+
+/// `struct rt_hist`
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct RtHist {
+    pub count: u64,
+    pub sum_ns: u64,
+    pub hist: [u64; HIST_BUCKETS],
+}
+
+/// `struct rt_call_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RtCallKey {
+    pub slot: u32,
+    pub _pad: u32,
+    pub module: [u8; RT_STR_LEN],
+    pub function: [u8; RT_STR_LEN],
+}
+
+/// `enum runtimes_counter`
+pub mod runtimes_counter {
+    pub const LOST_KEYS: u32 = 0;
+    pub const LOST_BEGINS: u32 = 1;
+    pub const UNMATCHED_ENDS: u32 = 2;
+    pub const BAD_SPECS: u32 = 3;
+}
+
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+unsafe impl Pod for UsdtArg {}
+unsafe impl Pod for UsdtSpec {}
+unsafe impl Pod for RtKey {}
+unsafe impl Pod for RtHist {}
+unsafe impl Pod for RtCallKey {}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<UsdtArg>() == 24);
+    assert!(offset_of!(UsdtArg, reg_off) == 12);
+    assert!(offset_of!(UsdtArg, bitshift) == 17);
+    assert!(size_of::<UsdtSpec>() == 24 * USDT_MAX_ARGS + 16);
+    assert!(offset_of!(UsdtSpec, label2_arg) == 24 * USDT_MAX_ARGS + 12);
+    assert!(size_of::<RtKey>() == 16);
+    assert!(size_of::<RtHist>() == 8 * (2 + HIST_BUCKETS));
+    assert!(size_of::<RtCallKey>() == 8 + 2 * RT_STR_LEN);
 };

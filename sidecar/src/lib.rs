@@ -9,3 +9,4 @@ pub mod probes;
 pub mod seccomp;
 pub mod symbolize;
 pub mod target;
+pub mod usdt;

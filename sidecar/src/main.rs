@@ -94,6 +94,11 @@ struct Cli {
     /// (ebpf_sidecar_http_*). `off` saves a program run on every syscall of the host.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     net_http: String,
+    /// runtimes: count function calls by module:function
+    /// (ebpf_sidecar_runtime_function_calls_total). Costly: a probe fires on every call.
+    /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
+    #[arg(long, global = true)]
+    runtime_calls: bool,
 
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
@@ -141,6 +146,29 @@ enum Command {
     },
     /// List the probe families.
     Probes,
+    /// USDT probes of binaries.
+    Usdt {
+        #[command(subcommand)]
+        command: UsdtCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum UsdtCommand {
+    /// Print the USDT probes of a binary, or of every binary a process maps (like bcc's tplist).
+    List {
+        /// A running process: its executable and libraries, inside its mount namespace.
+        #[arg(
+            long,
+            value_name = "PID",
+            conflicts_with = "binary",
+            required_unless_present = "binary"
+        )]
+        pid: Option<u32>,
+        /// An ELF executable or shared library.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+    },
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -194,6 +222,9 @@ fn main() {
             }
             return;
         }
+        Some(Command::Usdt {
+            command: UsdtCommand::List { pid, binary },
+        }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),
         Some(Command::Run {
             cmd,
             metrics_out,
@@ -219,6 +250,10 @@ fn main() {
         eprintln!("error: --resolve-interval must be a positive number of seconds");
         std::process::exit(2);
     }
+    let run_program = match &choice {
+        Choice::Run { cmd, .. } => cmd.first().map(PathBuf::from),
+        _ => None,
+    };
     let cfg = Config {
         choice,
         listen: cli.listen,
@@ -237,6 +272,8 @@ fn main() {
             sensitive_paths: cli.sensitive_paths,
             profile_hz: cli.profile_hz,
             net_http: cli.net_http == "on",
+            runtime_calls: cli.runtime_calls,
+            run_program,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),

@@ -11,6 +11,7 @@ pub mod net;
 pub mod object;
 pub mod process;
 pub mod profile;
+pub mod runtimes;
 pub mod security;
 pub mod syscalls;
 pub mod tables;
@@ -45,6 +46,10 @@ pub struct Options {
     pub profile_hz: u64,
     /// net: recognise HTTP/1.x in read/write payloads (one more program on every syscall).
     pub net_http: bool,
+    /// runtimes: count function calls by module:function (costly: every call fires a probe).
+    pub runtime_calls: bool,
+    /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
+    pub run_program: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -56,6 +61,8 @@ impl Default for Options {
             sensitive_paths: Vec::new(),
             profile_hz: 49,
             net_http: true,
+            runtime_calls: false,
+            run_program: None,
         }
     }
 }
@@ -159,6 +166,13 @@ pub const FAMILIES: &[Family] = &[
         needs: &[caps::Capability::CAP_NET_ADMIN],
         keeps: &[caps::Capability::CAP_NET_ADMIN],
         load: net::load,
+    },
+    Family {
+        name: "runtimes",
+        about: "language runtimes (USDT + uprobes): Python/Java/Node GC pauses, HTTP, calls",
+        needs: &[],
+        keeps: &[],
+        load: runtimes::load,
     },
 ];
 

@@ -147,6 +147,35 @@ impl Object {
         Ok(())
     }
 
+    /// Load uprobe `program` without attaching it (it is attached per site later) and return a
+    /// duplicate of its fd for those attachments.
+    pub fn load_uprobe(&mut self, program: &str) -> Result<aya::programs::ProgramFd, ProbeError> {
+        let family = self.family;
+        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+            family,
+            program: program.to_string(),
+            source: Box::new(e),
+        };
+        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
+        let prog: &mut aya::programs::UProbe = ebpf
+            .program_mut(program)
+            .ok_or_else(|| ProbeError::MissingProgram {
+                family,
+                program: program.to_string(),
+            })?
+            .try_into()
+            .map_err(err)?;
+        prog.load().map_err(err)?;
+        let fd = prog
+            .fd()
+            .map_err(err)?
+            .try_clone()
+            .map_err(|e| err(aya::programs::ProgramError::IOError(e)))?;
+        drop(ebpf);
+        self.programs.push(program.to_string());
+        Ok(fd)
+    }
+
     /// Count a program attached by hand in the bpf_stats export.
     pub fn record_program(&mut self, program: &str) {
         self.programs.push(program.to_string());

@@ -1,0 +1,1046 @@
+//! Runtimes family: language-runtime packs on top of the USDT engine (`crate::usdt`) and plain
+//! uprobes. Kernel side: `sidecar-ebpf/bpf/runtimes.bpf.c` (readers in `include/usdt.bpf.h`).
+//!
+//! Discovery scans the target's processes every [`RESCAN`] for executable mappings of a
+//! supported runtime (CPython with USDT, OpenJDK's libjvm.so, a Node.js binary) and attaches the
+//! pack to that file once, for every process that maps it (the BPF programs filter the target).
+//! In `run` mode the command's binary is attached before the command starts, so start-up is seen.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap as BpfHashMap, MapData};
+use aya::programs::ProgramFd;
+use prometheus_client::encoding::DescriptorEncoder;
+use sidecar_ebpf::{RtCallKey, RtHist, RtKey, USDT_NO_ARG, UsdtSpec, runtimes_counter as rc};
+
+use super::object::percpu_counter;
+use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
+use crate::target::Resolved;
+use crate::usdt::{self, attach::Link, procs};
+
+/// How often the target's processes are scanned for runtimes not attached yet.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+/// Entries of the kernel's `usdt_specs` array (USDT_SPECS_MAX in usdt.bpf.h). Specs are not
+/// reused: a sidecar that attaches more sites than this over its life logs and stops attaching.
+const SPECS_MAX: usize = 1024;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Prog {
+    Count,
+    Begin,
+    End,
+    Call,
+}
+
+impl Prog {
+    const ALL: [Prog; 4] = [Prog::Count, Prog::Begin, Prog::End, Prog::Call];
+    fn name(self) -> &'static str {
+        match self {
+            Prog::Count => "rt_count",
+            Prog::Begin => "rt_begin",
+            Prog::End => "rt_end",
+            Prog::Call => "rt_call",
+        }
+    }
+}
+
+/// Pack entries: what each attached site feeds (the `slot` of its spec).
+mod slot {
+    pub const PY_GC: u32 = 0;
+    pub const PY_CALLS: u32 = 1;
+    pub const PY_IMPORTS: u32 = 2;
+    pub const JAVA_GC: u32 = 3;
+    pub const JAVA_CLASSES: u32 = 4;
+    pub const JAVA_THREADS: u32 = 5;
+    pub const NODE_HTTP: u32 = 6;
+    pub const NODE_GC: u32 = 7;
+    pub const NODE_LAG: u32 = 8;
+    pub const NODE_USDT_HTTP: u32 = 9;
+    pub const NODE_USDT_GC: u32 = 10;
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Runtime {
+    Python,
+    Java,
+    Node,
+}
+
+impl Runtime {
+    pub fn name(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+            Runtime::Java => "java",
+            Runtime::Node => "node",
+        }
+    }
+
+    /// Which runtime a mapped file is, by its name (files are only read when this matches).
+    pub fn of_path(path: &str) -> Option<Runtime> {
+        let name = path.rsplit('/').next()?;
+        if procs::python_version(path).is_some() {
+            Some(Runtime::Python)
+        } else if name == "libjvm.so" {
+            Some(Runtime::Java)
+        } else if name == "node" || name == "nodejs" {
+            Some(Runtime::Node)
+        } else {
+            None
+        }
+    }
+}
+
+enum Site {
+    /// A USDT probe (all its sites).
+    Usdt {
+        provider: &'static str,
+        probe: &'static str,
+    },
+    /// A function symbol, at entry or return, with arguments described as USDT specs.
+    Symbol {
+        name: &'static str,
+        short: &'static str,
+        ret: bool,
+        args: &'static str,
+    },
+}
+
+struct Hook {
+    runtime: Runtime,
+    site: Site,
+    prog: Prog,
+    slot: u32,
+    label: Option<u32>,
+    label2: Option<u32>,
+    /// Only with --runtime-calls (function__entry fires on every call: costly).
+    calls_only: bool,
+}
+
+const V8_GC: &str = "_ZN2v88internal4Heap24PerformGarbageCollectionENS0_16GarbageCollectorENS0_23GarbageCollectionReasonEPKc";
+
+const HOOKS: &[Hook] = &[
+    Hook {
+        runtime: Runtime::Python,
+        site: Site::Usdt {
+            provider: "python",
+            probe: "gc__start",
+        },
+        prog: Prog::Begin,
+        slot: slot::PY_GC,
+        label: Some(0),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Python,
+        site: Site::Usdt {
+            provider: "python",
+            probe: "gc__done",
+        },
+        prog: Prog::End,
+        slot: slot::PY_GC,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Python,
+        site: Site::Usdt {
+            provider: "python",
+            probe: "function__entry",
+        },
+        prog: Prog::Call,
+        slot: slot::PY_CALLS,
+        label: Some(0),
+        label2: Some(1),
+        calls_only: true,
+    },
+    Hook {
+        runtime: Runtime::Python,
+        site: Site::Usdt {
+            provider: "python",
+            probe: "import__find__load__start",
+        },
+        prog: Prog::Count,
+        slot: slot::PY_IMPORTS,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Java,
+        site: Site::Usdt {
+            provider: "hotspot",
+            probe: "gc__begin",
+        },
+        prog: Prog::Begin,
+        slot: slot::JAVA_GC,
+        label: Some(0),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Java,
+        site: Site::Usdt {
+            provider: "hotspot",
+            probe: "gc__end",
+        },
+        prog: Prog::End,
+        slot: slot::JAVA_GC,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Java,
+        site: Site::Usdt {
+            provider: "hotspot",
+            probe: "class__loaded",
+        },
+        prog: Prog::Count,
+        slot: slot::JAVA_CLASSES,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Java,
+        site: Site::Usdt {
+            provider: "hotspot",
+            probe: "thread__start",
+        },
+        prog: Prog::Count,
+        slot: slot::JAVA_THREADS,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    // Node <= 18 built --with-dtrace (src/node_dtrace.cc): http__server__request(req, conn,
+    // remote, port, method, url, fd) and gc__start/gc__done(type, flags, isolate).
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "http__server__request",
+        },
+        prog: Prog::Call,
+        slot: slot::NODE_USDT_HTTP,
+        label: Some(4),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "gc__start",
+        },
+        prog: Prog::Begin,
+        slot: slot::NODE_USDT_GC,
+        label: Some(0),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "gc__done",
+        },
+        prog: Prog::End,
+        slot: slot::NODE_USDT_GC,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    // Node's HTTP parser calls llhttp_should_keep_alive once per parsed message head, from its
+    // on_headers_complete; the llhttp_t it gets holds type (offset 72: 1 request, 2 response)
+    // and method (offset 73), stable across llhttp 6-9.
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Symbol {
+            name: "llhttp_should_keep_alive",
+            short: "llhttp_should_keep_alive",
+            ret: false,
+            args: "1@73(%rdi) 1@72(%rdi)",
+        },
+        prog: Prog::Count,
+        slot: slot::NODE_HTTP,
+        label: Some(0),
+        label2: Some(1),
+        calls_only: false,
+    },
+    // V8: every GC (scavenge, mark-compact, minor mark-compact) goes through
+    // Heap::PerformGarbageCollection(collector, reason, …); `this` is rdi, collector esi.
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Symbol {
+            name: V8_GC,
+            short: "v8::internal::Heap::PerformGarbageCollection",
+            ret: false,
+            args: "4@%esi",
+        },
+        prog: Prog::Begin,
+        slot: slot::NODE_GC,
+        label: Some(0),
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Symbol {
+            name: V8_GC,
+            short: "v8::internal::Heap::PerformGarbageCollection:return",
+            ret: true,
+            args: "",
+        },
+        prog: Prog::End,
+        slot: slot::NODE_GC,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+];
+
+/// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
+/// time a loop thread spends from an epoll_pwait/epoll_wait return to its next call is the time
+/// nothing new could be served. Attached per node process (perf event of that pid) on the libc it
+/// maps, so other programs' epoll calls are not counted. (symbol, at return, program)
+const NODE_LAG_HOOKS: &[(&str, bool, Prog)] = &[
+    ("epoll_pwait", true, Prog::Begin),
+    ("epoll_pwait", false, Prog::End),
+    ("epoll_wait", true, Prog::Begin),
+    ("epoll_wait", false, Prog::End),
+];
+
+/// One attached runtime binary.
+struct Attached {
+    runtime: Runtime,
+    version: String,
+    /// (provider, probe) per attached site.
+    sites: Vec<(String, String)>,
+    _links: Vec<Link>,
+}
+
+#[derive(Default)]
+struct State {
+    /// By (device, inode): None when the file turned out not to be attachable.
+    files: HashMap<(u64, u64), Option<Attached>>,
+    next_spec: u32,
+    /// (runtime, version, pid) seen at the last scan.
+    procs: Vec<(Runtime, String, u32)>,
+    /// Per-process attachments (node event-loop lag), dropped when the process is gone.
+    pid_links: HashMap<u32, Vec<Link>>,
+    /// The one spec every per-process lag site shares (they read no arguments).
+    lag_spec: Option<u32>,
+    /// libc symbol offsets by (device, inode).
+    libc: HashMap<(u64, u64), Vec<(&'static str, u64)>>,
+}
+
+struct Inner {
+    obj: Object,
+    progs: Vec<(Prog, ProgramFd)>,
+    specs: Mutex<Array<MapData, UsdtSpec>>,
+    state: Mutex<State>,
+    target: Mutex<Option<Resolved>>,
+    calls: bool,
+}
+
+pub struct Runtimes {
+    inner: Arc<Inner>,
+    functions: LabelBudget,
+}
+
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let mut obj = Object::load("runtimes", sidecar_ebpf::objects::RUNTIMES)?;
+    let mut progs = Vec::new();
+    for p in Prog::ALL {
+        progs.push((p, obj.load_uprobe(p.name())?));
+    }
+    let map = obj
+        .lock()
+        .take_map("usdt_specs")
+        .ok_or_else(|| ProbeError::Map {
+            family: "runtimes",
+            map: "usdt_specs".into(),
+            detail: "not in the object".into(),
+        })?;
+    let specs = Array::try_from(map).map_err(|e| ProbeError::Map {
+        family: "runtimes",
+        map: "usdt_specs".into(),
+        detail: e.to_string(),
+    })?;
+    let inner = Arc::new(Inner {
+        obj,
+        progs,
+        specs: Mutex::new(specs),
+        state: Mutex::new(State::default()),
+        target: Mutex::new(None),
+        calls: opts.runtime_calls,
+    });
+    if let Some(cmd) = &opts.run_program {
+        for path in run_binaries(cmd) {
+            inner.consider(&path, None);
+        }
+    }
+    let bg = inner.clone();
+    std::thread::Builder::new()
+        .name("runtimes-scan".into())
+        .spawn(move || {
+            let mut keep = crate::caps::needed_after_attach();
+            keep.extend(KEEPS.iter().copied());
+            if let Err(e) = crate::caps::drop_all_except(&keep) {
+                tracing::debug!("runtimes scanner: dropping capabilities: {e}");
+            }
+            loop {
+                std::thread::sleep(RESCAN);
+                bg.scan();
+            }
+        })
+        .map_err(|e| ProbeError::Map {
+            family: "runtimes",
+            map: "-".into(),
+            detail: format!("starting the scanner thread: {e}"),
+        })?;
+    Ok(Arc::new(Runtimes {
+        inner,
+        functions: LabelBudget::new(opts.top_n),
+    }))
+}
+
+/// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or
+/// CAP_PERFMON + CAP_BPF), reading other users' /proc/<pid>/root and maps (CAP_SYS_PTRACE).
+pub const KEEPS: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_PERFMON,
+    caps::Capability::CAP_BPF,
+    caps::Capability::CAP_SYS_PTRACE,
+];
+
+/// The binaries `run -- CMD` will map: CMD found on PATH, and for a JDK launcher its libjvm.so.
+fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
+    let found = if cmd.components().count() > 1 {
+        Some(cmd.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(cmd))
+                .find(|c| c.is_file())
+        })
+    };
+    let Some(bin) = found.and_then(|b| std::fs::canonicalize(b).ok()) else {
+        return Vec::new();
+    };
+    let mut out = vec![bin.clone()];
+    if let Some(home) = bin.parent().and_then(Path::parent) {
+        let jvm = home.join("lib/server/libjvm.so");
+        if jvm.is_file() {
+            out.push(jvm);
+        }
+    }
+    out
+}
+
+impl Inner {
+    fn scan(&self) {
+        let cgroup_dir = {
+            let t = self.target.lock().unwrap_or_else(|p| p.into_inner());
+            match t.as_ref() {
+                None => return,
+                Some(t) => t.cgroup_dir.clone(),
+            }
+        };
+        let mut seen = Vec::new();
+        for pid in procs::target_pids(cgroup_dir.as_deref()) {
+            let Ok(maps) = procs::mappings(pid) else {
+                continue;
+            };
+            for m in maps {
+                if Runtime::of_path(&m.path).is_none() {
+                    continue;
+                }
+                if let Some((rt, version)) = self.consider(&m.host_path(pid), Some(&m.path)) {
+                    if rt == Runtime::Node {
+                        self.attach_lag(pid);
+                    }
+                    seen.push((rt, version, pid));
+                }
+            }
+        }
+        seen.sort();
+        seen.dedup();
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.pid_links
+            .retain(|pid, _| seen.iter().any(|(_, _, p)| p == pid));
+        st.procs = seen;
+    }
+
+    fn attach_lag(&self, pid: u32) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.pid_links.contains_key(&pid) {
+            return;
+        }
+        // Mark it tried even when it fails: one warning per process, not one per scan.
+        st.pid_links.insert(pid, Vec::new());
+        let Some(libc) = procs::mappings(pid).ok().and_then(|m| {
+            m.into_iter().find(|m| {
+                let n = m.path.rsplit('/').next().unwrap_or("");
+                n.starts_with("libc.so") || n.starts_with("libc-")
+            })
+        }) else {
+            tracing::warn!(pid, "node event-loop lag: no libc mapped (static build?)");
+            return;
+        };
+        let host = libc.host_path(pid);
+        let Ok(meta) = std::fs::metadata(&host) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        if let std::collections::hash_map::Entry::Vacant(slot) = st.libc.entry(key) {
+            let offs = match usdt::read_file(&host) {
+                Ok(data) => NODE_LAG_HOOKS
+                    .iter()
+                    .filter_map(|(sym, _, _)| Some((*sym, usdt::symbol_offset(&data, sym).ok()?)))
+                    .collect(),
+                Err(e) => {
+                    tracing::warn!(pid, "node event-loop lag: {e}");
+                    Vec::new()
+                }
+            };
+            slot.insert(offs);
+        }
+        let offs = st.libc.get(&key).cloned().unwrap_or_default();
+        let mut links = Vec::new();
+        for (sym, ret, prog) in NODE_LAG_HOOKS {
+            let Some((_, off)) = offs.iter().find(|(s, _)| s == sym) else {
+                continue;
+            };
+            let spec = UsdtSpec {
+                slot: slot::NODE_LAG,
+                ..Default::default()
+            };
+            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret, true) {
+                Ok(l) => links.push(l),
+                Err(e) => tracing::warn!(pid, "node event-loop lag: {sym}: {e}"),
+            }
+        }
+        st.pid_links.insert(pid, links);
+    }
+
+    /// Write a spec and attach one program at one site with that spec's id as cookie.
+    #[allow(clippy::too_many_arguments)]
+    fn attach_site(
+        &self,
+        st: &mut State,
+        pid: i32,
+        prog: Prog,
+        spec: UsdtSpec,
+        path: &Path,
+        off: u64,
+        sema: u64,
+        ret: bool,
+        lag: bool,
+    ) -> Result<Link, String> {
+        let id = match st.lag_spec {
+            Some(id) if lag => id,
+            _ => {
+                let id = st.next_spec;
+                if id as usize >= SPECS_MAX {
+                    return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+                }
+                self.specs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set(id, spec, 0)
+                    .map_err(|e| format!("writing spec {id}: {e}"))?;
+                st.next_spec += 1;
+                if lag {
+                    st.lag_spec = Some(id);
+                }
+                id
+            }
+        };
+        let fd = &self
+            .progs
+            .iter()
+            .find(|(p, _)| *p == prog)
+            .expect("every program is loaded")
+            .1;
+        usdt::attach::attach_uprobe(pid, fd.as_fd(), path, off, sema, ret, u64::from(id))
+            .map_err(|e| format!("attaching at {off:#x}: {e}"))
+    }
+
+    /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
+    fn consider(&self, host_path: &Path, shown: Option<&str>) -> Option<(Runtime, String)> {
+        let shown = shown
+            .map(str::to_string)
+            .unwrap_or_else(|| host_path.display().to_string());
+        let runtime = Runtime::of_path(&shown)?;
+        let meta = std::fs::metadata(host_path).ok()?;
+        let key = (meta.dev(), meta.ino());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = st.files.get(&key) {
+            return done.as_ref().map(|a| (a.runtime, a.version.clone()));
+        }
+        let r = self.attach_file(&mut st, runtime, host_path, &shown);
+        match r {
+            Ok(a) => {
+                tracing::info!(
+                    runtime = runtime.name(),
+                    version = a.version,
+                    binary = shown,
+                    sites = a.sites.len(),
+                    "runtime pack attached"
+                );
+                let o = (a.runtime, a.version.clone());
+                st.files.insert(key, Some(a));
+                Some(o)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    runtime = runtime.name(),
+                    binary = shown,
+                    "runtime pack not attached: {e}"
+                );
+                st.files.insert(key, None);
+                None
+            }
+        }
+    }
+
+    fn attach_file(
+        &self,
+        st: &mut State,
+        runtime: Runtime,
+        host_path: &Path,
+        shown: &str,
+    ) -> Result<Attached, String> {
+        let data = usdt::read_file(host_path).map_err(|e| e.to_string())?;
+        let version = match runtime {
+            Runtime::Python => procs::python_version(shown).unwrap_or_default(),
+            Runtime::Java => procs::java_version(host_path).unwrap_or_default(),
+            Runtime::Node => procs::node_version(&data).unwrap_or_default(),
+        };
+        let notes = match usdt::probes(&data) {
+            Ok(n) => n,
+            // Stock Node >= 19 has no USDT: its pack is the symbol hooks.
+            Err(usdt::UsdtError::NoNotes) if runtime == Runtime::Node => Vec::new(),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        };
+        let has_provider = |p: &str| notes.iter().any(|n| n.provider == p);
+        let mut links = Vec::new();
+        let mut sites = Vec::new();
+        for h in HOOKS.iter().filter(|h| h.runtime == runtime) {
+            if h.calls_only && !self.calls {
+                continue;
+            }
+            // (offset, semaphore offset, retprobe, args, provider, probe)
+            let mut targets = Vec::new();
+            match &h.site {
+                Site::Usdt { provider, probe } => {
+                    if !has_provider(provider) {
+                        // A whole provider missing is normal (node >= 19 has none): no noise.
+                        continue;
+                    }
+                    let found: Vec<_> = notes
+                        .iter()
+                        .filter(|p| p.provider == *provider && p.name == *probe)
+                        .collect();
+                    if found.is_empty() {
+                        tracing::warn!("{shown}: USDT probe {provider}:{probe} not found");
+                    }
+                    for p in found {
+                        match &p.args {
+                            Ok(a) => targets.push((
+                                p.offset,
+                                p.semaphore_offset,
+                                false,
+                                a.clone(),
+                                provider.to_string(),
+                                probe.to_string(),
+                            )),
+                            Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
+                        }
+                    }
+                }
+                Site::Symbol {
+                    name,
+                    short,
+                    ret,
+                    args,
+                } => match usdt::symbol_offset(&data, name) {
+                    // A node with USDT (<= 18 --with-dtrace) is covered by its probes.
+                    Err(_) if has_provider("node") => continue,
+                    Ok(off) => targets.push((
+                        off,
+                        0,
+                        *ret,
+                        usdt::args::parse_args(args).map_err(|e| e.to_string())?,
+                        "uprobe".to_string(),
+                        short.to_string(),
+                    )),
+                    Err(e) => tracing::warn!("{shown}: {short}: {e}"),
+                },
+            }
+            for (off, sema, ret, args, provider, probe) in targets {
+                let mut spec = UsdtSpec {
+                    arg_cnt: args.len() as u32,
+                    slot: h.slot,
+                    label_arg: h.label.unwrap_or(USDT_NO_ARG),
+                    label2_arg: h.label2.unwrap_or(USDT_NO_ARG),
+                    ..Default::default()
+                };
+                for (i, a) in args.iter().enumerate() {
+                    spec.args[i] = a.to_kernel();
+                }
+                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret, false) {
+                    Ok(l) => {
+                        links.push(l);
+                        sites.push((provider, probe));
+                    }
+                    Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
+                }
+            }
+        }
+        if links.is_empty() {
+            return Err(format!("{shown}: no probe could be attached"));
+        }
+        Ok(Attached {
+            runtime,
+            version,
+            sites,
+            _links: links,
+        })
+    }
+}
+
+fn py_generation(label: u64) -> String {
+    (label as u32 as i32).to_string()
+}
+
+fn java_generation(label: u64) -> String {
+    if label & 0xff != 0 { "full" } else { "young" }.to_string()
+}
+
+fn v8_generation(label: u64) -> String {
+    match label as u32 {
+        0 => "scavenge",
+        1 => "mark_compact",
+        2 => "minor_mark_compact",
+        _ => "other",
+    }
+    .to_string()
+}
+
+/// Node's USDT gc__start type (v8::GCType bits).
+fn node_usdt_generation(label: u64) -> String {
+    match label as u32 {
+        1 => "scavenge",
+        2 => "mark_compact",
+        4 => "incremental_marking",
+        8 => "weak_callbacks",
+        16 => "minor_mark_compact",
+        _ => "other",
+    }
+    .to_string()
+}
+
+/// A method string read from the target as a bounded label.
+pub fn method_label(raw: &[u8]) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    let s = comm_label(raw);
+    KNOWN.into_iter().find(|m| *m == s).unwrap_or("other")
+}
+
+/// llhttp's method numbers (llhttp.h `llhttp_method`), the common ones; the rest are `other`.
+pub fn http_method(m: u8) -> &'static str {
+    match m {
+        0 => "DELETE",
+        1 => "GET",
+        2 => "HEAD",
+        3 => "POST",
+        4 => "PUT",
+        5 => "CONNECT",
+        6 => "OPTIONS",
+        7 => "TRACE",
+        28 => "PATCH",
+        _ => "other",
+    }
+}
+
+/// `module:function` from a code object's file name and function name.
+pub fn function_label(file: &[u8], func: &[u8]) -> String {
+    let file = comm_label(file);
+    let base = file.rsplit('/').next().unwrap_or(&file);
+    let module = base.strip_suffix(".py").unwrap_or(base);
+    format!("{module}:{}", comm_label(func))
+}
+
+impl Probe for Runtimes {
+    fn name(&self) -> &'static str {
+        "runtimes"
+    }
+
+    fn object(&self) -> &Object {
+        &self.inner.obj
+    }
+
+    fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        *self.inner.target.lock().unwrap_or_else(|p| p.into_inner()) = target.cloned();
+        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
+        self.inner.obj.set_target(&kernel)
+    }
+
+    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        // Series of a runtime appear once that runtime has been attached.
+        let seen: Vec<Runtime> = {
+            let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.files.values().flatten().map(|a| a.runtime).collect()
+        };
+        let has = |r: Runtime| seen.contains(&r);
+        let ebpf = self.inner.obj.lock();
+        let mut counts: BTreeMap<(u32, u64), u64> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("rt_counts")
+            .map(BpfHashMap::<_, RtKey, u64>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                *counts.entry((k.slot, k.label)).or_default() += v;
+            }
+        }
+        let mut hists: BTreeMap<(u32, u64), Log2Histogram> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("rt_hists")
+            .map(BpfHashMap::<_, RtKey, RtHist>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                hists
+                    .entry((k.slot, k.label))
+                    .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                    .add(&v.hist, v.sum_ns);
+            }
+        }
+        let mut calls: Vec<(String, (), u64)> = Vec::new();
+        let mut usdt_methods: BTreeMap<&'static str, u64> = BTreeMap::new();
+        if let Some(Ok(m)) = ebpf
+            .map("rt_calls")
+            .map(BpfHashMap::<_, RtCallKey, u64>::try_from)
+        {
+            let mut by: BTreeMap<String, u64> = BTreeMap::new();
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                match k.slot {
+                    slot::PY_CALLS => {
+                        *by.entry(function_label(&k.module, &k.function))
+                            .or_default() += v
+                    }
+                    slot::NODE_USDT_HTTP => {
+                        *usdt_methods.entry(method_label(&k.module)).or_default() += v
+                    }
+                    _ => {}
+                }
+            }
+            calls.extend(by.into_iter().map(|(k, v)| (k, (), v)));
+        }
+        drop(ebpf);
+
+        let mut gc: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        let mut lag = Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS);
+        for ((s, label), h) in &hists {
+            let (rt, generation) = match *s {
+                slot::PY_GC => ("python", py_generation(*label)),
+                slot::JAVA_GC => ("java", java_generation(*label)),
+                slot::NODE_GC => ("node", v8_generation(*label)),
+                slot::NODE_USDT_GC => ("node", node_usdt_generation(*label)),
+                slot::NODE_LAG => {
+                    lag.add(&h.buckets, h.sum_ns);
+                    continue;
+                }
+                _ => continue,
+            };
+            gc.entry((rt, generation))
+                .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                .add(&h.buckets, h.sum_ns);
+        }
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_runtime_gc_duration_seconds",
+            "Garbage-collection pauses of language runtimes in the target, by runtime and generation (python: 0-2; java: young/full; node: scavenge/mark_compact/minor_mark_compact). _count is the number of GCs.",
+            gc.into_iter()
+                .map(|((rt, g), h)| (vec![("runtime", rt.to_string()), ("generation", g)], h)),
+        )?;
+
+        let sum_slot = |s: u32| -> u64 {
+            counts
+                .iter()
+                .filter(|((sl, _), _)| *sl == s)
+                .map(|(_, v)| *v)
+                .sum()
+        };
+        let mut methods = usdt_methods;
+        for ((s, label), v) in &counts {
+            // High half: llhttp type (1 = request parsed by a server).
+            if *s == slot::NODE_HTTP && (*label >> 32) as u8 == 1 {
+                *methods.entry(http_method(*label as u8)).or_default() += v;
+            }
+        }
+        encode::counter(
+            enc,
+            "ebpf_sidecar_runtime_http_requests",
+            "HTTP requests received by runtimes in the target, by runtime and method.",
+            methods.into_iter().map(|(m, v)| {
+                (
+                    vec![("runtime", "node".to_string()), ("method", m.to_string())],
+                    v,
+                )
+            }),
+        )?;
+        let calls_total: Vec<_> = if self.inner.calls {
+            self.functions.fold(calls)
+        } else {
+            Vec::new()
+        };
+        encode::counter(
+            enc,
+            "ebpf_sidecar_runtime_function_calls",
+            "Function calls in runtimes of the target by module:function, top-N plus other (--runtime-calls; CPython fires these only while sys.settrace/setprofile is active).",
+            calls_total
+                .into_iter()
+                .map(|(f, (), v)| (vec![("runtime", "python".to_string()), ("function", f)], v)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_runtime_imports",
+            "Modules imported (found and loaded) by runtimes in the target.",
+            has(Runtime::Python).then(|| {
+                (
+                    vec![("runtime", "python".to_string())],
+                    sum_slot(slot::PY_IMPORTS),
+                )
+            }),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_runtime_classes_loaded",
+            "Classes loaded by runtimes in the target.",
+            has(Runtime::Java).then(|| {
+                (
+                    vec![("runtime", "java".to_string())],
+                    sum_slot(slot::JAVA_CLASSES),
+                )
+            }),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_runtime_threads_started",
+            "Threads started by runtimes in the target.",
+            has(Runtime::Java).then(|| {
+                (
+                    vec![("runtime", "java".to_string())],
+                    sum_slot(slot::JAVA_THREADS),
+                )
+            }),
+        )?;
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_nodejs_event_loop_lag_seconds",
+            "Time a Node.js event-loop thread of the target spent between an epoll wait's return and its next call (callbacks running, nothing new served).",
+            has(Runtime::Node).then_some((vec![], lag)),
+        )?;
+
+        let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
+        encode::gauge(
+            enc,
+            "ebpf_sidecar_runtime_info",
+            "Processes of the target running a supported language runtime (at most 100 listed).",
+            st.procs.iter().take(100).map(|(rt, v, pid)| {
+                (
+                    vec![
+                        ("runtime", rt.name().to_string()),
+                        ("version", v.clone()),
+                        ("pid", pid.to_string()),
+                    ],
+                    1i64,
+                )
+            }),
+        )?;
+        let mut attached: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for a in st.files.values().flatten() {
+            for s in &a.sites {
+                *attached.entry(s.clone()).or_default() += 1;
+            }
+        }
+        encode::gauge(
+            enc,
+            "ebpf_sidecar_usdt_probes_attached",
+            "Probe sites attached, by USDT provider and probe (provider \"uprobe\": a function symbol).",
+            attached
+                .into_iter()
+                .map(|((p, n), v)| (vec![("provider", p), ("probe", n)], v)),
+        )?;
+        Ok(())
+    }
+
+    fn lost_events(&self) -> u64 {
+        let ebpf = self.inner.obj.lock();
+        percpu_counter(&ebpf, "rt_counters", rc::LOST_KEYS)
+            + percpu_counter(&ebpf, "rt_counters", rc::LOST_BEGINS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        assert_eq!(function_label(b"/tmp/x/work.py\0\0", b"fib\0"), "work:fib");
+        assert_eq!(
+            function_label(b"<string>\0", b"<module>\0"),
+            "<string>:<module>"
+        );
+        assert_eq!(py_generation(2), "2");
+        assert_eq!(java_generation(1), "full");
+        assert_eq!(v8_generation(0), "scavenge");
+        assert_eq!(http_method(1), "GET");
+        assert_eq!(http_method(3), "POST");
+        assert_eq!(http_method(200), "other");
+        assert_eq!(method_label(b"POST\0\0"), "POST");
+        assert_eq!(method_label(b"BREW\0"), "other");
+        assert_eq!(node_usdt_generation(1), "scavenge");
+        assert_eq!(
+            Runtime::of_path("/usr/bin/python3.11"),
+            Some(Runtime::Python)
+        );
+        assert_eq!(
+            Runtime::of_path("/usr/lib/jvm/j/lib/server/libjvm.so"),
+            Some(Runtime::Java)
+        );
+        assert_eq!(Runtime::of_path("/usr/bin/node"), Some(Runtime::Node));
+        assert_eq!(
+            Runtime::of_path("/usr/lib/x86_64-linux-gnu/libc.so.6"),
+            None
+        );
+    }
+
+    #[test]
+    fn hooks_parse() {
+        for h in HOOKS {
+            if let Site::Symbol { args, .. } = h.site {
+                let a = usdt::args::parse_args(args).unwrap();
+                for l in [h.label, h.label2].into_iter().flatten() {
+                    assert!((l as usize) < a.len());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Finding binaries in target processes: executable mappings from /proc/<pid>/maps, reached
+//! inside the process's mount namespace through /proc/<pid>/root.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// A file mapped executable by a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapped {
+    /// Device (as maps prints it, `fd:01`) and inode: the identity of the file across processes
+    /// and mount namespaces.
+    pub dev: String,
+    pub inode: u64,
+    /// Path inside the process's mount namespace.
+    pub path: String,
+}
+
+impl Mapped {
+    /// The path as the sidecar can open it.
+    pub fn host_path(&self, pid: u32) -> PathBuf {
+        proc_root_path(pid, &self.path)
+    }
+}
+
+pub fn proc_root_path(pid: u32, path: &str) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root{path}"))
+}
+
+/// Executable file mappings of a maps file's text, one per file.
+pub fn parse_maps(maps: &str) -> Vec<Mapped> {
+    let mut out: BTreeMap<(String, u64), String> = BTreeMap::new();
+    for line in maps.lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(_range), Some(perms), Some(_off), Some(dev), Some(inode)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path: Vec<&str> = f.collect();
+        let path = path.join(" ");
+        let Ok(inode) = inode.parse::<u64>() else {
+            continue;
+        };
+        if inode == 0
+            || !perms.contains('x')
+            || !path.starts_with('/')
+            || path.ends_with(" (deleted)")
+        {
+            continue;
+        }
+        out.entry((dev.to_string(), inode)).or_insert(path);
+    }
+    out.into_iter()
+        .map(|((dev, inode), path)| Mapped { dev, inode, path })
+        .collect()
+}
+
+pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapped>> {
+    Ok(parse_maps(&std::fs::read_to_string(format!(
+        "/proc/{pid}/maps"
+    ))?))
+}
+
+/// Pids of the target: its cgroup's processes (and sub-cgroups') when we can read them, else
+/// every process of the pid namespace we share with it, minus ourselves.
+pub fn target_pids(cgroup_dir: Option<&Path>) -> Vec<u32> {
+    fn walk(dir: &Path, out: &mut Vec<u32>) {
+        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
+            out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+        }
+        if let Ok(rd) = std::fs::read_dir(dir) {
+            for e in rd.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    walk(&e.path(), out);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match cgroup_dir {
+        Some(d) => walk(d, &mut out),
+        None => {
+            let me = std::process::id();
+            if let Ok(rd) = std::fs::read_dir("/proc") {
+                out.extend(
+                    rd.flatten()
+                        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                        .filter(|p| *p != me),
+                );
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+/// `3.11` from `python3.11`, `libpython3.11.so.1.0`, `python3.11d`.
+pub fn python_version(path: &str) -> Option<String> {
+    let name = path.rsplit('/').next()?;
+    let rest = name
+        .strip_prefix("libpython")
+        .or_else(|| name.strip_prefix("python"))?;
+    let v: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    let v = v.trim_end_matches('.');
+    let mut parts = v.split('.');
+    match (parts.next(), parts.next()) {
+        (Some(a), Some(b)) if !a.is_empty() && !b.is_empty() => Some(format!("{a}.{b}")),
+        _ => None,
+    }
+}
+
+/// The JDK's version from the `release` file next to `lib/server/libjvm.so`.
+pub fn java_version(libjvm_host_path: &Path) -> Option<String> {
+    let home = libjvm_host_path.parent()?.parent()?.parent()?;
+    let release = std::fs::read_to_string(home.join("release")).ok()?;
+    release.lines().find_map(|l| {
+        l.strip_prefix("JAVA_VERSION=")
+            .map(|v| v.trim_matches('"').to_string())
+    })
+}
+
+/// Node's version as built into its binary (the release download URL it carries).
+pub fn node_version(data: &[u8]) -> Option<String> {
+    let needle = b"/download/release/v";
+    let at = data.windows(needle.len()).position(|w| w == needle)? + needle.len();
+    let v: String = data[at..]
+        .iter()
+        .take(32)
+        .take_while(|b| b.is_ascii_digit() || **b == b'.')
+        .map(|b| *b as char)
+        .collect();
+    (!v.is_empty()).then_some(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps() {
+        let m = "\
+00400000-00421000 r--p 00000000 fd:01 1234 /usr/bin/python3.11
+00421000-006c0000 r-xp 00021000 fd:01 1234 /usr/bin/python3.11
+7f00-7f10 r-xp 00000000 fd:01 99 /usr/lib/jvm/x/lib/server/libjvm.so
+7f20-7f30 rw-p 00000000 00:00 0 [heap]
+7f40-7f50 r-xp 00000000 fd:01 77 /tmp/gone (deleted)
+7f60-7f70 r-xp 00000000 fd:01 78 /opt/with space/lib.so
+garbage line
+";
+        let v = parse_maps(m);
+        let paths: Vec<&str> = v.iter().map(|m| m.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/opt/with space/lib.so",
+                "/usr/lib/jvm/x/lib/server/libjvm.so",
+                "/usr/bin/python3.11"
+            ]
+        );
+        assert_eq!(
+            v[2].host_path(7),
+            PathBuf::from("/proc/7/root/usr/bin/python3.11")
+        );
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(
+            python_version("/usr/bin/python3.11").as_deref(),
+            Some("3.11")
+        );
+        assert_eq!(
+            python_version("/x/libpython3.12.so.1.0").as_deref(),
+            Some("3.12")
+        );
+        assert_eq!(python_version("/usr/bin/python3").as_deref(), None);
+        assert_eq!(python_version("/usr/bin/node"), None);
+        assert_eq!(
+            node_version(b"xx https://nodejs.org/download/release/v20.20.2/node").as_deref(),
+            Some("20.20.2")
+        );
+        assert_eq!(node_version(b"nothing"), None);
+    }
+}

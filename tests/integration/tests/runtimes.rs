@@ -1,0 +1,733 @@
+//! Runtimes: real CPython 3.11, OpenJDK 17 and Node.js 20 run under `ebpf-sidecar run`, with
+//! exact ground truth, and bpftrace's `usdt:` probes counting the same run side by side.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use integration::*;
+
+const PYTHON: &str = "/usr/bin/python3.11";
+
+fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join("ebpf-sidecar-runtimes-tests");
+    std::fs::create_dir_all(&d).unwrap();
+    d.join(name)
+}
+
+fn require(path: &str, install: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is missing: {install} (these tests need the real runtime)"
+    );
+}
+
+/// bpftrace running a program until stopped; `stop` returns its printed maps.
+struct Bpftrace {
+    child: Child,
+    rest: std::sync::mpsc::Receiver<String>,
+}
+
+impl Bpftrace {
+    fn start(program: &str) -> Self {
+        let mut c = Command::new("bpftrace")
+            .args(["-e", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("bpftrace not found: apt-get install bpftrace");
+        let mut out = BufReader::new(c.stdout.take().unwrap());
+        let mut line = String::new();
+        out.read_line(&mut line).unwrap();
+        assert!(line.starts_with("Attaching"), "bpftrace: {line}");
+        // bpftrace prints that line before it attaches; give it time to finish.
+        std::thread::sleep(Duration::from_secs(1));
+        // Keep reading in the background so bpftrace never blocks on a full pipe.
+        let mut c = c;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+            let _ = tx.send(rest);
+        });
+        c.stdout = None;
+        Self { child: c, rest: rx }
+    }
+
+    /// Stop it (SIGINT prints the maps) and return `@name: value` pairs.
+    fn stop(mut self) -> Vec<(String, u64)> {
+        // SAFETY: kill with a pid we own.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        // A SIGINT that lands while bpftrace is still settling can be lost: repeat it.
+        let mut tries = 0;
+        while self.child.try_wait().ok().flatten().is_none() {
+            std::thread::sleep(Duration::from_millis(200));
+            tries += 1;
+            if tries % 10 == 0 {
+                // SAFETY: as above.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+            }
+            if tries > 150 {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+        }
+        let text = self
+            .rest
+            .recv_timeout(Duration::from_secs(10))
+            .unwrap_or_default();
+        text.lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(": ")?;
+                Some((k.trim().to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+fn bpf_value(maps: &[(String, u64)], name: &str) -> u64 {
+    maps.iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| *v)
+        .unwrap_or(0)
+}
+
+/// `ebpf-sidecar run` whose pid is known before it starts: a shell that waits for a line on
+/// stdin, then execs the sidecar (same pid). Lets bpftrace filter on "child of the sidecar".
+struct GatedRun {
+    child: Child,
+    out: PathBuf,
+}
+
+impl GatedRun {
+    fn new(name: &str, sidecar_args: &[&str], cmd: &[&str]) -> Self {
+        let out = scratch(&format!("{name}.prom"));
+        let _ = std::fs::remove_file(&out);
+        let mut words = vec![
+            sidecar_bin().display().to_string(),
+            "run".into(),
+            "--listen".into(),
+            format!("127.0.0.1:{}", free_port()),
+            "--probes".into(),
+            "runtimes".into(),
+            "--metrics-out".into(),
+            out.display().to_string(),
+        ];
+        words.extend(sidecar_args.iter().map(|s| s.to_string()));
+        words.push("--".into());
+        words.extend(cmd.iter().map(|s| s.to_string()));
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let child = Command::new("/bin/sh")
+            .args(["-c", &format!("read _go; exec {}", quoted.join(" "))])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Self { child, out }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn go_and_wait(mut self) -> Metrics {
+        self.child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "run exited with {st}");
+        let text = std::fs::read_to_string(&self.out).expect("--metrics-out written");
+        let lint = promtool_check(&text);
+        assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+        Metrics::parse(&text)
+    }
+}
+
+const GC_CALLS: u64 = 41;
+const F_CALLS: u64 = 517;
+
+fn python_script() -> PathBuf {
+    let p = scratch("work.py");
+    std::fs::write(
+        &p,
+        format!(
+            "import gc, sys\n\
+             gc.disable()\n\
+             for _ in range({GC_CALLS}):\n    gc.collect()\n\
+             def counted_fn(x):\n    return x + 1\n\
+             def untraced_fn(x):\n    return x\n\
+             for i in range(100):\n    untraced_fn(i)\n\
+             sys.settrace(lambda *a: None)\n\
+             for i in range({F_CALLS}):\n    counted_fn(i)\n\
+             sys.settrace(None)\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn python_gc_and_calls_match_bpftrace() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let script = python_script();
+    let run = GatedRun::new(
+        "python",
+        &["--runtime-calls"],
+        &[PYTHON, script.to_str().unwrap()],
+    );
+    let sidecar = run.pid();
+    let bt = Bpftrace::start(&format!(
+        "usdt:{PYTHON}:python:gc__start /curtask->real_parent->tgid == {sidecar}/ {{ @gc = count(); }} \
+         usdt:{PYTHON}:python:gc__done /curtask->real_parent->tgid == {sidecar}/ {{ @done = count(); }} \
+         usdt:{PYTHON}:python:function__entry /curtask->real_parent->tgid == {sidecar} && str(arg1) == \"counted_fn\"/ {{ @f = count(); }}"
+    ));
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    let ours = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "python")],
+    );
+    let theirs = bpf_value(&maps, "@gc");
+    eprintln!(
+        "python GCs: sidecar {ours}, bpftrace {theirs} (gc__done {})",
+        bpf_value(&maps, "@done")
+    );
+    assert!(theirs >= GC_CALLS, "bpftrace saw {theirs} GCs");
+    assert_eq!(
+        ours, theirs as f64,
+        "GC count equals bpftrace's on the same run"
+    );
+    // gc.collect() collects generation 2.
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ) >= GC_CALLS as f64
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_function_calls_total",
+            &[("runtime", "python"), ("function", "work:counted_fn")]
+        ),
+        F_CALLS as f64,
+        "F calls under settrace"
+    );
+    assert_eq!(bpf_value(&maps, "@f"), F_CALLS);
+    // Without a trace function CPython 3.11 does not fire function__entry.
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_function_calls_total",
+            &[("function", "work:untraced_fn")]
+        ),
+        0.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_imports_total",
+            &[("runtime", "python")]
+        ) > 0.0
+    );
+    for p in ["gc__start", "gc__done", "function__entry"] {
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_usdt_probes_attached",
+                &[("provider", "python"), ("probe", p)]
+            ),
+            1.0,
+            "{p} attached"
+        );
+    }
+}
+
+#[test]
+fn python_calls_are_off_by_default() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let script = python_script();
+    let m = GatedRun::new("python-nocalls", &[], &[PYTHON, script.to_str().unwrap()]).go_and_wait();
+    assert_eq!(m.sum("ebpf_sidecar_runtime_function_calls_total", &[]), 0.0);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("probe", "function__entry")]
+        ),
+        0.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ) >= GC_CALLS as f64
+    );
+}
+
+fn java_home() -> PathBuf {
+    let java = std::fs::canonicalize("/usr/bin/java")
+        .expect("java missing: apt-get install openjdk-17-jdk-headless");
+    java.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn java_serial_gc_pauses() {
+    require_root();
+    require("/usr/bin/javac", "apt-get install openjdk-17-jdk-headless");
+    const N: u64 = 9;
+    let dir = scratch("java");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Gc.java"),
+        "public class Gc { public static void main(String[] a) { \
+         int n = Integer.parseInt(a[0]); for (int i = 0; i < n; i++) System.gc(); } }",
+    )
+    .unwrap();
+    let st = Command::new("javac")
+        .arg(dir.join("Gc.java"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let jvm = java_home().join("lib/server/libjvm.so");
+    let run = GatedRun::new(
+        "java",
+        &[],
+        &[
+            "java",
+            "-XX:+UseSerialGC",
+            "-Xms512m",
+            "-Xmx512m",
+            "-cp",
+            dir.to_str().unwrap(),
+            "Gc",
+            &N.to_string(),
+        ],
+    );
+    let sidecar = run.pid();
+    let jvm_s = jvm.display().to_string();
+    // The JVM's own threads are children of nobody we know; filter on the java process instead.
+    let bt = Bpftrace::start(&format!(
+        "usdt:{jvm_s}:hotspot:gc__begin /curtask->group_leader->real_parent->tgid == {sidecar}/ {{ @gc = count(); }}"
+    ));
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    let full = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "java"), ("generation", "full")],
+    );
+    let all = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "java")],
+    );
+    eprintln!(
+        "java GCs: sidecar full {full} all {all}, bpftrace {}",
+        bpf_value(&maps, "@gc")
+    );
+    // With a 512 MB heap and SerialGC the program allocates too little for a young collection:
+    // each System.gc() is one full collection, and nothing else runs a GC.
+    assert_eq!(full, N as f64, "one full GC per System.gc()");
+    assert_eq!(
+        all,
+        bpf_value(&maps, "@gc") as f64,
+        "same count as bpftrace"
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_classes_loaded_total",
+            &[("runtime", "java")]
+        ) > 100.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_threads_started_total",
+            &[("runtime", "java")]
+        ) >= 1.0
+    );
+}
+
+/// Raw HTTP/1.1 request with Connection: close, returns the status.
+fn http(port: u16, method: &str, path: &str) -> u16 {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\nhi"
+    )
+    .unwrap();
+    let mut r = String::new();
+    s.read_to_string(&mut r).unwrap();
+    r.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+const NODE_APP: &str = r#"
+const http = require('http');
+const srv = http.createServer((req, res) => {
+  const u = new URL(req.url, 'http://x');
+  if (u.pathname === '/gc') { for (let i = 0; i < +u.searchParams.get('n'); i++) global.gc(); }
+  if (u.pathname === '/block') { const end = Date.now() + +u.searchParams.get('ms'); while (Date.now() < end) {} }
+  req.on('data', () => {});
+  req.on('end', () => { res.end('ok\n'); if (u.pathname === '/quit') srv.close(() => process.exit(0)); });
+});
+srv.listen(+process.argv[2], '127.0.0.1');
+"#;
+
+#[test]
+fn node_http_gc_and_event_loop_lag() {
+    require_root();
+    require("/usr/bin/node", "install Node.js 20 (/usr/bin/node)");
+    let app = scratch("app.js");
+    std::fs::write(&app, NODE_APP).unwrap();
+    let port = free_port();
+    // Sidecar::start appends --listen, which would land after `--`: start it by hand.
+    let listen = free_port();
+    let log = scratch("node-sidecar.log");
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{listen}"))
+        .args(["--", "node", "--expose-gc"])
+        .arg(&app)
+        .arg(port.to_string())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar {
+        child,
+        port: listen,
+        log,
+    };
+    wait_for("the sidecar serving", Duration::from_secs(30), || {
+        http_get(listen, "/healthz", None).is_ok().then_some(())
+    });
+    wait_for(
+        "node listening and its lag probes attached",
+        Duration::from_secs(20),
+        || {
+            let m = sidecar.scrape();
+            let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            (up && m.sum("ebpf_sidecar_runtime_info", &[("runtime", "node")]) >= 1.0).then_some(())
+        },
+    );
+    // The rescan that attaches the per-process lag probes runs every second.
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = sidecar.scrape();
+    let (gets, posts, puts) = (7u64, 4u64, 2u64);
+    for _ in 0..gets - 2 {
+        assert_eq!(http(port, "GET", "/a"), 200);
+    }
+    for _ in 0..posts {
+        assert_eq!(http(port, "POST", "/p"), 200);
+    }
+    for _ in 0..puts {
+        assert_eq!(http(port, "PUT", "/u"), 200);
+    }
+    const G: u64 = 5;
+    assert_eq!(http(port, "GET", &format!("/gc?n={G}")), 200);
+    assert_eq!(http(port, "GET", "/block?ms=200"), 200);
+    let m = sidecar.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| m.sum(name, labels) - before.sum(name, labels);
+    for (method, n) in [("GET", gets), ("POST", posts), ("PUT", puts)] {
+        assert_eq!(
+            delta(
+                "ebpf_sidecar_runtime_http_requests_total",
+                &[("runtime", "node"), ("method", method)]
+            ),
+            n as f64,
+            "{method} requests"
+        );
+    }
+    assert!(
+        delta(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node"), ("generation", "mark_compact")]
+        ) >= G as f64,
+        "forced GCs"
+    );
+    // One loop turn of >= 200 ms: above the 2^27 ns (0.134 s) bound.
+    let slow = delta("ebpf_sidecar_nodejs_event_loop_lag_seconds_count", &[])
+        - delta(
+            "ebpf_sidecar_nodejs_event_loop_lag_seconds_bucket",
+            &[("le", "0.134217728")],
+        );
+    assert!(slow >= 1.0, "the 200 ms block shows in the lag histogram");
+    assert!(m.sum("ebpf_sidecar_nodejs_event_loop_lag_seconds_sum", &[]) >= 0.2);
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+    assert_eq!(http(port, "POST", "/quit"), 200);
+}
+
+#[test]
+fn usdt_list_and_bad_input() {
+    let out = Command::new(sidecar_bin())
+        .args(["usdt", "list", "--binary", PYTHON])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("python:gc__start"), "{text}");
+    assert!(text.contains("semaphore 0x"), "{text}");
+
+    // A binary without notes, a missing file, a file that is not ELF: exit 2, a clear message.
+    let garbage = scratch("garbage.bin");
+    std::fs::write(&garbage, b"\x7fELF\x02\x01\x01 this is not an ELF file").unwrap();
+    for (bin, msg) in [
+        ("/bin/true", "no .note.stapsdt"),
+        ("/nonexistent/bin", "No such file"),
+        (garbage.to_str().unwrap(), "not a 64-bit ELF"),
+    ] {
+        let out = Command::new(sidecar_bin())
+            .args(["usdt", "list", "--binary", bin])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
+        assert!(err.contains(msg), "{bin}: {err}");
+    }
+    // A process: its executable and libraries inside its mount namespace.
+    let mut child = Command::new(PYTHON)
+        .args(["-c", "import time; time.sleep(30)"])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = Command::new(sidecar_bin())
+        .args(["usdt", "list", "--pid", &child.id().to_string()])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("python:function__entry"));
+}
+
+/// A runtime process that starts after the sidecar (here 1.5 s into the run, through a shell,
+/// so nothing is attached up front) is found by the periodic rescan and attached.
+#[test]
+fn late_python_is_discovered() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    const N: u64 = 13;
+    let script = scratch("late.py");
+    // GC off first; the rescan (every second) attaches while the script sleeps; then N collects.
+    std::fs::write(
+        &script,
+        format!(
+            "import gc, time\ngc.disable()\ntime.sleep(3)\n\
+             for _ in range({N}):\n    gc.collect()\ntime.sleep(60)\n"
+        ),
+    )
+    .unwrap();
+    let listen = free_port();
+    let log = scratch("late-sidecar.log");
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{listen}"))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("sleep 1.5; exec {PYTHON} {}", script.display()),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar {
+        child,
+        port: listen,
+        log,
+    };
+    let m = wait_for("the late python's GCs", Duration::from_secs(20), || {
+        let m = http_get(listen, "/metrics", None)
+            .ok()
+            .map(|r| Metrics::parse(&r.2))?;
+        (m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python")],
+        ) >= N as f64)
+            .then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = sidecar.scrape();
+    assert_eq!(
+        m2.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ),
+        N as f64,
+        "exactly the N collections made after attach:\n{}",
+        sidecar.log_text()
+    );
+    let info: Vec<_> = m
+        .matching("ebpf_sidecar_runtime_info", &[])
+        .map(|(l, v)| (l.clone(), v))
+        .collect();
+    assert!(
+        info.iter().any(|(l, v)| *v == 1.0
+            && l.get("runtime").map(String::as_str) == Some("python")
+            && l.get("version").map(String::as_str) == Some("3.11")),
+        "runtime_info: {info:?}"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "python"), ("probe", "gc__start")]
+        ),
+        1.0
+    );
+    // The script would sleep on; end it (a pid we started, through the sidecar).
+    for (l, _) in &info {
+        if let Some(pid) = l.get("pid").and_then(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill of the python process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The Node <= 18 USDT path, on a C stand-in with Node 18's provider, probe names, argument
+/// layouts and semaphores (tests/integration/workloads/node18_usdt.c): exact counts, and the
+/// same as bpftrace's usdt: probes on the same run.
+#[test]
+fn node18_usdt_fixture_matches_bpftrace() {
+    require_root();
+    require(
+        "/usr/include/x86_64-linux-gnu/sys/sdt.h",
+        "apt-get install systemtap-sdt-dev",
+    );
+    let built = workload("node18_usdt");
+    // Named `node`, as the sidecar recognises Node.js binaries by name.
+    let dir = repo_root().join("target/workloads/node18");
+    std::fs::create_dir_all(&dir).unwrap();
+    let node = dir.join("node");
+    std::fs::copy(&built, &node).unwrap();
+    let node_s = node.display().to_string();
+    let (gets, posts, gcs) = (6u64, 4u64, 3u64);
+    let run = GatedRun::new(
+        "node18",
+        &[],
+        &[
+            &node_s,
+            &gets.to_string(),
+            &posts.to_string(),
+            &gcs.to_string(),
+        ],
+    );
+    let bt = Bpftrace::start(&format!(
+        "usdt:{node_s}:node:http__server__request {{ @[str(arg4)] = count(); }} \
+         usdt:{node_s}:node:gc__start {{ @gc = count(); }}"
+    ));
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    for (method, n) in [("GET", gets), ("POST", posts)] {
+        let ours = m.sum(
+            "ebpf_sidecar_runtime_http_requests_total",
+            &[("runtime", "node"), ("method", method)],
+        );
+        assert_eq!(ours, n as f64, "{method}");
+        assert_eq!(
+            bpf_value(&maps, &format!("@[{method}]")),
+            n,
+            "bpftrace {method}"
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node"), ("generation", "mark_compact")]
+        ),
+        gcs as f64
+    );
+    assert_eq!(bpf_value(&maps, "@gc"), gcs);
+    // Each pair sleeps 1 ms between start and done.
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_sum",
+            &[("runtime", "node")]
+        ) >= gcs as f64 * 0.001
+    );
+}
+
+/// The sidecar image next to a Node.js container (`--pid=container:`, as users run it): the node
+/// binary is found in the app's mount namespace through /proc/<pid>/root, and requests made
+/// inside the container are counted exactly by method.
+#[test]
+fn node_in_a_container_next_to_the_sidecar_image() {
+    use integration::docker::{self, Container};
+    require_root();
+    require("/usr/bin/node", "install Node.js 20 (/usr/bin/node)");
+    let image = docker::sidecar_image();
+    let app_js = scratch("container-app.js");
+    std::fs::write(&app_js, NODE_APP).unwrap();
+    // The host's node, bind-mounted into a stock Debian image: no registry access needed.
+    let app = Container::run(
+        "ebpf-sidecar-runtimes-node",
+        &[
+            "-v",
+            "/usr/bin/node:/usr/bin/node:ro",
+            "-v",
+            &format!("{}:/app.js:ro", app_js.display()),
+            "debian:bookworm-slim",
+            "node",
+            "/app.js",
+            "8080",
+        ],
+    );
+    let port = free_port();
+    let _sidecar = Container::run(
+        "ebpf-sidecar-runtimes-sidecar",
+        &[
+            "--pid=container:ebpf-sidecar-runtimes-node",
+            "--cap-add",
+            "SYS_ADMIN",
+            "-p",
+            &format!("127.0.0.1:{port}:9435"),
+            image,
+            "--probes",
+            "runtimes",
+        ],
+    );
+    let scrape = || {
+        http_get(port, "/metrics", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|r| Metrics::parse(&r.2))
+    };
+    wait_for(
+        "node discovered in the app container",
+        Duration::from_secs(30),
+        || {
+            let m = scrape()?;
+            (m.sum("ebpf_sidecar_runtime_info", &[("runtime", "node")]) >= 1.0).then_some(())
+        },
+    );
+    let client = "const http = require('http'); \
+        const go = (m) => new Promise((r) => { const q = http.request({ host: '127.0.0.1', \
+        port: 8080, method: m, path: '/x' }, (s) => { s.resume(); s.on('end', r); }); q.end('hi'); }); \
+        (async () => { for (const m of ['GET', 'GET', 'GET', 'POST', 'POST', 'DELETE']) await go(m); })();";
+    docker::ok(&["exec", &app.0, "node", "-e", client]);
+    let want = [("GET", 3.0), ("POST", 2.0), ("DELETE", 1.0)];
+    let m = wait_for("the requests counted", Duration::from_secs(10), || {
+        let m = scrape()?;
+        want.iter()
+            .all(|(meth, n)| {
+                m.sum(
+                    "ebpf_sidecar_runtime_http_requests_total",
+                    &[("runtime", "node"), ("method", meth)],
+                ) >= *n
+            })
+            .then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = scrape().unwrap();
+    for (meth, n) in want {
+        assert_eq!(
+            m2.sum(
+                "ebpf_sidecar_runtime_http_requests_total",
+                &[("runtime", "node"), ("method", meth)]
+            ),
+            n,
+            "{meth}: the client's own response parsing is not a request\n{}",
+            m.text
+        );
+    }
+    let lint = promtool_check(&m2.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
