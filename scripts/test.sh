@@ -8,6 +8,6 @@ export PATH="$HOME/.cargo/bin:$PATH"
 cargo build --release --workspace --locked
 scripts/images.sh
 # One thread: the end-to-end tests share the kernel, dockerd and the machine's two CPUs.
-cargo test --release --workspace --locked -- --test-threads=1
+cargo test --release --workspace --locked --no-fail-fast -- --test-threads=1
 cargo fmt --all --check
 cargo clippy --release --all-targets --locked -- -D warnings
