@@ -677,6 +677,10 @@ fn node_in_a_container_next_to_the_sidecar_image() {
             "--pid=container:ebpf-sidecar-runtimes-node",
             "--cap-add",
             "SYS_ADMIN",
+            // Reading the app's /proc/<pid>/root and maps after the other capabilities are
+            // dropped: ptrace read access.
+            "--cap-add",
+            "SYS_PTRACE",
             "-p",
             &format!("127.0.0.1:{port}:9435"),
             image,
