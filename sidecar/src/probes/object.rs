@@ -5,7 +5,10 @@ use std::sync::{Mutex, MutexGuard};
 
 use aya::maps::Array;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
-use aya::programs::{CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, RawTracePoint};
+use aya::programs::{
+    BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd,
+    RawTracePoint, UProbe,
+};
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
@@ -93,16 +96,24 @@ impl Object {
         })
     }
 
-    /// Load `program` and attach it to raw tracepoint `tp`.
-    pub fn attach_raw_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+    /// Run `f` on program `program` as type `P` (RawTracePoint, CgroupSkb…), with any error
+    /// naming the family and the program (and the verifier's last lines on a refused load).
+    fn with_program<P, R>(
+        &self,
+        program: &str,
+        f: impl FnOnce(&mut P) -> Result<R, ProgramError>,
+    ) -> Result<R, ProbeError>
+    where
+        for<'p> &'p mut P: TryFrom<&'p mut aya::programs::Program, Error = ProgramError>,
+    {
         let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
+        let err = |e: ProgramError| ProbeError::Program {
             family,
             program: program.to_string(),
             source: Box::new(e),
         };
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let prog: &mut RawTracePoint = ebpf
+        let mut ebpf = self.lock();
+        let prog: &mut P = ebpf
             .program_mut(program)
             .ok_or_else(|| ProbeError::MissingProgram {
                 family,
@@ -110,69 +121,43 @@ impl Object {
             })?
             .try_into()
             .map_err(err)?;
-        prog.load().map_err(err)?;
-        prog.attach(tp).map_err(err)?;
-        drop(ebpf);
-        self.programs.push(program.to_string());
+        f(prog).map_err(err)
+    }
+
+    /// Load `program` and attach it to raw tracepoint `tp`.
+    pub fn attach_raw_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut RawTracePoint| {
+            p.load()?;
+            p.attach(tp).map(drop)
+        })?;
+        self.record_program(program);
         Ok(())
     }
 
     /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed
     /// kernel pointers the program reads with plain loads).
     pub fn attach_tp_btf(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
-        let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
-            family,
-            program: program.to_string(),
-            source: Box::new(e),
-        };
         let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Map {
-            family,
+            family: self.family,
             map: "/sys/kernel/btf/vmlinux".into(),
             detail: format!("reading kernel BTF for tp_btf/{tp}: {e}"),
         })?;
-        let mut ebpf = self.lock();
-        let prog: &mut aya::programs::BtfTracePoint = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: program.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.load(tp, &btf).map_err(err)?;
-        prog.attach().map_err(err)?;
-        drop(ebpf);
-        self.programs.push(program.to_string());
+        self.with_program(program, |p: &mut BtfTracePoint| {
+            p.load(tp, &btf)?;
+            p.attach().map(drop)
+        })?;
+        self.record_program(program);
         Ok(())
     }
 
     /// Load uprobe `program` without attaching it (it is attached per site later) and return a
     /// duplicate of its fd for those attachments.
-    pub fn load_uprobe(&mut self, program: &str) -> Result<aya::programs::ProgramFd, ProbeError> {
-        let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
-            family,
-            program: program.to_string(),
-            source: Box::new(e),
-        };
-        let mut ebpf = self.ebpf.lock().unwrap_or_else(|p| p.into_inner());
-        let prog: &mut aya::programs::UProbe = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: program.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.load().map_err(err)?;
-        let fd = prog
-            .fd()
-            .map_err(err)?
-            .try_clone()
-            .map_err(|e| err(aya::programs::ProgramError::IOError(e)))?;
-        drop(ebpf);
-        self.programs.push(program.to_string());
+    pub fn load_uprobe(&mut self, program: &str) -> Result<ProgramFd, ProbeError> {
+        let fd = self.with_program(program, |p: &mut UProbe| {
+            p.load()?;
+            p.fd()?.try_clone().map_err(ProgramError::IOError)
+        })?;
+        self.record_program(program);
         Ok(fd)
     }
 
@@ -183,24 +168,8 @@ impl Object {
 
     /// Load a cgroup_skb program; it is attached per cgroup with [`Self::attach_cgroup_skb`].
     pub fn load_cgroup_skb(&mut self, program: &str) -> Result<(), ProbeError> {
-        let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
-            family,
-            program: program.to_string(),
-            source: Box::new(e),
-        };
-        let mut ebpf = self.lock();
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: program.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.load().map_err(err)?;
-        drop(ebpf);
-        self.programs.push(program.to_string());
+        self.with_program(program, |p: &mut CgroupSkb| p.load())?;
+        self.record_program(program);
         Ok(())
     }
 
@@ -212,23 +181,9 @@ impl Object {
         cgroup: &std::fs::File,
         attach_type: CgroupSkbAttachType,
     ) -> Result<CgroupSkbLinkId, ProbeError> {
-        let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
-            family,
-            program: program.to_string(),
-            source: Box::new(e),
-        };
-        let mut ebpf = self.lock();
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: program.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.attach(cgroup, attach_type, CgroupAttachMode::Single)
-            .map_err(err)
+        self.with_program(program, |p: &mut CgroupSkb| {
+            p.attach(cgroup, attach_type, CgroupAttachMode::Single)
+        })
     }
 
     /// Detach a link made by [`Self::attach_cgroup_skb`] (a no-op in the kernel once the cgroup
@@ -238,22 +193,7 @@ impl Object {
         program: &str,
         link: CgroupSkbLinkId,
     ) -> Result<(), ProbeError> {
-        let family = self.family;
-        let err = |e: aya::programs::ProgramError| ProbeError::Program {
-            family,
-            program: program.to_string(),
-            source: Box::new(e),
-        };
-        let mut ebpf = self.lock();
-        let prog: &mut CgroupSkb = ebpf
-            .program_mut(program)
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: program.to_string(),
-            })?
-            .try_into()
-            .map_err(err)?;
-        prog.detach(link).map_err(err)
+        self.with_program(program, |p: &mut CgroupSkb| p.detach(link))
     }
 
     /// Point the kernel filter at a (new) target.
