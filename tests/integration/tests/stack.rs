@@ -28,10 +28,10 @@ const PENDING_FAMILY_METRICS: &[&str] = &[
 ];
 
 /// Whether the end-to-end test also checks that Prometheus's count of HTTP requests by method
-/// equals what the test sent. The network family is merged and counts Node's requests exactly on
-/// the host (curl against examples/node-app under `ebpf-sidecar run --probes net`, and
-/// tests/net.rs), but through Docker's port proxy into the app container this run counted fewer
-/// GETs than sent; off until that is understood (see issue 4's closing note).
+/// equals what the test sent. The network family counts Node's requests exactly on the host and in
+/// most container runs (51/51 GETs, 5/5 POSTs), but one run of three counted 49 of 51 GETs: a
+/// request/answer pairing miss in the net family's HTTP tracking that is not understood yet.
+/// Off until it is (see issue 4), so CI does not flake.
 const HTTP_FAMILY_MERGED: bool = false;
 
 // The known load the end-to-end test sends (and examples/node-app/README.md quotes).
@@ -500,10 +500,20 @@ fn prometheus_scrapes_the_sidecar_watching_the_node_app() {
 
     for ((what, e, want), b) in exp.iter().zip(&base) {
         let target = b + *want as f64;
-        let got = wait_for(what, Duration::from_secs(20), || {
-            let v = prom.query(e).unwrap_or(0.0);
-            (v >= target).then_some(v)
-        });
+        let mut last = f64::NAN;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let got = loop {
+            last = prom.query(e).unwrap_or(0.0);
+            if last >= target || Instant::now() > deadline {
+                break last;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert!(
+            got >= target,
+            "{what}: {} of +{want} after 20 s ({e}); base {b}",
+            last - b
+        );
         // One more scrape: nothing extra trickles in later.
         std::thread::sleep(Duration::from_millis(2500));
         let settled = prom.query(e).unwrap_or(0.0);
