@@ -155,6 +155,26 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 	return 0;
 }
 
+/* A dying thread's last slice would only be counted at its final switch, which can come after
+ * its parent has been told it exited: count it here, before exit_notify(). */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(cpu_exit, struct task_struct *p)
+{
+	if (!sidecar_task_in_target(p))
+		return 0;
+
+	struct task_times *tt = bpf_task_storage_get(&cpu_task, p, 0, 0);
+
+	if (tt && tt->on_ts) {
+		__u64 d = bpf_ktime_get_ns() - tt->on_ts;
+
+		observe(CPU_HIST_SLICE, d);
+		add_comm_ns(p, d);
+		tt->on_ts = 0;
+	}
+	return 0;
+}
+
 static __always_inline int wakeup(struct task_struct *p)
 {
 	if (!sidecar_task_in_target(p))

@@ -23,6 +23,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_tp_btf("cpu_wakeup", "sched_wakeup")?;
     obj.attach_tp_btf("cpu_wakeup_new", "sched_wakeup_new")?;
     obj.attach_tp_btf("cpu_migrate", "sched_migrate_task")?;
+    obj.attach_tp_btf("cpu_exit", "sched_process_exit")?;
     Ok(Arc::new(Cpu {
         obj,
         comms: LabelBudget::new(opts.top_n),
