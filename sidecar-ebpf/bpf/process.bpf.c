@@ -37,26 +37,6 @@ static __always_inline void bump(__u32 idx)
 		*c += 1;
 }
 
-/* Shared hash maps: several CPUs may insert the same key at once, so add atomically and retry
- * the lookup when our insert loses. Returns 0 when the key could not be stored (map full). */
-static __always_inline int add_one(void *map, const void *key)
-{
-	__u64 one = 1, *c = bpf_map_lookup_elem(map, key);
-
-	if (c) {
-		__sync_fetch_and_add(c, 1);
-		return 1;
-	}
-	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
-		return 1;
-	c = bpf_map_lookup_elem(map, key);
-	if (c) {
-		__sync_fetch_and_add(c, 1);
-		return 1;
-	}
-	return 0;
-}
-
 SEC("raw_tp/sched_process_exec")
 int process_exec(unsigned long long *ctx)
 {
@@ -67,7 +47,7 @@ int process_exec(unsigned long long *ctx)
 
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
 	bump(PROCESS_EXECS);
-	if (!add_one(&process_execs, &k))
+	if (!sidecar_hash_inc(&process_execs, &k))
 		bump(PROCESS_LOST_EXECS);
 	return 0;
 }
@@ -91,7 +71,7 @@ int process_exit(unsigned long long *ctx)
 	k.signal = code & 0x7f;
 	k.code = k.signal ? 0 : (code >> 8) & 0xff;
 	bump(PROCESS_EXITS);
-	if (!add_one(&process_exits, &k))
+	if (!sidecar_hash_inc(&process_exits, &k))
 		bump(PROCESS_LOST_EXITS);
 	if (BPF_CORE_READ(task, signal, oom_mm))
 		bump(PROCESS_OOM_KILLS);

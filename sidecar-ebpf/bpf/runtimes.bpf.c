@@ -86,24 +86,6 @@ static __always_inline void bump(__u32 idx)
 		*c += 1;
 }
 
-static __always_inline int add_one(void *map, const void *key)
-{
-	__u64 one = 1, *c = bpf_map_lookup_elem(map, key);
-
-	if (c) {
-		__sync_fetch_and_add(c, 1);
-		return 1;
-	}
-	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
-		return 1;
-	c = bpf_map_lookup_elem(map, key);
-	if (c) {
-		__sync_fetch_and_add(c, 1);
-		return 1;
-	}
-	return 0;
-}
-
 static __always_inline __u64 label_of(void *ctx, struct usdt_spec *spec)
 {
 	__s64 lo = 0, hi = 0;
@@ -130,7 +112,7 @@ int rt_count(struct pt_regs *ctx)
 	}
 	struct rt_key k = { .slot = spec->slot, .label = label_of(ctx, spec) };
 
-	if (!add_one(&rt_counts, &k))
+	if (!sidecar_hash_inc(&rt_counts, &k))
 		bump(RT_LOST_KEYS);
 	return 0;
 }
@@ -237,7 +219,7 @@ int rt_call(struct pt_regs *ctx)
 	}
 	if (second)
 		bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)second);
-	if (!add_one(&rt_calls, k))
+	if (!sidecar_hash_inc(&rt_calls, k))
 		bump(RT_LOST_KEYS);
 	return 0;
 }

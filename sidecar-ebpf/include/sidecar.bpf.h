@@ -65,6 +65,27 @@ static __always_inline int sidecar_task_in_target(struct task_struct *task)
 	return 0;
 }
 
+/* +1 on the u64 value of `key` in a hash map shared by all CPUs: several may insert the same key
+ * at once, so add atomically and look again when our insert loses. Returns 0 when the key could
+ * not be stored (map full): callers count those in an overflow total. */
+static __always_inline int sidecar_hash_inc(void *map, const void *key)
+{
+	__u64 one = 1, *c = bpf_map_lookup_elem(map, key);
+
+	if (c) {
+		__sync_fetch_and_add(c, 1);
+		return 1;
+	}
+	if (!bpf_map_update_elem(map, key, &one, BPF_NOEXIST))
+		return 1;
+	c = bpf_map_lookup_elem(map, key);
+	if (c) {
+		__sync_fetch_and_add(c, 1);
+		return 1;
+	}
+	return 0;
+}
+
 /* Index of the log2 bucket for a duration in ns (0 for 0 and 1). */
 static __always_inline __u32 sidecar_log2(__u64 v)
 {
