@@ -5,6 +5,7 @@ pub mod app;
 pub mod caps;
 pub mod events;
 pub mod export;
+pub mod http_path;
 pub mod probes;
 pub mod seccomp;
 pub mod symbolize;

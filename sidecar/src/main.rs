@@ -94,6 +94,10 @@ struct Cli {
     /// (ebpf_sidecar_http_*). `off` saves a program run on every syscall of the host.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     net_http: String,
+    /// Label HTTP metrics (net and runtimes) with the request path, normalised (ids and numbers
+    /// become `:id`, query strings dropped) and bounded by --top-n.
+    #[arg(long, global = true)]
+    http_paths: bool,
     /// runtimes: count function calls by module:function
     /// (ebpf_sidecar_runtime_function_calls_total). Costly: a probe fires on every call.
     /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
@@ -272,6 +276,7 @@ fn main() {
             sensitive_paths: cli.sensitive_paths,
             profile_hz: cli.profile_hz,
             net_http: cli.net_http == "on",
+            http_paths: cli.http_paths,
             runtime_calls: cli.runtime_calls,
             run_program,
         },

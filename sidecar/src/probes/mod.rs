@@ -46,6 +46,8 @@ pub struct Options {
     pub profile_hz: u64,
     /// net: recognise HTTP/1.x in read/write payloads (one more program on every syscall).
     pub net_http: bool,
+    /// net and runtimes: label HTTP metrics with the normalised path (`crate::http_path`), top-N.
+    pub http_paths: bool,
     /// runtimes: count function calls by module:function (costly: every call fires a probe).
     pub runtime_calls: bool,
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
@@ -61,6 +63,7 @@ impl Default for Options {
             sensitive_paths: Vec::new(),
             profile_hz: 49,
             net_http: true,
+            http_paths: false,
             runtime_calls: false,
             run_program: None,
         }
