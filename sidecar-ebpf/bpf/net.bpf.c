@@ -15,6 +15,8 @@ char LICENSE[] SEC("license") = "GPL";
 /* Set at load (--net-http): recognise HTTP/1.x in payloads. Off, sys_exit skips the task-storage
  * lookup it otherwise makes on every syscall of the host. */
 const volatile __u8 http_enabled = 1;
+/* Set at load (--http-paths): key the HTTP tables by request path too. */
+const volatile __u8 http_paths = 0;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -417,6 +419,7 @@ struct http_pending {
 	__u64 start;
 	__u32 method;
 	__u32 dir;
+	char path[NET_HTTP_PATH_LEN]; /* only with --http-paths */
 };
 
 struct {
@@ -440,6 +443,23 @@ struct {
 	__type(key, __u32);
 	__type(value, struct syscall_stats);
 } net_http_hists SEC(".maps");
+
+/* --http-paths: requests and durations by (dir, method, status, path); replaces the two tables
+ * above when on. Full: the all-zero path collects the rest. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, NET_HTTP_PATHS_MAX);
+	__type(key, struct net_http_path_key);
+	__type(value, struct syscall_stats);
+} net_http_paths SEC(".maps");
+
+/* Map values are too large for the stack: build new entries here. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct syscall_stats);
+} net_http_zero SEC(".maps");
 
 /* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the six calls that
  * carry payloads are remembered; every other syscall leaves at the first comparison. */
@@ -529,13 +549,61 @@ static __always_inline __u32 http_status(const char *b)
 	return st >= 100 && st <= 599 ? st : 0;
 }
 
+static const __u8 method_len[] = { 3, 4, 3, 6, 4, 5, 7 };
+
+/* The request target after the method, up to ' ', '?' or '#', NUL-padded. */
+static __always_inline void http_path(char *dst, __u64 buf, long len, int m)
+{
+	__u32 off = method_len[m & 7] + 1;
+	long n = len - off;
+
+	if (n <= 0)
+		return;
+	if (n > NET_HTTP_PATH_LEN)
+		n = NET_HTTP_PATH_LEN;
+	if (bpf_probe_read_user(dst, n, (const void *)(buf + off)))
+		return;
+	int end = 0;
+
+	for (int i = 0; i < NET_HTTP_PATH_LEN; i++) {
+		if (dst[i] == ' ' || dst[i] == '?' || dst[i] == '#' || dst[i] == '\r' ||
+		    dst[i] == 0)
+			end = 1;
+		if (end)
+			dst[i] = 0;
+	}
+}
+
+static __always_inline struct syscall_stats *path_stats(struct net_http_path_key *k)
+{
+	struct syscall_stats *v = bpf_map_lookup_elem(&net_http_paths, k);
+	__u32 zero = 0;
+
+	if (v)
+		return v;
+	struct syscall_stats *init = bpf_map_lookup_elem(&net_http_zero, &zero);
+
+	if (!init)
+		return NULL;
+	/* Full: fold this path into the overflow slot. */
+	if (bpf_map_update_elem(&net_http_paths, k, init, BPF_NOEXIST) &&
+	    !bpf_map_lookup_elem(&net_http_paths, k)) {
+		__builtin_memset(k->path, 0, NET_HTTP_PATH_LEN);
+		bpf_map_update_elem(&net_http_paths, k, init, BPF_NOEXIST);
+	}
+	return bpf_map_lookup_elem(&net_http_paths, k);
+}
+
 static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len)
 {
 	char b[16] = {};
+	/* A request line can arrive as the first 4 bytes ("GET ") of a split write; a status
+	 * line needs its 12. */
+	long n = len < 16 ? len : 16;
 
-	if (len < 12)
+	if (n < 4)
 		return;
-	if (bpf_probe_read_user(b, len < 16 ? 12 : 16, (const void *)buf))
+	if (bpf_probe_read_user(b, n, (const void *)buf))
 		return;
 	/* Cheap rejection before looking at the socket: most payloads are neither. */
 	if (!((b[0] >= 'A' && b[0] <= 'Z')))
@@ -556,6 +624,8 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 	if (m >= 0) {
 		struct http_pending p = { .start = now, .method = m, .dir = in ? 0 : 1 };
 
+		if (http_paths)
+			http_path(p.path, buf, len, m);
 		bpf_map_update_elem(&net_http_pending, &key, &p, BPF_ANY);
 		return;
 	}
@@ -566,14 +636,23 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 	/* A server writes the answer to a request it read; a client reads it. */
 	if (!p || p->dir != (in ? 1 : 0))
 		return;
-	struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
-	__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
 	__u64 d = now - p->start;
+	struct syscall_stats *hs;
 
-	bpf_map_delete_elem(&net_http_pending, &key);
-	hash_add(&net_http_requests, &k, 1);
-	struct syscall_stats *hs = bpf_map_lookup_elem(&net_http_hists, &h);
+	if (http_paths) {
+		struct net_http_path_key pk = { .dir = p->dir, .method = p->method, .status = st };
 
+		__builtin_memcpy(pk.path, p->path, NET_HTTP_PATH_LEN);
+		bpf_map_delete_elem(&net_http_pending, &key);
+		hs = path_stats(&pk);
+	} else {
+		struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
+		__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+
+		bpf_map_delete_elem(&net_http_pending, &key);
+		hash_add(&net_http_requests, &k, 1);
+		hs = bpf_map_lookup_elem(&net_http_hists, &h);
+	}
 	if (hs) {
 		hs->calls++;
 		hs->time_ns += d;

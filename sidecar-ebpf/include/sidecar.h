@@ -367,4 +367,18 @@ struct net_http_key {
 	__u32 pad;
 };
 
+/* --http-paths: the request path up to the first ' ', '?' or '#' (query strings never leave the
+ * kernel), NUL-padded; cut at NET_HTTP_PATH_LEN. An all-zero path is the overflow slot of a full
+ * table (exported as `other`). */
+#define NET_HTTP_PATH_LEN 48
+#define NET_HTTP_PATHS_MAX 2048
+
+struct net_http_path_key {
+	__u32 dir;
+	__u32 method;
+	__u32 status;
+	__u32 pad;
+	char path[NET_HTTP_PATH_LEN];
+};
+
 #endif

@@ -293,8 +293,22 @@ pub mod net {
         pub pad: u32,
     }
 
+    pub const HTTP_PATH_LEN: usize = 48;
+
+    /// `struct net_http_path_key` (`--http-paths`); an all-zero path is the overflow slot.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+    pub struct HttpPathKey {
+        pub dir: u32,
+        pub method: u32,
+        pub status: u32,
+        pub pad: u32,
+        pub path: [u8; HTTP_PATH_LEN],
+    }
+
     // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
     unsafe impl Pod for HttpKey {}
+    unsafe impl Pod for HttpPathKey {}
     unsafe impl Pod for PktStats {}
     unsafe impl Pod for PeerKey {}
     unsafe impl Pod for PeerStats {}
@@ -309,6 +323,8 @@ pub mod net {
         assert!(size_of::<PeerStats>() == 24);
         assert!(size_of::<ErrorKey>() == 8);
         assert!(size_of::<HttpKey>() == 16);
+        assert!(size_of::<HttpPathKey>() == 64);
+        assert!(offset_of!(HttpPathKey, path) == 16);
     };
 }
 

@@ -17,7 +17,9 @@ use aya::maps::{PerCpuArray, PerCpuHashMap};
 use aya::programs::CgroupSkbAttachType;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use prometheus_client::encoding::DescriptorEncoder;
-use sidecar_ebpf::net::{self as k, ErrorKey, HttpKey, PeerKey, PeerStats, PktStats, counter as c};
+use sidecar_ebpf::net::{
+    self as k, ErrorKey, HttpKey, HttpPathKey, PeerKey, PeerStats, PktStats, counter as c,
+};
 use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 
 use super::object::percpu_counter;
@@ -40,14 +42,17 @@ pub struct Net {
     attached: Mutex<Option<Attached>>,
     peers: LabelBudget,
     ports: LabelBudget,
+    /// `--http-paths`: normalised paths admitted as labels.
+    paths: Option<LabelBudget>,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let http = [u8::from(opts.net_http)];
+    let paths = [u8::from(opts.http_paths)];
     let mut obj = Object::load_with(
         "net",
         sidecar_ebpf::objects::NET,
-        &[("http_enabled", &http[..])],
+        &[("http_enabled", &http[..]), ("http_paths", &paths[..])],
     )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
@@ -66,7 +71,17 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
+        paths: opts.http_paths.then(|| LabelBudget::new(opts.top_n)),
     }))
+}
+
+/// The path label of a `--http-paths` key: normalised, `other` for the kernel's overflow slot.
+fn path_label(raw: &[u8]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    if end == 0 {
+        return encode::OTHER.to_string();
+    }
+    crate::http_path::normalize(&String::from_utf8_lossy(&raw[..end]))
 }
 
 /// `ip:port` of a peer; loopback addresses read `loopback`, IPv4-mapped IPv6 reads as IPv4.
@@ -263,6 +278,21 @@ impl Probe for Net {
                     vals.iter().sum::<u64>();
             }
         }
+        // --http-paths: (path, (dir, method, status), stats), paths normalised then budgeted.
+        let mut by_path: Vec<(String, (u32, u32, u32), Log2Histogram)> = Vec::new();
+        if let (Some(Ok(m)), true) = (
+            ebpf.map("net_http_paths")
+                .map(PerCpuHashMap::<_, HttpPathKey, SyscallStats>::try_from),
+            self.paths.is_some(),
+        ) {
+            for (key, vals) in m.iter().filter_map(|r| r.ok()) {
+                let mut h = Log2Histogram::new(HIST_BUCKETS);
+                for v in vals.iter() {
+                    h.add(&v.hist, v.time_ns);
+                }
+                by_path.push((path_label(&key.path), (key.dir, key.method, key.status), h));
+            }
+        }
         let mut http_hists: Vec<(u32, u32, Log2Histogram)> = Vec::new();
         if let Some(Ok(arr)) = ebpf
             .map("net_http_hists")
@@ -401,35 +431,96 @@ impl Probe for Net {
         if !ctx.options.net_http {
             http.clear(); // --net-http off: the HTTP families stay empty
         }
-        encode::counter(
-            enc,
-            "ebpf_sidecar_http_requests",
-            "HTTP/1.x requests of the target, recognised from request and status lines in read/write/recvfrom/sendto payloads on TCP sockets: direction server (request read) or client (request written), method, status.",
-            http.iter().map(|((d, m, st), n)| {
-                (
-                    vec![
-                        ("direction", name(*d, &HTTP_DIRS)),
-                        ("method", name(*m, &HTTP_METHODS)),
-                        ("status", st.to_string()),
-                    ],
-                    *n,
-                )
-            }),
-        )?;
-        encode::histogram(
-            enc,
-            "ebpf_sidecar_http_request_duration_seconds",
-            "Time from an HTTP/1.x request line to the status line of its answer, per connection.",
-            http_hists.into_iter().map(|(d, m, h)| {
-                (
-                    vec![
-                        ("direction", name(d, &HTTP_DIRS)),
-                        ("method", name(m, &HTTP_METHODS)),
-                    ],
-                    h,
-                )
-            }),
-        )?;
+        const REQUESTS_HELP: &str = "HTTP/1.x requests of the target, recognised from request and status lines in read/write/recvfrom/sendto payloads on TCP sockets: direction server (request read) or client (request written), method, status (and path with --http-paths).";
+        const DURATION_HELP: &str =
+            "Time from an HTTP/1.x request line to the status line of its answer, per connection.";
+        if let Some(budget) = &self.paths {
+            // Normalised paths, then the top-N budget (sticky: an admitted path stays).
+            let mut totals: BTreeMap<String, u64> = BTreeMap::new();
+            for (p, _, h) in &by_path {
+                *totals.entry(p.clone()).or_default() += h.count();
+            }
+            let admitted: std::collections::HashSet<String> = budget
+                .fold(totals.into_iter().map(|(p, n)| (p, (), n)).collect())
+                .into_iter()
+                .map(|(p, _, _)| p)
+                .collect();
+            let mut requests: BTreeMap<(u32, u32, u32, String), u64> = BTreeMap::new();
+            let mut hists: BTreeMap<(u32, u32, String), Log2Histogram> = BTreeMap::new();
+            for (p, (d, m, st), h) in by_path {
+                let p = if admitted.contains(&p) {
+                    p
+                } else {
+                    encode::OTHER.to_string()
+                };
+                *requests.entry((d, m, st, p.clone())).or_default() += h.count();
+                hists
+                    .entry((d, m, p))
+                    .or_insert_with(|| Log2Histogram::new(HIST_BUCKETS))
+                    .add(&h.buckets, h.sum_ns);
+            }
+            encode::counter(
+                enc,
+                "ebpf_sidecar_http_requests",
+                REQUESTS_HELP,
+                requests.into_iter().map(|((d, m, st, p), n)| {
+                    (
+                        vec![
+                            ("direction", name(d, &HTTP_DIRS)),
+                            ("method", name(m, &HTTP_METHODS)),
+                            ("status", st.to_string()),
+                            ("path", p),
+                        ],
+                        n,
+                    )
+                }),
+            )?;
+            encode::histogram(
+                enc,
+                "ebpf_sidecar_http_request_duration_seconds",
+                DURATION_HELP,
+                hists.into_iter().map(|((d, m, p), h)| {
+                    (
+                        vec![
+                            ("direction", name(d, &HTTP_DIRS)),
+                            ("method", name(m, &HTTP_METHODS)),
+                            ("path", p),
+                        ],
+                        h,
+                    )
+                }),
+            )?;
+        } else {
+            encode::counter(
+                enc,
+                "ebpf_sidecar_http_requests",
+                REQUESTS_HELP,
+                http.iter().map(|((d, m, st), n)| {
+                    (
+                        vec![
+                            ("direction", name(*d, &HTTP_DIRS)),
+                            ("method", name(*m, &HTTP_METHODS)),
+                            ("status", st.to_string()),
+                        ],
+                        *n,
+                    )
+                }),
+            )?;
+            encode::histogram(
+                enc,
+                "ebpf_sidecar_http_request_duration_seconds",
+                DURATION_HELP,
+                http_hists.into_iter().map(|(d, m, h)| {
+                    (
+                        vec![
+                            ("direction", name(d, &HTTP_DIRS)),
+                            ("method", name(m, &HTTP_METHODS)),
+                        ],
+                        h,
+                    )
+                }),
+            )?;
+        }
         let labels: Labels = vec![];
         encode::counter(
             enc,

@@ -482,10 +482,10 @@ fn packet_counters_follow_a_restarted_container() {
     );
 }
 
-#[test]
-fn http_requests_by_method_and_status_are_exact() {
-    require_root();
-    // A real HTTP server (Python's http.server) and a real client (curl), both in the target.
+/// Runs a real HTTP server (Python's http.server) and a real client (curl), both in the target,
+/// under `run --probes net <extra>`; `curls` are curl argument strings against `{url}`. Returns
+/// the metrics at exit.
+fn http_run(tag: &str, curls: &[String], extra: &[&str]) -> Metrics {
     let py = String::from_utf8(
         Command::new("python3")
             .args(["-c", "import sys; print(sys.executable)"])
@@ -499,36 +499,26 @@ fn http_requests_by_method_and_status_are_exact() {
         Command::new("curl").arg("--version").output().is_ok(),
         "curl not found: apt-get install curl"
     );
-    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-net-http-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-net-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("index.html"), "hello\n").unwrap();
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
-    let (get_ok, get_missing, head, post) = (3, 2, 1, 1);
     let mut script = format!(
         "cd {d} && {py} -u -m http.server --bind 127.0.0.1 {port} > srv.log 2>&1 &\n\
          srv=$!\n\
          until grep -q Serving {d}/srv.log; do sleep 0.05; done\n",
         d = dir.display()
     );
-    for _ in 0..get_ok {
-        script += &format!("curl -sf -o /dev/null {url}/index.html || exit 3\n");
-    }
-    for _ in 0..get_missing {
-        script += &format!("curl -s -o /dev/null {url}/missing\n");
-    }
-    for _ in 0..head {
-        script += &format!("curl -sf -o /dev/null -I {url}/index.html || exit 4\n");
-    }
-    for _ in 0..post {
-        // http.server's SimpleHTTPRequestHandler answers POST with 501.
-        script += &format!("curl -s -o /dev/null -X POST -d x=1 {url}/\n");
+    for c in curls {
+        script += &format!("curl {}\n", c.replace("{url}", &url));
     }
     script += "kill $srv; wait $srv; exit 0\n";
-    let out = std::env::temp_dir().join("ebpf-sidecar-net-http.prom");
+    let out = std::env::temp_dir().join(format!("ebpf-sidecar-net-{tag}.prom"));
     let st = Command::new(sidecar_bin())
         .args(["run", "--probes", "net", "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
+        .args(extra)
         .arg("--metrics-out")
         .arg(&out)
         .args(["--", "/bin/sh", "-c", &script])
@@ -536,7 +526,28 @@ fn http_requests_by_method_and_status_are_exact() {
         .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     assert!(st.success(), "{st}");
-    let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
+    Metrics::parse(&std::fs::read_to_string(&out).unwrap())
+}
+
+#[test]
+fn http_requests_by_method_and_status_are_exact() {
+    require_root();
+    let (get_ok, get_missing, head, post) = (3, 2, 1, 1);
+    let mut curls = Vec::new();
+    for _ in 0..get_ok {
+        curls.push("-sf -o /dev/null {url}/index.html || exit 3".to_string());
+    }
+    for _ in 0..get_missing {
+        curls.push("-s -o /dev/null {url}/missing".to_string());
+    }
+    for _ in 0..head {
+        curls.push("-sf -o /dev/null -I {url}/index.html || exit 4".to_string());
+    }
+    for _ in 0..post {
+        // http.server's SimpleHTTPRequestHandler answers POST with 501.
+        curls.push("-s -o /dev/null -X POST -d x=1 {url}/".to_string());
+    }
+    let m = http_run("http", &curls, &[]);
     for dir in ["server", "client"] {
         for (method, status, n) in [
             ("GET", "200", get_ok),
@@ -565,6 +576,51 @@ fn http_requests_by_method_and_status_are_exact() {
             (get_ok + get_missing) as f64
         );
     }
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
+
+/// `--http-paths`: ids collapse to `:id`, query strings never reach a label, and the path label is
+/// bounded by `--top-n` (the rest is `other`), with the totals unchanged.
+#[test]
+fn http_paths_are_normalised_bounded_and_without_queries() {
+    require_root();
+    let mut curls = Vec::new();
+    let mut get = |path: &str, n: usize| {
+        for _ in 0..n {
+            curls.push(format!("-s -o /dev/null '{{url}}{path}'"));
+        }
+    };
+    get("/index.html", 4);
+    get("/users/17", 2);
+    get("/users/42?token=SECRET", 1);
+    get("/a", 1);
+    get("/b", 1);
+    let m = http_run("paths", &curls, &["--http-paths", "--top-n", "2"]);
+    assert!(!m.text.contains("SECRET"), "a query string reached a label");
+    let n = |path: &str, status: &str| {
+        m.sum(
+            "ebpf_sidecar_http_requests_total",
+            &[("direction", "server"), ("path", path), ("status", status)],
+        )
+    };
+    assert_eq!(n("/index.html", "200"), 4.0, "{}", m.text);
+    assert_eq!(n("/users/:id", "404"), 3.0, "{}", m.text);
+    assert_eq!(n("other", "404"), 2.0, "{}", m.text);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_http_requests_total",
+            &[("direction", "client")]
+        ),
+        9.0
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_http_request_duration_seconds_count",
+            &[("direction", "server"), ("path", "/users/:id")]
+        ),
+        3.0
+    );
     let lint = promtool_check(&m.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
 }
