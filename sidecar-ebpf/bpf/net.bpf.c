@@ -413,8 +413,9 @@ struct {
 	__type(value, struct http_call);
 } net_http_calls SEC(".maps");
 
-/* The outstanding request of a connection, by socket. LRU: a connection that never answers
- * or closes cannot fill it. */
+/* The outstanding request of a connection, by (tgid, fd): the request side checks that fd is a
+ * TCP socket, so the answer side (half of the work) need not walk the fd table again. LRU: a
+ * connection that never answers cannot fill it; per-CPU LRU lists: no shared lock to take. */
 struct http_pending {
 	__u64 start;
 	__u32 method;
@@ -424,6 +425,7 @@ struct http_pending {
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 16384);
 	__type(key, __u64);
 	__type(value, struct http_pending);
@@ -615,13 +617,12 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 
 	if (m < 0 && !st)
 		return;
-	struct sock *sk = tcp_sock_of_fd(fd);
-
-	if (!sk)
-		return;
-	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+	__u64 key = (bpf_get_current_pid_tgid() & 0xffffffff00000000ULL) | fd,
+	      now = bpf_ktime_get_ns();
 
 	if (m >= 0) {
+		if (!tcp_sock_of_fd(fd))
+			return;
 		struct http_pending p = { .start = now, .method = m, .dir = in ? 0 : 1 };
 
 		if (http_paths)
