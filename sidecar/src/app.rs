@@ -291,7 +291,22 @@ pub fn run(cfg: Config) -> Result<i32> {
         });
 
         if let (Some(mut child), Some((_, metrics_out, seccomp_out))) = (child, run_cmd) {
-            let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+            // SIGTERM/SIGINT go to the command (as if we were not there); we exit with it, so
+            // --metrics-out is still written and the command is never left orphaned.
+            use tokio::signal::unix::{SignalKind, signal};
+            let pid = child.id() as libc::pid_t;
+            let mut term = signal(SignalKind::terminate())?;
+            let mut int = signal(SignalKind::interrupt())?;
+            let mut wait = tokio::task::spawn_blocking(move || child.wait());
+            let status = loop {
+                let sig = tokio::select! {
+                    r = &mut wait => break r??,
+                    _ = term.recv() => libc::SIGTERM,
+                    _ = int.recv() => libc::SIGINT,
+                };
+                // SAFETY: signalling our own child, which is not reaped before `wait` returns.
+                unsafe { libc::kill(pid, sig) };
+            };
             let code = status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
