@@ -50,7 +50,7 @@ fn main() -> anyhow::Result<()> {
             opt("--iterations", 6_000_000_000)?,
             opt("--repeat", 3)? as usize,
         )?,
-        "stack" => stack::run(opt("--seconds", 10)?, opt("--rounds", 3)? as usize)?,
+        "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
         "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
         other => anyhow::bail!(
             "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes)"

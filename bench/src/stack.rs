@@ -1,6 +1,9 @@
 //! The node example app under wrk: requests/s and p99 latency without and with the sidecar
 //! (default probe set, `run` mode so node gets its own cgroup), and the sidecar's CPU and RSS
 //! at that load. Rounds alternate without/with so drift on a shared machine hits both sides.
+//! node is pinned to the last CPU and wrk to the others, so neither steals the other's CPU and
+//! the probes' cost shows as the app's lost throughput. A last, separate round with
+//! `--bpf-stats` says where the cost goes (program time per request).
 //!
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 
@@ -46,8 +49,18 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
     Ok(Wrk { rps, p99_ms })
 }
 
+/// CPU sets: node alone on the last CPU, wrk on the rest (on one CPU, both share it).
+fn cpus() -> (String, String) {
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if n < 2 {
+        return ("0".into(), "0".into());
+    }
+    ((n - 1).to_string(), format!("0-{}", n - 2))
+}
+
 fn wrk(port: u16, seconds: u64) -> Result<Wrk> {
-    let out = Command::new("wrk")
+    let out = Command::new("taskset")
+        .args(["-c", &cpus().1, "wrk"])
         .args([
             "-t",
             &THREADS.to_string(),
@@ -59,7 +72,7 @@ fn wrk(port: u16, seconds: u64) -> Result<Wrk> {
             &format!("http://127.0.0.1:{port}{ROUTE}"),
         ])
         .output()
-        .context("wrk not found: apt-get install wrk")?;
+        .context("wrk or taskset not found: apt-get install wrk util-linux")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
         bail!("wrk failed: {text}{}", String::from_utf8_lossy(&out.stderr));
@@ -92,15 +105,23 @@ impl Drop for Running {
     }
 }
 
-/// node server.js, bare or under `ebpf-sidecar run` (then also serving metrics on `metrics`).
-fn start(server: &Path, metrics: Option<u16>) -> Result<Running> {
+/// node server.js, bare or under `ebpf-sidecar run` (then also serving metrics on `metrics`),
+/// pinned to its CPU (the sidecar's own threads are not pinned: only node is under taskset).
+fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Result<Running> {
     let port = free_port();
     let upstream = free_port();
+    let node_cpu = cpus().0;
     let mut cmd = match metrics {
-        None => Command::new("node"),
+        None => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", &node_cpu, "node"]);
+            c
+        }
         Some(m) => {
             let mut c = Command::new(util::sidecar_bin()?);
-            c.args(["run", "--listen", &format!("127.0.0.1:{m}"), "--", "node"]);
+            c.args(["run", "--listen", &format!("127.0.0.1:{m}")])
+                .args(extra)
+                .args(["--", "taskset", "-c", &node_cpu, "node"]);
             c
         }
     };
@@ -147,13 +168,13 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let mut app_syscalls_per_req = Vec::new();
     for round in 0..rounds {
         {
-            let app = start(&server, None)?;
+            let app = start(&server, None, &[])?;
             let _ = wrk(app.port, 1)?; // warm up the JIT
             without.push(wrk(app.port, seconds)?);
         }
         {
             let m = free_port();
-            let app = start(&server, Some(m))?;
+            let app = start(&server, Some(m), &[])?;
             let pid = app.child.id();
             let _ = wrk(app.port, 1)?;
             let before =
@@ -188,6 +209,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         }
         eprintln!("round {}/{rounds} done", round + 1);
     }
+    let (probes, breakdown) = cost_breakdown(&server, seconds.min(10))?;
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
     let (rps0, rps1) = (med(&without, |w| w.rps), med(&with, |w| w.rps));
     let (p0, p1) = (med(&without, |w| w.p99_ms), med(&with, |w| w.p99_ms));
@@ -198,9 +220,11 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     s.push_str(&format!(
         "`cargo run --release -p bench -- stack --seconds {seconds} --rounds {rounds}`: wrk -t{THREADS} -c{CONNECTIONS} \
          -d{seconds}s on `GET {ROUTE}` of examples/node-app/server.js (host node {}), {rounds} alternating \
-         rounds of {seconds} s without / with the sidecar (default probes process,syscalls, `run` mode); \
-         medians. {} CPUs shared with other work: read small differences as noise.\n\n",
+         rounds of {seconds} s without / with the sidecar (default probe set: {probes}; `run` mode); \
+         node pinned to CPU {}, wrk to CPU {}; medians. {} CPUs.\n\n",
         node_version(),
+        cpus().0,
+        cpus().1,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     ));
     s.push_str("| | requests/s | p99 latency |\n|---|---:|---:|\n");
@@ -216,6 +240,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
          sidecar process; the BPF programs' own cost runs in the app's syscalls and is part of the overhead above), peak RSS \
          {sidecar_rss_mib:.1} MiB. The app made {spr:.1} syscalls per request.\n\n"
     ));
+    s.push_str(&breakdown);
     s.push_str("Per round (requests/s, p99 ms):\n\n");
     for (i, (a, b)) in without.iter().zip(&with).enumerate() {
         s.push_str(&format!(
@@ -229,6 +254,83 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         ));
     }
     Ok(s)
+}
+
+/// One more round with `--bpf-stats`: BPF program time per request, by program (the stats' own
+/// clock reads add a little to every run, so this round's throughput is not the one reported).
+fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
+    let m = free_port();
+    let app = start(server, Some(m), &["--bpf-stats"])?;
+    let _ = wrk(app.port, 1)?;
+    let series = |text: &str| -> Vec<(String, f64, f64)> {
+        let mut out: Vec<(String, f64, f64)> = Vec::new();
+        for l in text.lines() {
+            for (metric, time) in [
+                ("ebpf_sidecar_bpf_program_run_seconds_total{", true),
+                ("ebpf_sidecar_bpf_program_runs_total{", false),
+            ] {
+                let Some(rest) = l.strip_prefix(metric) else {
+                    continue;
+                };
+                let Some((labels, v)) = rest.rsplit_once("} ") else {
+                    continue;
+                };
+                let Some(prog) = labels.split('"').nth(1) else {
+                    continue;
+                };
+                let v: f64 = v.trim().parse().unwrap_or(0.0);
+                match out.iter_mut().find(|e| e.0 == prog) {
+                    Some(e) if time => e.1 += v,
+                    Some(e) => e.2 += v,
+                    None if time => out.push((prog.to_string(), v, 0.0)),
+                    None => out.push((prog.to_string(), 0.0, v)),
+                }
+            }
+        }
+        out
+    };
+    let before = http_get(m, "/metrics")?.1;
+    let w = wrk(app.port, seconds)?;
+    let after = http_get(m, "/metrics")?.1;
+    let probes: Vec<String> = after
+        .lines()
+        .filter_map(|l| l.strip_prefix("ebpf_sidecar_probe_up{probe=\""))
+        .filter(|l| l.ends_with(" 1"))
+        .filter_map(|l| l.split('"').next().map(str::to_string))
+        .collect();
+    let reqs = w.rps * seconds as f64;
+    let b = series(&before);
+    let mut rows: Vec<(String, f64, f64)> = series(&after)
+        .into_iter()
+        .map(|(p, t, r)| {
+            let (t0, r0) = b
+                .iter()
+                .find(|e| e.0 == p)
+                .map_or((0.0, 0.0), |e| (e.1, e.2));
+            (p, t - t0, r - r0)
+        })
+        .filter(|e| e.2 > 0.0)
+        .collect();
+    rows.sort_by(|a, c| c.1.total_cmp(&a.1));
+    let total: f64 = rows.iter().map(|e| e.1).sum();
+    let mut s = format!(
+        "Where the cost goes (a separate {seconds} s round with `--bpf-stats`, {:.0} requests/s): \
+         {:.2} µs of BPF program time per request in all, host-wide (the syscall programs run \
+         for wrk's syscalls too and leave at the target filter).\n\n\
+         | program | runs per request | ns per run | µs per request |\n|---|---:|---:|---:|\n",
+        w.rps,
+        total / reqs * 1e6
+    );
+    for (p, t, r) in rows.iter().take(10) {
+        s.push_str(&format!(
+            "| {p} | {:.2} | {:.0} | {:.3} |\n",
+            r / reqs,
+            t / r * 1e9,
+            t / reqs * 1e6
+        ));
+    }
+    s.push('\n');
+    Ok((probes.join(","), s))
 }
 
 fn node_version() -> String {

@@ -7,8 +7,6 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use object::{Object, ObjectSegment, ObjectSymbol};
-
 /// Sorted (address, name) pairs; lookup finds the greatest address <= ip.
 #[derive(Debug, Default)]
 pub struct SymbolTable {
@@ -55,44 +53,166 @@ pub fn kallsyms() -> SymbolTable {
 
 /// One ELF file's function symbols, keyed by virtual address, and its loadable segments to map
 /// file offsets to addresses.
-#[derive(Debug, Default)]
+///
+/// Memory: a binary like node (99 MB, 112k function symbols, 13 MB of names) must not cost its
+/// size. Only (address, size, name offset) is kept, 24 bytes a symbol, read through a small
+/// buffer; names are read from the file when a sample needs them (the open file keeps a replaced
+/// or deleted binary readable) and cached.
+#[derive(Debug)]
 pub struct ElfSymbols {
-    table: SymbolTable,
+    file: std::fs::File,
+    syms: Vec<ElfSym>,
     segments: Vec<(u64, u64, u64)>, // (file offset, file size, vaddr)
+    names: std::sync::Mutex<HashMap<u64, Arc<str>>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ElfSym {
+    start: u64,
+    size: u64,
+    /// File offset of the NUL-terminated name.
+    name: u64,
+}
+
+const SHT_SYMTAB: u32 = 2;
+const SHT_DYNSYM: u32 = 11;
+const SHF_EXECINSTR: u64 = 4;
+const PT_LOAD: u32 = 1;
+const STT_NOTYPE: u8 = 0;
+const STT_FUNC: u8 = 2;
+const STT_GNU_IFUNC: u8 = 10;
+/// Longest symbol name read (C++ names can be long; the rest is cut).
+const MAX_NAME: usize = 512;
+
+fn u16_at(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 2)
+        .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]) as u64)
+}
+fn u32_at(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 4)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, |s| u32::from_le_bytes(s) as u64)
+}
+fn u64_at(b: &[u8], o: usize) -> u64 {
+    b.get(o..o + 8)
+        .and_then(|s| s.try_into().ok())
+        .map_or(0, u64::from_le_bytes)
 }
 
 impl ElfSymbols {
+    /// 64-bit little-endian ELF files (x86_64, aarch64); anything else has no symbols here.
     pub fn load(path: &std::path::Path) -> Option<Self> {
-        let data = std::fs::read(path).ok()?;
-        let file = object::File::parse(&*data).ok()?;
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::open(path).ok()?;
+        let read = |off: u64, len: usize| -> Option<Vec<u8>> {
+            let mut b = vec![0; len];
+            file.read_exact_at(&mut b, off).ok()?;
+            Some(b)
+        };
+        let eh = read(0, 64)?;
+        if &eh[..4] != b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
+            return None;
+        }
+        let (phoff, phentsize, phnum) = (u64_at(&eh, 0x20), u16_at(&eh, 0x36), u16_at(&eh, 0x38));
+        let (shoff, shentsize, shnum) = (u64_at(&eh, 0x28), u16_at(&eh, 0x3a), u16_at(&eh, 0x3c));
+        if phentsize < 56 || shentsize < 64 || phnum > 4096 || shnum > 65535 {
+            return None;
+        }
+        let ph = read(phoff, (phentsize * phnum) as usize)?;
+        let segments = (0..phnum as usize)
+            .map(|i| &ph[i * phentsize as usize..])
+            .filter(|p| u32_at(p, 0) as u32 == PT_LOAD && u64_at(p, 0x20) > 0)
+            .map(|p| (u64_at(p, 8), u64_at(p, 0x20), u64_at(p, 0x10)))
+            .collect();
+        let sh = read(shoff, (shentsize * shnum) as usize)?;
+        let section = |i: u64| sh.get((i * shentsize) as usize..((i + 1) * shentsize) as usize);
         let mut syms = Vec::new();
-        for s in file.symbols().chain(file.dynamic_symbols()) {
-            if let (object::SymbolKind::Text, true, Ok(name)) =
-                (s.kind(), s.address() != 0, s.name())
-            {
-                syms.push((s.address(), s.size(), name.to_string()));
+        for i in 0..shnum {
+            let Some(h) = section(i) else { continue };
+            let kind = u32_at(h, 4) as u32;
+            if kind != SHT_SYMTAB && kind != SHT_DYNSYM {
+                continue;
+            }
+            let (off, size, link) = (u64_at(h, 0x18), u64_at(h, 0x20), u32_at(h, 0x28));
+            let Some(strtab) = section(link).map(|s| u64_at(s, 0x18)) else {
+                continue;
+            };
+            // 24-byte Elf64_Sym records, through a 64 KiB window.
+            let mut at = 0;
+            while at + 24 <= size {
+                let n = ((size - at) / 24).min(2730) * 24;
+                let Some(chunk) = read(off + at, n as usize) else {
+                    break;
+                };
+                for r in chunk.chunks_exact(24) {
+                    let (st_type, shndx, value) = (r[4] & 0xf, u16_at(r, 6), u64_at(r, 8));
+                    let exec = section(shndx).is_some_and(|s| u64_at(s, 8) & SHF_EXECINSTR != 0);
+                    let code = matches!(st_type, STT_FUNC | STT_GNU_IFUNC)
+                        || (st_type == STT_NOTYPE && exec);
+                    if code && value != 0 && shndx != 0 && u32_at(r, 0) != 0 {
+                        syms.push(ElfSym {
+                            start: value,
+                            size: u64_at(r, 16),
+                            name: strtab + u32_at(r, 0),
+                        });
+                    }
+                }
+                at += n;
             }
         }
-        let segments = file
-            .segments()
-            .filter_map(|seg| {
-                let (off, size) = seg.file_range();
-                (size > 0).then_some((off, size, seg.address()))
-            })
-            .collect();
+        // .symtab and .dynsym mostly list the same functions: keep one per address.
+        syms.sort_by_key(|s| (s.start, std::cmp::Reverse(s.size)));
+        syms.dedup_by_key(|s| s.start);
+        syms.shrink_to_fit();
         Some(Self {
-            table: SymbolTable::new(syms),
+            file,
+            syms,
             segments,
+            names: Default::default(),
         })
     }
 
+    pub fn len(&self) -> usize {
+        self.syms.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.syms.is_empty()
+    }
+
+    fn name_at(&self, off: u64) -> Option<Arc<str>> {
+        use std::os::unix::fs::FileExt;
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = names.get(&off) {
+            return Some(n.clone());
+        }
+        let mut b = vec![0; MAX_NAME];
+        let got = self.file.read_at(&mut b, off).ok()?;
+        b.truncate(got);
+        let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+        let name: Arc<str> = String::from_utf8_lossy(&b[..end]).into();
+        names.insert(off, name.clone());
+        Some(name)
+    }
+
     /// Name of the function at `file_offset` of this file.
-    pub fn lookup_offset(&self, file_offset: u64) -> Option<&str> {
+    pub fn lookup_offset(&self, file_offset: u64) -> Option<Arc<str>> {
         let (off, _, vaddr) = self
             .segments
             .iter()
             .find(|(o, s, _)| file_offset >= *o && file_offset < o + s)?;
-        self.table.lookup(file_offset - off + vaddr)
+        let addr = file_offset - off + vaddr;
+        let i = self.syms.partition_point(|s| s.start <= addr);
+        let s = self.syms.get(i.checked_sub(1)?)?;
+        // Symbols without a size (assembly) match up to the next symbol.
+        (s.size == 0 || addr < s.start + s.size)
+            .then(|| self.name_at(s.name))
+            .flatten()
+    }
+
+    /// Drop the cached names (between profiling windows; the symbols stay).
+    pub fn forget_names(&self) {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
 
@@ -151,6 +271,9 @@ impl Symbolizer {
     /// Forget processes (call between profiling windows so exec'd or gone pids are re-read).
     pub fn forget_processes(&mut self) {
         self.procs.clear();
+        for f in self.files.values().flatten() {
+            f.forget_names();
+        }
     }
 
     fn process(&mut self, pid: u32) -> &(Vec<Mapping>, Option<Arc<SymbolTable>>) {
@@ -252,6 +375,15 @@ mod tests {
     fn own_binary_symbolizes() {
         let exe = std::fs::read_link("/proc/self/exe").unwrap();
         let e = ElfSymbols::load(&exe).unwrap();
-        assert!(!e.table.is_empty());
+        assert!(!e.is_empty());
+        // This very function, found through its own address as a file offset.
+        let here = own_binary_symbolizes as usize as u64;
+        let maps = parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        let m = maps
+            .iter()
+            .find(|m| here >= m.start && here < m.end)
+            .unwrap();
+        let name = e.lookup_offset(here - m.start + m.offset).unwrap();
+        assert!(name.contains("own_binary_symbolizes"), "{name}");
     }
 }
