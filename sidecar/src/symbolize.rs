@@ -377,7 +377,7 @@ mod tests {
         let e = ElfSymbols::load(&exe).unwrap();
         assert!(!e.is_empty());
         // This very function, found through its own address as a file offset.
-        let here = own_binary_symbolizes as usize as u64;
+        let here = own_binary_symbolizes as fn() as usize as u64;
         let maps = parse_maps(&std::fs::read_to_string("/proc/self/maps").unwrap());
         let m = maps
             .iter()
