@@ -131,3 +131,74 @@ fn hot_function_dominates_and_all_formats_agree() {
     );
     assert!(samples >= 1);
 }
+
+/// Node 20 with `--perf-basic-prof`: JIT-compiled JS functions are named through the perf map
+/// node writes at /tmp/perf-<pid>.map, and a hot JS function carries most samples.
+#[test]
+fn node_perf_basic_prof_names_a_hot_js_function() {
+    require_root();
+    let node = Command::new("node")
+        .arg("--version")
+        .output()
+        .expect("node not found: apt-get install nodejs");
+    assert!(node.status.success());
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-prof-node-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let js = dir.join("hot.js");
+    // Busy for 8 s in one function the JIT compiles (and cannot inline into the loop's caller,
+    // which would hide its name).
+    std::fs::write(
+        &js,
+        "function hotJsSpinner(n) { let x = 0; for (let i = 0; i < n; i++) { x = (x * 31 + i) % 1000003; } return x; }\n\
+         %NeverOptimizeFunction(main);\n\
+         function main() { const end = Date.now() + 8000; let s = 0; while (Date.now() < end) s += hotJsSpinner(200000); console.log(s); }\n\
+         main();\n",
+    )
+    .unwrap();
+    let port = free_port();
+    let mut child = Command::new(sidecar_bin())
+        .args([
+            "run",
+            "--probes",
+            "profile",
+            "--profile-hz",
+            "99",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--",
+            "node",
+            "--perf-basic-prof",
+            "--allow-natives-syntax",
+        ])
+        .arg(&js)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("sidecar serving", Duration::from_secs(10), || {
+        http_get(port, "/healthz", None).ok().map(|_| ())
+    });
+    // Let the JIT compile the function first.
+    std::thread::sleep(Duration::from_secs(2));
+    let folded = http_get(port, "/debug/profile/folded?seconds=3", None).unwrap();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(folded.0, 200);
+    let (mut total, mut hot) = (0u64, 0u64);
+    for line in folded.2.lines() {
+        let (stack, n) = line.rsplit_once(' ').unwrap();
+        let n: u64 = n.parse().unwrap();
+        total += n;
+        // Perf map names read like "JS:*hotJsSpinner /tmp/…/hot.js:1:24" (or LazyCompile: on
+        // older V8).
+        if stack.split(';').any(|f| f.contains("hotJsSpinner")) {
+            hot += n;
+        }
+    }
+    assert!(total >= 150, "{total} samples:\n{}", folded.2);
+    assert!(
+        hot as f64 >= 0.5 * total as f64,
+        "hotJsSpinner in {hot} of {total} samples:\n{}",
+        folded.2
+    );
+}
