@@ -17,6 +17,10 @@ char LICENSE[] SEC("license") = "GPL";
 const volatile __u8 http_enabled = 1;
 /* Set at load (--http-paths): key the HTTP tables by request path too. */
 const volatile __u8 http_paths = 0;
+/* Set at load (--net-http): where payloads are read. 0 = TCP segments in the cgroup_skb programs
+ * (no per-syscall work at all); 1 = read/write syscalls (the pid-namespace fallback, where there
+ * is no cgroup to attach packet programs to). */
+const volatile __u8 http_syscalls = 0;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -199,12 +203,16 @@ static __always_inline void count_skb(struct __sk_buff *skb, __u32 dir)
 	}
 }
 
+static __always_inline void http_skb(struct __sk_buff *skb, int in);
+
 /* No sidecar_in_target() here: the program is attached to the target's cgroup only, and runs
  * in softirq where the current task is unrelated. Always return 1: count, never drop. */
 SEC("cgroup_skb/ingress")
 int net_ingress(struct __sk_buff *skb)
 {
 	count_skb(skb, 0);
+	if (http_enabled && !http_syscalls)
+		http_skb(skb, 1);
 	return 1;
 }
 
@@ -212,6 +220,8 @@ SEC("cgroup_skb/egress")
 int net_egress(struct __sk_buff *skb)
 {
 	count_skb(skb, 1);
+	if (http_enabled && !http_syscalls)
+		http_skb(skb, 0);
 	return 1;
 }
 
@@ -431,6 +441,14 @@ struct {
 	__type(value, struct http_pending);
 } net_http_pending SEC(".maps");
 
+/* The same, for payloads read from TCP segments: kept on the socket itself, gone with it. */
+struct {
+	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
+	__type(value, struct http_pending);
+} net_http_sk SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
@@ -596,6 +614,32 @@ static __always_inline struct syscall_stats *path_stats(struct net_http_path_key
 	return bpf_map_lookup_elem(&net_http_paths, k);
 }
 
+/* The exchange `p` started is answered with status `st` now: count it. */
+static __always_inline void http_end(struct http_pending *p, __u32 st, __u64 now)
+{
+	__u64 d = now - p->start;
+	struct syscall_stats *hs;
+
+	if (http_paths) {
+		struct net_http_path_key pk = { .dir = p->dir, .method = p->method, .status = st };
+
+		__builtin_memcpy(pk.path, p->path, NET_HTTP_PATH_LEN);
+		hs = path_stats(&pk);
+	} else {
+		struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
+		__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+
+		hash_add(&net_http_requests, &k, 1);
+		hs = bpf_map_lookup_elem(&net_http_hists, &h);
+	}
+	if (hs) {
+		hs->calls++;
+		hs->time_ns += d;
+		hs->hist[sidecar_hist_bucket(d)]++;
+	}
+}
+
+/* Payload of a read (in) or write on fd, from the syscall (--net-http syscalls). */
 static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len)
 {
 	char b[16] = {};
@@ -637,28 +681,103 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 	/* A server writes the answer to a request it read; a client reads it. */
 	if (!p || p->dir != (in ? 1 : 0))
 		return;
-	__u64 d = now - p->start;
-	struct syscall_stats *hs;
+	struct http_pending done = *p;
 
-	if (http_paths) {
-		struct net_http_path_key pk = { .dir = p->dir, .method = p->method, .status = st };
+	bpf_map_delete_elem(&net_http_pending, &key);
+	http_end(&done, st, now);
+}
 
-		__builtin_memcpy(pk.path, p->path, NET_HTTP_PATH_LEN);
-		bpf_map_delete_elem(&net_http_pending, &key);
-		hs = path_stats(&pk);
+/* Payload at the start of a TCP segment of the target's sockets (cgroup_skb: the packet from
+ * its IP header). A request or status line starts a segment when the program wrote it at once
+ * after the previous exchange, which HTTP/1.x clients and servers do. */
+static __always_inline void http_skb(struct __sk_buff *skb, int in)
+{
+	__u8 b0 = 0, proto = 0, doff = 0;
+	__u32 off;
+
+	if (bpf_skb_load_bytes(skb, 0, &b0, 1))
+		return;
+	if ((b0 >> 4) == 4) {
+		bpf_skb_load_bytes(skb, 9, &proto, 1);
+		off = (b0 & 0xf) * 4;
+	} else if ((b0 >> 4) == 6) {
+		bpf_skb_load_bytes(skb, 6, &proto, 1);
+		off = 40;
 	} else {
-		struct net_http_key k = { .dir = p->dir, .method = p->method, .status = st };
-		__u32 h = p->dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+		return;
+	}
+	if (proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, off + 12, &doff, 1))
+		return;
+	off += (doff >> 4) * 4;
+	if (skb->len < off + 16)
+		return; /* no payload (a pure ACK, SYN, FIN) or too little for a request or status line */
 
-		bpf_map_delete_elem(&net_http_pending, &key);
-		hash_add(&net_http_requests, &k, 1);
-		hs = bpf_map_lookup_elem(&net_http_hists, &h);
+	char b[16] = {};
+	__u32 len = skb->len - off;
+
+	/* The shortest request ("GET / HTTP/1.0\r\n\r\n") and status line ("HTTP/1.1 200 OK\r\n")
+	 * are longer than 16 bytes: a shorter segment is the rest of something else. */
+	if (len < 16 || bpf_skb_load_bytes(skb, off, b, 16))
+		return;
+	if (!((b[0] >= 'A' && b[0] <= 'Z')))
+		return;
+	int m = http_method(b);
+	__u32 st = m < 0 ? http_status(b) : 0;
+
+	if (m < 0 && !st)
+		return;
+	struct bpf_sock *sk = skb->sk;
+
+	if (!sk)
+		return;
+	sk = bpf_sk_fullsock(sk);
+	if (!sk)
+		return;
+	__u64 now = bpf_ktime_get_ns();
+
+	if (m >= 0) {
+		struct http_pending *p = bpf_sk_storage_get(&net_http_sk, sk, 0,
+							    BPF_SK_STORAGE_GET_F_CREATE);
+
+		if (!p)
+			return;
+		p->start = now;
+		p->method = m;
+		p->dir = in ? 0 : 1;
+		if (http_paths) {
+			__u32 poff = off + method_len[m & 7] + 1;
+			char *dst = p->path;
+
+			__builtin_memset(dst, 0, NET_HTTP_PATH_LEN);
+			/* In fixed 16-byte pieces (the verifier wants constant sizes); " HTTP/1.x\r\n"
+			 * follows the path, so only the headerless request whose path ends 1-2 bytes
+			 * into a piece loses those bytes. */
+			for (int i = 0; i < NET_HTTP_PATH_LEN / 16; i++) {
+				if (skb->len < poff + 16 * (i + 1) ||
+				    bpf_skb_load_bytes(skb, poff + 16 * i, dst + 16 * i, 16))
+					break;
+			}
+			for (int i = 0, end = 0; i < NET_HTTP_PATH_LEN; i++) {
+				if (dst[i] == ' ' || dst[i] == '?' || dst[i] == '#' ||
+				    dst[i] == '\r' || dst[i] == 0)
+					end = 1;
+				if (end)
+					dst[i] = 0;
+			}
+		}
+		return;
 	}
-	if (hs) {
-		hs->calls++;
-		hs->time_ns += d;
-		hs->hist[sidecar_hist_bucket(d)]++;
-	}
+	if (st < 200)
+		return; /* 1xx: an interim answer, the final one follows */
+	struct http_pending *p = bpf_sk_storage_get(&net_http_sk, sk, 0, 0);
+
+	/* A server sends the answer to a request it received; a client receives it. */
+	if (!p || !p->start || p->dir != (in ? 1 : 0))
+		return;
+	struct http_pending done = *p;
+
+	p->start = 0;
+	http_end(&done, st, now);
 }
 
 /* ---- failed connect / bind / listen ---- */
@@ -671,7 +790,7 @@ int net_sys_exit(unsigned long long *ctx)
 	long ret = (long)ctx[1];
 	/* A payload call of the target in flight? Only its threads carry this storage; for every
 	 * other task the lookup returns NULL at once. */
-	struct http_call *hc = http_enabled ? bpf_task_storage_get(&net_http_calls,
+	struct http_call *hc = http_enabled && http_syscalls ? bpf_task_storage_get(&net_http_calls,
 							    bpf_get_current_task_btf(), 0, 0)
 					     : NULL;
 

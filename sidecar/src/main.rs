@@ -90,9 +90,12 @@ struct Cli {
     /// and `basic_auth_users` (user: bcrypt hash). Same file format Prometheus's exporters use.
     #[arg(long = "web.config.file", value_name = "FILE", global = true)]
     web_config: Option<PathBuf>,
-    /// net family: recognise HTTP/1.x requests and answers in the target's read/write payloads
-    /// (ebpf_sidecar_http_*). `off` saves a program run on every syscall of the host.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
+    /// net family: recognise HTTP/1.x requests and answers (ebpf_sidecar_http_*). `on` (=
+    /// `packets`) reads the start of the target's TCP segments in the packet programs, at no cost
+    /// per syscall; `syscalls` reads read/write payloads instead (for targets filtered by pid
+    /// namespace, which have no cgroup for packet programs; one more program on every syscall of
+    /// the host); `off` does neither.
+    #[arg(long, value_name = "on|packets|syscalls|off", default_value = "on", value_parser = ["on", "packets", "syscalls", "off"], global = true)]
     net_http: String,
     /// Label HTTP metrics (net and runtimes) with the request path, normalised (ids and numbers
     /// become `:id`, query strings dropped) and bounded by --top-n.
@@ -275,7 +278,8 @@ fn main() {
             syscall_latency: cli.syscall_latency == "on",
             sensitive_paths: cli.sensitive_paths,
             profile_hz: cli.profile_hz,
-            net_http: cli.net_http == "on",
+            net_http: cli.net_http != "off",
+            net_http_syscalls: cli.net_http == "syscalls",
             http_paths: cli.http_paths,
             runtime_calls: cli.runtime_calls,
             run_program,

@@ -46,6 +46,9 @@ pub struct Options {
     pub profile_hz: u64,
     /// net: recognise HTTP/1.x in read/write payloads (one more program on every syscall).
     pub net_http: bool,
+    /// net: read HTTP payloads from read/write syscalls instead of TCP segments (`--net-http
+    /// syscalls`: for targets without a cgroup v2 to attach packet programs to).
+    pub net_http_syscalls: bool,
     /// net and runtimes: label HTTP metrics with the normalised path (`crate::http_path`), top-N.
     pub http_paths: bool,
     /// runtimes: count function calls by module:function (costly: every call fires a probe).
@@ -63,6 +66,7 @@ impl Default for Options {
             sensitive_paths: Vec::new(),
             profile_hz: 49,
             net_http: true,
+            net_http_syscalls: false,
             http_paths: false,
             runtime_calls: false,
             run_program: None,

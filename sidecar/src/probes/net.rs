@@ -44,23 +44,30 @@ pub struct Net {
     ports: LabelBudget,
     /// `--http-paths`: normalised paths admitted as labels.
     paths: Option<LabelBudget>,
+    /// HTTP is read in the packet programs (so it needs the cgroup attachment).
+    http_from_packets: bool,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let http = [u8::from(opts.net_http)];
     let paths = [u8::from(opts.http_paths)];
+    let syscalls = [u8::from(opts.net_http_syscalls)];
     let mut obj = Object::load_with(
         "net",
         sidecar_ebpf::objects::NET,
-        &[("http_enabled", &http[..]), ("http_paths", &paths[..])],
+        &[
+            ("http_enabled", &http[..]),
+            ("http_paths", &paths[..]),
+            ("http_syscalls", &syscalls[..]),
+        ],
     )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
-    if opts.net_http {
-        // Without it no thread ever gets payload storage, and sys_exit only does the lookup.
+    if opts.net_http && opts.net_http_syscalls {
+        // Only then: the packet programs read HTTP from TCP segments at no per-syscall cost.
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     }
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
@@ -72,6 +79,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
         paths: opts.http_paths.then(|| LabelBudget::new(opts.top_n)),
+        http_from_packets: opts.net_http && !opts.net_http_syscalls,
     }))
 }
 
@@ -160,7 +168,12 @@ impl Probe for Net {
             if target.is_some() {
                 tracing::warn!(
                     "net: the target's cgroup v2 directory is not reachable, so packet and byte \
-                     counters (ebpf_sidecar_network_*) stay at zero; TCP and error metrics work"
+                     counters (ebpf_sidecar_network_*) stay at zero; TCP and error metrics work{}",
+                    if self.http_from_packets {
+                        ", and HTTP needs --net-http syscalls"
+                    } else {
+                        ""
+                    }
                 );
             }
             return Ok(());

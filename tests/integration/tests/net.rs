@@ -547,7 +547,14 @@ fn http_requests_by_method_and_status_are_exact() {
         // http.server's SimpleHTTPRequestHandler answers POST with 501.
         curls.push("-s -o /dev/null -X POST -d x=1 {url}/".to_string());
     }
-    let m = http_run("http", &curls, &[]);
+    // Both payload sources: TCP segments (default) and read/write syscalls.
+    for source in ["on", "syscalls"] {
+        let m = http_run("http", &curls, &["--net-http", source]);
+        http_counts_are(&m, source, get_ok, get_missing, head, post);
+    }
+}
+
+fn http_counts_are(m: &Metrics, source: &str, get_ok: u64, get_missing: u64, head: u64, post: u64) {
     for dir in ["server", "client"] {
         for (method, status, n) in [
             ("GET", "200", get_ok),
@@ -561,7 +568,7 @@ fn http_requests_by_method_and_status_are_exact() {
                     &[("direction", dir), ("method", method), ("status", status)]
                 ),
                 n as f64,
-                "{dir} {method} {status}"
+                "--net-http {source}: {dir} {method} {status}"
             );
         }
         assert_eq!(
