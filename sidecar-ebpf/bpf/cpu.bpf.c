@@ -75,9 +75,12 @@ static __always_inline void bump(__u32 idx)
 
 static __always_inline void add_comm_ns(struct task_struct *t, __u64 ns)
 {
-	struct comm_key k = {};
+	struct comm_key k;
+	/* Two plain loads instead of a helper call: comm is written with strscpy_pad, so the bytes
+	 * after the NUL are zero and the key is stable. */
+	const __u64 *c = (const __u64 *)t->group_leader->comm;
 
-	bpf_probe_read_kernel_str(k.comm, sizeof(k.comm), t->group_leader->comm);
+	__builtin_memcpy(k.comm, &(__u64[2]){ c[0], c[1] }, sizeof(k.comm));
 	__u64 *v = bpf_map_lookup_elem(&cpu_comm_ns, &k);
 
 	if (v) {

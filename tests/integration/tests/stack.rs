@@ -492,10 +492,9 @@ fn prometheus_scrapes_the_sidecar_watching_the_node_app() {
 
     for ((what, e, want), b) in exp.iter().zip(&base) {
         let target = b + *want as f64;
-        let mut last = f64::NAN;
         let deadline = Instant::now() + Duration::from_secs(20);
         let got = loop {
-            last = prom.query(e).unwrap_or(0.0);
+            let last = prom.query(e).unwrap_or(0.0);
             if last >= target || Instant::now() > deadline {
                 break last;
             }
@@ -504,7 +503,7 @@ fn prometheus_scrapes_the_sidecar_watching_the_node_app() {
         assert!(
             got >= target,
             "{what}: {} of +{want} after 20 s ({e}); base {b}",
-            last - b
+            got - b
         );
         // One more scrape: nothing extra trickles in later.
         std::thread::sleep(Duration::from_millis(2500));
