@@ -13,12 +13,24 @@ RUN if ! command -v clang-19 >/dev/null && ! command -v clang >/dev/null; then \
     fi
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
+# Dependencies first, against stub sources, so a source change rebuilds only the workspace crates
+# (Docker keeps this layer while Cargo.toml/Cargo.lock stay the same).
+COPY sidecar/Cargo.toml sidecar/
+COPY sidecar-ebpf/Cargo.toml sidecar-ebpf/
+COPY tests/integration/Cargo.toml tests/integration/
+COPY bench/Cargo.toml bench/
+RUN for d in sidecar sidecar-ebpf tests/integration bench; do mkdir -p $d/src && : > $d/src/lib.rs; done \
+ && for f in sidecar/src/main.rs bench/src/main.rs sidecar-ebpf/build.rs bench/build.rs; do echo 'fn main() {}' > $f; done \
+ && cargo build --release --locked -p sidecar \
+ && rm -rf sidecar/src sidecar-ebpf/src bench/src tests/integration/src sidecar-ebpf/build.rs bench/build.rs
 COPY sidecar ./sidecar
 COPY sidecar-ebpf ./sidecar-ebpf
 # Workspace members' manifests must be present for cargo to read the workspace.
 COPY tests ./tests
 COPY bench ./bench
-RUN cargo build --release --locked -p sidecar && install -m 0755 target/release/ebpf-sidecar /ebpf-sidecar
+# The stubs' outputs are newer than the sources' copied mtimes: make the sources newer.
+RUN find sidecar sidecar-ebpf tests bench -type f -exec touch {} + \
+ && cargo build --release --locked -p sidecar && install -m 0755 target/release/ebpf-sidecar /ebpf-sidecar
 
 FROM ${RUNTIME}
 COPY --from=build /ebpf-sidecar /usr/local/bin/ebpf-sidecar
