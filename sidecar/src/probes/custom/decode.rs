@@ -142,7 +142,7 @@ impl DecodeCtx {
             Ty::Struct { members, .. } | Ty::Union { members, .. } => {
                 let mut o = Map::new();
                 for m in members {
-                    if m.bitfield_size != 0 {
+                    if m.bitfield_size != 0 || is_padding(&m.name) {
                         continue;
                     }
                     let off = m.bit_offset as usize / 8;
@@ -198,6 +198,15 @@ impl DecodeCtx {
             },
         }
     }
+}
+
+/// Fields left out of event JSON: explicit padding (`pad`, `pad2`, `_reserved`, `__pad`).
+fn is_padding(name: &str) -> bool {
+    name.starts_with('_')
+        || name
+            .strip_prefix("pad")
+            .is_some_and(|rest| rest.chars().all(|c| c.is_ascii_digit()))
+        || name == "padding"
 }
 
 #[cfg(test)]
