@@ -472,12 +472,11 @@ fn load_with(
     }
     let mut event_plans = Vec::new();
     for e in &cfg.events {
-        let d = def(&e.map)?;
-        let _ = d;
+        def(&e.map)?;
         let struct_id = btf
             .struct_by_name(&e.struct_name)
             .map_err(|err| map_err(&e.map, format!("events struct: {err}")))?;
-        for (path, _) in &e.decoders {
+        for path in e.decoders.keys() {
             btf.field(struct_id, path)
                 .map_err(|err| map_err(&e.map, format!("decoders: {err}")))?;
         }
@@ -846,7 +845,7 @@ fn label_plans(
                 Ok(())
             } else {
                 Err(format!(
-                    "label {}: decoder {:?} expects {expected}, but {shown} is {} ({len} bytes)",
+                    "label {}: decoder {} expects {expected}, but {shown} is {} ({len} bytes)",
                     l.name,
                     l.decoder,
                     btf.describe(field.ty)

@@ -504,3 +504,47 @@ impl Btf {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_maps_and_structs_of_a_real_object() {
+        let btf = Btf::from_elf(sidecar_ebpf::objects::SYSCALLS).unwrap();
+        let maps = btf.maps();
+        let target = maps
+            .iter()
+            .find(|m| m.name == sidecar_ebpf::TARGET_MAP)
+            .expect("sidecar_target declared");
+        assert_eq!(target.map_type, Some(2), "BPF_MAP_TYPE_ARRAY");
+        let v = target.value.unwrap();
+        assert_eq!(btf.size_of(v), std::mem::size_of::<sidecar_ebpf::Target>());
+        assert_eq!(btf.describe(v), "struct sidecar_target");
+        let f = btf.field(v, "self_tgid").unwrap();
+        assert_eq!(f.offset, 28);
+        assert_eq!(btf.scalar(f.ty), Some(Scalar::Unsigned(4)));
+        assert_eq!(btf.scalar(target.key.unwrap()), Some(Scalar::Unsigned(4)));
+        let e = btf.field(v, "nope").unwrap_err();
+        assert!(
+            e.to_string().contains("fields: cgroup_id, pidns_dev"),
+            "{e}"
+        );
+        assert!(
+            Btf::from_elf(b"not an elf")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
+    }
+
+    #[test]
+    fn scalars() {
+        assert_eq!(
+            Scalar::Signed(2).read_u64(&(-3i16).to_le_bytes(), 0) as i64,
+            -3
+        );
+        assert_eq!(Scalar::Float(8).read_f64(&1.5f64.to_le_bytes(), 0), 1.5);
+        assert_eq!(Scalar::Unsigned(4).read_u64(&[1, 0, 0, 0, 9], 0), 1);
+    }
+}

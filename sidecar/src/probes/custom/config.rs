@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,7 +66,7 @@ pub enum MetricKind {
 }
 
 /// How a key field or event field becomes a label value (or JSON value).
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Decoder {
     /// Decimal integer.
@@ -93,9 +95,12 @@ pub enum Decoder {
     Usym,
 }
 
-impl Decoder {
-    pub const ALL: &'static str =
-        "int, hex, string, ipv4, ipv6, port, port_host, cgroup, syscall, errno, ksym, usym";
+impl fmt::Display for Decoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // The YAML spelling.
+        let s = serde_json::to_value(self).ok();
+        f.write_str(s.as_ref().and_then(|v| v.as_str()).unwrap_or("?"))
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -249,5 +254,47 @@ pub fn label_name(l: &str) -> Result<(), String> {
         Err(format!(
             "label name {l:?} is not usable ([a-zA-Z_][a-zA-Z0-9_]*, not le, quantile or __*)"
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            metric_name("tcp_seconds", MetricKind::Counter).unwrap(),
+            "ebpf_sidecar_tcp_seconds"
+        );
+        assert_eq!(
+            metric_name("ebpf_sidecar_x", MetricKind::Gauge).unwrap(),
+            "ebpf_sidecar_x"
+        );
+        assert!(metric_name("x_total", MetricKind::Counter).is_err());
+        assert!(metric_name("1x", MetricKind::Gauge).is_err());
+        assert!(label_name("le").is_err());
+        assert!(label_name("daddr").is_ok());
+    }
+
+    #[test]
+    fn yaml_schema() {
+        let c: Config = serde_yaml::from_str(
+            "programs: [{name: p, attach: uprobe, binary: /bin/x, symbol: f}]\n\
+             metrics: [{map: m, labels: [{name: a, decoder: ipv4}], fields: [{name: f, metric: g, scale: 1e-9}]}]",
+        )
+        .unwrap();
+        assert_eq!(c.programs[0].attach, AttachKind::Uprobe);
+        assert_eq!(c.metrics[0].labels[0].decoder, Decoder::Ipv4);
+        assert_eq!(c.metrics[0].fields[0].scale, 1e-9);
+        assert_eq!(c.metrics[0].fields[0].kind, MetricKind::Counter);
+        let e = serde_yaml::from_str::<Config>(
+            "metrics: [{map: m, labels: [{name: a, decoder: ipv5}]}]",
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown variant `ipv5`"), "{e}");
+        let e = serde_yaml::from_str::<Config>("programs: []\nmetrix: []").unwrap_err();
+        assert!(e.to_string().contains("unknown field `metrix`"), "{e}");
+        assert_eq!(Decoder::PortHost.to_string(), "port_host");
     }
 }
