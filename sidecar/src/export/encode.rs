@@ -160,6 +160,11 @@ impl LabelBudget {
 }
 
 impl LabelBudget {
+    /// Distinct values kept before `other`.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
     /// Whether each label keeps its own series (admitted before, or room left); the others go to
     /// `other`. Callers pass the biggest first. Linear in the number of labels, for large maps.
     pub fn admit_all<'a>(&self, labels: impl IntoIterator<Item = &'a str>) -> Vec<bool> {

@@ -1013,40 +1013,45 @@ impl CustomProbe {
                 return Ok(());
             }
         };
-        struct Group {
-            labels: Vec<String>,
-            values: Vec<f64>,
-            hist: Vec<u64>,
-            hist_sum: f64,
-            weight: f64,
-        }
         let (ks, stride) = (m.map.key_size, m.map.stride());
         let slot = m.map.value_size.next_multiple_of(8);
+        let hn = m.hist.as_ref().map(|h| h.n).unwrap_or(0);
         let mut groups: Vec<Group> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::with_capacity(dump.count);
-        let hn = m.hist.as_ref().map(|h| h.n).unwrap_or(0);
         for i in 0..dump.count {
             let key = &dump.keys[i * ks..(i + 1) * ks];
             let val = &dump.values[i * stride..(i + 1) * stride];
-            let labels: Vec<String> = m
+            let labels: Labels = m
                 .labels
                 .iter()
                 .map(|l| {
-                    self.decode
-                        .label(l.decoder, &key[l.offset..l.offset + l.len], l.scalar)
+                    let v = self.decode.label(
+                        l.decoder,
+                        &key[l.offset..l.offset + l.len],
+                        l.scalar,
+                    );
+                    (l.name, v)
                 })
                 .collect();
-            let composite = labels.join("\u{1f}");
-            let gi = *index.entry(composite).or_insert_with(|| {
-                groups.push(Group {
-                    labels,
-                    values: vec![0.0; m.values.len()],
-                    hist: vec![0; hn],
-                    hist_sum: 0.0,
-                    weight: 0.0,
-                });
-                groups.len() - 1
-            });
+            // Several keys may decode to the same labels (e.g. two cgroups of one path): one
+            // series, summed.
+            let composite = match labels.as_slice() {
+                [] => String::new(),
+                [(_, v)] => v.clone(),
+                many => many
+                    .iter()
+                    .map(|(_, v)| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join("\u{1f}"),
+            };
+            let gi = match index.get(&composite) {
+                Some(gi) => *gi,
+                None => {
+                    groups.push(Group::new(composite.clone(), labels, m.values.len(), hn));
+                    index.insert(composite, groups.len() - 1);
+                    groups.len() - 1
+                }
+            };
             let g = &mut groups[gi];
             // Per-CPU maps: one slot per CPU, summed.
             for cpu in 0..m.map.cpus {
@@ -1075,36 +1080,36 @@ impl CustomProbe {
         }
         drop(index);
         // Bounded cardinality: the biggest series keep their labels, the rest sum into `other`.
-        let mut order: Vec<usize> = (0..groups.len()).collect();
-        order.sort_by(|a, b| {
-            groups[*b]
-                .weight
-                .total_cmp(&groups[*a].weight)
-                .then_with(|| groups[*a].labels.cmp(&groups[*b].labels))
-        });
-        let names: Vec<String> = order
-            .iter()
-            .map(|i| groups[*i].labels.join("\u{1f}"))
-            .collect();
-        let keep = if m.labels.is_empty() {
-            vec![true; order.len()]
+        let keep = if m.labels.is_empty() || groups.len() <= m.budget.max() {
+            // Everything fits: no need to rank.
+            m.budget.admit_all(groups.iter().map(|g| g.key.as_str()))
         } else {
-            m.budget.admit_all(names.iter().map(String::as_str))
+            let mut order: Vec<usize> = (0..groups.len()).collect();
+            order.sort_unstable_by(|a, b| {
+                groups[*b]
+                    .weight
+                    .total_cmp(&groups[*a].weight)
+                    .then_with(|| groups[*a].key.cmp(&groups[*b].key))
+            });
+            let ranked = m
+                .budget
+                .admit_all(order.iter().map(|i| groups[*i].key.as_str()));
+            let mut keep = vec![false; groups.len()];
+            for (i, k) in order.into_iter().zip(ranked) {
+                keep[i] = k;
+            }
+            keep
         };
-        let mut kept: Vec<&Group> = Vec::new();
+        let mut kept: Vec<&Group> = Vec::with_capacity(groups.len());
         let mut other: Option<Group> = None;
-        for (i, k) in order.iter().zip(keep) {
-            let g = &groups[*i];
-            if k {
+        for (g, k) in groups.iter().zip(keep) {
+            if k || m.labels.is_empty() {
                 kept.push(g);
                 continue;
             }
-            let o = other.get_or_insert_with(|| Group {
-                labels: vec![OTHER.to_string(); m.labels.len()],
-                values: vec![0.0; m.values.len()],
-                hist: vec![0; hn],
-                hist_sum: 0.0,
-                weight: 0.0,
+            let o = other.get_or_insert_with(|| {
+                let labels = m.labels.iter().map(|l| (l.name, OTHER.to_string())).collect();
+                Group::new(String::new(), labels, m.values.len(), hn)
             });
             for (a, b) in o.values.iter_mut().zip(&g.values) {
                 *a += b;
@@ -1114,17 +1119,10 @@ impl CustomProbe {
             }
             o.hist_sum += g.hist_sum;
         }
-        kept.sort_by(|a, b| a.labels.cmp(&b.labels));
+        kept.sort_unstable_by(|a, b| a.key.cmp(&b.key));
         if let Some(o) = &other {
             kept.push(o);
         }
-        let labels_of = |g: &Group| -> Labels {
-            m.labels
-                .iter()
-                .zip(&g.labels)
-                .map(|(l, v)| (l.name, v.clone()))
-                .collect()
-        };
         for (j, p) in m.values.iter().enumerate() {
             let ty = match p.kind {
                 MetricKind::Counter => MetricType::Counter,
@@ -1133,8 +1131,7 @@ impl CustomProbe {
             let mut d = enc.encode_descriptor(&p.metric, &p.help, None, ty)?;
             for g in &kept {
                 let v = g.values[j] * p.scale;
-                let l = labels_of(g);
-                let mut f = d.encode_family(&l)?;
+                let mut f = d.encode_family(&g.labels)?;
                 match p.kind {
                     MetricKind::Counter => f.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
                     MetricKind::Gauge => f.encode_gauge(&v)?,
@@ -1153,11 +1150,34 @@ impl CustomProbe {
                 let mut buckets: Vec<(f64, u64)> =
                     (0..h.n - 1).map(|b| (h.les[b], g.hist[b])).collect();
                 buckets.push((f64::INFINITY, g.hist[h.n - 1]));
-                d.encode_family(&labels_of(g))?
+                d.encode_family(&g.labels)?
                     .encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?;
             }
         }
         Ok(())
+    }
+}
+
+/// One series of a metrics map: the entries whose keys decode to the same labels.
+struct Group {
+    key: String,
+    labels: Labels,
+    values: Vec<f64>,
+    hist: Vec<u64>,
+    hist_sum: f64,
+    weight: f64,
+}
+
+impl Group {
+    fn new(key: String, labels: Labels, values: usize, buckets: usize) -> Self {
+        Self {
+            key,
+            labels,
+            values: vec![0.0; values],
+            hist: vec![0; buckets],
+            hist_sum: 0.0,
+            weight: 0.0,
+        }
     }
 }
 

@@ -81,8 +81,9 @@ impl DecodeCtx {
         };
         match d {
             Decoder::Int => match scalar {
-                Some(Scalar::Float(_)) => scalar.unwrap().read_f64(bytes, 0).to_string(),
-                _ => signed().to_string(),
+                Some(s @ Scalar::Float(_)) => s.read_f64(bytes, 0).to_string(),
+                Some(Scalar::Signed(_)) => (num() as i64).to_string(),
+                _ => num().to_string(),
             },
             Decoder::Hex => format!("0x{:x}", num()),
             Decoder::String => {
