@@ -106,7 +106,9 @@ pub fn run(entries: u64, rounds: usize) -> Result<String> {
     }
     let yaml = |top_n: Option<u64>| -> Result<std::path::PathBuf> {
         let p = dir.join(format!("entries-{}.yaml", top_n.unwrap_or(0)));
-        let top = top_n.map(|n| format!("    top_n: {n}\n")).unwrap_or_default();
+        let top = top_n
+            .map(|n| format!("    top_n: {n}\n"))
+            .unwrap_or_default();
         std::fs::write(
             &p,
             format!(

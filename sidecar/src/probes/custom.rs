@@ -164,7 +164,8 @@ struct EventPlan {
 
 enum EventSource {
     Ring(RingBuf<MapData>),
-    Perf(PerfEventArray<MapData>),
+    /// One buffer per online CPU.
+    Perf(Vec<aya::maps::perf::PerfEventArrayBuffer<MapData>>),
 }
 
 /// Attachments that depend on where the target is (its files, its cgroup): redone when it moves.
@@ -731,10 +732,24 @@ fn load_with(
                     RingBuf::try_from(Map::RingBuf(data))
                         .map_err(|err| map_err(&e.map, err.to_string()))?,
                 ),
-                rawmap::BPF_MAP_TYPE_PERF_EVENT_ARRAY => EventSource::Perf(
-                    PerfEventArray::try_from(Map::PerfEventArray(data))
-                        .map_err(|err| map_err(&e.map, err.to_string()))?,
-                ),
+                rawmap::BPF_MAP_TYPE_PERF_EVENT_ARRAY => {
+                    let mut arr = PerfEventArray::try_from(Map::PerfEventArray(data))
+                        .map_err(|err| map_err(&e.map, err.to_string()))?;
+                    // perf_event_open needs CAP_PERFMON: open every CPU's buffer now, before
+                    // the capabilities are dropped.
+                    let cpus = aya::util::online_cpus()
+                        .map_err(|(what, err)| map_err(&e.map, format!("{what}: {err}")))?;
+                    let mut bufs = Vec::new();
+                    for cpu in cpus {
+                        bufs.push(arr.open(cpu, Some(64)).map_err(|err| {
+                            map_err(
+                                &e.map,
+                                format!("opening the perf buffer of CPU {cpu}: {err}"),
+                            )
+                        })?);
+                    }
+                    EventSource::Perf(bufs)
+                }
                 _ => {
                     return Err(map_err(
                         &e.map,
@@ -1025,11 +1040,9 @@ impl CustomProbe {
                 .labels
                 .iter()
                 .map(|l| {
-                    let v = self.decode.label(
-                        l.decoder,
-                        &key[l.offset..l.offset + l.len],
-                        l.scalar,
-                    );
+                    let v =
+                        self.decode
+                            .label(l.decoder, &key[l.offset..l.offset + l.len], l.scalar);
                     (l.name, v)
                 })
                 .collect();
@@ -1108,7 +1121,11 @@ impl CustomProbe {
                 continue;
             }
             let o = other.get_or_insert_with(|| {
-                let labels = m.labels.iter().map(|l| (l.name, OTHER.to_string())).collect();
+                let labels = m
+                    .labels
+                    .iter()
+                    .map(|l| (l.name, OTHER.to_string()))
+                    .collect();
                 Group::new(String::new(), labels, m.values.len(), hn)
             });
             for (a, b) in o.values.iter_mut().zip(&g.values) {
@@ -1307,20 +1324,7 @@ impl Reader {
                     self.flush(batch);
                 }
             }
-            EventSource::Perf(mut arr) => {
-                let cpus = aya::util::online_cpus().unwrap_or_default();
-                let mut bufs = Vec::new();
-                for cpu in cpus {
-                    match arr.open(cpu, Some(64)) {
-                        Ok(b) => bufs.push(b),
-                        Err(e) => tracing::error!(
-                            probe = self.kind,
-                            map = self.plan.map_name,
-                            cpu,
-                            "opening the perf buffer: {e}"
-                        ),
-                    }
-                }
+            EventSource::Perf(mut bufs) => {
                 let fds: Vec<i32> = bufs.iter().map(|b| b.as_raw_fd()).collect();
                 let mut scratch = Vec::new();
                 loop {

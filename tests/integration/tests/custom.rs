@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use integration::docker;
 use integration::*;
 
 /// A scratch directory for this test binary: headers, objects, configs.
@@ -378,8 +379,9 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "badyaml",
-            "name: badyaml\nprograms:\n  - name: connlat_state\n    attach: [tracepoint\n".into(),
-            "badyaml.yaml:",
+            // `tracepoint:` indented one space short: a YAML syntax error, not a schema one.
+            "name: badyaml\nprograms:\n  - name: connlat_state\n    attach: tracepoint\n   tracepoint: sock:inet_sock_set_state\n".into(),
+            "badyaml.yaml:5:4: did not find expected '-' indicator",
         ),
         (
             "wrongmap",
@@ -441,12 +443,147 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
             "{name}: expected {msg:?} in the log:\n{log}"
         );
     }
-    // The YAML syntax error names the line.
-    assert!(
-        log.contains("badyaml.yaml:4:"),
-        "line of the YAML error:\n{log}"
+    assert_eq!(promtool_check(&m.text), "", "promtool");
+}
+
+#[test]
+fn raw_tp_tp_btf_and_perf_event_array_events() {
+    require_root();
+    const N: u64 = 5000;
+    const K: usize = 3;
+    let obj = build_object(
+        "custom_kinds",
+        Some(&repo_root().join("tests/integration/workloads/custom_kinds.bpf.c")),
+    );
+    let yaml = write(
+        "custom_kinds.yaml",
+        "name: kinds
+programs:
+  - {name: kinds_sys_enter, attach: raw_tp, tracepoint: sys_enter}
+  - {name: kinds_exec, attach: tp_btf, tracepoint: sched_process_exec}
+metrics:
+  - map: kinds_syscalls
+    labels:
+      - {name: syscall, field: nr, decoder: syscall}
+      - {name: comm, field: comm, decoder: string}
+    metric: kinds_syscalls
+    top_n: 600
+events:
+  - map: kinds_events
+    struct: kinds_event
+    count:
+      metric: kinds_execs
+      labels: [{name: comm, field: comm, decoder: string}]
+",
+    );
+    let w = workload("counted");
+    let out = scratch().join("kinds.prom");
+    let events = scratch().join("kinds.ndjson");
+    let _ = std::fs::remove_file(&out);
+    let _ = std::fs::remove_file(&events);
+    let mut args = probe_arg(&obj, &yaml);
+    args.extend(["--probes".into(), "process".into(), "--metrics-out".into()]);
+    args.push(out.display().to_string());
+    args.push("--events-out".into());
+    args.push(events.display().to_string());
+    let r = Run::start(
+        &strs(&args),
+        &[
+            "sh",
+            "-c",
+            &format!("{} run {N} 0 {K} 0; sleep 1", w.display()),
+        ],
+    );
+    let (code, log) = r.wait();
+    assert_eq!(code, 0, "{log}");
+    let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_kinds_syscalls_total",
+            &[("syscall", "getppid"), ("comm", "counted")]
+        ),
+        Some(N as f64),
+        "{log}"
+    );
+    assert_eq!(
+        m.get("ebpf_sidecar_kinds_execs_total", &[("comm", "true")]),
+        Some(K as f64)
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let trues: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "kinds" && v["data"]["comm"] == "true")
+        .collect();
+    assert_eq!(trues.len(), K, "{text}");
+    for e in &trues {
+        // exec keeps the pid: old_pid is the same process, seen before the exec.
+        assert_eq!(e["data"]["pid"], e["data"]["old_pid"], "{e}");
+        assert_eq!(e["map"], "kinds_events");
+    }
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_events_lost_total",
+            &[("probe", "custom:kinds")]
+        ),
+        Some(0.0)
     );
     assert_eq!(promtool_check(&m.text), "", "promtool");
+}
+
+/// A restarted container is a new cgroup: a custom probe that filters with sidecar_in_target()
+/// follows it like the built-in families do.
+#[test]
+fn custom_probe_follows_a_restarted_container() {
+    require_root();
+    let obj = build_object("execsnoop", None);
+    let name = format!("ebpf-sidecar-custom-restart-{}", std::process::id());
+    // Two seconds of quiet at each start: time for the sidecar (and, after the restart, for its
+    // target watcher) to be in place before the five execs.
+    let c = docker::Container::run(
+        &name,
+        &[
+            "debian:bookworm-slim",
+            "sh",
+            "-c",
+            "sleep 2; for i in 1 2 3 4 5; do /bin/true; done; exec sleep 1000",
+        ],
+    );
+    let mut args = probe_arg(&obj, &example_yaml("execsnoop"));
+    args.extend([
+        "--probes".into(),
+        "process".into(),
+        "--target-container".into(),
+        name.clone(),
+        "--resolve-interval".into(),
+        "0.2".into(),
+    ]);
+    let s = Sidecar::start(&strs(&args));
+    let trues = |s: &Sidecar| {
+        s.scrape()
+            .sum("ebpf_sidecar_execsnoop_execs_total", &[("comm", "true")])
+    };
+    wait_for("the first run's execs", Duration::from_secs(20), || {
+        (trues(&s) == 5.0).then_some(())
+    });
+    docker::ok(&["restart", "-t", "0", &c.0]);
+    wait_for(
+        "the restarted container's execs",
+        Duration::from_secs(20),
+        || (trues(&s) >= 10.0).then_some(()),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let m = s.scrape();
+    assert_eq!(
+        m.sum("ebpf_sidecar_execsnoop_execs_total", &[("comm", "true")]),
+        10.0
+    );
+    assert_eq!(m.sum("ebpf_sidecar_target_acquisitions_total", &[]), 2.0);
+    // Same count as the built-in family.
+    assert_eq!(
+        m.sum("ebpf_sidecar_process_execs_total", &[("comm", "true")]),
+        10.0
+    );
 }
 
 #[test]
