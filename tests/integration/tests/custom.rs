@@ -531,6 +531,55 @@ events:
     assert_eq!(promtool_check(&m.text), "", "promtool");
 }
 
+#[test]
+fn usdt_probe_with_a_semaphore_through_the_usdt_engine() {
+    require_root();
+    const N: u64 = 300;
+    let obj = build_object(
+        "custom_usdt",
+        Some(&repo_root().join("tests/integration/workloads/custom_usdt.bpf.c")),
+    );
+    let bin = workload("custom_usdt");
+    let yaml = write(
+        "custom_usdt.yaml",
+        &format!(
+            "name: jobs
+programs:
+  - {{name: on_job, attach: usdt, binary: {}, probe: \"myapp:job\"}}
+metrics:
+  - map: jobs
+    labels: [{{name: kind}}]
+    fields:
+      - {{name: jobs, metric: myapp_jobs}}
+      - {{name: cost, metric: myapp_cost, type: gauge}}
+",
+            bin.display()
+        ),
+    );
+    let out = scratch().join("usdt.prom");
+    let _ = std::fs::remove_file(&out);
+    let mut args = probe_arg(&obj, &yaml);
+    args.extend(["--probes".into(), "process".into(), "--metrics-out".into()]);
+    args.push(out.display().to_string());
+    let r = Run::start(&strs(&args), &[bin.to_str().unwrap(), &N.to_string()]);
+    let (code, log) = r.wait();
+    assert_eq!(code, 0, "{log}");
+    let m = Metrics::parse(&std::fs::read_to_string(&out).unwrap());
+    for kind in 0..4u64 {
+        let l = [("kind", &*kind.to_string())];
+        let (jobs, cost) = (0..N)
+            .filter(|i| i % 4 == kind)
+            .fold((0u64, 0u64), |(j, c), i| (j + 1, c + 10 * i));
+        assert_eq!(
+            m.get("ebpf_sidecar_myapp_jobs_total", &l),
+            Some(jobs as f64),
+            "kind {kind}\n{log}\n{}",
+            m.text
+        );
+        assert_eq!(m.get("ebpf_sidecar_myapp_cost", &l), Some(cost as f64));
+    }
+}
+
 /// A restarted container is a new cgroup: a custom probe that filters with sidecar_in_target()
 /// follows it like the built-in families do.
 #[test]
