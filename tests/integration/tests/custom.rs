@@ -447,7 +447,7 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
 }
 
 #[test]
-fn raw_tp_tp_btf_and_perf_event_array_events() {
+fn raw_tp_tp_btf_cgroup_skb_perf_event_and_a_perf_event_array() {
     require_root();
     const N: u64 = 5000;
     const K: usize = 3;
@@ -461,7 +461,11 @@ fn raw_tp_tp_btf_and_perf_event_array_events() {
 programs:
   - {name: kinds_sys_enter, attach: raw_tp, tracepoint: sys_enter}
   - {name: kinds_exec, attach: tp_btf, tracepoint: sched_process_exec}
+  - {name: kinds_egress, attach: cgroup_skb, direction: egress}
+  - {name: kinds_sample, attach: perf_event, frequency: 1000}
 metrics:
+  - {map: kinds_syns, metric: kinds_tcp_syns}
+  - {map: kinds_samples, metric: kinds_cpu_samples}
   - map: kinds_syscalls
     labels:
       - {name: syscall, field: nr, decoder: syscall}
@@ -477,6 +481,15 @@ events:
 ",
     );
     let w = workload("counted");
+    let connect = workload("custom_connect");
+    const CONNECTS: u64 = 4;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in listener.incoming() {
+            drop(s);
+        }
+    });
     let out = scratch().join("kinds.prom");
     let events = scratch().join("kinds.ndjson");
     let _ = std::fs::remove_file(&out);
@@ -491,7 +504,12 @@ events:
         &[
             "sh",
             "-c",
-            &format!("{} run {N} 0 {K} 0; sleep 1", w.display()),
+            &format!(
+                "{} run {N} 0 {K} 0; {} {port} {CONNECTS}; \
+                 i=0; while [ $i -lt 100000 ]; do i=$((i+1)); done; sleep 1",
+                w.display(),
+                connect.display()
+            ),
         ],
     );
     let (code, log) = r.wait();
@@ -509,6 +527,14 @@ events:
         m.get("ebpf_sidecar_kinds_execs_total", &[("comm", "true")]),
         Some(K as f64)
     );
+    // cgroup_skb on the run cgroup: the target's SYNs only (not the listener's SYN-ACKs).
+    assert_eq!(
+        m.get("ebpf_sidecar_kinds_tcp_syns_total", &[]),
+        Some(CONNECTS as f64)
+    );
+    // perf_event at 1000 Hz over a busy shell loop of a tenth of a second or more.
+    let samples = m.get("ebpf_sidecar_kinds_cpu_samples_total", &[]).unwrap();
+    assert!(samples > 10.0, "cpu samples {samples}");
     let text = std::fs::read_to_string(&events).unwrap();
     let trues: Vec<serde_json::Value> = text
         .lines()
