@@ -815,13 +815,16 @@ fn load_with(
         filter_globals,
     };
     // Attachments in the target's files and cgroup: a failure here is this probe's failure.
-    probe
-        .attach_per_target(target)
-        .map_err(|(program, msg)| CustomError::Program {
-            probe: short.to_string(),
-            program,
-            msg,
-        })?;
+    // A target not running yet gets them when it appears (on_target).
+    if target.is_some() {
+        probe
+            .attach_per_target(target)
+            .map_err(|(program, msg)| CustomError::Program {
+                probe: short.to_string(),
+                program,
+                msg,
+            })?;
+    }
     Ok(Loaded {
         probe: Arc::new(probe),
         keeps,

@@ -413,6 +413,40 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
         let p = write(&format!("{name}.yaml"), yaml);
         args.extend(probe_arg(&obj, &p));
     }
+    // Kernel-side failures: a program the object does not have, an object without BTF.
+    let missing = write(
+        "missingprog.yaml",
+        &good
+            .replace("name: tcpconnlat", "name: missingprog")
+            .replace("- name: connlat_state", "- name: connlat_nope"),
+    );
+    args.extend(probe_arg(&obj, &missing));
+    let nobtf = scratch().join("nobtf.bpf.o");
+    let st = Command::new("clang-19")
+        .args(["-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
+        .arg(scratch().join("include"))
+        .arg("-c")
+        .arg(repo_root().join("examples/custom/tcpconnlat.bpf.c"))
+        .arg("-o")
+        .arg(&nobtf)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let nobtf_yaml = write(
+        "nobtf.yaml",
+        &good.replace("name: tcpconnlat", "name: nobtf"),
+    );
+    args.extend(probe_arg(&nobtf, &nobtf_yaml));
+    let more = [
+        (
+            "missingprog",
+            "probe custom:missingprog: program connlat_nope not found in the object",
+        ),
+        (
+            "nobtf",
+            "nobtf.bpf.o: the object has no .BTF section (compile with clang -g)",
+        ),
+    ];
     // One good custom probe among the broken ones still loads.
     args.extend(probe_arg(&obj, &example_yaml("tcpconnlat")));
     let r = Run::start(
@@ -430,6 +464,20 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
     );
     let log = r.log_text();
     for (name, _, msg) in &cases {
+        assert_eq!(
+            m.get(
+                "ebpf_sidecar_probe_up",
+                &[("probe", &format!("custom:{name}"))]
+            ),
+            Some(0.0),
+            "{name} reported down"
+        );
+        assert!(
+            log.contains(msg),
+            "{name}: expected {msg:?} in the log:\n{log}"
+        );
+    }
+    for (name, msg) in more {
         assert_eq!(
             m.get(
                 "ebpf_sidecar_probe_up",
