@@ -414,26 +414,11 @@ fn load_with(
                         "a histogram needs at least 2 buckets".into(),
                     ));
                 }
-                let (les, mids): (Vec<f64>, Vec<f64>) = match h.buckets {
-                    BucketKind::Log2 => (0..n)
-                        .map(|i| {
-                            let hi = 2f64.powi(i as i32 + 1);
-                            let lo = if i == 0 { 0.0 } else { hi / 2.0 };
-                            (hi * h.scale, (lo + hi) / 2.0 * h.scale)
-                        })
-                        .unzip(),
-                    BucketKind::Linear => {
-                        let step = h.step.filter(|s| *s > 0.0).ok_or_else(|| {
-                            map_err(&m.map, "linear histogram needs `step:` > 0".into())
-                        })?;
-                        (0..n)
-                            .map(|i| {
-                                let lo = h.min + i as f64 * step;
-                                ((lo + step) * h.scale, (lo + step / 2.0) * h.scale)
-                            })
-                            .unzip()
-                    }
-                };
+                if h.buckets == BucketKind::Linear && !h.step.is_some_and(|s| s > 0.0) {
+                    return Err(map_err(&m.map, "linear histogram needs `step:` > 0".into()));
+                }
+                let (les, mids) =
+                    bucket_bounds(h.buckets, n, h.min, h.step.unwrap_or(1.0), h.scale);
                 let sum = match &h.sum_field {
                     Some(p) => {
                         let f = btf.field(value_ty, p).map_err(|e| {
@@ -829,6 +814,29 @@ fn load_with(
         probe: Arc::new(probe),
         keeps,
     })
+}
+
+/// Upper bounds and midpoints (both scaled) of `n` kernel buckets. Log2: bucket i holds
+/// [2^i, 2^(i+1)), bucket 0 also 0. Linear: [min + i·step, min + (i+1)·step).
+fn bucket_bounds(
+    kind: BucketKind,
+    n: usize,
+    min: f64,
+    step: f64,
+    scale: f64,
+) -> (Vec<f64>, Vec<f64>) {
+    (0..n)
+        .map(|i| {
+            let (lo, hi) = match kind {
+                BucketKind::Log2 => {
+                    let hi = 2f64.powi(i as i32 + 1);
+                    (if i == 0 { 0.0 } else { hi / 2.0 }, hi)
+                }
+                BucketKind::Linear => (min + i as f64 * step, min + (i + 1) as f64 * step),
+            };
+            (hi * scale, (lo + hi) / 2.0 * scale)
+        })
+        .unzip()
 }
 
 /// Plans for labels read from a key (or event) of BTF type `ty`.
@@ -1442,4 +1450,29 @@ pub fn write_headers(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
         out.push(p);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounds() {
+        let (les, mids) = bucket_bounds(BucketKind::Log2, 4, 0.0, 1.0, 1e-9);
+        assert_eq!(les, vec![2e-9, 4e-9, 8e-9, 16e-9]);
+        assert_eq!(mids[0], 1e-9);
+        assert!((mids[2] - 6e-9).abs() < 1e-20);
+        let (les, mids) = bucket_bounds(BucketKind::Linear, 3, 100.0, 10.0, 1.0);
+        assert_eq!(les, vec![110.0, 120.0, 130.0]);
+        assert_eq!(mids, vec![105.0, 115.0, 125.0]);
+    }
+
+    #[test]
+    fn probe_name_falls_back_to_the_file() {
+        let s = Spec {
+            object: "a.bpf.o".into(),
+            config: "/x/tcp-lat.yaml".into(),
+        };
+        assert_eq!(s.fallback_name(), "tcp-lat");
+    }
 }
