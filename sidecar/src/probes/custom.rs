@@ -816,6 +816,17 @@ fn load_with(
     })
 }
 
+/// `v × scale`, computed as a division when the scale is 1/N (1e-9: ns → s), so that 333104 ns
+/// prints as 0.000333104 and not 0.00033310400000000003.
+fn scaled(v: f64, scale: f64) -> f64 {
+    let inv = (1.0 / scale).round();
+    if scale != 1.0 && inv >= 1.0 && ((1.0 / inv) - scale).abs() <= scale.abs() * 1e-12 {
+        v / inv
+    } else {
+        v * scale
+    }
+}
+
 /// Upper bounds and midpoints (both scaled) of `n` kernel buckets. Log2: bucket i holds
 /// [2^i, 2^(i+1)), bucket 0 also 0. Linear: [min + i·step, min + (i+1)·step).
 fn bucket_bounds(
@@ -1093,7 +1104,7 @@ impl CustomProbe {
                         g.hist[b] += h.elem.read_u64(v, h.offset + b * es);
                     }
                     if let Some((off, s)) = h.sum {
-                        g.hist_sum += s.read_f64(v, off) * h.scale;
+                        g.hist_sum += scaled(s.read_f64(v, off), h.scale);
                     }
                 }
             }
@@ -1158,7 +1169,7 @@ impl CustomProbe {
             };
             let mut d = enc.encode_descriptor(&p.metric, &p.help, None, ty)?;
             for g in &kept {
-                let v = g.values[j] * p.scale;
+                let v = scaled(g.values[j], p.scale);
                 let mut f = d.encode_family(&g.labels)?;
                 match p.kind {
                     MetricKind::Counter => f.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
@@ -1465,6 +1476,14 @@ mod tests {
         let (les, mids) = bucket_bounds(BucketKind::Linear, 3, 100.0, 10.0, 1.0);
         assert_eq!(les, vec![110.0, 120.0, 130.0]);
         assert_eq!(mids, vec![105.0, 115.0, 125.0]);
+    }
+
+    #[test]
+    fn scales() {
+        assert_eq!(scaled(333104.0, 1e-9).to_string(), "0.000333104");
+        assert_eq!(scaled(3.0, 2.0), 6.0);
+        assert_eq!(scaled(5.0, 1.0), 5.0);
+        assert_eq!(scaled(1500.0, 1e-3), 1.5);
     }
 
     #[test]
