@@ -709,6 +709,137 @@ fn custom_probe_follows_a_restarted_container() {
     );
 }
 
+/// The sidecar image of this worktree, under a tag of its own (other worktrees build
+/// `ebpf-sidecar:test` at the same time).
+fn custom_image() -> &'static str {
+    static IMAGE: OnceLock<()> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let v = docker::run(&["version", "--format", "{{.Server.Version}}"]);
+        assert!(v.status.success(), "dockerd is not running");
+        let st = Command::new(repo_root().join("scripts/images.sh"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/images.sh failed");
+        let st = Command::new("docker")
+            .args([
+                "build",
+                "-q",
+                "--build-arg",
+                "BUILDER=ebpf-sidecar-builder:local",
+                "-t",
+                "ebpf-sidecar:custom-test",
+                ".",
+            ])
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "docker build of the sidecar image failed");
+    });
+    "ebpf-sidecar:custom-test"
+}
+
+/// The image as users run it: headers from the image, a uprobe on a binary inside the app
+/// container (reached through the shared pid namespace), target_cgroup_id filled in sidecar mode.
+#[test]
+fn sidecar_image_runs_a_custom_uprobe_in_its_app_container() {
+    require_root();
+    const N: u64 = 600;
+    let image = custom_image();
+    let dir = scratch().join("image");
+    std::fs::create_dir_all(&dir).unwrap();
+    docker::ok(&[
+        "run",
+        "--rm",
+        "-v",
+        &format!("{}:/out", dir.join("include").display()),
+        image,
+        "custom",
+        "headers",
+        "/out",
+    ]);
+    let obj = dir.join("ucalls.bpf.o");
+    let st = Command::new("clang-19")
+        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
+        .arg(dir.join("include"))
+        .arg("-c")
+        .arg(repo_root().join("examples/custom/ucalls.bpf.c"))
+        .arg("-o")
+        .arg(&obj)
+        .status()
+        .expect("clang-19");
+    assert!(st.success(), "building with the image's headers");
+    std::fs::copy(example_yaml("ucalls"), dir.join("ucalls.yaml")).unwrap();
+    let bin = dir.join("ufunc");
+    let st = Command::new("gcc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&bin)
+        .arg(repo_root().join("examples/custom/ufunc.c"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let app = docker::Container::run(
+        "ebpf-sidecar-custom-app",
+        &[
+            "-v",
+            &format!("{}:/usr/local/bin/ufunc:ro", bin.display()),
+            "debian:bookworm-slim",
+            "sh",
+            "-c",
+            &format!(
+                "while [ ! -e /tmp/go ]; do sleep 0.1; done; /usr/local/bin/ufunc {N}; exec sleep 1000"
+            ),
+        ],
+    );
+    // The same binary on the host, outside the target: not counted.
+    let _ = Command::new(&bin).arg("30").stdout(Stdio::null()).status();
+    let port = free_port();
+    let _sidecar = docker::Container::run(
+        "ebpf-sidecar-custom-sidecar",
+        &[
+            &format!("--pid=container:{}", app.0),
+            "--cap-add",
+            "SYS_ADMIN",
+            "-v",
+            &format!("{}:/probes:ro", dir.display()),
+            "-p",
+            &format!("127.0.0.1:{port}:9435"),
+            image,
+            "--probes",
+            "process",
+            "--probe-file",
+            "/probes/ucalls.bpf.o",
+            "--probe-config",
+            "/probes/ucalls.yaml",
+        ],
+    );
+    wait_for("sidecar serving", Duration::from_secs(30), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    docker::ok(&["exec", &app.0, "touch", "/tmp/go"]);
+    let m = wait_for("the app's calls", Duration::from_secs(20), || {
+        let m = Metrics::parse(&http_get(port, "/metrics", None).ok()?.2);
+        (m.sum("ebpf_sidecar_ucalls_calls_total", &[]) >= N as f64).then_some(m)
+    });
+    assert_eq!(
+        m.sum("ebpf_sidecar_probe_up", &[("probe", "custom:ucalls")]),
+        1.0
+    );
+    for (kind, (calls, _, _)) in ufunc_truth(N).iter().enumerate() {
+        assert_eq!(
+            m.get(
+                "ebpf_sidecar_ucalls_calls_total",
+                &[("kind", &*kind.to_string())]
+            ),
+            Some(*calls as f64)
+        );
+    }
+    assert_eq!(promtool_check(&m.text), "", "promtool");
+}
+
 #[test]
 fn unpaired_probe_flags_exit_2() {
     let st = Command::new(sidecar_bin())
