@@ -214,6 +214,8 @@ pub struct CustomProbe {
     attached: Mutex<Attached>,
     filter_map: bool,
     filter_globals: bool,
+    /// The target filter the `const volatile` globals were filled with.
+    globals_for: Option<crate::target::Filter>,
 }
 
 /// What `load` hands back: the probe and the capabilities it needs after attaching.
@@ -798,6 +800,7 @@ fn load_with(
         attached: Mutex::new(Attached::default()),
         filter_map,
         filter_globals,
+        globals_for: target.map(|t| t.filter),
     };
     // Attachments in the target's files and cgroup: a failure here is this probe's failure.
     // A target not running yet gets them when it appears (on_target).
@@ -1240,19 +1243,14 @@ impl Probe for CustomProbe {
             if let Err(e) = self.obj.set_target(&kernel) {
                 tracing::error!(probe = self.name, "setting the target filter: {e}");
             }
-        } else if self.filter_globals && target.is_some() {
-            let at = self
-                .attached
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .at
-                .clone();
-            if at.is_some() && at != target.map(|t| (t.cgroup_dir.clone(), t.pid)) {
-                tracing::warn!(
-                    probe = self.name,
-                    "the target moved, but target_cgroup_id/target_pidns_ino were fixed at load: use sidecar_in_target() (sidecar.bpf.h) to follow restarts"
-                );
-            }
+        } else if self.filter_globals
+            && let Some(t) = target
+            && self.globals_for != Some(t.filter)
+        {
+            tracing::warn!(
+                probe = self.name,
+                "the target moved, but target_cgroup_id/target_pidns_ino were fixed at load: use sidecar_in_target() (sidecar.bpf.h) to follow restarts"
+            );
         }
         // A broken user probe must not stop the sidecar: attach failures after start are logged.
         if let Some(t) = target
