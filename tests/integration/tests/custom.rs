@@ -518,6 +518,7 @@ metrics:
     labels:
       - {name: syscall, field: nr, decoder: syscall}
       - {name: comm, field: comm, decoder: string}
+      - {name: cgroup, field: cgroup, decoder: cgroup}
     metric: kinds_syscalls
     top_n: 600
 events:
@@ -574,6 +575,21 @@ events:
     assert_eq!(
         m.get("ebpf_sidecar_kinds_execs_total", &[("comm", "true")]),
         Some(K as f64)
+    );
+    // The cgroup decoder: the id the kernel gave is the run cgroup's path, as target_info says.
+    let cg = m
+        .matching("ebpf_sidecar_target_info", &[])
+        .next()
+        .unwrap()
+        .0["cgroup_path"]
+        .clone();
+    assert!(cg.starts_with("/ebpf-sidecar-run-"), "{cg}");
+    assert_eq!(
+        m.get(
+            "ebpf_sidecar_kinds_syscalls_total",
+            &[("syscall", "getppid"), ("comm", "counted"), ("cgroup", &cg)]
+        ),
+        Some(N as f64)
     );
     // cgroup_skb on the run cgroup: the target's SYNs only (not the listener's SYN-ACKs).
     assert_eq!(

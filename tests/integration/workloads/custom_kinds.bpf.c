@@ -15,6 +15,8 @@ struct kinds_event *unused_kinds_event __attribute__((unused));
 struct sys_key {
 	__u32 nr;
 	char comm[16];
+	__u32 pad;
+	__u64 cgroup;
 };
 
 struct {
@@ -84,7 +86,7 @@ int kinds_sample(struct bpf_perf_event_data *ctx)
 SEC("raw_tp/sys_enter")
 int kinds_sys_enter(unsigned long long *ctx)
 {
-	struct sys_key k = { .nr = (__u32)ctx[1] };
+	struct sys_key k = { .nr = (__u32)ctx[1], .cgroup = bpf_get_current_cgroup_id() };
 	__u64 one = 1, *c;
 
 	if (!sidecar_in_target())
