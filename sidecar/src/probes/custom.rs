@@ -776,14 +776,27 @@ fn load_with(
             .events
             .iter()
             .any(|e| e.decoders.values().any(|d| *d == Decoder::Ksym));
-    let keeps = if per_target
+    // Per-target attachments are made again when the target restarts, after the capability
+    // drop: keep what they need (a capability the sidecar never had is not kept).
+    let mut keeps = Vec::new();
+    if per_target
         .iter()
         .any(|p| matches!(p, PerTarget::CgroupSkb { .. }))
     {
-        vec![caps::Capability::CAP_NET_ADMIN]
-    } else {
-        Vec::new()
-    };
+        keeps.push(caps::Capability::CAP_NET_ADMIN);
+    }
+    if per_target
+        .iter()
+        .any(|p| matches!(p, PerTarget::Uprobe { .. } | PerTarget::Usdt { .. }))
+    {
+        // perf_event_open of a uprobe, BPF_LINK_CREATE, and the target's files through
+        // /proc/<pid>/root (ptrace read access).
+        keeps.extend([
+            caps::Capability::CAP_PERFMON,
+            caps::Capability::CAP_BPF,
+            caps::Capability::CAP_SYS_PTRACE,
+        ]);
+    }
     let probe = CustomProbe {
         name,
         short: short.to_string(),
