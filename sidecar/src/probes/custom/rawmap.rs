@@ -146,19 +146,26 @@ impl RawMap {
 
     fn dump_batch(&self) -> io::Result<Dump> {
         let n = self.max_entries.max(1);
-        let mut keys = vec![0u8; n * self.key_size];
-        let mut values = vec![0u8; n * self.stride()];
-        let token_len = self.key_size.max(8);
+        // Buffers grow with what the map holds, not with max_entries (a mostly empty 1M-entry
+        // map must not cost 1M entries of memory per scrape).
+        let mut chunk = n.min(4096);
+        let (ks, vs) = (self.key_size, self.stride());
+        let mut keys: Vec<u8> = Vec::new();
+        let mut values: Vec<u8> = Vec::new();
+        let token_len = ks.max(8);
         let (mut tok_in, mut tok_out) = (vec![0u8; token_len], vec![0u8; token_len]);
         let mut total = 0usize;
         let mut first = true;
         while total < n {
+            let want = chunk.min(n - total);
+            keys.resize((total + want) * ks, 0);
+            values.resize((total + want) * vs, 0);
             let mut attr = [0u64; 8];
             attr[0] = if first { 0 } else { tok_in.as_ptr() as u64 };
             attr[1] = tok_out.as_mut_ptr() as u64;
-            attr[2] = keys[total * self.key_size..].as_mut_ptr() as u64;
-            attr[3] = values[total * self.stride()..].as_mut_ptr() as u64;
-            attr[4] = (n - total) as u64 | (self.fd() << 32);
+            attr[2] = keys[total * ks..].as_mut_ptr() as u64;
+            attr[3] = values[total * vs..].as_mut_ptr() as u64;
+            attr[4] = want as u64 | (self.fd() << 32);
             let r = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
             let got = (attr[4] & 0xffff_ffff) as usize;
             match r {
@@ -174,11 +181,15 @@ impl RawMap {
                     total += got;
                     break;
                 }
+                // A hash bucket holds more entries than the chunk: ask for more at once.
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && chunk < n => {
+                    chunk = (chunk * 2).min(n);
+                }
                 Err(e) => return Err(e),
             }
         }
-        keys.truncate(total * self.key_size);
-        values.truncate(total * self.stride());
+        keys.truncate(total * ks);
+        values.truncate(total * vs);
         Ok(Dump {
             keys,
             values,
