@@ -181,6 +181,9 @@ enum CustomCommand {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
     },
+    /// Check --probe-file/--probe-config pairs without loading them (YAML against the object's
+    /// BTF: maps, fields, decoders, sizes); exit status 2 on the first error.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -266,6 +269,25 @@ fn main() {
                 std::process::exit(1);
             }
         },
+        Some(Command::Custom {
+            command: CustomCommand::Check,
+        }) => {
+            if cli.probe_files.is_empty() || cli.probe_files.len() != cli.probe_configs.len() {
+                eprintln!("error: give --probe-file and --probe-config pairs to check");
+                std::process::exit(2);
+            }
+            for (object, config) in cli.probe_files.into_iter().zip(cli.probe_configs) {
+                let spec = sidecar::probes::custom::Spec { object, config };
+                match sidecar::probes::custom::check(&spec) {
+                    Ok(name) => println!("custom:{name}: ok"),
+                    Err((name, e)) => {
+                        eprintln!("error: custom:{name}: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            return;
+        }
         Some(Command::Usdt {
             command: UsdtCommand::List { pid, binary },
         }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),

@@ -236,7 +236,25 @@ pub fn load(
     if let Some(n) = &cfg.name {
         probe_name = n.clone();
     }
-    load_with(spec, &cfg, &probe_name, opts, target).map_err(|e| (probe_name, e))
+    match load_with(spec, &cfg, &probe_name, opts, target, false) {
+        Ok(Some(l)) => Ok(l),
+        Ok(None) => unreachable!("only a check stops before loading"),
+        Err(e) => Err((probe_name, e)),
+    }
+}
+
+/// Check a custom probe without the kernel: the YAML against the object's BTF (maps, fields,
+/// decoders, sizes, names). Returns the probe's name. `ebpf-sidecar custom check`.
+pub fn check(spec: &Spec) -> Result<String, (String, CustomError)> {
+    let mut probe_name = spec.fallback_name();
+    let cfg = read_config(&spec.config).map_err(|e| (probe_name.clone(), e))?;
+    if let Some(n) = &cfg.name {
+        probe_name = n.clone();
+    }
+    match load_with(spec, &cfg, &probe_name, &Options::default(), None, true) {
+        Ok(_) => Ok(probe_name),
+        Err(e) => Err((probe_name, e)),
+    }
 }
 
 fn load_with(
@@ -245,7 +263,8 @@ fn load_with(
     short: &str,
     opts: &Options,
     target: Option<&Resolved>,
-) -> Result<Loaded, CustomError> {
+    check_only: bool,
+) -> Result<Option<Loaded>, CustomError> {
     let probe = short.to_string();
     let obj_file = spec.object.display().to_string();
     let obj_err = |msg: String| CustomError::Object {
@@ -580,6 +599,9 @@ fn load_with(
     }
     let filter_map = defs.iter().any(|d| d.name == sidecar_ebpf::TARGET_MAP);
     let filter_globals = !globals.is_empty();
+    if check_only {
+        return Ok(None);
+    }
     if !filter_map && !filter_globals {
         tracing::warn!(
             probe = short,
@@ -826,10 +848,10 @@ fn load_with(
                 msg,
             })?;
     }
-    Ok(Loaded {
+    Ok(Some(Loaded {
         probe: Arc::new(probe),
         keeps,
-    })
+    }))
 }
 
 /// `v × scale`, computed as a division when the scale is 1/N (1e-9: ns → s), so that 333104 ns

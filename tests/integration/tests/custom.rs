@@ -857,6 +857,44 @@ fn sidecar_image_runs_a_custom_uprobe_in_its_app_container() {
 }
 
 #[test]
+fn custom_check_validates_without_loading() {
+    let obj = build_object("tcpconnlat", None);
+    let ok = Command::new(sidecar_bin())
+        .args(["custom", "check", "--probe-file"])
+        .arg(&obj)
+        .arg("--probe-config")
+        .arg(example_yaml("tcpconnlat"))
+        .output()
+        .unwrap();
+    assert_eq!(ok.status.code(), Some(0));
+    assert_eq!(
+        String::from_utf8_lossy(&ok.stdout),
+        "custom:tcpconnlat: ok\n"
+    );
+    let bad = write(
+        "check-bad.yaml",
+        &std::fs::read_to_string(example_yaml("tcpconnlat"))
+            .unwrap()
+            .replace("name: count,", "name: counts,"),
+    );
+    let out = Command::new(sidecar_bin())
+        .args(["custom", "check", "--probe-file"])
+        .arg(&obj)
+        .arg("--probe-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(
+            "map connlat: value field \"counts\": struct conn_stats has no field \"counts\""
+        ),
+        "{err}"
+    );
+}
+
+#[test]
 fn unpaired_probe_flags_exit_2() {
     let st = Command::new(sidecar_bin())
         .args(["run", "--probe-file", "x.bpf.o", "--", "true"])
