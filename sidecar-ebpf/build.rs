@@ -45,6 +45,15 @@ fn main() {
             .replace(".bpf.c", "");
         compile(&clang, src, &include, &out.join(format!("{stem}.bpf.o")));
     }
+    gzip(&include.join("vmlinux.h"), &out.join("vmlinux.h.gz"));
+}
+
+fn gzip(src: &Path, dst: &Path) {
+    use std::io::Write;
+    let data = std::fs::read(src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    enc.write_all(&data).unwrap();
+    std::fs::write(dst, enc.finish().unwrap()).unwrap();
 }
 
 fn compile(clang: &Path, src: &Path, include: &Path, obj: &Path) {

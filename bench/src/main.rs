@@ -6,11 +6,13 @@
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- security [--execs N] [--repeat R]
 //!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R]
+//!   cargo run --release -p bench -- custom [--entries N] [--rounds R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
 
 mod cpu;
+mod custom;
 mod disk;
 mod foundation;
 mod net;
@@ -51,9 +53,10 @@ fn main() -> anyhow::Result<()> {
             opt("--repeat", 3)? as usize,
         )?,
         "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
+        "custom" => custom::run(opt("--entries", 10_000)?, opt("--rounds", 30)? as usize)?,
         "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
         other => anyhow::bail!(
-            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes)"
+            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes, custom)"
         ),
     };
     print!("{report}");

@@ -559,3 +559,12 @@ const _: () = {
     assert!(size_of::<RtHist>() == 8 * (2 + HIST_BUCKETS));
     assert!(size_of::<RtCallKey>() == 8 + 2 * RT_STR_LEN);
 };
+
+/// The headers a user's custom probe is built with (`ebpf-sidecar custom headers DIR`).
+pub mod headers {
+    pub static SIDECAR_BPF_H: &str = include_str!("../include/sidecar.bpf.h");
+    pub static SIDECAR_H: &str = include_str!("../include/sidecar.h");
+    pub static USDT_BPF_H: &str = include_str!("../include/usdt.bpf.h");
+    /// vmlinux.h of the kernel the sidecar was built against, gzipped (CO-RE relocates it).
+    pub static VMLINUX_H_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmlinux.h.gz"));
+}

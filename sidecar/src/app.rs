@@ -43,6 +43,8 @@ pub struct Config {
     pub events_out: Option<PathBuf>,
     /// Prometheus exporter-toolkit web configuration (TLS, basic auth).
     pub web_config: Option<PathBuf>,
+    /// User probes (--probe-file/--probe-config pairs).
+    pub custom: Vec<probes::custom::Spec>,
 }
 
 /// Errors before serving starts are the user's to fix: they exit with status 2.
@@ -203,6 +205,34 @@ pub fn run(cfg: Config) -> Result<i32> {
             }
         }
     }
+    // User probes: one that fails is reported like a family that fails, never fatal.
+    let mut custom_keeps = Vec::new();
+    for spec in &cfg.custom {
+        let t0 = Instant::now();
+        match probes::custom::load(spec, &cfg.options, initial.as_ref()) {
+            Ok(l) => {
+                tracing::info!(
+                    probe = l.probe.name(),
+                    elapsed_ms = t0.elapsed().as_millis() as u64,
+                    "probe attached"
+                );
+                statuses.push(ProbeStatus {
+                    name: l.probe.name(),
+                    error: None,
+                });
+                custom_keeps.extend(l.keeps);
+                loaded.push(l.probe);
+            }
+            Err((name, e)) => {
+                let name: &'static str = Box::leak(format!("custom:{name}").into_boxed_str());
+                tracing::error!(probe = name, "probe skipped: {e}");
+                statuses.push(ProbeStatus {
+                    name,
+                    error: Some(e.to_string()),
+                });
+            }
+        }
+    }
     // Each family points its kernel filter at the target (and attaches per-cgroup programs).
     for p in &loaded {
         start(p.on_target(initial.as_ref()).map_err(anyhow::Error::from))?;
@@ -239,6 +269,7 @@ pub fn run(cfg: Config) -> Result<i32> {
     for f in &families {
         keep.extend(f.keeps.iter().copied());
     }
+    keep.extend(custom_keeps);
     if child.is_some() {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);

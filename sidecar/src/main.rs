@@ -107,6 +107,16 @@ struct Cli {
     #[arg(long, global = true)]
     runtime_calls: bool,
 
+    /// A user's CO-RE BPF object (clang -target bpf -g) to load next to the built-in probes;
+    /// repeatable, paired in order with --probe-config (docs/families/custom.md).
+    #[arg(long = "probe-file", value_name = "FILE.bpf.o", global = true)]
+    probe_files: Vec<PathBuf>,
+
+    /// The YAML describing the --probe-file of the same position: programs → attach points,
+    /// maps → metrics, ring buffers → events.
+    #[arg(long = "probe-config", value_name = "FILE.yaml", global = true)]
+    probe_configs: Vec<PathBuf>,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -153,11 +163,30 @@ enum Command {
     },
     /// List the probe families.
     Probes,
+    /// Custom probes: the headers a user probe is built with.
+    Custom {
+        #[command(subcommand)]
+        command: CustomCommand,
+    },
     /// USDT probes of binaries.
     Usdt {
         #[command(subcommand)]
         command: UsdtCommand,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum CustomCommand {
+    /// Write vmlinux.h, sidecar.bpf.h, sidecar.h and usdt.bpf.h into DIR, then build a probe with
+    /// `clang -g -O2 -target bpf -D__TARGET_ARCH_x86 -I DIR -c probe.bpf.c -o probe.bpf.o`
+    /// (bpf_helpers.h and friends come from libbpf-dev).
+    Headers {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// Check --probe-file/--probe-config pairs without loading them (YAML against the object's
+    /// BTF: maps, fields, decoders, sizes); exit status 2 on the first error.
+    Check,
 }
 
 #[derive(Debug, Subcommand)]
@@ -229,6 +258,39 @@ fn main() {
             }
             return;
         }
+        Some(Command::Custom {
+            command: CustomCommand::Headers { dir },
+        }) => match sidecar::probes::custom::write_headers(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                return;
+            }
+            Err(e) => {
+                eprintln!("error: writing headers to {}: {e}", dir.display());
+                std::process::exit(1);
+            }
+        },
+        Some(Command::Custom {
+            command: CustomCommand::Check,
+        }) => {
+            if cli.probe_files.is_empty() || cli.probe_files.len() != cli.probe_configs.len() {
+                eprintln!("error: give --probe-file and --probe-config pairs to check");
+                std::process::exit(2);
+            }
+            for (object, config) in cli.probe_files.into_iter().zip(cli.probe_configs) {
+                let spec = sidecar::probes::custom::Spec { object, config };
+                match sidecar::probes::custom::check(&spec) {
+                    Ok(name) => println!("custom:{name}: ok"),
+                    Err((name, e)) => {
+                        eprintln!("error: custom:{name}: {e}");
+                        std::process::exit(2);
+                    }
+                }
+            }
+            return;
+        }
         Some(Command::Usdt {
             command: UsdtCommand::List { pid, binary },
         }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),
@@ -257,6 +319,20 @@ fn main() {
         eprintln!("error: --resolve-interval must be a positive number of seconds");
         std::process::exit(2);
     }
+    if cli.probe_files.len() != cli.probe_configs.len() {
+        eprintln!(
+            "error: --probe-file and --probe-config go in pairs ({} files, {} configs): give one --probe-config per --probe-file, in the same order",
+            cli.probe_files.len(),
+            cli.probe_configs.len()
+        );
+        std::process::exit(2);
+    }
+    let custom = cli
+        .probe_files
+        .into_iter()
+        .zip(cli.probe_configs)
+        .map(|(object, config)| sidecar::probes::custom::Spec { object, config })
+        .collect();
     let run_program = match &choice {
         Choice::Run { cmd, .. } => cmd.first().map(PathBuf::from),
         _ => None,
@@ -288,6 +364,7 @@ fn main() {
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),
         events_out: cli.events_out,
         web_config: cli.web_config,
+        custom,
     };
     match app::run(cfg) {
         Ok(code) => std::process::exit(code),

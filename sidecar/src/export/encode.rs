@@ -159,6 +159,26 @@ impl LabelBudget {
     }
 }
 
+impl LabelBudget {
+    /// Distinct values kept before `other`.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Whether each label keeps its own series (admitted before, or room left); the others go to
+    /// `other`. Callers pass the biggest first. Linear in the number of labels, for large maps.
+    pub fn admit_all<'a>(&self, labels: impl IntoIterator<Item = &'a str>) -> Vec<bool> {
+        let mut admitted = self.admitted.lock().unwrap_or_else(|p| p.into_inner());
+        labels
+            .into_iter()
+            .map(|l| {
+                admitted.contains(l)
+                    || (admitted.len() < self.max && l != OTHER && admitted.insert(l.to_string()))
+            })
+            .collect()
+    }
+}
+
 /// A NUL-padded kernel `comm` as a label value.
 pub fn comm_label(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());

@@ -5,6 +5,7 @@
 //! the reason) and skipped; the others keep working.
 
 pub mod cpu;
+pub mod custom;
 pub mod disk;
 pub mod files;
 pub mod net;

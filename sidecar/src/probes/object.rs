@@ -150,6 +150,48 @@ impl Object {
         Ok(())
     }
 
+    /// Load `program` and attach it to the tracepoint `category:name` (tracefs events).
+    pub fn attach_tracepoint(
+        &mut self,
+        program: &str,
+        category: &str,
+        name: &str,
+    ) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut aya::programs::TracePoint| {
+            p.load()?;
+            p.attach(category, name).map(drop)
+        })?;
+        self.record_program(program);
+        Ok(())
+    }
+
+    /// Load perf_event `program` and attach it on every online CPU to the software cpu-clock at
+    /// `hz` samples per second (a perf event has no cgroup scope: the program filters).
+    pub fn attach_perf_event(&mut self, program: &str, hz: u64) -> Result<(), ProbeError> {
+        use aya::programs::perf_event::{
+            PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent,
+        };
+        let cpus = aya::util::online_cpus().map_err(|(what, e)| ProbeError::Map {
+            family: self.family,
+            map: "online cpus".into(),
+            detail: format!("{what}: {e}"),
+        })?;
+        self.with_program(program, |p: &mut aya::programs::PerfEvent| {
+            p.load()?;
+            for cpu in cpus {
+                p.attach(
+                    PerfEventConfig::Software(SoftwareEvent::CpuClock),
+                    PerfEventScope::AllProcessesOneCpu { cpu },
+                    SamplePolicy::Frequency(hz),
+                    false,
+                )?;
+            }
+            Ok(())
+        })?;
+        self.record_program(program);
+        Ok(())
+    }
+
     /// Load uprobe `program` without attaching it (it is attached per site later) and return a
     /// duplicate of its fd for those attachments.
     pub fn load_uprobe(&mut self, program: &str) -> Result<ProgramFd, ProbeError> {
