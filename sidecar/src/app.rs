@@ -239,6 +239,12 @@ pub fn run(cfg: Config) -> Result<i32> {
     for f in &families {
         keep.extend(f.keeps.iter().copied());
     }
+    if cfg.options.net_mode == probes::net_pkt::NetMode::Netns
+        && families.iter().any(|f| f.name == "net")
+    {
+        // Re-entering the target's network namespace (setns) when it restarts.
+        keep.insert(caps::Capability::CAP_SYS_ADMIN);
+    }
     if child.is_some() {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);

@@ -20,6 +20,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::net::{self as k, ErrorKey, HttpKey, PeerKey, PeerStats, PktStats, counter as c};
 use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 
+use super::net_pkt::{self, NetMode};
 use super::object::percpu_counter;
 use super::syscalls::errno_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
@@ -40,14 +41,19 @@ pub struct Net {
     attached: Mutex<Option<Attached>>,
     peers: LabelBudget,
     ports: LabelBudget,
+    mode: NetMode,
+    tc: Mutex<Option<net_pkt::TcAttached>>,
+    capture: Arc<net_pkt::Capture>,
+    events: net_pkt::Events,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let http = [u8::from(opts.net_http)];
+    let events = [u8::from(opts.net_events)];
     let mut obj = Object::load_with(
         "net",
         sidecar_ebpf::objects::NET,
-        &[("http_enabled", &http[..])],
+        &[("http_enabled", &http[..]), ("events_enabled", &events[..])],
     )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
@@ -59,13 +65,31 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     }
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
-    obj.load_cgroup_skb(INGRESS)?;
-    obj.load_cgroup_skb(EGRESS)?;
+    match opts.net_mode {
+        NetMode::Cgroup => {
+            obj.load_cgroup_skb(INGRESS)?;
+            obj.load_cgroup_skb(EGRESS)?;
+        }
+        NetMode::Netns => {
+            obj.load_classifier(net_pkt::TC_INGRESS)?;
+            obj.load_classifier(net_pkt::TC_EGRESS)?;
+        }
+    }
+    if opts.net_events {
+        // accept() returning is the only place the accepting process is known.
+        obj.attach_raw_tp("net_events_sys_exit", "sys_exit")?;
+    }
+    let capture = Arc::new(net_pkt::Capture::new(&obj, opts.allow_pcap, opts.net_mode)?);
+    let events = net_pkt::Events::new(&obj, opts.net_events)?;
     Ok(Arc::new(Net {
         obj,
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
+        mode: opts.net_mode,
+        tc: Mutex::new(None),
+        capture,
+        events,
     }))
 }
 
@@ -120,7 +144,47 @@ impl Net {
     }
 }
 
+impl Net {
+    /// --net-mode netns: (re)attach the classifiers when the target's network namespace changes
+    /// (a restarted container gets a new one; the old one's links die with its interfaces).
+    fn on_target_netns(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        let want = target.and_then(|t| Some((t.net_ns?, t.pid?)));
+        let mut tc = self.tc.lock().unwrap_or_else(|p| p.into_inner());
+        if tc.as_ref().map(|a| a.netns) == want.map(|w| w.0) {
+            return Ok(());
+        }
+        if let Some(old) = tc.take() {
+            net_pkt::detach_netns(&self.obj, old);
+        }
+        let Some((netns, pid)) = want else {
+            if target.is_some() {
+                tracing::warn!(
+                    "net: no process of the target is visible, so its network namespace cannot \
+                     be entered: packet counters (ebpf_sidecar_network_*) stay at zero"
+                );
+            }
+            return Ok(());
+        };
+        let att = net_pkt::attach_netns(&self.obj, pid, netns)?;
+        tracing::info!(
+            netns,
+            interfaces = att.interfaces.join(","),
+            "net: tc packet counters attached in the target's network namespace"
+        );
+        *tc = Some(att);
+        Ok(())
+    }
+}
+
 impl Probe for Net {
+    fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
+        Some(self.capture.clone())
+    }
+
+    fn start_events(&self, sink: crate::events::EventSink) -> Result<(), ProbeError> {
+        self.events.start(sink)
+    }
+
     fn name(&self) -> &'static str {
         "net"
     }
@@ -132,6 +196,9 @@ impl Probe for Net {
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
         self.obj.set_target(&kernel)?;
+        if self.mode == NetMode::Netns {
+            return self.on_target_netns(target);
+        }
 
         let want = target.and_then(|t| Some((t.cgroup_id()?, t.cgroup_dir.clone()?)));
         let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
@@ -436,13 +503,17 @@ impl Probe for Net {
             "ebpf_sidecar_udp_drops",
             "UDP datagrams dropped on arrival at the target's sockets (receive queue full or socket filter), from udp:udp_fail_queue_rcv_skb.",
             [(labels, udp_drops)],
-        )
+        )?;
+        net_pkt::encode_dns(&self.obj, enc)?;
+        net_pkt::encode_counters(&self.obj, enc)
     }
 
     fn lost_events(&self) -> u64 {
         let ebpf = self.obj.lock();
-        percpu_counter(&ebpf, "net_counters", c::LOST_CONNS)
-            + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS)
+        let lost = percpu_counter(&ebpf, "net_counters", c::LOST_CONNS)
+            + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS);
+        drop(ebpf);
+        lost + net_pkt::lost_events(&self.obj)
     }
 }
 
