@@ -383,7 +383,9 @@ static __always_inline void ev_addrs(const struct sock *sk, struct net_conn_even
 	__u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
 
 	e->family = family;
-	e->lport = BPF_CORE_READ(sk, __sk_common.skc_num);
+	/* inet_sport, not skc_num: the bound port is released (skc_num = 0) before the final
+	 * state change to CLOSE, the source port of the connection stays. */
+	e->lport = bpf_ntohs(BPF_CORE_READ((struct inet_sock *)sk, inet_sport));
 	e->rport = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
 	if (family == AF_INET) {
 		__be32 a = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
