@@ -144,6 +144,9 @@ static int cmd_udpsend(int port, int n, int size, const char *go)
 		usleep(2000);
 	}
 	printf("sent=%d\n", n);
+	fflush(stdout);
+	/* stay in the target while the capture ends */
+	sleep(3);
 	return 0;
 }
 
