@@ -149,23 +149,26 @@ impl Net {
     /// (a restarted container gets a new one; the old one's links die with its interfaces).
     fn on_target_netns(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         let want = target.and_then(|t| Some((t.net_ns?, t.pid?)));
+        if want.is_none() && target.is_some() {
+            tracing::warn!(
+                "net: no process of the target is visible yet, so its network namespace cannot \
+                 be entered: packet counters (ebpf_sidecar_network_*) wait for one"
+            );
+        }
         let mut tc = self.tc.lock().unwrap_or_else(|p| p.into_inner());
-        if tc.as_ref().map(|a| a.netns) == want.map(|w| w.0) {
+        // Namespace inode numbers are reused as soon as one is freed (a restarted container
+        // often gets its old number back), so the cgroup is part of the identity.
+        let cgroup = target.and_then(|t| t.cgroup_id()).unwrap_or(0);
+        if tc.as_ref().map(|a| (a.netns, a.cgroup_id)) == want.map(|w| (w.0, cgroup)) {
             return Ok(());
         }
         if let Some(old) = tc.take() {
             net_pkt::detach_netns(&self.obj, old);
         }
         let Some((netns, pid)) = want else {
-            if target.is_some() {
-                tracing::warn!(
-                    "net: no process of the target is visible, so its network namespace cannot \
-                     be entered: packet counters (ebpf_sidecar_network_*) stay at zero"
-                );
-            }
             return Ok(());
         };
-        let att = net_pkt::attach_netns(&self.obj, pid, netns)?;
+        let att = net_pkt::attach_netns(&self.obj, pid, netns, cgroup)?;
         tracing::info!(
             netns,
             interfaces = att.interfaces.join(","),

@@ -297,7 +297,9 @@ impl Capture {
                 let offset = realtime_offset_ns();
                 let deadline = Instant::now() + Duration::from_secs(req.seconds);
                 let mut written = 24u64;
-                let mut open = tx.blocking_send(pcap_file_header(snaplen, linktype)).is_ok();
+                let mut open = tx
+                    .blocking_send(pcap_file_header(snaplen, linktype))
+                    .is_ok();
                 let fd = ring.as_raw_fd();
                 let hdr = std::mem::size_of::<PcapHdr>();
                 while open && Instant::now() < deadline && written < req.max_bytes {
@@ -369,7 +371,10 @@ fn addr(family: u16, a: &[u8; 16], port: u16) -> String {
 
 /// One connection event as the JSON object served on /events.
 pub fn event_json(e: &ConnEvent) -> Value {
-    let kind = EVENT_KINDS.get(e.kind as usize).copied().unwrap_or("unknown");
+    let kind = EVENT_KINDS
+        .get(e.kind as usize)
+        .copied()
+        .unwrap_or("unknown");
     let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
     let mut v = json!({
         "time": rfc3339_from_monotonic(e.ts_ns),
@@ -445,6 +450,7 @@ impl Events {
 /// The namespace the classifiers are attached in, and their links.
 pub struct TcAttached {
     pub netns: u64,
+    pub cgroup_id: u64,
     pub links: Vec<(&'static str, SchedClassifierLinkId)>,
     pub interfaces: Vec<String>,
 }
@@ -474,11 +480,22 @@ fn interfaces() -> std::io::Result<Vec<String>> {
 
 /// Enter the network namespace of `pid` in a dedicated thread (setns changes only the calling
 /// thread, and that thread ends with it) and attach both classifiers to every interface there.
-pub fn attach_netns(obj: &Object, pid: u32, netns: u64) -> Result<TcAttached, ProbeError> {
+pub fn attach_netns(
+    obj: &Object,
+    pid: u32,
+    netns: u64,
+    cgroup_id: u64,
+) -> Result<TcAttached, ProbeError> {
     let err = |detail: String| map_err(&format!("netns of pid {pid}"), detail);
     let missing: Vec<&str> = [
-        (caps::Capability::CAP_SYS_ADMIN, "CAP_SYS_ADMIN (to enter the namespace with setns)"),
-        (caps::Capability::CAP_NET_ADMIN, "CAP_NET_ADMIN (to attach tc programs)"),
+        (
+            caps::Capability::CAP_SYS_ADMIN,
+            "CAP_SYS_ADMIN (to enter the namespace with setns)",
+        ),
+        (
+            caps::Capability::CAP_NET_ADMIN,
+            "CAP_NET_ADMIN (to attach tc programs)",
+        ),
     ]
     .into_iter()
     .filter(|(c, _)| !caps::has_cap(None, caps::CapSet::Effective, *c).unwrap_or(false))
@@ -504,11 +521,15 @@ pub fn attach_netns(obj: &Object, pid: u32, netns: u64) -> Result<TcAttached, Pr
             let names = interfaces().map_err(|e| err(format!("listing interfaces: {e}")))?;
             let mut att = TcAttached {
                 netns,
+                cgroup_id,
                 links: Vec::new(),
                 interfaces: Vec::new(),
             };
             for name in &names {
-                for (prog, ty) in [(TC_INGRESS, TcAttachType::Ingress), (TC_EGRESS, TcAttachType::Egress)] {
+                for (prog, ty) in [
+                    (TC_INGRESS, TcAttachType::Ingress),
+                    (TC_EGRESS, TcAttachType::Egress),
+                ] {
                     if aya::util::KernelVersion::current()
                         .is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0))
                     {
@@ -554,7 +575,10 @@ mod tests {
         let mut r = Vec::new();
         pcap_record(&mut r, 1_500_000_000_123_456_789, 100, &[1, 2, 3]);
         assert_eq!(r.len(), 19);
-        assert_eq!(u32::from_le_bytes(r[0..4].try_into().unwrap()), 1_500_000_000);
+        assert_eq!(
+            u32::from_le_bytes(r[0..4].try_into().unwrap()),
+            1_500_000_000
+        );
         assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), 123_456_789);
         assert_eq!(u32::from_le_bytes(r[8..12].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(r[12..16].try_into().unwrap()), 100);

@@ -170,7 +170,12 @@ fn pcap_holds_exactly_the_targets_datagrams() {
         .arg(format!("127.0.0.1:{listen}"))
         .arg("--")
         .arg(workload("net_dns"))
-        .args(["udpsend", &port.to_string(), &n.to_string(), &size.to_string()])
+        .args([
+            "udpsend",
+            &port.to_string(),
+            &n.to_string(),
+            &size.to_string(),
+        ])
         .arg(&go)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -220,7 +225,10 @@ fn pcap_holds_exactly_the_targets_datagrams() {
     let raw = reader.join().unwrap();
     let h = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..h]).to_string();
-    assert!(head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(
+        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
+        "{head}"
+    );
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
     std::fs::write(&file, &raw[h + 4..]).unwrap();
     assert!(sc.wait().unwrap().success());
@@ -239,7 +247,11 @@ fn pcap_holds_exactly_the_targets_datagrams() {
     );
     let text = String::from_utf8_lossy(&out.stdout);
     let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(lines.len(), n, "packets to the test's port in the capture:\n{text}");
+    assert_eq!(
+        lines.len(),
+        n,
+        "packets to the test's port in the capture:\n{text}"
+    );
     let want = format!("{}\t{snaplen}", 20 + 8 + size);
     assert!(lines.iter().all(|l| *l == want), "{text}");
     let _ = std::fs::remove_dir_all(&dir);
@@ -345,7 +357,9 @@ fn echo(c: &Container, port: u16, n: usize, size: usize) {
 #[test]
 fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
     require_root();
-    docker::sidecar_image(); // dockerd up, base images present
+    // dockerd up and the base image present (scripts/images.sh makes it); no sidecar image
+    // needed: the sidecar runs on the host and enters the container's namespace.
+    docker::ok(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
     let (port, n, size) = (9053u16, 7usize, 100usize);
     let name = "ebpf-sidecar-net-netns";
     let app = echo_container(name, port);
@@ -369,9 +383,18 @@ fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
     let m = sc.scrape();
     // Each datagram enters the namespace once (eth0 ingress) and its echo leaves once.
     let bytes = (n * (20 + 8 + size)) as f64;
-    assert_eq!(udp(&m, "ingress", "ebpf_sidecar_network_packets_total"), n as f64);
-    assert_eq!(udp(&m, "egress", "ebpf_sidecar_network_packets_total"), n as f64);
-    assert_eq!(udp(&m, "ingress", "ebpf_sidecar_network_bytes_total"), bytes);
+    assert_eq!(
+        udp(&m, "ingress", "ebpf_sidecar_network_packets_total"),
+        n as f64
+    );
+    assert_eq!(
+        udp(&m, "egress", "ebpf_sidecar_network_packets_total"),
+        n as f64
+    );
+    assert_eq!(
+        udp(&m, "ingress", "ebpf_sidecar_network_bytes_total"),
+        bytes
+    );
     assert_eq!(udp(&m, "egress", "ebpf_sidecar_network_bytes_total"), bytes);
     let log = sc.log_text();
     assert!(log.contains("\"lo,eth0\""), "{log}");
@@ -379,10 +402,17 @@ fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
     // A restarted container has a new network namespace: the sidecar attaches there again.
     let t0 = Instant::now();
     docker::ok(&["restart", "-t", "1", name]);
-    wait_for("re-attached in the new namespace", Duration::from_secs(20), || {
-        (sc.log_text().matches("attached in the target's network namespace").count() >= 2)
-            .then_some(())
-    });
+    wait_for(
+        "re-attached in the new namespace",
+        Duration::from_secs(20),
+        || {
+            (sc.log_text()
+                .matches("attached in the target's network namespace")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
     wait_for("echo server ready again", Duration::from_secs(20), || {
         (app.logs().matches("ready").count() >= 2).then_some(())
     });
@@ -394,7 +424,10 @@ fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
         "after restart ({:?})",
         t0.elapsed()
     );
-    assert_eq!(udp(&m, "egress", "ebpf_sidecar_network_bytes_total"), 2.0 * bytes);
+    assert_eq!(
+        udp(&m, "egress", "ebpf_sidecar_network_bytes_total"),
+        2.0 * bytes
+    );
     drop(sc);
     drop(app);
 }
