@@ -151,9 +151,9 @@ fn pcap_is_refused_without_allow_pcap() {
 #[test]
 fn pcap_holds_exactly_the_targets_datagrams() {
     require_root();
-    let tshark = Command::new("tshark").arg("--version").output();
+    let version = Command::new("tshark").arg("--version").output();
     assert!(
-        tshark.is_ok_and(|o| o.status.success()),
+        version.is_ok_and(|o| o.status.success()),
         "tshark is missing: apt-get install tshark (scripts/setup.sh installs it)"
     );
     let (n, size, snaplen) = (25usize, 300usize, 128usize);
@@ -186,15 +186,39 @@ fn pcap_holds_exactly_the_targets_datagrams() {
             .is_ok_and(|r| r.0 == 200)
             .then_some(())
     });
-    // Our own HTTP/1.0 reader (close-delimited body): it knows when the pcap file header
-    // arrived, which is when the kernel started copying (curl buffers its output file).
+    let pcap = capture(listen, 2, snaplen, || {
+        std::fs::write(&go, b"").unwrap();
+        let mut buf = [0u8; 2048];
+        sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        for _ in 0..n {
+            sink.recv(&mut buf).expect("datagram");
+        }
+    });
+    std::fs::write(&file, &pcap).unwrap();
+    assert!(sc.wait().unwrap().success());
+
+    let lines = tshark(&file, &format!("udp.dstport=={port}"));
+    assert_eq!(
+        lines.len(),
+        n,
+        "packets to the test's port in the capture:\n{lines:#?}"
+    );
+    let want = format!("{}\t{snaplen}", 20 + 8 + size);
+    assert!(lines.iter().all(|l| *l == want), "{lines:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `GET /debug/pcap?seconds=..&snaplen=..` with our own HTTP/1.0 reader (close-delimited body):
+/// it knows when the pcap file header arrived, which is when the kernel started copying (curl
+/// buffers its output file). Runs `during` then, and returns the pcap file.
+fn capture(listen: u16, seconds: u64, snaplen: usize, during: impl FnOnce()) -> Vec<u8> {
     let (tx, rx) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || -> Vec<u8> {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(("127.0.0.1", listen)).unwrap();
         write!(
             s,
-            "GET /debug/pcap?seconds=2&snaplen={snaplen} HTTP/1.0\r\nHost: localhost\r\n\r\n"
+            "GET /debug/pcap?seconds={seconds}&snaplen={snaplen} HTTP/1.0\r\nHost: localhost\r\n\r\n"
         )
         .unwrap();
         let (mut raw, mut buf, mut told) = (Vec::new(), [0u8; 65536], false);
@@ -216,45 +240,33 @@ fn pcap_holds_exactly_the_targets_datagrams() {
     });
     rx.recv_timeout(Duration::from_secs(10))
         .expect("the capture did not start");
-    std::fs::write(&go, b"").unwrap();
-    let mut buf = [0u8; 2048];
-    sink.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    for _ in 0..n {
-        sink.recv(&mut buf).expect("datagram");
-    }
+    during();
     let raw = reader.join().unwrap();
     let h = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
     let head = String::from_utf8_lossy(&raw[..h]).to_string();
-    assert!(
-        head.starts_with("HTTP/1.0 200") || head.starts_with("HTTP/1.1 200"),
-        "{head}"
-    );
+    assert!(head.contains(" 200 "), "{head}");
     assert!(!head.to_ascii_lowercase().contains("chunked"), "{head}");
-    std::fs::write(&file, &raw[h + 4..]).unwrap();
-    assert!(sc.wait().unwrap().success());
+    raw[h + 4..].to_vec()
+}
 
+/// `tshark -r file -Y filter`: "frame.len<TAB>frame.cap_len" per matching packet.
+fn tshark(file: &std::path::Path, filter: &str) -> Vec<String> {
     let out = Command::new("tshark")
         .arg("-r")
-        .arg(&file)
-        .args(["-Y", &format!("udp.dstport=={port}")])
+        .arg(file)
+        .args(["-Y", filter])
         .args(["-T", "fields", "-e", "frame.len", "-e", "frame.cap_len"])
         .output()
-        .unwrap();
+        .expect("tshark is missing: apt-get install tshark (scripts/setup.sh installs it)");
     assert!(
         out.status.success(),
         "tshark -r: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let lines: Vec<&str> = text.lines().collect();
-    assert_eq!(
-        lines.len(),
-        n,
-        "packets to the test's port in the capture:\n{text}"
-    );
-    let want = format!("{}\t{snaplen}", 20 + 8 + size);
-    assert!(lines.iter().all(|l| *l == want), "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 #[test]
@@ -430,4 +442,40 @@ fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
     );
     drop(sc);
     drop(app);
+}
+
+#[test]
+fn netns_mode_capture_is_ethernet_and_holds_both_directions() {
+    require_root();
+    docker::ok(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    let (port, n, size, snaplen) = (9054u16, 6usize, 300usize, 96usize);
+    let name = "ebpf-sidecar-net-netns-pcap";
+    let app = echo_container(name, port);
+    let sc = Sidecar::start(&[
+        "--target-container",
+        name,
+        "--probes",
+        "net",
+        "--net-mode",
+        "netns",
+        "--allow-pcap",
+    ]);
+    let pcap = capture(sc.port, 2, snaplen, || echo(&app, port, n, size));
+    assert_eq!(
+        u32::from_le_bytes(pcap[20..24].try_into().unwrap()),
+        1,
+        "LINKTYPE_ETHERNET"
+    );
+    let file = std::env::temp_dir().join(format!("ebpf-sidecar-net-netns-{}.pcap", sc.port));
+    std::fs::write(&file, &pcap).unwrap();
+    let want = format!("{}\t{snaplen}", 14 + 20 + 8 + size);
+    for filter in [
+        format!("udp.dstport=={port}"),
+        format!("udp.srcport=={port}"),
+    ] {
+        let lines = tshark(&file, &filter);
+        assert_eq!(lines.len(), n, "{filter}: {lines:#?}");
+        assert!(lines.iter().all(|l| *l == want), "{lines:#?}");
+    }
+    let _ = std::fs::remove_file(&file);
 }
