@@ -14,12 +14,27 @@ use integration::docker::{self, Container};
 use integration::*;
 use serde_json::Value;
 
-/// A DNS server on IP:53 answering every query with its question echoed: NXDOMAIN for names
-/// starting with "nx", NOERROR otherwise; names starting with "drop" get no answer.
+/// The answer to query `q`: its question echoed, NXDOMAIN for names starting with "nx",
+/// NOERROR otherwise; None (no answer) for names starting with "drop".
+fn answer(q: &[u8]) -> Option<Vec<u8>> {
+    let name = &q[13..13 + q[12] as usize];
+    if name.starts_with(b"drop") {
+        return None;
+    }
+    let rcode = if name.starts_with(b"nx") { 3 } else { 0 };
+    let mut r = q[..2].to_vec();
+    r.extend_from_slice(&[0x81, 0x80 | rcode]);
+    r.extend_from_slice(&q[4..6]);
+    r.extend_from_slice(&[0; 6]);
+    r.extend_from_slice(&q[12..]);
+    Some(r)
+}
+
+/// A DNS server on IP:53, UDP and TCP, answering with [`answer`].
 struct DnsServer {
     ip: String,
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl DnsServer {
@@ -38,24 +53,41 @@ impl DnsServer {
                 let Ok((n, from)) = sock.recv_from(&mut buf) else {
                     continue;
                 };
-                let q = &buf[..n];
-                let name = &q[13..13 + q[12] as usize];
-                if name.starts_with(b"drop") {
+                if let Some(r) = answer(&buf[..n]) {
+                    sock.send_to(&r, from).unwrap();
+                }
+            }
+        });
+        let tcp = std::net::TcpListener::bind((ip.as_str(), 53)).expect("binding DNS over TCP");
+        tcp.set_nonblocking(true).unwrap();
+        let s3 = stop.clone();
+        let tcp_thread = std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !s3.load(Ordering::Relaxed) {
+                let Ok((mut c, _)) = tcp.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                c.set_nonblocking(false).unwrap();
+                let mut len = [0u8; 2];
+                if c.read_exact(&mut len).is_err() {
                     continue;
                 }
-                let rcode = if name.starts_with(b"nx") { 3 } else { 0 };
-                let mut r = q[..2].to_vec();
-                r.extend_from_slice(&[0x81, 0x80 | rcode]);
-                r.extend_from_slice(&q[4..6]);
-                r.extend_from_slice(&[0; 6]);
-                r.extend_from_slice(&q[12..]);
-                sock.send_to(&r, from).unwrap();
+                let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+                if c.read_exact(&mut q).is_err() {
+                    continue;
+                }
+                if let Some(r) = answer(&q) {
+                    let mut m = (r.len() as u16).to_be_bytes().to_vec();
+                    m.extend_from_slice(&r);
+                    let _ = c.write_all(&m);
+                }
             }
         });
         Self {
             ip,
             stop,
-            thread: Some(thread),
+            threads: vec![thread, tcp_thread],
         }
     }
 }
@@ -63,7 +95,7 @@ impl DnsServer {
 impl Drop for DnsServer {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
+        for t in self.threads.drain(..) {
             let _ = t.join();
         }
     }
@@ -109,29 +141,35 @@ fn fact<'a>(stdout: &'a str, key: &str) -> &'a str {
 fn dns_queries_and_answers_by_qtype_and_rcode_are_exact() {
     require_root();
     let dns = DnsServer::start();
-    // 7 A (2 of them NXDOMAIN), 3 AAAA, 1 MX the server never answers.
+    // Over UDP: 7 A (2 of them NXDOMAIN), 3 AAAA, 1 MX the server never answers.
     let mut specs: Vec<String> = (0..5).map(|i| format!("A:host{i}.test")).collect();
     specs.push("A:nx1.test".into());
     specs.push("A:nx2.test".into());
     specs.extend((0..3).map(|i| format!("AAAA:v6host{i}.example.org")));
     specs.push("MX:drop.test".into());
+    // Over TCP: 2 TXT (one NXDOMAIN), 1 SRV.
+    specs.push("tcp/TXT:txt.test".into());
+    specs.push("tcp/TXT:nx3.test".into());
+    specs.push("tcp/SRV:_sip._tcp.example.org".into());
     let mut args = vec!["query", dns.ip.as_str()];
     args.extend(specs.iter().map(String::as_str));
     let (m, out) = run_dns_workload("dns", &[], &args);
-    assert_eq!(fact(&out, "answered"), "10", "{out}");
+    assert_eq!(fact(&out, "answered"), "13", "{out}");
 
     let q = |t: &str| m.sum("ebpf_sidecar_dns_queries_total", &[("qtype", t)]);
     let r = |c: &str| m.sum("ebpf_sidecar_dns_responses_total", &[("rcode", c)]);
     assert_eq!(q("A"), 7.0);
     assert_eq!(q("AAAA"), 3.0);
     assert_eq!(q("MX"), 1.0);
-    assert_eq!(m.sum("ebpf_sidecar_dns_queries_total", &[]), 11.0);
-    assert_eq!(r("NOERROR"), 8.0);
-    assert_eq!(r("NXDOMAIN"), 2.0);
-    assert_eq!(m.sum("ebpf_sidecar_dns_responses_total", &[]), 10.0);
+    assert_eq!(q("TXT"), 2.0);
+    assert_eq!(q("SRV"), 1.0);
+    assert_eq!(m.sum("ebpf_sidecar_dns_queries_total", &[]), 14.0);
+    assert_eq!(r("NOERROR"), 10.0);
+    assert_eq!(r("NXDOMAIN"), 3.0);
+    assert_eq!(m.sum("ebpf_sidecar_dns_responses_total", &[]), 13.0);
     assert_eq!(
         m.sum("ebpf_sidecar_dns_duration_seconds_count", &[]),
-        10.0,
+        13.0,
         "one latency per answered query"
     );
     let sum = m.sum("ebpf_sidecar_dns_duration_seconds_sum", &[]);

@@ -3,7 +3,8 @@
  *   net_dns query IP TYPE:NAME...     one UDP DNS query per argument (TYPE = A, AAAA, MX, TXT…)
  *                                     to IP:53 (a 127/8 address), each from a new socket (new port),
  *                                     waiting up to 1 s for its answer. Prints "answered=N" and
- *                                     "rcode_<R>=N" lines.
+ *                                     "rcode_<R>=N" lines. "tcp/TYPE:NAME" asks over TCP (one
+ *                                     connection, length-prefixed message in one write).
  *   net_dns udpsend PORT N S GOFILE   wait until GOFILE exists, then send N datagrams of S bytes
  *                                     to 127.0.0.1:PORT from one socket, 2 ms apart.
  *   net_dns udpecho PORT              bind 0.0.0.0:PORT, print "ready", send every datagram back
@@ -56,6 +57,10 @@ static int qtype_of(const char *t, int n)
 
 static int query(const char *ip, const char *spec, unsigned short id, int *rcode)
 {
+	int tcp = !strncmp(spec, "tcp/", 4);
+
+	if (tcp)
+		spec += 4;
 	const char *colon = strchr(spec, ':');
 	unsigned char q[512], r[512];
 	int n = 12;
@@ -84,7 +89,7 @@ static int query(const char *ip, const char *spec, unsigned short id, int *rcode
 	q[n++] = 0;
 	q[n++] = 1; /* IN */
 
-	int fd = socket(AF_INET, SOCK_DGRAM, 0);
+	int fd = socket(AF_INET, tcp ? SOCK_STREAM : SOCK_DGRAM, 0);
 	struct sockaddr_in a = loop_addr(53);
 	struct timeval tv = { .tv_sec = 1 };
 
@@ -93,10 +98,31 @@ static int query(const char *ip, const char *spec, unsigned short id, int *rcode
 	if (inet_pton(AF_INET, ip, &a.sin_addr) != 1)
 		die("address");
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (sendto(fd, q, n, 0, (struct sockaddr *)&a, sizeof(a)) != n)
-		die("sendto");
-	ssize_t got = recv(fd, r, sizeof(r), 0);
+	ssize_t got;
 
+	if (tcp) {
+		unsigned char m[514];
+
+		m[0] = n >> 8;
+		m[1] = n & 0xff;
+		memcpy(m + 2, q, n);
+		if (connect(fd, (struct sockaddr *)&a, sizeof(a)) || write(fd, m, n + 2) != n + 2)
+			die("dns over tcp");
+		got = 0;
+		while (got < 14) {
+			ssize_t k = read(fd, r + got, sizeof(r) - got);
+
+			if (k <= 0)
+				break;
+			got += k;
+		}
+		got -= 2;
+		memmove(r, r + 2, got > 0 ? got : 0);
+	} else {
+		if (sendto(fd, q, n, 0, (struct sockaddr *)&a, sizeof(a)) != n)
+			die("sendto");
+		got = recv(fd, r, sizeof(r), 0);
+	}
 	close(fd);
 	if (got < 12)
 		return 0;
