@@ -517,3 +517,60 @@ fn netns_mode_capture_is_ethernet_and_holds_both_directions() {
     }
     let _ = std::fs::remove_file(&file);
 }
+
+/// The documented difference between the modes, on one exchange: a second container sharing the
+/// target's network namespace (`--network container:…`, like a pod) sends N datagrams to the
+/// target on loopback and gets each echoed. cgroup mode sees the target's socket only (N in, N
+/// out); netns mode sees every crossing of `lo` in the namespace (each datagram and each echo
+/// leaves and enters once: 2N each way).
+#[test]
+fn netns_mode_sees_the_whole_namespace_cgroup_mode_only_the_target() {
+    require_root();
+    docker::ok(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    let (port, n, size) = (9055u16, 8usize, 64usize);
+    let name = "ebpf-sidecar-net-modes";
+    let app = echo_container(name, port);
+    let common = ["--target-container", name, "--probes", "net"];
+    let cgroup_mode = Sidecar::start(&common);
+    let mut netns_args = common.to_vec();
+    netns_args.extend(["--net-mode", "netns"]);
+    let netns_mode = Sidecar::start(&netns_args);
+
+    let w = workload("net_dns");
+    let mount = format!("{}:/net_dns:ro", w.display());
+    let net = format!("container:{name}");
+    let out = docker::ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "ebpf-sidecar-net-modes-peer",
+        "--network",
+        &net,
+        "-v",
+        &mount,
+        "debian:bookworm-slim",
+        "/net_dns",
+        "udpsend",
+        &port.to_string(),
+        &n.to_string(),
+        &size.to_string(),
+        "/",
+    ]);
+    assert!(out.contains(&format!("sent={n}")), "{out}");
+    let udp = |m: &Metrics, dir: &str| {
+        m.sum(
+            "ebpf_sidecar_network_packets_total",
+            &[("direction", dir), ("family", "ipv4"), ("protocol", "udp")],
+        )
+    };
+    let (c, s) = (cgroup_mode.scrape(), netns_mode.scrape());
+    assert_eq!(
+        (udp(&c, "ingress"), udp(&c, "egress")),
+        (n as f64, n as f64)
+    );
+    assert_eq!(
+        (udp(&s, "ingress"), udp(&s, "egress")),
+        (2.0 * n as f64, 2.0 * n as f64)
+    );
+    drop(app);
+}
