@@ -574,3 +574,33 @@ fn netns_mode_sees_the_whole_namespace_cgroup_mode_only_the_target() {
     );
     drop(app);
 }
+
+/// --net-mode netns without CAP_SYS_ADMIN (kept: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): the start
+/// fails and names the missing capability and what it is for.
+#[test]
+fn netns_mode_names_the_missing_capability() {
+    require_root();
+    let me = std::process::id().to_string();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let out = Command::new("setpriv")
+        .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"])
+        .arg(sidecar_bin())
+        .args([
+            "--target-pid",
+            &me,
+            "--probes",
+            "net",
+            "--net-mode",
+            "netns",
+        ])
+        .args(["--listen", &listen])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--net-mode netns needs CAP_SYS_ADMIN") && stderr.contains("setns"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("CAP_NET_ADMIN (to attach"), "{stderr}");
+}
