@@ -486,7 +486,11 @@ pub fn attach_netns(
     netns: u64,
     cgroup_id: u64,
 ) -> Result<TcAttached, ProbeError> {
-    let err = |detail: String| map_err(&format!("netns of pid {pid}"), detail);
+    let err = |detail: String| ProbeError::Attach {
+        family: "net",
+        what: format!("attaching tc programs in the network namespace of pid {pid}"),
+        detail,
+    };
     let missing: Vec<&str> = [
         (
             caps::Capability::CAP_SYS_ADMIN,

@@ -31,6 +31,13 @@ pub enum ProbeError {
         map: String,
         detail: String,
     },
+    /// Attaching needs something the environment does not give (a capability, a namespace).
+    #[error("probe {family}: {what}: {detail}")]
+    Attach {
+        family: &'static str,
+        what: String,
+        detail: String,
+    },
     #[error("probe {family}: program {program}: {source}{log}", log = verifier_hint(.source))]
     Program {
         family: &'static str,
