@@ -604,3 +604,53 @@ fn netns_mode_names_the_missing_capability() {
     );
     assert!(!stderr.contains("CAP_NET_ADMIN (to attach"), "{stderr}");
 }
+
+/// The same events from a container target, read live from `/events?kind=tcp_accept`: exactly
+/// the accepts, none of the other kinds.
+#[test]
+fn connection_events_stream_filters_by_kind() {
+    require_root();
+    docker::ok(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    let c = 3;
+    let name = "ebpf-sidecar-net-events";
+    let w = workload("net_dns");
+    let mount = format!("{}:/net_dns:ro", w.display());
+    let app = Container::run(
+        name,
+        &[
+            "-v",
+            &mount,
+            "debian:bookworm-slim",
+            "sh",
+            "-c",
+            "while [ ! -e /tmp/go ]; do sleep 0.1; done; /net_dns conns 3 1000; sleep 600",
+        ],
+    );
+    let sc = Sidecar::start(&[
+        "--target-container",
+        name,
+        "--probes",
+        "net",
+        "--net-events",
+    ]);
+    let lines = stream_lines(
+        sc.port,
+        "/events?kind=tcp_accept",
+        Duration::from_secs(6),
+        || {
+            docker::ok(&["exec", name, "touch", "/tmp/go"]);
+        },
+    );
+    let events: Vec<Value> = lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(events.len(), c, "{lines:#?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["kind"] == "tcp_accept" && e["comm"] == "net_dns")
+    );
+    drop(app);
+}
