@@ -365,7 +365,7 @@ impl Probe for Net {
         encode::counter(
             enc,
             "ebpf_sidecar_network_packets",
-            "Packets of the target's sockets, by direction, IP family and protocol (cgroup_skb on the target's cgroup; a GSO/GRO batch counts once).",
+            "Packets of the target's sockets (cgroup_skb on its cgroup), or with --net-mode netns of every interface of its network namespace (tc), by direction, IP family and protocol; a GSO/GRO batch counts once.",
             pkts.iter().map(|(s, v)| (slot_labels(*s), v.packets)),
         )?;
         encode::counter(
