@@ -42,13 +42,6 @@ const volatile __u8 http_syscalls = 0;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NET_PKT_SLOTS);
-	__type(key, __u32);
-	__type(value, struct net_pkt_stats);
-} net_packets SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_COUNTERS);
 	__type(key, __u32);
 	__type(value, __u64);
@@ -166,64 +159,12 @@ static __always_inline int sk_in_target_btf(const struct sock *sk)
 	return sidecar_in_target();
 }
 
-/* ---- packets and bytes (cgroup_skb) ---- */
+/* ---- packets and bytes, DNS, capture (cgroup_skb or tc), connection events ---- */
 
-static __always_inline void count_skb(struct __sk_buff *skb, __u32 dir)
-{
-	__u8 b0 = 0, proto = 0;
-	__u32 fam = 2, p = 4;
-
-	/* cgroup_skb sees the packet from its network header on both paths. */
-	if (bpf_skb_load_bytes(skb, 0, &b0, 1) == 0) {
-		if ((b0 >> 4) == 4) {
-			fam = 0;
-			bpf_skb_load_bytes(skb, 9, &proto, 1);
-		} else if ((b0 >> 4) == 6) {
-			fam = 1;
-			/* next header of the fixed header; extension headers count as other */
-			bpf_skb_load_bytes(skb, 6, &proto, 1);
-		}
-	}
-	if (fam != 2) {
-		if (proto == 6)
-			p = 0;
-		else if (proto == 17)
-			p = 1;
-		else if (proto == 1 && fam == 0)
-			p = 2;
-		else if (proto == 58 && fam == 1)
-			p = 3;
-	}
-	__u32 idx = dir * (NET_FAMILIES * NET_PROTOS) + fam * NET_PROTOS + p;
-	struct net_pkt_stats *s = bpf_map_lookup_elem(&net_packets, &idx);
-
-	if (s) {
-		s->packets++;
-		s->bytes += skb->len;
-	}
-}
-
+/* HTTP/1.x from TCP segments (below), called by the packet programs. */
 static __always_inline void http_skb(struct __sk_buff *skb, int in);
 
-/* No sidecar_in_target() here: the program is attached to the target's cgroup only, and runs
- * in softirq where the current task is unrelated. Always return 1: count, never drop. */
-SEC("cgroup_skb/ingress")
-int net_ingress(struct __sk_buff *skb)
-{
-	count_skb(skb, 0);
-	if (http_enabled && !http_syscalls)
-		http_skb(skb, 1);
-	return 1;
-}
-
-SEC("cgroup_skb/egress")
-int net_egress(struct __sk_buff *skb)
-{
-	count_skb(skb, 1);
-	if (http_enabled && !http_syscalls)
-		http_skb(skb, 0);
-	return 1;
-}
+#include "net_pkt.bpf.h"
 
 /* ---- TCP lifecycle ---- */
 
@@ -305,6 +246,8 @@ int net_state(unsigned long long *ctx)
 
 		if (bpf_map_update_elem(&net_conns, &key, &v, BPF_ANY))
 			bump(NET_LOST_CONNS, 1);
+		if (events_enabled && new == ST_SYN_SENT)
+			ev_own(key); /* connect() runs here, in the connecting task */
 		return 0;
 	}
 	if (new == ST_ESTABLISHED && (old == ST_SYN_SENT || old == ST_SYN_RECV)) {
@@ -321,6 +264,8 @@ int net_state(unsigned long long *ctx)
 			c->established = now;
 			if (active)
 				observe(NET_HIST_CONNECT, now - c->start);
+			if (events_enabled && active)
+				ev_emit(sk, NET_EV_CONNECT, now - c->start);
 		} else {
 			struct conn v = { .start = now, .established = now };
 
@@ -336,6 +281,8 @@ int net_state(unsigned long long *ctx)
 		if (c->established) {
 			observe(NET_HIST_LIFETIME, now - c->start);
 			account_close(sk);
+			if (events_enabled)
+				ev_emit(sk, NET_EV_CLOSE, now - c->start);
 		}
 		bpf_map_delete_elem(&net_conns, &key);
 	}

@@ -381,4 +381,59 @@ struct net_http_path_key {
 	char path[NET_HTTP_PATH_LEN];
 };
 
+/* net: DNS, packet capture, connection events (net_pkt.bpf.h, included by net.bpf.c) */
+#define NET_DNS_QTYPES 11 /* A AAAA CNAME MX TXT PTR SRV NS SOA ANY other */
+#define NET_DNS_RCODES 7  /* NOERROR FORMERR SERVFAIL NXDOMAIN NOTIMP REFUSED other */
+#define NET_DNS_SLOTS (NET_DNS_QTYPES + NET_DNS_RCODES) /* queries first, then responses */
+/* Largest packet head a capture copies (the ring buffer record holds at most this). */
+#define NET_PCAP_SNAP_MAX 4096
+
+/* Written by userspace while a capture is open (index 0 of net_pcap_cfg). */
+struct net_pcap_cfg {
+	__u32 enabled;
+	__u32 snaplen;      /* 1..NET_PCAP_SNAP_MAX */
+	__u32 max_pps;      /* packets per second per CPU before the rest are dropped */
+	__u32 pad;
+};
+
+/* Ring buffer record: this header, then caplen bytes of the packet. */
+struct net_pcap_hdr {
+	__u64 ts_ns; /* CLOCK_MONOTONIC */
+	__u32 len;   /* packet length (from the network header, or the link header on tc) */
+	__u32 caplen;
+	__u32 dir;   /* 0 ingress, 1 egress */
+	__u32 pad;
+};
+
+enum net_pkt_counter {
+	NET_PCAP_CAPTURED = 0,
+	NET_PCAP_DROPPED = 1,   /* ring buffer full */
+	NET_PCAP_RATE_DROPPED = 2, /* over max_pps */
+	NET_EVENTS_LOST = 3,    /* connection events the ring buffer had no room for */
+	NET_DNS_MALFORMED = 4,  /* port-53 payloads that were not a parsable DNS header */
+	NET_PKT_COUNTERS = 8,
+};
+
+enum net_conn_event_kind {
+	NET_EV_CONNECT = 0,
+	NET_EV_ACCEPT = 1,
+	NET_EV_CLOSE = 2,
+};
+
+struct net_conn_event {
+	__u64 ts_ns;       /* CLOCK_MONOTONIC */
+	__u64 duration_ns; /* connect: SYN sent -> established; close: lifetime; accept: SYN -> accept() */
+	__u64 sent;        /* close: payload bytes sent */
+	__u64 received;    /* close: payload bytes received */
+	__u8 laddr[16];    /* IPv4 in the first 4 bytes */
+	__u8 raddr[16];
+	__u32 pid;         /* tgid of the process that connected/accepted (0: unknown) */
+	__u16 family;      /* AF_INET or AF_INET6 */
+	__u16 lport;       /* host byte order */
+	__u16 rport;
+	__u16 kind;        /* enum net_conn_event_kind */
+	__u32 pad;
+	char comm[16];
+};
+
 #endif

@@ -568,3 +568,83 @@ pub mod headers {
     /// vmlinux.h of the kernel the sidecar was built against, gzipped (CO-RE relocates it).
     pub static VMLINUX_H_GZ: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/vmlinux.h.gz"));
 }
+
+/// Network family, packet side (`include/net_pkt.bpf.h`, included by `net.bpf.c`): DNS, packet
+/// capture, connection events. Shapes mirrored from the last `net` section of `sidecar.h`.
+pub mod net_pkt {
+    use aya::Pod;
+
+    pub const DNS_QTYPES: usize = 11;
+    pub const DNS_RCODES: usize = 7;
+    pub const DNS_SLOTS: usize = DNS_QTYPES + DNS_RCODES;
+    pub const PCAP_SNAP_MAX: u32 = 4096;
+
+    /// `enum net_pkt_counter`
+    pub mod counter {
+        pub const PCAP_CAPTURED: u32 = 0;
+        pub const PCAP_DROPPED: u32 = 1;
+        pub const PCAP_RATE_DROPPED: u32 = 2;
+        pub const EVENTS_LOST: u32 = 3;
+        pub const DNS_MALFORMED: u32 = 4;
+    }
+
+    /// `enum net_conn_event_kind`
+    pub const EV_CONNECT: u16 = 0;
+    pub const EV_ACCEPT: u16 = 1;
+    pub const EV_CLOSE: u16 = 2;
+
+    /// `struct net_pcap_cfg`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct PcapCfg {
+        pub enabled: u32,
+        pub snaplen: u32,
+        pub max_pps: u32,
+        pub pad: u32,
+    }
+
+    /// `struct net_pcap_hdr`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct PcapHdr {
+        pub ts_ns: u64,
+        pub len: u32,
+        pub caplen: u32,
+        pub dir: u32,
+        pub pad: u32,
+    }
+
+    /// `struct net_conn_event`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct ConnEvent {
+        pub ts_ns: u64,
+        pub duration_ns: u64,
+        pub sent: u64,
+        pub received: u64,
+        pub laddr: [u8; 16],
+        pub raddr: [u8; 16],
+        pub pid: u32,
+        pub family: u16,
+        pub lport: u16,
+        pub rport: u16,
+        pub kind: u16,
+        pub pad: u32,
+        pub comm: [u8; 16],
+    }
+
+    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+    unsafe impl Pod for PcapCfg {}
+    unsafe impl Pod for PcapHdr {}
+    unsafe impl Pod for ConnEvent {}
+
+    const _: () = {
+        use core::mem::{offset_of, size_of};
+        assert!(size_of::<PcapCfg>() == 16);
+        assert!(size_of::<PcapHdr>() == 24);
+        assert!(size_of::<ConnEvent>() == 96);
+        assert!(offset_of!(ConnEvent, pid) == 64);
+        assert!(offset_of!(ConnEvent, kind) == 74);
+        assert!(offset_of!(ConnEvent, comm) == 80);
+    };
+}

@@ -270,6 +270,14 @@ pub fn run(cfg: Config) -> Result<i32> {
         keep.extend(f.keeps.iter().copied());
     }
     keep.extend(custom_keeps);
+    if cfg.options.net_mode == probes::net_pkt::NetMode::Netns
+        && families.iter().any(|f| f.name == "net")
+    {
+        // Re-entering the target's network namespace when it restarts: setns needs SYS_ADMIN,
+        // and reading/opening /proc/<pid>/ns/net of a more privileged process needs SYS_PTRACE.
+        keep.insert(caps::Capability::CAP_SYS_ADMIN);
+        keep.insert(caps::Capability::CAP_SYS_PTRACE);
+    }
     if child.is_some() {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);
@@ -408,6 +416,16 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
             .clone();
         if before.as_ref().map(|t| t.filter) == now.as_ref().map(|t| t.filter) {
             if before != now {
+                // Same cgroup, new network namespace (or its first process just became
+                // visible): families attached per netns (net --net-mode netns) follow it.
+                let netns = |t: &Option<target::Resolved>| t.as_ref().and_then(|t| t.net_ns);
+                if netns(&before) != netns(&now) {
+                    for p in &shared.probes {
+                        if let Err(e) = p.on_target(now.as_ref()) {
+                            tracing::error!("updating the target filter: {e}");
+                        }
+                    }
+                }
                 shared
                     .target
                     .write()

@@ -106,6 +106,20 @@ struct Cli {
     /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
     #[arg(long, global = true)]
     runtime_calls: bool,
+    /// net: where packets are counted (and DNS parsed, and captured). `cgroup`: cgroup_skb on
+    /// the target's cgroup (its own sockets). `netns`: tc on every interface of the target's
+    /// network namespace (all its traffic, other processes sharing it included); needs
+    /// CAP_SYS_ADMIN and CAP_NET_ADMIN.
+    #[arg(long, value_name = "cgroup|netns", default_value = "cgroup", value_parser = ["cgroup", "netns"], global = true)]
+    net_mode: String,
+    /// net: serve GET /debug/pcap?seconds=N&snaplen=S (packet captures; payloads leave the
+    /// kernel, so it is off unless given).
+    #[arg(long, global = true)]
+    allow_pcap: bool,
+    /// net: TCP connect/accept/close events (pid, comm, addresses, bytes, duration) on
+    /// /events (kinds tcp_connect, tcp_accept, tcp_close) and --events-out.
+    #[arg(long, global = true)]
+    net_events: bool,
 
     /// A user's CO-RE BPF object (clang -target bpf -g) to load next to the built-in probes;
     /// repeatable, paired in order with --probe-config (docs/families/custom.md).
@@ -359,6 +373,13 @@ fn main() {
             http_paths: cli.http_paths,
             runtime_calls: cli.runtime_calls,
             run_program,
+            net_mode: if cli.net_mode == "netns" {
+                sidecar::probes::net_pkt::NetMode::Netns
+            } else {
+                sidecar::probes::net_pkt::NetMode::Cgroup
+            },
+            allow_pcap: cli.allow_pcap,
+            net_events: cli.net_events,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),

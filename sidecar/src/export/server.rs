@@ -68,6 +68,7 @@ fn routes(app: App) -> Router {
         .route("/debug/profile/folded", get(profile_folded))
         .route("/debug/flamegraph.svg", get(profile_svg))
         .route("/debug/pprof/profile", get(profile_pprof))
+        .route("/debug/pcap", get(pcap))
         .with_state(app)
 }
 
@@ -316,4 +317,67 @@ fn static_asset(content_type: &'static str, body: &'static str) -> Response {
         body,
     )
         .into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct PcapQuery {
+    seconds: Option<u64>,
+    snaplen: Option<u32>,
+}
+
+/// The target's packets for `seconds` (default 10) as a pcap file, streamed as they come.
+async fn pcap(
+    State(app): State<App>,
+    axum::extract::Query(q): axum::extract::Query<PcapQuery>,
+) -> Response {
+    use crate::probes::net_pkt::{self, PcapError, PcapRequest};
+    let found = app
+        .shared
+        .probes
+        .iter()
+        .find_map(|p| p.pcap().map(|c| (c, p.clone())));
+    let Some((capture, probe)) = found else {
+        return (
+            StatusCode::NOT_FOUND,
+            "packet capture needs the net probe family (--probes ...,net)\n",
+        )
+            .into_response();
+    };
+    let req = PcapRequest {
+        seconds: q.seconds.unwrap_or(10),
+        snaplen: q.snaplen.unwrap_or(net_pkt::PCAP_DEFAULT_SNAPLEN),
+        max_bytes: net_pkt::PCAP_MAX_BYTES,
+    };
+    match capture.start(probe, req) {
+        Ok(rx) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| {
+                    (
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+                        rx,
+                    )
+                })
+            });
+            (
+                [
+                    (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"ebpf-sidecar.pcap\"",
+                    ),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let code = match e {
+                PcapError::NotAllowed => StatusCode::FORBIDDEN,
+                PcapError::Busy => StatusCode::CONFLICT,
+                PcapError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                PcapError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, format!("{e}\n")).into_response()
+        }
+    }
 }

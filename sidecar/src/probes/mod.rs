@@ -9,6 +9,7 @@ pub mod custom;
 pub mod disk;
 pub mod files;
 pub mod net;
+pub mod net_pkt;
 pub mod object;
 pub mod process;
 pub mod profile;
@@ -56,6 +57,12 @@ pub struct Options {
     pub runtime_calls: bool,
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
+    /// net: where the packet programs sit (cgroup_skb on the target's cgroup, or tc in its netns).
+    pub net_mode: net_pkt::NetMode,
+    /// net: serve /debug/pcap (packet payloads leave the kernel).
+    pub allow_pcap: bool,
+    /// net: connect/accept/close events on the event stream.
+    pub net_events: bool,
 }
 
 impl Default for Options {
@@ -71,6 +78,9 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
+            net_mode: net_pkt::NetMode::Cgroup,
+            allow_pcap: false,
+            net_events: false,
         }
     }
 }
@@ -100,6 +110,10 @@ pub trait Probe: Send + Sync {
     /// capabilities were dropped, so reader threads start without any.
     fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
         Ok(())
+    }
+    /// The packet capture behind /debug/pcap (only the net family has one).
+    fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
+        None
     }
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;

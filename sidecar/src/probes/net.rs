@@ -22,6 +22,7 @@ use sidecar_ebpf::net::{
 };
 use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 
+use super::net_pkt::{self, NetMode};
 use super::object::percpu_counter;
 use super::syscalls::errno_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
@@ -46,12 +47,20 @@ pub struct Net {
     paths: Option<LabelBudget>,
     /// HTTP is read in the packet programs (so it needs the cgroup attachment).
     http_from_packets: bool,
+    mode: NetMode,
+    tc: Mutex<Option<net_pkt::TcAttached>>,
+    capture: Arc<net_pkt::Capture>,
+    events: net_pkt::Events,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let http = [u8::from(opts.net_http)];
     let paths = [u8::from(opts.http_paths)];
-    let syscalls = [u8::from(opts.net_http_syscalls)];
+    // In netns mode there is no socket on tc ingress to pair requests with: read HTTP from the
+    // syscalls there.
+    let http_syscalls = opts.net_http_syscalls || opts.net_mode == NetMode::Netns;
+    let syscalls = [u8::from(http_syscalls)];
+    let events = [u8::from(opts.net_events)];
     let mut obj = Object::load_with(
         "net",
         sidecar_ebpf::objects::NET,
@@ -59,6 +68,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             ("http_enabled", &http[..]),
             ("http_paths", &paths[..]),
             ("http_syscalls", &syscalls[..]),
+            ("events_enabled", &events[..]),
         ],
     )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
@@ -66,20 +76,38 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
-    if opts.net_http && opts.net_http_syscalls {
+    if opts.net_http && http_syscalls {
         // Only then: the packet programs read HTTP from TCP segments at no per-syscall cost.
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     }
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
-    obj.load_cgroup_skb(INGRESS)?;
-    obj.load_cgroup_skb(EGRESS)?;
+    match opts.net_mode {
+        NetMode::Cgroup => {
+            obj.load_cgroup_skb(INGRESS)?;
+            obj.load_cgroup_skb(EGRESS)?;
+        }
+        NetMode::Netns => {
+            obj.load_classifier(net_pkt::TC_INGRESS)?;
+            obj.load_classifier(net_pkt::TC_EGRESS)?;
+        }
+    }
+    if opts.net_events {
+        // accept() returning is the only place the accepting process is known.
+        obj.attach_raw_tp("net_events_sys_exit", "sys_exit")?;
+    }
+    let capture = Arc::new(net_pkt::Capture::new(&obj, opts.allow_pcap, opts.net_mode)?);
+    let events = net_pkt::Events::new(&obj, opts.net_events)?;
     Ok(Arc::new(Net {
         obj,
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
         paths: opts.http_paths.then(|| LabelBudget::new(opts.top_n)),
-        http_from_packets: opts.net_http && !opts.net_http_syscalls,
+        http_from_packets: opts.net_http && !http_syscalls,
+        mode: opts.net_mode,
+        tc: Mutex::new(None),
+        capture,
+        events,
     }))
 }
 
@@ -143,7 +171,50 @@ impl Net {
     }
 }
 
+impl Net {
+    /// --net-mode netns: (re)attach the classifiers when the target's network namespace changes
+    /// (a restarted container gets a new one; the old one's links die with its interfaces).
+    fn on_target_netns(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        let want = target.and_then(|t| Some((t.net_ns?, t.pid?)));
+        if want.is_none() && target.is_some() {
+            tracing::warn!(
+                "net: no process of the target is visible yet, so its network namespace cannot \
+                 be entered: packet counters (ebpf_sidecar_network_*) wait for one"
+            );
+        }
+        let mut tc = self.tc.lock().unwrap_or_else(|p| p.into_inner());
+        // Namespace inode numbers are reused as soon as one is freed (a restarted container
+        // often gets its old number back), so the cgroup is part of the identity.
+        let cgroup = target.and_then(|t| t.cgroup_id()).unwrap_or(0);
+        if tc.as_ref().map(|a| (a.netns, a.cgroup_id)) == want.map(|w| (w.0, cgroup)) {
+            return Ok(());
+        }
+        if let Some(old) = tc.take() {
+            net_pkt::detach_netns(&self.obj, old);
+        }
+        let Some((netns, pid)) = want else {
+            return Ok(());
+        };
+        let att = net_pkt::attach_netns(&self.obj, pid, netns, cgroup)?;
+        tracing::info!(
+            netns,
+            interfaces = att.interfaces.join(","),
+            "net: tc packet counters attached in the target's network namespace"
+        );
+        *tc = Some(att);
+        Ok(())
+    }
+}
+
 impl Probe for Net {
+    fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
+        Some(self.capture.clone())
+    }
+
+    fn start_events(&self, sink: crate::events::EventSink) -> Result<(), ProbeError> {
+        self.events.start(sink)
+    }
+
     fn name(&self) -> &'static str {
         "net"
     }
@@ -155,6 +226,9 @@ impl Probe for Net {
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
         self.obj.set_target(&kernel)?;
+        if self.mode == NetMode::Netns {
+            return self.on_target_netns(target);
+        }
 
         let want = target.and_then(|t| Some((t.cgroup_id()?, t.cgroup_dir.clone()?)));
         let mut attached = self.attached.lock().unwrap_or_else(|p| p.into_inner());
@@ -338,7 +412,7 @@ impl Probe for Net {
         encode::counter(
             enc,
             "ebpf_sidecar_network_packets",
-            "Packets of the target's sockets, by direction, IP family and protocol (cgroup_skb on the target's cgroup; a GSO/GRO batch counts once).",
+            "Packets of the target's sockets (cgroup_skb on its cgroup), or with --net-mode netns of every interface of its network namespace (tc), by direction, IP family and protocol; a GSO/GRO batch counts once.",
             pkts.iter().map(|(s, v)| (slot_labels(*s), v.packets)),
         )?;
         encode::counter(
@@ -540,13 +614,17 @@ impl Probe for Net {
             "ebpf_sidecar_udp_drops",
             "UDP datagrams dropped on arrival at the target's sockets (receive queue full or socket filter), from udp:udp_fail_queue_rcv_skb.",
             [(labels, udp_drops)],
-        )
+        )?;
+        net_pkt::encode_dns(&self.obj, enc)?;
+        net_pkt::encode_counters(&self.obj, enc)
     }
 
     fn lost_events(&self) -> u64 {
         let ebpf = self.obj.lock();
-        percpu_counter(&ebpf, "net_counters", c::LOST_CONNS)
-            + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS)
+        let lost = percpu_counter(&ebpf, "net_counters", c::LOST_CONNS)
+            + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS);
+        drop(ebpf);
+        lost + net_pkt::lost_events(&self.obj)
     }
 }
 

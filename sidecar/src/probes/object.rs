@@ -31,6 +31,13 @@ pub enum ProbeError {
         map: String,
         detail: String,
     },
+    /// Attaching needs something the environment does not give (a capability, a namespace).
+    #[error("probe {family}: {what}: {detail}")]
+    Attach {
+        family: &'static str,
+        what: String,
+        detail: String,
+    },
     #[error("probe {family}: program {program}: {source}{log}", log = verifier_hint(.source))]
     Program {
         family: &'static str,
@@ -236,6 +243,39 @@ impl Object {
         link: CgroupSkbLinkId,
     ) -> Result<(), ProbeError> {
         self.with_program(program, |p: &mut CgroupSkb| p.detach(link))
+    }
+
+    /// Load a tc classifier program; it is attached per interface with
+    /// [`Self::attach_classifier`].
+    pub fn load_classifier(&mut self, program: &str) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut aya::programs::SchedClassifier| p.load())?;
+        self.record_program(program);
+        Ok(())
+    }
+
+    /// Attach a loaded classifier to `interface` of the calling thread's network namespace
+    /// (TCX link on kernels >= 6.6, which needs no clsact qdisc; netlink + clsact before).
+    pub fn attach_classifier(
+        &self,
+        program: &str,
+        interface: &str,
+        attach_type: aya::programs::TcAttachType,
+    ) -> Result<aya::programs::tc::SchedClassifierLinkId, ProbeError> {
+        self.with_program(program, |p: &mut aya::programs::SchedClassifier| {
+            p.attach(interface, attach_type)
+        })
+    }
+
+    /// Detach a link made by [`Self::attach_classifier`] (TCX links are fds: this works from
+    /// any namespace, and the kernel drops them itself when the interface goes away).
+    pub fn detach_classifier(
+        &self,
+        program: &str,
+        link: aya::programs::tc::SchedClassifierLinkId,
+    ) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut aya::programs::SchedClassifier| {
+            p.detach(link)
+        })
     }
 
     /// Point the kernel filter at a (new) target.

@@ -1,0 +1,602 @@
+//! Network family, packet side: DNS metrics, packet capture (`/debug/pcap`), connection events
+//! (`--net-events`) and the tc attachment of `--net-mode netns`. Kernel side:
+//! `sidecar-ebpf/include/net_pkt.bpf.h` (part of the `net` object).
+
+use std::fmt;
+use std::fs::File;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::programs::TcAttachType;
+use aya::programs::tc::SchedClassifierLinkId;
+use prometheus_client::encoding::DescriptorEncoder;
+use serde_json::{Value, json};
+use sidecar_ebpf::net_pkt::{self as k, ConnEvent, PcapCfg, PcapHdr, counter as c};
+use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
+
+use super::object::percpu_counter;
+use super::{Object, ProbeError};
+use crate::events::{EventSink, rfc3339_from_monotonic};
+use crate::export::encode::{self, Log2Histogram};
+
+pub const TC_INGRESS: &str = "net_tc_ingress";
+pub const TC_EGRESS: &str = "net_tc_egress";
+
+/// Where the packet programs sit (`--net-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// cgroup_skb on the target's cgroup v2: the target's own sockets.
+    #[default]
+    Cgroup,
+    /// tc on every interface of the target's network namespace: everything crossing them.
+    Netns,
+}
+
+pub const QTYPES: [&str; k::DNS_QTYPES] = [
+    "A", "AAAA", "CNAME", "MX", "TXT", "PTR", "SRV", "NS", "SOA", "ANY", "other",
+];
+pub const RCODES: [&str; k::DNS_RCODES] = [
+    "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "other",
+];
+
+fn map_err(map: &str, detail: impl fmt::Display) -> ProbeError {
+    ProbeError::Map {
+        family: "net",
+        map: map.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn take_ring(obj: &Object, name: &str) -> Result<RingBuf<MapData>, ProbeError> {
+    let mut ebpf = obj.lock();
+    let map = ebpf
+        .take_map(name)
+        .ok_or_else(|| map_err(name, "missing"))?;
+    RingBuf::try_from(map).map_err(|e| map_err(name, e))
+}
+
+/// The DNS metrics, read at scrape time.
+pub fn encode_dns(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let mut slots = [0u64; k::DNS_SLOTS];
+    let mut hist = Log2Histogram::new(HIST_BUCKETS);
+    {
+        let ebpf = obj.lock();
+        if let Some(Ok(arr)) = ebpf.map("net_dns").map(PerCpuArray::<_, u64>::try_from) {
+            for (i, v) in arr.iter().enumerate().take(k::DNS_SLOTS) {
+                if let Ok(v) = v {
+                    slots[i] = v.iter().sum();
+                }
+            }
+        }
+        if let Some(Ok(arr)) = ebpf
+            .map("net_dns_hist")
+            .map(PerCpuArray::<_, SyscallStats>::try_from)
+            && let Ok(vals) = arr.get(&0, 0)
+        {
+            for v in vals.iter() {
+                hist.add(&v.hist, v.time_ns);
+            }
+        }
+    }
+    encode::counter(
+        enc,
+        "ebpf_sidecar_dns_queries",
+        "DNS queries on port 53 (UDP, and TCP messages that start a segment) sent or received by the target, by the type of the first question.",
+        QTYPES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| slots[*i] > 0)
+            .map(|(i, q)| (vec![("qtype", q.to_string())], slots[i])),
+    )?;
+    encode::counter(
+        enc,
+        "ebpf_sidecar_dns_responses",
+        "DNS answers to the queries counted in ebpf_sidecar_dns_queries_total, by response code.",
+        RCODES
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| slots[k::DNS_QTYPES + *i] > 0)
+            .map(|(i, r)| (vec![("rcode", r.to_string())], slots[k::DNS_QTYPES + i])),
+    )?;
+    encode::histogram(
+        enc,
+        "ebpf_sidecar_dns_duration_seconds",
+        "Time from a DNS query to its answer (same port and id), as seen at the target's hook.",
+        [(vec![], hist)],
+    )
+}
+
+/// Capture and event counters, read at scrape time.
+pub fn encode_counters(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result {
+    let (captured, dropped, rate_dropped) = {
+        let ebpf = obj.lock();
+        (
+            percpu_counter(&ebpf, "net_pkt_counters", c::PCAP_CAPTURED),
+            percpu_counter(&ebpf, "net_pkt_counters", c::PCAP_DROPPED),
+            percpu_counter(&ebpf, "net_pkt_counters", c::PCAP_RATE_DROPPED),
+        )
+    };
+    encode::counter(
+        enc,
+        "ebpf_sidecar_pcap_packets",
+        "Packets copied to a /debug/pcap capture.",
+        [(vec![], captured)],
+    )?;
+    encode::counter(
+        enc,
+        "ebpf_sidecar_pcap_dropped_packets",
+        "Packets a /debug/pcap capture missed: reason ring_full (the reader fell behind) or rate (over the per-CPU packets-per-second bound).",
+        [
+            (vec![("reason", "ring_full".to_string())], dropped),
+            (vec![("reason", "rate".to_string())], rate_dropped),
+        ],
+    )
+}
+
+pub fn lost_events(obj: &Object) -> u64 {
+    let ebpf = obj.lock();
+    percpu_counter(&ebpf, "net_pkt_counters", c::EVENTS_LOST)
+}
+
+// ---- packet capture ----
+
+/// Most seconds one capture may last.
+pub const PCAP_MAX_SECONDS: u64 = 300;
+/// Most bytes one capture may write (pcap file size); the capture ends there.
+pub const PCAP_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// Bytes of each packet kept when the request gives no snaplen (the kernel's most).
+pub const PCAP_DEFAULT_SNAPLEN: u32 = k::PCAP_SNAP_MAX;
+/// Packets per second per CPU copied before the rest are dropped (and counted).
+pub const PCAP_MAX_PPS: u32 = 50_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PcapError {
+    #[error(
+        "packet capture is disabled: start the sidecar with --allow-pcap to enable /debug/pcap (captures hold payloads, which may be sensitive)"
+    )]
+    NotAllowed,
+    #[error("another capture is running; try again when it ends")]
+    Busy,
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("starting the capture: {0}")]
+    Kernel(String),
+}
+
+/// A capture request: how long, how much of each packet, how many bytes at most.
+#[derive(Clone, Copy, Debug)]
+pub struct PcapRequest {
+    pub seconds: u64,
+    pub snaplen: u32,
+    pub max_bytes: u64,
+}
+
+/// One open capture at a time; the ring buffer is handed to its reader thread and back.
+pub struct Capture {
+    allowed: bool,
+    linktype: u32,
+    ring: Mutex<Option<RingBuf<MapData>>>,
+    busy: AtomicBool,
+}
+
+/// LINKTYPE_RAW: packets start at the IP header (cgroup_skb sees no link header).
+pub const LINKTYPE_RAW: u32 = 101;
+pub const LINKTYPE_ETHERNET: u32 = 1;
+
+/// The pcap file header (nanosecond-resolution variant, which tcpdump, tshark and Wireshark read).
+pub fn pcap_file_header(snaplen: u32, linktype: u32) -> Vec<u8> {
+    let mut h = Vec::with_capacity(24);
+    h.extend_from_slice(&0xa1b2_3c4du32.to_le_bytes());
+    h.extend_from_slice(&2u16.to_le_bytes());
+    h.extend_from_slice(&4u16.to_le_bytes());
+    h.extend_from_slice(&0i32.to_le_bytes());
+    h.extend_from_slice(&0u32.to_le_bytes());
+    h.extend_from_slice(&snaplen.to_le_bytes());
+    h.extend_from_slice(&linktype.to_le_bytes());
+    h
+}
+
+/// One pcap record: header (wall-clock seconds and nanoseconds, captured and original length)
+/// and the captured bytes.
+pub fn pcap_record(out: &mut Vec<u8>, unix_ns: u128, orig_len: u32, data: &[u8]) {
+    out.extend_from_slice(&((unix_ns / 1_000_000_000) as u32).to_le_bytes());
+    out.extend_from_slice(&((unix_ns % 1_000_000_000) as u32).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out.extend_from_slice(&orig_len.to_le_bytes());
+    out.extend_from_slice(data);
+}
+
+/// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, to turn kernel timestamps into wall-clock time.
+fn realtime_offset_ns() -> i128 {
+    let now = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: valid pointer to a timespec.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
+    };
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+fn set_pcap(obj: &Object, cfg: PcapCfg) -> Result<(), ProbeError> {
+    let mut ebpf = obj.lock();
+    let map = ebpf
+        .map_mut("net_pcap_cfg")
+        .ok_or_else(|| map_err("net_pcap_cfg", "missing"))?;
+    let mut arr: Array<_, PcapCfg> =
+        Array::try_from(map).map_err(|e| map_err("net_pcap_cfg", e))?;
+    arr.set(0, cfg, 0).map_err(|e| map_err("net_pcap_cfg", e))
+}
+
+impl Capture {
+    pub fn new(obj: &Object, allowed: bool, mode: NetMode) -> Result<Self, ProbeError> {
+        Ok(Self {
+            allowed,
+            linktype: match mode {
+                NetMode::Cgroup => LINKTYPE_RAW,
+                NetMode::Netns => LINKTYPE_ETHERNET,
+            },
+            ring: Mutex::new(Some(take_ring(obj, "net_pcap_ring")?)),
+            busy: AtomicBool::new(false),
+        })
+    }
+
+    /// Open a capture: the kernel starts copying packets, a thread turns them into pcap
+    /// chunks sent on the returned channel until the time or size bound, or until the receiver
+    /// is dropped (client gone). The kernel stops copying before the thread ends.
+    pub fn start(
+        self: &Arc<Self>,
+        obj: Arc<dyn super::Probe>,
+        req: PcapRequest,
+    ) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, PcapError> {
+        if !self.allowed {
+            return Err(PcapError::NotAllowed);
+        }
+        if req.seconds == 0 || req.seconds > PCAP_MAX_SECONDS {
+            return Err(PcapError::BadRequest(format!(
+                "seconds must be 1..={PCAP_MAX_SECONDS}"
+            )));
+        }
+        if req.snaplen == 0 {
+            return Err(PcapError::BadRequest("snaplen must be at least 1".into()));
+        }
+        let snaplen = req.snaplen.min(k::PCAP_SNAP_MAX);
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(PcapError::Busy);
+        }
+        let Some(mut ring) = self.ring.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            self.busy.store(false, Ordering::Release);
+            return Err(PcapError::Busy);
+        };
+        // Leftovers of an earlier capture (copied after it stopped reading) are not ours.
+        while ring.next().is_some() {}
+        let cfg = PcapCfg {
+            enabled: 1,
+            snaplen,
+            max_pps: PCAP_MAX_PPS,
+            pad: 0,
+        };
+        if let Err(e) = set_pcap(obj.object(), cfg) {
+            *self.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+            self.busy.store(false, Ordering::Release);
+            return Err(PcapError::Kernel(e.to_string()));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
+        let me = self.clone();
+        let obj2 = obj.clone();
+        let linktype = self.linktype;
+        let spawned = std::thread::Builder::new()
+            .name("net-pcap".into())
+            .spawn(move || {
+                let offset = realtime_offset_ns();
+                let deadline = Instant::now() + Duration::from_secs(req.seconds);
+                let mut written = 24u64;
+                let mut open = tx
+                    .blocking_send(pcap_file_header(snaplen, linktype))
+                    .is_ok();
+                let fd = ring.as_raw_fd();
+                let hdr = std::mem::size_of::<PcapHdr>();
+                while open && Instant::now() < deadline && written < req.max_bytes {
+                    let left = deadline.saturating_duration_since(Instant::now());
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 200) as i32) };
+                    let mut chunk = Vec::new();
+                    while let Some(item) = ring.next() {
+                        if item.len() < hdr {
+                            continue;
+                        }
+                        // SAFETY: the kernel wrote a struct net_pcap_hdr first (size checked);
+                        // read_unaligned copes with the ring buffer's 8-byte alignment.
+                        let h: PcapHdr = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                        let cap = (h.caplen as usize).min(item.len() - hdr);
+                        let rec = 16 + cap as u64;
+                        if written + rec > req.max_bytes {
+                            written = req.max_bytes;
+                            break;
+                        }
+                        written += rec;
+                        let wall = (offset + h.ts_ns as i128).max(0) as u128;
+                        pcap_record(&mut chunk, wall, h.len, &item[hdr..hdr + cap]);
+                    }
+                    if !chunk.is_empty() && tx.blocking_send(chunk).is_err() {
+                        open = false;
+                    }
+                    if tx.is_closed() {
+                        open = false;
+                    }
+                }
+                if let Err(e) = set_pcap(obj.object(), PcapCfg::default()) {
+                    tracing::error!("net: stopping the packet capture: {e}");
+                }
+                *me.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+                me.busy.store(false, Ordering::Release);
+            });
+        if let Err(e) = spawned {
+            // The ring went with the closure: later captures answer Busy (logged here).
+            tracing::error!("net: cannot start the capture thread: {e}");
+            let _ = set_pcap(obj2.object(), PcapCfg::default());
+            self.busy.store(false, Ordering::Release);
+            return Err(PcapError::Kernel(e.to_string()));
+        }
+        Ok(rx)
+    }
+}
+
+// ---- connection events ----
+
+pub const EVENT_KINDS: [&str; 3] = ["tcp_connect", "tcp_accept", "tcp_close"];
+
+fn addr(family: u16, a: &[u8; 16], port: u16) -> String {
+    if family == 10 {
+        let ip = Ipv6Addr::from(*a);
+        match ip.to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{port}"),
+            None => format!("[{ip}]:{port}"),
+        }
+    } else {
+        format!("{}:{port}", Ipv4Addr::new(a[0], a[1], a[2], a[3]))
+    }
+}
+
+/// One connection event as the JSON object served on /events.
+pub fn event_json(e: &ConnEvent) -> Value {
+    let kind = EVENT_KINDS
+        .get(e.kind as usize)
+        .copied()
+        .unwrap_or("unknown");
+    let end = e.comm.iter().position(|&b| b == 0).unwrap_or(e.comm.len());
+    let mut v = json!({
+        "time": rfc3339_from_monotonic(e.ts_ns),
+        "kind": kind,
+        "pid": e.pid,
+        "comm": String::from_utf8_lossy(&e.comm[..end]),
+        "family": if e.family == 10 { "ipv6" } else { "ipv4" },
+        "local": addr(e.family, &e.laddr, e.lport),
+        "remote": addr(e.family, &e.raddr, e.rport),
+        "local_port": e.lport,
+        "remote_port": e.rport,
+        "duration_seconds": e.duration_ns as f64 / 1e9,
+    });
+    if e.kind == k::EV_CLOSE {
+        let o = v.as_object_mut().expect("object");
+        o.insert("sent_bytes".into(), json!(e.sent));
+        o.insert("received_bytes".into(), json!(e.received));
+    }
+    v
+}
+
+/// The connection event ring (only with --net-events), read by a thread once started.
+pub struct Events(Mutex<Option<RingBuf<MapData>>>);
+
+impl Events {
+    pub fn new(obj: &Object, enabled: bool) -> Result<Self, ProbeError> {
+        let ring = if enabled {
+            Some(take_ring(obj, "net_events")?)
+        } else {
+            None
+        };
+        Ok(Self(Mutex::new(ring)))
+    }
+
+    pub fn start(&self, sink: EventSink) -> Result<(), ProbeError> {
+        let Some(mut ring) = self.0.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Ok(());
+        };
+        std::thread::Builder::new()
+            .name("net-events".into())
+            .spawn(move || {
+                let fd = ring.as_raw_fd();
+                loop {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd.
+                    unsafe { libc::poll(&mut pfd, 1, 1000) };
+                    let mut batch = Vec::new();
+                    while let Some(item) = ring.next() {
+                        if item.len() >= std::mem::size_of::<ConnEvent>() {
+                            // SAFETY: the kernel wrote a whole struct net_conn_event (size
+                            // checked); read_unaligned copes with the ring's alignment.
+                            let e: ConnEvent =
+                                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                            batch.push(event_json(&e).to_string());
+                        }
+                    }
+                    if !batch.is_empty() {
+                        sink.publish(&batch);
+                    }
+                }
+            })
+            .map_err(|e| map_err("net_events", e))?;
+        Ok(())
+    }
+}
+
+// ---- --net-mode netns: tc on every interface of the target's network namespace ----
+
+/// The namespace the classifiers are attached in, and their links.
+pub struct TcAttached {
+    pub netns: u64,
+    pub cgroup_id: u64,
+    pub links: Vec<(&'static str, SchedClassifierLinkId)>,
+    pub interfaces: Vec<String>,
+}
+
+/// Interface names of the calling thread's network namespace.
+fn interfaces() -> std::io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns a list ended by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut out = Vec::new();
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            out.push(
+                std::ffi::CStr::from_ptr((*p).if_name)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+        Ok(out)
+    }
+}
+
+/// Enter the network namespace of `pid` in a dedicated thread (setns changes only the calling
+/// thread, and that thread ends with it) and attach both classifiers to every interface there.
+pub fn attach_netns(
+    obj: &Object,
+    pid: u32,
+    netns: u64,
+    cgroup_id: u64,
+) -> Result<TcAttached, ProbeError> {
+    let err = |detail: String| ProbeError::Attach {
+        family: "net",
+        what: format!("attaching tc programs in the network namespace of pid {pid}"),
+        detail,
+    };
+    let missing: Vec<&str> = [
+        (
+            caps::Capability::CAP_SYS_ADMIN,
+            "CAP_SYS_ADMIN (to enter the namespace with setns)",
+        ),
+        (
+            caps::Capability::CAP_NET_ADMIN,
+            "CAP_NET_ADMIN (to attach tc programs)",
+        ),
+    ]
+    .into_iter()
+    .filter(|(c, _)| !caps::has_cap(None, caps::CapSet::Effective, *c).unwrap_or(false))
+    .map(|(_, n)| n)
+    .collect();
+    if !missing.is_empty() {
+        return Err(err(format!(
+            "--net-mode netns needs {} (docker run --cap-add SYS_ADMIN --cap-add NET_ADMIN)",
+            missing.join(" and ")
+        )));
+    }
+    let ns = File::open(format!("/proc/{pid}/ns/net"))
+        .map_err(|e| err(format!("opening /proc/{pid}/ns/net: {e}")))?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: a valid namespace fd; only this thread moves, and it ends here.
+            if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(err(format!(
+                    "setns into /proc/{pid}/ns/net: {}",
+                    std::io::Error::last_os_error()
+                )));
+            }
+            let names = interfaces().map_err(|e| err(format!("listing interfaces: {e}")))?;
+            let mut att = TcAttached {
+                netns,
+                cgroup_id,
+                links: Vec::new(),
+                interfaces: Vec::new(),
+            };
+            for name in &names {
+                for (prog, ty) in [
+                    (TC_INGRESS, TcAttachType::Ingress),
+                    (TC_EGRESS, TcAttachType::Egress),
+                ] {
+                    if aya::util::KernelVersion::current()
+                        .is_ok_and(|v| v < aya::util::KernelVersion::new(6, 6, 0))
+                    {
+                        // Netlink attachment needs the clsact qdisc (it may already exist).
+                        let _ = aya::programs::tc::qdisc_add_clsact(name);
+                    }
+                    match obj.attach_classifier(prog, name, ty) {
+                        Ok(l) => att.links.push((prog, l)),
+                        Err(e) => {
+                            detach_netns(obj, att);
+                            return Err(err(format!("interface {name}: {e}")));
+                        }
+                    }
+                }
+                att.interfaces.push(name.clone());
+            }
+            Ok(att)
+        })
+        .join()
+        .unwrap_or_else(|_| Err(err("the attach thread panicked".into())))
+    })
+}
+
+pub fn detach_netns(obj: &Object, att: TcAttached) {
+    for (prog, link) in att.links {
+        // Fails harmlessly when the interface (or the whole namespace) is already gone.
+        if let Err(e) = obj.detach_classifier(prog, link) {
+            tracing::debug!("net: detaching {prog}: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pcap_layout() {
+        let h = pcap_file_header(4096, LINKTYPE_RAW);
+        assert_eq!(h.len(), 24);
+        assert_eq!(&h[..4], &[0x4d, 0x3c, 0xb2, 0xa1]);
+        assert_eq!(u32::from_le_bytes(h[20..24].try_into().unwrap()), 101);
+        let mut r = Vec::new();
+        pcap_record(&mut r, 1_500_000_000_123_456_789, 100, &[1, 2, 3]);
+        assert_eq!(r.len(), 19);
+        assert_eq!(
+            u32::from_le_bytes(r[0..4].try_into().unwrap()),
+            1_500_000_000
+        );
+        assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), 123_456_789);
+        assert_eq!(u32::from_le_bytes(r[8..12].try_into().unwrap()), 3);
+        assert_eq!(u32::from_le_bytes(r[12..16].try_into().unwrap()), 100);
+    }
+
+    #[test]
+    fn event_addresses() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[127, 0, 0, 1]);
+        assert_eq!(addr(2, &a, 80), "127.0.0.1:80");
+        let mapped = [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 0, 0, 2];
+        assert_eq!(addr(10, &mapped, 53), "10.0.0.2:53");
+        let mut v6 = [0u8; 16];
+        v6[15] = 1;
+        assert_eq!(addr(10, &v6, 443), "[::1]:443");
+    }
+}
