@@ -340,3 +340,162 @@ int security_listen(unsigned long long *ctx)
 	bpf_ringbuf_submit(e, 0);
 	return 0;
 }
+
+/* ---- Opt-in sensitive probes: uprobes attached by userspace only with their flags. ---- */
+
+/* First bytes of each SSL_read/SSL_write copied into a tls_sample event (0: no samples). */
+const volatile __u32 tls_sample_bytes = 0;
+
+/* readline's return: the line bash just read (NULL at end of input). */
+SEC("uretprobe")
+int security_readline(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	const char *line = (const char *)PT_REGS_RC(ctx);
+
+	if (!line)
+		return 0;
+
+	struct security_event *e = reserve(SEC_BASH_READLINE);
+
+	if (!e)
+		return 0;
+
+	long n = bpf_probe_read_user_str(e->argv, sizeof(e->argv), line);
+	char more = 0;
+
+	e->argv_len = n > 0 ? n - 1 : 0;
+	/* A full buffer is only a truncation when the line goes on past it. */
+	if (n == sizeof(e->argv))
+		bpf_probe_read_user(&more, 1, line + sizeof(e->argv) - 1);
+	e->args[0] = more != 0;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, TLS_KEYS_MAX);
+	__type(key, struct tls_bytes_key);
+	__type(value, __u64);
+} tls_bytes SEC(".maps");
+
+/* [dir]: bytes of (direction, comm) pairs that did not fit tls_bytes. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 2);
+	__type(key, __u32);
+	__type(value, __u64);
+} tls_other SEC(".maps");
+
+/* Arguments saved at SSL_* entry for the return probe, per thread. */
+struct tls_call {
+	__u64 buf;
+	__u64 out; /* size_t * of the _ex variants */
+	__u64 cookie;
+};
+
+/* LRU: a thread that dies inside SSL_read must not hold its entry forever. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, __u64);
+	__type(value, struct tls_call);
+} tls_calls SEC(".maps");
+
+/* SSL_read(ssl, buf, num) / SSL_write(ssl, buf, num) / SSL_read_ex(ssl, buf, num, *readbytes) /
+ * SSL_write_ex(ssl, buf, num, *written); the cookie says which (TLS_READ|TLS_WRITE, TLS_EX). */
+SEC("uprobe")
+int security_ssl_enter(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call c = {
+		.buf = PT_REGS_PARM2(ctx),
+		.out = PT_REGS_PARM4(ctx),
+		.cookie = bpf_get_attach_cookie(ctx),
+	};
+
+	bpf_map_update_elem(&tls_calls, &id, &c, BPF_ANY);
+	return 0;
+}
+
+static __always_inline void tls_add(__u32 dir, __u64 n)
+{
+	struct tls_bytes_key k = { .dir = dir };
+	__u64 *v;
+
+	bpf_get_current_comm(k.comm, sizeof(k.comm));
+	v = bpf_map_lookup_elem(&tls_bytes, &k);
+	if (v) {
+		__sync_fetch_and_add(v, n);
+		return;
+	}
+	if (!bpf_map_update_elem(&tls_bytes, &k, &n, BPF_NOEXIST))
+		return;
+	v = bpf_map_lookup_elem(&tls_bytes, &k);
+	if (v) {
+		__sync_fetch_and_add(v, n);
+		return;
+	}
+	v = bpf_map_lookup_elem(&tls_other, &dir);
+	if (v)
+		*v += n;
+}
+
+SEC("uretprobe")
+int security_ssl_exit(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	__u64 id = bpf_get_current_pid_tgid();
+	struct tls_call *p = bpf_map_lookup_elem(&tls_calls, &id);
+
+	if (!p)
+		return 0;
+
+	struct tls_call c = *p;
+	__u64 n;
+
+	bpf_map_delete_elem(&tls_calls, &id);
+	if (c.cookie & TLS_EX) {
+		/* 1 on success, the length through the pointer */
+		if ((int)PT_REGS_RC(ctx) != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)c.out))
+			return 0;
+	} else {
+		int rc = (int)PT_REGS_RC(ctx);
+
+		if (rc <= 0)
+			return 0;
+		n = rc;
+	}
+	if (!n)
+		return 0;
+
+	__u32 dir = c.cookie & 1;
+
+	tls_add(dir, n);
+	if (!tls_sample_bytes)
+		return 0;
+
+	struct security_event *e = reserve(SEC_TLS_SAMPLE);
+
+	if (!e)
+		return 0;
+
+	__u32 len = n < tls_sample_bytes ? n : tls_sample_bytes;
+
+	if (len > SEC_ARGV_LEN)
+		len = SEC_ARGV_LEN;
+	if (len && !bpf_probe_read_user(e->argv, len & (SEC_ARGV_LEN - 1) ?: SEC_ARGV_LEN, (void *)c.buf))
+		e->argv_len = len;
+	e->args[0] = dir;
+	e->args[1] = n;
+	bpf_ringbuf_submit(e, 0);
+	return 0;
+}

@@ -72,6 +72,12 @@ pub fn run(cfg: Config) -> Result<i32> {
             )));
         }
     }
+    let o = &cfg.options;
+    if (o.bash_readline || o.tls_plaintext) && !cfg.probes.iter().any(|p| p == "security") {
+        return start(Err(anyhow::anyhow!(
+            "--capture-bash-readline and --tls-* are part of the security family: add security to --probes"
+        )));
+    }
     let listener = start(std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "cannot listen on {} (is another program using that port? choose one with --listen)",

@@ -13,6 +13,7 @@ pub mod process;
 pub mod profile;
 pub mod runtimes;
 pub mod security;
+pub mod sensitive;
 pub mod syscalls;
 pub mod tables;
 
@@ -52,6 +53,14 @@ pub struct Options {
     pub runtime_calls: bool,
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
+    /// security, opt-in: capture the lines bash reads (uretprobe on readline).
+    pub bash_readline: bool,
+    /// security, opt-in: count TLS plaintext bytes (uprobes on SSL_read/SSL_write).
+    pub tls_plaintext: bool,
+    /// security, opt-in: first bytes of each TLS read/write as a tls_sample event (0: none).
+    pub tls_sample_bytes: u32,
+    /// Serve TLS samples unredacted.
+    pub tls_samples_raw: bool,
 }
 
 impl Default for Options {
@@ -66,6 +75,10 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
+            bash_readline: false,
+            tls_plaintext: false,
+            tls_sample_bytes: 0,
+            tls_samples_raw: false,
         }
     }
 }
