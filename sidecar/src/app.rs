@@ -301,6 +301,9 @@ pub fn run(cfg: Config) -> Result<i32> {
             let code = status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            for p in &shared.probes {
+                p.flush_events();
+            }
             if let Some(path) = metrics_out {
                 let (_, text) = export::render(&registry, None)
                     .map_err(|_| anyhow::anyhow!("encoding metrics"))?;

@@ -109,6 +109,8 @@ pub trait Probe: Send + Sync {
     fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
         Ok(())
     }
+    /// Hand over the events still waiting in the kernel now (before `run` writes its outputs).
+    fn flush_events(&self) {}
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
 }

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use prometheus_client::encoding::DescriptorEncoder;
@@ -51,11 +51,10 @@ pub const DEFAULT_SENSITIVE: &[&str] = &[
 
 pub struct Security {
     obj: Object,
-    ring: Mutex<Option<RingBuf<MapData>>>,
+    reader: Arc<Reader>,
     /// Opt-in uprobes (bash readline, TLS plaintext), when a flag asked for them.
     sensitive: Option<Arc<Sensitive>>,
     tls_comms: LabelBudget,
-    tls_samples_raw: bool,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
@@ -118,10 +117,13 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     };
     Ok(Arc::new(Security {
         obj,
-        ring: Mutex::new(Some(ring)),
+        reader: Arc::new(Reader {
+            ring: Mutex::new(Some(ring)),
+            sink: OnceLock::new(),
+            raw_tls: opts.tls_samples_raw,
+        }),
         sensitive,
         tls_comms: LabelBudget::new(opts.top_n),
-        tls_samples_raw: opts.tls_samples_raw,
     }))
 }
 
@@ -344,35 +346,32 @@ impl Probe for Security {
     }
 
     fn start_events(&self, sink: EventSink) -> Result<(), ProbeError> {
-        let Some(mut ring) = self.ring.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        if self.reader.sink.set(sink).is_err() {
+            return Ok(());
+        }
+        let Some(fd) = self
+            .reader
+            .ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.as_raw_fd())
+        else {
             return Ok(());
         };
-        let raw_tls = self.tls_samples_raw;
+        let reader = self.reader.clone();
         std::thread::Builder::new()
             .name("security-events".into())
             .spawn(move || {
-                let fd = ring.as_raw_fd();
                 loop {
                     let mut pfd = libc::pollfd {
                         fd,
                         events: libc::POLLIN,
                         revents: 0,
                     };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 1000) };
-                    let mut batch = Vec::new();
-                    while let Some(item) = ring.next() {
-                        if item.len() >= std::mem::size_of::<SecurityEvent>() {
-                            // SAFETY: the kernel wrote a whole struct security_event (size checked);
-                            // read_unaligned copes with the ring buffer's 8-byte alignment.
-                            let e: SecurityEvent =
-                                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                            batch.push(to_json(&e, raw_tls).to_string());
-                        }
-                    }
-                    if !batch.is_empty() {
-                        sink.publish(&batch);
-                    }
+                    // SAFETY: one valid pollfd; the ring (and its fd) lives as long as `reader`.
+                    unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+                    reader.drain();
                 }
             })
             .map_err(|e| ProbeError::Map {
@@ -381,5 +380,48 @@ impl Probe for Security {
                 detail: e.to_string(),
             })?;
         Ok(())
+    }
+
+    fn flush_events(&self) {
+        self.reader.drain();
+    }
+}
+
+/// Longest an event waits in the ring buffer when the kernel side did not wake the reader
+/// (it wakes it only once a batch has piled up: a wakeup per event costs the target more).
+const POLL_MS: i32 = 100;
+
+/// The ring buffer and where its events go; drained by the reader thread, and once more on
+/// demand (`run` drains it before writing its outputs).
+struct Reader {
+    ring: Mutex<Option<RingBuf<MapData>>>,
+    sink: OnceLock<EventSink>,
+    raw_tls: bool,
+}
+
+impl Reader {
+    fn drain(&self) {
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let mut batch = Vec::new();
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(ring) = ring.as_mut() else {
+                return;
+            };
+            while let Some(item) = ring.next() {
+                if item.len() >= std::mem::size_of::<SecurityEvent>() {
+                    // SAFETY: the kernel wrote a whole struct security_event (size checked);
+                    // read_unaligned copes with the ring buffer's 8-byte alignment.
+                    let e: SecurityEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    batch.push(to_json(&e, self.raw_tls).to_string());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            sink.publish(&batch);
+        }
     }
 }

@@ -341,7 +341,8 @@ const METHODS: [&str; 9] = [
 /// - body: `<body: N bytes>`; anything else (HTTP/2, other protocols, a read that starts in the
 ///   middle of a message): `<N bytes, not an HTTP/1.x head: redacted>`.
 ///
-/// A sample cut in the middle of a line ends in `…` instead of that line.
+/// A sample cut in the middle of a line ends in `…` instead of that line (after the header name
+/// when the name is complete).
 pub fn redact(sample: &[u8]) -> String {
     let text = String::from_utf8_lossy(sample);
     let mut lines = text.split("\r\n");
@@ -377,7 +378,10 @@ pub fn redact(sample: &[u8]) -> String {
         if last {
             // The sample ends here: a whole line only if the sample ended with CRLF.
             if !line.is_empty() {
-                out.push("…".into());
+                out.push(match line.split_once(':') {
+                    Some((name, _)) if is_token(name) => format!("{name}: …"),
+                    _ => "…".into(),
+                });
             } else {
                 out.push(String::new());
             }
@@ -459,6 +463,10 @@ mod tests {
         assert_eq!(
             redact(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=SECRET\r\nContent-Ty"),
             "HTTP/1.1 200 OK\r\nSet-Cookie: ***\r\n…"
+        );
+        assert_eq!(
+            redact(b"GET / HTTP/1.1\r\nAuthorization: Bearer SEC"),
+            "GET / HTTP/1.1\r\nAuthorization: …"
         );
         assert_eq!(redact(b"GET /abc?x=SECRET HT"), "GET …");
         assert_eq!(
