@@ -107,6 +107,19 @@ static __always_inline struct security_event *reserve(__u32 kind)
 	return e;
 }
 
+/* Wake the reader only once a batch has piled up; it also polls every 100 ms. A wakeup per event
+ * cost the exec storm a context switch per exec (reader thread scheduled for one event). */
+#define WAKEUP_BYTES (64 * 1024)
+
+static __always_inline void submit(struct security_event *e)
+{
+	__u64 flags = bpf_ringbuf_query(&security_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
+			      ? BPF_RB_FORCE_WAKEUP
+			      : BPF_RB_NO_WAKEUP;
+
+	bpf_ringbuf_submit(e, flags);
+}
+
 static __always_inline int is_shell(const char *c)
 {
 	/* sh, ash, dash, bash, zsh */
@@ -146,14 +159,14 @@ int security_exec(unsigned long long *ctx)
 
 	int shell = is_shell(e->comm) && !is_shell(e->pcomm);
 
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 
 	if (shell) {
 		e = reserve(SEC_SHELL);
 		if (!e)
 			return 0;
 		bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
-		bpf_ringbuf_submit(e, 0);
+		submit(e);
 	}
 	return 0;
 }
@@ -198,7 +211,7 @@ static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[1]);
 	else if (nr == 166)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[0]);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
@@ -235,36 +248,43 @@ static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
 	e->nr = nr;
 	e->args[0] = flags;
 	__builtin_memcpy(e->path, path, SEC_PATH_LEN);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 }
 
 static __always_inline void connect_event(struct pt_regs *regs)
 {
 	struct peer_key k = {};
-	__u16 family = 0;
 	void *uaddr = (void *)BPF_CORE_READ(regs, si);
+	/* One read of the largest address this cares about; a short IPv4 address at the very end of
+	 * a mapping makes it fail, then the IPv4 size is read instead. */
+	union {
+		__u16 family;
+		struct sockaddr_in in;
+		struct sockaddr_in6 in6;
+	} sa = {};
 
-	bpf_probe_read_user(&family, sizeof(family), uaddr);
-	if (family == AF_INET) {
-		struct sockaddr_in sa = {};
-
-		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
-		__builtin_memcpy(k.addr, &sa.sin_addr, 4);
-		k.port = bpf_ntohs(sa.sin_port);
-	} else if (family == AF_INET6) {
-		struct sockaddr_in6 sa = {};
-
-		bpf_probe_read_user(&sa, sizeof(sa), uaddr);
-		__builtin_memcpy(k.addr, &sa.sin6_addr, 16);
-		k.port = bpf_ntohs(sa.sin6_port);
+	if (bpf_probe_read_user(&sa, sizeof(sa.in6), uaddr) &&
+	    bpf_probe_read_user(&sa, sizeof(sa.in), uaddr))
+		return;
+	if (sa.family == AF_INET) {
+		__builtin_memcpy(k.addr, &sa.in.sin_addr, 4);
+		k.port = bpf_ntohs(sa.in.sin_port);
+	} else if (sa.family == AF_INET6) {
+		__builtin_memcpy(k.addr, &sa.in6.sin6_addr, 16);
+		k.port = bpf_ntohs(sa.in6.sin6_port);
 	} else {
 		return;
 	}
-	k.family = family;
+	k.family = sa.family;
+	/* Look before inserting: an LRU insert takes a free node (and may evict) even when the key
+	 * is there, and almost every connect goes to a peer seen before. */
+	if (bpf_map_lookup_elem(&seen_peers, &k))
+		return;
+
 	__u8 one = 1;
 
 	if (bpf_map_update_elem(&seen_peers, &k, &one, BPF_NOEXIST))
-		return; /* seen before */
+		return; /* another CPU inserted it first */
 
 	struct security_event *e = reserve(SEC_CONNECT_NEW_PEER);
 
@@ -273,8 +293,8 @@ static __always_inline void connect_event(struct pt_regs *regs)
 	e->nr = 42;
 	__builtin_memcpy(e->addr, k.addr, 16);
 	e->port = k.port;
-	e->family = family;
-	bpf_ringbuf_submit(e, 0);
+	e->family = sa.family;
+	submit(e);
 }
 
 /* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
@@ -328,7 +348,8 @@ int security_listen(unsigned long long *ctx)
 	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u8 one = 1;
 
-	if (bpf_map_update_elem(&seen_ports, &port, &one, BPF_NOEXIST))
+	if (bpf_map_lookup_elem(&seen_ports, &port) ||
+	    bpf_map_update_elem(&seen_ports, &port, &one, BPF_NOEXIST))
 		return 0;
 
 	struct security_event *e = reserve(SEC_LISTEN_NEW_PORT);
@@ -337,7 +358,7 @@ int security_listen(unsigned long long *ctx)
 		return 0;
 	e->port = port;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -371,7 +392,7 @@ int security_readline(struct pt_regs *ctx)
 	if (n == sizeof(e->argv))
 		bpf_probe_read_user(&more, 1, line + sizeof(e->argv) - 1);
 	e->args[0] = more != 0;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }
 
@@ -496,6 +517,6 @@ int security_ssl_exit(struct pt_regs *ctx)
 		e->argv_len = len;
 	e->args[0] = dir;
 	e->args[1] = n;
-	bpf_ringbuf_submit(e, 0);
+	submit(e);
 	return 0;
 }

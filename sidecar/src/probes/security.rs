@@ -405,13 +405,14 @@ impl Reader {
             return;
         };
         let mut batch = Vec::new();
+        let wanted = sink.wanted();
         {
             let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
             let Some(ring) = ring.as_mut() else {
                 return;
             };
             while let Some(item) = ring.next() {
-                if item.len() >= std::mem::size_of::<SecurityEvent>() {
+                if wanted && item.len() >= std::mem::size_of::<SecurityEvent>() {
                     // SAFETY: the kernel wrote a whole struct security_event (size checked);
                     // read_unaligned copes with the ring buffer's 8-byte alignment.
                     let e: SecurityEvent =
