@@ -21,14 +21,32 @@ struct Monitored {
     metrics: String,
     /// Event lines read on /events, by kind.
     received: std::collections::BTreeMap<String, u64>,
+    /// CPU time of the sidecar process itself (user + system) after start-up, in seconds.
+    cpu: f64,
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return f64::NAN;
+    };
+    // Fields after the command name, which ends at the last ')'.
+    let rest = s.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 /// `ebpf-sidecar run --probes security` around `sh -c "sleep 1; CMD; sleep 1"` with a
 /// subscriber on /events from the start (the first second leaves it time to connect).
-fn monitored(cmd: &str) -> Result<Monitored> {
+fn monitored(cmd: &str, extra: &[&str]) -> Result<Monitored> {
     let port = free_port();
     let mut child = Command::new(sidecar_bin()?)
-        .args(["run", "--probes", "security", "--listen"])
+        .args(["run", "--probes", "security"])
+        .args(extra)
+        .arg("--listen")
         .arg(format!("127.0.0.1:{port}"))
         .args(["--", "/bin/sh", "-c"])
         .arg(format!("sleep 1; {cmd}; sleep 1"))
@@ -69,16 +87,20 @@ fn monitored(cmd: &str) -> Result<Monitored> {
     });
     rx.recv_timeout(Duration::from_secs(10))
         .context("could not subscribe to /events")?;
+    // Serving means start-up is over: count the CPU spent on the workload's events from here.
+    let cpu0 = cpu_seconds(child.id());
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let line = lines.next().context("no output from the workload")??;
     std::thread::sleep(Duration::from_millis(300));
     let (_, metrics) = http_get(port, "/metrics")?;
+    let cpu = cpu_seconds(child.id()) - cpu0;
     child.wait()?;
     let received = reader.join().unwrap_or_default();
     Ok(Monitored {
         line,
         metrics,
         received,
+        cpu,
     })
 }
 
@@ -95,7 +117,7 @@ fn storm(bin: &str, n: u64, rounds: usize) -> Result<(f64, f64, Vec<f64>, Monito
     for _ in 0..rounds {
         let out = Command::new(bin).arg(n.to_string()).output()?;
         let b = secs(&String::from_utf8_lossy(&out.stdout))?;
-        let m = monitored(&format!("{bin} {n}"))?;
+        let m = monitored(&format!("{bin} {n}"), &[])?;
         let s = secs(&m.line)?;
         base.push(b);
         on.push(s);
@@ -181,6 +203,49 @@ pub fn run(execs: u64, connects: u64, rounds: usize) -> Result<String> {
         lost(&last_conn.metrics)
     )?;
 
+    writeln!(
+        o,
+        "Sidecar CPU (user+system, after start-up) in the last rounds: exec {:.2} s, connect {:.2} s.",
+        last_exec.cpu, last_conn.cpu
+    )?;
+
+    // Kernel-side cost per program run, from a separate run with bpf_stats on (it adds its own
+    // clock reads, so it is not part of the timed rounds).
+    let m = monitored(&format!("{} {execs}", exec_bin.display()), &["--bpf-stats"])?;
+    let (m2, per_exec) = (&m.metrics, execs as f64);
+    let prog = |p: &str| {
+        (
+            metric_value(
+                m2,
+                &format!("ebpf_sidecar_bpf_program_run_seconds_total{{program=\"{p}\"}}"),
+            ),
+            metric_value(
+                m2,
+                &format!("ebpf_sidecar_bpf_program_runs_total{{program=\"{p}\"}}"),
+            ),
+        )
+    };
+    writeln!(
+        o,
+        "\n### Where the exec storm's cost goes (bpf_stats, one run of {execs} execs)\n"
+    )?;
+    writeln!(o, "| program | runs | ns per run | µs per exec |")?;
+    writeln!(o, "|---|---:|---:|---:|")?;
+    for p in ["security_exec", "security_sys_enter", "security_listen"] {
+        let (secs, runs) = prog(p);
+        writeln!(
+            o,
+            "| {p} | {runs:.0} | {:.0} | {:.2} |",
+            if runs > 0.0 { secs * 1e9 / runs } else { 0.0 },
+            secs * 1e6 / per_exec
+        )?;
+    }
+    writeln!(
+        o,
+        "| sidecar process (reader thread: JSON, /events) | | | {:.2} |",
+        m.cpu * 1e6 / per_exec
+    )?;
+
     writeln!(o, "\n### Event rate and losses\n")?;
     writeln!(
         o,
@@ -197,7 +262,7 @@ pub fn run(execs: u64, connects: u64, rounds: usize) -> Result<String> {
             format!("{} 0 200000", rate_bin.display()),
         ),
     ] {
-        let m = monitored(&cmd)?;
+        let m = monitored(&cmd, &[])?;
         let made: u64 = m.line.trim().parse().unwrap_or(0);
         let c = counted(&m.metrics, "ptrace") as u64;
         let got = m.received.get("ptrace").copied().unwrap_or(0);

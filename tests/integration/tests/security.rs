@@ -300,7 +300,7 @@ fn a_flood_beyond_the_ring_buffer_counts_every_loss() {
     );
     assert!(
         lost > 0,
-        "{N} events of 504 bytes overflow a 256 KiB ring buffer"
+        "{N} events of 504 bytes overflow a 1 MiB ring buffer"
     );
     assert_eq!(
         received + missed + lost,
