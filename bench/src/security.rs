@@ -87,7 +87,12 @@ fn monitored(cmd: &str, extra: &[&str]) -> Result<Monitored> {
     });
     rx.recv_timeout(Duration::from_secs(10))
         .context("could not subscribe to /events")?;
-    // Serving means start-up is over: count the CPU spent on the workload's events from here.
+    // The port accepts from the start; answering /healthz means start-up (BTF parsing, loading)
+    // is over: count the CPU spent on the workload's events from here.
+    let ready = Instant::now() + Duration::from_secs(10);
+    while !http_get(port, "/healthz").is_ok_and(|r| r.0 == 200) && Instant::now() < ready {
+        std::thread::sleep(Duration::from_millis(10));
+    }
     let cpu0 = cpu_seconds(child.id());
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let line = lines.next().context("no output from the workload")??;
