@@ -4,7 +4,7 @@
 //!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
 //!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
-//!   cargo run --release -p bench -- security [--execs N] [--repeat R]
+//!   cargo run --release -p bench -- security [--execs N] [--connects N] [--rounds R]
 //!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R]
 //!   cargo run --release -p bench -- custom [--entries N] [--rounds R]
 //!
@@ -47,7 +47,11 @@ fn main() -> anyhow::Result<()> {
             opt("--mib", 2000)?,
             opt("--conns", 10_000)?,
         )?,
-        "security" => security::run(opt("--execs", 20_000)?, opt("--repeat", 3)? as usize)?,
+        "security" => security::run(
+            opt("--execs", 5_000)?,
+            opt("--connects", 20_000)?,
+            opt("--rounds", 4)? as usize,
+        )?,
         "cpu" => cpu::run(
             opt("--iterations", 6_000_000_000)?,
             opt("--repeat", 3)? as usize,

@@ -83,7 +83,9 @@ enum security_kind {
 	SEC_SENSITIVE_OPEN = 8,  /* open for write of a configured path prefix */
 	SEC_CONNECT_NEW_PEER = 9,
 	SEC_LISTEN_NEW_PORT = 10,
-	SEC_KINDS = 11,
+	SEC_BASH_READLINE = 11,  /* opt-in: a line bash read (argv holds it) */
+	SEC_TLS_SAMPLE = 12,     /* opt-in: first bytes of an SSL_read/SSL_write (argv holds them) */
+	SEC_KINDS = 13,
 };
 
 struct security_event {
@@ -435,5 +437,19 @@ struct net_conn_event {
 	__u32 pad;
 	char comm[16];
 };
+
+/* security, opt-in sensitive probes: TLS plaintext bytes counted at SSL_read/SSL_write return. */
+#define TLS_KEYS_MAX 1024 /* (direction, comm) pairs; more go to tls_other */
+#define TLS_READ 0
+#define TLS_WRITE 1
+#define TLS_EX 2          /* attach cookie bit: SSL_read_ex/SSL_write_ex (length via size_t *) */
+
+struct tls_bytes_key {
+	__u32 dir; /* TLS_READ or TLS_WRITE */
+	__u32 pad;
+	char comm[SIDECAR_COMM_LEN];
+};
+
+_Static_assert(sizeof(struct tls_bytes_key) == 24, "mirrored in Rust");
 
 #endif

@@ -109,7 +109,7 @@ pub const SEC_ARGV_LEN: usize = 256;
 pub const SEC_PREFIXES: u32 = 16;
 pub const SEC_PREFIX_LEN: usize = 64;
 /// `enum security_kind` values are 1..SEC_KINDS.
-pub const SEC_KINDS: u32 = 11;
+pub const SEC_KINDS: u32 = 13;
 
 /// `struct security_event`
 #[repr(C)]
@@ -648,3 +648,26 @@ pub mod net_pkt {
         assert!(offset_of!(ConnEvent, comm) == 80);
     };
 }
+/// Opt-in TLS plaintext counting (security family): `struct tls_bytes_key`.
+pub const TLS_KEYS_MAX: u32 = 1024;
+pub const TLS_READ: u32 = 0;
+pub const TLS_WRITE: u32 = 1;
+/// Attach-cookie bit of the `_ex` variants (length written through a `size_t *`).
+pub const TLS_EX: u64 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct TlsBytesKey {
+    pub dir: u32,
+    pub pad: u32,
+    pub comm: [u8; COMM_LEN],
+}
+
+// SAFETY: repr(C), integers and a byte array, no implicit padding (size asserted).
+unsafe impl Pod for TlsBytesKey {}
+
+const _: () = {
+    use core::mem::{offset_of, size_of};
+    assert!(size_of::<TlsBytesKey>() == 24);
+    assert!(offset_of!(TlsBytesKey, comm) == 8);
+};

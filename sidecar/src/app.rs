@@ -74,6 +74,12 @@ pub fn run(cfg: Config) -> Result<i32> {
             )));
         }
     }
+    let o = &cfg.options;
+    if (o.bash_readline || o.tls_plaintext) && !cfg.probes.iter().any(|p| p == "security") {
+        return start(Err(anyhow::anyhow!(
+            "--capture-bash-readline and --tls-* are part of the security family: add security to --probes"
+        )));
+    }
     let listener = start(std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "cannot listen on {} (is another program using that port? choose one with --listen)",
@@ -349,6 +355,9 @@ pub fn run(cfg: Config) -> Result<i32> {
             let code = status
                 .code()
                 .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+            for p in &shared.probes {
+                p.flush_events();
+            }
             if let Some(path) = metrics_out {
                 let (_, text) = export::render(&registry, None)
                     .map_err(|_| anyhow::anyhow!("encoding metrics"))?;

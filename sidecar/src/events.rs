@@ -49,6 +49,12 @@ impl EventSink {
         }
     }
 
+    /// Whether anyone takes events now (a file, or an open `/events`): readers skip formatting
+    /// when not.
+    pub fn wanted(&self) -> bool {
+        self.file.is_some() || self.tx.receiver_count() > 0
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
         self.tx.subscribe()
     }

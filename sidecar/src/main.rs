@@ -131,6 +131,29 @@ struct Cli {
     #[arg(long = "probe-config", value_name = "FILE.yaml", global = true)]
     probe_configs: Vec<PathBuf>,
 
+    /// SENSITIVE, opt-in (security family): capture every line bash reads in the target
+    /// (uretprobe on readline) as `bash_readline` events on /events, 256 bytes max per line.
+    /// Typed passwords and secrets are captured too: see README, Security.
+    #[arg(long, global = true)]
+    capture_bash_readline: bool,
+    /// SENSITIVE, opt-in (security family): count the plaintext bytes the target reads and writes
+    /// through OpenSSL's libssl (uprobes on SSL_read/SSL_write and their _ex variants):
+    /// ebpf_sidecar_tls_plaintext_bytes_total{direction,comm}.
+    #[arg(long, global = true)]
+    tls_plaintext: bool,
+    /// SENSITIVE, opt-in (implies --tls-plaintext): the first --tls-sample-bytes of every TLS
+    /// read/write as `tls_sample` events, redacted to the HTTP/1.x shape (request/status line,
+    /// header names) unless --tls-samples-raw.
+    #[arg(long, global = true)]
+    tls_samples: bool,
+    /// Bytes copied per TLS sample (1-256).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    tls_sample_bytes: u32,
+    /// DANGEROUS (implies --tls-samples): serve TLS samples unredacted, decrypted payload
+    /// (passwords, tokens, bodies) included.
+    #[arg(long, global = true)]
+    tls_samples_raw: bool,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -380,6 +403,14 @@ fn main() {
             },
             allow_pcap: cli.allow_pcap,
             net_events: cli.net_events,
+            bash_readline: cli.capture_bash_readline,
+            tls_plaintext: cli.tls_plaintext || cli.tls_samples || cli.tls_samples_raw,
+            tls_sample_bytes: if cli.tls_samples || cli.tls_samples_raw {
+                cli.tls_sample_bytes
+            } else {
+                0
+            },
+            tls_samples_raw: cli.tls_samples_raw,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),

@@ -142,28 +142,51 @@ async fn events(
             .collect()
     });
     let rx = app.shared.events.subscribe();
-    let stream = futures_util::stream::unfold((rx, kinds), |(mut rx, kinds)| async move {
+    let keep = |kinds: &Option<Vec<String>>, line: &str| {
+        kinds.as_ref().is_none_or(|ks| {
+            ks.iter()
+                .any(|k| line.contains(&format!("\"kind\":\"{k}\"")))
+        })
+    };
+    let stream = futures_util::stream::unfold((rx, kinds), move |(mut rx, kinds)| async move {
+        let mut chunk = String::new();
         loop {
-            match rx.recv().await {
+            // Wait for one line, then take whatever else is already there: events arrive in
+            // batches, and one write per batch costs far less than one per line.
+            let next = if chunk.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(l) => Ok(l),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(_) => break,
+                }
+            };
+            match next {
                 Ok(line) => {
-                    let keep = kinds.as_ref().is_none_or(|ks| {
-                        ks.iter()
-                            .any(|k| line.contains(&format!("\"kind\":\"{k}\"")))
-                    });
-                    if keep {
-                        let chunk = axum::body::Bytes::from(format!("{line}\n"));
-                        return Some((Ok::<_, std::convert::Infallible>(chunk), (rx, kinds)));
+                    if keep(&kinds, &line) {
+                        chunk.push_str(&line);
+                        chunk.push('\n');
+                    }
+                    if chunk.len() >= 256 * 1024 {
+                        break;
                     }
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                    let chunk = axum::body::Bytes::from(format!(
-                        "{{\"kind\":\"lagged\",\"missed\":{n}}}\n"
-                    ));
-                    return Some((Ok(chunk), (rx, kinds)));
+                    chunk.push_str(&format!("{{\"kind\":\"lagged\",\"missed\":{n}}}\n"));
                 }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) if chunk.is_empty() => {
+                    return None;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
             }
         }
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+            (rx, kinds),
+        ))
     });
     (
         [(header::CONTENT_TYPE, "application/x-ndjson")],

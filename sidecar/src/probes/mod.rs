@@ -15,6 +15,7 @@ pub mod process;
 pub mod profile;
 pub mod runtimes;
 pub mod security;
+pub mod sensitive;
 pub mod syscalls;
 pub mod tables;
 
@@ -63,6 +64,14 @@ pub struct Options {
     pub allow_pcap: bool,
     /// net: connect/accept/close events on the event stream.
     pub net_events: bool,
+    /// security, opt-in: capture the lines bash reads (uretprobe on readline).
+    pub bash_readline: bool,
+    /// security, opt-in: count TLS plaintext bytes (uprobes on SSL_read/SSL_write).
+    pub tls_plaintext: bool,
+    /// security, opt-in: first bytes of each TLS read/write as a tls_sample event (0: none).
+    pub tls_sample_bytes: u32,
+    /// Serve TLS samples unredacted.
+    pub tls_samples_raw: bool,
 }
 
 impl Default for Options {
@@ -81,6 +90,10 @@ impl Default for Options {
             net_mode: net_pkt::NetMode::Cgroup,
             allow_pcap: false,
             net_events: false,
+            bash_readline: false,
+            tls_plaintext: false,
+            tls_sample_bytes: 0,
+            tls_samples_raw: false,
         }
     }
 }
@@ -115,6 +128,8 @@ pub trait Probe: Send + Sync {
     fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
         None
     }
+    /// Hand over the events still waiting in the kernel now (before `run` writes its outputs).
+    fn flush_events(&self) {}
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
 }

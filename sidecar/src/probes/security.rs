@@ -5,17 +5,22 @@
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use prometheus_client::encoding::DescriptorEncoder;
 use serde_json::{Value, json};
-use sidecar_ebpf::{SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES, SecPrefix, SecurityEvent};
+use sidecar_ebpf::{
+    SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES, SecPrefix, SecurityEvent, TLS_READ, TLS_WRITE,
+    TlsBytesKey,
+};
 
+use super::sensitive::{self, Sensitive};
 use super::syscalls::syscall_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::{EventSink, rfc3339_from_monotonic};
-use crate::export::encode::{self, comm_label};
+use crate::export::encode::{self, LabelBudget, comm_label};
+use crate::target::Resolved;
 
 pub const KINDS: [&str; SEC_KINDS as usize] = [
     "unknown",
@@ -29,6 +34,8 @@ pub const KINDS: [&str; SEC_KINDS as usize] = [
     "sensitive_open",
     "connect_new_peer",
     "listen_new_port",
+    "bash_readline",
+    "tls_sample",
 ];
 
 /// Paths whose opening for write is reported, by prefix (`--sensitive-path` replaces them).
@@ -44,11 +51,23 @@ pub const DEFAULT_SENSITIVE: &[&str] = &[
 
 pub struct Security {
     obj: Object,
-    ring: Mutex<Option<RingBuf<MapData>>>,
+    reader: Arc<Reader>,
+    /// Opt-in uprobes (bash readline, TLS plaintext), when a flag asked for them.
+    sensitive: Option<Arc<Sensitive>>,
+    tls_comms: LabelBudget,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("security", sidecar_ebpf::objects::SECURITY)?;
+    let sample_bytes = if opts.tls_plaintext {
+        opts.tls_sample_bytes.min(sensitive::MAX_SAMPLE)
+    } else {
+        0
+    };
+    let mut obj = Object::load_with(
+        "security",
+        sidecar_ebpf::objects::SECURITY,
+        &[("tls_sample_bytes", &sample_bytes.to_ne_bytes())],
+    )?;
     {
         let map_err = |detail: String| ProbeError::Map {
             family: "security",
@@ -80,6 +99,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("security_sys_enter", "sys_enter")?;
     obj.attach_raw_tp("security_exec", "sched_process_exec")?;
     obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
+    let sensitive = Sensitive::load(&mut obj, opts)?;
     let ring = {
         let mut ebpf = obj.lock();
         let map = ebpf
@@ -97,7 +117,13 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     };
     Ok(Arc::new(Security {
         obj,
-        ring: Mutex::new(Some(ring)),
+        reader: Arc::new(Reader {
+            ring: Mutex::new(Some(ring)),
+            sink: OnceLock::new(),
+            raw_tls: opts.tls_samples_raw,
+        }),
+        sensitive,
+        tls_comms: LabelBudget::new(opts.top_n),
     }))
 }
 
@@ -106,8 +132,8 @@ fn cstr(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
-/// One event as the JSON object served on /events.
-pub fn to_json(e: &SecurityEvent) -> Value {
+/// One event as the JSON object served on /events; TLS samples are redacted unless `raw_tls`.
+pub fn to_json(e: &SecurityEvent, raw_tls: bool) -> Value {
     let kind = KINDS.get(e.kind as usize).copied().unwrap_or("unknown");
     let mut v = json!({
         "time": rfc3339_from_monotonic(e.ts_ns),
@@ -157,6 +183,37 @@ pub fn to_json(e: &SecurityEvent) -> Value {
                 }),
             );
         }
+        "bash_readline" => {
+            let n = (e.argv_len as usize).min(e.argv.len());
+            o.insert(
+                "line".into(),
+                json!(String::from_utf8_lossy(&e.argv[..n]).into_owned()),
+            );
+            o.insert("truncated".into(), json!(e.args[0] != 0));
+        }
+        "tls_sample" => {
+            let n = (e.argv_len as usize).min(e.argv.len());
+            let sample = &e.argv[..n];
+            o.insert(
+                "direction".into(),
+                json!(if e.args[0] == u64::from(TLS_WRITE) {
+                    "write"
+                } else {
+                    "read"
+                }),
+            );
+            o.insert("bytes".into(), json!(e.args[1]));
+            o.insert("sample_bytes".into(), json!(n));
+            o.insert("redacted".into(), json!(!raw_tls));
+            o.insert(
+                "sample".into(),
+                json!(if raw_tls {
+                    String::from_utf8_lossy(sample).into_owned()
+                } else {
+                    sensitive::redact(sample)
+                }),
+            );
+        }
         "listen_new_port" => {
             o.insert("port".into(), json!(e.port));
             o.insert(
@@ -177,6 +234,64 @@ pub fn to_json(e: &SecurityEvent) -> Value {
 }
 
 impl Security {
+    fn encode_sensitive(&self, s: &Sensitive, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let attached = s.attached();
+        encode::gauge(
+            enc,
+            "ebpf_sidecar_security_uprobe_files",
+            "Binaries an opt-in sensitive probe is attached to (bash or libreadline for bash_readline, libssl for tls).",
+            attached
+                .iter()
+                .map(|(k, n)| (vec![("probe", k.name().to_string())], *n as i64)),
+        )?;
+        if !attached.iter().any(|(k, _)| *k == sensitive::Kind::Tls) {
+            return Ok(());
+        }
+        let mut bytes: Vec<(String, u32, u64)> = Vec::new();
+        {
+            let ebpf = self.obj.lock();
+            if let Some(Ok(m)) = ebpf
+                .map("tls_bytes")
+                .map(aya::maps::HashMap::<_, TlsBytesKey, u64>::try_from)
+            {
+                bytes.extend(
+                    m.iter()
+                        .filter_map(|r| r.ok())
+                        .map(|(k, v)| (comm_label(&k.comm), k.dir, v)),
+                );
+            }
+            for dir in [TLS_READ, TLS_WRITE] {
+                let n = super::object::percpu_counter(&ebpf, "tls_other", dir);
+                if n > 0 {
+                    bytes.push((encode::OTHER.to_string(), dir, n));
+                }
+            }
+        }
+        // Both directions always appear, so a rate() starts from the first scrape.
+        for dir in [TLS_READ, TLS_WRITE] {
+            if !bytes.iter().any(|b| b.1 == dir) {
+                bytes.push((encode::OTHER.to_string(), dir, 0));
+            }
+        }
+        encode::counter(
+            enc,
+            "ebpf_sidecar_tls_plaintext_bytes",
+            "Plaintext bytes the target's processes read from and wrote to TLS connections (SSL_read/SSL_write return values, --tls-plaintext), by direction and comm.",
+            self.tls_comms.fold(bytes).into_iter().map(|(c, dir, n)| {
+                (
+                    vec![
+                        (
+                            "direction",
+                            if dir == TLS_WRITE { "write" } else { "read" }.to_string(),
+                        ),
+                        ("comm", c),
+                    ],
+                    n,
+                )
+            }),
+        )
+    }
+
     fn counts(&self) -> Vec<u64> {
         let ebpf = self.obj.lock();
         let Some(Ok(arr)) = ebpf
@@ -200,7 +315,18 @@ impl Probe for Security {
         &self.obj
     }
 
+    fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        if let Some(s) = &self.sensitive {
+            s.set_target(target);
+        }
+        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
+        self.obj.set_target(&kernel)
+    }
+
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        if let Some(s) = &self.sensitive {
+            self.encode_sensitive(s, enc)?;
+        }
         let c = self.counts();
         encode::counter(
             enc,
@@ -220,34 +346,32 @@ impl Probe for Security {
     }
 
     fn start_events(&self, sink: EventSink) -> Result<(), ProbeError> {
-        let Some(mut ring) = self.ring.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+        if self.reader.sink.set(sink).is_err() {
+            return Ok(());
+        }
+        let Some(fd) = self
+            .reader
+            .ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(|r| r.as_raw_fd())
+        else {
             return Ok(());
         };
+        let reader = self.reader.clone();
         std::thread::Builder::new()
             .name("security-events".into())
             .spawn(move || {
-                let fd = ring.as_raw_fd();
                 loop {
                     let mut pfd = libc::pollfd {
                         fd,
                         events: libc::POLLIN,
                         revents: 0,
                     };
-                    // SAFETY: one valid pollfd.
-                    unsafe { libc::poll(&mut pfd, 1, 1000) };
-                    let mut batch = Vec::new();
-                    while let Some(item) = ring.next() {
-                        if item.len() >= std::mem::size_of::<SecurityEvent>() {
-                            // SAFETY: the kernel wrote a whole struct security_event (size checked);
-                            // read_unaligned copes with the ring buffer's 8-byte alignment.
-                            let e: SecurityEvent =
-                                unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
-                            batch.push(to_json(&e).to_string());
-                        }
-                    }
-                    if !batch.is_empty() {
-                        sink.publish(&batch);
-                    }
+                    // SAFETY: one valid pollfd; the ring (and its fd) lives as long as `reader`.
+                    unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
+                    reader.drain();
                 }
             })
             .map_err(|e| ProbeError::Map {
@@ -256,5 +380,49 @@ impl Probe for Security {
                 detail: e.to_string(),
             })?;
         Ok(())
+    }
+
+    fn flush_events(&self) {
+        self.reader.drain();
+    }
+}
+
+/// Longest an event waits in the ring buffer when the kernel side did not wake the reader
+/// (it wakes it only once a batch has piled up: a wakeup per event costs the target more).
+const POLL_MS: i32 = 100;
+
+/// The ring buffer and where its events go; drained by the reader thread, and once more on
+/// demand (`run` drains it before writing its outputs).
+struct Reader {
+    ring: Mutex<Option<RingBuf<MapData>>>,
+    sink: OnceLock<EventSink>,
+    raw_tls: bool,
+}
+
+impl Reader {
+    fn drain(&self) {
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let mut batch = Vec::new();
+        let wanted = sink.wanted();
+        {
+            let mut ring = self.ring.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(ring) = ring.as_mut() else {
+                return;
+            };
+            while let Some(item) = ring.next() {
+                if wanted && item.len() >= std::mem::size_of::<SecurityEvent>() {
+                    // SAFETY: the kernel wrote a whole struct security_event (size checked);
+                    // read_unaligned copes with the ring buffer's 8-byte alignment.
+                    let e: SecurityEvent =
+                        unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+                    batch.push(to_json(&e, self.raw_tls).to_string());
+                }
+            }
+        }
+        if !batch.is_empty() {
+            sink.publish(&batch);
+        }
     }
 }

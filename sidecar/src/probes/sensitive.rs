@@ -1,0 +1,516 @@
+//! Opt-in sensitive probes of the security family (off by default, one loud flag each):
+//!
+//! - `--capture-bash-readline`: a uretprobe on `readline` in the bash binaries (or the
+//!   libreadline a bash maps) of the target; each line read is a `bash_readline` event.
+//! - `--tls-plaintext`: uprobes on `SSL_read`/`SSL_write` (and their `_ex` variants) in the
+//!   target's libssl; plaintext bytes are counted by direction and comm, and with
+//!   `--tls-samples` the first bytes of each call become a `tls_sample` event, redacted by
+//!   default ([`redact`]).
+//!
+//! Binaries are found like the runtimes family finds runtimes (`crate::usdt::procs`): the
+//! target's processes are scanned every [`RESCAN`] and each file, by (device, inode), is attached
+//! once for every process that maps it (the BPF programs filter the target). In `run` mode the
+//! command's bash and the system's libssl are attached before the command starts.
+
+use std::collections::HashMap;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aya::programs::ProgramFd;
+use sidecar_ebpf::{TLS_EX, TLS_READ, TLS_WRITE};
+
+use super::{Object, Options, ProbeError};
+use crate::target::Resolved;
+use crate::usdt::{self, attach::Link, procs};
+
+/// How often the target's processes are scanned for binaries not attached yet.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+/// Largest `--tls-sample-bytes` (the event's payload field).
+pub const MAX_SAMPLE: u32 = sidecar_ebpf::SEC_ARGV_LEN as u32;
+
+/// Library directories whose libssl `run` mode attaches before the command starts (a program
+/// usually loads libssl later, e.g. Python's `import ssl`, after the first scan could see it).
+const SYSTEM_LIB_DIRS: &[&str] = &[
+    "/lib/x86_64-linux-gnu",
+    "/usr/lib/x86_64-linux-gnu",
+    "/lib64",
+    "/usr/lib64",
+    "/usr/lib",
+    "/usr/local/lib",
+];
+
+/// What each opt-in probe attaches to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    BashReadline,
+    Tls,
+}
+
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::BashReadline => "bash_readline",
+            Kind::Tls => "tls",
+        }
+    }
+}
+
+/// (symbol, return probe, cookie) per kind. The cookie tells the TLS programs the direction
+/// and whether the length comes back through a `size_t *` (`_ex`).
+const TLS_SITES: &[(&str, bool, u64)] = &[
+    ("SSL_read", false, TLS_READ as u64),
+    ("SSL_read", true, TLS_READ as u64),
+    ("SSL_write", false, TLS_WRITE as u64),
+    ("SSL_write", true, TLS_WRITE as u64),
+    ("SSL_read_ex", false, TLS_READ as u64 | TLS_EX),
+    ("SSL_read_ex", true, TLS_READ as u64 | TLS_EX),
+    ("SSL_write_ex", false, TLS_WRITE as u64 | TLS_EX),
+    ("SSL_write_ex", true, TLS_WRITE as u64 | TLS_EX),
+];
+
+pub fn file_kind(path: &str, bash_seen: bool) -> Option<Kind> {
+    let name = path.rsplit('/').next()?;
+    if name == "bash" || bash_seen && name.starts_with("libreadline.so") {
+        Some(Kind::BashReadline)
+    } else if name.starts_with("libssl.so") {
+        Some(Kind::Tls)
+    } else {
+        None
+    }
+}
+
+struct Attached {
+    kind: Kind,
+    _links: Vec<Link>,
+}
+
+pub struct Sensitive {
+    readline: Option<ProgramFd>,
+    ssl: Option<(ProgramFd, ProgramFd)>,
+    /// By (device, inode): None when the file could not be attached (tried once).
+    files: Mutex<HashMap<(u64, u64), Option<Attached>>>,
+    target: Mutex<Option<Resolved>>,
+}
+
+impl Sensitive {
+    /// Load the programs the flags ask for (none: no scanner, nothing attached).
+    pub fn load(obj: &mut Object, opts: &Options) -> Result<Option<Arc<Self>>, ProbeError> {
+        if !opts.bash_readline && !opts.tls_plaintext {
+            return Ok(None);
+        }
+        let readline = if opts.bash_readline {
+            tracing::warn!(
+                "--capture-bash-readline: every line typed into bash in the target (passwords \
+                 typed at a prompt included) is captured and served on /events"
+            );
+            Some(obj.load_uprobe("security_readline")?)
+        } else {
+            None
+        };
+        let ssl = if opts.tls_plaintext {
+            if opts.tls_sample_bytes > 0 {
+                tracing::warn!(
+                    bytes = opts.tls_sample_bytes,
+                    raw = opts.tls_samples_raw,
+                    "--tls-samples: the first bytes of every TLS read and write of the target are \
+                     copied out of the process{}",
+                    if opts.tls_samples_raw {
+                        " and served UNREDACTED on /events (--tls-samples-raw)"
+                    } else {
+                        "; /events shows them redacted"
+                    }
+                );
+            } else {
+                tracing::warn!(
+                    "--tls-plaintext: uprobes on SSL_read/SSL_write of the target's libssl count \
+                     decrypted bytes"
+                );
+            }
+            Some((
+                obj.load_uprobe("security_ssl_enter")?,
+                obj.load_uprobe("security_ssl_exit")?,
+            ))
+        } else {
+            None
+        };
+        let me = Arc::new(Self {
+            readline,
+            ssl,
+            files: Mutex::new(HashMap::new()),
+            target: Mutex::new(None),
+        });
+        if let Some(cmd) = &opts.run_program {
+            for path in run_files(cmd, opts.tls_plaintext) {
+                let shown = path.display().to_string();
+                let bash = path.file_name().is_some_and(|n| n == "bash");
+                if let Some(kind) = file_kind(&shown, bash) {
+                    me.consider(kind, &path, &shown);
+                }
+            }
+        }
+        let bg = me.clone();
+        std::thread::Builder::new()
+            .name("sensitive-scan".into())
+            .spawn(move || {
+                // This thread attaches binaries found later: it keeps what that takes, the rest
+                // of the process drops everything after the first attach.
+                let mut keep = crate::caps::needed_after_attach();
+                keep.extend(super::runtimes::KEEPS.iter().copied());
+                if let Err(e) = crate::caps::drop_all_except(&keep) {
+                    tracing::debug!("sensitive scanner: dropping capabilities: {e}");
+                }
+                loop {
+                    std::thread::sleep(RESCAN);
+                    bg.scan();
+                }
+            })
+            .map_err(|e| ProbeError::Map {
+                family: "security",
+                map: "-".into(),
+                detail: format!("starting the sensitive-probe scanner thread: {e}"),
+            })?;
+        Ok(Some(me))
+    }
+
+    pub fn set_target(&self, target: Option<&Resolved>) {
+        *self.target.lock().unwrap_or_else(|p| p.into_inner()) = target.cloned();
+    }
+
+    /// Files attached, by kind.
+    pub fn attached(&self) -> Vec<(Kind, u64)> {
+        let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out: Vec<(Kind, u64)> = Vec::new();
+        let kinds = [
+            (Kind::BashReadline, self.readline.is_some()),
+            (Kind::Tls, self.ssl.is_some()),
+        ];
+        for (k, on) in kinds {
+            if on {
+                let n = files.values().flatten().filter(|a| a.kind == k).count() as u64;
+                out.push((k, n));
+            }
+        }
+        out
+    }
+
+    fn scan(&self) {
+        let cgroup_dir = {
+            let t = self.target.lock().unwrap_or_else(|p| p.into_inner());
+            match t.as_ref() {
+                None => return,
+                Some(t) => t.cgroup_dir.clone(),
+            }
+        };
+        for pid in procs::target_pids(cgroup_dir.as_deref()) {
+            let Ok(maps) = procs::mappings(pid) else {
+                continue;
+            };
+            let bash = self.readline.is_some()
+                && maps
+                    .iter()
+                    .any(|m| m.path.rsplit('/').next() == Some("bash"));
+            for m in maps {
+                let Some(kind) = file_kind(&m.path, bash) else {
+                    continue;
+                };
+                if (kind == Kind::BashReadline && self.readline.is_none())
+                    || (kind == Kind::Tls && self.ssl.is_none())
+                {
+                    continue;
+                }
+                self.consider(kind, &m.host_path(pid), &m.path);
+            }
+        }
+    }
+
+    /// Attach `kind`'s probes to the file once (by device and inode).
+    fn consider(&self, kind: Kind, host_path: &Path, shown: &str) {
+        let Ok(meta) = std::fs::metadata(host_path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
+        if files.contains_key(&key) {
+            return;
+        }
+        let r = self.attach_file(kind, host_path);
+        match r {
+            Ok(links) => {
+                tracing::info!(
+                    probe = kind.name(),
+                    binary = shown,
+                    sites = links.len(),
+                    "sensitive probe attached"
+                );
+                files.insert(
+                    key,
+                    Some(Attached {
+                        kind,
+                        _links: links,
+                    }),
+                );
+            }
+            Err(e) => {
+                tracing::warn!(probe = kind.name(), binary = shown, "not attached: {e}");
+                files.insert(key, None);
+            }
+        }
+    }
+
+    fn attach_file(&self, kind: Kind, path: &Path) -> Result<Vec<Link>, String> {
+        let data = usdt::read_file(path).map_err(|e| e.to_string())?;
+        let mut links = Vec::new();
+        match kind {
+            Kind::BashReadline => {
+                let prog = self.readline.as_ref().expect("checked by the caller");
+                let off = usdt::symbol_offset(&data, "readline").map_err(|e| e.to_string())?;
+                links.push(
+                    usdt::attach::attach_uprobe(-1, prog.as_fd(), path, off, 0, true, 0)
+                        .map_err(|e| format!("readline at {off:#x}: {e}"))?,
+                );
+            }
+            Kind::Tls => {
+                let (enter, exit) = self.ssl.as_ref().expect("checked by the caller");
+                for (sym, ret, cookie) in TLS_SITES {
+                    // SSL_read_ex/SSL_write_ex exist since OpenSSL 1.1.1: older ones lack them.
+                    let Ok(off) = usdt::symbol_offset(&data, sym) else {
+                        continue;
+                    };
+                    let prog = if *ret { exit } else { enter };
+                    links.push(
+                        usdt::attach::attach_uprobe(-1, prog.as_fd(), path, off, 0, *ret, *cookie)
+                            .map_err(|e| format!("{sym} at {off:#x}: {e}"))?,
+                    );
+                }
+                if links.is_empty() {
+                    return Err("no SSL_read/SSL_write symbol (not OpenSSL's libssl?)".into());
+                }
+            }
+        }
+        Ok(links)
+    }
+}
+
+/// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
+fn run_files(cmd: &Path, tls: bool) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let found = if cmd.components().count() > 1 {
+        Some(cmd.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(cmd))
+                .find(|c| c.is_file())
+        })
+    };
+    if let Some(bin) = found.and_then(|b| std::fs::canonicalize(b).ok())
+        && bin.file_name().is_some_and(|n| n == "bash")
+    {
+        out.push(bin);
+    }
+    if tls {
+        for dir in SYSTEM_LIB_DIRS {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let name = e.file_name();
+                if name.to_string_lossy().starts_with("libssl.so.") {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out
+}
+
+const METHODS: [&str; 9] = [
+    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS", "CONNECT", "TRACE",
+];
+
+/// The redacted form of a TLS sample: only the shape of HTTP/1.x survives.
+///
+/// - request line: method, normalised path (`crate::http_path::normalize`: ids become `:id`,
+///   the query string is dropped) and version;
+/// - status line: version, code and reason;
+/// - header lines: the name, value replaced by `***`;
+/// - body: `<body: N bytes>`; anything else (HTTP/2, other protocols, a read that starts in the
+///   middle of a message): `<N bytes, not an HTTP/1.x head: redacted>`.
+///
+/// A sample cut in the middle of a line ends in `…` instead of that line (after the header name
+/// when the name is complete).
+pub fn redact(sample: &[u8]) -> String {
+    let text = String::from_utf8_lossy(sample);
+    let mut lines = text.split("\r\n");
+    let first = lines.next().unwrap_or("");
+    let complete_first = text.contains("\r\n");
+    let head = request_line(first).or_else(|| status_line(first));
+    let Some(head) = head.filter(|_| complete_first) else {
+        // An incomplete first line is judged by its method or version prefix alone.
+        if !complete_first
+            && (METHODS.iter().any(|m| first.starts_with(&format!("{m} ")))
+                || first.starts_with("HTTP/1."))
+        {
+            let m = first.split(' ').next().unwrap_or("");
+            return format!("{m} …");
+        }
+        return format!("<{} bytes, not an HTTP/1.x head: redacted>", sample.len());
+    };
+    let mut out = vec![head];
+    let rest: Vec<&str> = lines.collect();
+    let n = rest.len();
+    for (i, line) in rest.iter().enumerate() {
+        let last = i + 1 == n;
+        if line.is_empty() && !last {
+            // End of the head: what follows is body.
+            let body: usize =
+                rest[i + 1..].iter().map(|l| l.len()).sum::<usize>() + 2 * (rest.len() - i - 2);
+            out.push(String::new());
+            if body > 0 {
+                out.push(format!("<body: {body} sampled bytes>"));
+            }
+            return out.join("\r\n");
+        }
+        if last {
+            // The sample ends here: a whole line only if the sample ended with CRLF.
+            if !line.is_empty() {
+                out.push(match line.split_once(':') {
+                    Some((name, _)) if is_token(name) => format!("{name}: …"),
+                    _ => "…".into(),
+                });
+            } else {
+                out.push(String::new());
+            }
+            break;
+        }
+        match line.split_once(':') {
+            Some((name, _)) if is_token(name) => out.push(format!("{name}: ***")),
+            _ => out.push("***".into()),
+        }
+    }
+    out.join("\r\n")
+}
+
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn request_line(line: &str) -> Option<String> {
+    let mut f = line.split(' ');
+    let (m, target, version) = (f.next()?, f.next()?, f.next()?);
+    if f.next().is_some() || !METHODS.contains(&m) || !version.starts_with("HTTP/1.") {
+        return None;
+    }
+    Some(format!(
+        "{m} {} {version}",
+        crate::http_path::normalize(target)
+    ))
+}
+
+fn status_line(line: &str) -> Option<String> {
+    let rest = line.strip_prefix("HTTP/1.")?;
+    let (minor, rest) = rest.split_once(' ')?;
+    let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
+    if minor.len() != 1 || code.len() != 3 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    // The reason phrase is free text a server may fill with anything: keep only a standard one.
+    let reason = if reason
+        .bytes()
+        .all(|b| b.is_ascii_alphabetic() || b == b' ' || b == b'-')
+        && reason.len() <= 32
+    {
+        reason
+    } else {
+        "***"
+    };
+    Some(
+        format!("HTTP/1.{minor} {code} {reason}")
+            .trim_end()
+            .to_string(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_keep_their_shape_only() {
+        let r = redact(
+            b"GET /users/1234/orders?token=SECRET HTTP/1.1\r\nHost: example\r\nAuthorization: Bearer SECRET\r\n\r\n",
+        );
+        assert_eq!(
+            r,
+            "GET /users/:id/orders HTTP/1.1\r\nHost: ***\r\nAuthorization: ***\r\n"
+        );
+        assert!(!r.contains("SECRET"));
+        let r = redact(b"POST /login HTTP/1.1\r\nContent-Length: 20\r\n\r\nuser=a&password=SECRET");
+        assert_eq!(
+            r,
+            "POST /login HTTP/1.1\r\nContent-Length: ***\r\n\r\n<body: 22 sampled bytes>"
+        );
+    }
+
+    #[test]
+    fn responses_and_cut_samples() {
+        assert_eq!(
+            redact(b"HTTP/1.1 200 OK\r\nSet-Cookie: session=SECRET\r\nContent-Ty"),
+            "HTTP/1.1 200 OK\r\nSet-Cookie: ***\r\n…"
+        );
+        assert_eq!(
+            redact(b"GET / HTTP/1.1\r\nAuthorization: Bearer SEC"),
+            "GET / HTTP/1.1\r\nAuthorization: …"
+        );
+        assert_eq!(redact(b"GET /abc?x=SECRET HT"), "GET …");
+        assert_eq!(
+            redact(b"HTTP/1.0 404 SECRET=123\r\n\r\n"),
+            "HTTP/1.0 404 ***\r\n"
+        );
+    }
+
+    #[test]
+    fn anything_else_is_masked() {
+        assert_eq!(
+            redact(b"user=a&password=SECRET"),
+            "<22 bytes, not an HTTP/1.x head: redacted>"
+        );
+        assert_eq!(
+            redact(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            "<24 bytes, not an HTTP/1.x head: redacted>"
+        );
+        assert_eq!(
+            redact(&[0xff, 0, 1]),
+            "<3 bytes, not an HTTP/1.x head: redacted>"
+        );
+        assert_eq!(
+            redact(b"GET /x HTTP/1.1 extra\r\n"),
+            "<23 bytes, not an HTTP/1.x head: redacted>"
+        );
+    }
+
+    #[test]
+    fn kinds_of_files() {
+        assert_eq!(file_kind("/usr/bin/bash", false), Some(Kind::BashReadline));
+        assert_eq!(
+            file_kind("/usr/lib/libreadline.so.8.2", true),
+            Some(Kind::BashReadline)
+        );
+        assert_eq!(file_kind("/usr/lib/libreadline.so.8.2", false), None);
+        assert_eq!(
+            file_kind("/usr/lib/x86_64-linux-gnu/libssl.so.3", false),
+            Some(Kind::Tls)
+        );
+        assert_eq!(
+            file_kind("/usr/lib/x86_64-linux-gnu/libssl3.so", false),
+            None
+        );
+        assert_eq!(file_kind("/bin/dash", false), None);
+    }
+}
