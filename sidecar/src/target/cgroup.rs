@@ -170,6 +170,29 @@ pub fn count_procs(dir: &Path) -> io::Result<u64> {
     Ok(n)
 }
 
+const RUN_PREFIX: &str = "ebpf-sidecar-run-";
+
+/// Remove run cgroups that earlier sidecars left behind (killed, or their command's last
+/// descendants still exiting at the time): empty ones older than a minute, so a concurrent
+/// sidecar's cgroup, empty for the instant before its command joins, is never taken.
+fn sweep_stale(mount_point: &Path) {
+    let Ok(entries) = fs::read_dir(mount_point) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let stale = e.file_name().to_string_lossy().starts_with(RUN_PREFIX)
+            && e.metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60))
+            && fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|p| p.is_empty());
+        if stale && fs::remove_dir(e.path()).is_ok() {
+            tracing::debug!(dir = %e.path().display(), "removed a stale run cgroup");
+        }
+    }
+}
+
 /// A new, empty cgroup for `run`; removed on drop once empty.
 #[derive(Debug)]
 pub struct RunCgroup {
@@ -180,8 +203,27 @@ pub struct RunCgroup {
 
 impl RunCgroup {
     pub fn create(mount: &Cgroup2Mount) -> Result<Self, TargetError> {
-        let name = format!("ebpf-sidecar-run-{}", std::process::id());
-        let dir = mount.mount_point.join(&name);
+        sweep_stale(&mount.mount_point);
+        let pid = std::process::id();
+        // A reused pid can meet the cgroup of an earlier sidecar that could not remove it.
+        let (name, dir) = (0..100)
+            .map(|n| {
+                let name = if n == 0 {
+                    format!("{RUN_PREFIX}{pid}")
+                } else {
+                    format!("{RUN_PREFIX}{pid}-{n}")
+                };
+                let dir = mount.mount_point.join(&name);
+                (name, dir)
+            })
+            .find(|(_, dir)| !dir.exists())
+            .ok_or_else(|| TargetError::Io {
+                what: format!(
+                    "creating a run cgroup under {}",
+                    mount.mount_point.display()
+                ),
+                source: std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+            })?;
         fs::create_dir(&dir).map_err(|e| TargetError::Io {
             what: format!("creating cgroup {} (run needs root)", dir.display()),
             source: e,
@@ -206,9 +248,19 @@ impl RunCgroup {
 
 impl Drop for RunCgroup {
     fn drop(&mut self) {
-        // Fails while descendants of the command still live; then the empty cgroup stays behind
-        // and is reported, not fatal.
-        if let Err(e) = fs::remove_dir(&self.dir) {
+        // The command has exited, but its last descendants may still be leaving the cgroup
+        // (EBUSY until they are gone): wait a little. If some live on, the cgroup stays behind,
+        // is reported, and a later sidecar sweeps it.
+        let mut last = None;
+        for _ in 0..40 {
+            match fs::remove_dir(&self.dir) {
+                Ok(()) => return,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(25));
+        }
+        if let Some(e) = last {
             tracing::warn!(dir = %self.dir.display(), "could not remove run cgroup: {e}");
         }
     }
