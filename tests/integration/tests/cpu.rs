@@ -85,10 +85,13 @@ fn runqueue_latency_shows_contention_only_when_there_is_some() {
         "contended: {} waits over 1 ms",
         over_1ms(&two)
     );
+    // Alone, only other work on the machine makes it wait (none on a quiet machine; a busy CI
+    // host preempts it now and then): at most a tenth of the contended count.
     assert!(
-        over_1ms(&one) <= 2.0,
-        "alone: {} waits over 1 ms",
-        over_1ms(&one)
+        over_1ms(&one) <= (over_1ms(&two) / 10.0).max(2.0),
+        "alone: {} waits over 1 ms (contended: {})",
+        over_1ms(&one),
+        over_1ms(&two)
     );
     assert!(
         two.sum(
