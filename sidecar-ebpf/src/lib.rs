@@ -543,3 +543,23 @@ const _: () = {
     assert!(size_of::<RtHist>() == 8 * (2 + HIST_BUCKETS));
     assert!(size_of::<RtCallKey>() == 8 + 2 * RT_STR_LEN);
 };
+
+// runtimes (2): Node.js HTTP by method and path.
+
+pub const RT_PATH_LEN: usize = 64;
+
+/// `struct rt_http_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtHttpKey {
+    pub method: u32,
+    pub _pad: u32,
+    pub path: [u8; RT_PATH_LEN],
+}
+
+// SAFETY: repr(C), integers and a byte array, no implicit padding (checked below).
+unsafe impl Pod for RtHttpKey {}
+
+const _: () = {
+    assert!(core::mem::size_of::<RtHttpKey>() == 8 + RT_PATH_LEN);
+};

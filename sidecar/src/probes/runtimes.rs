@@ -17,7 +17,9 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::ProgramFd;
 use prometheus_client::encoding::DescriptorEncoder;
-use sidecar_ebpf::{RtCallKey, RtHist, RtKey, USDT_NO_ARG, UsdtSpec, runtimes_counter as rc};
+use sidecar_ebpf::{
+    RtCallKey, RtHist, RtHttpKey, RtKey, USDT_NO_ARG, UsdtSpec, runtimes_counter as rc,
+};
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
@@ -38,16 +40,29 @@ enum Prog {
     Begin,
     End,
     Call,
+    /// A histogram of an argument's value (declared metrics).
+    Value,
+    /// Node's HTTP parser hook: requests by method (and path), timed to the first write.
+    Http,
 }
 
 impl Prog {
-    const ALL: [Prog; 4] = [Prog::Count, Prog::Begin, Prog::End, Prog::Call];
+    const ALL: [Prog; 6] = [
+        Prog::Count,
+        Prog::Begin,
+        Prog::End,
+        Prog::Call,
+        Prog::Value,
+        Prog::Http,
+    ];
     fn name(self) -> &'static str {
         match self {
             Prog::Count => "rt_count",
             Prog::Begin => "rt_begin",
             Prog::End => "rt_end",
             Prog::Call => "rt_call",
+            Prog::Value => "rt_value",
+            Prog::Http => "rt_http",
         }
     }
 }
@@ -272,7 +287,7 @@ const HOOKS: &[Hook] = &[
             ret: false,
             args: "1@73(%rdi) 1@72(%rdi)",
         },
-        prog: Prog::Count,
+        prog: Prog::Http,
         slot: slot::NODE_HTTP,
         label: Some(0),
         label2: Some(1),
@@ -311,15 +326,10 @@ const HOOKS: &[Hook] = &[
 ];
 
 /// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
-/// time a loop thread spends from an epoll_pwait/epoll_wait return to its next call is the time
-/// nothing new could be served. Attached per node process (perf event of that pid) on the libc it
-/// maps, so other programs' epoll calls are not counted. (symbol, at return, program)
-const NODE_LAG_HOOKS: &[(&str, bool, Prog)] = &[
-    ("epoll_pwait", true, Prog::Begin),
-    ("epoll_pwait", false, Prog::End),
-    ("epoll_wait", true, Prog::Begin),
-    ("epoll_wait", false, Prog::End),
-];
+/// time a loop thread spends from an epoll wait's return to its next call is the time nothing new
+/// could be served. Measured on the syscall tracepoints of these waits (a tracepoint costs ~0.1 µs,
+/// a uprobe on libc's wrapper a trap per call) for the node processes in `rt_loop_pids`.
+const EPOLL_WAITS: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
 /// One attached runtime binary.
 struct Attached {
@@ -337,12 +347,8 @@ struct State {
     next_spec: u32,
     /// (runtime, version, pid) seen at the last scan.
     procs: Vec<(Runtime, String, u32)>,
-    /// Per-process attachments (node event-loop lag), dropped when the process is gone.
-    pid_links: HashMap<u32, Vec<Link>>,
-    /// The one spec every per-process lag site shares (they read no arguments).
-    lag_spec: Option<u32>,
-    /// libc symbol offsets by (device, inode).
-    libc: HashMap<(u64, u64), Vec<(&'static str, u64)>>,
+    /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
+    loop_pids: std::collections::HashSet<u32>,
 }
 
 struct Inner {
@@ -352,19 +358,44 @@ struct Inner {
     state: Mutex<State>,
     target: Mutex<Option<Resolved>>,
     calls: bool,
+    http_paths: bool,
 }
 
 pub struct Runtimes {
     inner: Arc<Inner>,
     functions: LabelBudget,
+    paths: LabelBudget,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("runtimes", sidecar_ebpf::objects::RUNTIMES)?;
+    let paths = u32::from(opts.http_paths).to_ne_bytes();
+    let mut obj = Object::load_with(
+        "runtimes",
+        sidecar_ebpf::objects::RUNTIMES,
+        &[("rt_http_paths", &paths)],
+    )?;
     let mut progs = Vec::new();
     for p in Prog::ALL {
         progs.push((p, obj.load_uprobe(p.name())?));
     }
+    let enters: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_enter_{s}"))
+        .collect();
+    let exits: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    let enters: Vec<&str> = enters.iter().map(String::as_str).collect();
+    let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
+    obj.attach_tracepoints("rt_loop_enter", "syscalls", &enters)?;
+    obj.attach_tracepoints("rt_loop_exit", "syscalls", &exits)?;
+    obj.attach_tracepoints("rt_read_enter", "syscalls", &["sys_enter_read"])?;
+    obj.attach_tracepoints(
+        "rt_write_enter",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_writev"],
+    )?;
     let map = obj
         .lock()
         .take_map("usdt_specs")
@@ -385,6 +416,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         state: Mutex::new(State::default()),
         target: Mutex::new(None),
         calls: opts.runtime_calls,
+        http_paths: opts.http_paths,
     });
     if let Some(cmd) = &opts.run_program {
         for path in run_binaries(cmd) {
@@ -413,6 +445,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     Ok(Arc::new(Runtimes {
         inner,
         functions: LabelBudget::new(opts.top_n),
+        paths: LabelBudget::new(opts.top_n),
     }))
 }
 
@@ -478,61 +511,41 @@ impl Inner {
         seen.sort();
         seen.dedup();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.pid_links
-            .retain(|pid, _| seen.iter().any(|(_, _, p)| p == pid));
+        let gone: Vec<u32> = st
+            .loop_pids
+            .iter()
+            .copied()
+            .filter(|pid| !seen.iter().any(|(_, _, p)| p == pid))
+            .collect();
+        for pid in gone {
+            st.loop_pids.remove(&pid);
+            if let Some(Ok(mut m)) = self
+                .obj
+                .lock()
+                .map_mut("rt_loop_pids")
+                .map(BpfHashMap::<_, u32, u32>::try_from)
+            {
+                let _ = m.remove(&pid);
+            }
+        }
         st.procs = seen;
     }
 
+    /// Register a node process for the event-loop and HTTP-timing tracepoints.
     fn attach_lag(&self, pid: u32) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.pid_links.contains_key(&pid) {
+        if !st.loop_pids.insert(pid) {
             return;
         }
-        // Mark it tried even when it fails: one warning per process, not one per scan.
-        st.pid_links.insert(pid, Vec::new());
-        let Some(libc) = procs::mappings(pid).ok().and_then(|m| {
-            m.into_iter().find(|m| {
-                let n = m.path.rsplit('/').next().unwrap_or("");
-                n.starts_with("libc.so") || n.starts_with("libc-")
-            })
-        }) else {
-            tracing::warn!(pid, "node event-loop lag: no libc mapped (static build?)");
-            return;
-        };
-        let host = libc.host_path(pid);
-        let Ok(meta) = std::fs::metadata(&host) else {
-            return;
-        };
-        let key = (meta.dev(), meta.ino());
-        if let std::collections::hash_map::Entry::Vacant(slot) = st.libc.entry(key) {
-            let offs = match usdt::read_file(&host) {
-                Ok(data) => NODE_LAG_HOOKS
-                    .iter()
-                    .filter_map(|(sym, _, _)| Some((*sym, usdt::symbol_offset(&data, sym).ok()?)))
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(pid, "node event-loop lag: {e}");
-                    Vec::new()
-                }
-            };
-            slot.insert(offs);
+        let mut ebpf = self.obj.lock();
+        let r = ebpf
+            .map_mut("rt_loop_pids")
+            .ok_or_else(|| "not in the object".to_string())
+            .and_then(|m| BpfHashMap::<_, u32, u32>::try_from(m).map_err(|e| e.to_string()))
+            .and_then(|mut m| m.insert(pid, 1, 0).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::warn!(pid, "node event loop: registering the process: {e}");
         }
-        let offs = st.libc.get(&key).cloned().unwrap_or_default();
-        let mut links = Vec::new();
-        for (sym, ret, prog) in NODE_LAG_HOOKS {
-            let Some((_, off)) = offs.iter().find(|(s, _)| s == sym) else {
-                continue;
-            };
-            let spec = UsdtSpec {
-                slot: slot::NODE_LAG,
-                ..Default::default()
-            };
-            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret, true) {
-                Ok(l) => links.push(l),
-                Err(e) => tracing::warn!(pid, "node event-loop lag: {sym}: {e}"),
-            }
-        }
-        st.pid_links.insert(pid, links);
     }
 
     /// Write a spec and attach one program at one site with that spec's id as cookie.
@@ -547,27 +560,17 @@ impl Inner {
         off: u64,
         sema: u64,
         ret: bool,
-        lag: bool,
     ) -> Result<Link, String> {
-        let id = match st.lag_spec {
-            Some(id) if lag => id,
-            _ => {
-                let id = st.next_spec;
-                if id as usize >= SPECS_MAX {
-                    return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
-                }
-                self.specs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set(id, spec, 0)
-                    .map_err(|e| format!("writing spec {id}: {e}"))?;
-                st.next_spec += 1;
-                if lag {
-                    st.lag_spec = Some(id);
-                }
-                id
-            }
-        };
+        let id = st.next_spec;
+        if id as usize >= SPECS_MAX {
+            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+        }
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(id, spec, 0)
+            .map_err(|e| format!("writing spec {id}: {e}"))?;
+        st.next_spec += 1;
         let fd = &self
             .progs
             .iter()
@@ -679,14 +682,21 @@ impl Inner {
                 } => match usdt::symbol_offset(&data, name) {
                     // A node with USDT (<= 18 --with-dtrace) is covered by its probes.
                     Err(_) if has_provider("node") => continue,
-                    Ok(off) => targets.push((
-                        off,
-                        0,
-                        *ret,
-                        usdt::args::parse_args(args).map_err(|e| e.to_string())?,
-                        "uprobe".to_string(),
-                        short.to_string(),
-                    )),
+                    Ok(off) => {
+                        let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
+                        let code = data.get(off as usize..).unwrap_or(&[]);
+                        let code = &code[..code.len().min(64)];
+                        let moved = usdt::place::entry_offset(code, &args, *ret) as u64;
+                        tracing::debug!("{shown}: {short} probed at entry+{moved}");
+                        targets.push((
+                            off + moved,
+                            0,
+                            *ret,
+                            args,
+                            "uprobe".to_string(),
+                            short.to_string(),
+                        ))
+                    }
                     Err(e) => tracing::warn!("{shown}: {short}: {e}"),
                 },
             }
@@ -701,7 +711,7 @@ impl Inner {
                 for (i, a) in args.iter().enumerate() {
                     spec.args[i] = a.to_kernel();
                 }
-                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret, false) {
+                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret) {
                     Ok(l) => {
                         links.push(l);
                         sites.push((provider, probe));
@@ -851,6 +861,42 @@ impl Probe for Runtimes {
             }
             calls.extend(by.into_iter().map(|(k, v)| (k, (), v)));
         }
+        // Node HTTP: (method, raw path) → requests and durations.
+        let mut http_reqs: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
+        let mut http_hists: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        let path_of = |raw: &[u8]| -> String {
+            if !self.inner.http_paths {
+                return String::new();
+            }
+            let p = comm_label(raw);
+            if p.is_empty() {
+                // The read did not start with the request line (a head split across reads).
+                encode::OTHER.to_string()
+            } else {
+                crate::http_path::normalize(&p)
+            }
+        };
+        if let Some(Ok(m)) = ebpf
+            .map("rt_http_reqs")
+            .map(BpfHashMap::<_, RtHttpKey, u64>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                *http_reqs
+                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .or_default() += v;
+            }
+        }
+        if let Some(Ok(m)) = ebpf
+            .map("rt_http_hists")
+            .map(BpfHashMap::<_, RtHttpKey, RtHist>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                http_hists
+                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                    .add(&v.hist, v.sum_ns);
+            }
+        }
         drop(ebpf);
 
         let mut gc: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
@@ -886,23 +932,53 @@ impl Probe for Runtimes {
                 .map(|(_, v)| *v)
                 .sum()
         };
-        let mut methods = usdt_methods;
-        for ((s, label), v) in &counts {
-            // High half: llhttp type (1 = request parsed by a server).
-            if *s == slot::NODE_HTTP && (*label >> 32) as u8 == 1 {
-                *methods.entry(http_method(*label as u8)).or_default() += v;
-            }
+        for (m, v) in usdt_methods {
+            let path = if self.inner.http_paths {
+                encode::OTHER.to_string()
+            } else {
+                String::new()
+            };
+            *http_reqs.entry((m, path)).or_default() += v;
         }
+        // Top-N paths by requests; the histograms follow the same admission.
+        let folded = self.paths.fold(
+            http_reqs
+                .iter()
+                .map(|((m, p), v)| (p.clone(), *m, *v))
+                .collect(),
+        );
+        let admitted: std::collections::HashSet<String> =
+            folded.iter().map(|(p, _, _)| p.clone()).collect();
+        let labels = |m: &'static str, p: String| {
+            let mut l = vec![("runtime", "node".to_string()), ("method", m.to_string())];
+            if self.inner.http_paths {
+                l.push(("path", p));
+            }
+            l
+        };
         encode::counter(
             enc,
             "ebpf_sidecar_runtime_http_requests",
-            "HTTP requests received by runtimes in the target, by runtime and method.",
-            methods.into_iter().map(|(m, v)| {
-                (
-                    vec![("runtime", "node".to_string()), ("method", m.to_string())],
-                    v,
-                )
-            }),
+            "HTTP requests received by runtimes in the target, by runtime and method (and normalised path with --http-paths, top-N plus other).",
+            folded.into_iter().map(|(p, m, v)| (labels(m, p), v)),
+        )?;
+        let mut durations: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        for ((m, p), h) in http_hists {
+            let p = if admitted.contains(&p) {
+                p
+            } else {
+                encode::OTHER.to_string()
+            };
+            durations
+                .entry((m, p))
+                .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                .add(&h.buckets, h.sum_ns);
+        }
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_runtime_http_request_duration_seconds",
+            "Node.js HTTP server requests of the target: from the parsed request head (llhttp) to the first write(v) of the response on the same connection, by runtime and method (and path with --http-paths).",
+            durations.into_iter().map(|((m, p), h)| (labels(m, p), h)),
         )?;
         let calls_total: Vec<_> = if self.inner.calls {
             self.functions.fold(calls)
