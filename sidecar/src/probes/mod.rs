@@ -52,6 +52,8 @@ pub struct Options {
     pub runtime_calls: bool,
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
+    /// runtimes: USDT metrics declared in YAML (`--config`, `crate::usdt::config`).
+    pub usdt_config: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -66,6 +68,7 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
+            usdt_config: None,
         }
     }
 }

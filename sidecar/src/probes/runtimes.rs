@@ -25,6 +25,7 @@ use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
 use crate::target::Resolved;
+use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for runtimes not attached yet.
@@ -347,6 +348,8 @@ struct State {
     next_spec: u32,
     /// (runtime, version, pid) seen at the last scan.
     procs: Vec<(Runtime, String, u32)>,
+    /// Declared (--config) attachments by file: (provider, probe) sites and their links.
+    declared_files: HashMap<(u64, u64), (Vec<(String, String)>, Vec<Link>)>,
     /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
     loop_pids: std::collections::HashSet<u32>,
 }
@@ -359,12 +362,22 @@ struct Inner {
     target: Mutex<Option<Resolved>>,
     calls: bool,
     http_paths: bool,
+    /// Metrics declared with --config; entry i feeds slot DECLARED_SLOT + i.
+    declared: Vec<Declared>,
+    config_file: String,
 }
+
+/// First kernel slot of declared metrics (the packs use 0..DECLARED_SLOT).
+const DECLARED_SLOT: u32 = 100;
 
 pub struct Runtimes {
     inner: Arc<Inner>,
     functions: LabelBudget,
     paths: LabelBudget,
+    /// One label budget per declared metric.
+    declared_budgets: Vec<LabelBudget>,
+    /// Label names of each declared metric (leaked once: the encoder takes &'static str).
+    declared_labels: Vec<Vec<&'static str>>,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
@@ -374,6 +387,14 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         sidecar_ebpf::objects::RUNTIMES,
         &[("rt_http_paths", &paths)],
     )?;
+    let declared = match &opts.usdt_config {
+        Some(path) => usdt::config::load(path).map_err(|e| ProbeError::Map {
+            family: "runtimes",
+            map: "--config".into(),
+            detail: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
     let mut progs = Vec::new();
     for p in Prog::ALL {
         progs.push((p, obj.load_uprobe(p.name())?));
@@ -417,12 +438,37 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         target: Mutex::new(None),
         calls: opts.runtime_calls,
         http_paths: opts.http_paths,
+        declared,
+        config_file: opts
+            .usdt_config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     });
     if let Some(cmd) = &opts.run_program {
         for path in run_binaries(cmd) {
             inner.consider(&path, None);
+            inner.consider_declared(&path, None);
+        }
+        for d in &inner.declared {
+            if let Scope::Binary(b) = &d.scope
+                && b.is_file()
+            {
+                inner.consider_declared(b, None);
+            }
         }
     }
+    let n_declared = inner.declared.len();
+    let declared_labels = inner
+        .declared
+        .iter()
+        .map(|d| {
+            d.labels
+                .iter()
+                .map(|l| &*Box::leak(l.name.clone().into_boxed_str()))
+                .collect()
+        })
+        .collect();
     let bg = inner.clone();
     std::thread::Builder::new()
         .name("runtimes-scan".into())
@@ -446,6 +492,10 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         inner,
         functions: LabelBudget::new(opts.top_n),
         paths: LabelBudget::new(opts.top_n),
+        declared_budgets: (0..n_declared)
+            .map(|_| LabelBudget::new(opts.top_n))
+            .collect(),
+        declared_labels,
     }))
 }
 
@@ -497,6 +547,9 @@ impl Inner {
                 continue;
             };
             for m in maps {
+                if !self.declared.is_empty() {
+                    self.consider_declared(&m.host_path(pid), Some(&m.path));
+                }
                 if Runtime::of_path(&m.path).is_none() {
                     continue;
                 }
@@ -579,6 +632,138 @@ impl Inner {
             .1;
         usdt::attach::attach_uprobe(pid, fd.as_fd(), path, off, sema, ret, u64::from(id))
             .map_err(|e| format!("attaching at {off:#x}: {e}"))
+    }
+
+    /// Attach the --config metrics that apply to the file at `host_path` (`shown`: its path in
+    /// the target), once per file. An unknown probe is logged with the probes the file has; the
+    /// other entries still attach.
+    fn consider_declared(&self, host_path: &Path, shown: Option<&str>) {
+        let shown = shown
+            .map(str::to_string)
+            .unwrap_or_else(|| host_path.display().to_string());
+        let runtime = Runtime::of_path(&shown).map(Runtime::name);
+        let entries: Vec<(usize, &Declared)> = self
+            .declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| match &d.scope {
+                Scope::Binary(b) => Path::new(&shown) == b,
+                Scope::Runtime(r) => runtime == Some(r.as_str()),
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(host_path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.declared_files.contains_key(&key) {
+            return;
+        }
+        let cfg = self.config_file.as_str();
+        let notes = match usdt::read_file(host_path).and_then(|d| usdt::probes(&d)) {
+            Ok(n) => n,
+            Err(e) => {
+                for (i, d) in &entries {
+                    tracing::warn!("{cfg}: metrics[{i}] ({}): {shown}: {e}", d.name);
+                }
+                st.declared_files.insert(key, (Vec::new(), Vec::new()));
+                return;
+            }
+        };
+        let (mut sites, mut links) = (Vec::new(), Vec::new());
+        for (i, d) in entries {
+            let slot = DECLARED_SLOT + i as u32;
+            let int_label = |n: usize| d.labels.get(n).map(|l| l.arg);
+            // (probe, program, label_arg, label2_arg)
+            let plan: Vec<(&ProbeName, Prog, Option<u32>, Option<u32>)> = match &d.kind {
+                Kind::Count { probe } => vec![(probe, Prog::Count, int_label(0), int_label(1))],
+                Kind::CountStrings { probe } => {
+                    vec![(probe, Prog::Call, int_label(0), int_label(1))]
+                }
+                Kind::Pair { begin, end } => vec![
+                    (begin, Prog::Begin, int_label(0), None),
+                    (end, Prog::End, None, None),
+                ],
+                Kind::Value { probe, arg } => vec![(probe, Prog::Value, int_label(0), Some(*arg))],
+            };
+            for (probe, prog, l1, l2) in plan {
+                let found: Vec<_> = notes
+                    .iter()
+                    .filter(|n| n.provider == probe.provider && n.name == probe.probe)
+                    .collect();
+                if found.is_empty() {
+                    let mut have: Vec<String> = notes
+                        .iter()
+                        .map(|n| format!("{}:{}", n.provider, n.name))
+                        .collect();
+                    have.dedup();
+                    tracing::warn!(
+                        "{cfg}: metrics[{i}] ({}): probe {probe} not in {shown}; it has: {}",
+                        d.name,
+                        have.join(", ")
+                    );
+                    continue;
+                }
+                for n in found {
+                    let args = match &n.args {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("{cfg}: metrics[{i}] ({}): {probe}: {e}", d.name);
+                            continue;
+                        }
+                    };
+                    if let Some(bad) = [l1, l2]
+                        .into_iter()
+                        .flatten()
+                        .find(|a| *a as usize >= args.len())
+                    {
+                        tracing::warn!(
+                            "{cfg}: metrics[{i}] ({}): {probe} has {} arguments, arg {bad} does not exist",
+                            d.name,
+                            args.len()
+                        );
+                        continue;
+                    }
+                    let mut spec = UsdtSpec {
+                        arg_cnt: args.len() as u32,
+                        slot,
+                        label_arg: l1.unwrap_or(USDT_NO_ARG),
+                        label2_arg: l2.unwrap_or(USDT_NO_ARG),
+                        ..Default::default()
+                    };
+                    for (k, a) in args.iter().enumerate() {
+                        spec.args[k] = a.to_kernel();
+                    }
+                    match self.attach_site(
+                        &mut st,
+                        -1,
+                        prog,
+                        spec,
+                        host_path,
+                        n.offset,
+                        n.semaphore_offset,
+                        false,
+                    ) {
+                        Ok(l) => {
+                            links.push(l);
+                            sites.push((probe.provider.clone(), probe.probe.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!("{cfg}: metrics[{i}] ({}): {probe}: {e}", d.name)
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            binary = shown,
+            sites = sites.len(),
+            "declared USDT metrics attached"
+        );
+        st.declared_files.insert(key, (sites, links));
     }
 
     /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
@@ -796,6 +981,99 @@ pub fn function_label(file: &[u8], func: &[u8]) -> String {
     format!("{module}:{}", comm_label(func))
 }
 
+/// An integer label as the low 32 bits of the argument, signed.
+fn int_label(v: u32) -> String {
+    (v as i32).to_string()
+}
+
+impl Runtimes {
+    /// The --config metrics: label values joined with \u{1} go through the metric's budget.
+    fn encode_declared(
+        &self,
+        enc: &mut DescriptorEncoder,
+        counts: &BTreeMap<(u32, u64), u64>,
+        hists: &BTreeMap<(u32, u64), Log2Histogram>,
+        strings: &BTreeMap<(u32, Vec<String>), u64>,
+    ) -> fmt::Result {
+        const SEP: char = '\u{1}';
+        for (i, d) in self.inner.declared.iter().enumerate() {
+            let slot = DECLARED_SLOT + i as u32;
+            let names = &self.declared_labels[i];
+            let values_of = |label: u64| -> String {
+                let v = [label as u32, (label >> 32) as u32];
+                (0..names.len())
+                    .map(|k| int_label(v[k]))
+                    .collect::<Vec<_>>()
+                    .join(&SEP.to_string())
+            };
+            let to_labels = |joined: &str| -> encode::Labels {
+                let parts: Vec<&str> = joined.split(SEP).collect();
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        let v = if joined == encode::OTHER {
+                            encode::OTHER
+                        } else {
+                            parts.get(k).copied().unwrap_or("")
+                        };
+                        (*n, v.to_string())
+                    })
+                    .collect()
+            };
+            let budget = &self.declared_budgets[i];
+            if d.is_histogram() {
+                let mut by: BTreeMap<String, Log2Histogram> = BTreeMap::new();
+                let items: Vec<(String, (), u64)> = hists
+                    .iter()
+                    .filter(|((s, _), _)| *s == slot)
+                    .map(|((_, l), h)| (values_of(*l), (), h.count()))
+                    .collect();
+                let admitted: std::collections::HashSet<String> =
+                    budget.fold(items).into_iter().map(|(l, _, _)| l).collect();
+                for ((_, l), h) in hists.iter().filter(|((s, _), _)| *s == slot) {
+                    let mut v = values_of(*l);
+                    if !admitted.contains(&v) {
+                        v = encode::OTHER.to_string();
+                    }
+                    by.entry(v)
+                        .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                        .add(&h.buckets, h.sum_ns);
+                }
+                encode::histogram(
+                    enc,
+                    &d.metric(),
+                    &d.help,
+                    by.into_iter().map(|(v, h)| (to_labels(&v), h)),
+                )?;
+            } else {
+                let items: Vec<(String, (), u64)> = match d.kind {
+                    Kind::CountStrings { .. } => strings
+                        .iter()
+                        .filter(|((s, _), _)| *s == slot)
+                        .map(|((_, v), n)| (v[..names.len().min(2)].join(&SEP.to_string()), (), *n))
+                        .collect(),
+                    _ => counts
+                        .iter()
+                        .filter(|((s, _), _)| *s == slot)
+                        .map(|((_, l), n)| (values_of(*l), (), *n))
+                        .collect(),
+                };
+                encode::counter(
+                    enc,
+                    &d.metric(),
+                    &d.help,
+                    budget
+                        .fold(items)
+                        .into_iter()
+                        .map(|(v, (), n)| (to_labels(&v), n)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Probe for Runtimes {
     fn name(&self) -> &'static str {
         "runtimes"
@@ -842,6 +1120,7 @@ impl Probe for Runtimes {
         }
         let mut calls: Vec<(String, (), u64)> = Vec::new();
         let mut usdt_methods: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut declared_strings: BTreeMap<(u32, Vec<String>), u64> = BTreeMap::new();
         if let Some(Ok(m)) = ebpf
             .map("rt_calls")
             .map(BpfHashMap::<_, RtCallKey, u64>::try_from)
@@ -855,6 +1134,11 @@ impl Probe for Runtimes {
                     }
                     slot::NODE_USDT_HTTP => {
                         *usdt_methods.entry(method_label(&k.module)).or_default() += v
+                    }
+                    s if s >= DECLARED_SLOT => {
+                        *declared_strings
+                            .entry((s, vec![comm_label(&k.module), comm_label(&k.function)]))
+                            .or_default() += v
                     }
                     _ => {}
                 }
@@ -1033,6 +1317,8 @@ impl Probe for Runtimes {
             has(Runtime::Node).then_some((vec![], lag)),
         )?;
 
+        self.encode_declared(enc, &counts, &hists, &declared_strings)?;
+
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         encode::gauge(
             enc,
@@ -1052,6 +1338,11 @@ impl Probe for Runtimes {
         let mut attached: BTreeMap<(String, String), i64> = BTreeMap::new();
         for a in st.files.values().flatten() {
             for s in &a.sites {
+                *attached.entry(s.clone()).or_default() += 1;
+            }
+        }
+        for (sites, _) in st.declared_files.values() {
+            for s in sites {
                 *attached.entry(s.clone()).or_default() += 1;
             }
         }

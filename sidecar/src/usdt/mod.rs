@@ -7,6 +7,7 @@
 
 pub mod args;
 pub mod attach;
+pub mod config;
 pub mod place;
 pub mod procs;
 
