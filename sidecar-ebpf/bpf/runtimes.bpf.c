@@ -309,6 +309,7 @@ int rt_loop_exit(void *ctx)
 /* The last read() of each loop thread: which connection the parser is working on. */
 struct last_read {
 	__u64 buf;
+	__u64 ts;
 	__u32 fd;
 	__u32 _pad;
 };
@@ -333,7 +334,7 @@ int rt_read_enter(struct sys_enter_ctx *ctx)
 	if (!sidecar_in_target() || !loop_process())
 		return 0;
 	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct last_read r = { .buf = ctx->args[1], .fd = (__u32)ctx->args[0] };
+	struct last_read r = { .buf = ctx->args[1], .ts = bpf_ktime_get_ns(), .fd = (__u32)ctx->args[0] };
 
 	bpf_map_update_elem(&rt_last_read, &tid, &r, BPF_ANY);
 	return 0;
@@ -414,8 +415,10 @@ static __always_inline void count_request(struct rt_http_key *key)
 		bump(RT_LOST_KEYS);
 }
 
-/* llhttp parsed a message head (the spec gives method and type): count requests, and start
- * their timing on the connection of the thread's last read. */
+/* llhttp finished a request message (llhttp__after_message_complete calls
+ * llhttp_should_keep_alive; node's own call from on_headers_complete is inlined): count it, and
+ * time it from the read() that delivered it, on that read's connection. The JS handler already
+ * ran by now (node dispatches 'request' from on_headers_complete), hence the read's time. */
 SEC("uprobe")
 int rt_http(struct pt_regs *ctx)
 {
@@ -446,7 +449,7 @@ int rt_http(struct pt_regs *ctx)
 		return 0;
 	struct http_conn c = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = r->fd };
 
-	st->ts = bpf_ktime_get_ns();
+	st->ts = r->ts;
 	bpf_map_update_elem(&rt_http_inflight, &c, st, BPF_ANY);
 	return 0;
 }

@@ -820,7 +820,10 @@ fn node_http_paths_and_durations() {
             m.text
         );
         assert_eq!(
-            delta("ebpf_sidecar_runtime_http_request_duration_seconds_count", &l),
+            delta(
+                "ebpf_sidecar_runtime_http_request_duration_seconds_count",
+                &l
+            ),
             n,
             "{method} {path} durations"
         );
@@ -911,13 +914,19 @@ fn declared_config_metrics_are_exact() {
             "generation {g}"
         );
         assert_eq!(
-            m.sum("ebpf_sidecar_usdt_py_gc_seconds_count", &[("generation", g)]),
+            m.sum(
+                "ebpf_sidecar_usdt_py_gc_seconds_count",
+                &[("generation", g)]
+            ),
             pack,
             "generation {g} pairs"
         );
     }
     assert!(
-        m.sum("ebpf_sidecar_usdt_py_gc_starts_total", &[("generation", "2")]) >= GC_CALLS as f64
+        m.sum(
+            "ebpf_sidecar_usdt_py_gc_starts_total",
+            &[("generation", "2")]
+        ) >= GC_CALLS as f64
     );
     let want = format!(
         "{}: metrics[2] (py_missing): probe python:no__such__probe not in {PYTHON}; it has: ",
