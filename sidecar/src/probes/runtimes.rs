@@ -341,6 +341,9 @@ struct Attached {
     _links: Vec<Link>,
 }
 
+/// (provider, probe) sites attached for --config metrics in one file, and their links.
+type DeclaredFile = (Vec<(String, String)>, Vec<Link>);
+
 #[derive(Default)]
 struct State {
     /// By (device, inode): None when the file turned out not to be attachable.
@@ -349,7 +352,7 @@ struct State {
     /// (runtime, version, pid) seen at the last scan.
     procs: Vec<(Runtime, String, u32)>,
     /// Declared (--config) attachments by file: (provider, probe) sites and their links.
-    declared_files: HashMap<(u64, u64), (Vec<(String, String)>, Vec<Link>)>,
+    declared_files: HashMap<(u64, u64), DeclaredFile>,
     /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
     loop_pids: std::collections::HashSet<u32>,
 }
