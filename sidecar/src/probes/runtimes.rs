@@ -402,24 +402,14 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     for p in Prog::ALL {
         progs.push((p, obj.load_uprobe(p.name())?));
     }
-    let enters: Vec<String> = EPOLL_WAITS
-        .iter()
-        .map(|s| format!("sys_enter_{s}"))
-        .collect();
-    let exits: Vec<String> = EPOLL_WAITS
-        .iter()
-        .map(|s| format!("sys_exit_{s}"))
-        .collect();
-    let enters: Vec<&str> = enters.iter().map(String::as_str).collect();
-    let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
-    obj.attach_tracepoints("rt_loop_enter", "syscalls", &enters)?;
-    obj.attach_tracepoints("rt_loop_exit", "syscalls", &exits)?;
-    obj.attach_tracepoints("rt_read_enter", "syscalls", &["sys_enter_read"])?;
-    obj.attach_tracepoints(
-        "rt_write_enter",
-        "syscalls",
-        &["sys_enter_write", "sys_enter_writev"],
-    )?;
+    // Syscall tracepoints need tracefs, often not mounted in a container: mount our own (in
+    // our mount namespace) when we may; without it only lag and HTTP durations are missing.
+    mount_tracefs();
+    if let Err(e) = attach_syscall_tracepoints(&mut obj) {
+        tracing::warn!(
+            "runtimes: node event-loop lag and HTTP durations off (needs tracefs, or CAP_SYS_ADMIN to mount it): {e}"
+        );
+    }
     let map = obj
         .lock()
         .take_map("usdt_specs")
@@ -500,6 +490,50 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             .collect(),
         declared_labels,
     }))
+}
+
+fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
+    let enters: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_enter_{s}"))
+        .collect();
+    let exits: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    let enters: Vec<&str> = enters.iter().map(String::as_str).collect();
+    let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
+    obj.attach_tracepoints("rt_loop_enter", "syscalls", &enters)?;
+    obj.attach_tracepoints("rt_loop_exit", "syscalls", &exits)?;
+    obj.attach_tracepoints("rt_read_enter", "syscalls", &["sys_enter_read"])?;
+    obj.attach_tracepoints(
+        "rt_write_enter",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_writev"],
+    )
+}
+
+fn mount_tracefs() {
+    let ok = |p: &str| Path::new(p).join("events").is_dir();
+    if ok("/sys/kernel/tracing") || ok("/sys/kernel/debug/tracing") {
+        return;
+    }
+    // SAFETY: constant NUL-terminated strings; a failure only leaves tracefs unmounted.
+    let r = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "runtimes: mounting tracefs: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or
