@@ -112,11 +112,24 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }
 
-/// Requests/s of a minimal Node.js HTTP app under wrk, alone or under `ebpf-sidecar run` with
-/// the default packs (HTTP, GC, event-loop lag; no --runtime-calls).
-fn node_rps(monitored: bool) -> Result<f64> {
+/// CPU time (user + system, seconds) of a process so far.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Requests/s and node CPU µs per request of the example app (examples/node-app/server.js,
+/// route /fast) under wrk, alone or under `ebpf-sidecar run` with the default packs (HTTP
+/// count and duration, GC, event-loop lag; no --runtime-calls).
+fn node_rps(monitored: bool) -> Result<(f64, f64)> {
     let port = free_port();
-    let app = root().join("bench/workloads/httpapp.js");
+    let app = root().join("examples/node-app/server.js");
     let mut cmd = if monitored {
         let mut c = Command::new(sidecar_bin()?);
         c.args([
@@ -134,7 +147,12 @@ fn node_rps(monitored: bool) -> Result<f64> {
     };
     let mut child = cmd
         .arg(&app)
-        .arg(port.to_string())
+        .env("PORT", port.to_string())
+        .env("UPSTREAM_PORT", free_port().to_string())
+        .env(
+            "DATA_DIR",
+            std::env::temp_dir().join("ebpf-sidecar-bench-node"),
+        )
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
@@ -146,12 +164,28 @@ fn node_rps(monitored: bool) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    // Let the rescan attach the per-process event-loop probes too.
+    let node = if monitored {
+        let c = std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", child.id()))?;
+        c.split_whitespace()
+            .next()
+            .context("node is not a child of the sidecar")?
+            .parse()?
+    } else {
+        child.id()
+    };
+    // Let the rescan register the node process for the event-loop tracepoints too.
     std::thread::sleep(Duration::from_millis(1500));
+    let cpu0 = cpu_seconds(node)?;
     let out = Command::new("wrk")
-        .args(["-t1", "-c8", "-d6s", &format!("http://127.0.0.1:{port}/")])
+        .args([
+            "-t1",
+            "-c8",
+            "-d6s",
+            &format!("http://127.0.0.1:{port}/fast"),
+        ])
         .output()
         .context("wrk not found: apt-get install wrk")?;
+    let cpu1 = cpu_seconds(node)?;
     let text = String::from_utf8_lossy(&out.stdout);
     let rps: f64 = text
         .lines()
@@ -159,16 +193,16 @@ fn node_rps(monitored: bool) -> Result<f64> {
         .context("wrk output")?
         .trim()
         .parse()?;
-    {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        let _ = write!(
-            s,
-            "POST /quit HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
-        );
-    }
+    let reqs: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .context("wrk output")?
+        .0
+        .parse()?;
+    // SAFETY: signalling the node process this function started (directly or through run).
+    unsafe { libc::kill(node as i32, libc::SIGTERM) };
     let _ = child.wait();
-    Ok(rps)
+    Ok((rps, (cpu1 - cpu0) * 1e6 / reqs.max(1.0)))
 }
 
 pub fn run(calls: u64, repeat: usize) -> Result<String> {
@@ -183,10 +217,15 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         counted = c;
         bt.push(bpftrace(calls, false)?.0);
     }
-    let (mut rps_off, mut rps_on) = (Vec::new(), Vec::new());
-    for _ in 0..2 {
-        rps_off.push(node_rps(false)?);
-        rps_on.push(node_rps(true)?);
+    let (mut rps_off, mut rps_on, mut cpu_off, mut cpu_on) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let (r, c) = node_rps(false)?;
+        rps_off.push(r);
+        cpu_off.push(c);
+        let (r, c) = node_rps(true)?;
+        rps_on.push(r);
+        cpu_on.push(c);
     }
     let (_, progs, _) = sidecar(calls, true)?;
     let (_, bt_prog) = bpftrace(calls, true)?;
@@ -240,12 +279,15 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         writeln!(o, "| {p} | {n:.0} | {ns:.0} |")?;
     }
     let (r0, r1) = (median(&mut rps_off), median(&mut rps_on));
+    let (c0, c1) = (median(&mut cpu_off), median(&mut cpu_on));
     writeln!(
         o,
-        "\nNode.js 20 HTTP app under `wrk -t1 -c8 -d6s` (2 interleaved runs each, median), packs on by\n\
-         default (HTTP by method, V8 GC, event-loop lag): {r0:.0} req/s alone, {r1:.0} req/s monitored \
-         ({:+.1}%).",
-        (r1 / r0 - 1.0) * 100.0
+        "\nNode.js 20 example app (examples/node-app/server.js, GET /fast) under `wrk -t1 -c8 -d6s`, 3\n\
+         interleaved runs each, median; packs on (HTTP by method and duration, V8 GC, event-loop lag):\n\n\
+         | | req/s | node CPU µs per request |\n|---|---:|---:|\n\
+         | alone | {r0:.0} | {c0:.1} |\n| ebpf-sidecar runtimes | {r1:.0} ({:+.1}%) | {c1:.1} ({:+.1} µs) |",
+        (r1 / r0 - 1.0) * 100.0,
+        c1 - c0
     )?;
     writeln!(
         o,

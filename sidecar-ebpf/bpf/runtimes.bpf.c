@@ -117,6 +117,55 @@ int rt_count(struct pt_regs *ctx)
 	return 0;
 }
 
+static __always_inline void begin_pair(__u32 slot, __u64 label)
+{
+	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = slot };
+	struct inflight v = { .ts = bpf_ktime_get_ns(), .label = label };
+
+	if (bpf_map_update_elem(&rt_inflight, &k, &v, BPF_ANY))
+		bump(RT_LOST_BEGINS);
+}
+
+/* Add one observation `d` (ns, or a declared argument's value) to the (slot, label) histogram. */
+static __always_inline void observe(__u32 slot, __u64 label, __u64 d)
+{
+	struct rt_key hk = { .slot = slot, .label = label };
+	struct rt_hist *h = bpf_map_lookup_elem(&rt_hists, &hk);
+
+	if (!h) {
+		struct rt_hist zero = {};
+
+		bpf_map_update_elem(&rt_hists, &hk, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&rt_hists, &hk);
+		if (!h) {
+			bump(RT_LOST_KEYS);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_ns, d);
+	__u32 bucket = sidecar_hist_bucket(d);
+
+	if (bucket < SIDECAR_HIST_BUCKETS)
+		__sync_fetch_and_add(&h->hist[bucket], 1);
+}
+
+static __always_inline void end_pair(__u32 slot)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = slot };
+	struct inflight *b = bpf_map_lookup_elem(&rt_inflight, &k);
+
+	if (!b) {
+		bump(RT_UNMATCHED_ENDS);
+		return;
+	}
+	__u64 d = now - b->ts, label = b->label;
+
+	bpf_map_delete_elem(&rt_inflight, &k);
+	observe(slot, label, d);
+}
+
 /* Start of a timed pair (gc__start, gc__begin, a function's entry): remember when, per thread. */
 SEC("uprobe")
 int rt_begin(struct pt_regs *ctx)
@@ -130,11 +179,7 @@ int rt_begin(struct pt_regs *ctx)
 		bump(RT_BAD_SPECS);
 		return 0;
 	}
-	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = spec->slot };
-	struct inflight v = { .ts = bpf_ktime_get_ns(), .label = label_of(ctx, spec) };
-
-	if (bpf_map_update_elem(&rt_inflight, &k, &v, BPF_ANY))
-		bump(RT_LOST_BEGINS);
+	begin_pair(spec->slot, label_of(ctx, spec));
 	return 0;
 }
 
@@ -151,36 +196,28 @@ int rt_end(struct pt_regs *ctx)
 		bump(RT_BAD_SPECS);
 		return 0;
 	}
-	__u64 now = bpf_ktime_get_ns();
-	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = spec->slot };
-	struct inflight *b = bpf_map_lookup_elem(&rt_inflight, &k);
+	end_pair(spec->slot);
+	return 0;
+}
 
-	if (!b) {
-		bump(RT_UNMATCHED_ENDS);
+/* A declared histogram of an argument's value (YAML --config `value_arg`): label from
+ * label_arg, value (nanoseconds) from the argument in label2_arg. */
+SEC("uprobe")
+int rt_value(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	struct usdt_spec *spec = usdt_spec_of(ctx);
+	__s64 lo = 0, v = 0;
+
+	if (!spec || usdt_arg(ctx, spec, spec->label2_arg, &v)) {
+		bump(RT_BAD_SPECS);
 		return 0;
 	}
-	__u64 d = now - b->ts;
-	struct rt_key hk = { .slot = spec->slot, .label = b->label };
-
-	bpf_map_delete_elem(&rt_inflight, &k);
-	struct rt_hist *h = bpf_map_lookup_elem(&rt_hists, &hk);
-
-	if (!h) {
-		struct rt_hist zero = {};
-
-		bpf_map_update_elem(&rt_hists, &hk, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&rt_hists, &hk);
-		if (!h) {
-			bump(RT_LOST_KEYS);
-			return 0;
-		}
-	}
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, d);
-	__u32 bucket = sidecar_hist_bucket(d);
-
-	if (bucket < SIDECAR_HIST_BUCKETS)
-		__sync_fetch_and_add(&h->hist[bucket], 1);
+	if (spec->label_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label_arg, &lo))
+		bump(RT_BAD_SPECS);
+	observe(spec->slot, (__u64)(__u32)lo, v < 0 ? 0 : (__u64)v);
 	return 0;
 }
 
@@ -221,5 +258,234 @@ int rt_call(struct pt_regs *ctx)
 		bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)second);
 	if (!sidecar_hash_inc(&rt_calls, k))
 		bump(RT_LOST_KEYS);
+	return 0;
+}
+
+/* ---- Node.js: event-loop lag and HTTP durations from syscall tracepoints ----
+ * A uprobe hit costs a trap (and a single-step when the instruction is not emulated, ~20 us in
+ * a VM here); a syscall tracepoint costs ~0.1 us. So the per-turn and per-response points are
+ * syscalls of the node processes the scanner registered in rt_loop_pids. */
+
+/* Slot of the lag histogram (slot::NODE_LAG in runtimes.rs). */
+#define RT_SLOT_NODE_LAG 8
+
+/* Set before load: label HTTP requests with their path (--http-paths). */
+const volatile __u32 rt_http_paths = 0;
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, __u32); /* tgid */
+	__type(value, __u32);
+} rt_loop_pids SEC(".maps");
+
+static __always_inline int loop_process(void)
+{
+	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+
+	return bpf_map_lookup_elem(&rt_loop_pids, &tgid) != 0;
+}
+
+/* epoll_wait/epoll_pwait/epoll_pwait2 entered: the loop turn since the last return ends. */
+SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
+int rt_loop_enter(void *ctx)
+{
+	if (!sidecar_in_target() || !loop_process())
+		return 0;
+	end_pair(RT_SLOT_NODE_LAG);
+	return 0;
+}
+
+/* ... returned: a loop turn (callbacks, nothing new served) starts. */
+SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
+int rt_loop_exit(void *ctx)
+{
+	if (!sidecar_in_target() || !loop_process())
+		return 0;
+	begin_pair(RT_SLOT_NODE_LAG, 0);
+	return 0;
+}
+
+/* The last read() of each loop thread: which connection the parser is working on. */
+struct last_read {
+	__u64 buf;
+	__u64 ts;
+	__u32 fd;
+	__u32 _pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 4096);
+	__type(key, __u32); /* tid */
+	__type(value, struct last_read);
+} rt_last_read SEC(".maps");
+
+/* tracepoint/syscalls/sys_enter_* context: common header (8), __syscall_nr (4, padded), args. */
+struct sys_enter_ctx {
+	__u64 common;
+	__s64 nr;
+	__u64 args[6];
+};
+
+SEC("tracepoint/syscalls/sys_enter_read")
+int rt_read_enter(struct sys_enter_ctx *ctx)
+{
+	if (!sidecar_in_target() || !loop_process())
+		return 0;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid();
+	struct last_read r = { .buf = ctx->args[1], .ts = bpf_ktime_get_ns(), .fd = (__u32)ctx->args[0] };
+
+	bpf_map_update_elem(&rt_last_read, &tid, &r, BPF_ANY);
+	return 0;
+}
+
+/* A request whose head was parsed, waiting for its first response write: per (tgid, fd). */
+struct http_conn {
+	__u32 tgid;
+	__u32 fd;
+};
+
+struct http_start {
+	__u64 ts;
+	struct rt_http_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct http_conn);
+	__type(value, struct http_start);
+} rt_http_inflight SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct rt_http_key);
+	__type(value, __u64);
+} rt_http_reqs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct rt_http_key);
+	__type(value, struct rt_hist);
+} rt_http_hists SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct http_start);
+} rt_http_scratch SEC(".maps");
+
+/* The request target of the request line at the start of `buf` ("GET /a/12?x HTTP/1.1"): up
+ * to the first space, '?' or '#', every digit turned into '0' so ids do not fill the map
+ * (userspace normalises the rest). Empty when the read did not start with a request line.
+ * Branch-free per byte, so the verifier walks one path. */
+static __always_inline void read_path(__u64 buf, char *path)
+{
+	char line[RT_PATH_LEN + 16];
+	__u32 start = 0, stop = 0;
+
+	if (bpf_probe_read_user(line, sizeof(line), (void *)buf))
+		return;
+	for (int i = 8; i >= 3; i--)
+		if (line[i] == ' ')
+			start = i + 1;
+	if (!start || line[start & 15] != '/')
+		return;
+	for (int i = 0; i < RT_PATH_LEN - 1; i++) {
+		char c = line[(start + i) & (RT_PATH_LEN + 15)];
+
+		stop |= c == ' ' || c == '?' || c == '#' || c == '\r' || c == 0;
+		c = (c >= '0' && c <= '9') ? '0' : c;
+		path[i] = stop ? 0 : c;
+	}
+}
+
+static __always_inline void count_request(struct rt_http_key *key)
+{
+	if (sidecar_hash_inc(&rt_http_reqs, key))
+		return;
+	/* Table full: the request still counts, without its path. */
+	bump(RT_LOST_KEYS);
+	__builtin_memset(key->path, 0, sizeof(key->path));
+	if (!sidecar_hash_inc(&rt_http_reqs, key))
+		bump(RT_LOST_KEYS);
+}
+
+/* llhttp finished a request message (llhttp__after_message_complete calls
+ * llhttp_should_keep_alive; node's own call from on_headers_complete is inlined): count it, and
+ * time it from the read() that delivered it, on that read's connection. The JS handler already
+ * ran by now (node dispatches 'request' from on_headers_complete), hence the read's time. */
+SEC("uprobe")
+int rt_http(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	struct usdt_spec *spec = usdt_spec_of(ctx);
+	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	struct http_start *st = bpf_map_lookup_elem(&rt_http_scratch, &zero);
+	__s64 method = 0, type = 0;
+
+	if (!spec || !st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
+	    usdt_arg(ctx, spec, spec->label2_arg, &type)) {
+		bump(RT_BAD_SPECS);
+		return 0;
+	}
+	/* llhttp type 1: a request (2 is a response parsed by an HTTP client). */
+	if ((type & 0xff) != 1)
+		return 0;
+	__builtin_memset(st, 0, sizeof(*st));
+	st->key.method = (__u32)(method & 0xff);
+	struct last_read *r = bpf_map_lookup_elem(&rt_last_read, &tid);
+
+	if (r && rt_http_paths)
+		read_path(r->buf, st->key.path);
+	count_request(&st->key);
+	if (!r)
+		return 0;
+	struct http_conn c = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = r->fd };
+
+	st->ts = r->ts;
+	bpf_map_update_elem(&rt_http_inflight, &c, st, BPF_ANY);
+	return 0;
+}
+
+/* First write(v) on a connection with a parsed request: the response goes out. */
+SEC("tracepoint/syscalls/sys_enter_write")
+int rt_write_enter(struct sys_enter_ctx *ctx)
+{
+	if (!sidecar_in_target() || !loop_process())
+		return 0;
+	struct http_conn c = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = (__u32)ctx->args[0] };
+	struct http_start *st = bpf_map_lookup_elem(&rt_http_inflight, &c);
+
+	if (!st)
+		return 0;
+	__u64 d = bpf_ktime_get_ns() - st->ts;
+	struct rt_http_key key = st->key;
+
+	bpf_map_delete_elem(&rt_http_inflight, &c);
+	struct rt_hist *h = bpf_map_lookup_elem(&rt_http_hists, &key);
+
+	if (!h) {
+		struct rt_hist z = {};
+
+		bpf_map_update_elem(&rt_http_hists, &key, &z, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&rt_http_hists, &key);
+		if (!h) {
+			bump(RT_LOST_KEYS);
+			return 0;
+		}
+	}
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_ns, d);
+	__u32 bucket = sidecar_hist_bucket(d);
+
+	if (bucket < SIDECAR_HIST_BUCKETS)
+		__sync_fetch_and_add(&h->hist[bucket], 1);
 	return 0;
 }

@@ -452,4 +452,18 @@ struct tls_bytes_key {
 
 _Static_assert(sizeof(struct tls_bytes_key) == 24, "mirrored in Rust");
 
+/* runtimes (2): Node.js HTTP requests by method (and, with --http-paths, the request path read
+ * from the connection's last read), timed from the parsed request head to the first write on
+ * the same connection. Paths keep at most RT_PATH_LEN bytes, digit runs folded to one '0'. */
+#define RT_PATH_LEN 64
+
+struct rt_http_key {
+	__u32 method; /* llhttp method number */
+	__u32 _pad;
+	char path[RT_PATH_LEN];
+};
+
+/* A declared (YAML --config) histogram of an argument's value: label, value from the spec's
+ * label_arg / value argument. */
+
 #endif

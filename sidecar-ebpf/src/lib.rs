@@ -671,3 +671,23 @@ const _: () = {
     assert!(size_of::<TlsBytesKey>() == 24);
     assert!(offset_of!(TlsBytesKey, comm) == 8);
 };
+
+// runtimes (2): Node.js HTTP by method and path.
+
+pub const RT_PATH_LEN: usize = 64;
+
+/// `struct rt_http_key`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RtHttpKey {
+    pub method: u32,
+    pub _pad: u32,
+    pub path: [u8; RT_PATH_LEN],
+}
+
+// SAFETY: repr(C), integers and a byte array, no implicit padding (checked below).
+unsafe impl Pod for RtHttpKey {}
+
+const _: () = {
+    assert!(core::mem::size_of::<RtHttpKey>() == 8 + RT_PATH_LEN);
+};

@@ -153,6 +153,11 @@ struct Cli {
     /// (passwords, tokens, bodies) included.
     #[arg(long, global = true)]
     tls_samples_raw: bool,
+    /// runtimes: USDT metrics declared in a YAML file (counters by argument, histograms of
+    /// begin/end pairs or of an argument), exported as ebpf_sidecar_usdt_<name>. Loads the
+    /// runtimes family.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
 
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
@@ -374,16 +379,27 @@ fn main() {
         Choice::Run { cmd, .. } => cmd.first().map(PathBuf::from),
         _ => None,
     };
+    if let Some(path) = &cli.config
+        && let Err(e) = sidecar::usdt::config::load(path)
+    {
+        eprintln!("error: --config {e}");
+        std::process::exit(2);
+    }
+    let probes_explicit = cli.probes.is_some();
+    let mut probes: Vec<String> = cli
+        .probes
+        .unwrap_or_else(|| DEFAULT_FAMILIES.split(',').map(str::to_string).collect())
+        .into_iter()
+        .filter(|p| !(p.is_empty() || cli.no_profile && p == "profile"))
+        .collect();
+    if cli.config.is_some() && !probes.iter().any(|p| p == "runtimes") {
+        probes.push("runtimes".into());
+    }
     let cfg = Config {
         choice,
         listen: cli.listen,
-        probes_explicit: cli.probes.is_some(),
-        probes: cli
-            .probes
-            .unwrap_or_else(|| DEFAULT_FAMILIES.split(',').map(str::to_string).collect())
-            .into_iter()
-            .filter(|p| !(p.is_empty() || cli.no_profile && p == "profile"))
-            .collect(),
+        probes_explicit,
+        probes,
         bpf_stats: cli.bpf_stats,
         options: Options {
             top_n: cli.top_n,
@@ -411,6 +427,7 @@ fn main() {
                 0
             },
             tls_samples_raw: cli.tls_samples_raw,
+            usdt_config: cli.config,
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),

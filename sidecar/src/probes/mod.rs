@@ -72,6 +72,8 @@ pub struct Options {
     pub tls_sample_bytes: u32,
     /// Serve TLS samples unredacted.
     pub tls_samples_raw: bool,
+    /// runtimes: USDT metrics declared in YAML (`--config`, `crate::usdt::config`).
+    pub usdt_config: Option<std::path::PathBuf>,
 }
 
 impl Default for Options {
@@ -94,6 +96,7 @@ impl Default for Options {
             tls_plaintext: false,
             tls_sample_bytes: 0,
             tls_samples_raw: false,
+            usdt_config: None,
         }
     }
 }

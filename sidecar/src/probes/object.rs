@@ -7,7 +7,7 @@ use aya::maps::Array;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd,
-    RawTracePoint, UProbe,
+    RawTracePoint, TracePoint, UProbe,
 };
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
@@ -136,6 +136,25 @@ impl Object {
         self.with_program(program, |p: &mut RawTracePoint| {
             p.load()?;
             p.attach(tp).map(drop)
+        })?;
+        self.record_program(program);
+        Ok(())
+    }
+
+    /// Load `program` and attach it to each of the tracepoints `category`/`names` (one program,
+    /// several links: e.g. every epoll wait syscall).
+    pub fn attach_tracepoints(
+        &mut self,
+        program: &str,
+        category: &str,
+        names: &[&str],
+    ) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut TracePoint| {
+            p.load()?;
+            for n in names {
+                p.attach(category, n)?;
+            }
+            Ok(())
         })?;
         self.record_program(program);
         Ok(())

@@ -17,12 +17,15 @@ use std::time::Duration;
 use aya::maps::{Array, HashMap as BpfHashMap, MapData};
 use aya::programs::ProgramFd;
 use prometheus_client::encoding::DescriptorEncoder;
-use sidecar_ebpf::{RtCallKey, RtHist, RtKey, USDT_NO_ARG, UsdtSpec, runtimes_counter as rc};
+use sidecar_ebpf::{
+    RtCallKey, RtHist, RtHttpKey, RtKey, USDT_NO_ARG, UsdtSpec, runtimes_counter as rc,
+};
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
 use crate::target::Resolved;
+use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for runtimes not attached yet.
@@ -38,16 +41,29 @@ enum Prog {
     Begin,
     End,
     Call,
+    /// A histogram of an argument's value (declared metrics).
+    Value,
+    /// Node's HTTP parser hook: requests by method (and path), timed to the first write.
+    Http,
 }
 
 impl Prog {
-    const ALL: [Prog; 4] = [Prog::Count, Prog::Begin, Prog::End, Prog::Call];
+    const ALL: [Prog; 6] = [
+        Prog::Count,
+        Prog::Begin,
+        Prog::End,
+        Prog::Call,
+        Prog::Value,
+        Prog::Http,
+    ];
     fn name(self) -> &'static str {
         match self {
             Prog::Count => "rt_count",
             Prog::Begin => "rt_begin",
             Prog::End => "rt_end",
             Prog::Call => "rt_call",
+            Prog::Value => "rt_value",
+            Prog::Http => "rt_http",
         }
     }
 }
@@ -272,7 +288,7 @@ const HOOKS: &[Hook] = &[
             ret: false,
             args: "1@73(%rdi) 1@72(%rdi)",
         },
-        prog: Prog::Count,
+        prog: Prog::Http,
         slot: slot::NODE_HTTP,
         label: Some(0),
         label2: Some(1),
@@ -311,15 +327,10 @@ const HOOKS: &[Hook] = &[
 ];
 
 /// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
-/// time a loop thread spends from an epoll_pwait/epoll_wait return to its next call is the time
-/// nothing new could be served. Attached per node process (perf event of that pid) on the libc it
-/// maps, so other programs' epoll calls are not counted. (symbol, at return, program)
-const NODE_LAG_HOOKS: &[(&str, bool, Prog)] = &[
-    ("epoll_pwait", true, Prog::Begin),
-    ("epoll_pwait", false, Prog::End),
-    ("epoll_wait", true, Prog::Begin),
-    ("epoll_wait", false, Prog::End),
-];
+/// time a loop thread spends from an epoll wait's return to its next call is the time nothing new
+/// could be served. Measured on the syscall tracepoints of these waits (a tracepoint costs ~0.1 µs,
+/// a uprobe on libc's wrapper a trap per call) for the node processes in `rt_loop_pids`.
+const EPOLL_WAITS: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
 /// One attached runtime binary.
 struct Attached {
@@ -330,6 +341,9 @@ struct Attached {
     _links: Vec<Link>,
 }
 
+/// (provider, probe) sites attached for --config metrics in one file, and their links.
+type DeclaredFile = (Vec<(String, String)>, Vec<Link>);
+
 #[derive(Default)]
 struct State {
     /// By (device, inode): None when the file turned out not to be attachable.
@@ -337,12 +351,10 @@ struct State {
     next_spec: u32,
     /// (runtime, version, pid) seen at the last scan.
     procs: Vec<(Runtime, String, u32)>,
-    /// Per-process attachments (node event-loop lag), dropped when the process is gone.
-    pid_links: HashMap<u32, Vec<Link>>,
-    /// The one spec every per-process lag site shares (they read no arguments).
-    lag_spec: Option<u32>,
-    /// libc symbol offsets by (device, inode).
-    libc: HashMap<(u64, u64), Vec<(&'static str, u64)>>,
+    /// Declared (--config) attachments by file: (provider, probe) sites and their links.
+    declared_files: HashMap<(u64, u64), DeclaredFile>,
+    /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
+    loop_pids: std::collections::HashSet<u32>,
 }
 
 struct Inner {
@@ -352,18 +364,51 @@ struct Inner {
     state: Mutex<State>,
     target: Mutex<Option<Resolved>>,
     calls: bool,
+    http_paths: bool,
+    /// Metrics declared with --config; entry i feeds slot DECLARED_SLOT + i.
+    declared: Vec<Declared>,
+    config_file: String,
 }
+
+/// First kernel slot of declared metrics (the packs use 0..DECLARED_SLOT).
+const DECLARED_SLOT: u32 = 100;
 
 pub struct Runtimes {
     inner: Arc<Inner>,
     functions: LabelBudget,
+    paths: LabelBudget,
+    /// One label budget per declared metric.
+    declared_budgets: Vec<LabelBudget>,
+    /// Label names of each declared metric (leaked once: the encoder takes &'static str).
+    declared_labels: Vec<Vec<&'static str>>,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("runtimes", sidecar_ebpf::objects::RUNTIMES)?;
+    let paths = u32::from(opts.http_paths).to_ne_bytes();
+    let mut obj = Object::load_with(
+        "runtimes",
+        sidecar_ebpf::objects::RUNTIMES,
+        &[("rt_http_paths", &paths)],
+    )?;
+    let declared = match &opts.usdt_config {
+        Some(path) => usdt::config::load(path).map_err(|e| ProbeError::Map {
+            family: "runtimes",
+            map: "--config".into(),
+            detail: e.to_string(),
+        })?,
+        None => Vec::new(),
+    };
     let mut progs = Vec::new();
     for p in Prog::ALL {
         progs.push((p, obj.load_uprobe(p.name())?));
+    }
+    // Syscall tracepoints need tracefs, often not mounted in a container: mount our own (in
+    // our mount namespace) when we may; without it only lag and HTTP durations are missing.
+    mount_tracefs();
+    if let Err(e) = attach_syscall_tracepoints(&mut obj) {
+        tracing::warn!(
+            "runtimes: node event-loop lag and HTTP durations off (needs tracefs, or CAP_SYS_ADMIN to mount it): {e}"
+        );
     }
     let map = obj
         .lock()
@@ -385,12 +430,38 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         state: Mutex::new(State::default()),
         target: Mutex::new(None),
         calls: opts.runtime_calls,
+        http_paths: opts.http_paths,
+        declared,
+        config_file: opts
+            .usdt_config
+            .as_ref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     });
     if let Some(cmd) = &opts.run_program {
         for path in run_binaries(cmd) {
             inner.consider(&path, None);
+            inner.consider_declared(&path, None);
+        }
+        for d in &inner.declared {
+            if let Scope::Binary(b) = &d.scope
+                && b.is_file()
+            {
+                inner.consider_declared(b, None);
+            }
         }
     }
+    let n_declared = inner.declared.len();
+    let declared_labels = inner
+        .declared
+        .iter()
+        .map(|d| {
+            d.labels
+                .iter()
+                .map(|l| &*Box::leak(l.name.clone().into_boxed_str()))
+                .collect()
+        })
+        .collect();
     let bg = inner.clone();
     std::thread::Builder::new()
         .name("runtimes-scan".into())
@@ -413,7 +484,56 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     Ok(Arc::new(Runtimes {
         inner,
         functions: LabelBudget::new(opts.top_n),
+        paths: LabelBudget::new(opts.top_n),
+        declared_budgets: (0..n_declared)
+            .map(|_| LabelBudget::new(opts.top_n))
+            .collect(),
+        declared_labels,
     }))
+}
+
+fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
+    let enters: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_enter_{s}"))
+        .collect();
+    let exits: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    let enters: Vec<&str> = enters.iter().map(String::as_str).collect();
+    let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
+    obj.attach_tracepoints("rt_loop_enter", "syscalls", &enters)?;
+    obj.attach_tracepoints("rt_loop_exit", "syscalls", &exits)?;
+    obj.attach_tracepoints("rt_read_enter", "syscalls", &["sys_enter_read"])?;
+    obj.attach_tracepoints(
+        "rt_write_enter",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_writev"],
+    )
+}
+
+fn mount_tracefs() {
+    let ok = |p: &str| Path::new(p).join("events").is_dir();
+    if ok("/sys/kernel/tracing") || ok("/sys/kernel/debug/tracing") {
+        return;
+    }
+    // SAFETY: constant NUL-terminated strings; a failure only leaves tracefs unmounted.
+    let r = unsafe {
+        libc::mount(
+            c"tracefs".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        tracing::debug!(
+            "runtimes: mounting tracefs: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }
 
 /// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or
@@ -464,6 +584,9 @@ impl Inner {
                 continue;
             };
             for m in maps {
+                if !self.declared.is_empty() {
+                    self.consider_declared(&m.host_path(pid), Some(&m.path));
+                }
                 if Runtime::of_path(&m.path).is_none() {
                     continue;
                 }
@@ -478,61 +601,41 @@ impl Inner {
         seen.sort();
         seen.dedup();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        st.pid_links
-            .retain(|pid, _| seen.iter().any(|(_, _, p)| p == pid));
+        let gone: Vec<u32> = st
+            .loop_pids
+            .iter()
+            .copied()
+            .filter(|pid| !seen.iter().any(|(_, _, p)| p == pid))
+            .collect();
+        for pid in gone {
+            st.loop_pids.remove(&pid);
+            if let Some(Ok(mut m)) = self
+                .obj
+                .lock()
+                .map_mut("rt_loop_pids")
+                .map(BpfHashMap::<_, u32, u32>::try_from)
+            {
+                let _ = m.remove(&pid);
+            }
+        }
         st.procs = seen;
     }
 
+    /// Register a node process for the event-loop and HTTP-timing tracepoints.
     fn attach_lag(&self, pid: u32) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.pid_links.contains_key(&pid) {
+        if !st.loop_pids.insert(pid) {
             return;
         }
-        // Mark it tried even when it fails: one warning per process, not one per scan.
-        st.pid_links.insert(pid, Vec::new());
-        let Some(libc) = procs::mappings(pid).ok().and_then(|m| {
-            m.into_iter().find(|m| {
-                let n = m.path.rsplit('/').next().unwrap_or("");
-                n.starts_with("libc.so") || n.starts_with("libc-")
-            })
-        }) else {
-            tracing::warn!(pid, "node event-loop lag: no libc mapped (static build?)");
-            return;
-        };
-        let host = libc.host_path(pid);
-        let Ok(meta) = std::fs::metadata(&host) else {
-            return;
-        };
-        let key = (meta.dev(), meta.ino());
-        if let std::collections::hash_map::Entry::Vacant(slot) = st.libc.entry(key) {
-            let offs = match usdt::read_file(&host) {
-                Ok(data) => NODE_LAG_HOOKS
-                    .iter()
-                    .filter_map(|(sym, _, _)| Some((*sym, usdt::symbol_offset(&data, sym).ok()?)))
-                    .collect(),
-                Err(e) => {
-                    tracing::warn!(pid, "node event-loop lag: {e}");
-                    Vec::new()
-                }
-            };
-            slot.insert(offs);
+        let mut ebpf = self.obj.lock();
+        let r = ebpf
+            .map_mut("rt_loop_pids")
+            .ok_or_else(|| "not in the object".to_string())
+            .and_then(|m| BpfHashMap::<_, u32, u32>::try_from(m).map_err(|e| e.to_string()))
+            .and_then(|mut m| m.insert(pid, 1, 0).map_err(|e| e.to_string()));
+        if let Err(e) = r {
+            tracing::warn!(pid, "node event loop: registering the process: {e}");
         }
-        let offs = st.libc.get(&key).cloned().unwrap_or_default();
-        let mut links = Vec::new();
-        for (sym, ret, prog) in NODE_LAG_HOOKS {
-            let Some((_, off)) = offs.iter().find(|(s, _)| s == sym) else {
-                continue;
-            };
-            let spec = UsdtSpec {
-                slot: slot::NODE_LAG,
-                ..Default::default()
-            };
-            match self.attach_site(&mut st, pid as i32, *prog, spec, &host, *off, 0, *ret, true) {
-                Ok(l) => links.push(l),
-                Err(e) => tracing::warn!(pid, "node event-loop lag: {sym}: {e}"),
-            }
-        }
-        st.pid_links.insert(pid, links);
     }
 
     /// Write a spec and attach one program at one site with that spec's id as cookie.
@@ -547,27 +650,17 @@ impl Inner {
         off: u64,
         sema: u64,
         ret: bool,
-        lag: bool,
     ) -> Result<Link, String> {
-        let id = match st.lag_spec {
-            Some(id) if lag => id,
-            _ => {
-                let id = st.next_spec;
-                if id as usize >= SPECS_MAX {
-                    return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
-                }
-                self.specs
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set(id, spec, 0)
-                    .map_err(|e| format!("writing spec {id}: {e}"))?;
-                st.next_spec += 1;
-                if lag {
-                    st.lag_spec = Some(id);
-                }
-                id
-            }
-        };
+        let id = st.next_spec;
+        if id as usize >= SPECS_MAX {
+            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+        }
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(id, spec, 0)
+            .map_err(|e| format!("writing spec {id}: {e}"))?;
+        st.next_spec += 1;
         let fd = &self
             .progs
             .iter()
@@ -576,6 +669,138 @@ impl Inner {
             .1;
         usdt::attach::attach_uprobe(pid, fd.as_fd(), path, off, sema, ret, u64::from(id))
             .map_err(|e| format!("attaching at {off:#x}: {e}"))
+    }
+
+    /// Attach the --config metrics that apply to the file at `host_path` (`shown`: its path in
+    /// the target), once per file. An unknown probe is logged with the probes the file has; the
+    /// other entries still attach.
+    fn consider_declared(&self, host_path: &Path, shown: Option<&str>) {
+        let shown = shown
+            .map(str::to_string)
+            .unwrap_or_else(|| host_path.display().to_string());
+        let runtime = Runtime::of_path(&shown).map(Runtime::name);
+        let entries: Vec<(usize, &Declared)> = self
+            .declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| match &d.scope {
+                Scope::Binary(b) => Path::new(&shown) == b,
+                Scope::Runtime(r) => runtime == Some(r.as_str()),
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(host_path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.declared_files.contains_key(&key) {
+            return;
+        }
+        let cfg = self.config_file.as_str();
+        let notes = match usdt::read_file(host_path).and_then(|d| usdt::probes(&d)) {
+            Ok(n) => n,
+            Err(e) => {
+                for (i, d) in &entries {
+                    tracing::warn!("{cfg}: metrics[{i}] ({}): {shown}: {e}", d.name);
+                }
+                st.declared_files.insert(key, (Vec::new(), Vec::new()));
+                return;
+            }
+        };
+        let (mut sites, mut links) = (Vec::new(), Vec::new());
+        for (i, d) in entries {
+            let slot = DECLARED_SLOT + i as u32;
+            let int_label = |n: usize| d.labels.get(n).map(|l| l.arg);
+            // (probe, program, label_arg, label2_arg)
+            let plan: Vec<(&ProbeName, Prog, Option<u32>, Option<u32>)> = match &d.kind {
+                Kind::Count { probe } => vec![(probe, Prog::Count, int_label(0), int_label(1))],
+                Kind::CountStrings { probe } => {
+                    vec![(probe, Prog::Call, int_label(0), int_label(1))]
+                }
+                Kind::Pair { begin, end } => vec![
+                    (begin, Prog::Begin, int_label(0), None),
+                    (end, Prog::End, None, None),
+                ],
+                Kind::Value { probe, arg } => vec![(probe, Prog::Value, int_label(0), Some(*arg))],
+            };
+            for (probe, prog, l1, l2) in plan {
+                let found: Vec<_> = notes
+                    .iter()
+                    .filter(|n| n.provider == probe.provider && n.name == probe.probe)
+                    .collect();
+                if found.is_empty() {
+                    let mut have: Vec<String> = notes
+                        .iter()
+                        .map(|n| format!("{}:{}", n.provider, n.name))
+                        .collect();
+                    have.dedup();
+                    tracing::warn!(
+                        "{cfg}: metrics[{i}] ({}): probe {probe} not in {shown}; it has: {}",
+                        d.name,
+                        have.join(", ")
+                    );
+                    continue;
+                }
+                for n in found {
+                    let args = match &n.args {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("{cfg}: metrics[{i}] ({}): {probe}: {e}", d.name);
+                            continue;
+                        }
+                    };
+                    if let Some(bad) = [l1, l2]
+                        .into_iter()
+                        .flatten()
+                        .find(|a| *a as usize >= args.len())
+                    {
+                        tracing::warn!(
+                            "{cfg}: metrics[{i}] ({}): {probe} has {} arguments, arg {bad} does not exist",
+                            d.name,
+                            args.len()
+                        );
+                        continue;
+                    }
+                    let mut spec = UsdtSpec {
+                        arg_cnt: args.len() as u32,
+                        slot,
+                        label_arg: l1.unwrap_or(USDT_NO_ARG),
+                        label2_arg: l2.unwrap_or(USDT_NO_ARG),
+                        ..Default::default()
+                    };
+                    for (k, a) in args.iter().enumerate() {
+                        spec.args[k] = a.to_kernel();
+                    }
+                    match self.attach_site(
+                        &mut st,
+                        -1,
+                        prog,
+                        spec,
+                        host_path,
+                        n.offset,
+                        n.semaphore_offset,
+                        false,
+                    ) {
+                        Ok(l) => {
+                            links.push(l);
+                            sites.push((probe.provider.clone(), probe.probe.clone()));
+                        }
+                        Err(e) => {
+                            tracing::warn!("{cfg}: metrics[{i}] ({}): {probe}: {e}", d.name)
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            binary = shown,
+            sites = sites.len(),
+            "declared USDT metrics attached"
+        );
+        st.declared_files.insert(key, (sites, links));
     }
 
     /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
@@ -679,14 +904,21 @@ impl Inner {
                 } => match usdt::symbol_offset(&data, name) {
                     // A node with USDT (<= 18 --with-dtrace) is covered by its probes.
                     Err(_) if has_provider("node") => continue,
-                    Ok(off) => targets.push((
-                        off,
-                        0,
-                        *ret,
-                        usdt::args::parse_args(args).map_err(|e| e.to_string())?,
-                        "uprobe".to_string(),
-                        short.to_string(),
-                    )),
+                    Ok(off) => {
+                        let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
+                        let code = data.get(off as usize..).unwrap_or(&[]);
+                        let code = &code[..code.len().min(64)];
+                        let moved = usdt::place::entry_offset(code, &args, *ret) as u64;
+                        tracing::debug!("{shown}: {short} probed at entry+{moved}");
+                        targets.push((
+                            off + moved,
+                            0,
+                            *ret,
+                            args,
+                            "uprobe".to_string(),
+                            short.to_string(),
+                        ))
+                    }
                     Err(e) => tracing::warn!("{shown}: {short}: {e}"),
                 },
             }
@@ -701,7 +933,7 @@ impl Inner {
                 for (i, a) in args.iter().enumerate() {
                     spec.args[i] = a.to_kernel();
                 }
-                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret, false) {
+                match self.attach_site(st, -1, h.prog, spec, host_path, off, sema, ret) {
                     Ok(l) => {
                         links.push(l);
                         sites.push((provider, probe));
@@ -786,6 +1018,99 @@ pub fn function_label(file: &[u8], func: &[u8]) -> String {
     format!("{module}:{}", comm_label(func))
 }
 
+/// An integer label as the low 32 bits of the argument, signed.
+fn int_label(v: u32) -> String {
+    (v as i32).to_string()
+}
+
+impl Runtimes {
+    /// The --config metrics: label values joined with \u{1} go through the metric's budget.
+    fn encode_declared(
+        &self,
+        enc: &mut DescriptorEncoder,
+        counts: &BTreeMap<(u32, u64), u64>,
+        hists: &BTreeMap<(u32, u64), Log2Histogram>,
+        strings: &BTreeMap<(u32, Vec<String>), u64>,
+    ) -> fmt::Result {
+        const SEP: char = '\u{1}';
+        for (i, d) in self.inner.declared.iter().enumerate() {
+            let slot = DECLARED_SLOT + i as u32;
+            let names = &self.declared_labels[i];
+            let values_of = |label: u64| -> String {
+                let v = [label as u32, (label >> 32) as u32];
+                (0..names.len())
+                    .map(|k| int_label(v[k]))
+                    .collect::<Vec<_>>()
+                    .join(&SEP.to_string())
+            };
+            let to_labels = |joined: &str| -> encode::Labels {
+                let parts: Vec<&str> = joined.split(SEP).collect();
+                names
+                    .iter()
+                    .enumerate()
+                    .map(|(k, n)| {
+                        let v = if joined == encode::OTHER {
+                            encode::OTHER
+                        } else {
+                            parts.get(k).copied().unwrap_or("")
+                        };
+                        (*n, v.to_string())
+                    })
+                    .collect()
+            };
+            let budget = &self.declared_budgets[i];
+            if d.is_histogram() {
+                let mut by: BTreeMap<String, Log2Histogram> = BTreeMap::new();
+                let items: Vec<(String, (), u64)> = hists
+                    .iter()
+                    .filter(|((s, _), _)| *s == slot)
+                    .map(|((_, l), h)| (values_of(*l), (), h.count()))
+                    .collect();
+                let admitted: std::collections::HashSet<String> =
+                    budget.fold(items).into_iter().map(|(l, _, _)| l).collect();
+                for ((_, l), h) in hists.iter().filter(|((s, _), _)| *s == slot) {
+                    let mut v = values_of(*l);
+                    if !admitted.contains(&v) {
+                        v = encode::OTHER.to_string();
+                    }
+                    by.entry(v)
+                        .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                        .add(&h.buckets, h.sum_ns);
+                }
+                encode::histogram(
+                    enc,
+                    &d.metric(),
+                    &d.help,
+                    by.into_iter().map(|(v, h)| (to_labels(&v), h)),
+                )?;
+            } else {
+                let items: Vec<(String, (), u64)> = match d.kind {
+                    Kind::CountStrings { .. } => strings
+                        .iter()
+                        .filter(|((s, _), _)| *s == slot)
+                        .map(|((_, v), n)| (v[..names.len().min(2)].join(&SEP.to_string()), (), *n))
+                        .collect(),
+                    _ => counts
+                        .iter()
+                        .filter(|((s, _), _)| *s == slot)
+                        .map(|((_, l), n)| (values_of(*l), (), *n))
+                        .collect(),
+                };
+                encode::counter(
+                    enc,
+                    &d.metric(),
+                    &d.help,
+                    budget
+                        .fold(items)
+                        .into_iter()
+                        .map(|(v, (), n)| (to_labels(&v), n)),
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Probe for Runtimes {
     fn name(&self) -> &'static str {
         "runtimes"
@@ -832,6 +1157,7 @@ impl Probe for Runtimes {
         }
         let mut calls: Vec<(String, (), u64)> = Vec::new();
         let mut usdt_methods: BTreeMap<&'static str, u64> = BTreeMap::new();
+        let mut declared_strings: BTreeMap<(u32, Vec<String>), u64> = BTreeMap::new();
         if let Some(Ok(m)) = ebpf
             .map("rt_calls")
             .map(BpfHashMap::<_, RtCallKey, u64>::try_from)
@@ -846,10 +1172,51 @@ impl Probe for Runtimes {
                     slot::NODE_USDT_HTTP => {
                         *usdt_methods.entry(method_label(&k.module)).or_default() += v
                     }
+                    s if s >= DECLARED_SLOT => {
+                        *declared_strings
+                            .entry((s, vec![comm_label(&k.module), comm_label(&k.function)]))
+                            .or_default() += v
+                    }
                     _ => {}
                 }
             }
             calls.extend(by.into_iter().map(|(k, v)| (k, (), v)));
+        }
+        // Node HTTP: (method, raw path) → requests and durations.
+        let mut http_reqs: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
+        let mut http_hists: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        let path_of = |raw: &[u8]| -> String {
+            if !self.inner.http_paths {
+                return String::new();
+            }
+            let p = comm_label(raw);
+            if p.is_empty() {
+                // The read did not start with the request line (a head split across reads).
+                encode::OTHER.to_string()
+            } else {
+                crate::http_path::normalize(&p)
+            }
+        };
+        if let Some(Ok(m)) = ebpf
+            .map("rt_http_reqs")
+            .map(BpfHashMap::<_, RtHttpKey, u64>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                *http_reqs
+                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .or_default() += v;
+            }
+        }
+        if let Some(Ok(m)) = ebpf
+            .map("rt_http_hists")
+            .map(BpfHashMap::<_, RtHttpKey, RtHist>::try_from)
+        {
+            for (k, v) in m.iter().filter_map(|r| r.ok()) {
+                http_hists
+                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                    .add(&v.hist, v.sum_ns);
+            }
         }
         drop(ebpf);
 
@@ -886,23 +1253,53 @@ impl Probe for Runtimes {
                 .map(|(_, v)| *v)
                 .sum()
         };
-        let mut methods = usdt_methods;
-        for ((s, label), v) in &counts {
-            // High half: llhttp type (1 = request parsed by a server).
-            if *s == slot::NODE_HTTP && (*label >> 32) as u8 == 1 {
-                *methods.entry(http_method(*label as u8)).or_default() += v;
-            }
+        for (m, v) in usdt_methods {
+            let path = if self.inner.http_paths {
+                encode::OTHER.to_string()
+            } else {
+                String::new()
+            };
+            *http_reqs.entry((m, path)).or_default() += v;
         }
+        // Top-N paths by requests; the histograms follow the same admission.
+        let folded = self.paths.fold(
+            http_reqs
+                .iter()
+                .map(|((m, p), v)| (p.clone(), *m, *v))
+                .collect(),
+        );
+        let admitted: std::collections::HashSet<String> =
+            folded.iter().map(|(p, _, _)| p.clone()).collect();
+        let labels = |m: &'static str, p: String| {
+            let mut l = vec![("runtime", "node".to_string()), ("method", m.to_string())];
+            if self.inner.http_paths {
+                l.push(("path", p));
+            }
+            l
+        };
         encode::counter(
             enc,
             "ebpf_sidecar_runtime_http_requests",
-            "HTTP requests received by runtimes in the target, by runtime and method.",
-            methods.into_iter().map(|(m, v)| {
-                (
-                    vec![("runtime", "node".to_string()), ("method", m.to_string())],
-                    v,
-                )
-            }),
+            "HTTP requests received by runtimes in the target, by runtime and method (and normalised path with --http-paths, top-N plus other).",
+            folded.into_iter().map(|(p, m, v)| (labels(m, p), v)),
+        )?;
+        let mut durations: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        for ((m, p), h) in http_hists {
+            let p = if admitted.contains(&p) {
+                p
+            } else {
+                encode::OTHER.to_string()
+            };
+            durations
+                .entry((m, p))
+                .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                .add(&h.buckets, h.sum_ns);
+        }
+        encode::histogram(
+            enc,
+            "ebpf_sidecar_runtime_http_request_duration_seconds",
+            "Node.js HTTP server requests of the target: from the parsed request head (llhttp) to the first write(v) of the response on the same connection, by runtime and method (and path with --http-paths).",
+            durations.into_iter().map(|((m, p), h)| (labels(m, p), h)),
         )?;
         let calls_total: Vec<_> = if self.inner.calls {
             self.functions.fold(calls)
@@ -957,6 +1354,8 @@ impl Probe for Runtimes {
             has(Runtime::Node).then_some((vec![], lag)),
         )?;
 
+        self.encode_declared(enc, &counts, &hists, &declared_strings)?;
+
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
         encode::gauge(
             enc,
@@ -976,6 +1375,11 @@ impl Probe for Runtimes {
         let mut attached: BTreeMap<(String, String), i64> = BTreeMap::new();
         for a in st.files.values().flatten() {
             for s in &a.sites {
+                *attached.entry(s.clone()).or_default() += 1;
+            }
+        }
+        for (sites, _) in st.declared_files.values() {
+            for s in sites {
                 *attached.entry(s.clone()).or_default() += 1;
             }
         }

@@ -7,6 +7,8 @@
 
 pub mod args;
 pub mod attach;
+pub mod config;
+pub mod place;
 pub mod procs;
 
 use std::path::Path;

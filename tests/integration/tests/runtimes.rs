@@ -435,7 +435,23 @@ fn node_http_gc_and_event_loop_lag() {
             n as f64,
             "{method} requests"
         );
+        // Every request was answered on its connection: one duration each.
+        assert_eq!(
+            delta(
+                "ebpf_sidecar_runtime_http_request_duration_seconds_count",
+                &[("runtime", "node"), ("method", method)]
+            ),
+            n as f64,
+            "{method} durations"
+        );
     }
+    // The /block request took >= 200 ms from its parsed head to its response.
+    assert!(
+        delta(
+            "ebpf_sidecar_runtime_http_request_duration_seconds_sum",
+            &[("runtime", "node"), ("method", "GET")]
+        ) >= 0.2
+    );
     assert!(
         delta(
             "ebpf_sidecar_runtime_gc_duration_seconds_count",
@@ -734,4 +750,219 @@ fn node_in_a_container_next_to_the_sidecar_image() {
     }
     let lint = promtool_check(&m2.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
+
+/// Start `ebpf-sidecar run` with `args` (before `--`) around `cmd`; stderr goes to a log file.
+fn run_sidecar(name: &str, args: &[&str], cmd: &[&str]) -> Sidecar {
+    let listen = free_port();
+    let log = scratch(&format!("{name}-sidecar.log"));
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{listen}"))
+        .args(args)
+        .arg("--")
+        .args(cmd)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar {
+        child,
+        port: listen,
+        log,
+    };
+    wait_for("the sidecar serving", Duration::from_secs(30), || {
+        http_get(listen, "/healthz", None).is_ok().then_some(())
+    });
+    sidecar
+}
+
+/// --http-paths: requests and durations by normalised path, exact per path.
+#[test]
+fn node_http_paths_and_durations() {
+    require_root();
+    require("/usr/bin/node", "install Node.js 20 (/usr/bin/node)");
+    let app = scratch("app-paths.js");
+    std::fs::write(&app, NODE_APP).unwrap();
+    let port = free_port();
+    let sidecar = run_sidecar(
+        "node-paths",
+        &["--http-paths"],
+        &["node", app.to_str().unwrap(), &port.to_string()],
+    );
+    wait_for("node attached", Duration::from_secs(20), || {
+        let up = std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+        let m = sidecar.scrape();
+        (up && m.sum("ebpf_sidecar_runtime_info", &[("runtime", "node")]) >= 1.0).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let before = sidecar.scrape();
+    for p in ["/users/1", "/users/22", "/users/333/", "/users/4?x=1"] {
+        assert_eq!(http(port, "GET", p), 200);
+    }
+    for _ in 0..3 {
+        assert_eq!(http(port, "POST", "/orders"), 200);
+    }
+    assert_eq!(http(port, "GET", "/block?ms=50"), 200);
+    let m = sidecar.scrape();
+    let delta =
+        |name: &str, labels: &[(&str, &str)]| m.sum(name, labels) - before.sum(name, labels);
+    for (method, path, n) in [
+        ("GET", "/users/:id", 3.0),
+        ("GET", "/users/:id/", 1.0),
+        ("POST", "/orders", 3.0),
+        ("GET", "/block", 1.0),
+    ] {
+        let l = [("runtime", "node"), ("method", method), ("path", path)];
+        assert_eq!(
+            delta("ebpf_sidecar_runtime_http_requests_total", &l),
+            n,
+            "{method} {path}\n{}",
+            m.text
+        );
+        assert_eq!(
+            delta(
+                "ebpf_sidecar_runtime_http_request_duration_seconds_count",
+                &l
+            ),
+            n,
+            "{method} {path} durations"
+        );
+    }
+    assert!(
+        delta(
+            "ebpf_sidecar_runtime_http_request_duration_seconds_sum",
+            &[("method", "GET"), ("path", "/block")]
+        ) >= 0.05
+    );
+    let lint = promtool_check(&m.text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+    assert_eq!(http(port, "POST", "/quit"), 200);
+}
+
+const CONFIG: &str = r#"
+metrics:
+  - name: py_calls
+    help: Python function calls by function name (declared)
+    binary: /usr/bin/python3.11
+    probe: python:function__entry
+    labels: [{name: function, arg: 1, string: true}]
+  - name: py_gc_starts
+    runtime: python
+    probe: python:gc__start
+    labels: [{name: generation, arg: 0}]
+  - name: py_missing
+    runtime: python
+    probe: python:no__such__probe
+  - name: py_gc_seconds
+    runtime: python
+    begin: python:gc__start
+    end: python:gc__done
+    labels: [{name: generation, arg: 0}]
+"#;
+
+/// --config: declared counters and histograms give exact counts on a known workload; an
+/// unknown probe is a clear error (file, entry, what the binary has) and the rest still works.
+#[test]
+fn declared_config_metrics_are_exact() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let cfg = scratch("usdt.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let script = python_script();
+    let out = scratch("config.prom");
+    let _ = std::fs::remove_file(&out);
+    let o = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--metrics-out")
+        .arg(&out)
+        .args(["--", PYTHON, script.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let log = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{log}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    let lint = promtool_check(&text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+    let m = Metrics::parse(&text);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_py_calls_total",
+            &[("function", "counted_fn")]
+        ),
+        F_CALLS as f64,
+        "F calls under settrace"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_py_calls_total",
+            &[("function", "untraced_fn")]
+        ),
+        0.0
+    );
+    // Same probe as the python pack: the same numbers, by generation.
+    for g in ["0", "1", "2"] {
+        let pack = m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", g)],
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_usdt_py_gc_starts_total", &[("generation", g)]),
+            pack,
+            "generation {g}"
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_usdt_py_gc_seconds_count",
+                &[("generation", g)]
+            ),
+            pack,
+            "generation {g} pairs"
+        );
+    }
+    assert!(
+        m.sum(
+            "ebpf_sidecar_usdt_py_gc_starts_total",
+            &[("generation", "2")]
+        ) >= GC_CALLS as f64
+    );
+    let want = format!(
+        "{}: metrics[2] (py_missing): probe python:no__such__probe not in {PYTHON}; it has: ",
+        cfg.display()
+    );
+    assert!(log.contains(&want), "{log}");
+    assert!(log.contains("python:gc__start"), "{log}");
+}
+
+#[test]
+fn bad_config_is_a_clear_error() {
+    let cfg = scratch("bad.yaml");
+    for (text, want) in [
+        (
+            "metrics:\n  - name: ok\n    runtime: python\n    probe: python:gc__start\n  - name: x\n    runtime: ruby\n    probe: a:b\n",
+            "metrics[1] (x): unknown runtime \"ruby\" (one of python, java, node)",
+        ),
+        ("metrics: [", "did not find expected"),
+        (
+            "metrics:\n  - name: x\n    runtime: python\n    probe: gc__start\n",
+            "metrics[0] (x): \"gc__start\" is not provider:probe",
+        ),
+    ] {
+        std::fs::write(&cfg, text).unwrap();
+        let o = Command::new(sidecar_bin())
+            .args(["run", "--config"])
+            .arg(&cfg)
+            .args(["--", "/bin/true"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{err}");
+        assert!(
+            err.contains(&format!("--config {}: ", cfg.display())),
+            "{err}"
+        );
+        assert!(err.contains(want), "{want}: {err}");
+    }
 }

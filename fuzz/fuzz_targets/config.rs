@@ -1,0 +1,10 @@
+//! `--config` YAML: errors, never panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        let _ = sidecar::usdt::config::parse("fuzz.yaml", s);
+    }
+});
