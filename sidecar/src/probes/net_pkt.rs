@@ -242,7 +242,13 @@ impl Capture {
                 NetMode::Cgroup => LINKTYPE_RAW,
                 NetMode::Netns => LINKTYPE_ETHERNET,
             },
-            ring: Mutex::new(Some(take_ring(obj, "net_pcap_ring")?)),
+            // Mapping the 4 MiB ring puts 8 MiB of kernel pages in our RSS: only when
+            // captures may happen.
+            ring: Mutex::new(if allowed {
+                Some(take_ring(obj, "net_pcap_ring")?)
+            } else {
+                None
+            }),
             busy: AtomicBool::new(false),
         })
     }
