@@ -77,7 +77,8 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
     if opts.net_http && http_syscalls {
-        // Only then: the packet programs read HTTP from TCP segments at no per-syscall cost.
+        // Only for the syscalls source; by default the packet programs read HTTP from TCP
+        // segments and nothing runs per syscall for it.
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     }
     obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
