@@ -518,6 +518,18 @@ static __always_inline __u32 http_status(const char *b)
 
 static const __u8 method_len[] = { 3, 4, 3, 6, 4, 5, 7 };
 
+/* Cut a request target at its end (' ', '?', '#', CR): the query string and fragment never
+ * leave the kernel; the rest is NUL-padded so equal paths make equal keys. */
+static __always_inline void http_path_cut(char *dst)
+{
+	for (int i = 0, end = 0; i < NET_HTTP_PATH_LEN; i++) {
+		if (dst[i] == ' ' || dst[i] == '?' || dst[i] == '#' || dst[i] == '\r' || dst[i] == 0)
+			end = 1;
+		if (end)
+			dst[i] = 0;
+	}
+}
+
 /* The request target after the method, up to ' ', '?' or '#', NUL-padded. */
 static __always_inline void http_path(char *dst, __u64 buf, long len, int m)
 {
@@ -530,15 +542,7 @@ static __always_inline void http_path(char *dst, __u64 buf, long len, int m)
 		n = NET_HTTP_PATH_LEN;
 	if (bpf_probe_read_user(dst, n, (const void *)(buf + off)))
 		return;
-	int end = 0;
-
-	for (int i = 0; i < NET_HTTP_PATH_LEN; i++) {
-		if (dst[i] == ' ' || dst[i] == '?' || dst[i] == '#' || dst[i] == '\r' ||
-		    dst[i] == 0)
-			end = 1;
-		if (end)
-			dst[i] = 0;
-	}
+	http_path_cut(dst);
 }
 
 static __always_inline struct syscall_stats *path_stats(struct net_http_path_key *k)
@@ -704,13 +708,7 @@ static __always_inline void http_skb(struct __sk_buff *skb, int in)
 				    bpf_skb_load_bytes(skb, poff + 16 * i, dst + 16 * i, 16))
 					break;
 			}
-			for (int i = 0, end = 0; i < NET_HTTP_PATH_LEN; i++) {
-				if (dst[i] == ' ' || dst[i] == '?' || dst[i] == '#' ||
-				    dst[i] == '\r' || dst[i] == 0)
-					end = 1;
-				if (end)
-					dst[i] = 0;
-			}
+			http_path_cut(dst);
 		}
 		return;
 	}

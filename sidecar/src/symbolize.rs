@@ -84,19 +84,16 @@ const STT_GNU_IFUNC: u8 = 10;
 /// Longest symbol name read (C++ names can be long; the rest is cut).
 const MAX_NAME: usize = 512;
 
+// Header fields read as u64, 0 when out of range (a truncated file then has no symbols).
 fn u16_at(b: &[u8], o: usize) -> u64 {
     b.get(o..o + 2)
         .map_or(0, |s| u16::from_le_bytes([s[0], s[1]]) as u64)
 }
 fn u32_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 4)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, |s| u32::from_le_bytes(s) as u64)
+    crate::usdt::u32_at(b, o).map_or(0, u64::from)
 }
 fn u64_at(b: &[u8], o: usize) -> u64 {
-    b.get(o..o + 8)
-        .and_then(|s| s.try_into().ok())
-        .map_or(0, u64::from_le_bytes)
+    crate::usdt::u64_at(b, o).unwrap_or(0)
 }
 
 impl ElfSymbols {

@@ -167,13 +167,14 @@ pub struct Note {
     pub args: String,
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+/// Little-endian integers at a byte offset (ELF notes here, ELF headers in `symbolize`).
+pub(crate) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(
         b.get(at..at.checked_add(4)?)?.try_into().ok()?,
     ))
 }
 
-fn u64_at(b: &[u8], at: usize) -> Option<u64> {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(
         b.get(at..at.checked_add(8)?)?.try_into().ok()?,
     ))
