@@ -291,6 +291,41 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// `ebpf-sidecar run --probes <probes> [extra] --metrics-out … -- <workload> args…`: the workload
+/// must exit 0; returns the final metrics (promtool-clean, asserted) and the workload's stdout.
+pub fn run_workload(
+    tag: &str,
+    probes: &str,
+    extra: &[&str],
+    name: &str,
+    args: &[&str],
+) -> (Metrics, String) {
+    let out = std::env::temp_dir().join(format!("ebpf-sidecar-{tag}.prom"));
+    let _ = std::fs::remove_file(&out);
+    let o = Command::new(sidecar_bin())
+        .args(["run", "--probes", probes, "--listen"])
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .args(extra)
+        .arg("--metrics-out")
+        .arg(&out)
+        .arg("--")
+        .arg(workload(name))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "workload failed: {stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let text = std::fs::read_to_string(&out).expect("--metrics-out written");
+    let lint = promtool_check(&text);
+    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+    (Metrics::parse(&text), stdout)
+}
+
 /// `promtool check metrics` on an exposition: returns its complaints (empty when clean).
 pub fn promtool_check(text: &str) -> String {
     let mut c = Command::new("promtool")

@@ -16,31 +16,7 @@ const TCP_HDR: u64 = 20;
 
 /// `ebpf-sidecar run --probes net [extra] -- net_traffic args…`: the final metrics and stdout.
 fn run_net(tag: &str, extra: &[&str], args: &[&str]) -> (Metrics, String) {
-    let out: PathBuf = std::env::temp_dir().join(format!("ebpf-sidecar-net-{tag}.prom"));
-    let _ = std::fs::remove_file(&out);
-    let port = free_port().to_string();
-    let o = Command::new(sidecar_bin())
-        .args(["run", "--probes", "net", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(extra)
-        .arg("--metrics-out")
-        .arg(&out)
-        .arg("--")
-        .arg(workload("net_traffic"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "workload failed: {stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = std::fs::read_to_string(&out).expect("--metrics-out written");
-    let lint = promtool_check(&text);
-    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
-    (Metrics::parse(&text), stdout)
+    run_workload(&format!("net-{tag}"), "net", extra, "net_traffic", args)
 }
 
 fn fact(stdout: &str, key: &str) -> u64 {

@@ -103,30 +103,7 @@ impl Drop for DnsServer {
 
 /// `ebpf-sidecar run --probes net [extra] -- net_dns args…`: final metrics and stdout.
 fn run_dns_workload(tag: &str, extra: &[&str], args: &[&str]) -> (Metrics, String) {
-    let out: PathBuf = std::env::temp_dir().join(format!("ebpf-sidecar-net-pkt-{tag}.prom"));
-    let _ = std::fs::remove_file(&out);
-    let o = Command::new(sidecar_bin())
-        .args(["run", "--probes", "net", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(extra)
-        .arg("--metrics-out")
-        .arg(&out)
-        .arg("--")
-        .arg(workload("net_dns"))
-        .args(args)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
-    assert_eq!(
-        o.status.code(),
-        Some(0),
-        "workload failed: {stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let text = std::fs::read_to_string(&out).expect("--metrics-out written");
-    let lint = promtool_check(&text);
-    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
-    (Metrics::parse(&text), stdout)
+    run_workload(&format!("net-pkt-{tag}"), "net", extra, "net_dns", args)
 }
 
 fn fact<'a>(stdout: &'a str, key: &str) -> &'a str {
