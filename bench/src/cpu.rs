@@ -1,16 +1,43 @@
-//! Issue "CPU" targets: a CPU-bound workload with no monitor, the cpu family, the profiler at
-//! 49 Hz and 999 Hz, and bpftrace's `profile:hz:49` stack counting, side by side.
+//! Issue "CPU" targets: no monitor, the cpu family, the profiler at 49 Hz and 999 Hz, and
+//! bpftrace's `profile:hz:49` stack counting, side by side in one run, on two workloads: a
+//! CPU-bound loop, and the node example app under wrk (the stack benchmark's setup: node and
+//! wrk pinned to separate CPUs, so the monitors' cost shows as the app's lost throughput).
+//!
+//!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R] [--seconds S] [--rounds R]
+//!
+//! `--repeat 0` skips the loop, `--rounds 0` the node app.
 
 use std::fmt::Write as _;
 use std::io::BufRead;
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 
+use crate::stack::{self, Wrk};
 use crate::util::*;
 
-pub fn run(iterations: u64, repeat: usize) -> Result<String> {
+pub fn run(iterations: u64, repeat: usize, seconds: u64, rounds: usize) -> Result<String> {
+    let mut o = String::new();
+    writeln!(
+        o,
+        "# CPU benchmark\n\n`cargo run --release -p bench -- cpu --iterations {iterations} --repeat {repeat} \
+         --seconds {seconds} --rounds {rounds}` (as root; needs gcc, bpftrace, node, wrk, taskset; \
+         `--repeat 0` skips the loop, `--rounds 0` the node app). {} CPUs.\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    )?;
+    if repeat > 0 {
+        o.push_str(&cpu_bound(iterations, repeat)?);
+    }
+    if rounds > 0 {
+        o.push('\n');
+        o.push_str(&node_app(seconds, rounds)?);
+    }
+    Ok(o)
+}
+
+fn cpu_bound(iterations: u64, repeat: usize) -> Result<String> {
     let bin = workload("spin")?;
     let cmd = format!("{} {iterations}", bin.display());
     let secs = |s: &str| -> Result<f64> { Ok(s.trim().parse()?) };
@@ -41,20 +68,8 @@ pub fn run(iterations: u64, repeat: usize) -> Result<String> {
         for (i, (_, args)) in configs.iter().enumerate() {
             rows[i].push(secs(&under_sidecar(args, &cmd)?.0)?);
         }
-        ensure_tracefs();
-        let mut b = Command::new("bpftrace")
-            .args(["-e", "profile:hz:49 { @[ustack, kstack] = count(); }"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("bpftrace")?;
-        let mut first = String::new();
-        std::io::BufReader::new(b.stdout.take().expect("piped")).read_line(&mut first)?;
-        std::thread::sleep(Duration::from_millis(300));
+        let _b = Bpftrace::start("profile:hz:49 { @[ustack, kstack] = count(); }")?;
         bt.push(plain()?);
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(b.id() as i32, libc::SIGINT) };
-        let _ = b.wait();
     }
     // The sched_switch program's cost, from one run with bpf_stats.
     let (_, m) = under_sidecar(
@@ -96,4 +111,184 @@ pub fn run(iterations: u64, repeat: usize) -> Result<String> {
         t * 1e9 / n.max(1.0)
     )?;
     Ok(o)
+}
+
+/// bpftrace running a program, attached (its first line printed) until dropped.
+struct Bpftrace(Child);
+
+impl Bpftrace {
+    fn start(program: &str) -> Result<Self> {
+        ensure_tracefs();
+        let mut child = Command::new("bpftrace")
+            .args(["-e", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("bpftrace not found: apt-get install bpftrace")?;
+        let out = child.stdout.take().expect("piped");
+        let b = Bpftrace(child);
+        let mut first = String::new();
+        // Dropped after the first line: what bpftrace prints at exit goes nowhere instead of
+        // filling a pipe nobody reads.
+        std::io::BufReader::new(out).read_line(&mut first)?;
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(b)
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        // SAFETY: signalling a child we started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
+
+enum Monitor {
+    None,
+    Sidecar(&'static [&'static str]),
+    /// bpftrace on an unmonitored node, filtered by its pid.
+    Bpftrace,
+}
+
+const NODE_CONFIGS: [(&str, Monitor); 5] = [
+    ("no monitor", Monitor::None),
+    (
+        "ebpf-sidecar --probes cpu",
+        Monitor::Sidecar(&["--probes", "cpu"]),
+    ),
+    (
+        "ebpf-sidecar --probes profile (49 Hz)",
+        Monitor::Sidecar(&["--probes", "profile"]),
+    ),
+    (
+        "ebpf-sidecar --probes profile --profile-hz 999",
+        Monitor::Sidecar(&["--probes", "profile", "--profile-hz", "999"]),
+    ),
+    (
+        "bpftrace profile:hz:49 /pid == NODE/ { @[ustack, kstack] = count(); }",
+        Monitor::Bpftrace,
+    ),
+];
+
+/// One wrk measurement of a fresh node app under one configuration, after a 1 s JIT warm-up.
+fn node_once(server: &Path, monitor: &Monitor, seconds: u64) -> Result<Wrk> {
+    let app = match monitor {
+        Monitor::None | Monitor::Bpftrace => stack::start(server, None, &[])?,
+        Monitor::Sidecar(args) => stack::start(server, Some(free_port()), args)?,
+    };
+    let _ = stack::wrk(app.port, 1)?;
+    // Unmonitored node runs under taskset, which execs it: the child's pid is node's.
+    let _bt = match monitor {
+        Monitor::Bpftrace => Some(Bpftrace::start(&format!(
+            "profile:hz:49 /pid == {}/ {{ @[ustack, kstack] = count(); }}",
+            app.child.id()
+        ))?),
+        _ => None,
+    };
+    stack::wrk(app.port, seconds)
+}
+
+fn node_app(seconds: u64, rounds: usize) -> Result<String> {
+    let server = root().join("examples/node-app/server.js");
+    let n = NODE_CONFIGS.len();
+    let mut runs: Vec<Vec<Wrk>> = (0..n).map(|_| Vec::new()).collect();
+    let mut order = Vec::new();
+    for round in 0..rounds {
+        // Each round starts one configuration later, so no configuration always runs first
+        // (or right after the same neighbour) while the machine drifts.
+        let mut line = Vec::new();
+        for k in 0..n {
+            let i = (round + k) % n;
+            let w = node_once(&server, &NODE_CONFIGS[i].1, seconds)?;
+            line.push(format!(
+                "{} {:.0}, {:.2}",
+                NODE_CONFIGS[i].0.split_once(' ').map_or("", |p| p.1),
+                w.rps,
+                w.p99_ms
+            ));
+            runs[i].push(w);
+        }
+        order.push(line);
+        eprintln!("node round {}/{rounds} done", round + 1);
+    }
+    let switch = switch_cost(&server, seconds.min(10))?;
+
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (rps0, p0) = (med(&runs[0], |w| w.rps), med(&runs[0], |w| w.p99_ms));
+    let (node_cpu, wrk_cpus) = stack::cpus();
+    let mut o = String::new();
+    writeln!(
+        o,
+        "## CPU: the node example app under wrk, median of {rounds} rounds\n\n\
+         wrk -t{} -c{} -d{seconds}s --latency on `GET {}` of examples/node-app/server.js (host node {}, \
+         started without `--perf-basic-prof`), a fresh node per measurement, 1 s warm-up; node pinned \
+         to CPU {node_cpu}, wrk to CPU {wrk_cpus} (monitors unpinned); the {n} configurations \
+         alternate within each round, each round starting one later. Slowdown is no monitor's \
+         requests/s over the configuration's; p99 is the configuration's over no monitor's.\n",
+        stack::THREADS,
+        stack::CONNECTIONS,
+        stack::ROUTE,
+        stack::node_version(),
+    )?;
+    writeln!(
+        o,
+        "| configuration | requests/s | slowdown | p99 latency | p99 vs no monitor |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---:|")?;
+    for (i, (name, _)) in NODE_CONFIGS.iter().enumerate() {
+        let (rps, p99) = (med(&runs[i], |w| w.rps), med(&runs[i], |w| w.p99_ms));
+        writeln!(
+            o,
+            "| {name} | {rps:.0} | {:.3}x | {p99:.2} ms | {:.3}x |",
+            rps0 / rps,
+            p99 / p0
+        )?;
+    }
+    writeln!(o)?;
+    o.push_str(&switch);
+    writeln!(o, "\nPer round, in the order run (requests/s, p99 ms):\n")?;
+    for (r, line) in order.iter().enumerate() {
+        writeln!(o, "- round {}: {}", r + 1, line.join("; "))?;
+    }
+    Ok(o)
+}
+
+/// A separate round of the cpu configuration with `--bpf-stats` (the stats' clock reads add to
+/// every program run, so its throughput is not the one in the table): the sched_switch
+/// program's cost per run and per request.
+fn switch_cost(server: &Path, seconds: u64) -> Result<String> {
+    let m = free_port();
+    let app = stack::start(server, Some(m), &["--probes", "cpu", "--bpf-stats"])?;
+    let _ = stack::wrk(app.port, 1)?;
+    let scrape = || -> Result<(f64, f64, f64)> {
+        let text = http_get(m, "/metrics")?.1;
+        Ok((
+            metric_value(
+                &text,
+                "ebpf_sidecar_bpf_program_run_seconds_total{program=\"cpu_switch\"}",
+            ),
+            metric_value(
+                &text,
+                "ebpf_sidecar_bpf_program_runs_total{program=\"cpu_switch\"}",
+            ),
+            metric_sum(&text, "ebpf_sidecar_bpf_program_run_seconds_total{"),
+        ))
+    };
+    let (t0, n0, all0) = scrape()?;
+    let w = stack::wrk(app.port, seconds)?;
+    let (t1, n1, all1) = scrape()?;
+    let (t, n, all) = (t1 - t0, n1 - n0, all1 - all0);
+    let reqs = w.rps * seconds as f64;
+    Ok(format!(
+        "sched_switch program (cpu_switch), from bpf_stats over a separate {seconds} s round of \
+         `--probes cpu --bpf-stats` ({:.0} requests/s): {:.0} ns per run over {n:.0} runs \
+         (host-wide: every switch on every CPU runs it and leaves at the target filter unless node is \
+         involved), {:.2} runs and {:.3} µs per request; all cpu-family programs {:.3} µs per request.\n",
+        w.rps,
+        t * 1e9 / n.max(1.0),
+        n / reqs,
+        t / reqs * 1e6,
+        all / reqs * 1e6,
+    ))
 }

@@ -5,7 +5,7 @@
 //!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- security [--execs N] [--connects N] [--rounds R]
-//!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R]
+//!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R] [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- custom [--entries N] [--rounds R]
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
@@ -55,6 +55,8 @@ fn main() -> anyhow::Result<()> {
         "cpu" => cpu::run(
             opt("--iterations", 6_000_000_000)?,
             opt("--repeat", 3)? as usize,
+            opt("--seconds", 10)?,
+            opt("--rounds", 5)? as usize,
         )?,
         "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
         "custom" => custom::run(opt("--entries", 10_000)?, opt("--rounds", 30)? as usize)?,

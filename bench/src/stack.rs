@@ -15,17 +15,17 @@ use anyhow::{Context, Result, bail};
 
 use crate::util::{self, free_port, http_get, median, rss_kib};
 
-const CONNECTIONS: u32 = 32;
-const THREADS: u32 = 2;
-const ROUTE: &str = "/fast";
+pub(crate) const CONNECTIONS: u32 = 32;
+pub(crate) const THREADS: u32 = 2;
+pub(crate) const ROUTE: &str = "/fast";
 
-struct Wrk {
-    rps: f64,
-    p99_ms: f64,
+pub(crate) struct Wrk {
+    pub(crate) rps: f64,
+    pub(crate) p99_ms: f64,
 }
 
 /// wrk --latency output: "Requests/sec: N" and the "99%" line of the latency distribution.
-fn parse_wrk(out: &str) -> Result<Wrk> {
+pub(crate) fn parse_wrk(out: &str) -> Result<Wrk> {
     let rps = out
         .lines()
         .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
@@ -50,7 +50,7 @@ fn parse_wrk(out: &str) -> Result<Wrk> {
 }
 
 /// CPU sets: node alone on the last CPU, wrk on the rest (on one CPU, both share it).
-fn cpus() -> (String, String) {
+pub(crate) fn cpus() -> (String, String) {
     let n = std::thread::available_parallelism().map_or(1, |n| n.get());
     if n < 2 {
         return ("0".into(), "0".into());
@@ -58,7 +58,7 @@ fn cpus() -> (String, String) {
     ((n - 1).to_string(), format!("0-{}", n - 2))
 }
 
-fn wrk(port: u16, seconds: u64) -> Result<Wrk> {
+pub(crate) fn wrk(port: u16, seconds: u64) -> Result<Wrk> {
     let out = Command::new("taskset")
         .args(["-c", &cpus().1, "wrk"])
         .args([
@@ -92,9 +92,9 @@ fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks / hz)
 }
 
-struct Running {
-    child: Child,
-    port: u16,
+pub(crate) struct Running {
+    pub(crate) child: Child,
+    pub(crate) port: u16,
 }
 
 impl Drop for Running {
@@ -107,7 +107,7 @@ impl Drop for Running {
 
 /// node server.js, bare or under `ebpf-sidecar run` (then also serving metrics on `metrics`),
 /// pinned to its CPU (the sidecar's own threads are not pinned: only node is under taskset).
-fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Result<Running> {
+pub(crate) fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Result<Running> {
     let port = free_port();
     let upstream = free_port();
     let node_cpu = cpus().0;
@@ -333,7 +333,7 @@ fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
     Ok((probes.join(","), s))
 }
 
-fn node_version() -> String {
+pub(crate) fn node_version() -> String {
     Command::new("node")
         .arg("--version")
         .output()
