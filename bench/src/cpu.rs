@@ -31,7 +31,9 @@ pub fn run(iterations: u64, repeat: usize, seconds: u64, rounds: usize) -> Resul
         o.push_str(&cpu_bound(iterations, repeat)?);
     }
     if rounds > 0 {
-        o.push('\n');
+        if repeat > 0 {
+            o.push('\n');
+        }
         o.push_str(&node_app(seconds, rounds)?);
     }
     Ok(o)
