@@ -236,7 +236,7 @@ pub fn run(execs: u64, connects: u64, rounds: usize) -> Result<String> {
     )?;
     writeln!(o, "| program | runs | ns per run | µs per exec |")?;
     writeln!(o, "|---|---:|---:|---:|")?;
-    for p in ["security_exec", "security_sys_enter", "security_listen"] {
+    for p in ["security_exec", "security_syscall", "security_listen"] {
         let (secs, runs) = prog(p);
         writeln!(
             o,

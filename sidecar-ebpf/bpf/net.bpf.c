@@ -727,8 +727,33 @@ static __always_inline void http_skb(struct __sk_buff *skb, int in)
 
 /* ---- failed connect / bind / listen ---- */
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. Successful calls (nearly all)
- * leave before anything is read. */
+static __always_inline void net_error(long nr, long ret)
+{
+	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
+		return;
+	if (nr != NR_CONNECT && nr != NR_BIND && nr != NR_LISTEN)
+		return;
+	if (!sidecar_in_target())
+		return;
+
+	struct net_error_key k = {
+		.kind = nr == NR_CONNECT ? NET_ERR_CONNECT : NET_ERR_BIND,
+		.err = (__u32)(-ret),
+	};
+
+	hash_add(&net_errors, &k, 1);
+}
+
+/* Default hook for the errors: the exit tracepoints of connect, bind and listen only. */
+SEC("tracepoint/syscalls/sys_exit_connect")
+int net_sys_exit_error(struct sidecar_sys_exit *ctx)
+{
+	net_error(ctx->nr, ctx->ret);
+	return 0;
+}
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. Runs for every syscall of the
+ * host: attached only for `--net-http syscalls` (payload calls finish here) or without tracefs. */
 SEC("raw_tp/sys_exit")
 int net_sys_exit(unsigned long long *ctx)
 {
@@ -760,22 +785,12 @@ int net_sys_exit(unsigned long long *ctx)
 		if (len > 0)
 			http_payload(nr, fd, buf, len);
 	}
+	/* Successful calls (nearly all) leave before the number is read. */
 	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
 		return 0;
 
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
-	long nr = BPF_CORE_READ(regs, orig_ax);
 
-	if (nr != NR_CONNECT && nr != NR_BIND && nr != NR_LISTEN)
-		return 0;
-	if (!sidecar_in_target())
-		return 0;
-
-	struct net_error_key k = {
-		.kind = nr == NR_CONNECT ? NET_ERR_CONNECT : NET_ERR_BIND,
-		.err = (__u32)(-ret),
-	};
-
-	hash_add(&net_errors, &k, 1);
+	net_error(BPF_CORE_READ(regs, orig_ax), ret);
 	return 0;
 }

@@ -321,15 +321,8 @@ struct {
 	__type(value, struct last_read);
 } rt_last_read SEC(".maps");
 
-/* tracepoint/syscalls/sys_enter_* context: common header (8), __syscall_nr (4, padded), args. */
-struct sys_enter_ctx {
-	__u64 common;
-	__s64 nr;
-	__u64 args[6];
-};
-
 SEC("tracepoint/syscalls/sys_enter_read")
-int rt_read_enter(struct sys_enter_ctx *ctx)
+int rt_read_enter(struct sidecar_sys_enter *ctx)
 {
 	if (!sidecar_in_target() || !loop_process())
 		return 0;
@@ -456,7 +449,7 @@ int rt_http(struct pt_regs *ctx)
 
 /* First write(v) on a connection with a parsed request: the response goes out. */
 SEC("tracepoint/syscalls/sys_enter_write")
-int rt_write_enter(struct sys_enter_ctx *ctx)
+int rt_write_enter(struct sidecar_sys_enter *ctx)
 {
 	if (!sidecar_in_target() || !loop_process())
 		return 0;

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Security family: an event stream of what a security team cares about, through a ring buffer.
- * Hooks: raw_tp sys_enter (only the few syscall numbers below go further), sched_process_exec,
+ * Hooks: the tracepoints of the few watched syscalls (raw_tp sys_enter without tracefs),
+ * sched_process_exec,
  * inet_sock_set_state (new listening ports). Counts per kind (emitted and lost) stay in the
  * kernel; only events cross to userspace. */
 #include "sidecar.bpf.h"
@@ -196,17 +197,22 @@ static __always_inline int prefix_match(const char *path)
 	return 0;
 }
 
-static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *regs)
+/* The first four arguments of a watched syscall, from wherever the entry hook found them. */
+struct sec_args {
+	__u64 a[4];
+};
+
+static __always_inline void syscall_event(__u32 kind, __u64 nr, const struct sec_args *args)
 {
 	struct security_event *e = reserve(kind);
 
 	if (!e)
 		return;
 	e->nr = nr;
-	e->args[0] = BPF_CORE_READ(regs, di);
-	e->args[1] = BPF_CORE_READ(regs, si);
-	e->args[2] = BPF_CORE_READ(regs, dx);
-	e->args[3] = BPF_CORE_READ(regs, r10);
+	e->args[0] = args->a[0];
+	e->args[1] = args->a[1];
+	e->args[2] = args->a[2];
+	e->args[3] = args->a[3];
 	/* mount(src, target, ...): the target is what matters */
 	if (nr == 165)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[1]);
@@ -215,20 +221,20 @@ static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *
 	submit(e);
 }
 
-static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
+static __always_inline void open_event(__u64 nr, const struct sec_args *args)
 {
 	/* open(path, flags) or openat(dfd, path, flags) / openat2(dfd, path, how) */
-	const char *upath = (const char *)(nr == 2 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
+	const char *upath = (const char *)(nr == 2 ? args->a[0] : args->a[1]);
 	__u64 flags;
 
 	if (nr == 2) {
-		flags = BPF_CORE_READ(regs, si);
+		flags = args->a[1];
 	} else if (nr == 257) {
-		flags = BPF_CORE_READ(regs, dx);
+		flags = args->a[2];
 	} else {
 		struct open_how how = {};
 
-		bpf_probe_read_user(&how, sizeof(how), (void *)BPF_CORE_READ(regs, dx));
+		bpf_probe_read_user(&how, sizeof(how), (void *)args->a[2]);
 		flags = how.flags;
 	}
 	if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
@@ -252,10 +258,10 @@ static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
 	submit(e);
 }
 
-static __always_inline void connect_event(struct pt_regs *regs)
+static __always_inline void connect_event(const struct sec_args *args)
 {
 	struct peer_key k = {};
-	void *uaddr = (void *)BPF_CORE_READ(regs, si);
+	void *uaddr = (void *)args->a[1];
 	/* One read of the largest address this cares about; a short IPv4 address at the very end of
 	 * a mapping makes it fail, then the IPv4 size is read instead. */
 	union {
@@ -298,43 +304,70 @@ static __always_inline void connect_event(struct pt_regs *regs)
 	submit(e);
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
+/* Which event a syscall number stands for, or 0: nearly every syscall of the host leaves here
+ * when the raw tracepoint is the hook. */
+static __always_inline __u32 watched_kind(__u64 nr)
+{
+	switch (nr) {
+	case 105: case 106: case 113: case 114: case 117: case 119: case 126:
+		return SEC_PRIVILEGE;      /* setuid setgid setreuid setregid setresuid setresgid capset */
+	case 101:
+		return SEC_PTRACE;
+	case 165: case 166: case 272: case 308:
+		return SEC_NAMESPACE;      /* mount umount2 unshare setns */
+	case 175: case 313:
+		return SEC_MODULE;         /* init_module finit_module */
+	case 321:
+		return SEC_BPF;
+	case 2: case 257: case 437:
+		return SEC_SENSITIVE_OPEN; /* open openat openat2 */
+	case 42:
+		return SEC_CONNECT_NEW_PEER;
+	default:
+		return 0;
+	}
+}
+
+static __always_inline void on_syscall(__u32 kind, __u64 nr, struct pt_regs *regs)
+{
+	struct sec_args args = { .a = { BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si),
+					BPF_CORE_READ(regs, dx), BPF_CORE_READ(regs, r10) } };
+
+	if (kind == SEC_SENSITIVE_OPEN)
+		open_event(nr, &args);
+	else if (kind == SEC_CONNECT_NEW_PEER)
+		connect_event(&args);
+	else
+		syscall_event(kind, nr, &args);
+}
+
+/* Default hook: attached to the tracepoints of the watched syscalls only (userspace lists them),
+ * so the host's other syscalls run no program at all. The arguments come from the saved user
+ * registers, not the record: one program serves syscalls of 1 to 5 arguments, and the kernel
+ * refuses to attach a program that reads past the shortest record. */
+SEC("tracepoint/syscalls/sys_enter_openat")
+int security_syscall(struct sidecar_sys_enter *ctx)
+{
+	__u64 nr = (__u64)ctx->nr;
+	__u32 kind = watched_kind(nr);
+
+	if (!kind || !sidecar_in_target())
+		return 0;
+	on_syscall(kind, nr, (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+	return 0;
+}
+
+/* Fallback when tracefs is out of reach (no mount, no CAP_SYS_ADMIN to mount one): the raw
+ * tracepoint sees every syscall. raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = number. */
 SEC("raw_tp/sys_enter")
 int security_sys_enter(unsigned long long *ctx)
 {
 	__u64 nr = ctx[1];
-	__u32 kind;
+	__u32 kind = watched_kind(nr);
 
-	/* Decide on the number first: nearly every syscall leaves here. */
-	switch (nr) {
-	case 105: case 106: case 113: case 114: case 117: case 119: case 126:
-		kind = SEC_PRIVILEGE; break;      /* setuid setgid setreuid setregid setresuid setresgid capset */
-	case 101:
-		kind = SEC_PTRACE; break;
-	case 165: case 166: case 272: case 308:
-		kind = SEC_NAMESPACE; break;      /* mount umount2 unshare setns */
-	case 175: case 313:
-		kind = SEC_MODULE; break;         /* init_module finit_module */
-	case 321:
-		kind = SEC_BPF; break;
-	case 2: case 257: case 437:
-		kind = SEC_SENSITIVE_OPEN; break; /* open openat openat2 */
-	case 42:
-		kind = SEC_CONNECT_NEW_PEER; break;
-	default:
+	if (!kind || !sidecar_in_target())
 		return 0;
-	}
-	if (!sidecar_in_target())
-		return 0;
-
-	struct pt_regs *regs = (struct pt_regs *)ctx[0];
-
-	if (kind == SEC_SENSITIVE_OPEN)
-		open_event(nr, regs);
-	else if (kind == SEC_CONNECT_NEW_PEER)
-		connect_event(regs);
-	else
-		syscall_event(kind, nr, regs);
+	on_syscall(kind, nr, (struct pt_regs *)ctx[0]);
 	return 0;
 }
 

@@ -476,7 +476,34 @@ static __always_inline struct sock *ev_sock_of_fd(__u32 fd)
 }
 
 /* accept()/accept4() returned a connection: the accepting process is known only here (the
- * connection was established in softirq). Attached with --net-events only. */
+ * connection was established in softirq). Attached with --net-events only, to the exit tracepoints
+ * of accept and accept4 (or, without tracefs, to raw sys_exit below). */
+static __always_inline void ev_accepted(long nr, long ret)
+{
+	if (ret < 0 || (nr != NR_ACCEPT && nr != NR_ACCEPT4))
+		return;
+	if (!sidecar_in_target())
+		return;
+	struct sock *sk = ev_sock_of_fd((__u32)ret);
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return;
+	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), since = 0;
+	struct conn *c = bpf_map_lookup_elem(&net_conns, &key);
+
+	if (c)
+		since = now - c->start;
+	ev_own(key);
+	ev_emit(sk, NET_EV_ACCEPT, since);
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int net_events_accept(struct sidecar_sys_exit *ctx)
+{
+	ev_accepted(ctx->nr, ctx->ret);
+	return 0;
+}
+
 SEC("raw_tp/sys_exit")
 int net_events_sys_exit(unsigned long long *ctx)
 {
@@ -485,23 +512,8 @@ int net_events_sys_exit(unsigned long long *ctx)
 	if (ret < 0)
 		return 0;
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
-	long nr = BPF_CORE_READ(regs, orig_ax);
 
-	if (nr != NR_ACCEPT && nr != NR_ACCEPT4)
-		return 0;
-	if (!sidecar_in_target())
-		return 0;
-	struct sock *sk = ev_sock_of_fd((__u32)ret);
-
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return 0;
-	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), since = 0;
-	struct conn *c = bpf_map_lookup_elem(&net_conns, &key);
-
-	if (c)
-		since = now - c->start;
-	ev_own(key);
-	ev_emit(sk, NET_EV_ACCEPT, since);
+	ev_accepted(BPF_CORE_READ(regs, orig_ax), ret);
 	return 0;
 }
 

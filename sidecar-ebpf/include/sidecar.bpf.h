@@ -41,6 +41,25 @@ static __always_inline int sidecar_in_target(void)
 	return 0;
 }
 
+/* Contexts of the per-syscall tracepoints (tracepoint/syscalls/sys_enter_<name>, sys_exit_<name>):
+ * common header (8 bytes), __syscall_nr (int, padded to 8), then the arguments or the return value.
+ * Families that care about a handful of syscalls attach to those instead of raw sys_enter/sys_exit:
+ * the kernel tests the syscall number against a bitmap before running anything, so the host's other
+ * syscalls pay no BPF program. */
+struct sidecar_sys_enter {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__u64 args[6];
+};
+
+struct sidecar_sys_exit {
+	__u64 common;
+	__s32 nr;
+	__u32 _pad;
+	__s64 ret;
+};
+
 /* Whether `task` (not necessarily the current one: scheduler hooks see two tasks) belongs to the
  * target. Pid-namespace mode compares the task's innermost pid namespace. */
 static __always_inline int sidecar_task_in_target(struct task_struct *task)

@@ -81,7 +81,16 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         // segments and nothing runs per syscall for it.
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
     }
-    obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
+    if opts.net_http && http_syscalls {
+        // Payload calls finish in the raw sys_exit program, which counts the errors too.
+        obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
+    } else {
+        obj.attach_syscall_hook(
+            "net_sys_exit_error",
+            &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"],
+            ("net_sys_exit", "sys_exit"),
+        )?;
+    }
     match opts.net_mode {
         NetMode::Cgroup => {
             obj.load_cgroup_skb(INGRESS)?;
@@ -94,7 +103,11 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     }
     if opts.net_events {
         // accept() returning is the only place the accepting process is known.
-        obj.attach_raw_tp("net_events_sys_exit", "sys_exit")?;
+        obj.attach_syscall_hook(
+            "net_events_accept",
+            &["sys_exit_accept", "sys_exit_accept4"],
+            ("net_events_sys_exit", "sys_exit"),
+        )?;
     }
     let capture = Arc::new(net_pkt::Capture::new(&obj, opts.allow_pcap, opts.net_mode)?);
     let events = net_pkt::Events::new(&obj, opts.net_events)?;

@@ -1,7 +1,8 @@
 //! One loaded BPF object: load with the kernel's BTF, attach, write the target filter, read
 //! per-program kernel statistics.
 
-use std::sync::{Mutex, MutexGuard};
+use std::path::Path;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use aya::maps::Array;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
@@ -59,6 +60,42 @@ fn verifier_hint(e: &aya::programs::ProgramError) -> String {
         }
         _ => String::new(),
     }
+}
+
+/// Where a family's syscall hook went (see `Object::attach_syscall_hook`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SyscallHook {
+    /// On this many per-syscall tracepoints.
+    Tracepoints(usize),
+    /// On the raw tracepoint: every syscall of the host runs the program.
+    Raw,
+}
+
+/// The tracefs root, mounted in our own mount namespace when nobody has (containers rarely have
+/// it; mounting needs CAP_SYS_ADMIN). Decided once, before any tracepoint is attached: aya
+/// remembers the tracefs path it finds first.
+pub fn tracefs() -> Option<&'static Path> {
+    static ROOT: OnceLock<Option<&'static Path>> = OnceLock::new();
+    *ROOT.get_or_init(|| {
+        let ok = |p: &'static str| Path::new(p).join("events").is_dir().then(|| Path::new(p));
+        if let Some(p) = ok("/sys/kernel/tracing").or_else(|| ok("/sys/kernel/debug/tracing")) {
+            return Some(p);
+        }
+        // SAFETY: constant NUL-terminated strings; a failure only leaves tracefs unmounted.
+        let r = unsafe {
+            libc::mount(
+                c"tracefs".as_ptr(),
+                c"/sys/kernel/tracing".as_ptr(),
+                c"tracefs".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r != 0 {
+            tracing::debug!("mounting tracefs: {}", std::io::Error::last_os_error());
+        }
+        ok("/sys/kernel/tracing")
+    })
 }
 
 /// Kernel-side cost of one program (filled only while bpf_stats is enabled).
@@ -158,6 +195,37 @@ impl Object {
         })?;
         self.record_program(program);
         Ok(())
+    }
+
+    /// Hook a handful of syscalls: `program` (a `tracepoint/syscalls/...` program) on the
+    /// tracepoints `syscalls/<names>`, so the host's other syscalls run nothing (the kernel tests
+    /// a bitmap first). Names this kernel lacks (e.g. `sys_enter_init_module` without module
+    /// support) are skipped. Without tracefs, `fallback` (a program for the raw tracepoint of the
+    /// same name, `sys_enter` or `sys_exit`) sees every syscall instead.
+    pub fn attach_syscall_hook(
+        &mut self,
+        program: &str,
+        names: &[&str],
+        fallback: (&str, &str),
+    ) -> Result<SyscallHook, ProbeError> {
+        if let Some(root) = tracefs() {
+            let present: Vec<&str> = names
+                .iter()
+                .copied()
+                .filter(|n| root.join("events/syscalls").join(n).is_dir())
+                .collect();
+            if !present.is_empty() {
+                self.attach_tracepoints(program, "syscalls", &present)?;
+                return Ok(SyscallHook::Tracepoints(present.len()));
+            }
+        }
+        tracing::info!(
+            "probe {}: no tracefs (mount it, or give CAP_SYS_ADMIN to mount one): {} runs on every syscall of the host",
+            self.family,
+            fallback.0
+        );
+        self.attach_raw_tp(fallback.0, fallback.1)?;
+        Ok(SyscallHook::Raw)
     }
 
     /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed

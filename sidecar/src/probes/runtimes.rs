@@ -404,8 +404,15 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     }
     // Syscall tracepoints need tracefs, often not mounted in a container: mount our own (in
     // our mount namespace) when we may; without it only lag and HTTP durations are missing.
-    mount_tracefs();
-    if let Err(e) = attach_syscall_tracepoints(&mut obj) {
+    let attached = match super::object::tracefs() {
+        Some(_) => attach_syscall_tracepoints(&mut obj),
+        None => Err(ProbeError::Attach {
+            family: "runtimes",
+            what: "syscall tracepoints".into(),
+            detail: "no tracefs at /sys/kernel/tracing".into(),
+        }),
+    };
+    if let Err(e) = attached {
         tracing::warn!(
             "runtimes: node event-loop lag and HTTP durations off (needs tracefs, or CAP_SYS_ADMIN to mount it): {e}"
         );
@@ -511,29 +518,6 @@ fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
         "syscalls",
         &["sys_enter_write", "sys_enter_writev"],
     )
-}
-
-fn mount_tracefs() {
-    let ok = |p: &str| Path::new(p).join("events").is_dir();
-    if ok("/sys/kernel/tracing") || ok("/sys/kernel/debug/tracing") {
-        return;
-    }
-    // SAFETY: constant NUL-terminated strings; a failure only leaves tracefs unmounted.
-    let r = unsafe {
-        libc::mount(
-            c"tracefs".as_ptr(),
-            c"/sys/kernel/tracing".as_ptr(),
-            c"tracefs".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if r != 0 {
-        tracing::debug!(
-            "runtimes: mounting tracefs: {}",
-            std::io::Error::last_os_error()
-        );
-    }
 }
 
 /// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or

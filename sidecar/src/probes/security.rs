@@ -38,6 +38,29 @@ pub const KINDS: [&str; SEC_KINDS as usize] = [
     "tls_sample",
 ];
 
+/// The entry tracepoints of the syscalls `watched_kind()` in security.bpf.c reports.
+const WATCHED_SYSCALLS: &[&str] = &[
+    "sys_enter_setuid",
+    "sys_enter_setgid",
+    "sys_enter_setreuid",
+    "sys_enter_setregid",
+    "sys_enter_setresuid",
+    "sys_enter_setresgid",
+    "sys_enter_capset",
+    "sys_enter_ptrace",
+    "sys_enter_mount",
+    "sys_enter_umount",
+    "sys_enter_unshare",
+    "sys_enter_setns",
+    "sys_enter_init_module",
+    "sys_enter_finit_module",
+    "sys_enter_bpf",
+    "sys_enter_open",
+    "sys_enter_openat",
+    "sys_enter_openat2",
+    "sys_enter_connect",
+];
+
 /// Paths whose opening for write is reported, by prefix (`--sensitive-path` replaces them).
 pub const DEFAULT_SENSITIVE: &[&str] = &[
     "/etc/passwd",
@@ -96,7 +119,11 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
                 .map_err(|e| map_err(e.to_string()))?;
         }
     }
-    obj.attach_raw_tp("security_sys_enter", "sys_enter")?;
+    obj.attach_syscall_hook(
+        "security_syscall",
+        WATCHED_SYSCALLS,
+        ("security_sys_enter", "sys_enter"),
+    )?;
     obj.attach_raw_tp("security_exec", "sched_process_exec")?;
     obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
     let sensitive = Sensitive::load(&mut obj, opts)?;

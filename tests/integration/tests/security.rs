@@ -200,19 +200,24 @@ fn each_event_kind_appears_exactly_once_and_only_from_the_target() {
         assert!(l.contains("\"kind\":\"privilege\""), "{l}");
     }
     let counts = kind_counts(&lines);
+    // The family hooks the watched syscalls' own tracepoints. A kernel built without module
+    // support has none for init_module/finit_module (the calls are ENOSYS stubs): nothing to see.
+    let modules = std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module")
+        .is_dir();
     let expected: std::collections::BTreeMap<String, usize> = [
         ("exec", 2), // the workload (docker exec) and sh
         ("shell", 1),
         ("privilege", 1),
         ("ptrace", 1),
         ("namespace", 1),
-        ("module", 1),
+        ("module", usize::from(modules)),
         ("bpf", 1),
         ("sensitive_open", 1),
         ("connect_new_peer", 1),
         ("listen_new_port", 1),
     ]
     .into_iter()
+    .filter(|(_, n)| *n > 0)
     .map(|(k, n)| (k.to_string(), n))
     .collect();
     assert_eq!(counts, expected, "{lines:#?}");
@@ -230,7 +235,9 @@ fn each_event_kind_appears_exactly_once_and_only_from_the_target() {
     assert_eq!(find("shell")["filename"], "/bin/sh");
     assert_eq!(find("shell")["parent_comm"], "security_kinds");
     assert_eq!(find("namespace")["syscall"], "unshare");
-    assert_eq!(find("module")["syscall"], "finit_module");
+    if modules {
+        assert_eq!(find("module")["syscall"], "finit_module");
+    }
     assert_eq!(find("sensitive_open")["path"], "/etc/passwd");
     assert_eq!(find("connect_new_peer")["peer"], "127.0.0.1:1");
     assert_eq!(find("listen_new_port")["port"], 48123);
