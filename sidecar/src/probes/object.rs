@@ -73,10 +73,14 @@ pub enum SyscallHook {
 
 /// The tracefs root, mounted in our own mount namespace when nobody has (containers rarely have
 /// it; mounting needs CAP_SYS_ADMIN). Decided once, before any tracepoint is attached: aya
-/// remembers the tracefs path it finds first.
+/// remembers the tracefs path it finds first. `EBPF_SIDECAR_TRACEFS=off` pretends there is none
+/// (the raw-tracepoint fallbacks: for comparing both hooks).
 pub fn tracefs() -> Option<&'static Path> {
     static ROOT: OnceLock<Option<&'static Path>> = OnceLock::new();
     *ROOT.get_or_init(|| {
+        if std::env::var_os("EBPF_SIDECAR_TRACEFS").is_some_and(|v| v == "off") {
+            return None;
+        }
         let ok = |p: &'static str| Path::new(p).join("events").is_dir().then(|| Path::new(p));
         if let Some(p) = ok("/sys/kernel/tracing").or_else(|| ok("/sys/kernel/debug/tracing")) {
             return Some(p);

@@ -156,6 +156,58 @@ fn run_writes_the_profile_and_counts_risky_syscalls() {
     assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
 }
 
+/// The family hooks the watched syscalls' own tracepoints, or raw sys_enter when tracefs is out of
+/// reach: both must see the same attempts (module loads aside, see below).
+#[test]
+fn the_raw_tracepoint_fallback_sees_the_same_events() {
+    require_root();
+    let w = workload("security_kinds");
+    let counts = |tracefs: &str| {
+        let prom = std::env::temp_dir().join(format!("ebpf-sidecar-sec-hook-{tracefs}.prom"));
+        let port = format!("127.0.0.1:{}", free_port());
+        let st = std::process::Command::new(sidecar_bin())
+            .env("EBPF_SIDECAR_TRACEFS", tracefs)
+            .args(["run", "--listen", &port, "--probes", "security,net"])
+            .arg("--metrics-out")
+            .arg(&prom)
+            .arg("--")
+            .arg(&w)
+            .arg("once")
+            .status()
+            .unwrap();
+        assert_eq!(st.code(), Some(0));
+        let m = Metrics::parse(&std::fs::read_to_string(&prom).unwrap());
+        let kinds: std::collections::BTreeMap<&str, f64> = [
+            "privilege",
+            "ptrace",
+            "namespace",
+            "module",
+            "bpf",
+            "sensitive_open",
+            "connect_new_peer",
+        ]
+        .into_iter()
+        .map(|k| (k, m.sum("ebpf_sidecar_security_events_total", &[("kind", k)])))
+        .collect();
+        (kinds, m.sum("ebpf_sidecar_tcp_connect_errors_total", &[]))
+    };
+    let (raw, raw_refused) = counts("off");
+    let (tp, tp_refused) = counts("on");
+    for k in ["privilege", "ptrace", "namespace", "bpf", "sensitive_open", "connect_new_peer"] {
+        assert_eq!(raw[k], 1.0, "{k} through raw sys_enter: {raw:?}");
+        assert_eq!(tp[k], 1.0, "{k} through the syscall tracepoints: {tp:?}");
+    }
+    // finit_module: raw sys_enter sees the ENOSYS stub of a kernel without module support; the
+    // per-syscall tracepoint exists only where modules do.
+    let modules = std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module")
+        .is_dir();
+    assert_eq!(raw["module"], 1.0);
+    assert_eq!(tp["module"], f64::from(u8::from(modules)));
+    // Two connects to port 1 (nothing listens): the net family's error hook took the same route.
+    assert_eq!(raw_refused, 2.0, "ECONNREFUSED through raw sys_exit");
+    assert_eq!(tp_refused, 2.0, "ECONNREFUSED through sys_exit_connect");
+}
+
 fn kind_counts(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
     let mut m = std::collections::BTreeMap::new();
     for l in lines {
