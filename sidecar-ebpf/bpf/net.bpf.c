@@ -162,7 +162,7 @@ static __always_inline int sk_in_target_btf(const struct sock *sk)
 /* ---- packets and bytes, DNS, capture (cgroup_skb or tc), connection events ---- */
 
 /* HTTP/1.x from TCP segments (below), called by the packet programs. */
-static __always_inline void http_skb(struct __sk_buff *skb, int in);
+static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off);
 
 #include "net_pkt.bpf.h"
 
@@ -639,36 +639,24 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 }
 
 /* Payload at the start of a TCP segment of the target's sockets (cgroup_skb: the packet from
- * its IP header). A request or status line starts a segment when the program wrote it at once
- * after the previous exchange, which HTTP/1.x clients and servers do. */
-static __always_inline void http_skb(struct __sk_buff *skb, int in)
+ * its IP header; `off`: where the payload starts, found by pkt()). A request or status line
+ * starts a segment when the program wrote it at once after the previous exchange, which
+ * HTTP/1.x clients and servers do. */
+static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off)
 {
-	__u8 b0 = 0, proto = 0, doff = 0;
-	__u32 off;
-
-	if (bpf_skb_load_bytes(skb, 0, &b0, 1))
-		return;
-	if ((b0 >> 4) == 4) {
-		bpf_skb_load_bytes(skb, 9, &proto, 1);
-		off = (b0 & 0xf) * 4;
-	} else if ((b0 >> 4) == 6) {
-		bpf_skb_load_bytes(skb, 6, &proto, 1);
-		off = 40;
-	} else {
-		return;
-	}
-	if (proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, off + 12, &doff, 1))
-		return;
-	off += (doff >> 4) * 4;
-	if (skb->len < off + 16)
-		return; /* no payload (a pure ACK, SYN, FIN) or too little for a request or status line */
-
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
 	char b[16] = {};
-	__u32 len = skb->len - off;
 
 	/* The shortest request ("GET / HTTP/1.0\r\n\r\n") and status line ("HTTP/1.1 200 OK\r\n")
-	 * are longer than 16 bytes: a shorter segment is the rest of something else. */
-	if (len < 16 || bpf_skb_load_bytes(skb, off, b, 16))
+	 * are longer than 16 bytes: a shorter segment is the rest of something else. A pure ACK,
+	 * SYN or FIN never gets here. */
+	if (skb->len < off + 16)
+		return;
+	/* Small answers are often linear; a sent stream sits in page fragments. */
+	if (off < 256 && data + off + 16 <= end)
+		__builtin_memcpy(b, data + off, 16);
+	else if (bpf_skb_load_bytes(skb, off, b, 16))
 		return;
 	if (!((b[0] >= 'A' && b[0] <= 'Z')))
 		return;

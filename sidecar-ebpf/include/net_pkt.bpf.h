@@ -246,13 +246,14 @@ static __always_inline void pcap(struct __sk_buff *skb, __u32 dir, struct net_pc
 
 /* `l3` is where the IP header starts: 0 for cgroup_skb (no link header), ETH_HLEN for tc.
  * Headers are read in place (direct packet access) when they are in the linear part, which is
- * the rule for locally built and GRO'd packets; otherwise through the load helper. */
-static __always_inline void pkt(struct __sk_buff *skb, __u32 dir, __u32 l3)
+ * the rule for locally built and GRO'd packets; otherwise through the load helper. Returns where
+ * the payload of a TCP segment starts (0: not TCP, or no payload), for the HTTP recognition. */
+static __always_inline __u32 pkt(struct __sk_buff *skb, __u32 dir, __u32 l3)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
 	__u8 ip[10] = {};
-	__u32 fam = 2, p = 4, l4 = 0;
+	__u32 fam = 2, p = 4, l4 = 0, payload = 0;
 	__u8 vhl, proto = 0;
 
 	if (data + l3 + 10 <= end)
@@ -290,31 +291,32 @@ count:;
 	}
 
 	if (p <= 1) {
-		__be16 ports[2] = {};
+		/* ports, and for TCP the data offset (byte 12) */
+		__u8 h[13] = {};
 
-		if (data + l4 + 4 <= end && l4 < 256)
-			__builtin_memcpy(ports, data + l4, 4);
+		if (l4 < 256 && data + l4 + 13 <= end)
+			__builtin_memcpy(h, data + l4, 13);
+		else if (p == 0)
+			bpf_skb_load_bytes(skb, l4, h, 13);
 		else
-			bpf_skb_load_bytes(skb, l4, ports, 4);
-		__u16 sport = bpf_ntohs(ports[0]), dport = bpf_ntohs(ports[1]);
+			bpf_skb_load_bytes(skb, l4, h, 4);
+		__u16 sport = (h[0] << 8) | h[1], dport = (h[2] << 8) | h[3];
 
+		if (p == 0) {
+			__u32 pl = l4 + (h[12] >> 4) * 4;
+
+			payload = skb->len > pl ? pl : 0;
+		}
 		if (sport == 53 || dport == 53) {
 			__u16 client = sport == 53 ? dport : sport;
 
-			if (p == 1) {
+			/* TCP: a message starting a segment (2-byte length prefix, then the header);
+			 * messages split across segments or several per segment are only counted
+			 * when one starts a segment. */
+			if (p == 1)
 				dns_message(skb, l4 + 8, client, 17);
-			} else {
-				/* TCP: a message starting a segment (2-byte length prefix, then the
-				 * header); messages split across segments or several per segment
-				 * are only counted when one starts a segment. */
-				__u8 doff = 0;
-
-				bpf_skb_load_bytes(skb, l4 + 12, &doff, 1);
-				__u32 pl = l4 + (doff >> 4) * 4;
-
-				if (skb->len >= pl + 2 + 12)
-					dns_message(skb, pl + 2, client, 6);
-			}
+			else if (payload && skb->len >= payload + 2 + 12)
+				dns_message(skb, payload + 2, client, 6);
 		}
 	}
 
@@ -323,6 +325,7 @@ count:;
 
 	if (cfg && cfg->enabled)
 		pcap(skb, dir, cfg);
+	return payload;
 }
 
 /* No sidecar_in_target() here: the program is attached to the target's cgroup only, and runs
@@ -330,18 +333,20 @@ count:;
 SEC("cgroup_skb/ingress")
 int net_ingress(struct __sk_buff *skb)
 {
-	pkt(skb, 0, 0);
-	if (http_enabled && !http_syscalls)
-		http_skb(skb, 1);
+	__u32 payload = pkt(skb, 0, 0);
+
+	if (http_enabled && !http_syscalls && payload)
+		http_skb(skb, 1, payload);
 	return 1;
 }
 
 SEC("cgroup_skb/egress")
 int net_egress(struct __sk_buff *skb)
 {
-	pkt(skb, 1, 0);
-	if (http_enabled && !http_syscalls)
-		http_skb(skb, 0);
+	__u32 payload = pkt(skb, 1, 0);
+
+	if (http_enabled && !http_syscalls && payload)
+		http_skb(skb, 0, payload);
 	return 1;
 }
 
