@@ -731,10 +731,10 @@ fn follow(
     }
     drop(ns);
     // This thread may have been started before the sidecar dropped its capabilities (threads
-    // keep their own): keep only what attaching needs, as the rest of the process does.
+    // keep their own): keep only what attaching needs (TCX links: NET_ADMIN, and SYS_ADMIN for
+    // bpf(), which the sidecar keeps in this mode anyway).
     let keep: caps::CapsHashSet = [
         caps::Capability::CAP_NET_ADMIN,
-        caps::Capability::CAP_BPF,
         caps::Capability::CAP_SYS_ADMIN,
     ]
     .into_iter()
@@ -924,6 +924,30 @@ mod tests {
         assert_eq!(u32::from_le_bytes(r[4..8].try_into().unwrap()), 123_456_789);
         assert_eq!(u32::from_le_bytes(r[8..12].try_into().unwrap()), 3);
         assert_eq!(u32::from_le_bytes(r[12..16].try_into().unwrap()), 100);
+    }
+
+    #[test]
+    fn link_deletions_are_read_from_netlink_datagrams() {
+        let msg = |ty: u16, index: i32, len: u32| {
+            let mut m = Vec::new();
+            m.extend_from_slice(&len.to_ne_bytes());
+            m.extend_from_slice(&ty.to_ne_bytes());
+            m.extend_from_slice(&[0u8; 10]); // flags, seq, pid
+            m.extend_from_slice(&[0u8; 4]); // ifi_family, pad, ifi_type
+            m.extend_from_slice(&index.to_ne_bytes());
+            m.resize(len.next_multiple_of(4) as usize, 0);
+            m
+        };
+        let mut d = msg(libc::RTM_NEWLINK, 5, 32);
+        d.extend(msg(libc::RTM_DELLINK, 7, 30)); // padded to 32
+        d.extend(msg(libc::RTM_DELLINK, 9, 32));
+        let mut out = BTreeSet::new();
+        link_deletions(&d, &mut out);
+        assert_eq!(out.into_iter().collect::<Vec<_>>(), [7, 9]);
+        // A truncated datagram stops the walk without reading past it.
+        let mut out = BTreeSet::new();
+        link_deletions(&msg(libc::RTM_DELLINK, 3, 32)[..20], &mut out);
+        assert!(out.is_empty());
     }
 
     #[test]
