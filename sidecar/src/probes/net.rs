@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use aya::maps::{PerCpuArray, PerCpuHashMap};
@@ -39,7 +40,8 @@ struct Attached {
 }
 
 pub struct Net {
-    obj: Object,
+    /// Shared with the thread that follows the interfaces in --net-mode netns.
+    obj: Arc<Object>,
     attached: Mutex<Option<Attached>>,
     peers: LabelBudget,
     ports: LabelBudget,
@@ -49,6 +51,8 @@ pub struct Net {
     http_from_packets: bool,
     mode: NetMode,
     tc: Mutex<Option<net_pkt::TcAttached>>,
+    /// Interfaces the classifiers are attached to now (--net-mode netns).
+    tc_interfaces: Arc<AtomicUsize>,
     capture: Arc<net_pkt::Capture>,
     events: net_pkt::Events,
 }
@@ -112,7 +116,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let capture = Arc::new(net_pkt::Capture::new(&obj, opts.allow_pcap, opts.net_mode)?);
     let events = net_pkt::Events::new(&obj, opts.net_events)?;
     Ok(Arc::new(Net {
-        obj,
+        obj: Arc::new(obj),
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
@@ -120,6 +124,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         http_from_packets: opts.net_http && !http_syscalls,
         mode: opts.net_mode,
         tc: Mutex::new(None),
+        tc_interfaces: Arc::new(AtomicUsize::new(0)),
         capture,
         events,
     }))
@@ -204,12 +209,12 @@ impl Net {
             return Ok(());
         }
         if let Some(old) = tc.take() {
-            net_pkt::detach_netns(&self.obj, old);
+            net_pkt::detach_netns(old);
         }
         let Some((netns, pid)) = want else {
             return Ok(());
         };
-        let att = net_pkt::attach_netns(&self.obj, pid, netns, cgroup)?;
+        let att = net_pkt::attach_netns(&self.obj, pid, netns, cgroup, &self.tc_interfaces)?;
         tracing::info!(
             netns,
             interfaces = att.interfaces.join(","),
@@ -435,6 +440,14 @@ impl Probe for Net {
             "Bytes of the target's packets at the IP layer (IP and transport headers included), by direction, IP family and protocol.",
             pkts.iter().map(|(s, v)| (slot_labels(*s), v.bytes)),
         )?;
+        if self.mode == NetMode::Netns {
+            encode::gauge(
+                enc,
+                "ebpf_sidecar_net_tc_interfaces",
+                "Interfaces of the target's network namespace the tc classifiers are attached to now (--net-mode netns); interfaces that appear later are added, removed ones dropped.",
+                [(vec![], self.tc_interfaces.load(Ordering::Relaxed) as i64)],
+            )?;
+        }
         encode::counter(
             enc,
             "ebpf_sidecar_tcp_connections",

@@ -2,7 +2,6 @@
 //! network things on loopback (tests/integration/workloads/net_traffic.c), in `run` mode and in
 //! Docker containers; nothing from unmonitored processes; a bounded peer label.
 
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -345,7 +344,7 @@ fn trigger(c: &Container, nth: usize) -> String {
 fn last_port(logs: &str) -> u64 {
     logs.lines()
         .filter_map(|l| l.strip_prefix("port="))
-        .last()
+        .next_back()
         .unwrap()
         .trim()
         .parse()

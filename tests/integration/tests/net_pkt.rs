@@ -552,6 +552,184 @@ fn netns_mode_sees_the_whole_namespace_cgroup_mode_only_the_target() {
     drop(app);
 }
 
+/// `ip` on the host, or in the network namespace of `pid` (nsenter runs the host's `ip` there,
+/// so the container needs no iproute2); must succeed.
+fn ip(pid: Option<u32>, args: &[&str]) {
+    let ns = pid.map(|p| format!("--net=/proc/{p}/ns/net"));
+    let out = match &ns {
+        Some(ns) => Command::new("nsenter")
+            .arg(ns)
+            .arg("ip")
+            .args(args)
+            .output(),
+        None => Command::new("ip").args(args).output(),
+    }
+    .expect("ip (iproute2) and nsenter (util-linux)");
+    assert!(
+        out.status.success(),
+        "ip {args:?} in {pid:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// TCX links the process `pid` holds (each is a bpf_link fd whose fdinfo says so).
+fn tcx_links(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path()).ok())
+        .filter(|info| info.contains("link_type:\ttcx"))
+        .count()
+}
+
+/// Deletes the host end of the test's veth pair (and with it the pair) however the test ends.
+struct Veth(&'static str);
+
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Interfaces that appear in the target's namespace after the attach are followed: a veth pair
+/// made by the test with one end in the container (10.231.77.0/30, private to the test) is
+/// covered as soon as it appears, N echoed datagrams over it are counted exactly, and the
+/// interface leaving the namespace (moved out, then deleted) takes its links with it while the
+/// remaining interfaces keep counting.
+#[test]
+fn netns_mode_follows_interfaces_added_and_removed() {
+    require_root();
+    docker::ok(&["image", "inspect", "-f", "{{.Id}}", "debian:bookworm-slim"]);
+    let (port, n, size) = (9056u16, 9usize, 200usize);
+    // Interface names are at most 15 bytes: the family prefix is shortened to ebpfsc-ns.
+    let (host_end, app_end) = ("ebpfsc-ns0h", "ebpfsc-ns0c");
+    let (host_ip, app_ip) = ("10.231.77.1", "10.231.77.2");
+    let name = "ebpf-sidecar-netns-follow";
+    let _ = Command::new("ip")
+        .args(["link", "del", host_end])
+        .stderr(Stdio::null())
+        .status();
+    let app = echo_container(name, port);
+    let pid = app.host_pid();
+    let sc = Sidecar::start(&[
+        "--target-container",
+        name,
+        "--probes",
+        "net",
+        "--net-mode",
+        "netns",
+    ]);
+    let gauge = |m: &Metrics| m.get("ebpf_sidecar_net_tc_interfaces", &[]);
+    let wait_gauge = |want: f64| {
+        wait_for(
+            &format!("ebpf_sidecar_net_tc_interfaces == {want}"),
+            Duration::from_secs(10),
+            || (gauge(&sc.scrape()) == Some(want)).then_some(()),
+        )
+    };
+    wait_gauge(2.0); // lo, eth0
+    assert_eq!(tcx_links(sc.pid()), 4, "ingress + egress on lo and eth0");
+    let udp = |m: &Metrics, dir: &str, metric: &str| {
+        m.sum(
+            metric,
+            &[("direction", dir), ("family", "ipv4"), ("protocol", "udp")],
+        )
+    };
+    let counts = |m: &Metrics| {
+        [
+            udp(m, "ingress", "ebpf_sidecar_network_packets_total"),
+            udp(m, "egress", "ebpf_sidecar_network_packets_total"),
+            udp(m, "ingress", "ebpf_sidecar_network_bytes_total"),
+            udp(m, "egress", "ebpf_sidecar_network_bytes_total"),
+        ]
+    };
+
+    // A veth pair made after the attach, one end created right in the container's namespace.
+    let _veth = Veth(host_end);
+    let netns = pid.to_string();
+    ip(
+        None,
+        &[
+            "link", "add", host_end, "type", "veth", "peer", "name", app_end, "netns", &netns,
+        ],
+    );
+    ip(
+        None,
+        &["addr", "add", &format!("{host_ip}/30"), "dev", host_end],
+    );
+    ip(None, &["link", "set", host_end, "up"]);
+    ip(
+        Some(pid),
+        &["addr", "add", &format!("{app_ip}/30"), "dev", app_end],
+    );
+    ip(Some(pid), &["link", "set", app_end, "up"]);
+    wait_gauge(3.0);
+    assert_eq!(tcx_links(sc.pid()), 6);
+    assert!(sc.log_text().contains(app_end), "{}", sc.log_text());
+
+    let before = counts(&sc.scrape());
+    let s = UdpSocket::bind((host_ip, 0)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut buf = [0u8; 4096];
+    for _ in 0..n {
+        s.send_to(&vec![b'v'; size], (app_ip, port)).unwrap();
+        let got = s.recv(&mut buf).expect("echo over the new veth");
+        assert_eq!(got, size);
+    }
+    let after = counts(&sc.scrape());
+    // Each datagram enters the namespace once (the new veth's ingress) and its echo leaves once
+    // (its egress); bytes at the IP layer: 20 (IPv4) + 8 (UDP) + payload.
+    let bytes = (n * (20 + 8 + size)) as f64;
+    let delta: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [n as f64, n as f64, bytes, bytes], "{after:?}");
+
+    // Moved out of the namespace (back to the test's own): forgotten, its links closed.
+    let me = std::process::id().to_string();
+    ip(Some(pid), &["link", "set", app_end, "netns", &me]);
+    wait_gauge(2.0);
+    assert_eq!(
+        tcx_links(sc.pid()),
+        4,
+        "no link left on the moved interface"
+    );
+    // A second interface added and deleted: followed both ways.
+    ip(
+        None,
+        &[
+            "link",
+            "add",
+            "ebpfsc-ns1h",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "ebpfsc-ns1c",
+            "netns",
+            &netns,
+        ],
+    );
+    wait_gauge(3.0);
+    ip(None, &["link", "del", "ebpfsc-ns1h"]);
+    wait_gauge(2.0);
+    assert_eq!(tcx_links(sc.pid()), 4);
+
+    // The sidecar keeps serving, and the remaining interfaces keep counting (eth0 here).
+    let before = counts(&sc.scrape());
+    echo(&app, port, n, size);
+    let after = counts(&sc.scrape());
+    let delta: Vec<f64> = after.iter().zip(before).map(|(a, b)| a - b).collect();
+    assert_eq!(delta, [n as f64, n as f64, bytes, bytes], "{after:?}");
+    let log = sc.log_text();
+    assert!(
+        !log.contains("ERROR") && !log.contains("WARN"),
+        "no error or warning while following interfaces:\n{log}"
+    );
+    drop(sc);
+    drop(app);
+}
+
 /// --net-mode netns without CAP_SYS_ADMIN (kept: CAP_BPF, CAP_PERFMON, CAP_NET_ADMIN): the start
 /// fails and names the missing capability and what it is for.
 #[test]
