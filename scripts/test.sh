@@ -10,4 +10,4 @@ scripts/images.sh
 # One thread: the end-to-end tests share the kernel, dockerd and the machine's two CPUs.
 cargo test --release --workspace --locked --no-fail-fast -- --test-threads=1
 cargo fmt --all --check
-cargo clippy --release --all-targets --locked -- -D warnings
+cargo clippy --release --workspace --all-targets --locked -- -D warnings

@@ -44,14 +44,14 @@ fn direct(bin: &Path, args: &[String]) -> Result<Sample> {
     parse(&String::from_utf8_lossy(&out.stdout))
 }
 
-/// One workload run under `ebpf-sidecar run --probes disk,files`. With `stats`, also returns the
-/// final per-program (run ns, runs) from --bpf-stats.
+/// One workload run under `ebpf-sidecar run --probes disk,files`. With `stats`, also the final
+/// cost of each program from --bpf-stats.
 fn sidecar(
     bin: &Path,
     args: &[String],
     probes: &str,
     stats: bool,
-) -> Result<(Sample, BTreeMap<String, (f64, f64)>)> {
+) -> Result<(Sample, Vec<ProgCost>)> {
     let out_file = std::env::temp_dir().join("ebpf-sidecar-bench-disk.prom");
     let _ = std::fs::remove_file(&out_file);
     let mut c = Command::new(sidecar_bin()?);
@@ -73,31 +73,7 @@ fn sidecar(
     }
     let sample = parse(&String::from_utf8_lossy(&out.stdout))?;
     let text = std::fs::read_to_string(&out_file).unwrap_or_default();
-    let mut progs: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for (metric, slot) in [
-        ("ebpf_sidecar_bpf_program_run_seconds_total{", 0),
-        ("ebpf_sidecar_bpf_program_runs_total{", 1),
-    ] {
-        for l in text.lines().filter(|l| l.starts_with(metric)) {
-            let Some(p) = l
-                .split("program=\"")
-                .nth(1)
-                .and_then(|r| r.split('"').next())
-            else {
-                continue;
-            };
-            let v: f64 = l
-                .rsplit_once(' ')
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0.0);
-            let e = progs.entry(p.to_string()).or_default();
-            if slot == 0 {
-                e.0 += v * 1e9;
-            } else {
-                e.1 += v;
-            }
-        }
-    }
+    let progs = prog_costs(&text);
     Ok((sample, progs))
 }
 
@@ -195,11 +171,10 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
     let mut o = String::new();
     writeln!(
         o,
-        "## Disk and files: median of {repeat} interleaved runs\n\nkernel {}, disk {} (virtio, mq-deadline), files on the root ext4. Sequential: {mib} MiB written with O_DIRECT in 1 MiB writes + fsync, then read back with O_DIRECT. Small reads: {small} buffered 512-byte preads of a cached 1 MiB file.\n",
+        "## Disk and files: median of {repeat} interleaved runs\n\nkernel {}, disk vda (virtio, mq-deadline), files on the root ext4. Sequential: {mib} MiB written with O_DIRECT in 1 MiB writes + fsync, then read back with O_DIRECT. Small reads: {small} buffered 512-byte preads of a cached 1 MiB file.\n",
         std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim(),
-        "vda"
     )?;
     writeln!(
         o,
@@ -225,9 +200,10 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
     writeln!(o, "| program | workload | runs | ns per run |")?;
     writeln!(o, "|---|---|---:|---:|")?;
     for (w, progs) in [("seq", &seq_progs), ("small", &small_progs)] {
-        for (p, (ns, runs)) in progs.iter() {
-            if *runs > 0.0 && (p.starts_with("disk_") || p.starts_with("files_")) {
-                writeln!(o, "| {p} | {w} | {runs:.0} | {:.1} |", ns / runs)?;
+        for c in progs.iter() {
+            let p = &c.program;
+            if c.runs > 0.0 && (p.starts_with("disk_") || p.starts_with("files_")) {
+                writeln!(o, "| {p} | {w} | {:.0} | {:.1} |", c.runs, c.ns_per_run())?;
             }
         }
     }
@@ -237,21 +213,19 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
     )?;
     // Throughput on this VM's disk swings by tens of percent between runs; the kernel time the
     // programs add is a steadier measure of the cost.
-    let ours = |progs: &BTreeMap<String, (f64, f64)>| -> f64 {
+    let ns_of = |progs: &[ProgCost], prefixes: &[&str]| -> f64 {
         progs
             .iter()
-            .filter(|(p, _)| p.starts_with("disk_") || p.starts_with("files_"))
-            .map(|(_, (ns, _))| ns)
+            .filter(|c| prefixes.iter().any(|p| c.program.starts_with(p)))
+            .map(|c| c.seconds * 1e9)
             .sum()
     };
-    let disk_ns: f64 = seq_progs
-        .iter()
-        .filter(|(p, _)| p.starts_with("disk_"))
-        .map(|(_, (ns, _))| ns)
-        .sum();
+    let ours = |progs: &[ProgCost]| ns_of(progs, &["disk_", "files_"]);
+    let disk_ns = ns_of(&seq_progs, &["disk_"]);
     let completions = seq_progs
-        .get("disk_rq_complete")
-        .map(|p| p.1)
+        .iter()
+        .find(|c| c.program == "disk_rq_complete")
+        .map(|c| c.runs)
         .unwrap_or(0.0);
     let per_request = disk_ns / completions.max(1.0);
     let request_ns = 1e9 * (2 * mib) as f64 / completions.max(1.0) / ((bw + br) / 2.0);

@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -37,65 +37,27 @@ fn once(bin: &std::path::Path, mode: &str, n: u64) -> Result<f64> {
 }
 
 /// The workload under `ebpf-sidecar run --probes net`; with `stats`, also the cost of each of
-/// the family's programs as (program, ns per run, runs).
+/// the family's programs.
 fn under_sidecar(
     bin: &std::path::Path,
     mode: &str,
     n: u64,
     stats: bool,
     extra: &[&str],
-) -> Result<(f64, Vec<(String, f64, f64)>)> {
-    let port = free_port();
-    let script = format!("{} {mode} {n}; sleep 2", bin.display());
-    let mut child = Command::new(sidecar_bin()?)
-        .args([
-            "run",
-            "--probes",
-            "net",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .args(if stats { &["--bpf-stats"][..] } else { &[] })
-        .args(extra)
-        .args(["--", "/bin/sh", "-c", &script])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let figure: f64 = lines.next().context("workload output")??.trim().parse()?;
-    let mut costs = Vec::new();
+) -> Result<(f64, Vec<ProgCost>)> {
+    let mut args = vec!["--probes", "net"];
     if stats {
-        let t0 = Instant::now();
-        let body = loop {
-            if let Ok((200, b)) = http_get(port, "/metrics") {
-                break b;
-            }
-            if t0.elapsed() > Duration::from_secs(5) {
-                bail!("no scrape");
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        for line in body.lines() {
-            let Some(rest) = line.strip_prefix("ebpf_sidecar_bpf_program_run_seconds_total{")
-            else {
-                continue;
-            };
-            let Some(prog) = rest.split('"').nth(1) else {
-                continue;
-            };
-            let secs = metric_sum(
-                &body,
-                &format!("ebpf_sidecar_bpf_program_run_seconds_total{{program=\"{prog}\""),
-            );
-            let runs = metric_sum(
-                &body,
-                &format!("ebpf_sidecar_bpf_program_runs_total{{program=\"{prog}\""),
-            );
-            costs.push((prog.to_string(), secs * 1e9 / runs.max(1.0), runs));
-        }
+        args.push("--bpf-stats");
     }
-    child.wait()?;
-    Ok((figure, costs))
+    args.extend_from_slice(extra);
+    let (first, metrics) =
+        crate::util::under_sidecar(&args, &format!("{} {mode} {n}", bin.display()))?;
+    let costs = if stats {
+        prog_costs(&metrics)
+    } else {
+        Vec::new()
+    };
+    Ok((first.trim().parse()?, costs))
 }
 
 /// Both workloads with bpftrace attached; with `cost`, one more short-connection run with
@@ -239,15 +201,18 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
         "| program (bpf_stats) | stream: ns/run | stream: runs | short conns: ns/run | short conns: runs |"
     )?;
     writeln!(o, "|---|---:|---:|---:|---:|")?;
-    for (prog, ns, runs) in &stream_costs {
+    for c in &stream_costs {
         let (cns, cruns) = conn_costs
             .iter()
-            .find(|c| &c.0 == prog)
-            .map(|c| (c.1, c.2))
+            .find(|k| k.program == c.program)
+            .map(|k| (k.ns_per_run(), k.runs))
             .unwrap_or((0.0, 0.0));
         writeln!(
             o,
-            "| {prog} | {ns:.1} | {runs:.0} | {cns:.1} | {cruns:.0} |"
+            "| {} | {:.1} | {:.0} | {cns:.1} | {cruns:.0} |",
+            c.program,
+            c.ns_per_run(),
+            c.runs
         )?;
     }
     writeln!(
@@ -257,7 +222,7 @@ pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     )?;
     // Throughput on shared CPUs is noisy; the kernel time the programs add is not. Per unit of
     // work, against the unit's own cost without a monitor.
-    let total = |c: &[(String, f64, f64)]| c.iter().map(|p| p.1 * p.2).sum::<f64>();
+    let total = |c: &[ProgCost]| c.iter().map(|p| p.seconds * 1e9).sum::<f64>();
     let per_mib = total(&stream_costs) / mib as f64;
     let per_conn = total(&conn_costs) / conns as f64;
     let bt_per_conn = bt_prog * bt_runs / conns as f64;

@@ -31,9 +31,9 @@ fn plain(calls: u64) -> Result<f64> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().parse()?)
 }
 
-/// One run under `ebpf-sidecar run`; returns (ns per call, per-program (name, ns per run, runs),
-/// calls counted for the loop's function).
-fn sidecar(calls: u64, stats: bool) -> Result<(f64, Vec<(String, f64, f64)>, f64)> {
+/// One run under `ebpf-sidecar run`: ns per call, the cost of each runtimes program, and the
+/// calls counted for the loop's function.
+fn sidecar(calls: u64, stats: bool) -> Result<(f64, Vec<ProgCost>, f64)> {
     let out = std::env::temp_dir().join("ebpf-sidecar-bench-runtimes.prom");
     let _ = std::fs::remove_file(&out);
     let o = Command::new(sidecar_bin()?)
@@ -59,18 +59,10 @@ fn sidecar(calls: u64, stats: bool) -> Result<(f64, Vec<(String, f64, f64)>, f64
         .output()?;
     let ns: f64 = String::from_utf8_lossy(&o.stdout).trim().parse()?;
     let text = std::fs::read_to_string(&out)?;
-    let mut progs = Vec::new();
-    for p in ["rt_call", "rt_begin", "rt_end", "rt_count"] {
-        let s = metric_sum(
-            &text,
-            &format!("ebpf_sidecar_bpf_program_run_seconds_total{{program=\"{p}\""),
-        );
-        let n = metric_sum(
-            &text,
-            &format!("ebpf_sidecar_bpf_program_runs_total{{program=\"{p}\""),
-        );
-        progs.push((p.to_string(), s * 1e9 / n.max(1.0), n));
-    }
+    let progs: Vec<ProgCost> = prog_costs(&text)
+        .into_iter()
+        .filter(|c| ["rt_call", "rt_begin", "rt_end", "rt_count"].contains(&c.program.as_str()))
+        .collect();
     let counted = metric_sum(
         &text,
         "ebpf_sidecar_runtime_function_calls_total{runtime=\"python\",function=\"pycalls:work\"",
@@ -252,8 +244,8 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     writeln!(o, "| no monitor | {b:.0} | 1.00x | |")?;
     let call_cost = progs
         .iter()
-        .find(|p| p.0 == "rt_call")
-        .map(|p| p.1)
+        .find(|p| p.program == "rt_call")
+        .map(ProgCost::ns_per_run)
         .unwrap_or(0.0);
     writeln!(
         o,
@@ -275,8 +267,14 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     )?;
     writeln!(o, "| program | runs | ns per run |")?;
     writeln!(o, "|---|---:|---:|")?;
-    for (p, ns, n) in progs {
-        writeln!(o, "| {p} | {n:.0} | {ns:.0} |")?;
+    for c in progs {
+        writeln!(
+            o,
+            "| {} | {:.0} | {:.0} |",
+            c.program,
+            c.runs,
+            c.ns_per_run()
+        )?;
     }
     let (r0, r1) = (median(&mut rps_off), median(&mut rps_on));
     let (c0, c1) = (median(&mut cpu_off), median(&mut cpu_on));

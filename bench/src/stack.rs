@@ -262,33 +262,6 @@ fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
     let m = free_port();
     let app = start(server, Some(m), &["--bpf-stats"])?;
     let _ = wrk(app.port, 1)?;
-    let series = |text: &str| -> Vec<(String, f64, f64)> {
-        let mut out: Vec<(String, f64, f64)> = Vec::new();
-        for l in text.lines() {
-            for (metric, time) in [
-                ("ebpf_sidecar_bpf_program_run_seconds_total{", true),
-                ("ebpf_sidecar_bpf_program_runs_total{", false),
-            ] {
-                let Some(rest) = l.strip_prefix(metric) else {
-                    continue;
-                };
-                let Some((labels, v)) = rest.rsplit_once("} ") else {
-                    continue;
-                };
-                let Some(prog) = labels.split('"').nth(1) else {
-                    continue;
-                };
-                let v: f64 = v.trim().parse().unwrap_or(0.0);
-                match out.iter_mut().find(|e| e.0 == prog) {
-                    Some(e) if time => e.1 += v,
-                    Some(e) => e.2 += v,
-                    None if time => out.push((prog.to_string(), v, 0.0)),
-                    None => out.push((prog.to_string(), 0.0, v)),
-                }
-            }
-        }
-        out
-    };
     let before = http_get(m, "/metrics")?.1;
     let w = wrk(app.port, seconds)?;
     let after = http_get(m, "/metrics")?.1;
@@ -299,20 +272,20 @@ fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
         .filter_map(|l| l.split('"').next().map(str::to_string))
         .collect();
     let reqs = w.rps * seconds as f64;
-    let b = series(&before);
-    let mut rows: Vec<(String, f64, f64)> = series(&after)
+    let b = util::prog_costs(&before);
+    let mut rows: Vec<util::ProgCost> = util::prog_costs(&after)
         .into_iter()
-        .map(|(p, t, r)| {
-            let (t0, r0) = b
-                .iter()
-                .find(|e| e.0 == p)
-                .map_or((0.0, 0.0), |e| (e.1, e.2));
-            (p, t - t0, r - r0)
+        .map(|mut c| {
+            if let Some(c0) = b.iter().find(|e| e.program == c.program) {
+                c.seconds -= c0.seconds;
+                c.runs -= c0.runs;
+            }
+            c
         })
-        .filter(|e| e.2 > 0.0)
+        .filter(|c| c.runs > 0.0)
         .collect();
-    rows.sort_by(|a, c| c.1.total_cmp(&a.1));
-    let total: f64 = rows.iter().map(|e| e.1).sum();
+    rows.sort_by(|a, c| c.seconds.total_cmp(&a.seconds));
+    let total: f64 = rows.iter().map(|e| e.seconds).sum();
     let mut s = format!(
         "Where the cost goes (a separate {seconds} s round with `--bpf-stats`, {:.0} requests/s): \
          {:.2} µs of BPF program time per request in all, host-wide (the syscall programs run \
@@ -321,12 +294,13 @@ fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
         w.rps,
         total / reqs * 1e6
     );
-    for (p, t, r) in rows.iter().take(10) {
+    for c in rows.iter().take(10) {
         s.push_str(&format!(
-            "| {p} | {:.2} | {:.0} | {:.3} |\n",
-            r / reqs,
-            t / r * 1e9,
-            t / reqs * 1e6
+            "| {} | {:.2} | {:.0} | {:.3} |\n",
+            c.program,
+            c.runs / reqs,
+            c.ns_per_run(),
+            c.seconds / reqs * 1e6
         ));
     }
     s.push('\n');

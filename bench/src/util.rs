@@ -175,3 +175,54 @@ pub fn metric_value(text: &str, series: &str) -> f64 {
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Kernel time of one of the sidecar's programs, from its `--bpf-stats` metrics.
+#[derive(Clone, Debug, Default)]
+pub struct ProgCost {
+    pub program: String,
+    /// Seconds of program time, all runs.
+    pub seconds: f64,
+    pub runs: f64,
+}
+
+impl ProgCost {
+    pub fn ns_per_run(&self) -> f64 {
+        self.seconds * 1e9 / self.runs.max(1.0)
+    }
+}
+
+/// Every program in a scrape (`ebpf_sidecar_bpf_program_run_seconds_total` and `_runs_total`), in
+/// order of appearance.
+pub fn prog_costs(text: &str) -> Vec<ProgCost> {
+    let mut out: Vec<ProgCost> = Vec::new();
+    for l in text.lines() {
+        for (metric, time) in [
+            ("ebpf_sidecar_bpf_program_run_seconds_total{", true),
+            ("ebpf_sidecar_bpf_program_runs_total{", false),
+        ] {
+            let Some((labels, v)) = l.strip_prefix(metric).and_then(|r| r.rsplit_once("} ")) else {
+                continue;
+            };
+            let Some(prog) = labels.split('"').nth(1) else {
+                continue;
+            };
+            let v: f64 = v.trim().parse().unwrap_or(0.0);
+            let i = match out.iter().position(|e| e.program == prog) {
+                Some(i) => i,
+                None => {
+                    out.push(ProgCost {
+                        program: prog.to_string(),
+                        ..Default::default()
+                    });
+                    out.len() - 1
+                }
+            };
+            if time {
+                out[i].seconds += v;
+            } else {
+                out[i].runs += v;
+            }
+        }
+    }
+    out
+}

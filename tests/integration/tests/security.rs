@@ -187,20 +187,32 @@ fn the_raw_tracepoint_fallback_sees_the_same_events() {
             "connect_new_peer",
         ]
         .into_iter()
-        .map(|k| (k, m.sum("ebpf_sidecar_security_events_total", &[("kind", k)])))
+        .map(|k| {
+            (
+                k,
+                m.sum("ebpf_sidecar_security_events_total", &[("kind", k)]),
+            )
+        })
         .collect();
         (kinds, m.sum("ebpf_sidecar_tcp_connect_errors_total", &[]))
     };
     let (raw, raw_refused) = counts("off");
     let (tp, tp_refused) = counts("on");
-    for k in ["privilege", "ptrace", "namespace", "bpf", "sensitive_open", "connect_new_peer"] {
+    for k in [
+        "privilege",
+        "ptrace",
+        "namespace",
+        "bpf",
+        "sensitive_open",
+        "connect_new_peer",
+    ] {
         assert_eq!(raw[k], 1.0, "{k} through raw sys_enter: {raw:?}");
         assert_eq!(tp[k], 1.0, "{k} through the syscall tracepoints: {tp:?}");
     }
     // finit_module: raw sys_enter sees the ENOSYS stub of a kernel without module support; the
     // per-syscall tracepoint exists only where modules do.
-    let modules = std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module")
-        .is_dir();
+    let modules =
+        std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module").is_dir();
     assert_eq!(raw["module"], 1.0);
     assert_eq!(tp["module"], f64::from(u8::from(modules)));
     // Two connects to port 1 (nothing listens): the net family's error hook took the same route.
@@ -254,8 +266,8 @@ fn each_event_kind_appears_exactly_once_and_only_from_the_target() {
     let counts = kind_counts(&lines);
     // The family hooks the watched syscalls' own tracepoints. A kernel built without module
     // support has none for init_module/finit_module (the calls are ENOSYS stubs): nothing to see.
-    let modules = std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module")
-        .is_dir();
+    let modules =
+        std::path::Path::new("/sys/kernel/tracing/events/syscalls/sys_enter_finit_module").is_dir();
     let expected: std::collections::BTreeMap<String, usize> = [
         ("exec", 2), // the workload (docker exec) and sh
         ("shell", 1),
