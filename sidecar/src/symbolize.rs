@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Sorted (address, name) pairs; lookup finds the greatest address <= ip.
 #[derive(Debug, Default)]
@@ -241,11 +241,20 @@ fn parse_maps(text: &str) -> Vec<Mapping> {
         .collect()
 }
 
-/// Caches per process (maps, perf map) and per file (symbols).
+/// One process as the symbolizer last read it: its executable mappings sorted by address, each
+/// with its file's symbols once looked up, and its JIT perf map.
+struct Proc {
+    maps: Vec<Mapping>,
+    files: Vec<OnceLock<Option<Arc<ElfSymbols>>>>,
+    perf: Option<Arc<SymbolTable>>,
+}
+
+/// Caches per process (maps, perf map) and per file (symbols). A profile window resolves tens of
+/// frames per sample: each frame costs a binary search and a cached name, no system call.
 #[derive(Default)]
 pub struct Symbolizer {
     kernel: SymbolTable,
-    procs: HashMap<u32, (Vec<Mapping>, Option<Arc<SymbolTable>>)>,
+    procs: HashMap<u32, Arc<Proc>>,
     /// By (device, inode): the same binary in many processes or containers is read once.
     files: HashMap<(u64, u64), Option<Arc<ElfSymbols>>>,
 }
@@ -273,61 +282,47 @@ impl Symbolizer {
         }
     }
 
-    fn process(&mut self, pid: u32) -> &(Vec<Mapping>, Option<Arc<SymbolTable>>) {
-        self.procs.entry(pid).or_insert_with(|| {
-            let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-                .map(|t| parse_maps(&t))
-                .unwrap_or_default();
-            // A JIT writes /tmp/perf-<pid>.map with the pid it sees (its own namespace's).
-            let ns_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                .ok()
-                .and_then(|s| {
-                    s.lines().find_map(|l| {
-                        l.strip_prefix("NSpid:")
-                            .map(|v| v.split_whitespace().last().map(str::to_string))
-                    })
+    fn process(&mut self, pid: u32) -> Arc<Proc> {
+        self.procs
+            .entry(pid)
+            .or_insert_with(|| {
+                let mut maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+                    .map(|t| parse_maps(&t))
+                    .unwrap_or_default();
+                maps.sort_by_key(|m| m.start);
+                let files = maps.iter().map(|_| OnceLock::new()).collect();
+                Arc::new(Proc {
+                    maps,
+                    files,
+                    perf: perf_map(pid),
                 })
-                .flatten()
-                .unwrap_or_else(|| pid.to_string());
-            let perf = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map"))
-                .ok()
-                .map(|t| {
-                    Arc::new(SymbolTable::new(
-                        t.lines()
-                            .filter_map(|l| {
-                                let mut it = l.splitn(3, ' ');
-                                let start =
-                                    u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16)
-                                        .ok()?;
-                                let size =
-                                    u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16)
-                                        .ok()?;
-                                Some((start, size, it.next()?.to_string()))
-                            })
-                            .collect(),
-                    ))
-                });
-            (maps, perf)
-        })
+            })
+            .clone()
+    }
+
+    /// The symbols of the file behind `/proc/<pid>/root<path>`, read once per (device, inode).
+    fn file(&mut self, pid: u32, path: &str) -> Option<Arc<ElfSymbols>> {
+        use std::os::unix::fs::MetadataExt;
+        let host_path = PathBuf::from(format!("/proc/{pid}/root{path}"));
+        let md = std::fs::metadata(&host_path).ok()?;
+        self.files
+            .entry((md.dev(), md.ino()))
+            .or_insert_with(|| ElfSymbols::load(&host_path).map(Arc::new))
+            .clone()
     }
 
     pub fn user(&mut self, pid: u32, ip: u64) -> String {
         if pid == 0 {
             return "[unknown pid]".into();
         }
-        let (maps, perf) = self.process(pid).clone();
-        if let Some(m) = maps
-            .iter()
-            .find(|m| ip >= m.start && ip < m.end && m.path.starts_with('/'))
-        {
-            let host_path = PathBuf::from(format!("/proc/{pid}/root{}", m.path));
-            let syms = std::fs::metadata(&host_path).ok().and_then(|md| {
-                use std::os::unix::fs::MetadataExt;
-                self.files
-                    .entry((md.dev(), md.ino()))
-                    .or_insert_with(|| ElfSymbols::load(&host_path).map(Arc::new))
-                    .clone()
-            });
+        let p = self.process(pid);
+        let i = p.maps.partition_point(|m| m.start <= ip);
+        if let Some(i) = i.checked_sub(1).filter(|&i| {
+            let m = &p.maps[i];
+            ip < m.end && m.path.starts_with('/')
+        }) {
+            let m = &p.maps[i];
+            let syms = p.files[i].get_or_init(|| self.file(pid, &m.path));
             if let Some(name) = syms
                 .as_ref()
                 .and_then(|s| s.lookup_offset(ip - m.start + m.offset))
@@ -337,12 +332,37 @@ impl Symbolizer {
             let base = m.path.rsplit('/').next().unwrap_or(&m.path);
             return format!("[{base}+0x{:x}]", ip - m.start + m.offset);
         }
-        if let Some(name) = perf.as_ref().and_then(|p| p.lookup(ip)) {
+        if let Some(name) = p.perf.as_ref().and_then(|t| t.lookup(ip)) {
             return name.to_string();
         }
-        tracing::debug!(pid, ip, mappings = maps.len(), "no mapping for address");
+        tracing::debug!(pid, ip, mappings = p.maps.len(), "no mapping for address");
         "[unknown]".into()
     }
+}
+
+/// A JIT's /tmp/perf-<pid>.map, written with the pid it sees (its own namespace's).
+fn perf_map(pid: u32) -> Option<Arc<SymbolTable>> {
+    let ns_pid = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("NSpid:")
+                    .map(|v| v.split_whitespace().last().map(str::to_string))
+            })
+        })
+        .flatten()
+        .unwrap_or_else(|| pid.to_string());
+    let t = std::fs::read_to_string(format!("/proc/{pid}/root/tmp/perf-{ns_pid}.map")).ok()?;
+    Some(Arc::new(SymbolTable::new(
+        t.lines()
+            .filter_map(|l| {
+                let mut it = l.splitn(3, ' ');
+                let start = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+                let size = u64::from_str_radix(it.next()?.trim_start_matches("0x"), 16).ok()?;
+                Some((start, size, it.next()?.to_string()))
+            })
+            .collect(),
+    )))
 }
 
 #[cfg(test)]

@@ -10,8 +10,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
-use aya::programs::PerfEvent;
-use aya::programs::perf_event::{PerfEventConfig, PerfEventScope, SamplePolicy, SoftwareEvent};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{ProfileCfg, ProfileKey};
 
@@ -68,38 +66,14 @@ struct Drain {
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let family = "profile";
     let mut obj = Object::load(family, sidecar_ebpf::objects::PROFILE)?;
-    let perr = |e: aya::programs::ProgramError| ProbeError::Program {
-        family,
-        program: "profile_sample".into(),
-        source: Box::new(e),
-    };
     let map_err = |map: &str, detail: String| ProbeError::Map {
         family,
         map: map.into(),
         detail,
     };
+    obj.attach_perf_event("profile_sample", opts.profile_hz)?;
     let drain = {
         let mut ebpf = obj.lock();
-        let prog: &mut PerfEvent = ebpf
-            .program_mut("profile_sample")
-            .ok_or_else(|| ProbeError::MissingProgram {
-                family,
-                program: "profile_sample".into(),
-            })?
-            .try_into()
-            .map_err(perr)?;
-        prog.load().map_err(perr)?;
-        let cpus = aya::util::online_cpus()
-            .map_err(|(what, e)| map_err("online cpus", format!("{what}: {e}")))?;
-        for cpu in cpus {
-            prog.attach(
-                PerfEventConfig::Software(SoftwareEvent::CpuClock),
-                PerfEventScope::AllProcessesOneCpu { cpu },
-                SamplePolicy::Frequency(opts.profile_hz),
-                false,
-            )
-            .map_err(perr)?;
-        }
         let take = |ebpf: &mut aya::Ebpf, name: &str| {
             ebpf.take_map(name)
                 .ok_or_else(|| map_err(name, "missing".into()))
@@ -131,7 +105,6 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             symbolizer: Symbolizer::new(kallsyms()),
         }
     };
-    obj.record_program("profile_sample");
     Ok(Arc::new(Profile {
         obj,
         store: Arc::new(Store {
