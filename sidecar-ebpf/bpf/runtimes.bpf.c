@@ -314,10 +314,12 @@ struct last_read {
 	__u32 _pad;
 };
 
+/* In the thread itself (task storage): written on every read of a loop thread, so no hash
+ * update, no LRU list lock, nothing to clean when the thread ends. */
 struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, __u32); /* tid */
+	__uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, int);
 	__type(value, struct last_read);
 } rt_last_read SEC(".maps");
 
@@ -326,10 +328,14 @@ int rt_read_enter(struct sidecar_sys_enter *ctx)
 {
 	if (!sidecar_in_target() || !loop_process())
 		return 0;
-	__u32 tid = (__u32)bpf_get_current_pid_tgid();
-	struct last_read r = { .buf = ctx->args[1], .ts = bpf_ktime_get_ns(), .fd = (__u32)ctx->args[0] };
+	struct last_read *r = bpf_task_storage_get(&rt_last_read, bpf_get_current_task_btf(), 0,
+						   BPF_LOCAL_STORAGE_GET_F_CREATE);
 
-	bpf_map_update_elem(&rt_last_read, &tid, &r, BPF_ANY);
+	if (!r)
+		return 0;
+	r->buf = ctx->args[1];
+	r->ts = bpf_ktime_get_ns();
+	r->fd = (__u32)ctx->args[0];
 	return 0;
 }
 
@@ -419,7 +425,7 @@ int rt_http(struct pt_regs *ctx)
 		return 0;
 
 	struct usdt_spec *spec = usdt_spec_of(ctx);
-	__u32 zero = 0, tid = (__u32)bpf_get_current_pid_tgid();
+	__u32 zero = 0;
 	struct http_start *st = bpf_map_lookup_elem(&rt_http_scratch, &zero);
 	__s64 method = 0, type = 0;
 
@@ -433,7 +439,7 @@ int rt_http(struct pt_regs *ctx)
 		return 0;
 	__builtin_memset(st, 0, sizeof(*st));
 	st->key.method = (__u32)(method & 0xff);
-	struct last_read *r = bpf_map_lookup_elem(&rt_last_read, &tid);
+	struct last_read *r = bpf_task_storage_get(&rt_last_read, bpf_get_current_task_btf(), 0, 0);
 
 	if (r && rt_http_paths)
 		read_path(r->buf, st->key.path);
