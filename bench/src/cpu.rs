@@ -8,12 +8,10 @@
 //! `--repeat 0` skips the loop, `--rounds 0` the node app.
 
 use std::fmt::Write as _;
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 use crate::stack::{self, Wrk};
 use crate::util::*;
@@ -113,37 +111,6 @@ fn cpu_bound(iterations: u64, repeat: usize) -> Result<String> {
         t * 1e9 / n.max(1.0)
     )?;
     Ok(o)
-}
-
-/// bpftrace running a program, attached (its first line printed) until dropped.
-struct Bpftrace(Child);
-
-impl Bpftrace {
-    fn start(program: &str) -> Result<Self> {
-        ensure_tracefs();
-        let mut child = Command::new("bpftrace")
-            .args(["-e", program])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("bpftrace not found: apt-get install bpftrace")?;
-        let out = child.stdout.take().expect("piped");
-        let b = Bpftrace(child);
-        let mut first = String::new();
-        // Dropped after the first line: what bpftrace prints at exit goes nowhere instead of
-        // filling a pipe nobody reads.
-        std::io::BufReader::new(out).read_line(&mut first)?;
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(b)
-    }
-}
-
-impl Drop for Bpftrace {
-    fn drop(&mut self) {
-        // SAFETY: signalling a child we started.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
 }
 
 enum Monitor {

@@ -5,10 +5,8 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Command, Stdio};
 
 use anyhow::{Context, Result, bail};
 
@@ -77,41 +75,12 @@ fn sidecar(
     Ok((sample, progs))
 }
 
-struct Bpftrace(Child);
-
-impl Bpftrace {
-    fn start() -> Result<Self> {
-        ensure_tracefs();
-        let mut bt = Command::new("bpftrace")
-            .args(["-e", BIOLATENCY])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("bpftrace not found: apt-get install bpftrace")?;
-        let mut line = String::new();
-        BufReader::new(bt.stdout.as_mut().unwrap()).read_line(&mut line)?;
-        if !line.contains("Attaching") {
-            bail!("bpftrace did not attach: {line:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(Self(bt))
-    }
-}
-
-impl Drop for Bpftrace {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
-}
-
 /// bpftrace's own per-program cost over one run of `args`.
 fn bpftrace_cost(bin: &Path, args: &[String]) -> Result<f64> {
     let before = prog_ids()?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
     let r = (|| {
-        let _bt = Bpftrace::start()?;
+        let _bt = Bpftrace::start(BIOLATENCY)?;
         let s0 = new_prog_stats(&before)?;
         direct(bin, args)?;
         let s1 = new_prog_stats(&before)?;
@@ -145,7 +114,7 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
             rows.entry((w, 3))
                 .or_default()
                 .push(sidecar(&bin, args, "disk", false)?.0);
-            let bt = Bpftrace::start()?;
+            let bt = Bpftrace::start(BIOLATENCY)?;
             rows.entry((w, 2)).or_default().push(direct(&bin, args)?);
             drop(bt);
         }

@@ -99,23 +99,10 @@ fn sidecar_run(
 
 /// `repeat` loops under bpftrace; returns (ns per call each run, ns per program run).
 fn bpftrace_runs(bin: &std::path::Path, calls: u64, repeat: usize) -> Result<(Vec<f64>, f64)> {
-    ensure_tracefs();
     let before = prog_ids()?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
-    let mut bt = Command::new("bpftrace")
-        .args(["-e", BPFTRACE])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("bpftrace not found: apt-get install bpftrace")?;
-    let mut out = BufReader::new(bt.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?; // "Attaching 2 probes..."
-    if !line.contains("Attaching") {
-        bail!("bpftrace did not attach: {line:?}");
-    }
+    let bt = Bpftrace::start(BPFTRACE)?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
-    std::thread::sleep(Duration::from_millis(300));
     let mut ns = Vec::new();
     for _ in 0..repeat {
         ns.push(loop_ns(bin, calls)?);
@@ -124,9 +111,7 @@ fn bpftrace_runs(bin: &std::path::Path, calls: u64, repeat: usize) -> Result<(Ve
     let s0 = new_prog_stats(&before)?;
     loop_ns(bin, calls)?;
     let s1 = new_prog_stats(&before)?;
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let _ = bt.wait();
+    drop(bt);
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0").ok();
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }

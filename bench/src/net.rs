@@ -5,9 +5,7 @@
 //! the sidecar's per-program cost from bpf_stats.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
@@ -67,21 +65,8 @@ fn under_bpftrace(
     work: &[(&str, u64); 2],
     cost: bool,
 ) -> Result<([f64; 2], (f64, f64))> {
-    ensure_tracefs();
     let before = prog_ids()?;
-    let mut bt = Command::new("bpftrace")
-        .args(["-e", BPFTRACE])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("bpftrace not found: apt-get install bpftrace")?;
-    let mut out = BufReader::new(bt.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    if !line.contains("Attaching") {
-        bail!("bpftrace did not attach: {line:?}");
-    }
-    std::thread::sleep(Duration::from_millis(300));
+    let bt = Bpftrace::start(BPFTRACE)?;
     let figures = [
         once(bin, work[0].0, work[0].1)?,
         once(bin, work[1].0, work[1].1)?,
@@ -98,11 +83,7 @@ fn under_bpftrace(
             (s1.1 - s0.1) as f64,
         );
     }
-    // Its maps are printed at exit: closing the pipe first keeps it from blocking on a full one.
-    drop(out);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let _ = bt.wait();
+    drop(bt);
     Ok((figures, c))
 }
 

@@ -5,7 +5,6 @@
 //! (bpf_stats), including the GC begin/end pair.
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -76,19 +75,7 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     let before = prog_ids()?;
     let prog =
         format!("usdt:{PYTHON}:python:function__entry {{ @[str(arg0), str(arg1)] = count(); }}");
-    let mut bt = Command::new("bpftrace")
-        .args(["-e", &prog])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("bpftrace not found: apt-get install bpftrace")?;
-    let mut out = BufReader::new(bt.stdout.take().unwrap());
-    let mut line = String::new();
-    out.read_line(&mut line)?;
-    if !line.contains("Attaching") {
-        bail!("bpftrace did not attach: {line:?}");
-    }
-    std::thread::sleep(Duration::from_millis(200));
+    let bt = Bpftrace::start(&prog)?;
     let stats_fd = if stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
     } else {
@@ -98,9 +85,7 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     let ns = plain(calls)?;
     let s1 = new_prog_stats(&before)?;
     drop(stats_fd);
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(bt.id() as i32, libc::SIGINT) };
-    let _ = bt.wait();
+    drop(bt);
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }
 

@@ -226,3 +226,38 @@ pub fn prog_costs(text: &str) -> Vec<ProgCost> {
     }
     out
 }
+
+/// bpftrace running a program, attached (its "Attaching…" line read) until dropped (SIGINT).
+/// What it prints at exit goes nowhere: the pipe is closed after the first line, so a big map
+/// cannot block it on a full pipe nobody reads.
+pub struct Bpftrace(std::process::Child);
+
+impl Bpftrace {
+    pub fn start(program: &str) -> Result<Self> {
+        use std::io::BufRead;
+        ensure_tracefs();
+        let mut child = Command::new("bpftrace")
+            .args(["-e", program])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("bpftrace not found: apt-get install bpftrace")?;
+        let out = child.stdout.take().expect("piped");
+        let b = Bpftrace(child);
+        let mut first = String::new();
+        std::io::BufReader::new(out).read_line(&mut first)?;
+        if !first.contains("Attaching") {
+            anyhow::bail!("bpftrace did not attach: {first:?}");
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        Ok(b)
+    }
+}
+
+impl Drop for Bpftrace {
+    fn drop(&mut self) {
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
+        let _ = self.0.wait();
+    }
+}
