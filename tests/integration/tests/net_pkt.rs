@@ -348,6 +348,20 @@ fn connection_events_are_exact() {
     let _ = std::fs::remove_file(&events);
 }
 
+/// The sidecar on the host in `--net-mode netns` for the container `name`.
+fn netns_sidecar(name: &str, extra: &[&str]) -> Sidecar {
+    let mut args = vec![
+        "--target-container",
+        name,
+        "--probes",
+        "net",
+        "--net-mode",
+        "netns",
+    ];
+    args.extend_from_slice(extra);
+    Sidecar::start(&args)
+}
+
 /// UDP echo server as a container's PID 1, in its own network namespace (docker0 veth).
 fn echo_container(name: &str, port: u16) -> Container {
     let w = workload("net_dns");
@@ -390,16 +404,7 @@ fn netns_mode_counts_the_containers_namespace_and_follows_a_restart() {
     let (port, n, size) = (9053u16, 7usize, 100usize);
     let name = "ebpf-sidecar-net-netns";
     let app = echo_container(name, port);
-    let sc = Sidecar::start(&[
-        "--target-container",
-        name,
-        "--probes",
-        "net",
-        "--net-mode",
-        "netns",
-        "--resolve-interval",
-        "0.2",
-    ]);
+    let sc = netns_sidecar(name, &["--resolve-interval", "0.2"]);
     let udp = |m: &Metrics, dir: &str, metric: &str| {
         m.sum(
             metric,
@@ -466,15 +471,7 @@ fn netns_mode_capture_is_ethernet_and_holds_both_directions() {
     let (port, n, size, snaplen) = (9054u16, 6usize, 300usize, 96usize);
     let name = "ebpf-sidecar-net-netns-pcap";
     let app = echo_container(name, port);
-    let sc = Sidecar::start(&[
-        "--target-container",
-        name,
-        "--probes",
-        "net",
-        "--net-mode",
-        "netns",
-        "--allow-pcap",
-    ]);
+    let sc = netns_sidecar(name, &["--allow-pcap"]);
     let pcap = capture(sc.port, 2, snaplen, || echo(&app, port, n, size));
     assert_eq!(
         u32::from_le_bytes(pcap[20..24].try_into().unwrap()),
@@ -613,14 +610,7 @@ fn netns_mode_follows_interfaces_added_and_removed() {
         .status();
     let app = echo_container(name, port);
     let pid = app.host_pid();
-    let sc = Sidecar::start(&[
-        "--target-container",
-        name,
-        "--probes",
-        "net",
-        "--net-mode",
-        "netns",
-    ]);
+    let sc = netns_sidecar(name, &[]);
     let gauge = |m: &Metrics| m.get("ebpf_sidecar_net_tc_interfaces", &[]);
     let wait_gauge = |want: f64| {
         wait_for(
