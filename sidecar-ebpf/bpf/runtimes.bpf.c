@@ -97,19 +97,28 @@ static __always_inline __u64 label_of(void *ctx, struct usdt_spec *spec)
 	return ((__u64)(__u32)lo) | ((__u64)(__u32)hi << 32);
 }
 
+/* The spec of the probe that fired when the hit is the target's, else NULL (a hit without a
+ * spec is counted: the attach and the spec map disagree). */
+static __always_inline struct usdt_spec *target_hit(struct pt_regs *ctx)
+{
+	if (!sidecar_in_target())
+		return NULL;
+
+	struct usdt_spec *spec = usdt_spec_of(ctx);
+
+	if (!spec)
+		bump(RT_BAD_SPECS);
+	return spec;
+}
+
 /* Count a hit by (slot, label). */
 SEC("uprobe")
 int rt_count(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
-		return 0;
+	struct usdt_spec *spec = target_hit(ctx);
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
-
-	if (!spec) {
-		bump(RT_BAD_SPECS);
+	if (!spec)
 		return 0;
-	}
 	struct rt_key k = { .slot = spec->slot, .label = label_of(ctx, spec) };
 
 	if (!sidecar_hash_inc(&rt_counts, &k))
@@ -170,15 +179,10 @@ static __always_inline void end_pair(__u32 slot)
 SEC("uprobe")
 int rt_begin(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
-		return 0;
+	struct usdt_spec *spec = target_hit(ctx);
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
-
-	if (!spec) {
-		bump(RT_BAD_SPECS);
+	if (!spec)
 		return 0;
-	}
 	begin_pair(spec->slot, label_of(ctx, spec));
 	return 0;
 }
@@ -187,15 +191,10 @@ int rt_begin(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_end(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
-		return 0;
+	struct usdt_spec *spec = target_hit(ctx);
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
-
-	if (!spec) {
-		bump(RT_BAD_SPECS);
+	if (!spec)
 		return 0;
-	}
 	end_pair(spec->slot);
 	return 0;
 }
@@ -205,13 +204,12 @@ int rt_end(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_value(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
-		return 0;
-
-	struct usdt_spec *spec = usdt_spec_of(ctx);
+	struct usdt_spec *spec = target_hit(ctx);
 	__s64 lo = 0, v = 0;
 
-	if (!spec || usdt_arg(ctx, spec, spec->label2_arg, &v)) {
+	if (!spec)
+		return 0;
+	if (usdt_arg(ctx, spec, spec->label2_arg, &v)) {
 		bump(RT_BAD_SPECS);
 		return 0;
 	}
@@ -226,15 +224,16 @@ int rt_value(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_call(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
+	struct usdt_spec *spec = target_hit(ctx);
+
+	if (!spec)
 		return 0;
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
 	__u32 zero = 0;
 	struct rt_call_key *k = bpf_map_lookup_elem(&rt_call_scratch, &zero);
 	__s64 first = 0, second = 0;
 
-	if (!spec || !k || usdt_arg(ctx, spec, spec->label_arg, &first)) {
+	if (!k || usdt_arg(ctx, spec, spec->label_arg, &first)) {
 		bump(RT_BAD_SPECS);
 		return 0;
 	}
@@ -421,15 +420,16 @@ static __always_inline void count_request(struct rt_http_key *key)
 SEC("uprobe")
 int rt_http(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
+	struct usdt_spec *spec = target_hit(ctx);
+
+	if (!spec)
 		return 0;
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
 	__u32 zero = 0;
 	struct http_start *st = bpf_map_lookup_elem(&rt_http_scratch, &zero);
 	__s64 method = 0, type = 0;
 
-	if (!spec || !st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
+	if (!st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
 	    usdt_arg(ctx, spec, spec->label2_arg, &type)) {
 		bump(RT_BAD_SPECS);
 		return 0;
