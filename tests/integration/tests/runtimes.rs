@@ -834,7 +834,10 @@ fn node_http_paths_and_durations() {
         "ebpf_sidecar_runtime_http_request_duration_seconds_sum",
         &[("method", "GET"), ("path", "/block")],
     );
-    assert!((0.049..1.0).contains(&blocked), "GET /block took {blocked} s");
+    assert!(
+        (0.049..1.0).contains(&blocked),
+        "GET /block took {blocked} s"
+    );
     let lint = promtool_check(&m.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
     assert_eq!(http(port, "POST", "/quit"), 200);
