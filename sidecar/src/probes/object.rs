@@ -224,8 +224,11 @@ impl Object {
             }
         }
         tracing::info!(
-            "probe {}: no tracefs (mount it, or give CAP_SYS_ADMIN to mount one): {} runs on every syscall of the host",
+            "probe {}: no tracepoints for the {} syscalls it watches (tracefs not mounted and no \
+             CAP_SYS_ADMIN to mount one, EBPF_SIDECAR_TRACEFS=off, or a kernel without \
+             CONFIG_FTRACE_SYSCALLS): {} runs on every syscall of the host instead",
             self.family,
+            names.len(),
             fallback.0
         );
         self.attach_raw_tp(fallback.0, fallback.1)?;
