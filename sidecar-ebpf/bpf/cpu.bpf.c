@@ -12,7 +12,6 @@ char LICENSE[] SEC("license") = "GPL";
 #define TASK_DEAD 0x80
 
 struct task_times {
-	__u64 on_ts;    /* switched in */
 	__u64 off_ts;   /* switched out while sleeping/blocked */
 	__u64 ready_ts; /* woken up or preempted: waiting for a CPU */
 	__u32 off_state;
@@ -25,6 +24,17 @@ struct {
 	__type(key, int);
 	__type(value, struct task_times);
 } cpu_task SEC(".maps");
+
+/* When the task now on this CPU was switched in, whatever task it is. A task can join the target
+ * while it runs (`run` moves its child into the target cgroup, then it execs): a switch-in
+ * stamp kept only for target tasks would miss that whole first slice, up to seconds for a
+ * spinner on an idle CPU. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} cpu_slice_start SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -106,20 +116,24 @@ SEC("tp_btf/sched_switch")
 int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = bpf_ktime_get_ns(), began = 0;
+	__u32 zero = 0;
+	__u64 *start = bpf_map_lookup_elem(&cpu_slice_start, &zero);
 
+	if (start) {
+		began = *start;
+		*start = now;
+	}
 	if (sidecar_task_in_target(prev)) {
+		/* 0: the first switch on this CPU since attach, its slice began before we looked. */
+		if (began) {
+			observe(CPU_HIST_SLICE, now - began);
+			add_comm_ns(prev, now - began);
+		}
 		struct task_times *tt = bpf_task_storage_get(&cpu_task, prev, 0,
 							     BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 		if (tt) {
-			if (tt->on_ts) {
-				__u64 d = now - tt->on_ts;
-
-				observe(CPU_HIST_SLICE, d);
-				add_comm_ns(prev, d);
-				tt->on_ts = 0;
-			}
 			__u32 state = prev_state & (TASK_INTERRUPTIBLE | TASK_UNINTERRUPTIBLE);
 
 			if (prev_state & TASK_DEAD) {
@@ -152,7 +166,6 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 				observe(CPU_HIST_RUNQUEUE, now - tt->ready_ts);
 				tt->ready_ts = 0;
 			}
-			tt->on_ts = now;
 		}
 	}
 	return 0;
@@ -166,14 +179,17 @@ int BPF_PROG(cpu_exit, struct task_struct *p)
 	if (!sidecar_task_in_target(p))
 		return 0;
 
-	struct task_times *tt = bpf_task_storage_get(&cpu_task, p, 0, 0);
+	/* p is current: its slice began at this CPU's last switch. The final switch counts only
+	 * what runs after this. */
+	__u32 zero = 0;
+	__u64 *start = bpf_map_lookup_elem(&cpu_slice_start, &zero);
 
-	if (tt && tt->on_ts) {
-		__u64 d = bpf_ktime_get_ns() - tt->on_ts;
+	if (start && *start) {
+		__u64 now = bpf_ktime_get_ns(), d = now - *start;
 
 		observe(CPU_HIST_SLICE, d);
 		add_comm_ns(p, d);
-		tt->on_ts = 0;
+		*start = now;
 	}
 	return 0;
 }
