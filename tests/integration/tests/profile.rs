@@ -171,6 +171,8 @@ fn node_perf_basic_prof_names_a_hot_js_function() {
             "--allow-natives-syntax",
         ])
         .arg(&js)
+        // --perf-basic-prof also writes V8's isolate-*.log into the working directory.
+        .current_dir(&dir)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
