@@ -197,22 +197,17 @@ static __always_inline int prefix_match(const char *path)
 	return 0;
 }
 
-/* The first four arguments of a watched syscall, from wherever the entry hook found them. */
-struct sec_args {
-	__u64 a[4];
-};
-
-static __always_inline void syscall_event(__u32 kind, __u64 nr, const struct sec_args *args)
+static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *regs)
 {
 	struct security_event *e = reserve(kind);
 
 	if (!e)
 		return;
 	e->nr = nr;
-	e->args[0] = args->a[0];
-	e->args[1] = args->a[1];
-	e->args[2] = args->a[2];
-	e->args[3] = args->a[3];
+	e->args[0] = BPF_CORE_READ(regs, di);
+	e->args[1] = BPF_CORE_READ(regs, si);
+	e->args[2] = BPF_CORE_READ(regs, dx);
+	e->args[3] = BPF_CORE_READ(regs, r10);
 	/* mount(src, target, ...): the target is what matters */
 	if (nr == 165)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[1]);
@@ -221,20 +216,20 @@ static __always_inline void syscall_event(__u32 kind, __u64 nr, const struct sec
 	submit(e);
 }
 
-static __always_inline void open_event(__u64 nr, const struct sec_args *args)
+static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
 {
 	/* open(path, flags) or openat(dfd, path, flags) / openat2(dfd, path, how) */
-	const char *upath = (const char *)(nr == 2 ? args->a[0] : args->a[1]);
+	const char *upath = (const char *)(nr == 2 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
 	__u64 flags;
 
 	if (nr == 2) {
-		flags = args->a[1];
+		flags = BPF_CORE_READ(regs, si);
 	} else if (nr == 257) {
-		flags = args->a[2];
+		flags = BPF_CORE_READ(regs, dx);
 	} else {
 		struct open_how how = {};
 
-		bpf_probe_read_user(&how, sizeof(how), (void *)args->a[2]);
+		bpf_probe_read_user(&how, sizeof(how), (void *)BPF_CORE_READ(regs, dx));
 		flags = how.flags;
 	}
 	if ((flags & O_ACCMODE) == 0 && !(flags & (O_CREAT | O_TRUNC)))
@@ -258,10 +253,10 @@ static __always_inline void open_event(__u64 nr, const struct sec_args *args)
 	submit(e);
 }
 
-static __always_inline void connect_event(const struct sec_args *args)
+static __always_inline void connect_event(struct pt_regs *regs)
 {
 	struct peer_key k = {};
-	void *uaddr = (void *)args->a[1];
+	void *uaddr = (void *)BPF_CORE_READ(regs, si);
 	/* One read of the largest address this cares about; a short IPv4 address at the very end of
 	 * a mapping makes it fail, then the IPv4 size is read instead. */
 	union {
@@ -330,15 +325,12 @@ static __always_inline __u32 watched_kind(__u64 nr)
 
 static __always_inline void on_syscall(__u32 kind, __u64 nr, struct pt_regs *regs)
 {
-	struct sec_args args = { .a = { BPF_CORE_READ(regs, di), BPF_CORE_READ(regs, si),
-					BPF_CORE_READ(regs, dx), BPF_CORE_READ(regs, r10) } };
-
 	if (kind == SEC_SENSITIVE_OPEN)
-		open_event(nr, &args);
+		open_event(nr, regs);
 	else if (kind == SEC_CONNECT_NEW_PEER)
-		connect_event(&args);
+		connect_event(regs);
 	else
-		syscall_event(kind, nr, &args);
+		syscall_event(kind, nr, regs);
 }
 
 /* Default hook: attached to the tracepoints of the watched syscalls only (userspace lists them),
