@@ -159,6 +159,32 @@ static __always_inline int sk_in_target_btf(const struct sock *sk)
 	return sidecar_in_target();
 }
 
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+
+/* The TCP socket behind fd of the current task, or NULL (HTTP from syscalls; accepts in
+ * net_pkt.bpf.h). */
+static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
+{
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+	struct file **fds;
+	struct file *f = NULL;
+
+	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+		return NULL;
+	fds = BPF_CORE_READ(fdt, fd);
+	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
+	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+		return NULL;
+	struct socket *so = BPF_CORE_READ(f, private_data);
+	struct sock *sk = BPF_CORE_READ(so, sk);
+
+	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+		return NULL;
+	return sk;
+}
+
 /* ---- packets and bytes, DNS, capture (cgroup_skb or tc), connection events ---- */
 
 /* HTTP/1.x from TCP segments (below), called by the packet programs. */
@@ -353,8 +379,6 @@ int net_udp_drop(unsigned long long *ctx)
 #define NR_WRITEV 20
 #define NR_SENDTO 44
 #define NR_RECVFROM 45
-#define S_IFMT 00170000
-#define S_IFSOCK 0140000
 
 /* The read/write in flight, per thread (task-local: no table to fill, nothing to clean). */
 struct http_call {
@@ -451,28 +475,6 @@ int net_sys_enter(unsigned long long *ctx)
 	c->buf = BPF_CORE_READ(regs, si);
 	c->nr1 = (__u32)nr + 1;
 	return 0;
-}
-
-/* The TCP socket behind fd of the current task, or NULL. */
-static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds;
-	struct file *f = NULL;
-
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
-		return NULL;
-	struct socket *so = BPF_CORE_READ(f, private_data);
-	struct sock *sk = BPF_CORE_READ(so, sk);
-
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
-		return NULL;
-	return sk;
 }
 
 static __always_inline int has(const char *b, const char *p, int n)

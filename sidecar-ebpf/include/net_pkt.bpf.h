@@ -458,28 +458,6 @@ static __always_inline void ev_emit(const struct sock *sk, __u16 kind, __u64 dur
 
 #define NR_ACCEPT 43
 #define NR_ACCEPT4 288
-#define EV_S_IFMT 00170000
-#define EV_S_IFSOCK 0140000
-
-/* The socket behind fd of the current task, or NULL. */
-static __always_inline struct sock *ev_sock_of_fd(__u32 fd)
-{
-	struct task_struct *task = bpf_get_current_task_btf();
-	struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
-	struct file **fds;
-	struct file *f = NULL;
-
-	if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
-		return NULL;
-	fds = BPF_CORE_READ(fdt, fd);
-	bpf_probe_read_kernel(&f, sizeof(f), &fds[fd]);
-	if (!f || (BPF_CORE_READ(f, f_inode, i_mode) & EV_S_IFMT) != EV_S_IFSOCK)
-		return NULL;
-	struct socket *so = BPF_CORE_READ(f, private_data);
-
-	return BPF_CORE_READ(so, sk);
-}
-
 /* accept()/accept4() returned a connection: the accepting process is known only here (the
  * connection was established in softirq). Attached with --net-events only, to the exit tracepoints
  * of accept and accept4 (or, without tracefs, to raw sys_exit below). */
@@ -489,9 +467,9 @@ static __always_inline void ev_accepted(long nr, long ret)
 		return;
 	if (!sidecar_in_target())
 		return;
-	struct sock *sk = ev_sock_of_fd((__u32)ret);
+	struct sock *sk = tcp_sock_of_fd((__u32)ret);
 
-	if (!sk || BPF_CORE_READ(sk, sk_protocol) != IPPROTO_TCP)
+	if (!sk)
 		return;
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), since = 0;
 	struct conn *c = bpf_map_lookup_elem(&net_conns, &key);
