@@ -470,24 +470,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         })
         .collect();
     let bg = inner.clone();
-    std::thread::Builder::new()
-        .name("runtimes-scan".into())
-        .spawn(move || {
-            let mut keep = crate::caps::needed_after_attach();
-            keep.extend(KEEPS.iter().copied());
-            if let Err(e) = crate::caps::drop_all_except(&keep) {
-                tracing::debug!("runtimes scanner: dropping capabilities: {e}");
-            }
-            loop {
-                std::thread::sleep(RESCAN);
-                bg.scan();
-            }
-        })
-        .map_err(|e| ProbeError::Map {
-            family: "runtimes",
-            map: "-".into(),
-            detail: format!("starting the scanner thread: {e}"),
-        })?;
+    spawn_scanner("runtimes", "runtimes-scan", move || bg.scan())?;
     Ok(Arc::new(Runtimes {
         inner,
         functions: LabelBudget::new(opts.top_n),
@@ -518,6 +501,35 @@ fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
         "syscalls",
         &["sys_enter_write", "sys_enter_writev"],
     )
+}
+
+/// A thread that runs `scan` every [`RESCAN`] to attach binaries that target processes map later.
+/// It keeps what attaching takes ([`KEEPS`]); the rest of the process drops everything after the
+/// first attach.
+pub fn spawn_scanner(
+    family: &'static str,
+    thread: &str,
+    scan: impl Fn() + Send + 'static,
+) -> Result<(), ProbeError> {
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let mut keep = crate::caps::needed_after_attach();
+            keep.extend(KEEPS.iter().copied());
+            if let Err(e) = crate::caps::drop_all_except(&keep) {
+                tracing::debug!("{family} scanner: dropping capabilities: {e}");
+            }
+            loop {
+                std::thread::sleep(RESCAN);
+                scan();
+            }
+        })
+        .map(drop)
+        .map_err(|e| ProbeError::Map {
+            family,
+            map: "-".into(),
+            detail: format!("starting the scanner thread: {e}"),
+        })
 }
 
 /// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or

@@ -17,7 +17,6 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use aya::programs::ProgramFd;
 use sidecar_ebpf::{TLS_EX, TLS_READ, TLS_WRITE};
@@ -27,7 +26,7 @@ use crate::target::Resolved;
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for binaries not attached yet.
-pub const RESCAN: Duration = Duration::from_secs(1);
+pub use super::runtimes::RESCAN;
 
 /// Largest `--tls-sample-bytes` (the event's payload field).
 pub const MAX_SAMPLE: u32 = sidecar_ebpf::SEC_ARGV_LEN as u32;
@@ -153,26 +152,8 @@ impl Sensitive {
             }
         }
         let bg = me.clone();
-        std::thread::Builder::new()
-            .name("sensitive-scan".into())
-            .spawn(move || {
-                // This thread attaches binaries found later: it keeps what that takes, the rest
-                // of the process drops everything after the first attach.
-                let mut keep = crate::caps::needed_after_attach();
-                keep.extend(super::runtimes::KEEPS.iter().copied());
-                if let Err(e) = crate::caps::drop_all_except(&keep) {
-                    tracing::debug!("sensitive scanner: dropping capabilities: {e}");
-                }
-                loop {
-                    std::thread::sleep(RESCAN);
-                    bg.scan();
-                }
-            })
-            .map_err(|e| ProbeError::Map {
-                family: "security",
-                map: "-".into(),
-                detail: format!("starting the sensitive-probe scanner thread: {e}"),
-            })?;
+        // Binaries found later are attached by this thread (it keeps what that takes).
+        super::runtimes::spawn_scanner("security", "sensitive-scan", move || bg.scan())?;
         Ok(Some(me))
     }
 
