@@ -378,26 +378,16 @@ fn node_http_gc_and_event_loop_lag() {
     let app = scratch("app.js");
     std::fs::write(&app, NODE_APP).unwrap();
     let port = free_port();
-    // Sidecar::start appends --listen, which would land after `--`: start it by hand.
-    let listen = free_port();
-    let log = scratch("node-sidecar.log");
-    let child = Command::new(sidecar_bin())
-        .args(["run", "--probes", "runtimes", "--listen"])
-        .arg(format!("127.0.0.1:{listen}"))
-        .args(["--", "node", "--expose-gc"])
-        .arg(&app)
-        .arg(port.to_string())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let sidecar = Sidecar {
-        child,
-        port: listen,
-        log,
-    };
-    wait_for("the sidecar serving", Duration::from_secs(30), || {
-        http_get(listen, "/healthz", None).is_ok().then_some(())
-    });
+    let sidecar = run_sidecar(
+        "node",
+        &[],
+        &[
+            "node",
+            "--expose-gc",
+            app.to_str().unwrap(),
+            &port.to_string(),
+        ],
+    );
     wait_for(
         "node listening and its lag probes attached",
         Duration::from_secs(20),
