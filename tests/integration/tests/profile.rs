@@ -47,12 +47,11 @@ fn pprof_strings(gz: &[u8]) -> (Vec<String>, usize) {
     (strings, samples)
 }
 
-#[test]
-fn hot_function_dominates_and_all_formats_agree() {
-    require_root();
-    let w = workload("prof_burn");
+/// `cmd` under `ebpf-sidecar run --probes profile` at 99 Hz, in `cwd`, once it serves; and its
+/// port.
+fn profiled(cmd: &[&str], cwd: &std::path::Path) -> (std::process::Child, u16) {
     let port = free_port();
-    let mut child = Command::new(sidecar_bin())
+    let child = Command::new(sidecar_bin())
         .args([
             "run",
             "--probes",
@@ -60,17 +59,26 @@ fn hot_function_dominates_and_all_formats_agree() {
             "--profile-hz",
             "99",
             "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--",
         ])
-        .arg(&w)
-        .arg("8")
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--")
+        .args(cmd)
+        .current_dir(cwd)
+        .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for("sidecar serving", Duration::from_secs(10), || {
         http_get(port, "/healthz", None).ok().map(|_| ())
     });
+    (child, port)
+}
+
+#[test]
+fn hot_function_dominates_and_all_formats_agree() {
+    require_root();
+    let w = workload("prof_burn");
+    let (mut child, port) = profiled(&[w.to_str().unwrap(), "8"], &std::env::temp_dir());
     // Three requests at once: one sampling session serves all of them.
     let folded = std::thread::spawn(move || {
         http_get(port, "/debug/profile/folded?seconds=3", None).unwrap()
@@ -155,31 +163,16 @@ fn node_perf_basic_prof_names_a_hot_js_function() {
          main();\n",
     )
     .unwrap();
-    let port = free_port();
-    let mut child = Command::new(sidecar_bin())
-        .args([
-            "run",
-            "--probes",
-            "profile",
-            "--profile-hz",
-            "99",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--",
+    // --perf-basic-prof also writes V8's isolate-*.log into the working directory.
+    let (mut child, port) = profiled(
+        &[
             "node",
             "--perf-basic-prof",
             "--allow-natives-syntax",
-        ])
-        .arg(&js)
-        // --perf-basic-prof also writes V8's isolate-*.log into the working directory.
-        .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for("sidecar serving", Duration::from_secs(10), || {
-        http_get(port, "/healthz", None).ok().map(|_| ())
-    });
+            js.to_str().unwrap(),
+        ],
+        &dir,
+    );
     // Let the JIT compile the function first.
     std::thread::sleep(Duration::from_secs(2));
     let folded = http_get(port, "/debug/profile/folded?seconds=3", None).unwrap();
