@@ -27,19 +27,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void die(const char *what)
-{
-	perror(what);
-	exit(100);
-}
-
-static struct sockaddr_in loop_addr(int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	return a;
-}
+#include "sock.h"
 
 static int qtype_of(const char *t, int n)
 {
@@ -176,28 +164,6 @@ static int cmd_udpsend(int port, int n, int size, const char *go)
 	return 0;
 }
 
-static void read_n(int fd, char *buf, long n)
-{
-	while (n > 0) {
-		ssize_t r = read(fd, buf, n > 65536 ? 65536 : n);
-
-		if (r <= 0)
-			die("read");
-		n -= r;
-	}
-}
-
-static void write_n(int fd, const char *buf, long n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, buf, n > 65536 ? 65536 : n);
-
-		if (w <= 0)
-			die("write");
-		n -= w;
-	}
-}
-
 static int cmd_conns(int c, long n)
 {
 	static char buf[65536];
@@ -221,8 +187,8 @@ static int cmd_conns(int c, long n)
 
 			if (s < 0)
 				die("accept");
-			read_n(s, buf, n);
-			write_n(s, buf, n / 2);
+			read_exact(s, buf, n);
+			write_all(s, buf, n / 2);
 			/* wait for the client's close, so the client closes first */
 			if (read(s, &e, 1) != 0)
 				die("expected EOF");
@@ -241,8 +207,8 @@ static int cmd_conns(int c, long n)
 			die("connect");
 		getsockname(s, (struct sockaddr *)&me, &ml);
 		printf("%s%d", i ? "," : "", ntohs(me.sin_port));
-		write_n(s, buf, n);
-		read_n(s, buf, n / 2);
+		write_all(s, buf, n);
+		read_exact(s, buf, n / 2);
 		close(s);
 	}
 	printf("\n");

@@ -26,49 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-static void die(const char *what)
-{
-	perror(what);
-	exit(100);
-}
-
-static struct sockaddr_in loop_addr(int port)
-{
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	return a;
-}
-
-static int bound_port(int fd)
-{
-	struct sockaddr_in a;
-	socklen_t l = sizeof(a);
-
-	if (getsockname(fd, (struct sockaddr *)&a, &l))
-		die("getsockname");
-	return ntohs(a.sin_port);
-}
-
-static void write_all(int fd, const char *buf, long n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, buf, n > 65536 ? 65536 : n);
-		if (w <= 0)
-			die("write");
-		n -= w;
-	}
-}
-
-static void read_exact(int fd, char *buf, long n)
-{
-	while (n > 0) {
-		ssize_t r = read(fd, buf, n > 65536 ? 65536 : n);
-		if (r <= 0)
-			die("read");
-		n -= r;
-	}
-}
+#include "sock.h"
 
 static int tcp(long c, long n)
 {
