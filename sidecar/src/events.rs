@@ -60,8 +60,8 @@ impl EventSink {
     }
 }
 
-/// Wall-clock time of a CLOCK_MONOTONIC timestamp, as RFC 3339 UTC with nanoseconds.
-pub fn rfc3339_from_monotonic(mono_ns: u64) -> String {
+/// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns: turns kernel (monotonic) timestamps into wall time.
+pub fn realtime_offset_ns() -> i128 {
     let now = |clock| {
         let mut ts = libc::timespec {
             tv_sec: 0,
@@ -71,7 +71,12 @@ pub fn rfc3339_from_monotonic(mono_ns: u64) -> String {
         unsafe { libc::clock_gettime(clock, &mut ts) };
         ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
     };
-    let wall = now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC) + mono_ns as i128;
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
+}
+
+/// Wall-clock time of a CLOCK_MONOTONIC timestamp, as RFC 3339 UTC with nanoseconds.
+pub fn rfc3339_from_monotonic(mono_ns: u64) -> String {
+    let wall = realtime_offset_ns() + mono_ns as i128;
     rfc3339(wall)
 }
 

@@ -211,20 +211,6 @@ pub fn pcap_record(out: &mut Vec<u8>, unix_ns: u128, orig_len: u32, data: &[u8])
     out.extend_from_slice(data);
 }
 
-/// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns, to turn kernel timestamps into wall-clock time.
-fn realtime_offset_ns() -> i128 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid pointer to a timespec.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
-}
-
 fn set_pcap(obj: &Object, cfg: PcapCfg) -> Result<(), ProbeError> {
     let mut ebpf = obj.lock();
     let map = ebpf
@@ -301,7 +287,7 @@ impl Capture {
         let spawned = std::thread::Builder::new()
             .name("net-pcap".into())
             .spawn(move || {
-                let offset = realtime_offset_ns();
+                let offset = crate::events::realtime_offset_ns();
                 let deadline = Instant::now() + Duration::from_secs(req.seconds);
                 let mut written = 24u64;
                 let mut open = tx

@@ -541,8 +541,9 @@ pub const KEEPS: &[caps::Capability] = &[
     caps::Capability::CAP_SYS_PTRACE,
 ];
 
-/// The binaries `run -- CMD` will map: CMD found on PATH, and for a JDK launcher its libjvm.so.
-fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
+/// The file `run -- CMD` will exec: CMD itself when it names a path, else the first match on
+/// PATH; links resolved (uprobes attach to the file, not the name).
+pub fn resolve_command(cmd: &Path) -> Option<PathBuf> {
     let found = if cmd.components().count() > 1 {
         Some(cmd.to_path_buf())
     } else {
@@ -552,7 +553,12 @@ fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
                 .find(|c| c.is_file())
         })
     };
-    let Some(bin) = found.and_then(|b| std::fs::canonicalize(b).ok()) else {
+    found.and_then(|b| std::fs::canonicalize(b).ok())
+}
+
+/// The binaries `run -- CMD` will map: CMD found on PATH, and for a JDK launcher its libjvm.so.
+fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
+    let Some(bin) = resolve_command(cmd) else {
         return Vec::new();
     };
     let mut out = vec![bin.clone()];

@@ -279,16 +279,7 @@ impl Sensitive {
 /// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
 fn run_files(cmd: &Path, tls: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let found = if cmd.components().count() > 1 {
-        Some(cmd.to_path_buf())
-    } else {
-        std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(cmd))
-                .find(|c| c.is_file())
-        })
-    };
-    if let Some(bin) = found.and_then(|b| std::fs::canonicalize(b).ok())
+    if let Some(bin) = super::runtimes::resolve_command(cmd)
         && bin.file_name().is_some_and(|n| n == "bash")
     {
         out.push(bin);
