@@ -377,29 +377,40 @@ struct {
 	__type(value, struct http_start);
 } rt_http_scratch SEC(".maps");
 
-/* The request target of the request line at the start of `buf` ("GET /a/12?x HTTP/1.1"): up
- * to the first space, '?' or '#', every digit turned into '0' so ids do not fill the map
- * (userspace normalises the rest). Empty when the read did not start with a request line.
- * Branch-free per byte, so the verifier walks one path. */
+/* The request target at line[start] ("/a/12?x HTTP/1.1"): up to the first space, '?', '#', CR
+ * or NUL, every digit turned into '0' so ids do not fill the map (userspace normalises the
+ * rest). Branch-free per byte, so the verifier walks one path. */
+#define RT_LINE_LEN (RT_PATH_LEN + 16)
+
+static __always_inline void copy_path(const char *line, __u32 start, char *path)
+{
+	__u32 stop = 0;
+
+	if (line[start & (RT_LINE_LEN - 1)] != '/')
+		return;
+	for (int i = 0; i < RT_PATH_LEN - 1; i++) {
+		char c = line[(start + i) & (RT_LINE_LEN - 1)];
+
+		stop |= c == ' ' || c == '?' || c == '#' || c == '\r' || c == 0;
+		c = (c >= '0' && c <= '9') ? '0' : c;
+		path[i] = stop ? 0 : c;
+	}
+}
+
+/* The path of the request line at the start of `buf` ("GET /a/12?x HTTP/1.1"); empty when the
+ * read did not start with a request line. */
 static __always_inline void read_path(__u64 buf, char *path)
 {
-	char line[RT_PATH_LEN + 16];
-	__u32 start = 0, stop = 0;
+	char line[RT_LINE_LEN];
+	__u32 start = 0;
 
 	if (bpf_probe_read_user(line, sizeof(line), (void *)buf))
 		return;
 	for (int i = 8; i >= 3; i--)
 		if (line[i] == ' ')
 			start = i + 1;
-	if (!start || line[start & 15] != '/')
-		return;
-	for (int i = 0; i < RT_PATH_LEN - 1; i++) {
-		char c = line[(start + i) & (RT_PATH_LEN + 15)];
-
-		stop |= c == ' ' || c == '?' || c == '#' || c == '\r' || c == 0;
-		c = (c >= '0' && c <= '9') ? '0' : c;
-		path[i] = stop ? 0 : c;
-	}
+	if (start)
+		copy_path(line, start, path);
 }
 
 static __always_inline void count_request(struct rt_http_key *key)
@@ -411,6 +422,29 @@ static __always_inline void count_request(struct rt_http_key *key)
 	__builtin_memset(key->path, 0, sizeof(key->path));
 	if (!sidecar_hash_inc(&rt_http_reqs, key))
 		bump(RT_LOST_KEYS);
+}
+
+/* One request of `key` took `d` ns. */
+static __always_inline void observe_http(struct rt_http_key *key, __u64 d)
+{
+	struct rt_hist *h = bpf_map_lookup_elem(&rt_http_hists, key);
+
+	if (!h) {
+		struct rt_hist z = {};
+
+		bpf_map_update_elem(&rt_http_hists, key, &z, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(&rt_http_hists, key);
+		if (!h) {
+			bump(RT_LOST_KEYS);
+			return;
+		}
+	}
+	__sync_fetch_and_add(&h->count, 1);
+	__sync_fetch_and_add(&h->sum_ns, d);
+	__u32 bucket = sidecar_hist_bucket(d);
+
+	if (bucket < SIDECAR_HIST_BUCKETS)
+		__sync_fetch_and_add(&h->hist[bucket], 1);
 }
 
 /* llhttp finished a request message (llhttp__after_message_complete calls
@@ -468,23 +502,123 @@ int rt_write_enter(struct sidecar_sys_enter *ctx)
 	struct rt_http_key key = st->key;
 
 	bpf_map_delete_elem(&rt_http_inflight, &c);
-	struct rt_hist *h = bpf_map_lookup_elem(&rt_http_hists, &key);
+	observe_http(&key, d);
+	return 0;
+}
 
-	if (!h) {
-		struct rt_hist z = {};
+/* ---- Node.js <= 18 built --with-dtrace: provider `node` (src/node_dtrace.cc) ----
+ * http__{server,client}__request(req, conn, remote, port, method, url, fd) and
+ * http__{server,client}__response(conn, remote, port, fd): the fd is the last argument of both.
+ * Requests are counted by method (and url path) into the tables of the llhttp hook; each is
+ * timed from its request probe to the response probe on the same fd. */
 
-		bpf_map_update_elem(&rt_http_hists, &key, &z, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&rt_http_hists, &key);
-		if (!h) {
-			bump(RT_LOST_KEYS);
-			return 0;
-		}
+/* Slot of node USDT client requests (slot::NODE_USDT_CLIENT in runtimes.rs). */
+#define RT_SLOT_NODE_USDT_CLIENT 11
+
+/* Apart from rt_http_inflight: the llhttp path's write tracepoint must not end these. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 16384);
+	__type(key, struct http_conn);
+	__type(value, struct http_start);
+} rt_usdt_http_inflight SEC(".maps");
+
+#define C7(a, b, c, d, e, f, g)                                                                   \
+	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
+	 (__u64)(f) << 40 | (__u64)(g) << 48)
+
+/* llhttp's number of a method name, as the llhttp hook labels; 255 ("other") for the rest. */
+static __always_inline __u32 method_number(__u64 str)
+{
+	char m[8] = {};
+	__u64 v;
+
+	if (bpf_probe_read_user_str(m, sizeof(m), (void *)str) <= 0)
+		return 255;
+	__builtin_memcpy(&v, m, sizeof(v));
+	switch (v) {
+	case C7('D', 'E', 'L', 'E', 'T', 'E', 0): return 0;
+	case C7('G', 'E', 'T', 0, 0, 0, 0): return 1;
+	case C7('H', 'E', 'A', 'D', 0, 0, 0): return 2;
+	case C7('P', 'O', 'S', 'T', 0, 0, 0): return 3;
+	case C7('P', 'U', 'T', 0, 0, 0, 0): return 4;
+	case C7('C', 'O', 'N', 'N', 'E', 'C', 'T'): return 5;
+	case C7('O', 'P', 'T', 'I', 'O', 'N', 'S'): return 6;
+	case C7('T', 'R', 'A', 'C', 'E', 0, 0): return 7;
+	case C7('P', 'A', 'T', 'C', 'H', 0, 0): return 28;
 	}
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, d);
-	__u32 bucket = sidecar_hist_bucket(d);
+	return 255;
+}
 
-	if (bucket < SIDECAR_HIST_BUCKETS)
-		__sync_fetch_and_add(&h->hist[bucket], 1);
+static __always_inline int usdt_http_conn(void *ctx, struct usdt_spec *spec, struct http_conn *c)
+{
+	__s64 fd = 0;
+
+	if (usdt_arg(ctx, spec, spec->arg_cnt - 1, &fd))
+		return -1;
+	c->tgid = bpf_get_current_pid_tgid() >> 32;
+	c->fd = (__u32)fd;
+	return 0;
+}
+
+/* http__server__request / http__client__request: label_arg is the method, label2_arg the url. */
+SEC("uprobe")
+int rt_usdt_http(struct pt_regs *ctx)
+{
+	struct usdt_spec *spec = target_hit(ctx);
+
+	if (!spec)
+		return 0;
+
+	__u32 zero = 0;
+	struct http_start *st = bpf_map_lookup_elem(&rt_http_scratch, &zero);
+	struct http_conn c = {};
+	__s64 method = 0, url = 0;
+
+	if (!st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
+	    usdt_arg(ctx, spec, spec->label2_arg, &url) || usdt_http_conn(ctx, spec, &c)) {
+		bump(RT_BAD_SPECS);
+		return 0;
+	}
+	__builtin_memset(st, 0, sizeof(*st));
+	st->key.method = method_number(method);
+	st->key.client = spec->slot == RT_SLOT_NODE_USDT_CLIENT;
+	if (rt_http_paths) {
+		char line[RT_LINE_LEN] = {};
+
+		if (bpf_probe_read_user_str(line, sizeof(line), (void *)url) > 0)
+			copy_path(line, 0, st->key.path);
+	}
+	count_request(&st->key);
+	st->ts = bpf_ktime_get_ns();
+	if (bpf_map_update_elem(&rt_usdt_http_inflight, &c, st, BPF_ANY))
+		bump(RT_LOST_BEGINS);
+	return 0;
+}
+
+/* http__server__response / http__client__response: the request on that fd is answered. */
+SEC("uprobe")
+int rt_usdt_http_done(struct pt_regs *ctx)
+{
+	struct usdt_spec *spec = target_hit(ctx);
+	struct http_conn c = {};
+
+	if (!spec)
+		return 0;
+	if (usdt_http_conn(ctx, spec, &c)) {
+		bump(RT_BAD_SPECS);
+		return 0;
+	}
+	struct http_start *st = bpf_map_lookup_elem(&rt_usdt_http_inflight, &c);
+
+	if (!st) {
+		bump(RT_UNMATCHED_ENDS);
+		return 0;
+	}
+	__u64 d = bpf_ktime_get_ns() - st->ts;
+	struct rt_http_key key = st->key;
+
+	bpf_map_delete_elem(&rt_usdt_http_inflight, &c);
+	observe_http(&key, d);
 	return 0;
 }

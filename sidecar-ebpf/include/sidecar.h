@@ -459,7 +459,7 @@ _Static_assert(sizeof(struct tls_bytes_key) == 24, "mirrored in Rust");
 
 struct rt_http_key {
 	__u32 method; /* llhttp method number */
-	__u32 _pad;
+	__u32 client; /* 0: a request the target served; 1: one it sent (node <= 18 USDT) */
 	char path[RT_PATH_LEN];
 };
 

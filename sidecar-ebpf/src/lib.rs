@@ -681,7 +681,8 @@ pub const RT_PATH_LEN: usize = 64;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RtHttpKey {
     pub method: u32,
-    pub _pad: u32,
+    /// 0: served by the target; 1: sent by it (node <= 18 USDT http__client__*).
+    pub client: u32,
     pub path: [u8; RT_PATH_LEN],
 }
 

@@ -45,16 +45,22 @@ enum Prog {
     Value,
     /// Node's HTTP parser hook: requests by method (and path), timed to the first write.
     Http,
+    /// Node <= 18 USDT http__*__request: requests by method (and url path), timed from here…
+    UsdtHttp,
+    /// … to http__*__response on the same fd.
+    UsdtHttpDone,
 }
 
 impl Prog {
-    const ALL: [Prog; 6] = [
+    const ALL: [Prog; 8] = [
         Prog::Count,
         Prog::Begin,
         Prog::End,
         Prog::Call,
         Prog::Value,
         Prog::Http,
+        Prog::UsdtHttp,
+        Prog::UsdtHttpDone,
     ];
     fn name(self) -> &'static str {
         match self {
@@ -64,6 +70,8 @@ impl Prog {
             Prog::Call => "rt_call",
             Prog::Value => "rt_value",
             Prog::Http => "rt_http",
+            Prog::UsdtHttp => "rt_usdt_http",
+            Prog::UsdtHttpDone => "rt_usdt_http_done",
         }
     }
 }
@@ -81,6 +89,8 @@ mod slot {
     pub const NODE_LAG: u32 = 8;
     pub const NODE_USDT_HTTP: u32 = 9;
     pub const NODE_USDT_GC: u32 = 10;
+    /// RT_SLOT_NODE_USDT_CLIENT in runtimes.bpf.c.
+    pub const NODE_USDT_CLIENT: u32 = 11;
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -239,17 +249,54 @@ const HOOKS: &[Hook] = &[
         label2: None,
         calls_only: false,
     },
-    // Node <= 18 built --with-dtrace (src/node_dtrace.cc): http__server__request(req, conn,
-    // remote, port, method, url, fd) and gc__start/gc__done(type, flags, isolate).
+    // Node <= 18 built --with-dtrace (src/node_dtrace.cc): http__{server,client}__request(req,
+    // conn, remote, port, method, url, fd), http__{server,client}__response(conn, remote, port,
+    // fd) and gc__start/gc__done(type, flags, isolate).
     Hook {
         runtime: Runtime::Node,
         site: Site::Usdt {
             provider: "node",
             probe: "http__server__request",
         },
-        prog: Prog::Call,
+        prog: Prog::UsdtHttp,
         slot: slot::NODE_USDT_HTTP,
         label: Some(4),
+        label2: Some(5),
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "http__server__response",
+        },
+        prog: Prog::UsdtHttpDone,
+        slot: slot::NODE_USDT_HTTP,
+        label: None,
+        label2: None,
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "http__client__request",
+        },
+        prog: Prog::UsdtHttp,
+        slot: slot::NODE_USDT_CLIENT,
+        label: Some(4),
+        label2: Some(5),
+        calls_only: false,
+    },
+    Hook {
+        runtime: Runtime::Node,
+        site: Site::Usdt {
+            provider: "node",
+            probe: "http__client__response",
+        },
+        prog: Prog::UsdtHttpDone,
+        slot: slot::NODE_USDT_CLIENT,
+        label: None,
         label2: None,
         calls_only: false,
     },
@@ -376,7 +423,9 @@ const DECLARED_SLOT: u32 = 100;
 pub struct Runtimes {
     inner: Arc<Inner>,
     functions: LabelBudget,
+    /// Paths of requests served, and of requests sent (node <= 18 USDT).
     paths: LabelBudget,
+    client_paths: LabelBudget,
     /// One label budget per declared metric.
     declared_budgets: Vec<LabelBudget>,
     /// Label names of each declared metric (leaked once: the encoder takes &'static str).
@@ -475,6 +524,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         inner,
         functions: LabelBudget::new(opts.top_n),
         paths: LabelBudget::new(opts.top_n),
+        client_paths: LabelBudget::new(opts.top_n),
         declared_budgets: (0..n_declared)
             .map(|_| LabelBudget::new(opts.top_n))
             .collect(),
@@ -904,8 +954,9 @@ impl Inner {
                     ret,
                     args,
                 } => match usdt::symbol_offset(&data, name) {
-                    // A node with USDT (<= 18 --with-dtrace) is covered by its probes.
-                    Err(_) if has_provider("node") => continue,
+                    // A node with USDT (<= 18 --with-dtrace) is covered by its probes; its
+                    // llhttp and V8 symbols too would count every request and GC twice.
+                    _ if has_provider("node") => continue,
                     Ok(off) => {
                         let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
                         let code = data.get(off as usize..).unwrap_or(&[]);
@@ -987,15 +1038,6 @@ fn node_usdt_generation(label: u64) -> String {
     .to_string()
 }
 
-/// A method string read from the target as a bounded label.
-pub fn method_label(raw: &[u8]) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "DELETE", "GET", "HEAD", "POST", "PUT", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    let s = comm_label(raw);
-    KNOWN.into_iter().find(|m| *m == s).unwrap_or("other")
-}
-
 /// llhttp's method numbers (llhttp.h `llhttp_method`), the common ones; the rest are `other`.
 pub fn http_method(m: u8) -> &'static str {
     match m {
@@ -1025,7 +1067,80 @@ fn int_label(v: u32) -> String {
     (v as i32).to_string()
 }
 
+/// (sent by the target, method, raw path) of node HTTP requests.
+type HttpKey = (bool, &'static str, String);
+
 impl Runtimes {
+    /// Node HTTP requests and their durations, served (`client` false) or sent; the histograms
+    /// follow the requests' top-N path admission.
+    fn encode_http(
+        &self,
+        enc: &mut DescriptorEncoder,
+        client: bool,
+        reqs: &BTreeMap<HttpKey, u64>,
+        hists: &BTreeMap<HttpKey, Log2Histogram>,
+    ) -> fmt::Result {
+        let (budget, name, help, duration_help) = if client {
+            (
+                &self.client_paths,
+                "ebpf_sidecar_runtime_http_client_requests",
+                "HTTP requests sent by runtimes in the target (node <= 18 with USDT: http__client__request), by runtime and method (and normalised path with --http-paths, top-N plus other).",
+                "HTTP requests sent by runtimes in the target, from http__client__request to http__client__response on the same fd, by runtime and method (and path with --http-paths).",
+            )
+        } else {
+            (
+                &self.paths,
+                "ebpf_sidecar_runtime_http_requests",
+                "HTTP requests received by runtimes in the target, by runtime and method (and normalised path with --http-paths, top-N plus other).",
+                "HTTP requests served by runtimes in the target: node >= 19 from the parsed request head (llhttp) to the first write(v) of the response on the same connection, node <= 18 from http__server__request to http__server__response; by runtime and method (and path with --http-paths).",
+            )
+        };
+        let folded = budget.fold(
+            reqs.iter()
+                .filter(|((c, _, _), _)| *c == client)
+                .map(|((_, m, p), v)| (p.clone(), *m, *v))
+                .collect(),
+        );
+        let admitted: std::collections::HashSet<String> =
+            folded.iter().map(|(p, _, _)| p.clone()).collect();
+        let labels = |m: &'static str, p: String| {
+            let mut l = vec![("runtime", "node".to_string()), ("method", m.to_string())];
+            if self.inner.http_paths {
+                l.push(("path", p));
+            }
+            l
+        };
+        encode::counter(
+            enc,
+            name,
+            help,
+            folded.into_iter().map(|(p, m, v)| (labels(m, p), v)),
+        )?;
+        let mut durations: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        for ((_, m, p), h) in hists.iter().filter(|((c, _, _), _)| *c == client) {
+            let p = if admitted.contains(p) {
+                p.clone()
+            } else {
+                encode::OTHER.to_string()
+            };
+            durations
+                .entry((m, p))
+                .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
+                .add(&h.buckets, h.sum_ns);
+        }
+        let name = if client {
+            "ebpf_sidecar_runtime_http_client_request_duration_seconds"
+        } else {
+            "ebpf_sidecar_runtime_http_request_duration_seconds"
+        };
+        encode::histogram(
+            enc,
+            name,
+            duration_help,
+            durations.into_iter().map(|((m, p), h)| (labels(m, p), h)),
+        )
+    }
+
     /// The --config metrics: label values joined with \u{1} go through the metric's budget.
     fn encode_declared(
         &self,
@@ -1158,7 +1273,6 @@ impl Probe for Runtimes {
             }
         }
         let mut calls: Vec<(String, (), u64)> = Vec::new();
-        let mut usdt_methods: BTreeMap<&'static str, u64> = BTreeMap::new();
         let mut declared_strings: BTreeMap<(u32, Vec<String>), u64> = BTreeMap::new();
         if let Some(Ok(m)) = ebpf
             .map("rt_calls")
@@ -1171,9 +1285,6 @@ impl Probe for Runtimes {
                         *by.entry(function_label(&k.module, &k.function))
                             .or_default() += v
                     }
-                    slot::NODE_USDT_HTTP => {
-                        *usdt_methods.entry(method_label(&k.module)).or_default() += v
-                    }
                     s if s >= DECLARED_SLOT => {
                         *declared_strings
                             .entry((s, vec![comm_label(&k.module), comm_label(&k.function)]))
@@ -1184,9 +1295,9 @@ impl Probe for Runtimes {
             }
             calls.extend(by.into_iter().map(|(k, v)| (k, (), v)));
         }
-        // Node HTTP: (method, raw path) → requests and durations.
-        let mut http_reqs: BTreeMap<(&'static str, String), u64> = BTreeMap::new();
-        let mut http_hists: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
+        // Node HTTP: requests and durations.
+        let mut http_reqs: BTreeMap<HttpKey, u64> = BTreeMap::new();
+        let mut http_hists: BTreeMap<HttpKey, Log2Histogram> = BTreeMap::new();
         let path_of = |raw: &[u8]| -> String {
             if !self.inner.http_paths {
                 return String::new();
@@ -1205,7 +1316,7 @@ impl Probe for Runtimes {
         {
             for (k, v) in m.iter().filter_map(|r| r.ok()) {
                 *http_reqs
-                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .entry((k.client != 0, http_method(k.method as u8), path_of(&k.path)))
                     .or_default() += v;
             }
         }
@@ -1215,7 +1326,7 @@ impl Probe for Runtimes {
         {
             for (k, v) in m.iter().filter_map(|r| r.ok()) {
                 http_hists
-                    .entry((http_method(k.method as u8), path_of(&k.path)))
+                    .entry((k.client != 0, http_method(k.method as u8), path_of(&k.path)))
                     .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
                     .add(&v.hist, v.sum_ns);
             }
@@ -1255,54 +1366,9 @@ impl Probe for Runtimes {
                 .map(|(_, v)| *v)
                 .sum()
         };
-        for (m, v) in usdt_methods {
-            let path = if self.inner.http_paths {
-                encode::OTHER.to_string()
-            } else {
-                String::new()
-            };
-            *http_reqs.entry((m, path)).or_default() += v;
+        for client in [false, true] {
+            self.encode_http(enc, client, &http_reqs, &http_hists)?;
         }
-        // Top-N paths by requests; the histograms follow the same admission.
-        let folded = self.paths.fold(
-            http_reqs
-                .iter()
-                .map(|((m, p), v)| (p.clone(), *m, *v))
-                .collect(),
-        );
-        let admitted: std::collections::HashSet<String> =
-            folded.iter().map(|(p, _, _)| p.clone()).collect();
-        let labels = |m: &'static str, p: String| {
-            let mut l = vec![("runtime", "node".to_string()), ("method", m.to_string())];
-            if self.inner.http_paths {
-                l.push(("path", p));
-            }
-            l
-        };
-        encode::counter(
-            enc,
-            "ebpf_sidecar_runtime_http_requests",
-            "HTTP requests received by runtimes in the target, by runtime and method (and normalised path with --http-paths, top-N plus other).",
-            folded.into_iter().map(|(p, m, v)| (labels(m, p), v)),
-        )?;
-        let mut durations: BTreeMap<(&'static str, String), Log2Histogram> = BTreeMap::new();
-        for ((m, p), h) in http_hists {
-            let p = if admitted.contains(&p) {
-                p
-            } else {
-                encode::OTHER.to_string()
-            };
-            durations
-                .entry((m, p))
-                .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
-                .add(&h.buckets, h.sum_ns);
-        }
-        encode::histogram(
-            enc,
-            "ebpf_sidecar_runtime_http_request_duration_seconds",
-            "Node.js HTTP server requests of the target: from the parsed request head (llhttp) to the first write(v) of the response on the same connection, by runtime and method (and path with --http-paths).",
-            durations.into_iter().map(|((m, p), h)| (labels(m, p), h)),
-        )?;
         let calls_total: Vec<_> = if self.inner.calls {
             self.functions.fold(calls)
         } else {
@@ -1420,8 +1486,6 @@ mod tests {
         assert_eq!(http_method(1), "GET");
         assert_eq!(http_method(3), "POST");
         assert_eq!(http_method(200), "other");
-        assert_eq!(method_label(b"POST\0\0"), "POST");
-        assert_eq!(method_label(b"BREW\0"), "other");
         assert_eq!(node_usdt_generation(1), "scavenge");
         assert_eq!(
             Runtime::of_path("/usr/bin/python3.11"),

@@ -589,8 +589,9 @@ fn late_python_is_discovered() {
 }
 
 /// The Node <= 18 USDT path, on a C stand-in with Node 18's provider, probe names, argument
-/// layouts and semaphores (tests/integration/workloads/node18_usdt.c): exact counts, and the
-/// same as bpftrace's usdt: probes on the same run.
+/// layouts and semaphores (tests/integration/workloads/node18_usdt.c): exact counts of served
+/// and sent requests by method and path, their durations, GCs, and the same counts as
+/// bpftrace's usdt: probes on the same run.
 #[test]
 fn node18_usdt_fixture_matches_bpftrace() {
     require_root();
@@ -605,35 +606,97 @@ fn node18_usdt_fixture_matches_bpftrace() {
     let node = dir.join("node");
     std::fs::copy(&built, &node).unwrap();
     let node_s = node.display().to_string();
-    let (gets, posts, gcs) = (6u64, 4u64, 3u64);
+    let (gets, posts, gcs, client_gets) = (6u64, 4u64, 3u64, 5u64);
     let run = GatedRun::new(
         "node18",
-        &[],
+        &["--http-paths"],
         &[
             &node_s,
             &gets.to_string(),
             &posts.to_string(),
             &gcs.to_string(),
+            &client_gets.to_string(),
         ],
     );
     let bt = Bpftrace::start(&format!(
         "usdt:{node_s}:node:http__server__request {{ @[str(arg4)] = count(); }} \
+         usdt:{node_s}:node:http__client__request {{ @client[str(arg4)] = count(); }} \
          usdt:{node_s}:node:gc__start {{ @gc = count(); }}"
     ));
     let m = run.go_and_wait();
     let maps = bt.stop();
-    for (method, n) in [("GET", gets), ("POST", posts)] {
-        let ours = m.sum(
-            "ebpf_sidecar_runtime_http_requests_total",
-            &[("runtime", "node"), ("method", method)],
+    // GET /items/<i> (ids fold to :id), POST /items; each answered 2 ms later on its fd.
+    for (method, path, n) in [("GET", "/items/:id", gets), ("POST", "/items", posts)] {
+        let labels = [("runtime", "node"), ("method", method), ("path", path)];
+        assert_eq!(
+            m.sum("ebpf_sidecar_runtime_http_requests_total", &labels),
+            n as f64,
+            "{method}"
         );
-        assert_eq!(ours, n as f64, "{method}");
         assert_eq!(
             bpf_value(&maps, &format!("@[{method}]")),
             n,
             "bpftrace {method}"
         );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_runtime_http_request_duration_seconds_count",
+                &labels
+            ),
+            n as f64,
+            "{method} durations"
+        );
+        let sum = m.sum(
+            "ebpf_sidecar_runtime_http_request_duration_seconds_sum",
+            &labels,
+        );
+        // nanosleep(2 ms) never returns early; 50 ms each is a loaded machine's margin.
+        assert!(
+            sum >= n as f64 * 0.002 && sum < n as f64 * 0.05,
+            "{method}: {sum} s for {n}"
+        );
     }
+    // Requests the process sent: GET /upstream/<i>?x=1, answered 1 ms later.
+    let client = [
+        ("runtime", "node"),
+        ("method", "GET"),
+        ("path", "/upstream/:id"),
+    ];
+    assert_eq!(
+        m.sum("ebpf_sidecar_runtime_http_client_requests_total", &client),
+        client_gets as f64
+    );
+    assert_eq!(bpf_value(&maps, "@client[GET]"), client_gets);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_http_client_request_duration_seconds_count",
+            &client
+        ),
+        client_gets as f64
+    );
+    let sum = m.sum(
+        "ebpf_sidecar_runtime_http_client_request_duration_seconds_sum",
+        &client,
+    );
+    assert!(
+        sum >= client_gets as f64 * 0.001 && sum < client_gets as f64 * 0.05,
+        "client: {sum} s"
+    );
+    // Served requests stay out of the client series and the other way round.
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_http_requests_total",
+            &[("runtime", "node")]
+        ),
+        (gets + posts) as f64
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_http_client_requests_total",
+            &[("runtime", "node")]
+        ),
+        client_gets as f64
+    );
     assert_eq!(
         m.sum(
             "ebpf_sidecar_runtime_gc_duration_seconds_count",
