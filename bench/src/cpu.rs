@@ -13,7 +13,7 @@ use std::process::Command;
 
 use anyhow::Result;
 
-use crate::stack::{self, Wrk};
+use crate::stack::{self, Monitor, Wrk};
 use crate::util::*;
 
 pub fn run(iterations: u64, repeat: usize, seconds: u64, rounds: usize) -> Result<String> {
@@ -113,13 +113,6 @@ fn cpu_bound(iterations: u64, repeat: usize) -> Result<String> {
     Ok(o)
 }
 
-enum Monitor {
-    None,
-    Sidecar(&'static [&'static str]),
-    /// bpftrace on an unmonitored node, filtered by its pid.
-    Bpftrace,
-}
-
 /// (table name, short name for the per-round lines, monitor)
 const NODE_CONFIGS: [(&str, &str, Monitor); 5] = [
     ("no monitor", "none", Monitor::None),
@@ -141,47 +134,14 @@ const NODE_CONFIGS: [(&str, &str, Monitor); 5] = [
     (
         "bpftrace profile:hz:49 /pid == NODE/ { @[ustack, kstack] = count(); }",
         "bpftrace",
-        Monitor::Bpftrace,
+        Monitor::Bpftrace("profile:hz:49 /pid == {pid}/ { @[ustack, kstack] = count(); }"),
     ),
 ];
-
-/// One wrk measurement of a fresh node app under one configuration, after a 1 s JIT warm-up.
-fn node_once(server: &Path, monitor: &Monitor, seconds: u64) -> Result<Wrk> {
-    let app = match monitor {
-        Monitor::None | Monitor::Bpftrace => stack::start(server, None, &[])?,
-        Monitor::Sidecar(args) => stack::start(server, Some(free_port()), args)?,
-    };
-    let _ = stack::wrk(app.port, 1)?;
-    // Unmonitored node runs under taskset, which execs it: the child's pid is node's.
-    let _bt = match monitor {
-        Monitor::Bpftrace => Some(Bpftrace::start(&format!(
-            "profile:hz:49 /pid == {}/ {{ @[ustack, kstack] = count(); }}",
-            app.child.id()
-        ))?),
-        _ => None,
-    };
-    stack::wrk(app.port, seconds)
-}
 
 fn node_app(seconds: u64, rounds: usize) -> Result<String> {
     let server = root().join("examples/node-app/server.js");
     let n = NODE_CONFIGS.len();
-    let mut runs: Vec<Vec<Wrk>> = (0..n).map(|_| Vec::new()).collect();
-    let mut order = Vec::new();
-    for round in 0..rounds {
-        // Each round starts one configuration later, so no configuration always runs first
-        // (fresh caches, the previous round's cleanup) or last while the machine drifts.
-        let mut line = Vec::new();
-        for k in 0..n {
-            let i = (round + k) % n;
-            let (_, short, monitor) = &NODE_CONFIGS[i];
-            let w = node_once(&server, monitor, seconds)?;
-            line.push(format!("{short} {:.0}, {:.2}", w.rps, w.p99_ms));
-            runs[i].push(w);
-        }
-        order.push(line);
-        eprintln!("node round {}/{rounds} done", round + 1);
-    }
+    let (runs, order) = stack::compare(&server, &NODE_CONFIGS, seconds, rounds)?;
     let switch = switch_cost(&server, seconds.min(10))?;
 
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());

@@ -2,7 +2,7 @@
 //!
 //!   cargo run --release -p bench -- foundation [--calls N] [--repeat R]
 //!   cargo run --release -p bench -- disk [--mib M] [--reads N] [--repeat R]
-//!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N]
+//!   cargo run --release -p bench -- net [--repeat R] [--mib M] [--conns N] [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- stack [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- security [--execs N] [--connects N] [--rounds R]
 //!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R] [--seconds S] [--rounds R]
@@ -46,6 +46,8 @@ fn main() -> anyhow::Result<()> {
             opt("--repeat", 3)? as usize,
             opt("--mib", 2000)?,
             opt("--conns", 10_000)?,
+            opt("--seconds", 10)?,
+            opt("--rounds", 5)? as usize,
         )?,
         "security" => security::run(
             opt("--execs", 5_000)?,

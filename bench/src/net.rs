@@ -1,14 +1,16 @@
-//! Issue "Network" targets: loopback TCP throughput (one large transfer) and a short-connection
-//! workload (connect, 64-byte request, 64-byte reply, close), with no monitor, with ebpf-sidecar
-//! (net family on, in `run` mode) and with bpftrace doing tcplife-style accounting on the same
-//! tracepoint (sock:inet_sock_set_state: birth time, lifetime histogram, bytes at close). Also
-//! the sidecar's per-program cost from bpf_stats.
+//! Issue "Network" targets: loopback TCP throughput (one large transfer), the short-request HTTP
+//! workload (wrk against the node example app in the target, the stack benchmark's setup) and a
+//! harsher short-connection workload (connect, 64-byte request, 64-byte reply, close), with no
+//! monitor, with ebpf-sidecar (net family on, in `run` mode) and with bpftrace doing
+//! tcplife-style accounting on the same tracepoint (sock:inet_sock_set_state: birth time,
+//! lifetime histogram, bytes at close). Also the sidecar's per-program cost from bpf_stats.
 
 use std::fmt::Write as _;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::stack::{self, Monitor, Wrk};
 use crate::util::*;
 
 const OFF: &[&str] = &["--net-http", "off"];
@@ -87,7 +89,91 @@ fn under_bpftrace(
     Ok((figures, c))
 }
 
-pub fn run(repeat: usize, mib: u64, conns: u64) -> Result<String> {
+/// (table name, short name for the per-round lines, monitor) of the HTTP workload.
+const HTTP_CONFIGS: [(&str, &str, Monitor); 4] = [
+    ("no monitor", "none", Monitor::None),
+    (
+        "ebpf-sidecar --probes net (HTTP from packets, default)",
+        "net",
+        Monitor::Sidecar(&["--probes", "net"]),
+    ),
+    (
+        "ebpf-sidecar --probes net --net-http off",
+        "net http off",
+        Monitor::Sidecar(&["--probes", "net", "--net-http", "off"]),
+    ),
+    (
+        "bpftrace, tcplife-style accounting on sock:inet_sock_set_state",
+        "bpftrace",
+        Monitor::Bpftrace(BPFTRACE),
+    ),
+];
+
+/// wrk on the node example app (keep-alive connections, the stack benchmark's setup), a fresh
+/// node per measurement, the configurations alternating within each round.
+fn http(seconds: u64, rounds: usize) -> Result<String> {
+    let server = root().join("examples/node-app/server.js");
+    let (runs, order) = stack::compare(&server, &HTTP_CONFIGS, seconds, rounds)?;
+    let (_, costs) = stack::cost_breakdown(&server, seconds, &["--probes", "net"])?;
+    let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+    let (rps0, p0) = (med(&runs[0], |w| w.rps), med(&runs[0], |w| w.p99_ms));
+    let (node_cpu, wrk_cpus) = stack::cpus();
+    let mut o = String::new();
+    writeln!(
+        o,
+        "## Network: short HTTP requests, the node example app under wrk, median of {rounds} rounds
+
+         wrk -t{} -c{} -d{seconds}s --latency (keep-alive) on `GET {}` of examples/node-app/server.js          (host node {}), a fresh node per measurement, 1 s warm-up; node pinned to CPU {node_cpu},          wrk to CPU {wrk_cpus}; the configurations alternate within each round, each round          starting one later.
+",
+        stack::THREADS,
+        stack::CONNECTIONS,
+        stack::ROUTE,
+        stack::node_version(),
+    )?;
+    writeln!(
+        o,
+        "| configuration | requests/s | loss | p99 latency | p99 vs no monitor |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---:|")?;
+    for (i, (name, _, _)) in HTTP_CONFIGS.iter().enumerate() {
+        let (rps, p99) = (med(&runs[i], |w| w.rps), med(&runs[i], |w| w.p99_ms));
+        writeln!(
+            o,
+            "| {name} | {rps:.0} | {:.1}% | {p99:.2} ms | {:+.1}% |",
+            (1.0 - rps / rps0) * 100.0,
+            (p99 / p0 - 1.0) * 100.0
+        )?;
+    }
+    let loss = (1.0 - med(&runs[1], |w| w.rps) / rps0) * 100.0;
+    writeln!(
+        o,
+        "
+Target ≤ 5% requests/s on HTTP: {loss:.1}% lost with the net family {}
+",
+        if loss <= 5.0 { "✔" } else { "✘" }
+    )?;
+    o.push_str(&costs);
+    writeln!(o, "Per round, in the order run (requests/s, p99 ms):\n")?;
+    for (r, line) in order.iter().enumerate() {
+        writeln!(o, "- round {}: {}", r + 1, line.join("; "))?;
+    }
+    Ok(o)
+}
+
+pub fn run(repeat: usize, mib: u64, conns: u64, seconds: u64, rounds: usize) -> Result<String> {
+    let mut o = if rounds > 0 {
+        http(seconds, rounds)? + "\n"
+    } else {
+        String::new()
+    };
+    if repeat > 0 {
+        o.push_str(&transfers(repeat, mib, conns)?);
+    }
+    Ok(o)
+}
+
+/// The stream and the short connections.
+fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     let bin = workload("net_stream")?;
     once(&bin, "stream", mib / 4)?; // warm up
     let work = [("stream", mib), ("conns", conns)];

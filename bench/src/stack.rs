@@ -159,6 +159,59 @@ pub(crate) fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Resu
     Ok(r)
 }
 
+/// What watches the node app in one configuration of [`compare`].
+pub(crate) enum Monitor {
+    None,
+    Sidecar(&'static [&'static str]),
+    /// bpftrace beside an unmonitored node; `{pid}` in the program becomes node's pid.
+    Bpftrace(&'static str),
+}
+
+/// One wrk measurement of a fresh node app under one configuration, after a 1 s JIT warm-up.
+fn node_once(server: &Path, monitor: &Monitor, seconds: u64) -> Result<Wrk> {
+    let app = match monitor {
+        Monitor::None | Monitor::Bpftrace(_) => start(server, None, &[])?,
+        Monitor::Sidecar(args) => start(server, Some(free_port()), args)?,
+    };
+    let _ = wrk(app.port, 1)?;
+    // Unmonitored node runs under taskset, which execs it: the child's pid is node's.
+    let _bt = match monitor {
+        Monitor::Bpftrace(program) => Some(util::Bpftrace::start(
+            &program.replace("{pid}", &app.child.id().to_string()),
+        )?),
+        _ => None,
+    };
+    wrk(app.port, seconds)
+}
+
+/// `rounds` rounds of every configuration (table name, short name, monitor), a fresh node each:
+/// the wrk figures per configuration, and per round the "short rps, p99" lines in the order run.
+pub(crate) fn compare(
+    server: &Path,
+    configs: &[(&str, &str, Monitor)],
+    seconds: u64,
+    rounds: usize,
+) -> Result<(Vec<Vec<Wrk>>, Vec<Vec<String>>)> {
+    let n = configs.len();
+    let mut runs: Vec<Vec<Wrk>> = (0..n).map(|_| Vec::new()).collect();
+    let mut order = Vec::new();
+    for round in 0..rounds {
+        // Each round starts one configuration later, so no configuration always runs first
+        // (fresh caches, the previous round's cleanup) or last while the machine drifts.
+        let mut line = Vec::new();
+        for k in 0..n {
+            let i = (round + k) % n;
+            let (_, short, monitor) = &configs[i];
+            let w = node_once(server, monitor, seconds)?;
+            line.push(format!("{short} {:.0}, {:.2}", w.rps, w.p99_ms));
+            runs[i].push(w);
+        }
+        order.push(line);
+        eprintln!("node round {}/{rounds} done", round + 1);
+    }
+    Ok((runs, order))
+}
+
 /// The per-call and per-packet work a user can turn off when the app is a hot loop of tiny
 /// requests: syscall latency (two clock reads and a task-storage lookup per call) and HTTP
 /// recognition in the packet programs. Counting stays on.
@@ -220,7 +273,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         }
         eprintln!("round {}/{rounds} done", round + 1);
     }
-    let (probes, breakdown) = cost_breakdown(&server, seconds.min(10))?;
+    let (probes, breakdown) = cost_breakdown(&server, seconds.min(10), &[])?;
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
     let (rps0, rps1) = (med(&without, |w| w.rps), med(&with, |w| w.rps));
     let (p0, p1) = (med(&without, |w| w.p99_ms), med(&with, |w| w.p99_ms));
@@ -280,11 +333,17 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     Ok(s)
 }
 
-/// One more round with `--bpf-stats`: BPF program time per request, by program (the stats' own
-/// clock reads add a little to every run, so this round's throughput is not the one reported).
-fn cost_breakdown(server: &Path, seconds: u64) -> Result<(String, String)> {
+/// One more round with `--bpf-stats` (and `extra` sidecar flags): BPF program time per request,
+/// by program (the stats' own clock reads add a little to every run, so this round's throughput
+/// is not the one reported). Also the probes that were up.
+pub(crate) fn cost_breakdown(
+    server: &Path,
+    seconds: u64,
+    extra: &[&str],
+) -> Result<(String, String)> {
     let m = free_port();
-    let app = start(server, Some(m), &["--bpf-stats"])?;
+    let args: Vec<&str> = ["--bpf-stats"].iter().chain(extra).copied().collect();
+    let app = start(server, Some(m), &args)?;
     let _ = wrk(app.port, 1)?;
     let before = http_get(m, "/metrics")?.1;
     let w = wrk(app.port, seconds)?;
