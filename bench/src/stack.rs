@@ -184,14 +184,17 @@ fn node_once(server: &Path, monitor: &Monitor, seconds: u64) -> Result<Wrk> {
     wrk(app.port, seconds)
 }
 
-/// `rounds` rounds of every configuration (table name, short name, monitor), a fresh node each:
-/// the wrk figures per configuration, and per round the "short rps, p99" lines in the order run.
+/// What [`compare`] measured: the wrk figures per configuration, and per round the
+/// "short rps, p99" lines in the order run.
+pub(crate) type Compared = (Vec<Vec<Wrk>>, Vec<Vec<String>>);
+
+/// `rounds` rounds of every configuration (table name, short name, monitor), a fresh node each.
 pub(crate) fn compare(
     server: &Path,
     configs: &[(&str, &str, Monitor)],
     seconds: u64,
     rounds: usize,
-) -> Result<(Vec<Vec<Wrk>>, Vec<Vec<String>>)> {
+) -> Result<Compared> {
     let n = configs.len();
     let mut runs: Vec<Vec<Wrk>> = (0..n).map(|_| Vec::new()).collect();
     let mut order = Vec::new();
