@@ -121,10 +121,12 @@ fn http(seconds: u64, rounds: usize) -> Result<String> {
     let mut o = String::new();
     writeln!(
         o,
-        "## Network: short HTTP requests, the node example app under wrk, median of {rounds} rounds
-
-         wrk -t{} -c{} -d{seconds}s --latency (keep-alive) on `GET {}` of examples/node-app/server.js          (host node {}), a fresh node per measurement, 1 s warm-up; node pinned to CPU {node_cpu},          wrk to CPU {wrk_cpus}; the configurations alternate within each round, each round          starting one later.
-",
+        "## Network: short HTTP requests, the node example app under wrk, median of {rounds} rounds\n\n\
+         wrk -t{} -c{} -d{seconds}s --latency (keep-alive) on `GET {}` of examples/node-app/server.js \
+         (host node {}), a fresh node per measurement, 1 s warm-up; node pinned to CPU {node_cpu}, \
+         wrk to CPU {wrk_cpus}; the configurations alternate within each round, each round \
+         starting one later. Rounds of one configuration differ by up to 10% on this VM: the \
+         program cost below is the steadier figure.\n",
         stack::THREADS,
         stack::CONNECTIONS,
         stack::ROUTE,
