@@ -212,7 +212,7 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
         o,
         "\nThroughput medians on this shared 2-CPU VM swing by 20-30% between identical configurations \
          (compare rows for the same workload run back to back); the kernel time added is the steadier figure. \
-         It counts every process on the host (files_sys_* run on all syscalls; others' are rejected by the filter).\n\n\
+         It counts every process on the host (files_sys_exit runs on every syscall; other processes' calls are rejected by the filter).\n\n\
          BPF time added (bpf_stats, all disk_/files_ programs): sequential {seq_ns_per_mib:.0} ns per MiB moved \
          = {:.3}% of the unmonitored time per MiB ({base_ns_per_mib:.0} ns); small reads {small_ns:.0} ns per read \
          = {:.1}% of an unmonitored read ({bs:.0} ns).",

@@ -10,8 +10,9 @@
  * we did not see (opened before the sidecar started, or outside the target and passed in) count
  * under their kind instead (FILE_KIND_UNKNOWN_PATH for regular files).
  *
- * Hooks: raw_tp sys_exit (everything: the arguments are still in the saved registers), raw_tp
- * sys_enter (only to time the sync calls), raw_tp mm_filemap_add_to_page_cache. */
+ * Hooks: tp_btf sys_exit (everything: the arguments are still in the saved registers), the
+ * enter tracepoints of the sync calls (to time them; raw_tp sys_enter without tracefs), raw_tp
+ * mm_filemap_add_to_page_cache. */
 #include "sidecar.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -336,21 +337,35 @@ static __always_inline int interesting(__u64 nr)
 	return 0;
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
-SEC("raw_tp/sys_enter")
-int files_sys_enter(unsigned long long *ctx)
+/* A sync call of the target starts: stamp it for the exit. */
+static __always_inline void sync_started(void)
 {
-	/* Runs on every syscall of the host: the syscall number is cheaper than the filter. */
-	if (sync_call(ctx[1]) < 0)
-		return 0;
 	if (!sidecar_in_target())
-		return 0;
+		return;
 
 	struct sync_start *v = bpf_task_storage_get(&file_sync_start, bpf_get_current_task_btf(), 0,
 						    BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 	if (v)
 		v->ts = bpf_ktime_get_ns();
+}
+
+/* Default: on the enter tracepoints of fsync, fdatasync and sync_file_range only. */
+SEC("tracepoint/syscalls/sys_enter_fsync")
+int files_sync_enter(void *ctx)
+{
+	sync_started();
+	return 0;
+}
+
+/* Without tracefs: on every syscall of the host. raw_tp args: ctx[0] = struct pt_regs *,
+ * ctx[1] = syscall number */
+SEC("raw_tp/sys_enter")
+int files_sys_enter(unsigned long long *ctx)
+{
+	/* The syscall number is cheaper than the filter. */
+	if (sync_call(ctx[1]) >= 0)
+		sync_started();
 	return 0;
 }
 

@@ -31,7 +31,17 @@ pub struct Files {
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let mut obj = Object::load("files", sidecar_ebpf::objects::FILES)?;
     obj.attach_tp_btf("files_sys_exit", "sys_exit")?;
-    obj.attach_raw_tp("files_sys_enter", "sys_enter")?;
+    // Only the sync calls are timed: their own enter tracepoints, not a program on every
+    // syscall of the host.
+    obj.attach_syscall_hook(
+        "files_sync_enter",
+        &[
+            "sys_enter_fsync",
+            "sys_enter_fdatasync",
+            "sys_enter_sync_file_range",
+        ],
+        ("files_sys_enter", "sys_enter"),
+    )?;
     obj.attach_raw_tp("files_page_cache_add", "mm_filemap_add_to_page_cache")?;
     Ok(Arc::new(Files {
         obj,
