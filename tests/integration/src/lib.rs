@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
@@ -44,24 +44,30 @@ pub fn sidecar_bin() -> PathBuf {
     );
 }
 
-/// A static build of a workload in `workloads/NAME.c`, built once per test binary.
+/// A static build of a workload in `workloads/NAME.c`, built once per test binary. Tests run in
+/// parallel and may be executing the binary already: it is built under a temporary name and
+/// renamed over the old one (writing into a running executable fails with ETXTBSY).
 pub fn workload(name: &str) -> PathBuf {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    let dir = BUILT.get_or_init(|| {
-        let d = repo_root().join("target/workloads");
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    });
+    static BUILT: Mutex<Vec<(String, PathBuf)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, p)) = built.iter().find(|(n, _)| n == name) {
+        return p.clone();
+    }
+    let dir = repo_root().join("target/workloads");
+    std::fs::create_dir_all(&dir).unwrap();
     let out = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}", std::process::id()));
     let src = repo_root().join(format!("tests/integration/workloads/{name}.c"));
     // Frame pointers: the kernel unwinds user stacks by them (profiler tests).
     let st = Command::new("gcc")
         .args(["-static", "-O2", "-Wall", "-fno-omit-frame-pointer", "-o"])
-        .arg(&out)
+        .arg(&tmp)
         .arg(&src)
         .status()
         .expect("gcc not found: apt-get install gcc libc6-dev");
     assert!(st.success(), "building {}", src.display());
+    std::fs::rename(&tmp, &out).unwrap();
+    built.push((name.to_string(), out.clone()));
     out
 }
 
