@@ -5,7 +5,12 @@ use std::process::{Command, Stdio};
 use integration::*;
 
 /// Run `cpu_burn ARGS` under `ebpf-sidecar run --probes cpu`; returns (stdout, final metrics).
+/// One workload at a time: the tests' spinners would otherwise keep the others' woken threads
+/// waiting for a CPU (a 10 ms sleep measured as 17 ms off CPU, a CPU-time count against rusage
+/// taken while another test spins on both CPUs).
 fn run(args: &[&str]) -> (String, Metrics) {
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let w = workload("cpu_burn");
     let out = std::env::temp_dir().join(format!("ebpf-sidecar-cpu-{}.prom", args.join("-")));
     let port = format!("127.0.0.1:{}", free_port());
