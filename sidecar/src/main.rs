@@ -247,6 +247,9 @@ enum UsdtCommand {
         #[arg(long, value_name = "PATH")]
         binary: Option<PathBuf>,
     },
+    /// Print the built-in runtime packs in the --config form they are written in (a start for
+    /// your own file).
+    Packs,
 }
 
 fn parse_label(s: &str) -> Result<(String, String), String> {
@@ -336,6 +339,14 @@ fn main() {
         Some(Command::Usdt {
             command: UsdtCommand::List { pid, binary },
         }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),
+        Some(Command::Usdt {
+            command: UsdtCommand::Packs,
+        }) => {
+            for (file, text) in sidecar::probes::runtimes::packs::FILES {
+                println!("# packs/{file}\n{text}");
+            }
+            return;
+        }
         Some(Command::Run {
             cmd,
             metrics_out,

@@ -28,6 +28,8 @@ use crate::target::Resolved;
 use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, attach::Link, procs};
 
+pub mod packs;
+
 /// How often the target's processes are scanned for runtimes not attached yet.
 pub const RESCAN: Duration = Duration::from_secs(1);
 
@@ -101,6 +103,12 @@ pub enum Runtime {
 }
 
 impl Runtime {
+    fn from_name(name: &str) -> Option<Runtime> {
+        [Runtime::Python, Runtime::Java, Runtime::Node]
+            .into_iter()
+            .find(|r| r.name() == name)
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Runtime::Python => "python",
@@ -124,6 +132,7 @@ impl Runtime {
     }
 }
 
+#[derive(Clone, Copy)]
 enum Site {
     /// A USDT probe (all its sites).
     Usdt {
@@ -139,6 +148,7 @@ enum Site {
     },
 }
 
+#[derive(Clone, Copy)]
 struct Hook {
     runtime: Runtime,
     site: Site,
@@ -152,106 +162,13 @@ struct Hook {
 
 const V8_GC: &str = "_ZN2v88internal4Heap24PerformGarbageCollectionENS0_16GarbageCollectorENS0_23GarbageCollectionReasonEPKc";
 
-const HOOKS: &[Hook] = &[
-    Hook {
-        runtime: Runtime::Python,
-        site: Site::Usdt {
-            provider: "python",
-            probe: "gc__start",
-        },
-        prog: Prog::Begin,
-        slot: slot::PY_GC,
-        label: Some(0),
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Python,
-        site: Site::Usdt {
-            provider: "python",
-            probe: "gc__done",
-        },
-        prog: Prog::End,
-        slot: slot::PY_GC,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Python,
-        site: Site::Usdt {
-            provider: "python",
-            probe: "function__entry",
-        },
-        prog: Prog::Call,
-        slot: slot::PY_CALLS,
-        label: Some(0),
-        label2: Some(1),
-        calls_only: true,
-    },
-    Hook {
-        runtime: Runtime::Python,
-        site: Site::Usdt {
-            provider: "python",
-            probe: "import__find__load__start",
-        },
-        prog: Prog::Count,
-        slot: slot::PY_IMPORTS,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Java,
-        site: Site::Usdt {
-            provider: "hotspot",
-            probe: "gc__begin",
-        },
-        prog: Prog::Begin,
-        slot: slot::JAVA_GC,
-        label: Some(0),
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Java,
-        site: Site::Usdt {
-            provider: "hotspot",
-            probe: "gc__end",
-        },
-        prog: Prog::End,
-        slot: slot::JAVA_GC,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Java,
-        site: Site::Usdt {
-            provider: "hotspot",
-            probe: "class__loaded",
-        },
-        prog: Prog::Count,
-        slot: slot::JAVA_CLASSES,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Java,
-        site: Site::Usdt {
-            provider: "hotspot",
-            probe: "thread__start",
-        },
-        prog: Prog::Count,
-        slot: slot::JAVA_THREADS,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
+/// Hooks the YAML form of the packs (packs/*.yaml) has no words for: Node's USDT HTTP probes
+/// (method and url strings, timed per fd) and stock Node's function symbols (argument specs on
+/// symbols, dedicated programs).
+const BUILT_IN_HOOKS: &[Hook] = &[
     // Node <= 18 built --with-dtrace (src/node_dtrace.cc): http__{server,client}__request(req,
     // conn, remote, port, method, url, fd), http__{server,client}__response(conn, remote, port,
-    // fd) and gc__start/gc__done(type, flags, isolate).
+    // fd); its gc__start/gc__done are in packs/node.yaml.
     Hook {
         runtime: Runtime::Node,
         site: Site::Usdt {
@@ -296,30 +213,6 @@ const HOOKS: &[Hook] = &[
         },
         prog: Prog::UsdtHttpDone,
         slot: slot::NODE_USDT_CLIENT,
-        label: None,
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Node,
-        site: Site::Usdt {
-            provider: "node",
-            probe: "gc__start",
-        },
-        prog: Prog::Begin,
-        slot: slot::NODE_USDT_GC,
-        label: Some(0),
-        label2: None,
-        calls_only: false,
-    },
-    Hook {
-        runtime: Runtime::Node,
-        site: Site::Usdt {
-            provider: "node",
-            probe: "gc__done",
-        },
-        prog: Prog::End,
-        slot: slot::NODE_USDT_GC,
         label: None,
         label2: None,
         calls_only: false,
@@ -915,7 +808,7 @@ impl Inner {
         let has_provider = |p: &str| notes.iter().any(|n| n.provider == p);
         let mut links = Vec::new();
         let mut sites = Vec::new();
-        for h in HOOKS.iter().filter(|h| h.runtime == runtime) {
+        for h in packs::HOOKS.iter().filter(|h| h.runtime == runtime) {
             if h.calls_only && !self.calls {
                 continue;
             }
@@ -1504,7 +1397,7 @@ mod tests {
 
     #[test]
     fn hooks_parse() {
-        for h in HOOKS {
+        for h in packs::HOOKS.iter() {
             if let Site::Symbol { args, .. } = h.site {
                 let a = usdt::args::parse_args(args).unwrap();
                 for l in [h.label, h.label2].into_iter().flatten() {
