@@ -473,6 +473,23 @@ fn usdt_list_and_bad_input() {
     assert!(text.contains("python:gc__start"), "{text}");
     assert!(text.contains("semaphore 0x"), "{text}");
 
+    // The built-in packs, in the --config form.
+    let out = Command::new(sidecar_bin())
+        .args(["usdt", "packs"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [
+        "# packs/python.yaml",
+        "begin: python:gc__start",
+        "# packs/java.yaml",
+        "probe: hotspot:class__loaded",
+        "# packs/node.yaml",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+
     // A binary without notes, a missing file, a file that is not ELF: exit 2, a clear message.
     let garbage = scratch("garbage.bin");
     std::fs::write(&garbage, b"\x7fELF\x02\x01\x01 this is not an ELF file").unwrap();

@@ -17,13 +17,43 @@ pub const FILES: [(&str, &str); 3] = [
 /// The metrics a pack may declare, and where the exporter reads each: (runtime, name, slot,
 /// only with --runtime-calls).
 const KNOWN: &[(Runtime, &str, u32, bool)] = &[
-    (Runtime::Python, "runtime_gc_duration_seconds", slot::PY_GC, false),
-    (Runtime::Python, "runtime_function_calls", slot::PY_CALLS, true),
+    (
+        Runtime::Python,
+        "runtime_gc_duration_seconds",
+        slot::PY_GC,
+        false,
+    ),
+    (
+        Runtime::Python,
+        "runtime_function_calls",
+        slot::PY_CALLS,
+        true,
+    ),
     (Runtime::Python, "runtime_imports", slot::PY_IMPORTS, false),
-    (Runtime::Java, "runtime_gc_duration_seconds", slot::JAVA_GC, false),
-    (Runtime::Java, "runtime_classes_loaded", slot::JAVA_CLASSES, false),
-    (Runtime::Java, "runtime_threads_started", slot::JAVA_THREADS, false),
-    (Runtime::Node, "runtime_gc_duration_seconds", slot::NODE_USDT_GC, false),
+    (
+        Runtime::Java,
+        "runtime_gc_duration_seconds",
+        slot::JAVA_GC,
+        false,
+    ),
+    (
+        Runtime::Java,
+        "runtime_classes_loaded",
+        slot::JAVA_CLASSES,
+        false,
+    ),
+    (
+        Runtime::Java,
+        "runtime_threads_started",
+        slot::JAVA_THREADS,
+        false,
+    ),
+    (
+        Runtime::Node,
+        "runtime_gc_duration_seconds",
+        slot::NODE_USDT_GC,
+        false,
+    ),
 ];
 
 /// Every hook: the packs' and the built-in ones.
@@ -97,19 +127,19 @@ fn hooks_of(file: &str, text: &str) -> Result<Vec<Hook>, String> {
 mod tests {
     use super::*;
 
-    fn usdt(h: &Hook) -> (Runtime, &str, &str, Prog, u32, Option<u32>, Option<u32>, bool) {
+    /// A hook as one line: runtime provider:probe program slot labels [calls only].
+    fn line(h: &Hook) -> String {
         let Site::Usdt { provider, probe } = h.site else {
             panic!("packs only make USDT hooks")
         };
-        (
-            h.runtime,
-            provider,
-            probe,
-            h.prog,
+        format!(
+            "{} {provider}:{probe} {} slot {} labels {:?} {:?}{}",
+            h.runtime.name(),
+            h.prog.name(),
             h.slot,
             h.label,
             h.label2,
-            h.calls_only,
+            if h.calls_only { " calls only" } else { "" }
         )
     }
 
@@ -120,20 +150,18 @@ mod tests {
             .iter()
             .flat_map(|(f, t)| hooks_of(f, t).unwrap())
             .collect();
-        let got: Vec<_> = hooks.iter().map(usdt).collect();
-        use Prog::*;
-        use Runtime::*;
-        let want = vec![
-            (Python, "python", "gc__start", Begin, slot::PY_GC, Some(0), None, false),
-            (Python, "python", "gc__done", End, slot::PY_GC, None, None, false),
-            (Python, "python", "function__entry", Call, slot::PY_CALLS, Some(0), Some(1), true),
-            (Python, "python", "import__find__load__start", Count, slot::PY_IMPORTS, None, None, false),
-            (Java, "hotspot", "gc__begin", Begin, slot::JAVA_GC, Some(0), None, false),
-            (Java, "hotspot", "gc__end", End, slot::JAVA_GC, None, None, false),
-            (Java, "hotspot", "class__loaded", Count, slot::JAVA_CLASSES, None, None, false),
-            (Java, "hotspot", "thread__start", Count, slot::JAVA_THREADS, None, None, false),
-            (Node, "node", "gc__start", Begin, slot::NODE_USDT_GC, Some(0), None, false),
-            (Node, "node", "gc__done", End, slot::NODE_USDT_GC, None, None, false),
+        let got: Vec<String> = hooks.iter().map(line).collect();
+        let want = [
+            "python python:gc__start rt_begin slot 0 labels Some(0) None",
+            "python python:gc__done rt_end slot 0 labels None None",
+            "python python:function__entry rt_call slot 1 labels Some(0) Some(1) calls only",
+            "python python:import__find__load__start rt_count slot 2 labels None None",
+            "java hotspot:gc__begin rt_begin slot 3 labels Some(0) None",
+            "java hotspot:gc__end rt_end slot 3 labels None None",
+            "java hotspot:class__loaded rt_count slot 4 labels None None",
+            "java hotspot:thread__start rt_count slot 5 labels None None",
+            "node node:gc__start rt_begin slot 10 labels Some(0) None",
+            "node node:gc__done rt_end slot 10 labels None None",
         ];
         assert_eq!(got, want);
         assert_eq!(HOOKS.len(), hooks.len() + BUILT_IN_HOOKS.len());
