@@ -102,6 +102,21 @@ pub fn entry_offset(code: &[u8], args: &[Arg], ret: bool) -> usize {
     0
 }
 
+/// File offset of a uprobe on function `name` of the ELF file `data` reading `args` (and the
+/// return address when `ret`): the symbol, moved to its first emulated instruction when that is
+/// safe (see [`entry_offset`]). Also how far it moved.
+pub fn function_site(
+    data: &[u8],
+    name: &str,
+    args: &[Arg],
+    ret: bool,
+) -> Result<(u64, u64), super::UsdtError> {
+    let off = super::symbol_offset(data, name)?;
+    let code = data.get(off as usize..).unwrap_or(&[]);
+    let moved = entry_offset(&code[..code.len().min(64)], args, ret) as u64;
+    Ok((off + moved, moved))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -266,6 +266,24 @@ const BUILT_IN_HOOKS: &[Hook] = &[
     },
 ];
 
+/// File offset in a stock node binary (`data`) where the HTTP hook attaches (benchmarks compare
+/// a bare uprobe there with the pack).
+pub fn node_http_site(data: &[u8]) -> Result<u64, String> {
+    let Some(Site::Symbol {
+        name, args, ret, ..
+    }) = BUILT_IN_HOOKS
+        .iter()
+        .find(|h| h.prog == Prog::Http)
+        .map(|h| h.site)
+    else {
+        return Err("no HTTP hook".into());
+    };
+    let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
+    usdt::place::function_site(data, name, &args, ret)
+        .map(|(site, _)| site)
+        .map_err(|e| e.to_string())
+}
+
 /// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
 /// time a loop thread spends from an epoll wait's return to its next call is the time nothing new
 /// could be served. Measured on the syscall tracepoints of these waits (a tracepoint costs ~0.1 µs,
@@ -846,27 +864,28 @@ impl Inner {
                     short,
                     ret,
                     args,
-                } => match usdt::symbol_offset(&data, name) {
+                } => {
                     // A node with USDT (<= 18 --with-dtrace) is covered by its probes; its
                     // llhttp and V8 symbols too would count every request and GC twice.
-                    _ if has_provider("node") => continue,
-                    Ok(off) => {
-                        let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
-                        let code = data.get(off as usize..).unwrap_or(&[]);
-                        let code = &code[..code.len().min(64)];
-                        let moved = usdt::place::entry_offset(code, &args, *ret) as u64;
-                        tracing::debug!("{shown}: {short} probed at entry+{moved}");
-                        targets.push((
-                            off + moved,
-                            0,
-                            *ret,
-                            args,
-                            "uprobe".to_string(),
-                            short.to_string(),
-                        ))
+                    if has_provider("node") {
+                        continue;
                     }
-                    Err(e) => tracing::warn!("{shown}: {short}: {e}"),
-                },
+                    let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
+                    match usdt::place::function_site(&data, name, &args, *ret) {
+                        Ok((site, moved)) => {
+                            tracing::debug!("{shown}: {short} probed at entry+{moved}");
+                            targets.push((
+                                site,
+                                0,
+                                *ret,
+                                args,
+                                "uprobe".to_string(),
+                                short.to_string(),
+                            ))
+                        }
+                        Err(e) => tracing::warn!("{shown}: {short}: {e}"),
+                    }
+                }
             }
             for (off, sema, ret, args, provider, probe) in targets {
                 let mut spec = UsdtSpec {
