@@ -1294,39 +1294,34 @@ impl Probe for Runtimes {
                 .into_iter()
                 .map(|(f, (), v)| (vec![("runtime", "python".to_string()), ("function", f)], v)),
         )?;
-        encode::counter(
-            enc,
-            "ebpf_sidecar_runtime_imports",
-            "Modules imported (found and loaded) by runtimes in the target.",
-            has(Runtime::Python).then(|| {
-                (
-                    vec![("runtime", "python".to_string())],
-                    sum_slot(slot::PY_IMPORTS),
-                )
-            }),
-        )?;
-        encode::counter(
-            enc,
-            "ebpf_sidecar_runtime_classes_loaded",
-            "Classes loaded by runtimes in the target.",
-            has(Runtime::Java).then(|| {
-                (
-                    vec![("runtime", "java".to_string())],
-                    sum_slot(slot::JAVA_CLASSES),
-                )
-            }),
-        )?;
-        encode::counter(
-            enc,
-            "ebpf_sidecar_runtime_threads_started",
-            "Threads started by runtimes in the target.",
-            has(Runtime::Java).then(|| {
-                (
-                    vec![("runtime", "java".to_string())],
-                    sum_slot(slot::JAVA_THREADS),
-                )
-            }),
-        )?;
+        // Plain hit counts, one series per runtime that has the probe.
+        for (name, help, runtime, s) in [
+            (
+                "ebpf_sidecar_runtime_imports",
+                "Modules imported (found and loaded) by runtimes in the target.",
+                Runtime::Python,
+                slot::PY_IMPORTS,
+            ),
+            (
+                "ebpf_sidecar_runtime_classes_loaded",
+                "Classes loaded by runtimes in the target.",
+                Runtime::Java,
+                slot::JAVA_CLASSES,
+            ),
+            (
+                "ebpf_sidecar_runtime_threads_started",
+                "Threads started by runtimes in the target.",
+                Runtime::Java,
+                slot::JAVA_THREADS,
+            ),
+        ] {
+            encode::counter(
+                enc,
+                name,
+                help,
+                has(runtime).then(|| (vec![("runtime", runtime.name().to_string())], sum_slot(s))),
+            )?;
+        }
         encode::histogram(
             enc,
             "ebpf_sidecar_nodejs_event_loop_lag_seconds",
