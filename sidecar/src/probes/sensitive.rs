@@ -179,14 +179,10 @@ impl Sensitive {
     }
 
     fn scan(&self) {
-        let cgroup_dir = {
-            let t = self.target.lock().unwrap_or_else(|p| p.into_inner());
-            match t.as_ref() {
-                None => return,
-                Some(t) => t.cgroup_dir.clone(),
-            }
+        let Some(pids) = procs::pids_of(&self.target) else {
+            return;
         };
-        for pid in procs::target_pids(cgroup_dir.as_deref()) {
+        for pid in pids {
             let Ok(maps) = procs::mappings(pid) else {
                 continue;
             };

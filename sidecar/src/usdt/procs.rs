@@ -61,9 +61,22 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapped>> {
     ))?))
 }
 
+/// Pids of the current target (None while there is none), for the scanners that look for
+/// binaries to attach to.
+pub fn pids_of(target: &std::sync::Mutex<Option<crate::target::Resolved>>) -> Option<Vec<u32>> {
+    // Copied out so the lock is not held while the cgroup tree is read.
+    let cgroup_dir = target
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()?
+        .cgroup_dir
+        .clone();
+    Some(target_pids(cgroup_dir.as_deref()))
+}
+
 /// Pids of the target: its cgroup's processes (and sub-cgroups') when we can read them, else
 /// every process of the pid namespace we share with it, minus ourselves.
-pub fn target_pids(cgroup_dir: Option<&Path>) -> Vec<u32> {
+fn target_pids(cgroup_dir: Option<&Path>) -> Vec<u32> {
     fn walk(dir: &Path, out: &mut Vec<u32>) {
         if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
             out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));

@@ -534,15 +534,11 @@ fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
 
 impl Inner {
     fn scan(&self) {
-        let cgroup_dir = {
-            let t = self.target.lock().unwrap_or_else(|p| p.into_inner());
-            match t.as_ref() {
-                None => return,
-                Some(t) => t.cgroup_dir.clone(),
-            }
+        let Some(pids) = procs::pids_of(&self.target) else {
+            return;
         };
         let mut seen = Vec::new();
-        for pid in procs::target_pids(cgroup_dir.as_deref()) {
+        for pid in pids {
             let Ok(maps) = procs::mappings(pid) else {
                 continue;
             };
