@@ -378,21 +378,29 @@ struct {
 } rt_http_scratch SEC(".maps");
 
 /* The request target at line[start] ("/a/12?x HTTP/1.1"): up to the first space, '?', '#', CR
- * or NUL, every digit turned into '0' so ids do not fill the map (userspace normalises the
- * rest). Branch-free per byte, so the verifier walks one path. */
-#define RT_LINE_LEN (RT_PATH_LEN + 16)
+ * or NUL, the digits a segment starts with turned into '0' so numeric ids do not fill the map
+ * while "/api/v1" keeps its "1" (userspace normalises the rest). Branch-free per byte, so the
+ * verifier walks one path. The line is a power of two long: indexes are masked to stay inside
+ * it. */
+#define RT_LINE_LEN 128
+_Static_assert(RT_LINE_LEN >= RT_PATH_LEN + 16 && !(RT_LINE_LEN & (RT_LINE_LEN - 1)),
+	       "a request line holds the method and a whole path; masks need a power of two");
 
 static __always_inline void copy_path(const char *line, __u32 start, char *path)
 {
-	__u32 stop = 0;
+	__u32 stop = 0, run = 0;
+	char prev = 0;
 
 	if (line[start & (RT_LINE_LEN - 1)] != '/')
 		return;
 	for (int i = 0; i < RT_PATH_LEN - 1; i++) {
 		char c = line[(start + i) & (RT_LINE_LEN - 1)];
+		__u32 digit = c >= '0' && c <= '9';
 
 		stop |= c == ' ' || c == '?' || c == '#' || c == '\r' || c == 0;
-		c = (c >= '0' && c <= '9') ? '0' : c;
+		run = digit & (prev == '/' || run);
+		prev = c;
+		c = run ? '0' : c;
 		path[i] = stop ? 0 : c;
 	}
 }
@@ -404,7 +412,9 @@ static __always_inline void read_path(__u64 buf, char *path)
 	char line[RT_LINE_LEN];
 	__u32 start = 0;
 
-	if (bpf_probe_read_user(line, sizeof(line), (void *)buf))
+	/* A short buffer at the end of a mapping: the bytes a method and a whole path need. */
+	if (bpf_probe_read_user(line, sizeof(line), (void *)buf) &&
+	    bpf_probe_read_user(line, RT_PATH_LEN + 16, (void *)buf))
 		return;
 	for (int i = 8; i >= 3; i--)
 		if (line[i] == ' ')

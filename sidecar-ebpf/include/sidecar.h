@@ -453,8 +453,10 @@ struct tls_bytes_key {
 _Static_assert(sizeof(struct tls_bytes_key) == 24, "mirrored in Rust");
 
 /* runtimes (2): Node.js HTTP requests by method (and, with --http-paths, the request path read
- * from the connection's last read), timed from the parsed request head to the first write on
- * the same connection. Paths keep at most RT_PATH_LEN bytes, digit runs folded to one '0'. */
+ * from the connection's last read, or node <= 18's url argument), timed from the parsed request
+ * head to the first write on the same connection (node <= 18: to the response probe). Paths keep
+ * at most RT_PATH_LEN bytes; the digits a path segment starts with become '0' (ids share a key,
+ * "v1" stays "v1"). */
 #define RT_PATH_LEN 64
 
 struct rt_http_key {

@@ -642,8 +642,12 @@ fn node18_usdt_fixture_matches_bpftrace() {
     ));
     let m = run.go_and_wait();
     let maps = bt.stop();
-    // GET /items/<i> (ids fold to :id), POST /items; each answered 2 ms later on its fd.
-    for (method, path, n) in [("GET", "/items/:id", gets), ("POST", "/items", posts)] {
+    // GET /api/v1/items/<i> (ids fold to :id, v1 stays), POST /items; each answered 2 ms later
+    // on its fd.
+    for (method, path, n) in [
+        ("GET", "/api/v1/items/:id", gets),
+        ("POST", "/items", posts),
+    ] {
         let labels = [("runtime", "node"), ("method", method), ("path", path)];
         assert_eq!(
             m.sum("ebpf_sidecar_runtime_http_requests_total", &labels),
@@ -872,6 +876,13 @@ fn node_http_paths_and_durations() {
     for _ in 0..3 {
         assert_eq!(http(port, "POST", "/orders"), 200);
     }
+    // Long enough to be read past the first 16 bytes of the request line; "v1" is no id.
+    for p in [
+        "/api/v1/customers/12345/orders?page=2",
+        "/api/v1/customers/678/orders",
+    ] {
+        assert_eq!(http(port, "GET", p), 200);
+    }
     assert_eq!(http(port, "GET", "/block?ms=50"), 200);
     let m = sidecar.scrape();
     let delta =
@@ -880,6 +891,7 @@ fn node_http_paths_and_durations() {
         ("GET", "/users/:id", 3.0),
         ("GET", "/users/:id/", 1.0),
         ("POST", "/orders", 3.0),
+        ("GET", "/api/v1/customers/:id/orders", 2.0),
         ("GET", "/block", 1.0),
     ] {
         let l = [("runtime", "node"), ("method", method), ("path", path)];

@@ -1,7 +1,7 @@
 /* Stand-in for a Node.js <= 18 built with --with-dtrace: provider `node`, the probe names and
  * argument layouts of Node 18's src/node_dtrace.cc, with semaphores (`*_ENABLED()` guards).
  * Usage: node18_usdt GETS POSTS GCS [CLIENT_GETS] — fires http__server__request GETS times with
- * method "GET" (url /items/<i>), POSTS times with "POST" (url /items), each answered by
+ * method "GET" (url /api/v1/items/<i>), POSTS times with "POST" (url /items), each answered by
  * http__server__response on its fd 2 ms later; CLIENT_GETS http__client__request GET
  * /upstream/<i>, each answered by http__client__response 1 ms later; and GCS gc__start/gc__done
  * pairs (type 2, mark-sweep-compact) 1 ms apart; then exits. Built with <sys/sdt.h> from
@@ -70,7 +70,7 @@ int main(int argc, char **argv)
 	char url[32];
 
 	for (int i = 0; i < gets; i++) {
-		snprintf(url, sizeof(url), "/items/%d", i + 1);
+		snprintf(url, sizeof(url), "/api/v1/items/%d", i + 1);
 		request("GET", url);
 	}
 	for (int i = 0; i < posts; i++)
