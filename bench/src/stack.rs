@@ -1,6 +1,8 @@
 //! The node example app under wrk: requests/s and p99 latency without and with the sidecar
 //! (default probe set, `run` mode so node gets its own cgroup), and the sidecar's CPU and RSS
-//! at that load. Rounds alternate without/with so drift on a shared machine hits both sides.
+//! at that load, beside the default set made lean and the syscall family alone counting (the floor
+//! of any default set with syscall metrics). Rounds alternate so drift on a shared machine hits
+//! every configuration.
 //! node is pinned to the last CPU and wrk to the others, so neither steals the other's CPU and
 //! the probes' cost shows as the app's lost throughput. A last, separate round with
 //! `--bpf-stats` says where the cost goes (program time per request).
@@ -220,6 +222,10 @@ pub(crate) fn compare(
 /// recognition in the packet programs. Counting stays on.
 const LEAN: &[&str] = &["--syscall-latency", "off", "--net-http", "off"];
 
+/// The foundation family alone, counting calls and errors only: what any default set that counts
+/// syscalls pays at the least.
+const SYSCALL_COUNTS: &[&str] = &["--probes", "syscalls", "--syscall-latency", "off"];
+
 pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let server = util::root().join("examples/node-app/server.js");
     let mut without = Vec::new();
@@ -228,6 +234,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let mut sidecar_cpu = Vec::new();
     let mut sidecar_rss_mib: f64 = 0.0;
     let mut app_syscalls_per_req = Vec::new();
+    let mut counts = Vec::new();
     for round in 0..rounds {
         {
             let app = start(&server, None, &[])?;
@@ -274,6 +281,11 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
             let _ = wrk(app.port, 1)?;
             lean.push(wrk(app.port, seconds)?);
         }
+        {
+            let app = start(&server, Some(free_port()), SYSCALL_COUNTS)?;
+            let _ = wrk(app.port, 1)?;
+            counts.push(wrk(app.port, seconds)?);
+        }
         eprintln!("round {}/{rounds} done", round + 1);
     }
     let (probes, breakdown) = cost_breakdown(&server, seconds.min(10), &[])?;
@@ -281,6 +293,7 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let (rps0, rps1) = (med(&without, |w| w.rps), med(&with, |w| w.rps));
     let (p0, p1) = (med(&without, |w| w.p99_ms), med(&with, |w| w.p99_ms));
     let (rps2, p2) = (med(&lean, |w| w.rps), med(&lean, |w| w.p99_ms));
+    let (rps3, p3) = (med(&counts, |w| w.rps), med(&counts, |w| w.p99_ms));
     let cpu = median(&mut sidecar_cpu.clone());
     let spr = median(&mut app_syscalls_per_req.clone());
     let mut s = String::new();
@@ -289,10 +302,12 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         "`cargo run --release -p bench -- stack --seconds {seconds} --rounds {rounds}`: wrk -t{THREADS} -c{CONNECTIONS} \
          -d{seconds}s on `GET {ROUTE}` of examples/node-app/server.js (host node {}), {rounds} alternating \
          rounds of {seconds} s without / with the sidecar (default probe set: {probes}; `run` mode) / \
-         with the default set made lean (`{}`); \
+         with the default set made lean (`{}`) / with the syscall family alone, counting only (`{}`: \
+         the floor of any default set that counts syscalls); \
          node pinned to CPU {}, wrk to CPU {}; medians. {} CPUs.\n\n",
         node_version(),
         LEAN.join(" "),
+        SYSCALL_COUNTS.join(" "),
         cpus().0,
         cpus().1,
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
@@ -309,9 +324,17 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
         "| with sidecar, lean | {rps2:.0} | {p2:.2} ms |\n"
     ));
     s.push_str(&format!(
-        "| overhead, lean | {:+.1}% | {:+.1}% |\n\n",
+        "| overhead, lean | {:+.1}% | {:+.1}% |\n",
         (rps0 - rps2) / rps0 * 100.0,
         (p2 - p0) / p0 * 100.0
+    ));
+    s.push_str(&format!(
+        "| syscall counts alone | {rps3:.0} | {p3:.2} ms |\n"
+    ));
+    s.push_str(&format!(
+        "| overhead, syscall counts alone | {:+.1}% | {:+.1}% |\n\n",
+        (rps0 - rps3) / rps0 * 100.0,
+        (p3 - p0) / p0 * 100.0
     ));
     s.push_str(&format!(
         "Sidecar process at that load, scraped every second: {cpu:.2}% of one core (user+sys of the \
@@ -320,9 +343,15 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     ));
     s.push_str(&breakdown);
     s.push_str("Per round (requests/s, p99 ms):\n\n");
-    for (i, ((a, b), c)) in without.iter().zip(&with).zip(&lean).enumerate() {
+    for (i, (((a, b), c), d)) in without
+        .iter()
+        .zip(&with)
+        .zip(&lean)
+        .zip(&counts)
+        .enumerate()
+    {
         s.push_str(&format!(
-            "- round {}: without {:.0}, {:.2}; with {:.0}, {:.2}; lean {:.0}, {:.2}; sidecar CPU {:.2}%\n",
+            "- round {}: without {:.0}, {:.2}; with {:.0}, {:.2}; lean {:.0}, {:.2}; syscall counts {:.0}, {:.2}; sidecar CPU {:.2}%\n",
             i + 1,
             a.rps,
             a.p99_ms,
@@ -330,6 +359,8 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
             b.p99_ms,
             c.rps,
             c.p99_ms,
+            d.rps,
+            d.p99_ms,
             sidecar_cpu[i]
         ));
     }
