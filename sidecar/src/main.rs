@@ -356,6 +356,14 @@ fn main() {
                 eprintln!("error: run makes its own target; drop --target-pid/--target-container");
                 std::process::exit(2);
             }
+            if cli.net_mode == "netns" {
+                // CMD would share the sidecar's network namespace: tc there counts every
+                // process's traffic as the target's.
+                eprintln!(
+                    "error: --net-mode netns watches a container's or pod's own network namespace, and run starts CMD in this one (shared with every other process here); use run with the default --net-mode cgroup, or --net-mode netns with --target-container/--target-pid or as a sidecar"
+                );
+                std::process::exit(2);
+            }
             Choice::Run {
                 cmd,
                 metrics_out,

@@ -748,6 +748,27 @@ fn netns_mode_names_the_missing_capability() {
         "{stderr}"
     );
     assert!(!stderr.contains("CAP_NET_ADMIN (to attach"), "{stderr}");
+
+    // run starts CMD in this network namespace: netns mode would count the whole host's traffic.
+    let out = Command::new(sidecar_bin())
+        .args([
+            "run",
+            "--probes",
+            "net",
+            "--net-mode",
+            "netns",
+            "--",
+            "true",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--net-mode netns watches a container's or pod's own network namespace")
+            && stderr.contains("default --net-mode cgroup"),
+        "{stderr}"
+    );
 }
 
 /// The same events from a container target, read live from `/events?kind=tcp_accept`: exactly
