@@ -120,12 +120,8 @@ const BARE_EVENT: &str = "ebpf_sidecar_bench/llhttp";
 impl BareUprobe {
     fn new() -> Result<Self> {
         ensure_tracefs();
-        let node = std::fs::canonicalize(
-            std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-                .map(|d| d.join("node"))
-                .find(|p| p.exists())
-                .context("node not on PATH")?,
-        )?;
+        let node = sidecar::probes::runtimes::resolve_command(std::path::Path::new("node"))
+            .context("node not on PATH")?;
         let data = std::fs::read(&node)?;
         let site = sidecar::probes::runtimes::node_http_site(&data).map_err(anyhow::Error::msg)?;
         std::fs::OpenOptions::new()
