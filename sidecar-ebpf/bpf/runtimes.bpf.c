@@ -135,17 +135,17 @@ static __always_inline void begin_pair(__u32 slot, __u64 label)
 		bump(RT_LOST_BEGINS);
 }
 
-/* Add one observation `d` (ns, or a declared argument's value) to the (slot, label) histogram. */
-static __always_inline void observe(__u32 slot, __u64 label, __u64 d)
+/* Add one observation `d` to the struct rt_hist of `key` in hash map `map` (rt_hists,
+ * rt_http_hists), created on first use; a full map counts in RT_LOST_KEYS. */
+static __always_inline void hist_add(void *map, const void *key, __u64 d)
 {
-	struct rt_key hk = { .slot = slot, .label = label };
-	struct rt_hist *h = bpf_map_lookup_elem(&rt_hists, &hk);
+	struct rt_hist *h = bpf_map_lookup_elem(map, key);
 
 	if (!h) {
 		struct rt_hist zero = {};
 
-		bpf_map_update_elem(&rt_hists, &hk, &zero, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&rt_hists, &hk);
+		bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
+		h = bpf_map_lookup_elem(map, key);
 		if (!h) {
 			bump(RT_LOST_KEYS);
 			return;
@@ -157,6 +157,14 @@ static __always_inline void observe(__u32 slot, __u64 label, __u64 d)
 
 	if (bucket < SIDECAR_HIST_BUCKETS)
 		__sync_fetch_and_add(&h->hist[bucket], 1);
+}
+
+/* Add one observation `d` (ns, or a declared argument's value) to the (slot, label) histogram. */
+static __always_inline void observe(__u32 slot, __u64 label, __u64 d)
+{
+	struct rt_key hk = { .slot = slot, .label = label };
+
+	hist_add(&rt_hists, &hk, d);
 }
 
 static __always_inline void end_pair(__u32 slot)
@@ -434,29 +442,6 @@ static __always_inline void count_request(struct rt_http_key *key)
 		bump(RT_LOST_KEYS);
 }
 
-/* One request of `key` took `d` ns. */
-static __always_inline void observe_http(struct rt_http_key *key, __u64 d)
-{
-	struct rt_hist *h = bpf_map_lookup_elem(&rt_http_hists, key);
-
-	if (!h) {
-		struct rt_hist z = {};
-
-		bpf_map_update_elem(&rt_http_hists, key, &z, BPF_NOEXIST);
-		h = bpf_map_lookup_elem(&rt_http_hists, key);
-		if (!h) {
-			bump(RT_LOST_KEYS);
-			return;
-		}
-	}
-	__sync_fetch_and_add(&h->count, 1);
-	__sync_fetch_and_add(&h->sum_ns, d);
-	__u32 bucket = sidecar_hist_bucket(d);
-
-	if (bucket < SIDECAR_HIST_BUCKETS)
-		__sync_fetch_and_add(&h->hist[bucket], 1);
-}
-
 /* llhttp finished a request message (llhttp__after_message_complete calls
  * llhttp_should_keep_alive; node's own call from on_headers_complete is inlined): count it, and
  * time it from the read() that delivered it, on that read's connection. The JS handler already
@@ -512,7 +497,7 @@ int rt_write_enter(struct sidecar_sys_enter *ctx)
 	struct rt_http_key key = st->key;
 
 	bpf_map_delete_elem(&rt_http_inflight, &c);
-	observe_http(&key, d);
+	hist_add(&rt_http_hists, &key, d);
 	return 0;
 }
 
@@ -629,6 +614,6 @@ int rt_usdt_http_done(struct pt_regs *ctx)
 	struct rt_http_key key = st->key;
 
 	bpf_map_delete_elem(&rt_usdt_http_inflight, &c);
-	observe_http(&key, d);
+	hist_add(&rt_http_hists, &key, d);
 	return 0;
 }
