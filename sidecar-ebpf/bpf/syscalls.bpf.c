@@ -1,14 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Syscall family: calls, failures by errno, time and latency per syscall, aggregated here.
- * Hooks: raw_tp sys_enter / sys_exit (raw tracepoints: no argument copying, stable since 4.17),
- * and sched_process_exit to forget threads that leave in the middle of a syscall (exit_group). */
+ * Hooks, with latency: raw_tp sys_enter / sys_exit (raw tracepoints: no argument copying, stable
+ * since 4.17). Counting only: one program per syscall, tp_btf sys_exit (the number is in the saved
+ * registers), and sched_process_exit for the calls that never return (exit, exit_group). */
 #include "sidecar.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
-
-/* Set at load: measure per-call latency (two clock reads and a task-storage lookup per call), or
- * only count calls and errors. */
-const volatile __u8 measure_latency = 1;
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -58,7 +55,23 @@ static __always_inline __u32 slot(__u64 nr)
 	return nr < SIDECAR_SYSCALL_SLOTS ? (__u32)nr : SIDECAR_SYSCALL_SLOTS - 1;
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number */
+/* rt_sigreturn restores the registers from the signal frame with orig_ax = -1 ("no syscall
+ * to restart"): at its exit that is the only call whose number reads negative. */
+#define NR_RT_SIGRETURN 15
+#define NR_EXIT 60
+#define NR_EXIT_GROUP 231
+
+static __always_inline void count_call(__u64 nr)
+{
+	__u32 s = slot(nr);
+	struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
+
+	if (st)
+		st->calls++;
+}
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. With latency only (two clock
+ * reads and two task-storage lookups per call). */
 SEC("raw_tp/sys_enter")
 int sys_enter(unsigned long long *ctx)
 {
@@ -66,13 +79,8 @@ int sys_enter(unsigned long long *ctx)
 		return 0;
 
 	__u64 nr = ctx[1];
-	__u32 s = slot(nr);
-	struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
 
-	if (st)
-		st->calls++;
-	if (!measure_latency)
-		return 0;
+	count_call(nr);
 
 	struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0,
 					       BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -86,42 +94,8 @@ int sys_enter(unsigned long long *ctx)
 	return 0;
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value */
-SEC("raw_tp/sys_exit")
-int sys_exit(unsigned long long *ctx)
+static __always_inline void count_error(__u64 nr, long ret)
 {
-	long ret = (long)ctx[1];
-	__u64 nr;
-
-	/* Counting only: successful calls (nearly all) leave before the filter. */
-	if (!measure_latency && (ret >= 0 || ret < -4095))
-		return 0;
-	if (!sidecar_in_target())
-		return 0;
-
-	if (measure_latency) {
-		struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
-
-		if (!v || !v->ts)
-			return 0; /* entered before we attached */
-
-		__u64 delta = bpf_ktime_get_ns() - v->ts;
-		__u32 s = slot(v->nr);
-		struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
-
-		nr = v->nr;
-		v->ts = 0;
-		if (st) {
-			st->time_ns += delta;
-			st->hist[sidecar_hist_bucket(delta)]++;
-		}
-	} else {
-		/* Only failures get here: their number is in orig_ax of the saved registers. */
-		struct pt_regs *regs = (struct pt_regs *)ctx[0];
-
-		nr = BPF_CORE_READ(regs, orig_ax);
-	}
-
 	if (ret < 0 && ret >= -4095) {
 		__u32 s = slot(nr);
 		struct syscall_error_key k = { .nr = s, .err = (__u32)(-ret) };
@@ -139,5 +113,61 @@ int sys_exit(unsigned long long *ctx)
 				*c += 1; /* another CPU's insert won the race: count ours too */
 		}
 	}
+}
+
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. With latency only. */
+SEC("raw_tp/sys_exit")
+int sys_exit(unsigned long long *ctx)
+{
+	/* Only the target's threads carry this storage: for any other task the lookup returns NULL
+	 * at once, which makes it the filter too. */
+	struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
+
+	if (!v || !v->ts)
+		return 0; /* not the target's, or entered before we attached */
+
+	__u64 delta = bpf_ktime_get_ns() - v->ts;
+	__u32 s = slot(v->nr);
+	struct syscall_stats *st = bpf_map_lookup_elem(&syscall_stats, &s);
+
+	v->ts = 0;
+	if (st) {
+		st->time_ns += delta;
+		st->hist[sidecar_hist_bucket(delta)]++;
+	}
+	count_error(v->nr, (long)ctx[1]);
+	return 0;
+}
+
+/* Counting only: the whole family in one program per syscall. tp_btf gives the saved registers
+ * as a typed pointer, read with plain loads. */
+SEC("tp_btf/sys_exit")
+int BPF_PROG(sys_exit_count, struct pt_regs *regs, long ret)
+{
+	if (!sidecar_in_target())
+		return 0;
+
+	long nr = regs->orig_ax;
+
+	if (nr < 0)
+		nr = NR_RT_SIGRETURN;
+	count_call(nr);
+	count_error(nr, ret);
+	return 0;
+}
+
+/* exit and exit_group never reach sys_exit: the thread that made one dies in it, with its number
+ * still in orig_ax. (Threads an exit_group takes along left their own calls through sys_exit.) */
+SEC("tp_btf/sched_process_exit")
+int BPF_PROG(sys_thread_exit, struct task_struct *p)
+{
+	if (!sidecar_task_in_target(p))
+		return 0;
+
+	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
+	long nr = regs ? regs->orig_ax : -1;
+
+	if (nr == NR_EXIT || nr == NR_EXIT_GROUP)
+		count_call(nr);
 	return 0;
 }

@@ -21,14 +21,15 @@ pub struct Syscalls {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let latency = [u8::from(opts.syscall_latency)];
-    let mut obj = Object::load_with(
-        "syscalls",
-        sidecar_ebpf::objects::SYSCALLS,
-        &[("measure_latency", &latency[..])],
-    )?;
-    obj.attach_raw_tp("sys_enter", "sys_enter")?;
-    obj.attach_raw_tp("sys_exit", "sys_exit")?;
+    let mut obj = Object::load("syscalls", sidecar_ebpf::objects::SYSCALLS)?;
+    if opts.syscall_latency {
+        obj.attach_raw_tp("sys_enter", "sys_enter")?;
+        obj.attach_raw_tp("sys_exit", "sys_exit")?;
+    } else {
+        // One program per syscall instead of two: the traced-syscall path's floor is the price.
+        obj.attach_tp_btf("sys_exit_count", "sys_exit")?;
+        obj.attach_tp_btf("sys_thread_exit", "sched_process_exit")?;
+    }
     Ok(Arc::new(Syscalls { obj }))
 }
 

@@ -2,6 +2,7 @@
 //! the sidecar image, across a container restart; bad input gives exit status 2 and a message.
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use integration::docker::{self, Container};
@@ -122,6 +123,94 @@ fn run_mode_counts_exactly_and_exits_with_the_commands_status() {
     );
     let lint = promtool_check(&text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
+
+/// `ebpf-sidecar run --probes syscalls <extra> -- counted <args>`: the final metrics.
+fn run_counted(extra: &[&str], args: &[&str]) -> Metrics {
+    static RUNS: AtomicUsize = AtomicUsize::new(0);
+    let out = std::env::temp_dir().join(format!(
+        "ebpf-sidecar-run-syscalls-{}-{}.prom",
+        std::process::id(),
+        RUNS.fetch_add(1, Ordering::Relaxed)
+    ));
+    let port = free_port().to_string();
+    let st = Command::new(sidecar_bin())
+        .args(["run", "--probes", "syscalls", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(extra)
+        .arg("--metrics-out")
+        .arg(&out)
+        .arg("--")
+        .arg(workload("counted"))
+        .args(args)
+        .status()
+        .unwrap();
+    assert!(st.code().is_some(), "run exits with the command's status");
+    let text = std::fs::read_to_string(&out).expect("--metrics-out written");
+    let _ = std::fs::remove_file(&out);
+    Metrics::parse(&text)
+}
+
+/// Counting only (`--syscall-latency off`) is one program at each syscall's exit, which reads the
+/// number from the saved registers; the calls that never exit (exit_group) and the one whose
+/// number the kernel wipes (rt_sigreturn) are counted too, exactly as with latency on.
+#[test]
+fn counting_only_counts_exactly_what_latency_mode_counts() {
+    require_root();
+    const SIGNALS: u64 = 23;
+    let a = args();
+    let a: Vec<&str> = std::iter::once("run")
+        .chain(a.iter().map(String::as_str))
+        .collect();
+    for mode in ["off", "on"] {
+        let m = run_counted(&["--syscall-latency", mode], &a);
+        let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
+        assert_eq!(
+            calls("getppid"),
+            N_GETPPID as f64,
+            "getppid, latency {mode}"
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", "openat"), ("errno", "ENOENT")]
+            ),
+            M_OPENAT_ENOENT as f64,
+            "openat ENOENT, latency {mode}"
+        );
+        // The workload's and each child's exec, the children's and its own exit_group.
+        assert_eq!(
+            calls("execve"),
+            1.0 + K_EXECS as f64,
+            "execve, latency {mode}"
+        );
+        assert_eq!(
+            calls("exit_group"),
+            1.0 + K_EXECS as f64,
+            "exit_group, latency {mode}"
+        );
+        assert_eq!(calls("wait4"), K_EXECS as f64, "wait4, latency {mode}");
+        let timed = m.sum("ebpf_sidecar_syscall_duration_seconds_count", &[]);
+        if mode == "off" {
+            assert_eq!(timed, 0.0, "no latency measured with --syscall-latency off");
+        } else {
+            assert!(timed >= N_GETPPID as f64, "latency measured");
+        }
+
+        let m = run_counted(
+            &["--syscall-latency", mode],
+            &["signals", &SIGNALS.to_string()],
+        );
+        let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
+        assert_eq!(calls("tgkill"), SIGNALS as f64, "tgkill, latency {mode}");
+        assert_eq!(
+            calls("rt_sigreturn"),
+            SIGNALS as f64,
+            "rt_sigreturn, latency {mode}"
+        );
+        assert_eq!(calls("exit_group"), 1.0, "exit_group, latency {mode}");
+        assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
+    }
 }
 
 #[test]

@@ -6,6 +6,8 @@
  *   counted serve N M K CODE stay up (as a container's PID 1); on each SIGUSR1 fork a child that
  *                            does `run N M K CODE`, reap it and print "done <status>".
  *   counted hog              allocate and touch memory until killed (OOM tests).
+ *   counted signals S        raise SIGUSR1 S times with a handler (S tgkill, S rt_sigreturn),
+ *                            then exit_group(0).
  *   counted novel            call two syscalls the other modes never make: sysinfo (allowed by
  *                            Docker's default profile) and unshare(CLONE_NEWUTS); exit status
  *                            10 if sysinfo failed with EPERM + 20 if unshare did.
@@ -66,6 +68,12 @@ int main(int argc, char **argv)
 		if (syscall(SYS_unshare, CLONE_NEWUTS) != 0 && errno == EPERM)
 			st += 20;
 		return st;
+	}
+	if (argc == 3 && !strcmp(argv[1], "signals")) {
+		signal(SIGUSR1, on_usr1);
+		for (long i = atol(argv[2]); i > 0; i--)
+			raise(SIGUSR1);
+		return 0;
 	}
 	if (argc != 6) {
 		fprintf(stderr, "usage: counted run|serve N M K CODE | counted hog\n");
