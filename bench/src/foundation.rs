@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use sidecar::probes::DEFAULT_FAMILIES;
+
 use crate::util::*;
 
 const BPFTRACE: &str = "tracepoint:raw_syscalls:sys_enter { @enter[args->id] = count(); } \
@@ -37,6 +39,17 @@ fn sidecar_run(
     extra: &[&str],
     stats: bool,
 ) -> Result<SidecarRun> {
+    sidecar_run_probes(bin, calls, "syscalls", extra, stats)
+}
+
+/// The same with the families `probes`.
+fn sidecar_run_probes(
+    bin: &std::path::Path,
+    calls: u64,
+    probes: &str,
+    extra: &[&str],
+    stats: bool,
+) -> Result<SidecarRun> {
     let port = free_port();
     let script = format!("{} {calls}; sleep 4", bin.display());
     let t0 = Instant::now();
@@ -44,7 +57,7 @@ fn sidecar_run(
         .args([
             "run",
             "--probes",
-            "syscalls",
+            probes,
             "--listen",
             &format!("127.0.0.1:{port}"),
         ])
@@ -217,6 +230,41 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         t / b,
         t - b
     )?;
+    writeln!(o)?;
+    // What every syscall of the host pays for the families that hook syscalls, alone and
+    // together: the per-call part of any workload's overhead (the stack bench's app makes ~2
+    // syscalls per request).
+    writeln!(
+        o,
+        "Per-syscall price of the families that hook syscalls (same loop, median of {repeat}; \
+         security and net attach to a few syscalls' own tracepoints, which still puts the kernel's \
+         perf callback on every syscall):\n"
+    )?;
+    writeln!(o, "| families | ns per call | added ns per call |")?;
+    writeln!(o, "|---|---:|---:|")?;
+    for (name, probes, extra) in [
+        ("security", "security", &[][..]),
+        ("net", "net", &[][..]),
+        (
+            "syscalls, counting only",
+            "syscalls",
+            &["--syscall-latency", "off"][..],
+        ),
+        ("syscalls", "syscalls", &[][..]),
+        ("syscalls,security,net", "syscalls,security,net", &[][..]),
+        (
+            "default set, --syscall-latency off",
+            DEFAULT_FAMILIES,
+            &["--syscall-latency", "off"][..],
+        ),
+        ("default set", DEFAULT_FAMILIES, &[][..]),
+    ] {
+        let mut ns = (0..repeat)
+            .map(|_| Ok(sidecar_run_probes(&bin, calls, probes, extra, false)?.ns_per_call))
+            .collect::<Result<Vec<f64>>>()?;
+        let s = median(&mut ns);
+        writeln!(o, "| {name} | {s:.1} | {:.1} |", s - b)?;
+    }
     writeln!(o)?;
     let rss = on.iter().chain(&off).map(|r| r.rss_kib).max().unwrap_or(0);
     let hwm = on.iter().chain(&off).map(|r| r.hwm_kib).max().unwrap_or(0);

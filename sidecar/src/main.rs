@@ -64,7 +64,8 @@ struct Cli {
     per_syscall_histograms: bool,
 
     /// Measure each syscall's latency (ebpf_sidecar_syscall_seconds_total and the duration
-    /// histogram). `off` only counts calls and errors, at about a third of the kernel cost.
+    /// histogram). `off` only counts calls and errors: one program per syscall instead of two
+    /// and no clock reads, about 40% of the added time per syscall.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     syscall_latency: String,
 
