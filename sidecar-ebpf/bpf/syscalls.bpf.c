@@ -160,11 +160,13 @@ int BPF_PROG(sys_exit_count, struct pt_regs *regs, long ret)
 }
 
 /* exit and exit_group never reach sys_exit: the thread that made one dies in it, with its number
- * still in orig_ax. (Threads an exit_group takes along left their own calls through sys_exit.) */
+ * still in orig_ax. (Threads an exit_group takes along left their own calls through sys_exit.)
+ * A thread a signal kills can die from an interrupt or fault frame, whose orig_ax slot holds a
+ * vector or an error code: its exit code names the signal, an exit's never does. */
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(sys_thread_exit, struct task_struct *p)
 {
-	if (!sidecar_task_in_target(p))
+	if (!sidecar_task_in_target(p) || (p->exit_code & 0x7f))
 		return 0;
 
 	struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(p);
