@@ -448,6 +448,7 @@ fn main() {
             },
             tls_samples_raw: cli.tls_samples_raw,
             usdt_config: cli.config,
+            syscall_dispatch: Default::default(),
         },
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),

@@ -7,6 +7,7 @@
 pub mod cpu;
 pub mod custom;
 pub mod disk;
+pub mod dispatch;
 pub mod files;
 pub mod net;
 pub mod net_pkt;
@@ -74,6 +75,9 @@ pub struct Options {
     pub tls_samples_raw: bool,
     /// runtimes: USDT metrics declared in YAML (`--config`, `crate::usdt::config`).
     pub usdt_config: Option<std::path::PathBuf>,
+    /// The syscalls family's jump slots for security's and net's syscall handlers (filled at
+    /// load, see `dispatch`).
+    pub syscall_dispatch: dispatch::SyscallDispatch,
 }
 
 impl Default for Options {
@@ -97,6 +101,7 @@ impl Default for Options {
             tls_sample_bytes: 0,
             tls_samples_raw: false,
             usdt_config: None,
+            syscall_dispatch: dispatch::SyscallDispatch::default(),
         }
     }
 }

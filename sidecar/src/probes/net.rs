@@ -23,6 +23,7 @@ use sidecar_ebpf::net::{
 };
 use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 
+use super::dispatch::Side;
 use super::net_pkt::{self, NetMode};
 use super::object::percpu_counter;
 use super::syscalls::errno_name;
@@ -89,7 +90,9 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         // Payload calls finish in the raw sys_exit program, which counts the errors too.
         obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
     } else {
-        obj.attach_syscall_hook(
+        obj.attach_syscall_hook_via(
+            &opts.syscall_dispatch,
+            Side::Exit,
             "net_sys_exit_error",
             &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"],
             ("net_sys_exit", "sys_exit"),

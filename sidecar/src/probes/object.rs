@@ -13,6 +13,8 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
+use super::dispatch::{Side, SyscallDispatch};
+
 #[derive(Debug, Error)]
 pub enum ProbeError {
     #[error("probe {family}: loading the BPF object: {source}")]
@@ -69,6 +71,8 @@ pub enum SyscallHook {
     Tracepoints(usize),
     /// On the raw tracepoint: every syscall of the host runs the program.
     Raw,
+    /// In the syscalls family's jump slot: runs for the target's syscalls only.
+    Dispatched,
 }
 
 /// The tracefs root, mounted in our own mount namespace when nobody has (containers rarely have
@@ -233,6 +237,50 @@ impl Object {
         );
         self.attach_raw_tp(fallback.0, fallback.1)?;
         Ok(SyscallHook::Raw)
+    }
+
+    /// [`Self::attach_syscall_hook`], unless the syscalls family offers its `side` slot: then the
+    /// raw handler `fallback` goes there, with no callback of its own on the tracepoint (see
+    /// `probes::dispatch`).
+    pub fn attach_syscall_hook_via(
+        &mut self,
+        dispatch: &SyscallDispatch,
+        side: Side,
+        program: &str,
+        names: &[&str],
+        fallback: (&str, &str),
+    ) -> Result<SyscallHook, ProbeError> {
+        if !dispatch.available(side) {
+            return self.attach_syscall_hook(program, names, fallback);
+        }
+        let fd = self.with_program(fallback.0, |p: &mut RawTracePoint| {
+            p.load()?;
+            p.fd()?.try_clone().map_err(ProgramError::IOError)
+        })?;
+        match dispatch.take(side, &fd) {
+            // Not in the bpf_stats export: the kernel counts a tail call's time in the program
+            // that made it (the syscalls family's sys_enter/sys_exit).
+            Ok(()) => {
+                tracing::info!(
+                    "probe {}: {} runs from the syscalls family's {side:?} program",
+                    self.family,
+                    fallback.0
+                );
+                Ok(SyscallHook::Dispatched)
+            }
+            Err(e) => {
+                tracing::info!(
+                    "probe {}: {} not dispatched ({e}): on the raw tracepoint instead",
+                    self.family,
+                    fallback.0
+                );
+                self.with_program(fallback.0, |p: &mut RawTracePoint| {
+                    p.attach(fallback.1).map(drop)
+                })?;
+                self.record_program(fallback.0);
+                Ok(SyscallHook::Raw)
+            }
+        }
     }
 
     /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed

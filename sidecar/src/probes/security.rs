@@ -15,6 +15,7 @@ use sidecar_ebpf::{
     TlsBytesKey,
 };
 
+use super::dispatch::Side;
 use super::sensitive::{self, Sensitive};
 use super::syscalls::syscall_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
@@ -119,7 +120,9 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
                 .map_err(|e| map_err(e.to_string()))?;
         }
     }
-    obj.attach_syscall_hook(
+    obj.attach_syscall_hook_via(
+        &opts.syscall_dispatch,
+        Side::Enter,
         "security_syscall",
         WATCHED_SYSCALLS,
         ("security_sys_enter", "sys_enter"),

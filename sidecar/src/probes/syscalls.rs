@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::maps::{PerCpuArray, PerCpuHashMap, ProgramArray};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     HIST_BUCKETS, SYSCALL_SLOTS, SyscallErrorKey, SyscallStats, syscalls_counter as sc,
@@ -25,6 +25,15 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     if opts.syscall_latency {
         obj.attach_raw_tp("sys_enter", "sys_enter")?;
         obj.attach_raw_tp("sys_exit", "sys_exit")?;
+        let mut ebpf = obj.lock();
+        let mut slot = |name: &str| {
+            ebpf.take_map(name)
+                .and_then(|m| ProgramArray::try_from(m).ok())
+        };
+        if let (Some(enter), Some(exit)) = (slot("syscall_hooks_enter"), slot("syscall_hooks_exit"))
+        {
+            opts.syscall_dispatch.offer(enter, exit);
+        }
     } else {
         // One program per syscall instead of two: the traced-syscall path's floor is the price.
         obj.attach_tp_btf("sys_exit_count", "sys_exit")?;
