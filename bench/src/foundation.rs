@@ -237,8 +237,9 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     writeln!(
         o,
         "Per-syscall price of the families that hook syscalls (same loop, median of {repeat}; \
-         security and net attach to a few syscalls' own tracepoints, which still puts the kernel's \
-         perf callback on every syscall):\n"
+         alone, security and net attach to a few syscalls' own tracepoints, which still puts the \
+         kernel's perf callback on every syscall; next to the syscalls family with latency on, \
+         they run from its programs by tail call instead):\n"
     )?;
     writeln!(o, "| families | ns per call | added ns per call |")?;
     writeln!(o, "|---|---:|---:|")?;
