@@ -102,6 +102,9 @@ pub fn run(cfg: Config) -> Result<i32> {
         .iter()
         .filter_map(|p| probes::family(p))
         .collect();
+    // In FAMILIES' order whatever the order of --probes: syscalls loads before security and net,
+    // whose syscall handlers go into its programs when it offers them (probes::dispatch).
+    families.sort_by_key(|f| probes::FAMILIES.iter().position(|g| g.name == f.name));
     // A default family that needs a capability the user did not grant is skipped (and reported);
     // one the user asked for by name makes the start fail with the flag to add.
     let mut skipped: Vec<ProbeStatus> = Vec::new();
