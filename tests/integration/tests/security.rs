@@ -324,9 +324,7 @@ fn each_event_kind_appears_exactly_once_and_only_from_the_target() {
     assert_eq!(find("shell")["filename"], "/bin/sh");
     assert_eq!(find("shell")["parent_comm"], "security_kinds");
     assert_eq!(find("namespace")["syscall"], "unshare");
-    if modules {
-        assert_eq!(find("module")["syscall"], "finit_module");
-    }
+    assert_eq!(find("module")["syscall"], "finit_module");
     assert_eq!(find("sensitive_open")["path"], "/etc/passwd");
     assert_eq!(find("connect_new_peer")["peer"], "127.0.0.1:1");
     assert_eq!(find("listen_new_port")["port"], 48123);
