@@ -306,6 +306,18 @@ pub fn run_workload(
     name: &str,
     args: &[&str],
 ) -> (Metrics, String) {
+    run_workload_exiting(tag, probes, extra, name, args, 0)
+}
+
+/// [`run_workload`] for a workload that must exit with `code` (`run` passes it on).
+pub fn run_workload_exiting(
+    tag: &str,
+    probes: &str,
+    extra: &[&str],
+    name: &str,
+    args: &[&str],
+    code: i32,
+) -> (Metrics, String) {
     let out = std::env::temp_dir().join(format!("ebpf-sidecar-{tag}.prom"));
     let _ = std::fs::remove_file(&out);
     let o = Command::new(sidecar_bin())
@@ -322,7 +334,7 @@ pub fn run_workload(
     let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     assert_eq!(
         o.status.code(),
-        Some(0),
+        Some(code),
         "workload failed: {stdout}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );

@@ -2,7 +2,6 @@
 //! the sidecar image, across a container restart; bad input gives exit status 2 and a message.
 
 use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use integration::docker::{self, Container};
@@ -125,32 +124,6 @@ fn run_mode_counts_exactly_and_exits_with_the_commands_status() {
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
 }
 
-/// `ebpf-sidecar run --probes syscalls <extra> -- counted <args>`: the final metrics.
-fn run_counted(extra: &[&str], args: &[&str]) -> Metrics {
-    static RUNS: AtomicUsize = AtomicUsize::new(0);
-    let out = std::env::temp_dir().join(format!(
-        "ebpf-sidecar-run-syscalls-{}-{}.prom",
-        std::process::id(),
-        RUNS.fetch_add(1, Ordering::Relaxed)
-    ));
-    let port = free_port().to_string();
-    let st = Command::new(sidecar_bin())
-        .args(["run", "--probes", "syscalls", "--listen"])
-        .arg(format!("127.0.0.1:{port}"))
-        .args(extra)
-        .arg("--metrics-out")
-        .arg(&out)
-        .arg("--")
-        .arg(workload("counted"))
-        .args(args)
-        .status()
-        .unwrap();
-    assert!(st.code().is_some(), "run exits with the command's status");
-    let text = std::fs::read_to_string(&out).expect("--metrics-out written");
-    let _ = std::fs::remove_file(&out);
-    Metrics::parse(&text)
-}
-
 /// Counting only (`--syscall-latency off`) is one program at each syscall's exit, which reads the
 /// number from the saved registers; the calls that never exit (exit_group) and the one whose
 /// number the kernel wipes (rt_sigreturn) are counted too, exactly as with latency on.
@@ -163,7 +136,9 @@ fn counting_only_counts_exactly_what_latency_mode_counts() {
         .chain(a.iter().map(String::as_str))
         .collect();
     for mode in ["off", "on"] {
-        let m = run_counted(&["--syscall-latency", mode], &a);
+        let extra = ["--syscall-latency", mode];
+        let tag = format!("counting-{mode}");
+        let (m, _) = run_workload_exiting(&tag, "syscalls", &extra, "counted", &a, CODE);
         let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
         assert_eq!(
             calls("getppid"),
@@ -197,10 +172,9 @@ fn counting_only_counts_exactly_what_latency_mode_counts() {
             assert!(timed >= N_GETPPID as f64, "latency measured");
         }
 
-        let m = run_counted(
-            &["--syscall-latency", mode],
-            &["signals", &SIGNALS.to_string()],
-        );
+        let signals = ["signals", &SIGNALS.to_string()];
+        let tag = format!("counting-signals-{mode}");
+        let (m, _) = run_workload_exiting(&tag, "syscalls", &extra, "counted", &signals, 0);
         let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
         assert_eq!(calls("tgkill"), SIGNALS as f64, "tgkill, latency {mode}");
         assert_eq!(
