@@ -139,12 +139,13 @@ struct disk_io_stats {
 	__u64 bytes;
 	__u64 request_ns; /* sum of issue -> complete */
 	__u64 queue_ns;   /* sum of insert (or creation) -> issue */
+	__u64 untimed;    /* requests whose completion was not delivered: in requests and bytes only */
 	__u64 request_hist[SIDECAR_HIST_BUCKETS];
 	__u64 queue_hist[SIDECAR_HIST_BUCKETS];
 };
 
 enum disk_counter {
-	DISK_LOST_REQUESTS = 0, /* in-flight table full at creation: the request was not followed */
+	DISK_LOST_REQUESTS = 0, /* in-flight table full at creation, or ended unseen before its issue */
 	DISK_LOST_KEYS = 1,     /* (device, op) table full: a completion was dropped */
 	DISK_COUNTERS = 4,
 };

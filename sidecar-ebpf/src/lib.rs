@@ -360,6 +360,8 @@ pub struct DiskIoStats {
     pub bytes: u64,
     pub request_ns: u64,
     pub queue_ns: u64,
+    /// Requests whose completion the tracepoint did not deliver (counted when found ended).
+    pub untimed: u64,
     pub request_hist: [u64; HIST_BUCKETS],
     pub queue_hist: [u64; HIST_BUCKETS],
 }
@@ -446,8 +448,8 @@ unsafe impl Pod for FileSyncStats {}
 const _: () = {
     use core::mem::{offset_of, size_of};
     assert!(size_of::<DiskIoKey>() == 16);
-    assert!(size_of::<DiskIoStats>() == 8 * (4 + 2 * HIST_BUCKETS));
-    assert!(offset_of!(DiskIoStats, queue_hist) == 8 * (4 + HIST_BUCKETS));
+    assert!(size_of::<DiskIoStats>() == 8 * (5 + 2 * HIST_BUCKETS));
+    assert!(offset_of!(DiskIoStats, queue_hist) == 8 * (5 + HIST_BUCKETS));
     assert!(size_of::<FilePath>() == PATH_LEN);
     assert!(size_of::<FileIo>() == 16);
     assert!(size_of::<OpenErrorKey>() == PATH_LEN + 8);

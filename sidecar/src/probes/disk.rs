@@ -23,9 +23,11 @@ pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     // Followers first, so that no request of ours is created before its completion is watched.
     obj.attach_tp_btf("disk_rq_complete", "block_rq_complete")?;
     obj.attach_tp_btf("disk_rq_merge", "block_rq_merge")?;
+    obj.attach_tp_btf("disk_rq_requeue", "block_rq_requeue")?;
     obj.attach_tp_btf("disk_rq_issue", "block_rq_issue")?;
     obj.attach_tp_btf("disk_rq_insert", "block_rq_insert")?;
     obj.attach_tp_btf("disk_io_start", "block_io_start")?;
+    obj.load_runnable("disk_sweep")?;
     Ok(Arc::new(Disk {
         obj,
         names: Mutex::new(HashMap::new()),
@@ -70,6 +72,7 @@ fn partitions_lookup(text: &str, major: u32, minor: u32) -> Option<String> {
 struct Agg {
     requests: u64,
     bytes: u64,
+    untimed: u64,
     request: Log2Histogram,
     queue: Log2Histogram,
 }
@@ -94,6 +97,11 @@ impl Probe for Disk {
     }
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        // Count the requests that ended without their completion being delivered (see
+        // disk.bpf.c) before reading the counts.
+        if let Err(e) = self.obj.run("disk_sweep") {
+            tracing::warn!("{e}: requests whose completion was not delivered are counted late");
+        }
         let ebpf = self.obj.lock();
         let mut keys: Vec<(DiskIoKey, Vec<DiskIoStats>)> = Vec::new();
         if let Some(Ok(m)) = ebpf
@@ -119,6 +127,7 @@ impl Probe for Disk {
             for v in vals {
                 a.requests += v.requests;
                 a.bytes += v.bytes;
+                a.untimed += v.untimed;
                 a.request.add(&v.request_hist, v.request_ns);
                 a.queue.add(&v.queue_hist, v.queue_ns);
             }
@@ -137,6 +146,12 @@ impl Probe for Disk {
             "ebpf_sidecar_block_bytes",
             "Bytes of the target's completed block requests, by disk and op.",
             per.iter().map(|(k, a)| (labels(k), a.bytes)),
+        )?;
+        encode::counter(
+            enc,
+            "ebpf_sidecar_block_requests_untimed",
+            "Of ebpf_sidecar_block_requests_total, the requests whose completion the kernel did not deliver to the block_rq_complete tracepoint: counted with their bytes once found ended, without a service time (not in the duration histograms).",
+            per.iter().map(|(k, a)| (labels(k), a.untimed)),
         )?;
         encode::histogram(
             enc,

@@ -1,6 +1,7 @@
 //! One loaded BPF object: load with the kernel's BTF, attach, write the target filter, read
 //! per-program kernel statistics.
 
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -283,6 +284,28 @@ impl Object {
         }
     }
 
+    /// Load raw_tp `program` without attaching it: userspace runs it on demand with [`Self::run`]
+    /// (maintenance a family does in the kernel before a scrape reads its maps).
+    pub fn load_runnable(&mut self, program: &str) -> Result<(), ProbeError> {
+        self.with_program(program, |p: &mut RawTracePoint| p.load())
+    }
+
+    /// Run a program loaded with [`Self::load_runnable`] once, on this CPU (BPF_PROG_TEST_RUN,
+    /// which raw_tp programs support since Linux 5.10).
+    pub fn run(&self, program: &str) -> Result<(), ProbeError> {
+        let fd = self.with_program(program, |p: &mut RawTracePoint| {
+            p.fd()?.try_clone().map_err(ProgramError::IOError)
+        })?;
+        test_run(fd.as_fd().as_raw_fd()).map_err(|e| ProbeError::Program {
+            family: self.family,
+            program: program.to_string(),
+            source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
+                call: "bpf_prog_test_run",
+                io_error: e,
+            })),
+        })
+    }
+
     /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed
     /// kernel pointers the program reads with plain loads).
     pub fn attach_tp_btf(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
@@ -458,6 +481,48 @@ impl Object {
             })
             .collect()
     }
+}
+
+/// BPF_PROG_TEST_RUN of a raw_tp program with no arguments (aya 0.14 has no wrapper for it).
+fn test_run(prog_fd: std::os::fd::RawFd) -> std::io::Result<()> {
+    // `struct bpf_attr`'s test member up to `cpu`; the kernel zero-checks anything beyond the
+    // size passed.
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRun {
+        prog_fd: prog_fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid, fully initialised prefix of `union bpf_attr` and outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRun,
+            std::mem::size_of::<TestRun>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Sum a per-CPU counter array slot.
