@@ -293,16 +293,13 @@ impl Object {
     /// Run a program loaded with [`Self::load_runnable`] once, on this CPU (BPF_PROG_TEST_RUN,
     /// which raw_tp programs support since Linux 5.10).
     pub fn run(&self, program: &str) -> Result<(), ProbeError> {
-        let fd = self.with_program(program, |p: &mut RawTracePoint| {
-            p.fd()?.try_clone().map_err(ProgramError::IOError)
-        })?;
-        test_run(fd.as_fd().as_raw_fd()).map_err(|e| ProbeError::Program {
-            family: self.family,
-            program: program.to_string(),
-            source: Box::new(ProgramError::SyscallError(aya::sys::SyscallError {
-                call: "bpf_prog_test_run",
-                io_error: e,
-            })),
+        self.with_program(program, |p: &mut RawTracePoint| {
+            test_run(p.fd()?.as_fd().as_raw_fd()).map_err(|io_error| {
+                ProgramError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_prog_test_run",
+                    io_error,
+                })
+            })
         })
     }
 
