@@ -15,7 +15,8 @@ struct task_times {
 	__u64 off_ts;   /* switched out while sleeping/blocked */
 	__u64 ready_ts; /* woken up or preempted: waiting for a CPU */
 	__u32 off_state;
-	__u32 pad;
+	__u32 seen;     /* nvcsw holds the task's count at its last switch-out */
+	__u64 nvcsw;
 };
 
 struct {
@@ -112,6 +113,28 @@ static __always_inline void add_comm_ns(struct task_struct *t, __u64 ns)
 	bump(CPU_LOST_COMMS);
 }
 
+/* Voluntary or involuntary as the kernel counts it in the task's nvcsw/nivcsw (getrusage,
+ * /proc/<pid>/status): __schedule() has added one to either just before this tracepoint. The
+ * traced state cannot tell alone: a sleep aborted by a pending signal is traced as TASK_RUNNING
+ * but counted voluntary, and a task's final switch (TASK_DEAD) is voluntary too. So the task's
+ * own counter decides; the state rule only serves a task's first switch since we attached. */
+static __always_inline __u32 switch_kind(struct task_times *tt, struct task_struct *prev,
+					 bool preempt, unsigned int prev_state)
+{
+	__u64 nv = prev->nvcsw;
+	int voluntary;
+
+	if (tt->seen)
+		voluntary = nv != tt->nvcsw;
+	else if (nv + prev->nivcsw == 1)
+		voluntary = nv == 1; /* a new task's first switch */
+	else
+		voluntary = !preempt && prev_state;
+	tt->nvcsw = nv;
+	tt->seen = 1;
+	return voluntary ? CPU_SWITCH_VOLUNTARY : CPU_SWITCH_INVOLUNTARY;
+}
+
 SEC("tp_btf/sched_switch")
 int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_struct *next,
 	     unsigned int prev_state)
@@ -142,13 +165,12 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 				tt->off_ts = now;
 				tt->off_state = state;
 				tt->ready_ts = 0;
-				bump(CPU_SWITCH_VOLUNTARY);
 			} else {
 				/* preempted: still runnable, waiting in the run queue */
 				tt->off_ts = 0;
 				tt->ready_ts = now;
-				bump(CPU_SWITCH_INVOLUNTARY);
 			}
+			bump(switch_kind(tt, prev, preempt, prev_state));
 		}
 	}
 	if (sidecar_task_in_target(next)) {

@@ -60,6 +60,10 @@ static __always_inline __u32 slot(__u64 nr)
 #define NR_RT_SIGRETURN 15
 #define NR_EXIT 60
 #define NR_EXIT_GROUP 231
+#define NR_CLONE 56
+#define NR_FORK 57
+#define NR_VFORK 58
+#define NR_CLONE3 435
 
 static __always_inline void count_call(__u64 nr)
 {
@@ -180,6 +184,10 @@ int BPF_PROG(sys_exit_count, struct pt_regs *regs, long ret)
 
 	if (nr < 0)
 		nr = NR_RT_SIGRETURN;
+	/* A new task leaves the kernel through sys_exit too (ret_from_fork), with its parent's
+	 * registers copied: clone/fork/vfork/clone3 returning 0 is that child, not a second call. */
+	if (ret == 0 && (nr == NR_CLONE || nr == NR_CLONE3 || nr == NR_FORK || nr == NR_VFORK))
+		return 0;
 	count_call(nr);
 	count_error(nr, ret);
 	return 0;

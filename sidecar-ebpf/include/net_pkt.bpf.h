@@ -282,13 +282,9 @@ static __always_inline __u32 pkt(struct __sk_buff *skb, __u32 dir, __u32 l3)
 			p = 3;
 	}
 count:;
-	__u32 idx = dir * (NET_FAMILIES * NET_PROTOS) + fam * NET_PROTOS + p;
-	struct net_pkt_stats *s = bpf_map_lookup_elem(&net_packets, &idx);
-
-	if (s) {
-		s->packets++;
-		s->bytes += skb->len - l3;
-	}
+	/* One GSO/GRO skb is several packets on the wire, each with its own headers: count those
+	 * (gso_segs), so a capture where the segments travel agrees packet for packet. */
+	__u32 segs = skb->gso_segs > 1 ? skb->gso_segs : 1, hdr = l4 > l3 ? l4 - l3 : 0;
 
 	if (p <= 1) {
 		/* ports, and for TCP the data offset (byte 12) */
@@ -306,6 +302,9 @@ count:;
 			__u32 pl = l4 + (h[12] >> 4) * 4;
 
 			payload = skb->len > pl ? pl : 0;
+			hdr = pl - l3;
+		} else {
+			hdr += 8;
 		}
 		if (sport == 53 || dport == 53) {
 			__u16 client = sport == 53 ? dport : sport;
@@ -318,6 +317,14 @@ count:;
 			else if (payload && skb->len >= payload + 2 + 12)
 				dns_message(skb, payload + 2, client, 6);
 		}
+	}
+
+	__u32 idx = dir * (NET_FAMILIES * NET_PROTOS) + fam * NET_PROTOS + p;
+	struct net_pkt_stats *s = bpf_map_lookup_elem(&net_packets, &idx);
+
+	if (s) {
+		s->packets += segs;
+		s->bytes += skb->len - l3 + (__u64)(segs - 1) * (hdr & 0xffff);
 	}
 
 	__u32 zero = 0;

@@ -3,7 +3,6 @@
 use std::ffi::OsString;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -470,35 +469,98 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
     }
 }
 
-/// Start `cmd` inside the run cgroup: the child moves itself there before exec, so its whole
-/// process tree is the target from its first instruction.
+/// Start `cmd` inside the run cgroup, so its whole process tree is the target from its first
+/// instruction. The child must not move itself: the write to `cgroup.procs` would enter the
+/// kernel outside the target and return inside it, and a syscall counted at its exit
+/// (`--syscall-latency off`) would count the sidecar's write as the command's. So the child
+/// publishes its pid in a shared page and spins, making no syscall, while a thread of ours moves
+/// it; then it execs.
 fn spawn_in_cgroup(cmd: &[OsString], cg: &RunCgroup) -> Result<std::process::Child> {
+    use std::sync::atomic::{AtomicI32, Ordering};
     let Some((prog, args)) = cmd.split_first() else {
         bail!("run needs a command after --")
     };
-    let procs = std::fs::OpenOptions::new()
+    let mut procs = std::fs::OpenOptions::new()
         .write(true)
         .open(cg.procs_file())
         .with_context(|| format!("opening {}", cg.procs_file().display()))?;
-    let fd = procs.as_raw_fd();
+    let handoff = Handoff::new()?;
+    // Word 0: the child's pid once it waits; word 1: 1 = moved, -1 = the move failed.
+    let addr = handoff.0 as usize;
+    let word = move |i: usize| -> &'static AtomicI32 {
+        // SAFETY: the page lives until after spawn() returned and the mover was joined; it is
+        // zeroed, aligned, and only ever accessed atomically.
+        unsafe { &*(addr as *const AtomicI32).add(i) }
+    };
+    let mover = std::thread::spawn(move || -> std::io::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let pid = loop {
+            match word(0).load(Ordering::Acquire) {
+                0 if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(20)),
+                0 | -1 => return Err(std::io::Error::other("the command never started")),
+                pid => break pid,
+            }
+        };
+        let r = procs.write_all(pid.to_string().as_bytes());
+        word(1).store(if r.is_ok() { 1 } else { -1 }, Ordering::Release);
+        r
+    });
     let mut c = std::process::Command::new(prog);
     c.args(args);
-    // SAFETY: the closure only calls write(2), which is async-signal-safe, on an fd we keep open.
+    // SAFETY: the closure calls getpid(2) (async-signal-safe) and touches only atomics in a
+    // MAP_SHARED page, which the fork kept shared with us.
     unsafe {
         c.pre_exec(move || {
-            let rc = libc::write(fd, b"0".as_ptr().cast(), 1);
-            if rc == 1 {
-                Ok(())
-            } else {
-                Err(std::io::Error::last_os_error())
+            word(0).store(libc::getpid(), Ordering::Release);
+            loop {
+                match word(1).load(Ordering::Acquire) {
+                    0 => std::hint::spin_loop(),
+                    1 => return Ok(()),
+                    _ => return Err(std::io::Error::from_raw_os_error(libc::EIO)),
+                }
             }
         });
     }
-    let child = c
-        .spawn()
-        .with_context(|| format!("starting {}", prog.to_string_lossy()))?;
-    drop(procs);
+    let spawned = c.spawn();
+    if spawned.is_err() {
+        // A fork that failed never publishes a pid: let the mover give up now.
+        word(0).compare_exchange(0, -1, Ordering::AcqRel, Ordering::Acquire).ok();
+    }
+    let moved = mover.join().map_err(|_| anyhow::anyhow!("cgroup mover panicked"))?;
+    let child = spawned.with_context(|| format!("starting {}", prog.to_string_lossy()))?;
+    moved.with_context(|| format!("moving the command into {}", cg.procs_file().display()))?;
+    drop(handoff);
     Ok(child)
+}
+
+/// One shared anonymous page, unmapped on drop.
+struct Handoff(*mut libc::c_void);
+
+impl Handoff {
+    fn new() -> Result<Self> {
+        // SAFETY: anonymous mapping, no file; checked for MAP_FAILED.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        Ok(Self(p))
+    }
+}
+
+impl Drop for Handoff {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in new(), unmapped once.
+        unsafe { libc::munmap(self.0, 4096) };
+    }
 }
 
 fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {

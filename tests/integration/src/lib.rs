@@ -318,6 +318,18 @@ pub fn run_workload_exiting(
     args: &[&str],
     code: i32,
 ) -> (Metrics, String) {
+    run_program(tag, probes, extra, &workload(name), args, code)
+}
+
+/// [`run_workload_exiting`] for any program (a path, or a name looked up in PATH).
+pub fn run_program(
+    tag: &str,
+    probes: &str,
+    extra: &[&str],
+    program: &Path,
+    args: &[&str],
+    code: i32,
+) -> (Metrics, String) {
     let out = std::env::temp_dir().join(format!("ebpf-sidecar-{tag}.prom"));
     let _ = std::fs::remove_file(&out);
     let o = Command::new(sidecar_bin())
@@ -327,7 +339,7 @@ pub fn run_workload_exiting(
         .arg("--metrics-out")
         .arg(&out)
         .arg("--")
-        .arg(workload(name))
+        .arg(program)
         .args(args)
         .output()
         .unwrap();

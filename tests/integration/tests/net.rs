@@ -2,6 +2,7 @@
 //! network things on loopback (tests/integration/workloads/net_traffic.c), in `run` mode and in
 //! Docker containers; nothing from unmonitored processes; a bounded peer label.
 
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -605,4 +606,86 @@ fn http_paths_are_normalised_bounded_and_without_queries() {
     );
     let lint = promtool_check(&m.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+}
+
+/// Large TCP sends leave as one GSO skb that is cut into MSS-sized segments below the socket.
+/// In a network namespace whose loopback has an Ethernet MTU and no segmentation offload
+/// (`ethtool -K lo tso off gso off`), the kernel segments in software before the capture point: a packet capture then
+/// sees every segment with its own headers. The sidecar counts the same packets and IP bytes.
+#[test]
+fn gso_sends_are_counted_as_the_segments_a_capture_sees() {
+    require_root();
+    let ns = format!("ebpf-sidecar-gso-{}", std::process::id());
+    let sh = |cmd: &str| {
+        let st = Command::new("sh").args(["-c", cmd]).status().unwrap();
+        assert!(st.success(), "{cmd} (needs iproute2 and ethtool)");
+    };
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+        }
+    }
+    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    sh(&format!("ip netns add {ns}"));
+    let _guard = Netns(ns.clone());
+    sh(&format!(
+        "ip netns exec {ns} ip link set lo up mtu 1500 && ip netns exec {ns} ethtool -K lo tso off gso off"
+    ));
+    let pcap = std::env::temp_dir().join(format!("{ns}.pcap"));
+    let _ = std::fs::remove_file(&pcap);
+    let log = std::env::temp_dir().join(format!("{ns}.tshark.log"));
+    let mut cap = Command::new("ip")
+        .args(["netns", "exec", &ns, "tshark", "-q", "-B", "64", "-i", "lo", "-w"])
+        .arg(&pcap)
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .expect("tshark not found: apt-get install tshark");
+    wait_for("tshark capturing", Duration::from_secs(20), || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains("Capturing on")
+            .then_some(())
+    });
+    let (c, n) = (3u64, 1_000_000u64);
+    let traffic = workload("net_traffic");
+    let (c_s, n_s) = (c.to_string(), n.to_string());
+    let args = ["netns", "exec", &ns, &traffic.to_string_lossy(), "tcp", &c_s, &n_s];
+    let (m, _) = run_program("net-gso", "net", &[], Path::new("ip"), &args, 0);
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(cap.id() as i32, libc::SIGINT) };
+    cap.wait().unwrap();
+    let out = Command::new("tshark")
+        .args(["-r"])
+        .arg(&pcap)
+        .args(["-T", "fields", "-e", "ip.len", "-Y", "tcp"])
+        .output()
+        .unwrap();
+    let lens: Vec<f64> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    let (cap_pkts, cap_bytes) = (lens.len() as f64, lens.iter().sum::<f64>());
+    assert!(
+        lens.iter().all(|&l| l <= 1500.0),
+        "segmented to the MTU before the capture"
+    );
+    assert!(
+        cap_bytes > 2.0 * (c * n) as f64,
+        "the capture holds the transfer: {cap_pkts} packets, {cap_bytes} bytes"
+    );
+    // Every packet one end sends, the other (also the target) receives: one capture, two counts.
+    for dir in ["egress", "ingress"] {
+        assert_eq!(
+            pkts(&m, "ebpf_sidecar_network_packets_total", dir, "tcp"),
+            cap_pkts,
+            "{dir} packets = the capture's"
+        );
+        assert_eq!(
+            pkts(&m, "ebpf_sidecar_network_bytes_total", dir, "tcp"),
+            cap_bytes,
+            "{dir} IP bytes = the capture's ip.len sum"
+        );
+    }
 }
