@@ -116,7 +116,7 @@ impl Probe for Cpu {
         encode::counter(
             enc,
             "ebpf_sidecar_context_switches",
-            "Context switches of the target's tasks: voluntary (went to sleep or blocked) or involuntary (preempted).",
+            "Context switches of the target's tasks as the kernel counts them (nvcsw/nivcsw: getrusage, /proc/<pid>/status): voluntary (gave up the CPU: slept, blocked, exited) or involuntary (preempted, yielded).",
             [
                 (vec![("kind", "voluntary".to_string())], vol),
                 (vec![("kind", "involuntary".to_string())], invol),

@@ -105,3 +105,33 @@ fn runqueue_latency_shows_contention_only_when_there_is_some() {
         ) >= 100.0
     );
 }
+
+/// Context switches as the kernel counts them (the task's nvcsw/nivcsw, which getrusage and
+/// /proc/<pid>/status report): every exited task's final switch is voluntary. The workload
+/// reaps each child after its final switch, so rusage holds all of them, and subtracts what it
+/// had before its main (the spawn's spin, outside the target). What rusage cannot hold is the
+/// workload's own switches after its last getrusage call: its final one (voluntary, +1), and a
+/// preemption of its last steps or during its exec (involuntary, up to 2 more).
+#[test]
+fn context_switches_match_the_kernels_counters_with_exits() {
+    require_root();
+    const K: u64 = 40;
+    let (out, m) = run(&["switches", &K.to_string(), "25"]);
+    let fact = |k: &str| -> f64 {
+        out.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {k}= in {out:?}"))
+    };
+    let kind = |k: &str| m.sum("ebpf_sidecar_context_switches_total", &[("kind", k)]);
+    assert_eq!(
+        kind("voluntary"),
+        fact("voluntary") + 1.0,
+        "voluntary switches = the tree's nvcsw + the workload's own final switch"
+    );
+    let (inv, truth) = (kind("involuntary"), fact("involuntary"));
+    assert!(
+        (truth..=truth + 2.0).contains(&inv),
+        "involuntary {inv} vs the tree's nivcsw {truth}"
+    );
+}
