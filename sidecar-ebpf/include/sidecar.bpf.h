@@ -17,6 +17,22 @@ struct {
 	__type(value, struct sidecar_target);
 } sidecar_target SEC(".maps");
 
+/* --target-tree: the tgids of a process and its descendants. Userspace puts the tree as it is at
+ * start; the two programs at the end of this file follow forks and frees. The value is the
+ * process's start time (0 when put by userspace), so the free of a recycled tgid's previous
+ * owner cannot remove a new member. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, SIDECAR_TREE_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} sidecar_tree SEC(".maps");
+
+static __always_inline int sidecar_tree_has(__u32 tgid)
+{
+	return bpf_map_lookup_elem(&sidecar_tree, &tgid) != NULL;
+}
+
 static __always_inline int sidecar_in_target(void)
 {
 	__u32 zero = 0;
@@ -38,6 +54,8 @@ static __always_inline int sidecar_in_target(void)
 			return 0;
 		return ns.tgid != t->self_tgid;
 	}
+	if (t->mode == SIDECAR_FILTER_TREE)
+		return sidecar_tree_has(bpf_get_current_pid_tgid() >> 32);
 	return 0;
 }
 
@@ -81,6 +99,8 @@ static __always_inline int sidecar_task_in_target(struct task_struct *task)
 			return 0;
 		return task->tgid != 0 && up.nr != 0 && !(task->pid == task->tgid && up.nr == t->self_tgid);
 	}
+	if (t->mode == SIDECAR_FILTER_TREE)
+		return sidecar_tree_has(task->tgid);
 	return 0;
 }
 
@@ -124,6 +144,34 @@ static __always_inline __u32 sidecar_hist_bucket(__u64 ns)
 	__u32 b = sidecar_log2(ns);
 
 	return b < SIDECAR_HIST_BUCKETS ? b : SIDECAR_HIST_BUCKETS - 1;
+}
+
+/* --target-tree: a new process of a member joins; attached only in that mode. */
+SEC("tp_btf/sched_process_fork")
+int BPF_PROG(sidecar_tree_fork, struct task_struct *parent, struct task_struct *child)
+{
+	__u32 ptgid = parent->tgid, ctgid = child->tgid;
+	__u64 start = child->start_time;
+
+	if (ptgid != ctgid && sidecar_tree_has(ptgid))
+		bpf_map_update_elem(&sidecar_tree, &ctgid, &start, BPF_ANY);
+	return 0;
+}
+
+/* A process leaves when its leader's task is freed: after its last switch and after its parent
+ * reaped it, so nothing it did is missed; its tgid can be reused only from then on. */
+SEC("tp_btf/sched_process_free")
+int BPF_PROG(sidecar_tree_free, struct task_struct *p)
+{
+	__u32 tgid = p->tgid;
+	__u64 *v;
+
+	if (p->pid != tgid)
+		return 0;
+	v = bpf_map_lookup_elem(&sidecar_tree, &tgid);
+	if (v && (*v == 0 || *v == p->start_time))
+		bpf_map_delete_elem(&sidecar_tree, &tgid);
+	return 0;
 }
 
 #endif

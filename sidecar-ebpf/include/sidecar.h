@@ -16,7 +16,11 @@ enum sidecar_filter_mode {
 	SIDECAR_FILTER_NONE = 0,   /* target is down: count nothing */
 	SIDECAR_FILTER_CGROUP = 1, /* cgroup v2 id equals cgroup_id */
 	SIDECAR_FILTER_PIDNS = 2,  /* task is in pid namespace (pidns_dev, pidns_ino), minus self_tgid */
+	SIDECAR_FILTER_TREE = 3,   /* task's tgid is in sidecar_tree (a process and its descendants) */
 };
+
+/* --target-tree: the most processes one tree may have at once. */
+#define SIDECAR_TREE_MAX 16384
 
 struct sidecar_target {
 	__u64 cgroup_id;

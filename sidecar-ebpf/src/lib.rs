@@ -32,6 +32,10 @@ pub const HIST_BUCKETS: usize = 40;
 pub const FILTER_NONE: u32 = 0;
 pub const FILTER_CGROUP: u32 = 1;
 pub const FILTER_PIDNS: u32 = 2;
+pub const FILTER_TREE: u32 = 3;
+/// `sidecar_tree`: tgid -> start time of the process (0 when userspace put it there).
+pub const TREE_MAP: &str = "sidecar_tree";
+pub const TREE_MAX: u32 = 16384;
 
 /// `struct sidecar_target`: the single entry of every object's `sidecar_target` map.
 #[repr(C)]

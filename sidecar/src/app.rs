@@ -19,6 +19,7 @@ use crate::target::{self, Cgroup2Mount, RunCgroup, TargetSpec};
 pub enum Choice {
     Sidecar,
     Pid(u32),
+    Tree(u32),
     Container(String),
     Run {
         cmd: Vec<OsString>,
@@ -135,6 +136,7 @@ pub fn run(cfg: Config) -> Result<i32> {
     let (spec, run_cmd) = match &cfg.choice {
         Choice::Sidecar => (TargetSpec::Sidecar, None),
         Choice::Pid(p) => (TargetSpec::Pid(*p), None),
+        Choice::Tree(p) => (TargetSpec::Tree(*p), None),
         Choice::Container(c) => (TargetSpec::Container(c.clone()), None),
         Choice::Run {
             cmd,
@@ -162,9 +164,9 @@ pub fn run(cfg: Config) -> Result<i32> {
     };
     let mut initial = match target::resolve(&spec, mount.as_ref()) {
         Ok(Some(t)) => Some(t),
-        Ok(None) if matches!(spec, TargetSpec::Pid(_)) => {
+        Ok(None) if matches!(spec, TargetSpec::Pid(_) | TargetSpec::Tree(_)) => {
             return start(Err(target::TargetError::NoSuchPid(match spec {
-                TargetSpec::Pid(p) => p,
+                TargetSpec::Pid(p) | TargetSpec::Tree(p) => p,
                 _ => 0,
             })
             .into()));
@@ -177,6 +179,16 @@ pub fn run(cfg: Config) -> Result<i32> {
         }
         Err(e) => return start(Err(e.into())),
     };
+    if let Some(t) = &initial
+        && let Some(n) = t.others_in_cgroup
+    {
+        tracing::warn!(
+            "the cgroup of --target-pid {} holds {n} process(es) outside that pid's tree, and \
+             everything in it is counted (ebpf_sidecar_target_info{{filter=\"cgroup_shared\"}}); \
+             to count only the process and its descendants use --target-tree",
+            t.pid.unwrap_or(0)
+        );
+    }
     if let Some(t) = &initial {
         tracing::info!(
             mode = spec.mode(),
@@ -382,7 +394,8 @@ pub fn run(cfg: Config) -> Result<i32> {
             return Ok(code);
         }
 
-        if !matches!(spec, TargetSpec::Run(_)) {
+        // A tree is followed in the kernel (fork/free), whatever its root does.
+        if !matches!(spec, TargetSpec::Run(_) | TargetSpec::Tree(_)) {
             let (spec, mount, shared, every) = (
                 spec.clone(),
                 mount.clone(),
@@ -429,6 +442,10 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
             .current
             .clone();
         if before.as_ref().map(|t| t.filter) == now.as_ref().map(|t| t.filter) {
+            let now = match (now, &before) {
+                (Some(n), Some(b)) => Some(n.keep_known(b)),
+                (n, _) => n,
+            };
             if before != now {
                 // Same cgroup, new network namespace (or its first process just became
                 // visible): families attached per netns (net --net-mode netns) follow it.

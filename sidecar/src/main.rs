@@ -20,14 +20,26 @@ struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
 
-    /// Monitor this process's cgroup (a pid as seen by the sidecar).
+    /// Monitor this process's cgroup (a pid as seen by the sidecar). Refused when that is the
+    /// root cgroup (the whole host): use --target-tree there.
+    #[arg(
+        long,
+        value_name = "PID",
+        global = true,
+        conflicts_with_all = ["target_container", "target_tree"]
+    )]
+    target_pid: Option<u32>,
+
+    /// Monitor this process and every process it starts from now on, followed in the kernel
+    /// (fork and exit), whatever their cgroup: for hosts where processes have no cgroup of their
+    /// own. Needs the host's pid namespace.
     #[arg(
         long,
         value_name = "PID",
         global = true,
         conflicts_with = "target_container"
     )]
-    target_pid: Option<u32>,
+    target_tree: Option<u32>,
 
     /// Monitor a Docker container, found through the Docker Engine API (DOCKER_HOST or
     /// /var/run/docker.sock); needs the container's pid to be visible (host or --pid=host).
@@ -353,8 +365,11 @@ fn main() {
             metrics_out,
             seccomp_out,
         }) => {
-            if cli.target_pid.is_some() || cli.target_container.is_some() {
-                eprintln!("error: run makes its own target; drop --target-pid/--target-container");
+            if cli.target_pid.is_some() || cli.target_container.is_some() || cli.target_tree.is_some()
+            {
+                eprintln!(
+                    "error: run makes its own target; drop --target-pid/--target-tree/--target-container"
+                );
                 std::process::exit(2);
             }
             if cli.net_mode == "netns" {
@@ -371,10 +386,11 @@ fn main() {
                 seccomp_out,
             }
         }
-        None => match (cli.target_pid, cli.target_container) {
-            (Some(p), _) => Choice::Pid(p),
-            (None, Some(c)) => Choice::Container(c),
-            (None, None) => Choice::Sidecar,
+        None => match (cli.target_pid, cli.target_tree, cli.target_container) {
+            (Some(p), _, _) => Choice::Pid(p),
+            (None, Some(p), _) => Choice::Tree(p),
+            (None, None, Some(c)) => Choice::Container(c),
+            (None, None, None) => Choice::Sidecar,
         },
     };
     if !(cli.resolve_interval > 0.0 && cli.resolve_interval.is_finite()) {

@@ -79,7 +79,7 @@ impl Collector for SidecarCollector {
         let mut labels: Vec<(String, String)> = vec![("mode".into(), target.mode.to_string())];
         if let Some(t) = &target.current {
             let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-            labels.push(("filter".into(), t.filter.name().into()));
+            labels.push(("filter".into(), t.filter_label().into()));
             labels.push((
                 "cgroup_path".into(),
                 t.cgroup_path.clone().unwrap_or_default(),

@@ -1274,8 +1274,7 @@ impl Probe for CustomProbe {
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = target.and_then(|t| t.pid);
         if self.filter_map {
-            let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
-            if let Err(e) = self.obj.set_target(&kernel) {
+            if let Err(e) = self.obj.set_target(target.map(|t| &t.filter)) {
                 tracing::error!(probe = self.name, "setting the target filter: {e}");
             }
         } else if self.filter_globals

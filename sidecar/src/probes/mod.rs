@@ -113,8 +113,7 @@ pub trait Probe: Send + Sync {
     /// (`None`). Called once right after load, then by the target watcher. The default points the
     /// kernel filter at it; families with per-cgroup or per-netns attachments re-attach here.
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
-        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
-        self.object().set_target(&kernel)
+        self.object().set_target(target.map(|t| &t.filter))
     }
     /// Write this family's metrics, reading its maps now.
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;

@@ -246,8 +246,7 @@ impl Probe for Net {
     }
 
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
-        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
-        self.obj.set_target(&kernel)?;
+        self.obj.set_target(target.map(|t| &t.filter))?;
         if self.mode == NetMode::Netns {
             return self.on_target_netns(target);
         }

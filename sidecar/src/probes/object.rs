@@ -15,6 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
 use super::dispatch::{Side, SyscallDispatch};
+use crate::target::Filter;
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -119,6 +120,8 @@ pub struct Object {
     pub family: &'static str,
     ebpf: Mutex<Ebpf>,
     programs: Vec<String>,
+    /// Whether the --target-tree programs (fork/free) are attached.
+    tree_followed: std::sync::atomic::AtomicBool,
 }
 
 impl Object {
@@ -146,6 +149,7 @@ impl Object {
             family,
             ebpf: Mutex::new(ebpf),
             programs: Vec::new(),
+            tree_followed: Default::default(),
         })
     }
 
@@ -443,8 +447,12 @@ impl Object {
         })
     }
 
-    /// Point the kernel filter at a (new) target.
-    pub fn set_target(&self, target: &sidecar_ebpf::Target) -> Result<(), ProbeError> {
+    /// Point the kernel filter at a (new) target, or at nothing (`None`: count nothing).
+    pub fn set_target(&self, filter: Option<&Filter>) -> Result<(), ProbeError> {
+        if let Some(Filter::Tree { root }) = filter {
+            self.follow_tree(*root)?;
+        }
+        let target = filter.map(Filter::to_kernel).unwrap_or_default();
         let family = self.family;
         let map_err = |detail: String| ProbeError::Map {
             family,
@@ -458,6 +466,50 @@ impl Object {
         let mut arr: Array<_, sidecar_ebpf::Target> =
             Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
         arr.set(0, target, 0).map_err(|e| map_err(e.to_string()))
+    }
+
+    /// --target-tree: attach the programs that follow forks and frees (once), then put the tree
+    /// as it is now into `sidecar_tree`. Attached first, so a fork during the scan is either
+    /// followed by the kernel or found by the scan.
+    fn follow_tree(&self, root: u32) -> Result<(), ProbeError> {
+        use std::sync::atomic::Ordering;
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: sidecar_ebpf::TREE_MAP.into(),
+            detail,
+        };
+        if !self.tree_followed.load(Ordering::Acquire) {
+            let btf = aya::Btf::from_sys_fs().map_err(|e| map_err(format!("kernel BTF: {e}")))?;
+            for (program, tp) in [
+                ("sidecar_tree_fork", "sched_process_fork"),
+                ("sidecar_tree_free", "sched_process_free"),
+            ] {
+                self.with_program(program, |p: &mut BtfTracePoint| {
+                    p.load(tp, &btf)?;
+                    p.attach().map(drop)
+                })?;
+            }
+            self.tree_followed.store(true, Ordering::Release);
+        }
+        let members = crate::target::tree::members(root);
+        let mut ebpf = self.lock();
+        let map = ebpf
+            .map_mut(sidecar_ebpf::TREE_MAP)
+            .ok_or_else(|| map_err("not in the object (built without sidecar.bpf.h's tree filter)".into()))?;
+        let mut tree: aya::maps::HashMap<_, u32, u64> =
+            aya::maps::HashMap::try_from(map).map_err(|e| map_err(e.to_string()))?;
+        for pid in &members {
+            tree.insert(pid, 0, 0).map_err(|e| map_err(e.to_string()))?;
+        }
+        // One that exited between the scan and its insert was freed already: nothing would
+        // ever remove it, and its tgid could go to a stranger.
+        for pid in members {
+            if !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = tree.remove(&pid);
+            }
+        }
+        Ok(())
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Ebpf> {

@@ -33,8 +33,15 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 
 /// Live processes of the target: the cgroup's own list when we can read it, else the pid
 /// namespace we share with it (minus ourselves).
-fn live_processes(ctx: &EncodeCtx<'_>) -> Option<u64> {
+fn live_processes(ctx: &EncodeCtx<'_>, obj: &Object) -> Option<u64> {
     let t = ctx.target?;
+    if let Filter::Tree { .. } = t.filter {
+        // The kernel's set: reparented orphans are still members, which a walk of ppids misses.
+        let ebpf = obj.lock();
+        let map = ebpf.map(sidecar_ebpf::TREE_MAP)?;
+        let tree: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(map).ok()?;
+        return Some(tree.keys().filter(Result::is_ok).count() as u64);
+    }
     if let Some(dir) = &t.cgroup_dir {
         return cgroup::count_procs(dir).ok();
     }
@@ -146,7 +153,7 @@ impl Probe for Process {
             [(vec![], counter(pc::OOM_KILLS))],
         )?;
         drop(ebpf);
-        if let Some(n) = live_processes(ctx) {
+        if let Some(n) = live_processes(ctx, &self.obj) {
             encode::gauge(
                 enc,
                 "ebpf_sidecar_processes",

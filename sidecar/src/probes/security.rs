@@ -349,8 +349,7 @@ impl Probe for Security {
         if let Some(s) = &self.sensitive {
             s.set_target(target);
         }
-        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
-        self.obj.set_target(&kernel)
+        self.obj.set_target(target.map(|t| &t.filter))
     }
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {

@@ -158,16 +158,26 @@ pub fn cgroup_id(dir: &Path) -> io::Result<u64> {
 
 /// Processes in a cgroup and its descendants.
 pub fn count_procs(dir: &Path) -> io::Result<u64> {
-    let mut n = fs::read_to_string(dir.join("cgroup.procs"))?
-        .lines()
-        .count() as u64;
-    for e in fs::read_dir(dir)? {
-        let e = e?;
-        if e.file_type()?.is_dir() {
-            n += count_procs(&e.path()).unwrap_or(0);
+    fs::metadata(dir.join("cgroup.procs"))?;
+    let mut n = 0;
+    for_each_proc(dir, &mut |_| n += 1);
+    Ok(n)
+}
+
+/// Call `f` with every pid in the cgroup at `dir` and its descendants (unreadable ones skipped).
+pub fn for_each_proc(dir: &Path, f: &mut dyn FnMut(u32)) {
+    if let Ok(s) = fs::read_to_string(dir.join("cgroup.procs")) {
+        s.lines()
+            .filter_map(|l| l.trim().parse::<u32>().ok())
+            .for_each(&mut *f);
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                for_each_proc(&e.path(), f);
+            }
         }
     }
-    Ok(n)
 }
 
 const RUN_PREFIX: &str = "ebpf-sidecar-run-";

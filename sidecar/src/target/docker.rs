@@ -178,3 +178,36 @@ mod tests {
         assert!(parse_response(b"garbage").is_none());
     }
 }
+
+/// The container id a cgroup path names, for the runtimes that name cgroups after it: Docker
+/// (`/docker/<id>`, systemd's `/system.slice/docker-<id>.scope`), containerd/CRI
+/// (`cri-containerd-<id>.scope`, `/kubepods/.../<id>`), CRI-O (`crio-<id>.scope`), Podman
+/// (`libpod-<id>.scope`). The last path segment holding a 64-hex id wins.
+pub fn id_from_cgroup_path(path: &str) -> Option<String> {
+    path.rsplit('/').find_map(|seg| {
+        let seg = seg.strip_suffix(".scope").unwrap_or(seg);
+        let id = seg.rsplit(['-', ':']).next()?;
+        (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then(|| id.to_string())
+    })
+}
+
+#[cfg(test)]
+mod id_tests {
+    use super::id_from_cgroup_path;
+
+    #[test]
+    fn ids_from_cgroup_paths() {
+        let id = "a".repeat(60) + "0123";
+        for p in [
+            format!("/docker/{id}"),
+            format!("/system.slice/docker-{id}.scope"),
+            format!("/kubepods.slice/kubepods-burstable.slice/cri-containerd-{id}.scope"),
+            format!("/kubepods/besteffort/pod1234/{id}"),
+            format!("/machine.slice/libpod-{id}.scope/container"),
+        ] {
+            assert_eq!(id_from_cgroup_path(&p).as_deref(), Some(id.as_str()), "{p}");
+        }
+        assert_eq!(id_from_cgroup_path("/user.slice/session-2.scope"), None);
+        assert_eq!(id_from_cgroup_path("/"), None);
+    }
+}

@@ -4,11 +4,13 @@
 //! Four ways in, one result ([`Resolved`]):
 //! - sidecar (default): started with `--pid=container:<app>`, the target is PID 1's cgroup;
 //! - `--target-pid PID`: that process's cgroup;
+//! - `--target-tree PID`: that process and its descendants, followed in the kernel;
 //! - `--target-container NAME|ID`: through the Docker Engine API;
 //! - `run -- CMD`: a fresh cgroup made for CMD.
 
 pub mod cgroup;
 pub mod docker;
+pub mod tree;
 
 use std::fs;
 use std::io;
@@ -41,6 +43,16 @@ pub enum TargetError {
     NoCgroup2 { reason: String },
     #[error("no target: {0}")]
     NoTarget(String),
+    #[error(
+        "pid {0} is in the root cgroup, which holds every process of the host that has no cgroup of its own: \
+         counting it would count them all. Use --target-tree {0} (the process and its descendants), \
+         `ebpf-sidecar run -- CMD` (a fresh cgroup for a command), or --target-container NAME"
+    )]
+    RootCgroup(u32),
+    #[error(
+        "--target-tree needs the host's pid namespace (the kernel reports host pids): run the sidecar on the host or with --pid=host"
+    )]
+    TreeNeedsHostPids,
     #[error("{what}: {source}")]
     Io { what: String, source: io::Error },
 }
@@ -50,6 +62,8 @@ pub enum TargetError {
 pub enum TargetSpec {
     Sidecar,
     Pid(u32),
+    /// A process and its descendants.
+    Tree(u32),
     Container(String),
     Run(Arc<RunCgroup>),
 }
@@ -59,6 +73,7 @@ impl TargetSpec {
         match self {
             TargetSpec::Sidecar => "sidecar",
             TargetSpec::Pid(_) => "pid",
+            TargetSpec::Tree(_) => "tree",
             TargetSpec::Container(_) => "container",
             TargetSpec::Run(_) => "run",
         }
@@ -73,6 +88,8 @@ pub enum Filter {
     /// The task lives in this pid namespace and is not the sidecar. Used when no cgroup2 mount can
     /// be had (a sidecar container without CAP_SYS_ADMIN).
     PidNs { dev: u64, ino: u64, self_tgid: u32 },
+    /// The task's process is `root` or was started by one of the set (kernel-side set).
+    Tree { root: u32 },
 }
 
 impl Filter {
@@ -80,6 +97,7 @@ impl Filter {
         match self {
             Filter::Cgroup { .. } => "cgroup",
             Filter::PidNs { .. } => "pidns",
+            Filter::Tree { .. } => "tree",
         }
     }
 
@@ -101,6 +119,10 @@ impl Filter {
                 mode: sidecar_ebpf::FILTER_PIDNS,
                 ..Default::default()
             },
+            Filter::Tree { .. } => sidecar_ebpf::Target {
+                mode: sidecar_ebpf::FILTER_TREE,
+                ..Default::default()
+            },
         }
     }
 }
@@ -119,14 +141,44 @@ pub struct Resolved {
     pub net_ns: Option<u64>,
     pub mnt_ns: Option<u64>,
     pub container: Option<ContainerInfo>,
+    /// `--target-pid`: processes in its cgroup outside the pid's tree (counted all the same).
+    pub others_in_cgroup: Option<u64>,
 }
 
 impl Resolved {
     pub fn cgroup_id(&self) -> Option<u64> {
         match self.filter {
             Filter::Cgroup { id } => Some(id),
-            Filter::PidNs { .. } => None,
+            Filter::PidNs { .. } | Filter::Tree { .. } => None,
         }
+    }
+
+    /// What the kernel counts, as `ebpf_sidecar_target_info{filter}` says it: `cgroup`,
+    /// `cgroup_shared` (a --target-pid cgroup that holds other processes too), `pidns`, `tree`.
+    pub fn filter_label(&self) -> &'static str {
+        match (self.filter, self.others_in_cgroup) {
+            (Filter::Cgroup { .. }, Some(n)) if n > 0 => "cgroup_shared",
+            (f, _) => f.name(),
+        }
+    }
+
+    /// The same target seen again: what could not be read this time (namespaces, once the
+    /// capabilities are gone) keeps its earlier value, so the info series keeps its labels.
+    pub fn keep_known(mut self, before: &Resolved) -> Resolved {
+        fn keep<T: Clone>(now: &mut Option<T>, before: &Option<T>) {
+            if now.is_none() {
+                now.clone_from(before);
+            }
+        }
+        keep(&mut self.cgroup_path, &before.cgroup_path);
+        keep(&mut self.cgroup_dir, &before.cgroup_dir);
+        keep(&mut self.pid, &before.pid);
+        keep(&mut self.pid_ns, &before.pid_ns);
+        keep(&mut self.net_ns, &before.net_ns);
+        keep(&mut self.mnt_ns, &before.mnt_ns);
+        keep(&mut self.container, &before.container);
+        self.others_in_cgroup = before.others_in_cgroup;
+        self
     }
 }
 
@@ -152,11 +204,36 @@ pub fn resolve(
             net_ns: None,
             mnt_ns: None,
             container: None,
+            others_in_cgroup: None,
         })),
         TargetSpec::Pid(pid) => match of_pid(*pid, mount, false) {
             Err(TargetError::NoSuchPid(_)) => Ok(None),
-            r => r.map(Some),
+            Ok(r) if r.cgroup_path.as_deref() == Some("/") => Err(TargetError::RootCgroup(*pid)),
+            Ok(mut r) => {
+                r.others_in_cgroup = r.cgroup_dir.as_deref().map(|d| outside_tree(d, *pid));
+                Ok(Some(r))
+            }
+            Err(e) => Err(e),
         },
+        TargetSpec::Tree(pid) => {
+            if !tree::in_host_pid_namespace() {
+                return Err(TargetError::TreeNeedsHostPids);
+            }
+            if fs::metadata(format!("/proc/{pid}")).is_err() {
+                return Ok(None);
+            }
+            Ok(Some(Resolved {
+                filter: Filter::Tree { root: *pid },
+                cgroup_path: cgroup::proc_cgroup_path(*pid).ok(),
+                cgroup_dir: None,
+                pid: Some(*pid),
+                pid_ns: ns_inode(*pid, "pid").map(|(_, i)| i),
+                net_ns: ns_inode(*pid, "net").map(|(_, i)| i),
+                mnt_ns: ns_inode(*pid, "mnt").map(|(_, i)| i),
+                container: None,
+                others_in_cgroup: None,
+            }))
+        }
         TargetSpec::Sidecar => {
             if std::process::id() == 1 {
                 return Err(TargetError::NoTarget(
@@ -211,7 +288,11 @@ fn of_pid(
         pid_ns: pid_ns.map(|(_, i)| i),
         net_ns: ns_inode(pid, "net").map(|(_, i)| i),
         mnt_ns: ns_inode(pid, "mnt").map(|(_, i)| i),
-        container: None,
+        container: docker::id_from_cgroup_path(&path).map(|id| ContainerInfo {
+            id,
+            ..Default::default()
+        }),
+        others_in_cgroup: None,
     };
     if path == "/" && pid == 1 && allow_pidns {
         return Err(TargetError::NoTarget(
@@ -253,4 +334,12 @@ fn of_pid(
             Ok(r)
         }
     }
+}
+
+/// Processes of the cgroup at `dir` (and below) that are neither `pid` nor its descendants.
+fn outside_tree(dir: &std::path::Path, pid: u32) -> u64 {
+    let tree: std::collections::HashSet<u32> = tree::members(pid).into_iter().collect();
+    let mut n = 0;
+    cgroup::for_each_proc(dir, &mut |p| n += u64::from(!tree.contains(&p)));
+    n
 }

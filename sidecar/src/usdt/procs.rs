@@ -65,33 +65,23 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapped>> {
 /// binaries to attach to.
 pub fn pids_of(target: &std::sync::Mutex<Option<crate::target::Resolved>>) -> Option<Vec<u32>> {
     // Copied out so the lock is not held while the cgroup tree is read.
-    let cgroup_dir = target
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .as_ref()?
-        .cgroup_dir
-        .clone();
+    let (cgroup_dir, filter) = {
+        let t = target.lock().unwrap_or_else(|p| p.into_inner());
+        let t = t.as_ref()?;
+        (t.cgroup_dir.clone(), t.filter)
+    };
+    if let crate::target::Filter::Tree { root } = filter {
+        return Some(crate::target::tree::members(root));
+    }
     Some(target_pids(cgroup_dir.as_deref()))
 }
 
 /// Pids of the target: its cgroup's processes (and sub-cgroups') when we can read them, else
 /// every process of the pid namespace we share with it, minus ourselves.
 fn target_pids(cgroup_dir: Option<&Path>) -> Vec<u32> {
-    fn walk(dir: &Path, out: &mut Vec<u32>) {
-        if let Ok(s) = std::fs::read_to_string(dir.join("cgroup.procs")) {
-            out.extend(s.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
-        }
-        if let Ok(rd) = std::fs::read_dir(dir) {
-            for e in rd.flatten() {
-                if e.file_type().is_ok_and(|t| t.is_dir()) {
-                    walk(&e.path(), out);
-                }
-            }
-        }
-    }
     let mut out = Vec::new();
     match cgroup_dir {
-        Some(d) => walk(d, &mut out),
+        Some(d) => crate::target::cgroup::for_each_proc(d, &mut |p| out.push(p)),
         None => {
             let me = std::process::id();
             if let Ok(rd) = std::fs::read_dir("/proc") {

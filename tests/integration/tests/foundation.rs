@@ -263,8 +263,25 @@ fn sidecar_image_in_pid_container_mode_counts_only_its_app() {
             .filter(|r| r.0 == 200)
             .map(|_| ())
     });
+    let info_at = || {
+        let m = Metrics::parse(&http_get(port, "/metrics", None).unwrap().2);
+        let info: Vec<_> = m
+            .matching("ebpf_sidecar_target_info", &[])
+            .map(|(l, _)| l.clone())
+            .collect();
+        assert_eq!(info.len(), 1);
+        info[0].clone()
+    };
+    // The first scrape comes before the capabilities are dropped and the target re-resolved;
+    // an info series keeps its labels for the target's lifetime.
+    let first = info_at();
     trigger(&app, 1);
     trigger(&other, 1);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(info_at(), first, "target_info labels a while after start");
+    for ns in ["pid_ns", "net_ns", "mnt_ns"] {
+        assert!(!first[ns].is_empty(), "{ns} in {first:?}");
+    }
     let m = Metrics::parse(&http_get(port, "/metrics", None).unwrap().2);
     assert_counts(&m, 1, "counted");
     let info: Vec<_> = m.matching("ebpf_sidecar_target_info", &[]).collect();
@@ -276,6 +293,10 @@ fn sidecar_image_in_pid_container_mode_counts_only_its_app() {
     );
     let id = docker::ok(&["inspect", "-f", "{{.Id}}", &app.0]);
     assert_eq!(info[0].0["cgroup_path"], format!("/docker/{id}"));
+    assert_eq!(
+        info[0].0["container_id"], id,
+        "the container the cgroup path names"
+    );
     assert_eq!(m.sum("ebpf_sidecar_processes", &[]), 1.0, "the app's PID 1");
 
     // The unmonitored container runs again: nothing moves.

@@ -157,7 +157,7 @@ fn dns_queries_and_answers_by_qtype_and_rcode_are_exact() {
 fn pcap_is_refused_without_allow_pcap() {
     require_root();
     let me = std::process::id().to_string();
-    let s = Sidecar::start(&["--target-pid", &me, "--probes", "net"]);
+    let s = Sidecar::start(&["--target-tree", &me, "--probes", "net"]);
     let (status, _, body) = http_get(s.port, "/debug/pcap?seconds=1", None).unwrap();
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("--allow-pcap"), "{body}");
@@ -731,7 +731,7 @@ fn netns_mode_names_the_missing_capability() {
         .args(["--inh-caps=-sys_admin", "--bounding-set=-sys_admin"])
         .arg(sidecar_bin())
         .args([
-            "--target-pid",
+            "--target-tree",
             &me,
             "--probes",
             "net",

@@ -173,7 +173,7 @@ fn dashboard_queries_only_metrics_the_sidecar_exposes() {
     // A real sidecar watching this test process, with every flag that adds metric families.
     let me = std::process::id().to_string();
     let sc = Sidecar::start(&[
-        "--target-pid",
+        "--target-tree",
         &me,
         "--bpf-stats",
         "--probes",

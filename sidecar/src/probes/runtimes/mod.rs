@@ -1147,8 +1147,7 @@ impl Probe for Runtimes {
 
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         *self.inner.target.lock().unwrap_or_else(|p| p.into_inner()) = target.cloned();
-        let kernel = target.map(|t| t.filter.to_kernel()).unwrap_or_default();
-        self.inner.obj.set_target(&kernel)
+        self.inner.obj.set_target(target.map(|t| &t.filter))
     }
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
