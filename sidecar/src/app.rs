@@ -541,9 +541,13 @@ fn spawn_in_cgroup(cmd: &[OsString], cg: &RunCgroup) -> Result<std::process::Chi
     let spawned = c.spawn();
     if spawned.is_err() {
         // A fork that failed never publishes a pid: let the mover give up now.
-        word(0).compare_exchange(0, -1, Ordering::AcqRel, Ordering::Acquire).ok();
+        word(0)
+            .compare_exchange(0, -1, Ordering::AcqRel, Ordering::Acquire)
+            .ok();
     }
-    let moved = mover.join().map_err(|_| anyhow::anyhow!("cgroup mover panicked"))?;
+    let moved = mover
+        .join()
+        .map_err(|_| anyhow::anyhow!("cgroup mover panicked"))?;
     let child = spawned.with_context(|| format!("starting {}", prog.to_string_lossy()))?;
     moved.with_context(|| format!("moving the command into {}", cg.procs_file().display()))?;
     drop(handoff);

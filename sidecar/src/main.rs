@@ -365,7 +365,9 @@ fn main() {
             metrics_out,
             seccomp_out,
         }) => {
-            if cli.target_pid.is_some() || cli.target_container.is_some() || cli.target_tree.is_some()
+            if cli.target_pid.is_some()
+                || cli.target_container.is_some()
+                || cli.target_tree.is_some()
             {
                 eprintln!(
                     "error: run makes its own target; drop --target-pid/--target-tree/--target-container"

@@ -179,11 +179,40 @@ impl LabelBudget {
     }
 }
 
-/// A NUL-padded kernel `comm` as a label value.
-pub fn comm_label(raw: &[u8]) -> String {
+/// The value of a label whose name could not be read.
+pub const UNKNOWN: &str = "unknown";
+
+/// A NUL-padded kernel string (a comm, a file or function name) as a label value that means one
+/// thing only. Bytes that are not UTF-8, control bytes and `\` are written `\xNN` (so two
+/// different names never merge); a name that reads like one of the values the sidecar gives
+/// itself is marked with a leading `\`: a process named `other` is `\other`, not the top-N
+/// overflow; one named `unknown` is `\unknown`, not the unreadable fallback; an empty name is
+/// `\empty`.
+pub fn label_value(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let s = String::from_utf8_lossy(&raw[..end]).into_owned();
-    if s.is_empty() { "unknown".into() } else { s }
+    let mut out = String::with_capacity(end);
+    for chunk in raw[..end].utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '\\' || c.is_ascii_control() {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    match out.as_str() {
+        "" => "\\empty".into(),
+        OTHER | UNKNOWN => format!("\\{out}"),
+        _ => out,
+    }
+}
+
+/// A NUL-padded kernel `comm` as a label value (see [`label_value`]).
+pub fn comm_label(raw: &[u8]) -> String {
+    label_value(raw)
 }
 
 #[cfg(test)]
@@ -240,6 +269,20 @@ mod tests {
     #[test]
     fn comm() {
         assert_eq!(comm_label(b"true\0\0\0\0"), "true");
-        assert_eq!(comm_label(b"\0"), "unknown");
+        assert_eq!(comm_label(b"caf\xc3\xa9\0"), "caf\u{e9}");
+    }
+
+    #[test]
+    fn label_values_mean_one_thing() {
+        // Different invalid names stay different; a backslash cannot fake an escape.
+        assert_eq!(label_value(b"\xff\xfe\0"), "\\xff\\xfe");
+        assert_eq!(label_value(b"\xff\xfd"), "\\xff\\xfd");
+        assert_eq!(label_value(b"\\xff"), "\\x5cxff");
+        assert_eq!(label_value(b"a\nb"), "a\\x0ab");
+        // Names that read like the sidecar's own values.
+        assert_eq!(label_value(b"other\0"), "\\other");
+        assert_eq!(label_value(b"unknown"), "\\unknown");
+        assert_eq!(label_value(b"\0\0"), "\\empty");
+        assert_eq!(label_value(b"others"), "others");
     }
 }

@@ -20,7 +20,7 @@ use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, Labels, Log2Histogram, OTHER};
 
 /// Regular files read or written through a struct file whose open the probe did not see.
-pub const UNKNOWN: &str = "unknown";
+pub use crate::export::encode::UNKNOWN;
 
 pub struct Files {
     obj: Object,
@@ -52,9 +52,10 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 
 /// A NUL-padded path from the kernel as a label value.
 pub fn path_label(raw: &[u8]) -> String {
-    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
-    let s = String::from_utf8_lossy(&raw[..end]).into_owned();
-    if s.is_empty() { UNKNOWN.into() } else { s }
+    if raw.first().is_none_or(|&b| b == 0) {
+        return UNKNOWN.into();
+    }
+    encode::label_value(raw)
 }
 
 /// Label of a non-file kind (`None` for the kinds reported by path).

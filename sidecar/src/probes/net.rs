@@ -139,7 +139,7 @@ fn path_label(raw: &[u8]) -> String {
     if end == 0 {
         return encode::OTHER.to_string();
     }
-    crate::http_path::normalize(&String::from_utf8_lossy(&raw[..end]))
+    crate::http_path::normalize(&encode::label_value(&raw[..end]))
 }
 
 /// `ip:port` of a peer; loopback addresses read `loopback`, IPv4-mapped IPv6 reads as IPv4.

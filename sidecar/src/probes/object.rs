@@ -494,9 +494,9 @@ impl Object {
         }
         let members = crate::target::tree::members(root);
         let mut ebpf = self.lock();
-        let map = ebpf
-            .map_mut(sidecar_ebpf::TREE_MAP)
-            .ok_or_else(|| map_err("not in the object (built without sidecar.bpf.h's tree filter)".into()))?;
+        let map = ebpf.map_mut(sidecar_ebpf::TREE_MAP).ok_or_else(|| {
+            map_err("not in the object (built without sidecar.bpf.h's tree filter)".into())
+        })?;
         let mut tree: aya::maps::HashMap<_, u32, u64> =
             aya::maps::HashMap::try_from(map).map_err(|e| map_err(e.to_string()))?;
         for pid in &members {

@@ -626,7 +626,10 @@ fn gso_sends_are_counted_as_the_segments_a_capture_sees() {
             let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
         }
     }
-    let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+    let _ = Command::new("ip")
+        .args(["netns", "del", &ns])
+        .stderr(Stdio::null())
+        .status();
     sh(&format!("ip netns add {ns}"));
     let _guard = Netns(ns.clone());
     sh(&format!(
@@ -636,7 +639,9 @@ fn gso_sends_are_counted_as_the_segments_a_capture_sees() {
     let _ = std::fs::remove_file(&pcap);
     let log = std::env::temp_dir().join(format!("{ns}.tshark.log"));
     let mut cap = Command::new("ip")
-        .args(["netns", "exec", &ns, "tshark", "-q", "-B", "64", "-i", "lo", "-w"])
+        .args([
+            "netns", "exec", &ns, "tshark", "-q", "-B", "64", "-i", "lo", "-w",
+        ])
         .arg(&pcap)
         .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
@@ -650,7 +655,15 @@ fn gso_sends_are_counted_as_the_segments_a_capture_sees() {
     let (c, n) = (3u64, 1_000_000u64);
     let traffic = workload("net_traffic");
     let (c_s, n_s) = (c.to_string(), n.to_string());
-    let args = ["netns", "exec", &ns, &traffic.to_string_lossy(), "tcp", &c_s, &n_s];
+    let args = [
+        "netns",
+        "exec",
+        &ns,
+        &traffic.to_string_lossy(),
+        "tcp",
+        &c_s,
+        &n_s,
+    ];
     let (m, _) = run_program("net-gso", "net", &[], Path::new("ip"), &args, 0);
     std::thread::sleep(Duration::from_millis(500));
     // SAFETY: signalling our own child.

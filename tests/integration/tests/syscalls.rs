@@ -120,7 +120,10 @@ fn both_modes_count_every_syscall_of_forks_and_threads_as_bpftrace_does() {
         let mut expected = truth.clone();
         *expected.entry("execve".into()).or_default() += 1;
         assert_eq!(ours, expected, "every syscall by name, latency {mode}");
-        assert_eq!(m.sum("ebpf_sidecar_process_forks_total", &[]), (F + V + S) as f64);
+        assert_eq!(
+            m.sum("ebpf_sidecar_process_forks_total", &[]),
+            (F + V + S) as f64
+        );
         assert_eq!(m.sum("ebpf_sidecar_threads_created_total", &[]), T as f64);
         assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
     }

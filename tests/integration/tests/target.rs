@@ -48,7 +48,11 @@ fn target_pid_in_the_root_cgroup_is_refused_with_the_alternatives() {
     require_root();
     let s = sleeper();
     let pid = s.0.id();
-    assert_eq!(cgroup_of(pid), "/", "this host runs tests in the root cgroup");
+    assert_eq!(
+        cgroup_of(pid),
+        "/",
+        "this host runs tests in the root cgroup"
+    );
     let out = Command::new(sidecar_bin())
         .args(["--target-pid", &pid.to_string(), "--probes", "syscalls"])
         .args(["--listen", &format!("127.0.0.1:{}", free_port())])
@@ -56,7 +60,12 @@ fn target_pid_in_the_root_cgroup_is_refused_with_the_alternatives() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    for needle in ["root cgroup", "--target-tree", "run -- CMD", "--target-container"] {
+    for needle in [
+        "root cgroup",
+        "--target-tree",
+        "run -- CMD",
+        "--target-container",
+    ] {
         assert!(stderr.contains(needle), "{needle:?} in {stderr}");
     }
 }
@@ -119,7 +128,10 @@ fn target_tree_counts_the_tree_exactly_and_nothing_of_the_host() {
         K as f64,
         "the tree's execs of true"
     );
-    assert_eq!(m.sum("ebpf_sidecar_process_forks_total", &[]), (1 + K) as f64);
+    assert_eq!(
+        m.sum("ebpf_sidecar_process_forks_total", &[]),
+        (1 + K) as f64
+    );
     assert_eq!(
         m.sum("ebpf_sidecar_process_exits_total", &[("comm", "true")]),
         K as f64
@@ -147,18 +159,14 @@ fn target_pid_in_a_shared_cgroup_warns_and_says_so_in_target_info() {
     for s in [&a, &b, &c] {
         std::fs::write(dir.join("cgroup.procs"), s.0.id().to_string()).unwrap();
     }
-    let sc = Sidecar::start(&[
-        "--target-pid",
-        &a.0.id().to_string(),
-        "--probes",
-        "process",
-    ]);
+    let sc = Sidecar::start(&["--target-pid", &a.0.id().to_string(), "--probes", "process"]);
     let m = sc.scrape();
     let info: Vec<_> = m.matching("ebpf_sidecar_target_info", &[]).collect();
     assert_eq!(info[0].0["filter"], "cgroup_shared");
     let log = sc.log_text();
     assert!(
-        log.contains("holds 2 process(es) outside that pid's tree") && log.contains("--target-tree"),
+        log.contains("holds 2 process(es) outside that pid's tree")
+            && log.contains("--target-tree"),
         "{log}"
     );
     assert_eq!(m.sum("ebpf_sidecar_processes", &[]), 3.0);
