@@ -80,7 +80,7 @@ int main(int argc, char **argv)
 		client_request("GET", url);
 	}
 	for (int i = 0; i < gcs; i++) {
-		int type = 2, flags = 0;
+		int type = 4, flags = 0; /* kGCTypeMarkSweepCompact */
 		void *isolate = &type;
 
 		if (node_gc__start_semaphore)

@@ -933,14 +933,16 @@ fn v8_generation(label: u64) -> String {
     .to_string()
 }
 
-/// Node's USDT gc__start type (v8::GCType bits).
+/// Node's USDT gc__start type (v8::GCType bits, as in V8 10.2 of Node 18: kGCTypeScavenge 1,
+/// kGCTypeMinorMarkCompact 2, kGCTypeMarkSweepCompact 4, kGCTypeIncrementalMarking 8,
+/// kGCTypeProcessWeakCallbacks 16). A real Node 18.20.4 fires 4 for each `global.gc()`.
 fn node_usdt_generation(label: u64) -> String {
     match label as u32 {
         1 => "scavenge",
-        2 => "mark_compact",
-        4 => "incremental_marking",
-        8 => "weak_callbacks",
-        16 => "minor_mark_compact",
+        2 => "minor_mark_compact",
+        4 => "mark_compact",
+        8 => "incremental_marking",
+        16 => "weak_callbacks",
         _ => "other",
     }
     .to_string()
@@ -1389,6 +1391,8 @@ mod tests {
         assert_eq!(http_method(3), "POST");
         assert_eq!(http_method(200), "other");
         assert_eq!(node_usdt_generation(1), "scavenge");
+        assert_eq!(node_usdt_generation(4), "mark_compact");
+        assert_eq!(node_usdt_generation(8), "incremental_marking");
         assert_eq!(
             Runtime::of_path("/usr/bin/python3.11"),
             Some(Runtime::Python)
