@@ -71,6 +71,62 @@ pub fn workload(name: &str) -> PathBuf {
     out
 }
 
+/// Where the prebuilt Node.js 18 with `--with-dtrace` lies: in CI a read-only copy of `shared/`
+/// sits beside the repository (`scripts/node-dtrace.sh` rebuilds it).
+pub fn node18_dtrace_xz() -> PathBuf {
+    repo_root().join("../shared/node18-dtrace/node18-dtrace.xz")
+}
+
+/// Node.js 18.20.4 built `--with-dtrace` (the `node` USDT provider), unpacked once with
+/// `xz -dk` into `target/node18-dtrace/node` (named `node`: the sidecar recognises Node.js
+/// binaries by name; never unpacked into `shared/`, which is read-only). Fails when the archive
+/// is missing.
+pub fn node18_dtrace() -> PathBuf {
+    static ONCE: Mutex<Option<PathBuf>> = Mutex::new(None);
+    let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(p) = done.as_ref() {
+        return p.clone();
+    }
+    let xz = node18_dtrace_xz();
+    assert!(
+        xz.exists(),
+        "{} is missing: the Node.js 18 built --with-dtrace these tests run (a read-only copy of \
+         shared/ beside the repository; scripts/node-dtrace.sh rebuilds it)",
+        xz.display()
+    );
+    let dir = repo_root().join("target/node18-dtrace");
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("node");
+    let fresh = |p: &Path| {
+        let t = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+        matches!((t(p), t(&xz)), (Some(a), Some(b)) if a >= b)
+    };
+    if !fresh(&out) {
+        // Unpacked under a temporary name and renamed: a running node keeps its old file.
+        let tmp = dir.join(format!(".node.{}", std::process::id()));
+        let st = Command::new("xz")
+            .args(["-dk", "--stdout"])
+            .arg(&xz)
+            .stdout(std::fs::File::create(&tmp).unwrap())
+            .status()
+            .expect("xz not found: apt-get install xz-utils");
+        assert!(st.success(), "xz -dk {}", xz.display());
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    let v = Command::new(&out).arg("--version").output().unwrap();
+    assert!(
+        v.status.success() && v.stdout.starts_with(b"v18."),
+        "{} --version: {}{} (it needs bookworm's libbrotli1 and libicu72)",
+        out.display(),
+        String::from_utf8_lossy(&v.stdout),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    *done = Some(out.clone());
+    out
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -735,6 +735,189 @@ fn node18_usdt_fixture_matches_bpftrace() {
     );
 }
 
+/// A Node.js 18 script serving and sending known HTTP requests (node's `http` module, one
+/// connection each, every response 5 ms after its request) and forcing GCs: argv GETS POSTS
+/// DELETES GCS.
+const NODE18_APP: &str = r#"
+const http = require('http');
+const [gets, posts, deletes, gcs] = process.argv.slice(2).map(Number);
+const srv = http.createServer((req, res) => {
+  req.resume();
+  req.on('end', () => setTimeout(() => res.end('ok\n'), 5));
+});
+const go = (method, path) => new Promise((done, fail) => {
+  const q = http.request({ host: '127.0.0.1', port: srv.address().port, method, path, agent: false },
+    (r) => { r.resume(); r.on('end', done); });
+  q.on('error', fail);
+  q.end(method === 'POST' ? 'hi' : undefined);
+});
+srv.listen(0, '127.0.0.1', async () => {
+  for (let i = 0; i < gets; i++) await go('GET', `/api/v1/items/${i + 1}`);
+  for (let i = 0; i < posts; i++) await go('POST', '/items');
+  for (let i = 0; i < deletes; i++) await go('DELETE', `/items/${100 + i}?force=1`);
+  for (let i = 0; i < gcs; i++) global.gc();
+  srv.close();
+});
+"#;
+
+/// The real Node.js 18.20.4 built `--with-dtrace` (../shared/node18-dtrace, unpacked into
+/// target/): requests served and sent by method and path, their durations and forced GCs, each
+/// equal to bpftrace's `usdt:` count on the same run and to the script's own numbers; the node
+/// provider's probes are what attached, no uprobe on llhttp or V8 symbols.
+#[test]
+fn node18_dtrace_http_and_gc_match_bpftrace() {
+    require_root();
+    let node = node18_dtrace();
+    let node_s = node.display().to_string();
+    let app = scratch("node18-app.js");
+    std::fs::write(&app, NODE18_APP).unwrap();
+    let (gets, posts, deletes, gcs) = (6u64, 4u64, 2u64, 3u64);
+    let run = GatedRun::new(
+        "node18-dtrace",
+        &["--http-paths"],
+        &[
+            &node_s,
+            "--expose-gc",
+            app.to_str().unwrap(),
+            &gets.to_string(),
+            &posts.to_string(),
+            &deletes.to_string(),
+            &gcs.to_string(),
+        ],
+    );
+    let bt = Bpftrace::start(&format!(
+        "usdt:{node_s}:node:http__server__request {{ @s[str(arg4)] = count(); }} \
+         usdt:{node_s}:node:http__server__response {{ @s_done = count(); }} \
+         usdt:{node_s}:node:http__client__request {{ @c[str(arg4)] = count(); }} \
+         usdt:{node_s}:node:http__client__response {{ @c_done = count(); }} \
+         usdt:{node_s}:node:gc__start {{ @gc[arg0] = count(); }}"
+    ));
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    eprintln!("bpftrace: {maps:?}");
+    let total = gets + posts + deletes;
+    for (method, path, n) in [
+        ("GET", "/api/v1/items/:id", gets),
+        ("POST", "/items", posts),
+        ("DELETE", "/items/:id", deletes),
+    ] {
+        for (kind, series, map) in [
+            ("served", "ebpf_sidecar_runtime_http_requests_total", "@s"),
+            (
+                "sent",
+                "ebpf_sidecar_runtime_http_client_requests_total",
+                "@c",
+            ),
+        ] {
+            let labels = [("runtime", "node"), ("method", method), ("path", path)];
+            let got = m.sum(series, &labels);
+            let bt = bpf_value(&maps, &format!("{map}[{method}]"));
+            eprintln!("{kind} {method} {path}: sidecar {got}, bpftrace {bt}, script {n}");
+            assert_eq!(got, n as f64, "{kind} {method} {path}\n{}", m.text);
+            assert_eq!(bt, n, "bpftrace {kind} {method}");
+        }
+        // Answered 5 ms after the request on the same connection: one duration each, on both
+        // sides; timers may fire up to a millisecond early against the wall clock.
+        for (kind, series) in [
+            (
+                "served",
+                "ebpf_sidecar_runtime_http_request_duration_seconds",
+            ),
+            (
+                "sent",
+                "ebpf_sidecar_runtime_http_client_request_duration_seconds",
+            ),
+        ] {
+            let labels = [("runtime", "node"), ("method", method), ("path", path)];
+            let count = m.sum(&format!("{series}_count"), &labels);
+            let sum = m.sum(&format!("{series}_sum"), &labels);
+            eprintln!("{kind} {method} durations: {count}, sum {sum} s");
+            assert_eq!(count, n as f64, "{kind} {method} durations");
+            assert!(
+                sum >= n as f64 * 0.004 && sum < n as f64 * 0.5,
+                "{kind} {method}: {sum} s for {n}"
+            );
+        }
+    }
+    // Every request and response probe the sidecar saw, bpftrace saw too.
+    for (series, map) in [
+        ("ebpf_sidecar_runtime_http_requests_total", "@s"),
+        ("ebpf_sidecar_runtime_http_client_requests_total", "@c"),
+    ] {
+        let bt: u64 = maps
+            .iter()
+            .filter(|(k, _)| k.starts_with(&format!("{map}[")))
+            .map(|(_, v)| v)
+            .sum();
+        assert_eq!(m.sum(series, &[("runtime", "node")]), total as f64);
+        assert_eq!(bt, total, "{map}");
+    }
+    assert_eq!(bpf_value(&maps, "@s_done"), total);
+    assert_eq!(bpf_value(&maps, "@c_done"), total);
+    // GCs by V8 type: global.gc() is a full mark-sweep-compact (type 4); whatever else V8 ran
+    // (start-up scavenges) is counted alike by both.
+    assert_eq!(bpf_value(&maps, "@gc[4]"), gcs, "{maps:?}");
+    for (ty, generation) in [
+        (1, "scavenge"),
+        (2, "minor_mark_compact"),
+        (4, "mark_compact"),
+    ] {
+        let got = m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node"), ("generation", generation)],
+        );
+        let bt = bpf_value(&maps, &format!("@gc[{ty}]"));
+        eprintln!("gc {generation}: sidecar {got}, bpftrace {bt}");
+        assert_eq!(got, bt as f64, "{generation} GCs");
+    }
+    let bt_gcs: u64 = maps
+        .iter()
+        .filter(|(k, _)| k.starts_with("@gc["))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node")]
+        ),
+        bt_gcs as f64
+    );
+    // The node provider's six probes attached; no uprobe on a function symbol (llhttp, V8).
+    for probe in [
+        "http__server__request",
+        "http__server__response",
+        "http__client__request",
+        "http__client__response",
+        "gc__start",
+        "gc__done",
+    ] {
+        assert!(
+            m.sum(
+                "ebpf_sidecar_usdt_probes_attached",
+                &[("provider", "node"), ("probe", probe)]
+            ) >= 1.0,
+            "node:{probe} attached\n{}",
+            m.text
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "uprobe")]
+        ),
+        0.0,
+        "no llhttp/V8 uprobe on a node with USDT\n{}",
+        m.text
+    );
+    assert!(
+        !m.text
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("llhttp")),
+        "{}",
+        m.text
+    );
+}
+
 /// The sidecar image next to a Node.js container (`--pid=container:`, as users run it): the node
 /// binary is found in the app's mount namespace through /proc/<pid>/root, and requests made
 /// inside the container are counted exactly by method.
