@@ -63,8 +63,10 @@ fn main() -> anyhow::Result<()> {
         "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
         "custom" => custom::run(opt("--entries", 10_000)?, opt("--rounds", 30)? as usize)?,
         "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
+        // Only the node app tables of `runtimes` (stock node 20 and node 18 --with-dtrace).
+        "runtimes-node" => runtimes::node_tables(opt("--rounds", 3)? as usize)?,
         other => anyhow::bail!(
-            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes, custom)"
+            "unknown benchmark {other:?} (known: foundation, disk, net, stack, security, cpu, runtimes, runtimes-node, custom)"
         ),
     };
     print!("{report}");

@@ -110,6 +110,42 @@ enum NodeArm {
     BareUprobe,
     /// `ebpf-sidecar run --probes runtimes`.
     Sidecar,
+    /// Node.js 18.20.4 built --with-dtrace (target/node18-dtrace/node), alone.
+    Node18Alone,
+    /// The same under `ebpf-sidecar run --probes runtimes`: the `node` USDT pack (HTTP served and
+    /// sent, GC), no uprobe on llhttp.
+    Node18Usdt,
+}
+
+/// Node.js 18 built --with-dtrace, unpacked (`xz -dk`) from the read-only copy of shared/ beside
+/// the repository into target/node18-dtrace/node, as the integration tests do.
+fn node18_dtrace() -> Result<std::path::PathBuf> {
+    let xz = root().join("../shared/node18-dtrace/node18-dtrace.xz");
+    if !xz.exists() {
+        bail!(
+            "{} is missing (Node.js 18 built --with-dtrace; scripts/node-dtrace.sh build)",
+            xz.display()
+        );
+    }
+    let dir = root().join("target/node18-dtrace");
+    let out = dir.join("node");
+    if !out.exists() {
+        std::fs::create_dir_all(&dir)?;
+        let tmp = dir.join(format!(".node.{}", std::process::id()));
+        let st = Command::new("xz")
+            .args(["-dk", "--stdout"])
+            .arg(&xz)
+            .stdout(std::fs::File::create(&tmp)?)
+            .status()
+            .context("xz")?;
+        if !st.success() {
+            bail!("xz -dk {}", xz.display());
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::rename(&tmp, &out)?;
+    }
+    Ok(out)
 }
 
 /// The tracefs uprobe event of [`NodeArm::BareUprobe`], removed on drop.
@@ -162,7 +198,11 @@ impl Drop for BareUprobe {
 /// `ebpf-sidecar run` with the default packs (HTTP count and duration, GC, event-loop lag; no
 /// --runtime-calls).
 fn node_rps(arm: NodeArm) -> Result<(f64, f64)> {
-    let monitored = arm == NodeArm::Sidecar;
+    let monitored = matches!(arm, NodeArm::Sidecar | NodeArm::Node18Usdt);
+    let node_bin = match arm {
+        NodeArm::Node18Alone | NodeArm::Node18Usdt => node18_dtrace()?.display().to_string(),
+        _ => "node".to_string(),
+    };
     let _bare = if arm == NodeArm::BareUprobe {
         Some(BareUprobe::new()?)
     } else {
@@ -179,11 +219,11 @@ fn node_rps(arm: NodeArm) -> Result<(f64, f64)> {
             "--listen",
             &format!("127.0.0.1:{}", free_port()),
             "--",
-            "node",
+            &node_bin,
         ]);
         c
     } else {
-        Command::new("node")
+        Command::new(&node_bin)
     };
     let mut child = cmd
         .arg(&app)
@@ -257,16 +297,7 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         counted = c;
         bt.push(bpftrace(calls, false)?.0);
     }
-    let arms = [NodeArm::Alone, NodeArm::BareUprobe, NodeArm::Sidecar];
-    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
-    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
-    for _ in 0..3 {
-        for (i, arm) in arms.iter().enumerate() {
-            let (r, c) = node_rps(*arm)?;
-            rps[i].push(r);
-            cpu[i].push(c);
-        }
-    }
+    let node = node_tables(3)?;
     let (_, progs, _) = sidecar(calls, true)?;
     let (_, bt_prog) = bpftrace(calls, true)?;
 
@@ -324,12 +355,36 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
             c.ns_per_run()
         )?;
     }
+    o.push_str(&node);
+    Ok(o)
+}
+
+/// The node app under wrk: stock Node.js 20 alone, with a bare uprobe, with the uprobe pack;
+/// Node.js 18 --with-dtrace alone and with the USDT pack. `repeat` interleaved rounds, medians.
+pub fn node_tables(repeat: usize) -> Result<String> {
+    let arms = [
+        NodeArm::Alone,
+        NodeArm::BareUprobe,
+        NodeArm::Sidecar,
+        NodeArm::Node18Alone,
+        NodeArm::Node18Usdt,
+    ];
+    let mut rps: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    let mut cpu: Vec<Vec<f64>> = vec![Vec::new(); arms.len()];
+    for _ in 0..repeat {
+        for (i, arm) in arms.iter().enumerate() {
+            let (r, c) = node_rps(*arm)?;
+            rps[i].push(r);
+            cpu[i].push(c);
+        }
+    }
+    let mut o = String::new();
     let (r0, c0) = (median(&mut rps[0]), median(&mut cpu[0]));
     let (rb, cb) = (median(&mut rps[1]), median(&mut cpu[1]));
     let (r1, c1) = (median(&mut rps[2]), median(&mut cpu[2]));
     writeln!(
         o,
-        "\nNode.js 20 example app (examples/node-app/server.js, GET /fast) under `wrk -t1 -c8 -d6s`, 3\n\
+        "\nNode.js 20 example app (examples/node-app/server.js, GET /fast) under `wrk -t1 -c8 -d6s`, {repeat}\n\
          interleaved runs each, median; packs on (HTTP by method and duration, V8 GC, event-loop lag):\n\n\
          | | req/s | node CPU µs per request |\n|---|---:|---:|\n\
          | alone | {r0:.0} | {c0:.1} |\n\
@@ -347,6 +402,26 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
          record): the issue's 2% budget is {:.2} µs of this request, below that floor. The sidecar's\n\
          programs (the uprobe's and the read/write/epoll tracepoints') come on top of it.",
         c0 * 0.02
+    )?;
+    let (r2, c2) = (median(&mut rps[3]), median(&mut cpu[3]));
+    let (r3, c3) = (median(&mut rps[4]), median(&mut cpu[4]));
+    writeln!(
+        o,
+        "\nNode.js 18.20.4 built --with-dtrace (../shared/node18-dtrace), the same app and load, in the\n\
+         same rounds; the USDT pack (node:http__server__request/response, http__client__*, gc__start/\n\
+         gc__done instead of the uprobes on llhttp and V8; event-loop lag from the same epoll\n\
+         tracepoints as for stock node):\n\n\
+         | | req/s | node CPU µs per request |\n|---|---:|---:|\n\
+         | node 18 alone | {r2:.0} | {c2:.1} |\n\
+         | ebpf-sidecar runtimes, USDT pack | {r3:.0} ({:+.1}%) | {c3:.1} ({:+.1} µs) |\n\n\
+         Against stock node's uprobe pack above: {:+.1}% req/s and {:+.1} µs per request for the\n\
+         USDT pack, {:+.1}% and {:+.1} µs for the uprobe pack, each from its own node alone.",
+        (r3 / r2 - 1.0) * 100.0,
+        c3 - c2,
+        (r3 / r2 - 1.0) * 100.0,
+        c3 - c2,
+        (r1 / r0 - 1.0) * 100.0,
+        c1 - c0
     )?;
     Ok(o)
 }
