@@ -666,7 +666,7 @@ fn every_dashboard_panel_has_data_with_the_compose_flags() {
 /// The live page in real headless Chromium, driven over the DevTools protocol by
 /// tests/integration/live-page.js: after a few polls every chart has drawn non-zero data, and the
 /// endpoint list is on the page. The screenshot lands in target/live-page.png (docs/live-page.png
-/// is a copy of one).
+/// is the page of scripts/demo.sh, every default family up).
 #[test]
 fn live_page_renders_charts_with_data_in_headless_chromium() {
     require_root();
