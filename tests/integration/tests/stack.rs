@@ -669,6 +669,91 @@ fn every_dashboard_panel_has_data_with_the_compose_flags() {
     );
 }
 
+/// scripts/demo.sh as a newcomer runs it: its app script (the shell loop with its loopback HTTP
+/// listener and client) in the demo's image, and the sidecar image beside it with the demo's
+/// capabilities and flags: the live page's `net` family is up and counts the app's traffic.
+#[test]
+fn demo_app_traffic_shows_in_the_net_family() {
+    require_root();
+    let demo = std::fs::read_to_string(root().join("scripts/demo.sh")).unwrap();
+    let script = demo
+        .split_once("<<'SCRIPT'\n")
+        .and_then(|(_, r)| r.split_once("\nSCRIPT\n"))
+        .map(|(s, _)| s.to_string())
+        .expect("demo.sh has its app script between <<'SCRIPT' and SCRIPT");
+    // The sidecar's `docker run` (continuation lines included) up to its redirection.
+    let run: Vec<&str> = demo
+        .split_once("--name \"$SIDECAR\"")
+        .and_then(|(_, r)| r.split_once(">/dev/null"))
+        .map(|(r, _)| r.split_whitespace().collect())
+        .expect("demo.sh runs the sidecar with --name \"$SIDECAR\"");
+    let caps: Vec<&str> = run
+        .windows(2)
+        .filter(|w| w[0] == "--cap-add")
+        .map(|w| w[1])
+        .collect();
+    assert!(caps.contains(&"NET_ADMIN"), "demo sidecar caps: {caps:?}");
+    let flags: Vec<&str> = run
+        .iter()
+        .skip_while(|w| **w != "ebpf-sidecar")
+        .skip(1)
+        .copied()
+        .collect();
+    let sidecar_image = docker::sidecar_image();
+    let _app = Container::run(
+        "ebpf-sidecar-stack-demo-app",
+        &["debian:bookworm-slim", "sh", "-c", &script],
+    );
+    let port = free_port();
+    let mut args = vec!["--pid=container:ebpf-sidecar-stack-demo-app".to_string()];
+    for c in &caps {
+        args.extend(["--cap-add".to_string(), c.to_string()]);
+    }
+    args.extend(["-p".into(), format!("127.0.0.1:{port}:9435")]);
+    args.push(sidecar_image.into());
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sidecar = Container::run("ebpf-sidecar-stack-demo-sidecar", &args);
+    let m = wait_for(
+        "the demo app's requests in the net family",
+        Duration::from_secs(30),
+        || {
+            let m = Metrics::parse(&http_get(port, "/metrics", None).ok()?.2);
+            let server = [
+                ("direction", "server"),
+                ("method", "GET"),
+                ("status", "200"),
+            ];
+            (m.sum("ebpf_sidecar_http_requests_total", &server) >= 3.0).then_some(m)
+        },
+    );
+    let down: Vec<_> = m
+        .series
+        .iter()
+        .filter(|(n, _, v)| n == "ebpf_sidecar_probe_up" && *v != 1.0)
+        .collect();
+    assert!(
+        down.is_empty(),
+        "families down: {down:?}\n{}",
+        sidecar.logs()
+    );
+    assert_eq!(m.sum("ebpf_sidecar_probe_up", &[("probe", "net")]), 1.0);
+    for d in ["ingress", "egress"] {
+        let tcp = [("direction", d), ("protocol", "tcp")];
+        assert!(
+            m.sum("ebpf_sidecar_network_packets_total", &tcp) > 0.0,
+            "{d}"
+        );
+        assert!(m.sum("ebpf_sidecar_network_bytes_total", &tcp) > 0.0, "{d}");
+    }
+    assert!(
+        m.sum(
+            "ebpf_sidecar_tcp_connections_total",
+            &[("direction", "active")]
+        ) >= 3.0
+    );
+}
+
 /// The live page in real headless Chromium, driven over the DevTools protocol by
 /// tests/integration/live-page.js: after a few polls every chart has drawn non-zero data, and the
 /// endpoint list is on the page. The screenshot lands in target/live-page.png (docs/live-page.png
