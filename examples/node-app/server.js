@@ -36,11 +36,15 @@ const routes = {
     setTimeout(() => send(res, 200, `slow ${ms}\n`), ms);
   },
 
-  // Writes a file, reads it back, and tries one missing file: exactly one
-  // openat() failing with ENOENT per request.
+  // Writes a file and fsyncs it (block writes the app submits itself, not the kernel's
+  // writeback), reads it back, and tries one missing file: exactly one openat() failing with
+  // ENOENT per request.
   '/file': (req, res) => {
     const f = path.join(DATA_DIR, 'data.bin');
-    fs.writeFileSync(f, Buffer.alloc(64 * 1024, 7));
+    const fd = fs.openSync(f, 'w');
+    fs.writeSync(fd, Buffer.alloc(64 * 1024, 7));
+    fs.fsyncSync(fd);
+    fs.closeSync(fd);
     const n = fs.readFileSync(f).length;
     try {
       fs.readFileSync(path.join(DATA_DIR, 'missing'));

@@ -286,10 +286,23 @@ struct {
 	__type(value, __u32);
 } rt_loop_pids SEC(".maps");
 
+/* Set before load when the sidecar is not in the initial pid namespace (a `--pid=container:`
+ * sidecar): that namespace (st_dev, st_ino of /proc/self/ns/pid). The scanner registers pids as
+ * it reads them in /proc there (the app is PID 1), not as the kernel numbers them globally. */
+const volatile __u64 rt_pidns_dev = 0;
+const volatile __u64 rt_pidns_ino = 0;
+
 static __always_inline int loop_process(void)
 {
 	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
 
+	if (rt_pidns_ino) {
+		struct bpf_pidns_info ns = {};
+
+		if (bpf_get_ns_current_pid_tgid(rt_pidns_dev, rt_pidns_ino, &ns, sizeof(ns)))
+			return 0;
+		tgid = ns.tgid;
+	}
 	return bpf_map_lookup_elem(&rt_loop_pids, &tgid) != 0;
 }
 

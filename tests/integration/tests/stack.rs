@@ -14,19 +14,6 @@ use integration::docker::{self, Container};
 use integration::*;
 use serde_json::Value;
 
-/// Metric names the dashboard may query that are owned by families being built in parallel
-/// (issues 4, 5 and 6) and so are not exposed by this branch's sidecar yet. Each name is written
-/// exactly as its issue spells it; histograms are listed by base name (the check accepts their
-/// `_bucket`, `_count` and `_sum` series). Remove a name from here once its family is merged: the
-/// scraped list then covers it, and a typo in the dashboard still fails the test either way.
-const PENDING_FAMILY_METRICS: &[&str] = &[
-    // runtimes (issue 6)
-    "ebpf_sidecar_runtime_gc_duration_seconds",
-    "ebpf_sidecar_runtime_http_requests_total",
-    "ebpf_sidecar_runtime_http_request_duration_seconds",
-    "ebpf_sidecar_nodejs_event_loop_lag_seconds",
-];
-
 // The known load the end-to-end test sends (and examples/node-app/README.md quotes).
 const FAST_GET: u64 = 20;
 const FAST_POST: u64 = 5;
@@ -105,15 +92,40 @@ fn exposed_names(text: &str) -> BTreeSet<String> {
     out
 }
 
-fn pending_names() -> BTreeSet<String> {
-    let mut out = BTreeSet::new();
-    for n in PENDING_FAMILY_METRICS {
-        out.insert(n.to_string());
-        if !n.ends_with("_total") {
-            for s in ["_bucket", "_count", "_sum"] {
-                out.insert(format!("{n}{s}"));
-            }
-        }
+/// The compose file's sidecar service: its `cap_add` and its `command`, as written there.
+fn compose_sidecar() -> (Vec<String>, Vec<String>) {
+    let doc = &yaml_docs(&root().join("compose/compose.yaml"))[0];
+    let s = &doc["services"]["sidecar"];
+    (strings(&s["cap_add"]), strings(&s["command"]))
+}
+
+/// Every panel of the dashboard that has queries: its title and its PromQL, with Grafana's
+/// interval variables replaced by `interval`.
+fn dashboard_panels(interval: &str) -> Vec<(String, Vec<String>)> {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut out = Vec::new();
+    for p in dash["panels"].as_array().unwrap() {
+        let Some(targets) = p["targets"].as_array() else {
+            continue;
+        };
+        let exprs = targets
+            .iter()
+            .map(|t| {
+                let e = t["expr"]
+                    .as_str()
+                    .expect("every target has an expr")
+                    .replace("$__rate_interval", interval)
+                    .replace("$__interval", interval)
+                    .replace("$__range", interval);
+                assert!(!e.contains('$'), "a Grafana variable left in {e}");
+                e
+            })
+            .collect();
+        out.push((p["title"].as_str().unwrap_or("?").to_string(), exprs));
     }
     out
 }
@@ -170,25 +182,17 @@ fn compose_file_validates_and_wires_the_sidecar_to_the_app() {
 #[test]
 fn dashboard_queries_only_metrics_the_sidecar_exposes() {
     require_root();
-    // A real sidecar watching this test process, with every flag that adds metric families.
+    // A real sidecar watching this test process, with compose's families and --bpf-stats.
     let me = std::process::id().to_string();
-    let sc = Sidecar::start(&[
-        "--target-tree",
-        &me,
-        "--bpf-stats",
-        "--probes",
-        "process,syscalls,security,net,disk,files,cpu,profile",
-    ]);
+    let (_, command) = compose_sidecar();
+    let probes = command
+        .iter()
+        .find_map(|a| a.strip_prefix("--probes="))
+        .expect("compose's sidecar command has --probes=");
+    let sc = Sidecar::start(&["--target-tree", &me, "--bpf-stats", "--probes", probes]);
     let text = http_get(sc.port, "/metrics", None).unwrap().2;
     let scraped = exposed_names(&text);
     assert!(scraped.contains("ebpf_sidecar_syscalls_total"), "{text}");
-    let pending = pending_names();
-    // A pending name the sidecar already exposes means its family landed: drop it from the list.
-    let landed: Vec<_> = pending.intersection(&scraped).collect();
-    assert!(
-        landed.is_empty(),
-        "now exposed, remove from PENDING_FAMILY_METRICS: {landed:?}"
-    );
 
     let dash: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
@@ -210,10 +214,7 @@ fn dashboard_queries_only_metrics_the_sidecar_exposes() {
         }
     }
     assert!(panels_with_queries >= 10, "dashboard lost its panels");
-    let unknown: Vec<_> = queried
-        .iter()
-        .filter(|n| !scraped.contains(*n) && !pending.contains(*n))
-        .collect();
+    let unknown: Vec<_> = queried.iter().filter(|n| !scraped.contains(*n)).collect();
     assert!(
         unknown.is_empty(),
         "dashboard queries metrics nobody exposes: {unknown:?}"
@@ -295,6 +296,26 @@ impl Prometheus {
                 .map(|s| s["value"][1].as_str().unwrap().parse::<f64>().unwrap())
                 .sum(),
         )
+    }
+
+    /// Instant query; the value of each returned series (NaN and ±Inf as Prometheus writes
+    /// them).
+    fn series(&self, expr: &str) -> Vec<f64> {
+        let path = format!("/api/v1/query?query={}", urlencode(expr));
+        let (status, _, body) = http_get(self.port, &path, None).unwrap();
+        assert_eq!(status, 200, "{expr}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{expr}: not a vector: {body}"))
+            .iter()
+            .map(|s| match s["value"][1].as_str().unwrap() {
+                "NaN" => f64::NAN,
+                "+Inf" => f64::INFINITY,
+                "-Inf" => f64::NEG_INFINITY,
+                x => x.parse().unwrap(),
+            })
+            .collect()
     }
 
     fn log(&self) -> String {
@@ -539,10 +560,204 @@ fn prometheus_scrapes_the_sidecar_watching_the_node_app() {
     );
 }
 
+/// Queries of the dashboard that have no series while nothing fails (a series per errno seen);
+/// their panels have data from their other queries.
+const EMPTY_WHILE_NOTHING_FAILS: &[&str] = &["ebpf_sidecar_tcp_connect_errors_total"];
+
+/// The Grafana dashboard against the sidecar as compose runs it: the node example app, the
+/// sidecar image beside it with exactly compose's capabilities and command, the example load on
+/// every route for a while, and a real Prometheus: every panel's queries, with Grafana's
+/// `$__rate_interval` as it is at compose's 5 s scrape interval (20 s), return series, and every
+/// panel has a value to draw (not only NaN).
+#[test]
+fn every_dashboard_panel_has_data_with_the_compose_flags() {
+    require_root();
+    let (caps, command) = compose_sidecar();
+    let sidecar_image = docker::sidecar_image();
+    let app_image = node_app_image();
+    let app_port = free_port();
+    let app = Container::run(
+        "ebpf-sidecar-panels-app",
+        &["-p", &format!("127.0.0.1:{app_port}:8080"), app_image],
+    );
+    wait_for("node app listening", Duration::from_secs(30), || {
+        app.logs().contains("listening").then_some(())
+    });
+    let sc_port = free_port();
+    let mut args = vec!["--pid=container:ebpf-sidecar-panels-app".to_string()];
+    for c in &caps {
+        args.extend(["--cap-add".to_string(), c.clone()]);
+    }
+    args.extend(["-p".into(), format!("127.0.0.1:{sc_port}:9435")]);
+    args.push(sidecar_image.into());
+    args.extend(command.iter().cloned());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sidecar = Container::run("ebpf-sidecar-panels-sidecar", &args);
+    // Serving, and the runtimes family found node (its scanner looks every second).
+    wait_for(
+        "sidecar serving, node found",
+        Duration::from_secs(30),
+        || {
+            http_get(sc_port, "/metrics", None)
+                .ok()
+                .filter(|r| {
+                    r.0 == 200
+                        && r.2.contains("ebpf_sidecar_target_up 1")
+                        && r.2.contains(r#"ebpf_sidecar_runtime_info{runtime="node""#)
+                })
+                .map(|_| ())
+        },
+    );
+    let prom = Prometheus::start(&format!("127.0.0.1:{sc_port}"));
+
+    // The example load (examples/node-app/load.sh's routes), round after round.
+    let started = Instant::now();
+    let mut rounds = 0;
+    while started.elapsed() < Duration::from_secs(25) {
+        for (method, path) in [
+            ("GET", "/fast"),
+            ("POST", "/fast"),
+            ("GET", "/slow?ms=100"),
+            ("GET", "/file"),
+            ("GET", "/upstream"),
+            ("GET", "/alloc?mb=32"),
+            ("GET", "/spawn"),
+        ] {
+            assert_eq!(request(app_port, method, path), 200, "{method} {path}");
+        }
+        rounds += 1;
+    }
+    eprintln!("{rounds} rounds of 7 requests in {:?}", started.elapsed());
+    // Two more scrapes, so the last requests are in.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // Every family compose asks for is attached.
+    assert_eq!(
+        prom.query("count(ebpf_sidecar_probe_up == 0) or vector(0)"),
+        Some(0.0),
+        "a family of compose's --probes is down:\n{}",
+        sidecar.logs()
+    );
+    let mut empty_panels = Vec::new();
+    let mut empty_queries = Vec::new();
+    let panels = dashboard_panels("20s");
+    assert!(panels.len() >= 25, "dashboard lost its panels");
+    for (title, exprs) in &panels {
+        // Grafana draws nothing for NaN (a quantile of a histogram with no observations).
+        let mut panel_values = 0;
+        for e in exprs {
+            let v = prom.series(e);
+            let finite = v.iter().filter(|x| x.is_finite()).count();
+            let nonzero = v.iter().filter(|x| x.is_finite() && **x != 0.0).count();
+            eprintln!(
+                "{title}: {} series, {finite} finite, {nonzero} nonzero: {e}",
+                v.len()
+            );
+            panel_values += finite;
+            if v.is_empty() && !EMPTY_WHILE_NOTHING_FAILS.iter().any(|m| e.contains(m)) {
+                empty_queries.push(e.clone());
+            }
+        }
+        if panel_values == 0 {
+            empty_panels.push(title.clone());
+        }
+    }
+    assert!(
+        empty_panels.is_empty() && empty_queries.is_empty(),
+        "panels without data: {empty_panels:?}; queries without series: {empty_queries:#?}\n{}",
+        sidecar.logs()
+    );
+}
+
+/// scripts/demo.sh as a newcomer runs it: its app script (the shell loop with its loopback HTTP
+/// listener and client) in the demo's image, and the sidecar image beside it with the demo's
+/// capabilities and flags: the live page's `net` family is up and counts the app's traffic.
+#[test]
+fn demo_app_traffic_shows_in_the_net_family() {
+    require_root();
+    let demo = std::fs::read_to_string(root().join("scripts/demo.sh")).unwrap();
+    let script = demo
+        .split_once("<<'SCRIPT'\n")
+        .and_then(|(_, r)| r.split_once("\nSCRIPT\n"))
+        .map(|(s, _)| s.to_string())
+        .expect("demo.sh has its app script between <<'SCRIPT' and SCRIPT");
+    // The sidecar's `docker run` (continuation lines included) up to its redirection.
+    let run: Vec<&str> = demo
+        .split_once("--name \"$SIDECAR\"")
+        .and_then(|(_, r)| r.split_once(">/dev/null"))
+        .map(|(r, _)| r.split_whitespace().collect())
+        .expect("demo.sh runs the sidecar with --name \"$SIDECAR\"");
+    let caps: Vec<&str> = run
+        .windows(2)
+        .filter(|w| w[0] == "--cap-add")
+        .map(|w| w[1])
+        .collect();
+    assert!(caps.contains(&"NET_ADMIN"), "demo sidecar caps: {caps:?}");
+    let flags: Vec<&str> = run
+        .iter()
+        .skip_while(|w| **w != "ebpf-sidecar")
+        .skip(1)
+        .copied()
+        .collect();
+    let sidecar_image = docker::sidecar_image();
+    let _app = Container::run(
+        "ebpf-sidecar-stack-demo-app",
+        &["debian:bookworm-slim", "sh", "-c", &script],
+    );
+    let port = free_port();
+    let mut args = vec!["--pid=container:ebpf-sidecar-stack-demo-app".to_string()];
+    for c in &caps {
+        args.extend(["--cap-add".to_string(), c.to_string()]);
+    }
+    args.extend(["-p".into(), format!("127.0.0.1:{port}:9435")]);
+    args.push(sidecar_image.into());
+    args.extend(flags.iter().map(|f| f.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let sidecar = Container::run("ebpf-sidecar-stack-demo-sidecar", &args);
+    let m = wait_for(
+        "the demo app's requests in the net family",
+        Duration::from_secs(30),
+        || {
+            let m = Metrics::parse(&http_get(port, "/metrics", None).ok()?.2);
+            let server = [
+                ("direction", "server"),
+                ("method", "GET"),
+                ("status", "200"),
+            ];
+            (m.sum("ebpf_sidecar_http_requests_total", &server) >= 3.0).then_some(m)
+        },
+    );
+    let down: Vec<_> = m
+        .series
+        .iter()
+        .filter(|(n, _, v)| n == "ebpf_sidecar_probe_up" && *v != 1.0)
+        .collect();
+    assert!(
+        down.is_empty(),
+        "families down: {down:?}\n{}",
+        sidecar.logs()
+    );
+    assert_eq!(m.sum("ebpf_sidecar_probe_up", &[("probe", "net")]), 1.0);
+    for d in ["ingress", "egress"] {
+        let tcp = [("direction", d), ("protocol", "tcp")];
+        assert!(
+            m.sum("ebpf_sidecar_network_packets_total", &tcp) > 0.0,
+            "{d}"
+        );
+        assert!(m.sum("ebpf_sidecar_network_bytes_total", &tcp) > 0.0, "{d}");
+    }
+    assert!(
+        m.sum(
+            "ebpf_sidecar_tcp_connections_total",
+            &[("direction", "active")]
+        ) >= 3.0
+    );
+}
+
 /// The live page in real headless Chromium, driven over the DevTools protocol by
 /// tests/integration/live-page.js: after a few polls every chart has drawn non-zero data, and the
 /// endpoint list is on the page. The screenshot lands in target/live-page.png (docs/live-page.png
-/// is a copy of one).
+/// is the page of scripts/demo.sh, every default family up).
 #[test]
 fn live_page_renders_charts_with_data_in_headless_chromium() {
     require_root();
@@ -686,13 +901,14 @@ fn kubernetes_manifests_have_the_required_fields_and_the_compose_flags() {
     for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
         assert_eq!(m["readOnly"], true, "sidecar mounts are read-only: {m}");
     }
-    // The same flags as compose; only --bpf-stats may be left out (it needs SYS_ADMIN).
+    // The same flags as compose, less --bpf-stats (it needs SYS_ADMIN) and --probes: compose
+    // adds the opt-in files and runtimes families for its dashboard (and NET_ADMIN, SYS_PTRACE
+    // for them); the pod keeps the default set, whose net family is skipped without NET_ADMIN.
     let k8s_args = strings(&sidecar["args"]);
-    let compose = &yaml_docs(&root().join("compose/compose.yaml"))[0];
-    let compose_args = strings(&compose["services"]["sidecar"]["command"]);
+    let (_, compose_args) = compose_sidecar();
     let mut expected: Vec<String> = compose_args
         .iter()
-        .filter(|a| a.as_str() != "--bpf-stats")
+        .filter(|a| a.as_str() != "--bpf-stats" && !a.starts_with("--probes"))
         .cloned()
         .collect();
     expected.sort();

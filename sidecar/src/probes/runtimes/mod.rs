@@ -345,10 +345,25 @@ pub struct Runtimes {
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let paths = u32::from(opts.http_paths).to_ne_bytes();
+    // The scanner's pids are those of the sidecar's own pid namespace; outside the initial one
+    // (PROC_PID_INIT_INO) the kernel side translates to them (rt_pidns_ino in runtimes.bpf.c).
+    let (ns_dev, ns_ino) = std::fs::metadata("/proc/self/ns/pid")
+        .map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            (m.dev(), m.ino())
+        })
+        .ok()
+        .filter(|&(_, ino)| ino != 0xEFFF_FFFC)
+        .unwrap_or((0, 0));
+    let (ns_dev, ns_ino) = (ns_dev.to_ne_bytes(), ns_ino.to_ne_bytes());
     let mut obj = Object::load_with(
         "runtimes",
         sidecar_ebpf::objects::RUNTIMES,
-        &[("rt_http_paths", &paths)],
+        &[
+            ("rt_http_paths", &paths),
+            ("rt_pidns_dev", &ns_dev),
+            ("rt_pidns_ino", &ns_ino),
+        ],
     )?;
     let declared = match &opts.usdt_config {
         Some(path) => usdt::config::load(path).map_err(|e| ProbeError::Map {
