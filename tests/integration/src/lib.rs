@@ -689,9 +689,21 @@ pub mod real {
 
         /// Stop (SIGINT, bpftrace then prints its maps) and parse `@[KEY]: COUNT` lines.
         pub fn finish(mut self) -> BTreeMap<u64, u64> {
-            // SAFETY: kill with the pid of our child.
-            unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            let st = self.child.wait().unwrap();
+            // bpftrace 0.17 sometimes lets a SIGINT pass without leaving its event loop (seen
+            // here: blocked in epoll_wait, nothing pending); it prints and exits on the next.
+            let st = loop {
+                // SAFETY: kill with the pid of our child.
+                unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+                let deadline = Instant::now() + Duration::from_secs(3);
+                let mut st = None;
+                while st.is_none() && Instant::now() < deadline {
+                    st = self.child.try_wait().unwrap();
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                if let Some(st) = st {
+                    break st;
+                }
+            };
             assert!(st.success(), "bpftrace: {st}: {}", self.text());
             self.text()
                 .lines()
