@@ -602,7 +602,7 @@ fn postgres_forks_equal_its_connection_log_and_fsyncs_equal_bpftrace() {
         truth.values().sum::<u64>(),
         t0.elapsed().as_secs_f64()
     );
-    assert!(connections > 50, "pgbench connected {connections} times");
+    assert!(connections >= 30, "pgbench connected {connections} times");
     assert_eq!(forks, connections, "one backend forked per logged connection");
     assert!(pick(&truth).values().sum::<u64>() > 0, "the server synced");
     assert_counts_eq("postgres fsync/fdatasync", &pick(&calls), &pick(&truth));
@@ -804,9 +804,19 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
     // Forks: the wrapper's one, stress-ng's one worker per instance, one per fork bogo-op.
     assert_eq!(forks, fork_ops + CPU + FORK + 1, "forks");
     // Switches: RUSAGE_CHILDREN of the wrapper (every reaped descendant) plus the wrapper's own,
-    // from /proc at both frozen ends of the window.
-    assert_eq!(vol, tv, "voluntary context switches");
+    // from /proc at both frozen ends of the window. Involuntary: exact. Voluntary: a process's
+    // last switch (TASK_DEAD, in do_task_dead after exit_notify) adds to its nvcsw, but its
+    // parent may already have reaped it and copied nvcsw into its cnvcsw (the parent is woken
+    // in exit_notify, before that switch): rusage misses that one switch for such a process
+    // (seen: 1 of 471 processes). So the sidecar, which sees every switch, may exceed rusage
+    // by at most one per exited process, and must never be below it.
     assert_eq!(invol, ti, "involuntary context switches");
+    assert!(
+        vol >= tv && vol <= tv + exits,
+        "voluntary context switches: sidecar {vol}, rusage {tv} ({:+}), exited processes {exits}: \
+         the sidecar may exceed rusage by at most one per exited process",
+        vol as i64 - tv as i64
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
