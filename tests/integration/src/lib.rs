@@ -546,13 +546,13 @@ pub mod real {
 
     impl TestCgroup {
         pub fn new(tag: &str) -> Self {
-            let path = cgroup2_root().join(format!("ebpf-sidecar-real-{tag}-{}", std::process::id()));
+            let path =
+                cgroup2_root().join(format!("ebpf-sidecar-real-{tag}-{}", std::process::id()));
             if path.exists() {
                 let old = TestCgroup { path: path.clone() };
                 drop(old);
             }
-            std::fs::create_dir(&path)
-                .unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
+            std::fs::create_dir(&path).unwrap_or_else(|e| panic!("mkdir {}: {e}", path.display()));
             TestCgroup { path }
         }
 
@@ -566,7 +566,10 @@ pub mod real {
         /// program's first instruction already runs here (in a frozen cgroup it stops there).
         pub fn spawn(&self, cmd: &mut Command) -> Child {
             let procs = std::ffi::CString::new(
-                self.path.join("cgroup.procs").as_os_str().as_encoded_bytes(),
+                self.path
+                    .join("cgroup.procs")
+                    .as_os_str()
+                    .as_encoded_bytes(),
             )
             .unwrap();
             // SAFETY: only async-signal-safe calls (open, write, close) between fork and exec.

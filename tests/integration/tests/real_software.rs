@@ -76,8 +76,15 @@ fn assert_counts_eq(what: &str, sidecar: &Counts, truth: &Counts) {
             sidecar.get(k).copied().unwrap_or(0),
             truth.get(k).copied().unwrap_or(0),
         );
-        if s != t && !diff.iter().any(|d: &String| d.starts_with(&format!("{k}:"))) {
-            diff.push(format!("{k}: sidecar {s}, truth {t} ({:+})", s as i64 - t as i64));
+        if s != t
+            && !diff
+                .iter()
+                .any(|d: &String| d.starts_with(&format!("{k}:")))
+        {
+            diff.push(format!(
+                "{k}: sidecar {s}, truth {t} ({:+})",
+                s as i64 - t as i64
+            ));
         }
     }
     assert!(
@@ -219,14 +226,16 @@ http {{
     );
     std::fs::write(d.join("nginx.conf"), conf).unwrap();
     let cg = TestCgroup::new("nginx");
-    let _nginx = Proc(cg.spawn(
-        Command::new(&nginx)
-            .arg("-c")
-            .arg(d.join("nginx.conf"))
-            .arg("-p")
-            .arg(d)
-            .stderr(Stdio::null()),
-    ));
+    let _nginx = Proc(
+        cg.spawn(
+            Command::new(&nginx)
+                .arg("-c")
+                .arg(d.join("nginx.conf"))
+                .arg("-p")
+                .arg(d)
+                .stderr(Stdio::null()),
+        ),
+    );
     wait_tcp(port, Duration::from_secs(10));
     let master = _nginx.0.id().to_string();
     let sc = Sidecar::start(&["--target-pid", &master, "--probes", "process,net"]);
@@ -334,7 +343,10 @@ http {{
     // What the client wrote (heads and bodies) is the payload nginx received. ($request_length
     // is no truth for this: nginx leaves out bodies it discarded or streamed to a file, e.g. 289836
     // of 1103916 bytes here.)
-    assert_eq!(rx, request_bytes, "tcp_received_bytes_total = bytes the client wrote");
+    assert_eq!(
+        rx, request_bytes,
+        "tcp_received_bytes_total = bytes the client wrote"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -453,8 +465,14 @@ fn redis_under(latency: &str) {
         &calls,
         &truth,
     );
-    assert_eq!(rx, net_in, "tcp_received_bytes_total = total_net_input_bytes");
-    assert_eq!(tx, net_out, "tcp_sent_bytes_total = total_net_output_bytes + INFO reply");
+    assert_eq!(
+        rx, net_in,
+        "tcp_received_bytes_total = total_net_input_bytes"
+    );
+    assert_eq!(
+        tx, net_out,
+        "tcp_sent_bytes_total = total_net_output_bytes + INFO reply"
+    );
     assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
 }
 
@@ -486,8 +504,13 @@ fn user_ids(name: &str) -> (u32, u32) {
 /// `setpriv` to the postgres user: exec, no fork (unlike su/runuser), so the pid is the server's.
 fn as_postgres(bin: &Path) -> Command {
     let mut c = Command::new(need("/usr/bin/setpriv", "util-linux"));
-    c.args(["--reuid=postgres", "--regid=postgres", "--init-groups", "--"])
-        .arg(bin);
+    c.args([
+        "--reuid=postgres",
+        "--regid=postgres",
+        "--init-groups",
+        "--",
+    ])
+    .arg(bin);
     c
 }
 
@@ -533,7 +556,12 @@ fn postgres_forks_equal_its_connection_log_and_fsyncs_equal_bpftrace() {
                 .args(["-c", "log_connections=on", "-c", "autovacuum=off"])
                 .args(["-c", "max_parallel_workers_per_gather=0"])
                 .args(["-c", "max_parallel_maintenance_workers=0"])
-                .args(["-c", "max_parallel_workers=0", "-c", "logging_collector=off"])
+                .args([
+                    "-c",
+                    "max_parallel_workers=0",
+                    "-c",
+                    "logging_collector=off",
+                ])
                 .args(["-c", "shared_buffers=32MB"])
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(&log).unwrap()),
@@ -603,7 +631,10 @@ fn postgres_forks_equal_its_connection_log_and_fsyncs_equal_bpftrace() {
         t0.elapsed().as_secs_f64()
     );
     assert!(connections >= 30, "pgbench connected {connections} times");
-    assert_eq!(forks, connections, "one backend forked per logged connection");
+    assert_eq!(
+        forks, connections,
+        "one backend forked per logged connection"
+    );
     assert!(pick(&truth).values().sum::<u64>() > 0, "the server synced");
     assert_counts_eq("postgres fsync/fdatasync", &pick(&calls), &pick(&truth));
     // And every other syscall of the same window.
@@ -775,7 +806,10 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
     let cpu = m.sum("ebpf_sidecar_cpu_seconds_total", &[]);
     let cg_cpu = (usage1 - usage0) as f64 / 1e6;
     let forks = m.sum("ebpf_sidecar_process_forks_total", &[]) as u64;
-    let vol = m.sum("ebpf_sidecar_context_switches_total", &[("kind", "voluntary")]) as u64;
+    let vol = m.sum(
+        "ebpf_sidecar_context_switches_total",
+        &[("kind", "voluntary")],
+    ) as u64;
     let invol = m.sum(
         "ebpf_sidecar_context_switches_total",
         &[("kind", "involuntary")],
@@ -841,7 +875,10 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
                 .args(["--no-resolv", "--port=53", "--bind-interfaces"])
                 .arg(format!("--listen-address={addr}"))
                 .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-                .args(["--address=/example.test/127.0.0.2", "--address=/example.test/::2"])
+                .args([
+                    "--address=/example.test/127.0.0.2",
+                    "--address=/example.test/::2",
+                ])
                 .args(["--local=/nx.test/", "--txt-record=txt.example.test,hello"])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null()),
@@ -862,16 +899,17 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
     });
     // The server is the target (docs/families/net.md: a query counts for whichever end is in
     // the target; here dnsmasq receives the queries and sends the answers).
-    let sc = Sidecar::start(&[
-        "--target-pid",
-        &_dns.0.id().to_string(),
-        "--probes",
-        "net",
-    ]);
+    let sc = Sidecar::start(&["--target-pid", &_dns.0.id().to_string(), "--probes", "net"]);
     assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
     let pcap = dir.path().join("dns.pcap");
     let mut cap = Command::new(&tshark)
-        .args(["-i", "lo", "-f", &format!("udp port 53 and host {addr}"), "-w"])
+        .args([
+            "-i",
+            "lo",
+            "-f",
+            &format!("udp port 53 and host {addr}"),
+            "-w",
+        ])
         .arg(&pcap)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -909,7 +947,14 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
     let o = Command::new(&tshark)
         .arg("-r")
         .arg(&pcap)
-        .args(["-T", "fields", "-e", "dns.flags.response", "-e", "dns.qry.type"])
+        .args([
+            "-T",
+            "fields",
+            "-e",
+            "dns.flags.response",
+            "-e",
+            "dns.qry.type",
+        ])
         .args(["-e", "dns.flags.rcode"])
         .output()
         .unwrap();
@@ -963,4 +1008,204 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
     assert_eq!(tq.values().sum::<u64>(), asked, "tshark saw every query");
     assert_counts_eq("DNS queries by qtype", &q, &tq);
     assert_counts_eq("DNS answers by rcode", &r, &tr);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Docker: nginx containers, the sidecar image beside one of them
+
+/// An image with Debian's nginx, FROM the local base image, made offline: the host's nginx binary
+/// and the libraries it links that the base lacks (the same bookworm packages), no registry and
+/// no apt inside the build.
+fn nginx_image() -> &'static str {
+    const IMAGE: &str = "ebpf-sidecar-real-nginx:test";
+    docker::sidecar_image(); // makes debian:bookworm-slim (scripts/images.sh)
+    let nginx = need("/usr/sbin/nginx", "nginx-light");
+    let ctx = Scratch::new("nginx-image");
+    let c = ctx.path();
+    std::fs::create_dir_all(c.join("lib")).unwrap();
+    std::fs::create_dir_all(c.join("www")).unwrap();
+    std::fs::copy(&nginx, c.join("nginx")).unwrap();
+    let ldd = Command::new("ldd").arg(&nginx).output().unwrap();
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        let Some((name, rest)) = line.trim().split_once(" => ") else {
+            continue;
+        };
+        // The base image's own C library and loader stay.
+        if name.starts_with("libc.so") || name.starts_with("ld-linux") {
+            continue;
+        }
+        let path = rest.split_whitespace().next().unwrap();
+        std::fs::copy(path, c.join("lib").join(name)).unwrap();
+    }
+    std::fs::write(c.join("www/index.html"), body(612, 3)).unwrap();
+    std::fs::write(c.join("www/big.bin"), body(100_000, 4)).unwrap();
+    std::fs::write(
+        c.join("nginx.conf"),
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+user root;
+error_log stderr;
+events { worker_connections 64; }
+http {
+    log_format real '$request_method $status $bytes_sent';
+    access_log /dev/stdout real;
+    keepalive_requests 1000;
+    server {
+        listen 8080;
+        root /srv/www;
+        location = /form { return 200 "accepted\n"; }
+    }
+}
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        c.join("Dockerfile"),
+        "FROM debian:bookworm-slim\n\
+         COPY nginx /usr/sbin/nginx\n\
+         COPY lib/ /opt/nginx/lib/\n\
+         COPY nginx.conf /etc/nginx/real.conf\n\
+         COPY www/ /srv/www/\n\
+         ENV LD_LIBRARY_PATH=/opt/nginx/lib\n\
+         RUN mkdir -p /var/lib/nginx /var/log/nginx && /usr/sbin/nginx -t -c /etc/nginx/real.conf\n\
+         CMD [\"/usr/sbin/nginx\", \"-c\", \"/etc/nginx/real.conf\"]\n",
+    )
+    .unwrap();
+    docker::ok(&["build", "-q", "-t", IMAGE, c.to_str().unwrap()]);
+    IMAGE
+}
+
+/// `n` keep-alive connections of `per` requests each (a mix of methods and outcomes) to a
+/// published loopback port.
+fn nginx_load(port: u16, n: usize, per: usize) -> u64 {
+    let reqs: [(&str, &str, usize); 5] = [
+        ("GET", "/index.html", 0),
+        ("GET", "/missing", 0),
+        ("POST", "/form", 2000),
+        ("GET", "/big.bin", 0),
+        ("HEAD", "/index.html", 0),
+    ];
+    let mut done = 0;
+    for c in 0..n {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for i in 0..per {
+            let (m, p, b) = reqs[(c + i) % reqs.len()];
+            let (_, close, _) = exchange(&mut s, m, p, &body(b, i as u8));
+            assert!(!close, "nginx keeps the connection");
+            done += 1;
+        }
+    }
+    done
+}
+
+#[test]
+fn docker_nginx_beside_the_sidecar_image_neighbour_adds_nothing() {
+    require_root();
+    let t0 = Instant::now();
+    let sidecar_image = docker::sidecar_image();
+    let image = nginx_image();
+    let t_images = t0.elapsed().as_secs_f64();
+    let (app_port, nb_port, sc_port) = (free_port(), free_port(), free_port());
+    let app = docker::Container::run(
+        "ebpf-sidecar-real-nginx-app",
+        &["-p", &format!("127.0.0.1:{app_port}:8080"), image],
+    );
+    let nb = docker::Container::run(
+        "ebpf-sidecar-real-nginx-neighbour",
+        &["-p", &format!("127.0.0.1:{nb_port}:8080"), image],
+    );
+    let sidecar = docker::Container::run(
+        "ebpf-sidecar-real-nginx-sidecar",
+        &[
+            "--pid=container:ebpf-sidecar-real-nginx-app",
+            "--cap-add",
+            "SYS_ADMIN",
+            "--cap-add",
+            "NET_ADMIN",
+            "-p",
+            &format!("127.0.0.1:{sc_port}:9435"),
+            sidecar_image,
+        ],
+    );
+    wait_for("sidecar serving", Duration::from_secs(30), || {
+        http_get(sc_port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200 && r.2.contains("target_up 1"))
+            .map(|_| ())
+    });
+    let scrape = || {
+        let (st, _, text) = http_get(sc_port, "/metrics", None).unwrap();
+        assert_eq!(st, 200);
+        Metrics::parse(&text)
+    };
+    // The neighbour is busier: three times the app's load, interleaved.
+    let (mut sent, mut nb_sent) = (0, 0);
+    for _ in 0..3 {
+        sent += nginx_load(app_port, 4, 5);
+        nb_sent += nginx_load(nb_port, 12, 5);
+    }
+    let parse_log = |c: &docker::Container, want: u64| -> (Counts, u64) {
+        let lines = wait_for("access log lines", Duration::from_secs(10), || {
+            let l: Vec<String> = c
+                .logs()
+                .lines()
+                .filter(|l| l.split_whitespace().count() == 3)
+                .map(str::to_string)
+                .collect();
+            (l.len() as u64 >= want).then_some(l)
+        });
+        let mut counts = Counts::new();
+        let mut bytes = 0;
+        for l in &lines {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            *counts.entry(format!("{} {}", f[0], f[1])).or_default() += 1;
+            bytes += f[2].parse::<u64>().unwrap();
+        }
+        (counts, bytes)
+    };
+    let (truth, bytes_sent) = parse_log(&app, sent);
+    let (nb_truth, _) = parse_log(&nb, nb_sent);
+    let conns = 12;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut m = scrape();
+    while (m.sum("ebpf_sidecar_tcp_connection_duration_seconds_count", &[]) as u64) < conns
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+        m = scrape();
+    }
+    let http = by_labels(
+        &m,
+        "ebpf_sidecar_http_requests_total",
+        &[("direction", "server")],
+        &["method", "status"],
+    );
+    let tx = m.sum("ebpf_sidecar_tcp_sent_bytes_total", &[]) as u64;
+    eprintln!(
+        "docker nginx: app {sent} requests, log {truth:?}; neighbour {nb_sent}, log {nb_truth:?}; \
+         sidecar {http:?}; $bytes_sent {bytes_sent} vs tcp_sent_bytes {tx}; images {t_images:.1} \
+         s, total {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_target_info", &[("mode", "sidecar")]),
+        1.0,
+        "{}",
+        sidecar.logs()
+    );
+    assert_counts_eq("HTTP requests of the app container", &http, &truth);
+    assert_eq!(
+        tx, bytes_sent,
+        "tcp_sent_bytes_total = the app's $bytes_sent"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_tcp_connections_total",
+            &[("direction", "passive")]
+        ) as u64,
+        conns,
+        "only the app's connections"
+    );
 }
