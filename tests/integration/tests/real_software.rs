@@ -812,6 +812,16 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
         "process,cpu",
     ]);
     assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
+    // A third view of the switches, for the report only: sched_switch by prev_state as the
+    // tracepoint formats it (0 runnable, 256 preempted, else the sleep or exit state), from
+    // prev's context (`cgroup` is prev's there).
+    let bt = Bpftrace::start(
+        "stress-switch",
+        &format!(
+            "tracepoint:sched:sched_switch /cgroup == {}/ {{ @[args->prev_state] = count(); }}",
+            cg.id()
+        ),
+    );
     cg.freeze(false);
     go.write_all(b"g").unwrap();
     let mut text = String::new();
@@ -827,6 +837,7 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
     let (v1, i1) = proc_switches(wrapper);
     let usage1 = cg.cpu_stat("usage_usec");
     let m = sc.scrape();
+    let states = bt.finish();
     drop(go);
     let fact = |k: &str| -> u64 {
         text.lines()
@@ -862,7 +873,8 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
     eprintln!(
         "stress-ng: cpu sidecar {cpu:.4} s vs cpu.stat {cg_cpu:.4} s ({:+.2}%); forks {forks} vs \
          {fork_ops} bogo + {} workers + 1; voluntary {vol} vs {tv} ({:+}), involuntary {invol} vs \
-         {ti} ({:+}); exited processes {exits}; rusage cpu {:.4} s; {:.1} s",
+         {ti} ({:+}); exited processes {exits}; rusage cpu {:.4} s; bpftrace sched_switch by \
+         prev_state {states:?}; {:.1} s",
         (cpu / cg_cpu - 1.0) * 100.0,
         CPU + FORK,
         vol as i64 - tv as i64,
@@ -870,10 +882,12 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
         (fact("utime_us") + fact("stime_us")) as f64 / 1e6,
         t0.elapsed().as_secs_f64()
     );
-    // Both sum the scheduler's per-task runtime over the same window; what may differ is the
-    // moment each reads its clock around a switch (microseconds per switch) and that cpu.stat
-    // also has the wrapper's read of stdin before the window's first switch. 3% is far above
-    // that and far below any lost or double-counted slice of a 3 s, 2-worker run.
+    // cpu.stat's usage_usec is the scheduler's runtime (rq_clock_task); the sidecar adds
+    // bpf_ktime_get_ns deltas from switch to switch. Same window, same tasks, but on a VM with
+    // CONFIG_PARAVIRT_TIME_ACCOUNTING (this one) the scheduler's clock leaves out steal time
+    // (the host running another vCPU) and the sidecar's does not: measured +0.1% to +2.5% here,
+    // more under heavier host contention (rusage's utime+stime agrees with cpu.stat to 0.05%).
+    // 3% is the README's stated bound.
     assert!(
         (cpu - cg_cpu).abs() <= 0.03 * cg_cpu,
         "cpu_seconds_total {cpu} vs cpu.stat {cg_cpu}"
@@ -967,6 +981,9 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
     let cap = Proc(cap);
+    // "Capturing on" can come before the capture sees packets (a run missed the first query,
+    // captured its answer): give it a second.
+    std::thread::sleep(Duration::from_secs(1));
     let mut asked = 0;
     for (name, qtype, n) in [
         ("www.example.test", "A", 5),
