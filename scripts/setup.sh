@@ -11,11 +11,14 @@ cd "$(dirname "$0")/.."
 # and the server), bpftrace/bpftool (peers and cross-checks), wrk/hyperfine, iproute2, util-linux;
 # docker-compose (compose validation), chromium (live page), python3.11/OpenJDK/node and
 # systemtap-sdt-dev (runtime packs and the USDT fixture), openssl (TLS test), tshark (reads the
-# net family's /debug/pcap captures back).
+# net family's /debug/pcap captures back); the real software the tests run as targets
+# (tests/integration/tests/real_software.rs): nginx, redis and its benchmark, PostgreSQL 15 with
+# pgbench, fio, stress-ng, dnsmasq and dig.
 PACKAGES="clang-19 llvm-19 libbpf-dev linux-libc-dev gcc libc6-dev make pkg-config bpftool bpftrace
   docker.io debootstrap prometheus wrk hyperfine iproute2 util-linux procps curl ca-certificates
   openssl docker-compose python3 python3.11 graphviz chromium systemtap-sdt-dev
-  openjdk-17-jdk-headless nodejs tshark"
+  openjdk-17-jdk-headless nodejs tshark
+  nginx-light redis-server redis-tools postgresql-15 fio stress-ng dnsmasq-base dnsutils"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
