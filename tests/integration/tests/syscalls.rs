@@ -3,75 +3,28 @@
 //! both modes, on a workload that makes processes and threads every way there is.
 
 use std::collections::BTreeMap;
-use std::process::{Child, Command};
-use std::time::Duration;
 
 use integration::*;
 
-/// Syscall numbers by name from the x86_64 uapi header (linux-libc-dev).
-fn syscall_names() -> BTreeMap<u64, String> {
-    let h = std::fs::read_to_string("/usr/include/x86_64-linux-gnu/asm/unistd_64.h")
-        .expect("asm/unistd_64.h: apt-get install linux-libc-dev");
-    h.lines()
-        .filter_map(|l| {
-            let mut w = l.strip_prefix("#define __NR_")?.split_whitespace();
-            let name = w.next()?.to_string();
-            Some((w.next()?.parse().ok()?, name))
+/// bpftrace's count of the syscalls of tasks named `comm`, by name.
+fn bpftrace_by_comm(comm: &str) -> real::Bpftrace {
+    let prog = format!(
+        "tracepoint:raw_syscalls:sys_enter /comm == \"{comm}\"/ {{ @[args->id] = count(); }}"
+    );
+    real::Bpftrace::start(comm, &prog)
+}
+
+fn named(counts: BTreeMap<u64, u64>) -> BTreeMap<String, u64> {
+    let names = real::syscall_names();
+    counts
+        .into_iter()
+        .map(|(nr, n)| {
+            (
+                names.get(&nr).cloned().unwrap_or_else(|| format!("nr{nr}")),
+                n,
+            )
         })
         .collect()
-}
-
-/// bpftrace counting the syscalls of tasks named `comm` by number, from before it returns.
-struct Bpftrace {
-    child: Child,
-    log: std::path::PathBuf,
-}
-
-impl Bpftrace {
-    fn start(comm: &str) -> Self {
-        let log = std::env::temp_dir().join(format!("ebpf-sidecar-bt-{comm}.log"));
-        let prog = format!(
-            "tracepoint:raw_syscalls:sys_enter /comm == \"{comm}\"/ {{ @[args->id] = count(); }}"
-        );
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new("bpftrace")
-            .args(["-e", &prog])
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("bpftrace not found: apt-get install bpftrace");
-        let mut b = Self { child, log };
-        // One tracepoint: attached within milliseconds of the "Attaching" line.
-        wait_for("bpftrace attaching", Duration::from_secs(30), || {
-            if let Ok(Some(st)) = b.child.try_wait() {
-                panic!("bpftrace exited ({st}): {}", b.log_text());
-            }
-            b.log_text().contains("Attaching").then_some(())
-        });
-        std::thread::sleep(Duration::from_secs(1));
-        b
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Stop it and read its map: count by syscall name.
-    fn finish(mut self) -> BTreeMap<String, u64> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        self.child.wait().unwrap();
-        let names = syscall_names();
-        self.log_text()
-            .lines()
-            .filter_map(|l| {
-                let (k, v) = l.strip_prefix("@[")?.split_once("]: ")?;
-                let nr: u64 = k.parse().ok()?;
-                let name = names.get(&nr).cloned().unwrap_or_else(|| format!("nr{nr}"));
-                Some((name, v.trim().parse().ok()?))
-            })
-            .collect()
-    }
 }
 
 fn by_name(m: &Metrics) -> BTreeMap<String, u64> {
@@ -95,7 +48,7 @@ fn both_modes_count_every_syscall_of_forks_and_threads_as_bpftrace_does() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     workload("forks");
     for mode in ["off", "on"] {
-        let bt = Bpftrace::start("forks");
+        let bt = bpftrace_by_comm("forks");
         let extra = ["--syscall-latency", mode];
         let (m, out) = run_workload(
             &format!("syscalls-forks-{mode}"),
@@ -105,7 +58,7 @@ fn both_modes_count_every_syscall_of_forks_and_threads_as_bpftrace_does() {
             &args,
         );
         assert_eq!(out.trim(), "ok");
-        let truth = bt.finish();
+        let truth = named(bt.finish());
         let ours = by_name(&m);
         let c = |s: &str| ours.get(s).copied().unwrap_or(0);
         assert_eq!(c("clone"), F, "clone (fork()), latency {mode}");

@@ -27,18 +27,6 @@ fn cgroup_of(pid: u32) -> String {
         .unwrap()
 }
 
-fn cgroup2_mount() -> PathBuf {
-    std::fs::read_to_string("/proc/self/mountinfo")
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let (pre, post) = l.split_once(" - ")?;
-            (post.split_whitespace().next()? == "cgroup2")
-                .then(|| PathBuf::from(pre.split_whitespace().nth(4).unwrap()))
-        })
-        .expect("no cgroup2 mount (scripts/setup.sh)")
-}
-
 fn sleeper() -> Killed {
     Killed(Command::new("sleep").arg("60").spawn().unwrap())
 }
@@ -147,7 +135,7 @@ fn target_tree_counts_the_tree_exactly_and_nothing_of_the_host() {
 #[test]
 fn target_pid_in_a_shared_cgroup_warns_and_says_so_in_target_info() {
     require_root();
-    let dir = cgroup2_mount().join(format!("ebpf-sidecar-shared-{}", std::process::id()));
+    let dir = real::cgroup2_root().join(format!("ebpf-sidecar-shared-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     struct Rmdir(PathBuf);
     impl Drop for Rmdir {
