@@ -935,6 +935,41 @@ __attribute__((noinline)) int http_end(struct http_req *p, __u32 dir, __u32 st, 
 	return 0;
 }
 
+/* --http-paths: the request target at `off` (`n` bytes of payload from there) into q->path, cut at
+ * its end. Fixed sizes (what the verifier wants), as much as the payload has: whatever follows
+ * the target is cut off. Global: checked once. */
+static __always_inline void http_path(struct __sk_buff *skb, __u64 ubuf, __u32 off, __u32 n,
+				      struct http_req *q)
+{
+	char *dst = q->path;
+
+	__builtin_memset(dst, 0, NET_HTTP_PATH_LEN);
+	if (n >= 48)
+		http_load(skb, ubuf, off, dst, 48);
+	else if (n >= 32)
+		http_load(skb, ubuf, off, dst, 32);
+	else if (n >= 16)
+		http_load(skb, ubuf, off, dst, 16);
+	else
+		http_load(skb, ubuf, off, dst, 8);
+	http_path_cut(dst);
+}
+
+__attribute__((noinline)) int http_path_skb(struct __sk_buff *skb, __u32 off, __u32 n,
+					   struct http_req *q)
+{
+	if (skb && q)
+		http_path(skb, 0, off, n, q);
+	return 0;
+}
+
+__attribute__((noinline)) int http_path_user(__u64 ubuf, __u32 off, __u32 n, struct http_req *q)
+{
+	if (q)
+		http_path(0, ubuf, off, n, q);
+	return 0;
+}
+
 /* Stop following the connection until it closes; counted once, by reason. */
 static __always_inline void http_untrack(struct http_conn *c, __u32 why)
 {
@@ -968,21 +1003,12 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 		q->method = m;
 		q->nobody = m == HTTP_HEAD_METHOD;
 		if (http_paths) {
-			/* Fixed sizes (what the verifier wants), as much as the payload has: the
-			 * target is cut at its end below whatever follows it. */
-			__u32 poff = method_len[m] + 1, n = avail - poff;
-			char *dst = q->path;
+			__u32 poff = method_len[m] + 1;
 
-			__builtin_memset(dst, 0, NET_HTTP_PATH_LEN);
-			if (n >= 48)
-				http_load(skb, ubuf, hoff + poff, dst, 48);
-			else if (n >= 32)
-				http_load(skb, ubuf, hoff + poff, dst, 32);
-			else if (n >= 16)
-				http_load(skb, ubuf, hoff + poff, dst, 16);
+			if (skb)
+				http_path_skb(skb, hoff + poff, avail - poff, q);
 			else
-				http_load(skb, ubuf, hoff + poff, dst, 8);
-			http_path_cut(dst);
+				http_path_user(ubuf, hoff + poff, avail - poff, q);
 		}
 		c->count++;
 		/* A request without Content-Length or Transfer-Encoding has no body. */
@@ -1114,6 +1140,20 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 		http_untrack(c, NET_HTTP_UT_BODY);
 }
 
+/* http_data() for user memory (syscalls source), global: the readv/writev loop calls it once per
+ * buffer, and the verifier checks it once. seqlen: sequence number << 32 | length. */
+__attribute__((noinline)) int http_data_user(struct http_conn *c, __u64 seqlen, __u32 in,
+					     __u64 ubuf)
+{
+	if (!c)
+		return 0;
+	if (in)
+		http_data(c, 1, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf);
+	else
+		http_data(c, 0, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf);
+	return 0;
+}
+
 /* A request line at the start of a payload of a connection not followed yet? */
 static __always_inline int http_opens(struct __sk_buff *skb, __u64 ubuf, __u32 off, __u32 len)
 {
@@ -1124,15 +1164,19 @@ static __always_inline int http_opens(struct __sk_buff *skb, __u64 ubuf, __u32 o
 	return b[0] >= 'A' && b[0] <= 'Z' && http_method(b) >= 0;
 }
 
+#define HTTP_IOVS 8 /* buffers of a readv/writev followed; bytes past them count as not seen */
+
 /* Payload of a read (in) or write on fd, from the syscall (--net-http syscalls): `total` bytes
- * moved, the first `len` of them at `buf` (readv/writev: the first buffer; the rest is handled as
- * bytes not seen). */
-static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len, long total)
+ * moved, at `buf`, or (vec: readv/writev) in the buffers of the iovec array at `buf`. */
+static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long total, int vec)
 {
 	int in = nr == NR_READ || nr == NR_RECVFROM || nr == NR_READV;
 	struct sock *sk = tcp_sock_of_fd(fd);
+	struct iovec iov = { .iov_base = (void *)buf, .iov_len = total };
 
 	if (!sk)
+		return;
+	if (vec && bpf_probe_read_user(&iov, sizeof(iov), (const void *)buf))
 		return;
 	struct tcp_sock *tp = (struct tcp_sock *)sk;
 	__u64 key = (__u64)sk;
@@ -1142,7 +1186,8 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 	struct http_conn *c = bpf_map_lookup_elem(&net_http_conns, &key);
 
 	if (!c) {
-		if (!http_opens(NULL, buf, 0, len))
+		if (!http_opens(NULL, (__u64)iov.iov_base, 0,
+				iov.iov_len < total ? iov.iov_len : total))
 			return;
 		__u32 zero = 0;
 		struct http_conn *init = bpf_map_lookup_elem(&net_http_conn_zero, &zero);
@@ -1163,14 +1208,28 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long len
 		__u32 base = BPF_CORE_READ(tp, snd_una) - (__u32)BPF_CORE_READ(tp, bytes_acked);
 		__u64 consumed = received - (rcv_nxt - copied);
 
-		if (consumed != (in ? (__u64)total : 0) || written - (in ? 0 : (__u32)total) - base > 1) {
+		if (consumed != (in ? (__u64)total : 0) ||
+		    written - (in ? 0 : (__u32)total) - base > 1) {
 			http_untrack(c, NET_HTTP_UT_MIDSTREAM);
 			return;
 		}
 		c->s[0].next = in ? seq : copied;
 		c->s[1].next = in ? written : seq;
 	}
-	http_data(c, in, seq, len, NULL, 0, buf);
+	if (!vec) {
+		http_data_user(c, (__u64)seq << 32 | (__u32)total, in, buf);
+		return;
+	}
+	for (int i = 0; i < HTTP_IOVS && total > 0; i++) {
+		if (i && bpf_probe_read_user(&iov, sizeof(iov), (const void *)(buf + i * sizeof(iov))))
+			return;
+		__u32 l = iov.iov_len < total ? iov.iov_len : total;
+
+		if (l)
+			http_data_user(c, (__u64)seq << 32 | l, in, (__u64)iov.iov_base);
+		seq += l;
+		total -= l;
+	}
 }
 
 #define TCP_LISTEN 10
@@ -1279,21 +1338,9 @@ int net_sys_exit(unsigned long long *ctx)
 		__u64 buf = hc->buf;
 
 		hc->nr1 = 0;
-		long len = ret;
-
-		/* readv/writev (Node.js writes its answers with writev): the head of the first
-		 * buffer is where a request or status line starts. */
-		if (ret > 0 && (nr == NR_READV || nr == NR_WRITEV)) {
-			struct iovec iov = {};
-
-			if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)buf))
-				len = 0;
-			buf = (__u64)iov.iov_base;
-			if ((long)iov.iov_len < len)
-				len = iov.iov_len;
-		}
-		if (len > 0)
-			http_payload(nr, fd, buf, len, ret);
+		/* readv/writev: Node.js writes its answers with writev, nginx its heads and chunks */
+		if (ret > 0)
+			http_payload(nr, fd, buf, ret, nr == NR_READV || nr == NR_WRITEV);
 	}
 	/* Successful calls (nearly all) leave before the number is read. */
 	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
