@@ -1182,6 +1182,12 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 	__u64 key = (__u64)sk;
 	/* Stream positions after the call: what the application has read and written. */
 	__u32 copied = BPF_CORE_READ(tp, copied_seq), written = BPF_CORE_READ(tp, write_seq);
+	__u32 rcv_nxt = BPF_CORE_READ(tp, rcv_nxt);
+	unsigned long flags = BPF_CORE_READ(sk, __sk_common.skc_flags);
+
+	/* A read that reached the peer's FIN moved copied_seq past it too: not a payload byte. */
+	if ((flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && copied == rcv_nxt)
+		copied--;
 	__u32 seq = (in ? copied : written) - (__u32)total;
 	struct http_conn *c = bpf_map_lookup_elem(&net_http_conns, &key);
 
@@ -1204,7 +1210,6 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 		 * written (snd_una - bytes_acked is the first sequence number, give or take the
 		 * SYN, which bytes_acked counts on one side only). */
 		__u64 received = BPF_CORE_READ(tp, bytes_received);
-		__u32 rcv_nxt = BPF_CORE_READ(tp, rcv_nxt);
 		__u32 base = BPF_CORE_READ(tp, snd_una) - (__u32)BPF_CORE_READ(tp, bytes_acked);
 		__u64 consumed = received - (rcv_nxt - copied);
 

@@ -327,6 +327,8 @@ pub mod net {
         assert!(offset_of!(PeerKey, port) == 18);
         assert!(size_of::<PeerStats>() == 24);
         assert!(size_of::<ErrorKey>() == 8);
+        // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
+        assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
         assert!(size_of::<HttpKey>() == 16);
         assert!(size_of::<HttpPathKey>() == 64);
         assert!(offset_of!(HttpPathKey, path) == 16);

@@ -187,7 +187,12 @@ fn framing_is_followed(source: &str, paths: bool) {
             "{dir}: one duration per request"
         );
     }
-    assert_eq!(untracked(m), 0.0, "nothing here is unfollowable\n{}", m.text);
+    assert_eq!(
+        untracked(m),
+        0.0,
+        "nothing here is unfollowable\n{}",
+        m.text
+    );
     if paths {
         let requested: BTreeSet<&str> = [
             "/upload/:id",
