@@ -450,11 +450,13 @@ struct {
 
 /* Connections followed from read/write syscalls (--net-http syscalls), by socket address; deleted
  * when the socket closes (net_state). LRU: a table full of connections that never closed cannot
- * stop new ones; per-CPU LRU lists: no shared lock to take. */
+ * stop new ones (an evicted connection is not followed again: `midstream`); per-CPU LRU lists:
+ * no shared lock to take. 4096 x 552 bytes, about the memory of the 16384-entry table of single
+ * pending requests it replaced. */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
-	__uint(max_entries, 8192);
+	__uint(max_entries, 4096);
 	__type(key, __u64);
 	__type(value, struct http_conn);
 } net_http_conns SEC(".maps");
