@@ -360,7 +360,19 @@ enum net_counter {
 	NET_OTHER_CLOSED = 8,
 	NET_LOST_CONNS = 9,     /* connection table full: not timed, bytes not attributed */
 	NET_LOST_KEYS = 10,     /* error or accept table full */
+	/* HTTP connections dropped from tracking, once each, by enum net_http_untracked (11..15) */
+	NET_HTTP_UNTRACKED = 11,
 	NET_COUNTERS = 16,
+};
+
+/* Why an HTTP/1.x connection stopped being followed (index from NET_HTTP_UNTRACKED). */
+enum net_http_untracked {
+	NET_HTTP_UT_GAP = 0,       /* bytes of a head or chunk-size line never seen */
+	NET_HTTP_UT_HEAD = 1,      /* head not whole in one segment/read, too long, or not a request or status line where one was due */
+	NET_HTTP_UT_BODY = 2,      /* body framing not followed (chunk-size line, Transfer-Encoding, Content-Length) */
+	NET_HTTP_UT_PIPELINE = 3,  /* too many requests waiting, an answer without a request, requests both ways */
+	NET_HTTP_UT_MIDSTREAM = 4, /* a request line on a connection already carrying data when first seen */
+	NET_HTTP_UT_REASONS = 5,
 };
 
 /* net: HTTP/1.x request and status lines seen in read/write/recvfrom/sendto payloads */

@@ -282,7 +282,12 @@ pub mod net {
         pub const OTHER_CLOSED: u32 = 8;
         pub const LOST_CONNS: u32 = 9;
         pub const LOST_KEYS: u32 = 10;
+        /// First of the `enum net_http_untracked` counters (`HTTP_UNTRACKED + reason`).
+        pub const HTTP_UNTRACKED: u32 = 11;
     }
+
+    /// `enum net_http_untracked`, in order: why an HTTP connection stopped being followed.
+    pub const HTTP_UNTRACKED_REASONS: [&str; 5] = ["gap", "head", "body", "pipeline", "midstream"];
 
     pub const HTTP_METHODS: usize = 8;
     pub const HTTP_DIRS: usize = 2;
@@ -326,6 +331,8 @@ pub mod net {
         assert!(offset_of!(PeerKey, port) == 18);
         assert!(size_of::<PeerStats>() == 24);
         assert!(size_of::<ErrorKey>() == 8);
+        // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
+        assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
         assert!(size_of::<HttpKey>() == 16);
         assert!(size_of::<HttpPathKey>() == 64);
         assert!(offset_of!(HttpPathKey, path) == 16);

@@ -419,6 +419,16 @@ impl Probe for Net {
             }
         }
 
+        let untracked: Vec<(Labels, u64)> = k::HTTP_UNTRACKED_REASONS
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                (
+                    vec![("reason", r.to_string())],
+                    counter(c::HTTP_UNTRACKED + i as u32),
+                )
+            })
+            .collect();
         let scalars = [
             counter(c::CONN_ACTIVE),
             counter(c::CONN_PASSIVE),
@@ -547,7 +557,7 @@ impl Probe for Net {
         if !ctx.options.net_http {
             http.clear(); // --net-http off: the HTTP families stay empty
         }
-        const REQUESTS_HELP: &str = "HTTP/1.x requests of the target, recognised from request and status lines in read/write/recvfrom/sendto payloads on TCP sockets: direction server (request read) or client (request written), method, status (and path with --http-paths).";
+        const REQUESTS_HELP: &str = "HTTP/1.x requests of the target, followed through its TCP connections with HTTP/1 framing (Content-Length and chunked bodies skipped, pipelined requests paired in order): direction server (request received) or client (request sent), method, status of the answer (and path with --http-paths).";
         const DURATION_HELP: &str =
             "Time from an HTTP/1.x request line to the status line of its answer, per connection.";
         if let Some(budget) = &self.paths {
@@ -635,6 +645,14 @@ impl Probe for Net {
                         h,
                     )
                 }),
+            )?;
+        }
+        if ctx.options.net_http {
+            encode::counter(
+                enc,
+                "ebpf_sidecar_http_untracked_streams",
+                "HTTP/1.x connections of the target the recogniser stopped following (counted once each; their requests from then on are not counted), by reason: gap (bytes of a head or chunk-size line never seen), head (a head not whole in one segment or read, longer than 2048 bytes, or not a request or status line where one was due), body (chunked framing or Transfer-Encoding not followed, bad Content-Length, too many messages in one segment), pipeline (more than 8 requests waiting, an answer without a request), midstream (a request line on a connection already carrying data when first seen).",
+                untracked,
             )?;
         }
         let labels: Labels = vec![];
