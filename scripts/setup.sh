@@ -12,13 +12,15 @@ cd "$(dirname "$0")/.."
 # docker-compose (compose validation), chromium (live page), python3.11/OpenJDK/node and
 # systemtap-sdt-dev (runtime packs and the USDT fixture), openssl (TLS test), tshark (reads the
 # net family's /debug/pcap captures back); the real software the tests run as targets
-# (tests/integration/tests/real_software.rs): nginx, redis and its benchmark, PostgreSQL 15 with
-# pgbench, fio, stress-ng, dnsmasq and dig.
+# (tests/integration/tests/real_software.rs): nginx (+ its echo module: http_framing.rs), redis
+# and its benchmark, PostgreSQL 15 with pgbench, fio, stress-ng, dnsmasq and dig; ethtool (the GSO
+# test's loopback without offloads); xz-utils (unpacks shared/node18-dtrace).
 PACKAGES="clang-19 llvm-19 libbpf-dev linux-libc-dev gcc libc6-dev make pkg-config bpftool bpftrace
   docker.io debootstrap prometheus wrk hyperfine iproute2 util-linux procps curl ca-certificates
   openssl docker-compose python3 python3.11 graphviz chromium systemtap-sdt-dev
   openjdk-17-jdk-headless nodejs tshark
-  nginx-light redis-server redis-tools postgresql-15 fio stress-ng dnsmasq-base dnsutils"
+  nginx-light libnginx-mod-http-echo redis-server redis-tools postgresql-15 fio stress-ng
+  dnsmasq-base dnsutils ethtool xz-utils"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
