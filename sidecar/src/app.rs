@@ -548,8 +548,11 @@ fn spawn_in_cgroup(cmd: &[OsString], cg: &RunCgroup) -> Result<std::process::Chi
     let moved = mover
         .join()
         .map_err(|_| anyhow::anyhow!("cgroup mover panicked"))?;
+    // A failed move makes the child give up with EIO: the move's error is the one to show.
+    if spawned.is_err() || moved.is_err() {
+        moved.with_context(|| format!("moving the command into {}", cg.procs_file().display()))?;
+    }
     let child = spawned.with_context(|| format!("starting {}", prog.to_string_lossy()))?;
-    moved.with_context(|| format!("moving the command into {}", cg.procs_file().display()))?;
     drop(handoff);
     Ok(child)
 }
