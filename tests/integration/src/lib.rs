@@ -127,6 +127,15 @@ pub fn node18_dtrace() -> PathBuf {
     out
 }
 
+/// The python3 interpreter's real path (the workloads are Python scripts run by it).
+pub fn python3() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 not found: apt-get install python3");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -49,15 +49,7 @@ fn nginx_run(tag: &str, extra: &[&str], mode: &str) -> Run {
         std::path::Path::new(ECHO).exists(),
         "{ECHO} not found: apt-get install libnginx-mod-http-echo"
     );
-    let py = String::from_utf8(
-        Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 not found: apt-get install python3")
-            .stdout,
-    )
-    .unwrap();
-    let py = py.trim().to_string();
+    let py = python3();
     assert!(!py.is_empty(), "python3 prints no sys.executable");
     let dir: PathBuf = std::env::temp_dir().join(format!(
         "ebpf-sidecar-http-framing-{tag}-{}",

@@ -462,15 +462,8 @@ fn packet_counters_follow_a_restarted_container() {
 /// under `run --probes net <extra>`; `curls` are curl argument strings against `{url}`. Returns
 /// the metrics at exit.
 fn http_run(tag: &str, curls: &[String], extra: &[&str]) -> Metrics {
-    let py = String::from_utf8(
-        Command::new("python3")
-            .args(["-c", "import sys; print(sys.executable)"])
-            .output()
-            .expect("python3 not found: apt-get install python3")
-            .stdout,
-    )
-    .unwrap();
-    let py = py.trim();
+    let py = python3();
+    let py = py.as_str();
     assert!(
         Command::new("curl").arg("--version").output().is_ok(),
         "curl not found: apt-get install curl"
