@@ -463,7 +463,6 @@ fn packet_counters_follow_a_restarted_container() {
 /// the metrics at exit.
 fn http_run(tag: &str, curls: &[String], extra: &[&str]) -> Metrics {
     let py = python3();
-    let py = py.as_str();
     assert!(
         Command::new("curl").arg("--version").output().is_ok(),
         "curl not found: apt-get install curl"
@@ -483,19 +482,10 @@ fn http_run(tag: &str, curls: &[String], extra: &[&str]) -> Metrics {
         script += &format!("curl {}\n", c.replace("{url}", &url));
     }
     script += "kill $srv; wait $srv; exit 0\n";
-    let out = std::env::temp_dir().join(format!("ebpf-sidecar-net-{tag}.prom"));
-    let st = Command::new(sidecar_bin())
-        .args(["run", "--probes", "net", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .args(extra)
-        .arg("--metrics-out")
-        .arg(&out)
-        .args(["--", "/bin/sh", "-c", &script])
-        .status()
-        .unwrap();
+    let sh = Path::new("/bin/sh");
+    let (m, _) = run_program(&format!("net-{tag}"), "net", extra, sh, &["-c", &script], 0);
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(st.success(), "{st}");
-    Metrics::parse(&std::fs::read_to_string(&out).unwrap())
+    m
 }
 
 #[test]
