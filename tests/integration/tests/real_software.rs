@@ -53,6 +53,16 @@ impl Drop for Proc {
 }
 
 /// `series` of one metric, keyed by the values of `keys`, as integers.
+/// HTTP requests the target answered, by "METHOD STATUS" (the access log's key).
+fn served(m: &Metrics) -> Counts {
+    by_labels(
+        m,
+        "ebpf_sidecar_http_requests_total",
+        &[("direction", "server")],
+        &["method", "status"],
+    )
+}
+
 fn by_labels(m: &Metrics, name: &str, filter: &[(&str, &str)], keys: &[&str]) -> Counts {
     let mut out = Counts::new();
     for (l, v) in m.matching(name, filter) {
@@ -308,12 +318,7 @@ http {{
         m.sum("ebpf_sidecar_tcp_connection_duration_seconds_count", &[]) as u64
     });
     let m = sc.scrape();
-    let http = by_labels(
-        &m,
-        "ebpf_sidecar_http_requests_total",
-        &[("direction", "server")],
-        &["method", "status"],
-    );
+    let http = served(&m);
     let tx = m.sum("ebpf_sidecar_tcp_sent_bytes_total", &[]) as u64;
     let rx = m.sum("ebpf_sidecar_tcp_received_bytes_total", &[]) as u64;
     let passive = m.sum(
@@ -1236,12 +1241,7 @@ fn docker_nginx_beside_the_sidecar_image_neighbour_adds_nothing() {
         std::thread::sleep(Duration::from_millis(100));
         m = scrape();
     }
-    let http = by_labels(
-        &m,
-        "ebpf_sidecar_http_requests_total",
-        &[("direction", "server")],
-        &["method", "status"],
-    );
+    let http = served(&m);
     let tx = m.sum("ebpf_sidecar_tcp_sent_bytes_total", &[]) as u64;
     eprintln!(
         "docker nginx: app {sent} requests, log {truth:?}; neighbour {nb_sent}, log {nb_truth:?}; \
