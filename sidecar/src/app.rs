@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::export::{self, ProbeStatus, Shared, TargetState};
 use crate::probes::{self, Options, Probe};
-use crate::target::{self, Cgroup2Mount, RunCgroup, TargetSpec};
+use crate::monitored::{self, Cgroup2Mount, RunCgroup, TargetSpec};
 
 /// What to monitor, as the user said it.
 #[derive(Clone, Debug)]
@@ -132,7 +132,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         None
     };
 
-    let mount = target::cgroup::cgroup2_mount();
+    let mount = monitored::cgroup::cgroup2_mount();
     let (spec, run_cmd) = match &cfg.choice {
         Choice::Sidecar => (TargetSpec::Sidecar, None),
         Choice::Pid(p) => (TargetSpec::Pid(*p), None),
@@ -162,10 +162,10 @@ pub fn run(cfg: Config) -> Result<i32> {
             None
         }
     };
-    let mut initial = match target::resolve(&spec, mount.as_ref()) {
+    let mut initial = match monitored::resolve(&spec, mount.as_ref()) {
         Ok(Some(t)) => Some(t),
         Ok(None) if matches!(spec, TargetSpec::Pid(_) | TargetSpec::Tree(_)) => {
-            return start(Err(target::TargetError::NoSuchPid(match spec {
+            return start(Err(monitored::TargetError::NoSuchPid(match spec {
                 TargetSpec::Pid(p) | TargetSpec::Tree(p) => p,
                 _ => 0,
             })
@@ -428,7 +428,7 @@ async fn shutdown_signal() {
 fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, every: Duration) {
     loop {
         std::thread::sleep(every);
-        let now = match target::resolve(&spec, mount.as_ref()) {
+        let now = match monitored::resolve(&spec, mount.as_ref()) {
             Ok(t) => t,
             Err(e) => {
                 tracing::debug!("target lookup failed: {e}");
@@ -449,7 +449,7 @@ fn watch(spec: TargetSpec, mount: Option<Cgroup2Mount>, shared: Arc<Shared>, eve
             if before != now {
                 // Same cgroup, new network namespace (or its first process just became
                 // visible): families attached per netns (net --net-mode netns) follow it.
-                let netns = |t: &Option<target::Resolved>| t.as_ref().and_then(|t| t.net_ns);
+                let netns = |t: &Option<monitored::Resolved>| t.as_ref().and_then(|t| t.net_ns);
                 if netns(&before) != netns(&now) {
                     for p in &shared.probes {
                         if let Err(e) = p.on_target(now.as_ref()) {

@@ -9,5 +9,5 @@ pub mod http_path;
 pub mod probes;
 pub mod seccomp;
 pub mod symbolize;
-pub mod target;
+pub mod monitored;
 pub mod usdt;

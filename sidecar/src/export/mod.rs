@@ -15,7 +15,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
 use crate::probes::{EncodeCtx, Options, Probe};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 
 /// A family that was asked for, and whether it runs.
 #[derive(Clone, Debug)]

@@ -34,7 +34,7 @@ use self::rawmap::RawMap;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::EventSink;
 use crate::export::encode::{LabelBudget, Labels, OTHER};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 
 #[derive(Debug, Error)]
 pub enum CustomError {
@@ -215,7 +215,7 @@ pub struct CustomProbe {
     filter_map: bool,
     filter_globals: bool,
     /// The target filter the `const volatile` globals were filled with.
-    globals_for: Option<crate::target::Filter>,
+    globals_for: Option<crate::monitored::Filter>,
 }
 
 /// What `load` hands back: the probe and the capabilities it needs after attaching.
@@ -580,7 +580,7 @@ fn load_with(
         (
             "target_pidns_ino",
             target.and_then(|t| match t.filter {
-                crate::target::Filter::PidNs { ino, .. } => Some(ino),
+                crate::monitored::Filter::PidNs { ino, .. } => Some(ino),
                 _ => t.pid_ns,
             }),
         ),

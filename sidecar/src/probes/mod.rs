@@ -27,7 +27,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 pub use object::{Object, ProbeError, ProgramStats};
 
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 
 /// What a family may look at while encoding.
 pub struct EncodeCtx<'a> {

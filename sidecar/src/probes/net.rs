@@ -29,7 +29,7 @@ use super::object::percpu_counter;
 use super::syscalls::errno_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, Labels, Log2Histogram};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 
 const INGRESS: &str = "net_ingress";
 const EGRESS: &str = "net_egress";

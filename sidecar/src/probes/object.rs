@@ -15,7 +15,7 @@ use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
 use super::dispatch::{Side, SyscallDispatch};
-use crate::target::Filter;
+use crate::monitored::Filter;
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -492,7 +492,7 @@ impl Object {
             }
             self.tree_followed.store(true, Ordering::Release);
         }
-        let members = crate::target::tree::members(root);
+        let members = crate::monitored::tree::members(root);
         let mut ebpf = self.lock();
         let map = ebpf.map_mut(sidecar_ebpf::TREE_MAP).ok_or_else(|| {
             map_err("not in the object (built without sidecar.bpf.h's tree filter)".into())

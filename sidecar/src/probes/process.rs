@@ -11,7 +11,7 @@ use sidecar_ebpf::{CommKey, ExitKey, process_counter as pc};
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, comm_label};
-use crate::target::{Filter, cgroup};
+use crate::monitored::{Filter, cgroup};
 
 pub struct Process {
     obj: Object,

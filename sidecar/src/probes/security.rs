@@ -21,7 +21,7 @@ use super::syscalls::syscall_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::{EventSink, rfc3339_from_monotonic};
 use crate::export::encode::{self, LabelBudget, comm_label};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 
 pub const KINDS: [&str; SEC_KINDS as usize] = [
     "unknown",

@@ -22,7 +22,7 @@ use aya::programs::ProgramFd;
 use sidecar_ebpf::{TLS_EX, TLS_READ, TLS_WRITE};
 
 use super::{Object, Options, ProbeError};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for binaries not attached yet.

@@ -63,15 +63,15 @@ pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapped>> {
 
 /// Pids of the current target (None while there is none), for the scanners that look for
 /// binaries to attach to.
-pub fn pids_of(target: &std::sync::Mutex<Option<crate::target::Resolved>>) -> Option<Vec<u32>> {
+pub fn pids_of(target: &std::sync::Mutex<Option<crate::monitored::Resolved>>) -> Option<Vec<u32>> {
     // Copied out so the lock is not held while the cgroup tree is read.
     let (cgroup_dir, filter) = {
         let t = target.lock().unwrap_or_else(|p| p.into_inner());
         let t = t.as_ref()?;
         (t.cgroup_dir.clone(), t.filter)
     };
-    if let crate::target::Filter::Tree { root } = filter {
-        return Some(crate::target::tree::members(root));
+    if let crate::monitored::Filter::Tree { root } = filter {
+        return Some(crate::monitored::tree::members(root));
     }
     Some(target_pids(cgroup_dir.as_deref()))
 }
@@ -81,7 +81,7 @@ pub fn pids_of(target: &std::sync::Mutex<Option<crate::target::Resolved>>) -> Op
 fn target_pids(cgroup_dir: Option<&Path>) -> Vec<u32> {
     let mut out = Vec::new();
     match cgroup_dir {
-        Some(d) => crate::target::cgroup::for_each_proc(d, &mut |p| out.push(p)),
+        Some(d) => crate::monitored::cgroup::for_each_proc(d, &mut |p| out.push(p)),
         None => {
             let me = std::process::id();
             if let Ok(rd) = std::fs::read_dir("/proc") {

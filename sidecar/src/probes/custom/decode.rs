@@ -30,7 +30,7 @@ impl DecodeCtx {
             kernel: kallsyms.then(crate::symbolize::kallsyms),
             user: Mutex::new(Symbolizer::default()),
             cgroups: Mutex::new((HashMap::new(), None)),
-            cgroup_root: crate::target::cgroup::cgroup2_mount()
+            cgroup_root: crate::monitored::cgroup::cgroup2_mount()
                 .ok()
                 .map(|m| m.mount_point),
             target_pid: Mutex::new(None),

@@ -24,7 +24,7 @@ use sidecar_ebpf::{
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
-use crate::target::Resolved;
+use crate::monitored::Resolved;
 use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, attach::Link, procs};
 
