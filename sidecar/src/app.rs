@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::export::{self, ProbeStatus, Shared, TargetState};
-use crate::probes::{self, Options, Probe};
 use crate::monitored::{self, Cgroup2Mount, RunCgroup, TargetSpec};
+use crate::probes::{self, Options, Probe};
 
 /// What to monitor, as the user said it.
 #[derive(Clone, Debug)]
@@ -21,10 +21,10 @@ pub enum Choice {
     Pid(u32),
     Tree(u32),
     Container(String),
+    /// `run -- CMD` (its --seccomp-out is the syscalls family's, in the options).
     Run {
         cmd: Vec<OsString>,
         metrics_out: Option<PathBuf>,
-        seccomp_out: Option<PathBuf>,
     },
 }
 
@@ -65,21 +65,59 @@ fn start<T>(r: Result<T>) -> Result<T> {
 
 /// Run until stopped (or, for `run`, until the command exits). Returns the process exit status.
 pub fn run(cfg: Config) -> Result<i32> {
-    for p in &cfg.probes {
-        if probes::family(p).is_none() {
-            let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
-            return start(Err(anyhow::anyhow!(
-                "unknown probe family {p:?} in --probes (known: {})",
-                known.join(",")
-            )));
+    let listen = bind(&cfg)?;
+    let families = choose_families(&cfg)?;
+    raise_memlock();
+    let _stats_fd = enable_bpf_stats(cfg.bpf_stats)?;
+    let mut target = resolve_target(&cfg)?;
+    let (loaded, statuses, custom_keeps) = load_families(&cfg, &families.chosen, &target)?;
+    let child = start_command(&mut target)?;
+    // Opened before the capabilities go, in case the path needs them; readers start after.
+    let sink = start(
+        crate::events::EventSink::new(cfg.events_out.as_deref()).with_context(|| {
+            format!(
+                "opening --events-out {}",
+                cfg.events_out
+                    .as_deref()
+                    .unwrap_or_else(|| std::path::Path::new(""))
+                    .display()
+            )
+        }),
+    )?;
+    drop_capabilities(&cfg, &families.chosen, custom_keeps, child.is_some());
+    for p in &loaded {
+        if let Err(e) = p.start_events(sink.clone()) {
+            tracing::error!("starting the event reader of {}: {e}", p.name());
         }
     }
-    let o = &cfg.options;
-    if (o.bash_readline || o.tls_plaintext) && !cfg.probes.iter().any(|p| p == "security") {
-        return start(Err(anyhow::anyhow!(
-            "--capture-bash-readline and --tls-* are part of the security family: add security to --probes"
-        )));
-    }
+    let mut statuses_all = families.skipped;
+    statuses_all.extend(statuses);
+    let shared = Arc::new(Shared {
+        events: sink,
+        probes: loaded,
+        statuses: statuses_all,
+        target: RwLock::new(TargetState {
+            mode: target.spec.mode(),
+            generation: u64::from(target.initial.is_some()),
+            current: target.initial.clone(),
+        }),
+        options: cfg.options.clone(),
+        bpf_stats: cfg.bpf_stats,
+        extra_labels: cfg.extra_labels.clone(),
+        started: Instant::now(),
+    });
+    serve(&cfg, listen, shared, target, child)
+}
+
+/// The listening socket and the web configuration (TLS, basic auth), checked before anything
+/// is loaded.
+struct Listen {
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    auth: Option<export::web::BasicAuth>,
+}
+
+fn bind(cfg: &Config) -> Result<Listen> {
     let listener = start(std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "cannot listen on {} (is another program using that port? choose one with --listen)",
@@ -97,19 +135,44 @@ pub fn run(cfg: Config) -> Result<i32> {
         }
         None => (None, None),
     };
-    let mut families: Vec<&probes::Family> = cfg
+    Ok(Listen {
+        listener,
+        tls,
+        auth,
+    })
+}
+
+struct Chosen {
+    /// In FAMILIES' order.
+    chosen: Vec<&'static probes::Family>,
+    /// Default families left out for a missing capability.
+    skipped: Vec<ProbeStatus>,
+}
+
+/// The families to load: known names only, in FAMILIES' order whatever the order of --probes
+/// (syscalls loads before security and net, whose syscall handlers go into its programs when it
+/// offers them: probes::dispatch). A default family that needs a capability the user did not
+/// grant is skipped (and reported); one the user asked for by name makes the start fail with
+/// the flag to add.
+fn choose_families(cfg: &Config) -> Result<Chosen> {
+    for p in &cfg.probes {
+        if probes::family(p).is_none() {
+            let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
+            return start(Err(anyhow::anyhow!(
+                "unknown probe family {p:?} in --probes (known: {})",
+                known.join(",")
+            )));
+        }
+    }
+    let mut chosen: Vec<&probes::Family> = cfg
         .probes
         .iter()
         .filter_map(|p| probes::family(p))
         .collect();
-    // In FAMILIES' order whatever the order of --probes: syscalls loads before security and net,
-    // whose syscall handlers go into its programs when it offers them (probes::dispatch).
-    families.sort_by_key(|f| probes::FAMILIES.iter().position(|g| g.name == f.name));
-    // A default family that needs a capability the user did not grant is skipped (and reported);
-    // one the user asked for by name makes the start fail with the flag to add.
+    chosen.sort_by_key(|f| probes::FAMILIES.iter().position(|g| g.name == f.name));
     let mut skipped: Vec<ProbeStatus> = Vec::new();
     if !cfg.probes_explicit {
-        families.retain(|f| match crate::caps::missing_for(f) {
+        chosen.retain(|f| match crate::caps::missing_for(f.needs) {
             Some(why) => {
                 tracing::warn!(probe = f.name, "probe skipped: {why}");
                 skipped.push(ProbeStatus {
@@ -121,28 +184,39 @@ pub fn run(cfg: Config) -> Result<i32> {
             None => true,
         });
     }
-    start(crate::caps::check(&families, cfg.bpf_stats).map_err(anyhow::Error::from))?;
-    raise_memlock();
-    let _stats_fd = if cfg.bpf_stats {
-        Some(start(
-            aya::sys::enable_stats(aya::sys::Stats::RunTime)
-                .context("enabling bpf_stats (BPF_ENABLE_STATS)"),
-        )?)
-    } else {
-        None
-    };
+    let needs: Vec<crate::caps::Needs<'_>> = chosen.iter().map(|f| (f.name, f.needs)).collect();
+    start(crate::caps::check(&needs, cfg.bpf_stats).map_err(anyhow::Error::from))?;
+    Ok(Chosen { chosen, skipped })
+}
 
+fn enable_bpf_stats(on: bool) -> Result<Option<std::os::fd::OwnedFd>> {
+    if !on {
+        return Ok(None);
+    }
+    Ok(Some(start(
+        aya::sys::enable_stats(aya::sys::Stats::RunTime)
+            .context("enabling bpf_stats (BPF_ENABLE_STATS)"),
+    )?))
+}
+
+/// What is monitored: how it was named, where cgroup v2 is, what it is now, and for `run` the
+/// command still to start.
+struct Target {
+    spec: TargetSpec,
+    mount: Option<Cgroup2Mount>,
+    initial: Option<monitored::Resolved>,
+    /// `run`: the command and --metrics-out.
+    run_cmd: Option<(Vec<OsString>, Option<PathBuf>)>,
+}
+
+fn resolve_target(cfg: &Config) -> Result<Target> {
     let mount = monitored::cgroup::cgroup2_mount();
     let (spec, run_cmd) = match &cfg.choice {
         Choice::Sidecar => (TargetSpec::Sidecar, None),
         Choice::Pid(p) => (TargetSpec::Pid(*p), None),
         Choice::Tree(p) => (TargetSpec::Tree(*p), None),
         Choice::Container(c) => (TargetSpec::Container(c.clone()), None),
-        Choice::Run {
-            cmd,
-            metrics_out,
-            seccomp_out,
-        } => {
+        Choice::Run { cmd, metrics_out } => {
             let m = start(
                 mount
                     .as_ref()
@@ -151,7 +225,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             let cg = start(RunCgroup::create(m).map_err(anyhow::Error::from))?;
             (
                 TargetSpec::Run(Arc::new(cg)),
-                Some((cmd.clone(), metrics_out.clone(), seccomp_out.clone())),
+                Some((cmd.clone(), metrics_out.clone())),
             )
         }
     };
@@ -162,7 +236,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             None
         }
     };
-    let mut initial = match monitored::resolve(&spec, mount.as_ref()) {
+    let initial = match monitored::resolve(&spec, mount.as_ref()) {
         Ok(Some(t)) => Some(t),
         Ok(None) if matches!(spec, TargetSpec::Pid(_) | TargetSpec::Tree(_)) => {
             return start(Err(monitored::TargetError::NoSuchPid(match spec {
@@ -198,95 +272,96 @@ pub fn run(cfg: Config) -> Result<i32> {
             "target resolved"
         );
     }
+    Ok(Target {
+        spec,
+        mount,
+        initial,
+        run_cmd,
+    })
+}
 
+/// Load the chosen families and the user's probes; one that fails is reported and skipped, never
+/// fatal. Then every loaded one points its kernel filter at the target.
+fn load_families(
+    cfg: &Config,
+    families: &[&probes::Family],
+    target: &Target,
+) -> Result<(Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>)> {
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
-    let mut statuses = skipped;
-    for fam in &families {
+    let mut statuses = Vec::new();
+    let mut report = |name: &'static str, t0: Instant, r: Result<(), String>| match r {
+        Ok(()) => {
+            tracing::info!(
+                probe = name,
+                elapsed_ms = t0.elapsed().as_millis() as u64,
+                "probe attached"
+            );
+            statuses.push(ProbeStatus { name, error: None });
+        }
+        Err(e) => {
+            tracing::error!(probe = name, "probe skipped: {e}");
+            statuses.push(ProbeStatus {
+                name,
+                error: Some(e),
+            });
+        }
+    };
+    for fam in families {
         let t0 = Instant::now();
         match (fam.load)(&cfg.options) {
             Ok(p) => {
-                tracing::info!(
-                    probe = fam.name,
-                    elapsed_ms = t0.elapsed().as_millis() as u64,
-                    "probe attached"
-                );
-                statuses.push(ProbeStatus {
-                    name: fam.name,
-                    error: None,
-                });
+                report(fam.name, t0, Ok(()));
                 loaded.push(p);
             }
-            Err(e) => {
-                tracing::error!(probe = fam.name, "probe skipped: {e}");
-                statuses.push(ProbeStatus {
-                    name: fam.name,
-                    error: Some(e.to_string()),
-                });
-            }
+            Err(e) => report(fam.name, t0, Err(e.to_string())),
         }
     }
-    // User probes: one that fails is reported like a family that fails, never fatal.
     let mut custom_keeps = Vec::new();
     for spec in &cfg.custom {
         let t0 = Instant::now();
-        match probes::custom::load(spec, &cfg.options, initial.as_ref()) {
+        match probes::custom::load(spec, &cfg.options, target.initial.as_ref()) {
             Ok(l) => {
-                tracing::info!(
-                    probe = l.probe.name(),
-                    elapsed_ms = t0.elapsed().as_millis() as u64,
-                    "probe attached"
-                );
-                statuses.push(ProbeStatus {
-                    name: l.probe.name(),
-                    error: None,
-                });
+                report(l.probe.name(), t0, Ok(()));
                 custom_keeps.extend(l.keeps);
                 loaded.push(l.probe);
             }
             Err((name, e)) => {
                 let name: &'static str = Box::leak(format!("custom:{name}").into_boxed_str());
-                tracing::error!(probe = name, "probe skipped: {e}");
-                statuses.push(ProbeStatus {
-                    name,
-                    error: Some(e.to_string()),
-                });
+                report(name, t0, Err(e.to_string()));
             }
         }
     }
-    // Each family points its kernel filter at the target (and attaches per-cgroup programs).
     for p in &loaded {
-        start(p.on_target(initial.as_ref()).map_err(anyhow::Error::from))?;
+        start(
+            p.on_target(target.initial.as_ref())
+                .map_err(anyhow::Error::from),
+        )?;
     }
+    Ok((loaded, statuses, custom_keeps))
+}
 
-    // The command starts only now, with every probe attached, so nothing it does is missed.
-    let child = match &run_cmd {
-        Some((cmd, _, _)) => {
-            let TargetSpec::Run(cg) = &spec else {
-                unreachable!()
-            };
-            let child = start(spawn_in_cgroup(cmd, cg))?;
-            if let Some(t) = initial.as_mut() {
-                t.pid = Some(child.id());
-            }
-            Some(child)
-        }
-        None => None,
+/// `run`: start the command only now, with every probe attached, so nothing it does is missed.
+fn start_command(target: &mut Target) -> Result<Option<std::process::Child>> {
+    let (Some((cmd, _)), TargetSpec::Run(cg)) = (&target.run_cmd, &target.spec) else {
+        return Ok(None);
     };
+    let child = start(spawn_in_cgroup(cmd, cg))?;
+    if let Some(t) = target.initial.as_mut() {
+        t.pid = Some(child.id());
+    }
+    Ok(Some(child))
+}
 
-    // Opened before the capabilities go, in case the path needs them; readers start after.
-    let sink = start(
-        crate::events::EventSink::new(cfg.events_out.as_deref()).with_context(|| {
-            format!(
-                "opening --events-out {}",
-                cfg.events_out
-                    .as_deref()
-                    .unwrap_or_else(|| std::path::Path::new(""))
-                    .display()
-            )
-        }),
-    )?;
+/// Keep only what the rest of the run needs: what the families keep (re-attaching when the
+/// target restarts), and for `run` removing its cgroup at the end.
+fn drop_capabilities(
+    cfg: &Config,
+    families: &[&probes::Family],
+    custom_keeps: Vec<caps::Capability>,
+    run: bool,
+) {
     let mut keep = crate::caps::needed_after_attach();
-    for f in &families {
+    for f in families {
         keep.extend(f.keeps.iter().copied());
     }
     keep.extend(custom_keeps);
@@ -298,41 +373,34 @@ pub fn run(cfg: Config) -> Result<i32> {
         keep.insert(caps::Capability::CAP_SYS_ADMIN);
         keep.insert(caps::Capability::CAP_SYS_PTRACE);
     }
-    if child.is_some() {
+    if run {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);
     }
     if let Err(e) = crate::caps::drop_all_except(&keep) {
         tracing::warn!("could not drop capabilities: {e}");
     }
+}
 
-    for p in &loaded {
-        if let Err(e) = p.start_events(sink.clone()) {
-            tracing::error!("starting the event reader of {}: {e}", p.name());
-        }
-    }
-
-    let shared = Arc::new(Shared {
-        events: sink,
-        probes: loaded,
-        statuses,
-        target: RwLock::new(TargetState {
-            mode: spec.mode(),
-            generation: u64::from(initial.is_some()),
-            current: initial,
-        }),
-        options: cfg.options.clone(),
-        bpf_stats: cfg.bpf_stats,
-        extra_labels: cfg.extra_labels.clone(),
-        started: Instant::now(),
-    });
+/// Serve until stopped; for `run`, until the command exits, then write its outputs.
+fn serve(
+    cfg: &Config,
+    listen: Listen,
+    shared: Arc<Shared>,
+    target: Target,
+    child: Option<std::process::Child>,
+) -> Result<i32> {
     let registry = Arc::new(export::registry(shared.clone()));
-
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(4)
         .enable_all()
         .build()?;
+    let Listen {
+        listener,
+        tls,
+        auth,
+    } = listen;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let scheme = if tls.is_some() { "https" } else { "http" };
@@ -349,26 +417,8 @@ pub fn run(cfg: Config) -> Result<i32> {
             }
         });
 
-        if let (Some(mut child), Some((_, metrics_out, seccomp_out))) = (child, run_cmd) {
-            // SIGTERM/SIGINT go to the command (as if we were not there); we exit with it, so
-            // --metrics-out is still written and the command is never left orphaned.
-            use tokio::signal::unix::{SignalKind, signal};
-            let pid = child.id() as libc::pid_t;
-            let mut term = signal(SignalKind::terminate())?;
-            let mut int = signal(SignalKind::interrupt())?;
-            let mut wait = tokio::task::spawn_blocking(move || child.wait());
-            let status = loop {
-                let sig = tokio::select! {
-                    r = &mut wait => break r??,
-                    _ = term.recv() => libc::SIGTERM,
-                    _ = int.recv() => libc::SIGINT,
-                };
-                // SAFETY: signalling our own child, which is not reaped before `wait` returns.
-                unsafe { libc::kill(pid, sig) };
-            };
-            let code = status
-                .code()
-                .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+        if let (Some(child), Some((_, metrics_out))) = (child, target.run_cmd) {
+            let code = wait_command(child).await?;
             for p in &shared.probes {
                 p.flush_events();
             }
@@ -378,27 +428,21 @@ pub fn run(cfg: Config) -> Result<i32> {
             if let Some(path) = metrics_out {
                 let (_, text) = export::render(&registry, None)
                     .map_err(|_| anyhow::anyhow!("encoding metrics"))?;
-                write_atomically(&path, text.as_bytes())
+                crate::output::write_atomically(&path, text.as_bytes())
                     .with_context(|| format!("writing --metrics-out {}", path.display()))?;
             }
-            if let Some(path) = seccomp_out {
-                let observed = shared.probes.iter().find_map(|p| p.observed_syscalls());
-                let Some(observed) = observed else {
-                    anyhow::bail!("--seccomp-out needs the syscalls probe family");
-                };
-                let body = format!("{:#}\n", crate::seccomp::profile(&observed, true));
-                write_atomically(&path, body.as_bytes())
-                    .with_context(|| format!("writing --seccomp-out {}", path.display()))?;
+            for p in &shared.probes {
+                p.finish()?;
             }
             server.abort();
             return Ok(code);
         }
 
         // A tree is followed in the kernel (fork/free), whatever its root does.
-        if !matches!(spec, TargetSpec::Run(_) | TargetSpec::Tree(_)) {
+        if !matches!(target.spec, TargetSpec::Run(_) | TargetSpec::Tree(_)) {
             let (spec, mount, shared, every) = (
-                spec.clone(),
-                mount.clone(),
+                target.spec.clone(),
+                target.mount.clone(),
                 shared.clone(),
                 cfg.resolve_interval,
             );
@@ -412,6 +456,28 @@ pub fn run(cfg: Config) -> Result<i32> {
         }
         Ok(0)
     })
+}
+
+/// Wait for `run`'s command. SIGTERM/SIGINT go to it (as if we were not there); we exit with it,
+/// so --metrics-out is still written and the command is never left orphaned.
+async fn wait_command(mut child: std::process::Child) -> Result<i32> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let pid = child.id() as libc::pid_t;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut wait = tokio::task::spawn_blocking(move || child.wait());
+    let status = loop {
+        let sig = tokio::select! {
+            r = &mut wait => break r??,
+            _ = term.recv() => libc::SIGTERM,
+            _ = int.recv() => libc::SIGINT,
+        };
+        // SAFETY: signalling our own child, which is not reaped before `wait` returns.
+        unsafe { libc::kill(pid, sig) };
+    };
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
 async fn shutdown_signal() {
@@ -585,14 +651,6 @@ impl Drop for Handoff {
         // SAFETY: the mapping made in new(), unmapped once.
         unsafe { libc::munmap(self.0, 4096) };
     }
-}
-
-fn write_atomically(path: &std::path::Path, data: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    f.sync_all()?;
-    std::fs::rename(tmp, path)
 }
 
 fn raise_memlock() {

@@ -45,10 +45,13 @@ fn describe(set: &CapsHashSet) -> String {
     }
 }
 
-/// The first extra capability `family` needs and this process lacks, as a Docker flag hint.
-pub fn missing_for(family: &crate::probes::Family) -> Option<String> {
+/// A probe family's name and the capabilities it needs beyond loading tracing programs.
+pub type Needs<'a> = (&'static str, &'a [Capability]);
+
+/// The first capability of `needs` this process lacks, as a Docker flag hint.
+pub fn missing_for(needs: &[Capability]) -> Option<String> {
     let eff = effective().ok()?;
-    family.needs.iter().find(|c| !eff.contains(c)).map(|c| {
+    needs.iter().find(|c| !eff.contains(c)).map(|c| {
         format!(
             "missing {c} (--cap-add {})",
             c.to_string().trim_start_matches("CAP_")
@@ -57,7 +60,7 @@ pub fn missing_for(family: &crate::probes::Family) -> Option<String> {
 }
 
 /// Fail early, naming the capability and the flag, when probes could not load.
-pub fn check(families: &[&crate::probes::Family], bpf_stats: bool) -> Result<(), CapsError> {
+pub fn check(families: &[Needs<'_>], bpf_stats: bool) -> Result<(), CapsError> {
     let eff = effective()?;
     let load_probes = !families.is_empty();
     let has = |c| eff.contains(&c);
@@ -77,11 +80,11 @@ pub fn check(families: &[&crate::probes::Family], bpf_stats: bool) -> Result<(),
             });
         }
     }
-    for f in families {
-        if let Some(cap) = f.needs.iter().find(|c| !has(**c)) {
+    for (family, needs) in families {
+        if let Some(cap) = needs.iter().find(|c| !has(**c)) {
             let name = cap.to_string();
             return Err(CapsError::Family {
-                family: f.name,
+                family,
                 flag: name.trim_start_matches("CAP_").to_string(),
                 cap: name,
                 effective: describe(&eff),

@@ -102,6 +102,88 @@ pub fn rfc3339(unix_ns: i128) -> String {
     )
 }
 
+/// GET /events: every event as it happens, one JSON object per line (`?kind=a,b` keeps only
+/// those kinds), until the client goes away.
+pub fn router(sink: EventSink) -> axum::Router {
+    axum::Router::new().route(
+        "/events",
+        axum::routing::get(move |q| stream(sink.clone(), q)),
+    )
+}
+
+#[derive(serde::Deserialize)]
+struct EventsQuery {
+    /// Comma-separated kinds to keep (all when absent).
+    kind: Option<String>,
+}
+
+/// Events as they happen, one JSON object per line, until the client goes away.
+async fn stream(
+    sink: EventSink,
+    axum::extract::Query(q): axum::extract::Query<EventsQuery>,
+) -> axum::response::Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let kinds: Option<Vec<String>> = q.kind.map(|k| {
+        k.split(',')
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .collect()
+    });
+    let rx = sink.subscribe();
+    let keep = |kinds: &Option<Vec<String>>, line: &str| {
+        kinds.as_ref().is_none_or(|ks| {
+            ks.iter()
+                .any(|k| line.contains(&format!("\"kind\":\"{k}\"")))
+        })
+    };
+    let stream = futures_util::stream::unfold((rx, kinds), move |(mut rx, kinds)| async move {
+        let mut chunk = String::new();
+        loop {
+            // Wait for one line, then take whatever else is already there: events arrive in
+            // batches, and one write per batch costs far less than one per line.
+            let next = if chunk.is_empty() {
+                rx.recv().await
+            } else {
+                match rx.try_recv() {
+                    Ok(l) => Ok(l),
+                    Err(tokio::sync::broadcast::error::TryRecvError::Lagged(n)) => {
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n))
+                    }
+                    Err(_) => break,
+                }
+            };
+            match next {
+                Ok(line) => {
+                    if keep(&kinds, &line) {
+                        chunk.push_str(&line);
+                        chunk.push('\n');
+                    }
+                    if chunk.len() >= 256 * 1024 {
+                        break;
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                    chunk.push_str(&format!("{{\"kind\":\"lagged\",\"missed\":{n}}}\n"));
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) if chunk.is_empty() => {
+                    return None;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            }
+        }
+        Some((
+            Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+            (rx, kinds),
+        ))
+    });
+    (
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

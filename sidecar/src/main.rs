@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
-use sidecar::probes::{DEFAULT_FAMILIES, FAMILIES, Options};
+use sidecar::probes::{DEFAULT_FAMILIES, FAMILIES, Options, Setup};
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
@@ -71,69 +71,19 @@ struct Cli {
     #[arg(long, value_name = "N", default_value_t = 20, global = true)]
     top_n: usize,
 
-    /// Label the syscall latency histogram by syscall (more series).
-    #[arg(long, global = true)]
-    per_syscall_histograms: bool,
-
-    /// Measure each syscall's latency (ebpf_sidecar_syscall_seconds_total and the duration
-    /// histogram). `off` only counts calls and errors: one program per syscall instead of two
-    /// and no clock reads, about 40% of the added time per syscall.
-    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
-    syscall_latency: String,
-
-    /// Path prefix whose opening for write is a security event (repeatable; replaces the
-    /// defaults /etc/passwd, /etc/shadow, /etc/group, /etc/sudoers, /root/.ssh/, /etc/ssh/,
-    /// /etc/ld.so.preload). At most 16, 64 bytes each.
-    #[arg(long = "sensitive-path", value_name = "PREFIX", global = true)]
-    sensitive_paths: Vec<String>,
-
-    /// Append every event (security family) as NDJSON to FILE, as GET /events streams them.
+    /// Append every event (security, net --net-events, runtimes, custom probes) as NDJSON to FILE, as GET /events streams them.
     #[arg(long, value_name = "FILE", global = true)]
     events_out: Option<PathBuf>,
-
-    /// Profiler sampling frequency, per CPU.
-    #[arg(long, value_name = "HZ", default_value_t = 49, value_parser = clap::value_parser!(u64).range(1..=10000), global = true)]
-    profile_hz: u64,
-
-    /// Do not run the sampling profiler (same as leaving `profile` out of --probes).
-    #[arg(long, global = true)]
-    no_profile: bool,
 
     /// Prometheus exporter-toolkit web configuration: `tls_server_config` (cert_file, key_file)
     /// and `basic_auth_users` (user: bcrypt hash). Same file format Prometheus's exporters use.
     #[arg(long = "web.config.file", value_name = "FILE", global = true)]
     web_config: Option<PathBuf>,
-    /// net family: recognise HTTP/1.x requests and answers (ebpf_sidecar_http_*). `on` (=
-    /// `packets`) reads the start of the target's TCP segments in the packet programs, at no cost
-    /// per syscall; `syscalls` reads read/write payloads instead (for targets filtered by pid
-    /// namespace, which have no cgroup for packet programs; one more program on every syscall of
-    /// the host); `off` does neither.
-    #[arg(long, value_name = "on|packets|syscalls|off", default_value = "on", value_parser = ["on", "packets", "syscalls", "off"], global = true)]
-    net_http: String,
+
     /// Label HTTP metrics (net and runtimes) with the request path, normalised (ids and numbers
     /// become `:id`, query strings dropped) and bounded by --top-n.
     #[arg(long, global = true)]
     http_paths: bool,
-    /// runtimes: count function calls by module:function
-    /// (ebpf_sidecar_runtime_function_calls_total). Costly: a probe fires on every call.
-    /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
-    #[arg(long, global = true)]
-    runtime_calls: bool,
-    /// net: where packets are counted (and DNS parsed, and captured). `cgroup`: cgroup_skb on
-    /// the target's cgroup (its own sockets). `netns`: tc on every interface of the target's
-    /// network namespace (all its traffic, other processes sharing it included); needs
-    /// CAP_SYS_ADMIN and CAP_NET_ADMIN.
-    #[arg(long, value_name = "cgroup|netns", default_value = "cgroup", value_parser = ["cgroup", "netns"], global = true)]
-    net_mode: String,
-    /// net: serve GET /debug/pcap?seconds=N&snaplen=S (packet captures; payloads leave the
-    /// kernel, so it is off unless given).
-    #[arg(long, global = true)]
-    allow_pcap: bool,
-    /// net: TCP connect/accept/close events (pid, comm, addresses, bytes, duration) on
-    /// /events (kinds tcp_connect, tcp_accept, tcp_close) and --events-out.
-    #[arg(long, global = true)]
-    net_events: bool,
-
     /// A user's CO-RE BPF object (clang -target bpf -g) to load next to the built-in probes;
     /// repeatable, paired in order with --probe-config (docs/families/custom.md).
     #[arg(long = "probe-file", value_name = "FILE.bpf.o", global = true)]
@@ -143,34 +93,6 @@ struct Cli {
     /// maps → metrics, ring buffers → events.
     #[arg(long = "probe-config", value_name = "FILE.yaml", global = true)]
     probe_configs: Vec<PathBuf>,
-
-    /// SENSITIVE, opt-in (security family): capture every line bash reads in the target
-    /// (uretprobe on readline) as `bash_readline` events on /events, 256 bytes max per line.
-    /// Typed passwords and secrets are captured too: see README, Security.
-    #[arg(long, global = true)]
-    capture_bash_readline: bool,
-    /// SENSITIVE, opt-in (security family): count the plaintext bytes the target reads and writes
-    /// through OpenSSL's libssl (uprobes on SSL_read/SSL_write and their _ex variants):
-    /// ebpf_sidecar_tls_plaintext_bytes_total{direction,comm}.
-    #[arg(long, global = true)]
-    tls_plaintext: bool,
-    /// SENSITIVE, opt-in (implies --tls-plaintext): the first --tls-sample-bytes of every TLS
-    /// read/write as `tls_sample` events, redacted to the HTTP/1.x shape (request/status line,
-    /// header names) unless --tls-samples-raw.
-    #[arg(long, global = true)]
-    tls_samples: bool,
-    /// Bytes copied per TLS sample (1-256).
-    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
-    tls_sample_bytes: u32,
-    /// DANGEROUS (implies --tls-samples): serve TLS samples unredacted, decrypted payload
-    /// (passwords, tokens, bodies) included.
-    #[arg(long, global = true)]
-    tls_samples_raw: bool,
-    /// runtimes: USDT metrics declared in a YAML file (counters by argument, histograms of
-    /// begin/end pairs or of an argument), exported as ebpf_sidecar_usdt_<name>. Loads the
-    /// runtimes family.
-    #[arg(long, value_name = "FILE", global = true)]
-    config: Option<PathBuf>,
 
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
@@ -216,8 +138,12 @@ enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
-    /// List the probe families.
-    Probes,
+    /// List the probe families; with --metrics, every metric of every family, one line each:
+    /// `family name type labels help`.
+    Probes {
+        #[arg(long)]
+        metrics: bool,
+    },
     /// Custom probes: the headers a user probe is built with.
     Custom {
         #[command(subcommand)]
@@ -299,7 +225,9 @@ fn extra_labels(
 }
 
 fn main() {
-    let cli = Cli::parse();
+    // Every family adds its own flags (global, so they are accepted after `run` too).
+    let matches = sidecar::probes::add_args(Cli::command()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("error: --log {:?}: {e}", cli.log);
         std::process::exit(2)
@@ -309,10 +237,17 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
+    let mut options = Options::default();
     let choice = match cli.command {
-        Some(Command::Probes) => {
+        Some(Command::Probes { metrics: false }) => {
             for f in FAMILIES {
                 println!("{:<10} {}", f.name, f.about);
+            }
+            return;
+        }
+        Some(Command::Probes { metrics: true }) => {
+            for line in sidecar::export::metric_lines() {
+                println!("{line}");
             }
             return;
         }
@@ -374,19 +309,8 @@ fn main() {
                 );
                 std::process::exit(2);
             }
-            if cli.net_mode == "netns" {
-                // CMD would share the sidecar's network namespace: tc there counts every
-                // process's traffic as the target's.
-                eprintln!(
-                    "error: --net-mode netns watches a container's or pod's own network namespace, and run starts CMD in this one (shared with every other process here); use run with the default --net-mode cgroup, or --net-mode netns with --target-container/--target-pid or as a sidecar"
-                );
-                std::process::exit(2);
-            }
-            Choice::Run {
-                cmd,
-                metrics_out,
-                seccomp_out,
-            }
+            options.seccomp_out = seccomp_out;
+            Choice::Run { cmd, metrics_out }
         }
         None => match (cli.target_pid, cli.target_tree, cli.target_container) {
             (Some(p), _, _) => Choice::Pid(p),
@@ -413,25 +337,28 @@ fn main() {
         .zip(cli.probe_configs)
         .map(|(object, config)| sidecar::probes::custom::Spec { object, config })
         .collect();
-    let run_program = match &choice {
+    let run = matches!(choice, Choice::Run { .. });
+    options.run_program = match &choice {
         Choice::Run { cmd, .. } => cmd.first().map(PathBuf::from),
         _ => None,
     };
-    if let Some(path) = &cli.config
-        && let Err(e) = sidecar::usdt::config::load(path)
-    {
-        eprintln!("error: --config {e}");
-        std::process::exit(2);
-    }
+    options.top_n = cli.top_n;
+    options.http_paths = cli.http_paths;
     let probes_explicit = cli.probes.is_some();
     let mut probes: Vec<String> = cli
         .probes
         .unwrap_or_else(|| DEFAULT_FAMILIES.split(',').map(str::to_string).collect())
         .into_iter()
-        .filter(|p| !(p.is_empty() || cli.no_profile && p == "profile"))
+        .filter(|p| !p.is_empty())
         .collect();
-    if cli.config.is_some() && !probes.iter().any(|p| p == "runtimes") {
-        probes.push("runtimes".into());
+    let mut setup = Setup {
+        options: &mut options,
+        probes: &mut probes,
+        run,
+    };
+    if let Err(e) = sidecar::probes::configure_all(&matches, &mut setup) {
+        eprintln!("error: {e}");
+        std::process::exit(2);
     }
     let cfg = Config {
         choice,
@@ -439,35 +366,7 @@ fn main() {
         probes_explicit,
         probes,
         bpf_stats: cli.bpf_stats,
-        options: Options {
-            top_n: cli.top_n,
-            per_syscall_histograms: cli.per_syscall_histograms,
-            syscall_latency: cli.syscall_latency == "on",
-            sensitive_paths: cli.sensitive_paths,
-            profile_hz: cli.profile_hz,
-            net_http: cli.net_http != "off",
-            net_http_syscalls: cli.net_http == "syscalls",
-            http_paths: cli.http_paths,
-            runtime_calls: cli.runtime_calls,
-            run_program,
-            net_mode: if cli.net_mode == "netns" {
-                sidecar::probes::net_pkt::NetMode::Netns
-            } else {
-                sidecar::probes::net_pkt::NetMode::Cgroup
-            },
-            allow_pcap: cli.allow_pcap,
-            net_events: cli.net_events,
-            bash_readline: cli.capture_bash_readline,
-            tls_plaintext: cli.tls_plaintext || cli.tls_samples || cli.tls_samples_raw,
-            tls_sample_bytes: if cli.tls_samples || cli.tls_samples_raw {
-                cli.tls_sample_bytes
-            } else {
-                0
-            },
-            tls_samples_raw: cli.tls_samples_raw,
-            usdt_config: cli.config,
-            syscall_dispatch: Default::default(),
-        },
+        options,
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),
         events_out: cli.events_out,

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::probes::syscalls::syscall_name;
+use crate::tables::syscall_name;
 
 /// Syscalls the container runtime (runc, crun) makes between installing the profile and
 /// exec'ing the app, plus what every dynamically linked program needs before main(). A profile of
@@ -208,7 +208,7 @@ mod tests {
 
     #[test]
     fn lists_are_real_syscalls() {
-        use crate::probes::tables::SYSCALLS;
+        use crate::tables::SYSCALLS;
         for n in RUNTIME_BASELINE.iter().chain(RISKY) {
             assert!(
                 SYSCALLS.iter().any(|(_, s)| s == n),

@@ -1,8 +1,6 @@
 //! Prometheus exposition: one collector that reads every probe's maps at scrape time, plus the
 //! sidecar's own metrics, served over HTTP.
 
-pub mod encode;
-pub mod pprof;
 pub mod server;
 pub mod web;
 
@@ -14,8 +12,9 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use crate::probes::{EncodeCtx, Options, Probe};
+use crate::metrics::{self, Metric};
 use crate::monitored::Resolved;
+use crate::probes::{EncodeCtx, Options, Probe};
 
 /// A family that was asked for, and whether it runs.
 #[derive(Clone, Debug)]
@@ -55,17 +54,123 @@ impl fmt::Debug for Shared {
     }
 }
 
+pub const BUILD: Metric = Metric::info("ebpf_sidecar_build", "Build of the running sidecar.")
+    .labels(&["version", "rustc"]);
+pub const TARGET: Metric = Metric::info("ebpf_sidecar_target", "The monitored target.").labels(&[
+    "mode",
+    "filter?",
+    "cgroup_path?",
+    "cgroup_id?",
+    "pid?",
+    "pid_ns?",
+    "net_ns?",
+    "mnt_ns?",
+    "container_id?",
+    "container_name?",
+    "image?",
+]);
+pub const TARGET_UP: Metric = Metric::gauge(
+    "ebpf_sidecar_target_up",
+    "1 while the target exists and is being counted, 0 while it is gone.",
+);
+pub const SECCOMP_MODE: Metric = Metric::gauge(
+    "ebpf_sidecar_target_seccomp_mode",
+    "Seccomp mode of the target's main process: 0 disabled, 1 strict, 2 filter (/proc/<pid>/status).",
+);
+pub const NO_NEW_PRIVS: Metric = Metric::gauge(
+    "ebpf_sidecar_target_no_new_privs",
+    "1 when the target's main process runs with no_new_privs.",
+);
+pub const CAPABILITIES: Metric = Metric::gauge(
+    "ebpf_sidecar_target_capabilities",
+    "Capability sets of the target's main process as bitmasks (bit n = capability n, see capabilities(7)).",
+)
+.labels(&["set"]);
+pub const ACQUISITIONS: Metric = Metric::counter(
+    "ebpf_sidecar_target_acquisitions",
+    "Times the target was found (1 at start; +1 each time it came back, e.g. a restarted container).",
+);
+pub const PROBE_UP: Metric = Metric::gauge(
+    "ebpf_sidecar_probe_up",
+    "1 when the probe family is loaded and attached and its maps were read at this scrape, 0 when it failed (see the log for why).",
+)
+.labels(&["probe"]);
+pub const EVENTS_LOST: Metric = Metric::counter(
+    "ebpf_sidecar_events_lost",
+    "Events the kernel side could not record (full tables, ring buffer overruns), by probe family.",
+)
+.labels(&["probe"]);
+pub const MAP_READ_ERRORS: Metric = Metric::counter(
+    "ebpf_sidecar_map_read_errors",
+    "Reads of a BPF map that failed (missing map, wrong type or layout, unreadable entry): the metrics from that map are missing or short. Logged once per map.",
+)
+.labels(&["family", "map"]);
+pub const PROGRAM_RUN_SECONDS: Metric = Metric::counter(
+    "ebpf_sidecar_bpf_program_run_seconds",
+    "Time the kernel spent running each BPF program (bpf_stats, all CPUs).",
+)
+.labels(&["program"]);
+pub const PROGRAM_RUNS: Metric = Metric::counter(
+    "ebpf_sidecar_bpf_program_runs",
+    "Times each BPF program ran (bpf_stats), including runs that left early for other cgroups.",
+)
+.labels(&["program"]);
+
+/// The sidecar's own metrics (family `sidecar` in `ebpf-sidecar probes --metrics`).
+pub const METRICS: &[Metric] = &[
+    BUILD,
+    TARGET,
+    TARGET_UP,
+    SECCOMP_MODE,
+    NO_NEW_PRIVS,
+    CAPABILITIES,
+    ACQUISITIONS,
+    PROBE_UP,
+    EVENTS_LOST,
+    MAP_READ_ERRORS,
+    PROGRAM_RUN_SECONDS,
+    PROGRAM_RUNS,
+];
+
+/// Every metric the sidecar can write, as `family name type labels help` lines: its own
+/// (family `sidecar`), then each family's in FAMILIES' order. User probes (--probe-config) are
+/// not listed: their metrics are whatever their YAML declares.
+pub fn metric_lines() -> Vec<String> {
+    let own = METRICS.iter().map(|m| m.line("sidecar"));
+    let families = crate::probes::FAMILIES
+        .iter()
+        .flat_map(|f| f.metrics.iter().map(move |m| m.line(f.name)));
+    own.chain(families).collect()
+}
+
 #[derive(Debug)]
 struct SidecarCollector(Arc<Shared>);
+
+fn read_error_total(p: &dyn Probe) -> u64 {
+    p.object().read_errors().iter().map(|(_, n)| n).sum()
+}
 
 impl Collector for SidecarCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
         let s = &self.0;
         let target = s.target.read().unwrap_or_else(|p| p.into_inner()).clone();
-        encode::info(
+        // Families first, so that probe_up can say whether their maps were read at this scrape.
+        let ctx = EncodeCtx {
+            target: target.current.as_ref(),
+            options: &s.options,
+        };
+        let mut failed_reads: Vec<&'static str> = Vec::new();
+        let mut lost: Vec<(&'static str, u64)> = Vec::new();
+        for p in &s.probes {
+            let before = read_error_total(p.as_ref());
+            p.encode(&ctx, &mut enc)?;
+            lost.push((p.name(), p.lost_events()));
+            if read_error_total(p.as_ref()) > before {
+                failed_reads.push(p.name());
+            }
+        }
+        BUILD.info_series(
             &mut enc,
-            "ebpf_sidecar_build",
-            "Build of the running sidecar.",
             &vec![
                 ("version", env!("CARGO_PKG_VERSION").to_string()),
                 (
@@ -76,91 +181,27 @@ impl Collector for SidecarCollector {
                 ),
             ],
         )?;
-        let mut labels: Vec<(String, String)> = vec![("mode".into(), target.mode.to_string())];
-        if let Some(t) = &target.current {
-            let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
-            labels.push(("filter".into(), t.filter_label().into()));
-            labels.push((
-                "cgroup_path".into(),
-                t.cgroup_path.clone().unwrap_or_default(),
-            ));
-            labels.push(("cgroup_id".into(), opt(t.cgroup_id())));
-            labels.push((
-                "pid".into(),
-                t.pid.map(|p| p.to_string()).unwrap_or_default(),
-            ));
-            labels.push(("pid_ns".into(), opt(t.pid_ns)));
-            labels.push(("net_ns".into(), opt(t.net_ns)));
-            labels.push(("mnt_ns".into(), opt(t.mnt_ns)));
-            let c = t.container.clone().unwrap_or_default();
-            labels.push(("container_id".into(), c.id));
-            labels.push(("container_name".into(), c.name));
-            labels.push(("image".into(), c.image));
-        }
-        labels.extend(s.extra_labels.iter().cloned());
-        encode::info(
+        encode_target(&mut enc, s, &target)?;
+        PROBE_UP.gauge_series(
             &mut enc,
-            "ebpf_sidecar_target",
-            "The monitored target.",
-            &labels,
-        )?;
-        encode::gauge(
-            &mut enc,
-            "ebpf_sidecar_target_up",
-            "1 while the target exists and is being counted, 0 while it is gone.",
-            [(vec![], u64::from(target.current.is_some()))],
-        )?;
-        let confined = target
-            .current
-            .as_ref()
-            .and_then(|t| t.pid)
-            .and_then(crate::seccomp::confinement);
-        if let Some(c) = confined {
-            encode::gauge(
-                &mut enc,
-                "ebpf_sidecar_target_seccomp_mode",
-                "Seccomp mode of the target's main process: 0 disabled, 1 strict, 2 filter (/proc/<pid>/status).",
-                [(vec![], c.seccomp_mode)],
-            )?;
-            encode::gauge(
-                &mut enc,
-                "ebpf_sidecar_target_no_new_privs",
-                "1 when the target's main process runs with no_new_privs.",
-                [(vec![], u64::from(c.no_new_privs))],
-            )?;
-            encode::gauge(
-                &mut enc,
-                "ebpf_sidecar_target_capabilities",
-                "Capability sets of the target's main process as bitmasks (bit n = capability n, see capabilities(7)).",
-                c.capabilities
-                    .iter()
-                    .map(|(set, mask)| (vec![("set", set.to_string())], *mask)),
-            )?;
-        }
-        encode::counter(
-            &mut enc,
-            "ebpf_sidecar_target_acquisitions",
-            "Times the target was found (1 at start; +1 each time it came back, e.g. a restarted container).",
-            [(vec![], target.generation)],
-        )?;
-        encode::gauge(
-            &mut enc,
-            "ebpf_sidecar_probe_up",
-            "1 when the probe family is loaded and attached, 0 when it failed (see the log for why).",
             s.statuses.iter().map(|st| {
-                (
-                    vec![("probe", st.name.to_string())],
-                    u64::from(st.error.is_none()),
-                )
+                let up = st.error.is_none() && !failed_reads.contains(&st.name);
+                (vec![("probe", st.name.to_string())], u64::from(up))
             }),
         )?;
-        encode::counter(
+        EVENTS_LOST.counter_series(
             &mut enc,
-            "ebpf_sidecar_events_lost",
-            "Events the kernel side could not record (full tables, ring buffer overruns), by probe family.",
-            s.probes
-                .iter()
-                .map(|p| (vec![("probe", p.name().to_string())], p.lost_events())),
+            lost.iter()
+                .map(|(name, n)| (vec![("probe", name.to_string())], *n)),
+        )?;
+        MAP_READ_ERRORS.counter_series(
+            &mut enc,
+            s.probes.iter().flat_map(|p| {
+                p.object()
+                    .read_errors()
+                    .into_iter()
+                    .map(move |(map, n)| (vec![("family", p.name().to_string()), ("map", map)], n))
+            }),
         )?;
         if s.bpf_stats {
             let stats: Vec<_> = s
@@ -168,10 +209,8 @@ impl Collector for SidecarCollector {
                 .iter()
                 .flat_map(|p| p.object().program_stats())
                 .collect();
-            encode::counter(
+            PROGRAM_RUN_SECONDS.counter_series(
                 &mut enc,
-                "ebpf_sidecar_bpf_program_run_seconds",
-                "Time the kernel spent running each BPF program (bpf_stats, all CPUs).",
                 stats.iter().map(|st| {
                     (
                         vec![("program", st.program.clone())],
@@ -179,24 +218,60 @@ impl Collector for SidecarCollector {
                     )
                 }),
             )?;
-            encode::counter(
+            PROGRAM_RUNS.counter_series(
                 &mut enc,
-                "ebpf_sidecar_bpf_program_runs",
-                "Times each BPF program ran (bpf_stats), including runs that left early for other cgroups.",
                 stats
                     .iter()
                     .map(|st| (vec![("program", st.program.clone())], st.run_count)),
             )?;
         }
-        let ctx = EncodeCtx {
-            target: target.current.as_ref(),
-            options: &s.options,
-        };
-        for p in &s.probes {
-            p.encode(&ctx, &mut enc)?;
-        }
         Ok(())
     }
+}
+
+/// target_info (its labels stay for the target's lifetime), target_up, the target's
+/// confinement, and how many times it was acquired.
+fn encode_target(enc: &mut DescriptorEncoder, s: &Shared, target: &TargetState) -> fmt::Result {
+    let mut labels: Vec<(&'static str, String)> = vec![("mode", target.mode.to_string())];
+    if let Some(t) = &target.current {
+        let opt = |v: Option<u64>| v.map(|v| v.to_string()).unwrap_or_default();
+        labels.push(("filter", t.filter_label().into()));
+        labels.push(("cgroup_path", t.cgroup_path.clone().unwrap_or_default()));
+        labels.push(("cgroup_id", opt(t.cgroup_id())));
+        labels.push(("pid", t.pid.map(|p| p.to_string()).unwrap_or_default()));
+        labels.push(("pid_ns", opt(t.pid_ns)));
+        labels.push(("net_ns", opt(t.net_ns)));
+        labels.push(("mnt_ns", opt(t.mnt_ns)));
+        let c = t.container.clone().unwrap_or_default();
+        labels.push(("container_id", c.id));
+        labels.push(("container_name", c.name));
+        labels.push(("image", c.image));
+    }
+    // --label and the pod labels are the user's: not in the table, written after its labels.
+    let mut all: Vec<(String, String)> = labels
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.clone()))
+        .collect();
+    all.extend(s.extra_labels.iter().cloned());
+    TARGET.check_labels(&labels);
+    metrics::info(enc, TARGET.name, TARGET.help, &all)?;
+    TARGET_UP.gauge_series(enc, [(vec![], u64::from(target.current.is_some()))])?;
+    let confined = target
+        .current
+        .as_ref()
+        .and_then(|t| t.pid)
+        .and_then(crate::seccomp::confinement);
+    if let Some(c) = confined {
+        SECCOMP_MODE.gauge_series(enc, [(vec![], c.seccomp_mode)])?;
+        NO_NEW_PRIVS.gauge_series(enc, [(vec![], u64::from(c.no_new_privs))])?;
+        CAPABILITIES.gauge_series(
+            enc,
+            c.capabilities
+                .iter()
+                .map(|(set, mask)| (vec![("set", set.to_string())], *mask)),
+        )?;
+    }
+    ACQUISITIONS.counter_series(enc, [(vec![], target.generation)])
 }
 
 pub fn registry(shared: Arc<Shared>) -> Registry {

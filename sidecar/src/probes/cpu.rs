@@ -1,6 +1,9 @@
 //! CPU family: on-CPU time by comm, slice lengths, run-queue latency, off-CPU time by state,
 //! context switches, migrations. Kernel side: `sidecar-ebpf/bpf/cpu.bpf.c`.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use sidecar_ebpf::{CommKey, CpuHistVal, HIST_BUCKETS, cpu as c};
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
+use crate::metrics::{self, LabelBudget, Log2Histogram, comm_label};
 
 pub struct Cpu {
     obj: Object,
@@ -72,7 +75,7 @@ impl Probe for Cpu {
             .map(|v| v.iter().sum())
             .unwrap_or(0);
         if other > 0 {
-            comms.push((encode::OTHER.into(), (), other));
+            comms.push((metrics::OTHER.into(), (), other));
         }
         let counter = |i| percpu_counter(&ebpf, "cpu_counters", i);
         let (vol, invol, migr) = (
@@ -82,7 +85,7 @@ impl Probe for Cpu {
         );
         drop(ebpf);
 
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_cpu_seconds",
             "CPU time of the target's processes, by comm (counted when a task leaves the CPU).",
@@ -93,19 +96,19 @@ impl Probe for Cpu {
         )?;
         let mut it = hists.into_iter();
         let (slice, runq, sleeping, blocked) = (it.next(), it.next(), it.next(), it.next());
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_cpu_slice_duration_seconds",
             "How long the target's tasks ran each time they got a CPU (cpudist).",
             slice.map(|h| (vec![], h)),
         )?;
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_runqueue_latency_seconds",
             "Time the target's tasks waited for a CPU after being woken or preempted (runqlat).",
             runq.map(|h| (vec![], h)),
         )?;
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_offcpu_duration_seconds",
             "Time the target's tasks spent off CPU, from switching out to switching back in, by state.",
@@ -113,7 +116,7 @@ impl Probe for Cpu {
                 .into_iter()
                 .filter_map(|(s, h)| h.map(|h| (vec![("state", s.to_string())], h))),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_context_switches",
             "Context switches of the target's tasks as the kernel counts them (nvcsw/nivcsw: getrusage, /proc/<pid>/status): voluntary (gave up the CPU: slept, blocked, exited) or involuntary (preempted, yielded).",
@@ -122,7 +125,7 @@ impl Probe for Cpu {
                 (vec![("kind", "involuntary".to_string())], invol),
             ],
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_cpu_migrations",
             "Times the scheduler moved one of the target's tasks to another CPU.",

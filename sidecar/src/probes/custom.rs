@@ -33,7 +33,7 @@ use self::decode::DecodeCtx;
 use self::rawmap::RawMap;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::EventSink;
-use crate::export::encode::{LabelBudget, Labels, OTHER};
+use crate::metrics::{LabelBudget, Labels, OTHER};
 use crate::monitored::Resolved;
 
 #[derive(Debug, Error)]
@@ -1302,7 +1302,7 @@ impl Probe for CustomProbe {
         for e in &self.events {
             let Some(c) = &e.count else { continue };
             let counts = c.counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-            crate::export::encode::counter(
+            crate::metrics::counter(
                 enc,
                 &c.metric,
                 &c.help,

@@ -5,13 +5,39 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
-use aya::maps::PerCpuHashMap;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{DiskIoKey, DiskIoStats, HIST_BUCKETS, disk_counter as dc, disk_op};
 
-use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, Labels, Log2Histogram};
+use crate::metrics::{Labels, Log2Histogram, Metric};
+
+const DEVICE_OP: &[&str] = &["device", "op"];
+pub const REQUESTS: Metric = Metric::counter(
+    "ebpf_sidecar_block_requests",
+    "Block requests submitted by the target and completed, by disk and op.",
+)
+.labels(DEVICE_OP);
+pub const BYTES: Metric = Metric::counter(
+    "ebpf_sidecar_block_bytes",
+    "Bytes of the target's completed block requests, by disk and op.",
+)
+.labels(DEVICE_OP);
+pub const UNTIMED: Metric = Metric::counter(
+    "ebpf_sidecar_block_requests_untimed",
+    "Of ebpf_sidecar_block_requests_total, the requests whose completion the kernel did not deliver to the block_rq_complete tracepoint: counted with their bytes once found ended, without a service time (not in the duration histograms).",
+)
+.labels(DEVICE_OP);
+pub const REQUEST_DURATION: Metric = Metric::histogram(
+    "ebpf_sidecar_block_request_duration_seconds",
+    "Service time of the target's block requests (issue to the driver -> completion).",
+)
+.labels(DEVICE_OP);
+pub const QUEUE_DURATION: Metric = Metric::histogram(
+    "ebpf_sidecar_block_queue_duration_seconds",
+    "Queue time of the target's block requests (insert into the I/O scheduler, or creation when it bypassed it -> issue).",
+)
+.labels(DEVICE_OP);
+pub const METRICS: &[Metric] = &[REQUESTS, BYTES, UNTIMED, REQUEST_DURATION, QUEUE_DURATION];
 
 pub struct Disk {
     obj: Object,
@@ -102,19 +128,10 @@ impl Probe for Disk {
         if let Err(e) = self.obj.run("disk_sweep") {
             tracing::warn!("{e}: requests whose completion was not delivered are counted late");
         }
-        let ebpf = self.obj.lock();
-        let mut keys: Vec<(DiskIoKey, Vec<DiskIoStats>)> = Vec::new();
-        if let Some(Ok(m)) = ebpf
-            .map("disk_stats")
-            .map(PerCpuHashMap::<_, DiskIoKey, DiskIoStats>::try_from)
-        {
-            keys.extend(
-                m.iter()
-                    .filter_map(|r| r.ok())
-                    .map(|(k, v)| (k, v.iter().copied().collect())),
-            );
-        }
-        drop(ebpf);
+        let keys = self
+            .obj
+            .maps()
+            .percpu_hash::<DiskIoKey, DiskIoStats>("disk_stats");
         let mut per: BTreeMap<(String, &'static str), Agg> = BTreeMap::new();
         for (k, vals) in keys {
             let a = per
@@ -135,42 +152,18 @@ impl Probe for Disk {
         let labels = |(d, o): &(String, &'static str)| -> Labels {
             vec![("device", d.clone()), ("op", o.to_string())]
         };
-        encode::counter(
-            enc,
-            "ebpf_sidecar_block_requests",
-            "Block requests submitted by the target and completed, by disk and op.",
-            per.iter().map(|(k, a)| (labels(k), a.requests)),
-        )?;
-        encode::counter(
-            enc,
-            "ebpf_sidecar_block_bytes",
-            "Bytes of the target's completed block requests, by disk and op.",
-            per.iter().map(|(k, a)| (labels(k), a.bytes)),
-        )?;
-        encode::counter(
-            enc,
-            "ebpf_sidecar_block_requests_untimed",
-            "Of ebpf_sidecar_block_requests_total, the requests whose completion the kernel did not deliver to the block_rq_complete tracepoint: counted with their bytes once found ended, without a service time (not in the duration histograms).",
-            per.iter().map(|(k, a)| (labels(k), a.untimed)),
-        )?;
-        encode::histogram(
-            enc,
-            "ebpf_sidecar_block_request_duration_seconds",
-            "Service time of the target's block requests (issue to the driver -> completion).",
-            per.iter().map(|(k, a)| (labels(k), a.request.clone())),
-        )?;
-        encode::histogram(
-            enc,
-            "ebpf_sidecar_block_queue_duration_seconds",
-            "Queue time of the target's block requests (insert into the I/O scheduler, or creation when it bypassed it -> issue).",
-            per.iter().map(|(k, a)| (labels(k), a.queue.clone())),
-        )
+        REQUESTS.counter_series(enc, per.iter().map(|(k, a)| (labels(k), a.requests)))?;
+        BYTES.counter_series(enc, per.iter().map(|(k, a)| (labels(k), a.bytes)))?;
+        UNTIMED.counter_series(enc, per.iter().map(|(k, a)| (labels(k), a.untimed)))?;
+        REQUEST_DURATION
+            .histogram_series(enc, per.iter().map(|(k, a)| (labels(k), a.request.clone())))?;
+        QUEUE_DURATION.histogram_series(enc, per.iter().map(|(k, a)| (labels(k), a.queue.clone())))
     }
 
     fn lost_events(&self) -> u64 {
-        let ebpf = self.obj.lock();
-        percpu_counter(&ebpf, "disk_counters", dc::LOST_REQUESTS)
-            + percpu_counter(&ebpf, "disk_counters", dc::LOST_KEYS)
+        let maps = self.obj.maps();
+        maps.counter("disk_counters", dc::LOST_REQUESTS)
+            + maps.counter("disk_counters", dc::LOST_KEYS)
     }
 }
 

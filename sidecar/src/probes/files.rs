@@ -2,6 +2,9 @@
 //! result and failing path, sync calls and their latency, page cache misses.
 //! Kernel side: `sidecar-ebpf/bpf/files.bpf.c`.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
@@ -15,12 +18,12 @@ use sidecar_ebpf::{
 };
 
 use super::object::percpu_counter;
-use super::syscalls::errno_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, LabelBudget, Labels, Log2Histogram, OTHER};
+use crate::metrics::{self, LabelBudget, Labels, Log2Histogram, OTHER};
+use crate::tables::errno_name;
 
 /// Regular files read or written through a struct file whose open the probe did not see.
-pub use crate::export::encode::UNKNOWN;
+pub use crate::metrics::UNKNOWN;
 
 pub struct Files {
     obj: Object,
@@ -55,7 +58,7 @@ pub fn path_label(raw: &[u8]) -> String {
     if raw.first().is_none_or(|&b| b == 0) {
         return UNKNOWN.into();
     }
-    encode::label_value(raw)
+    metrics::label_value(raw)
 }
 
 /// Label of a non-file kind (`None` for the kinds reported by path).
@@ -223,20 +226,20 @@ impl Probe for Files {
             }
             s
         };
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_file_read_bytes",
             "Bytes the target read through read/pread/readv/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown` = opened before the sidecar looked), everything else by kind.",
             series(true),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_file_write_bytes",
             "Bytes the target wrote through write/pwrite/writev/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown`), everything else by kind.",
             series(false),
         )?;
 
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_file_opens",
             "open/openat/openat2/creat calls of the target, by result (ok or errno name).",
@@ -264,7 +267,7 @@ impl Probe for Files {
                 errors.push((OTHER.into(), e as u32, rest));
             }
         }
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_file_open_errors",
             "Failed opens of the target by path (top-N paths, the rest in `other`) and errno.",
@@ -274,7 +277,7 @@ impl Probe for Files {
                 .map(|(p, e, n)| (vec![("path", p), ("errno", errno_name(e))], n)),
         )?;
 
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_file_syncs",
             "fsync/fdatasync/sync_file_range calls of the target that returned, by call.",
@@ -282,7 +285,7 @@ impl Probe for Files {
                 .iter()
                 .map(|(c, n, _)| (vec![("call", c.to_string())], *n)),
         )?;
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_file_sync_duration_seconds",
             "Latency of the target's fsync/fdatasync/sync_file_range calls, by call.",
@@ -290,7 +293,7 @@ impl Probe for Files {
                 .into_iter()
                 .map(|(c, _, h)| (vec![("call", c.to_string())], h)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_page_cache_misses",
             "Pages the target caused to be added to the page cache (reads from storage incl. readahead, and new pages of buffered writes). Hits are not observable without kprobes.",

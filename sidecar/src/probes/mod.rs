@@ -18,7 +18,6 @@ pub mod runtimes;
 pub mod security;
 pub mod sensitive;
 pub mod syscalls;
-pub mod tables;
 
 use std::fmt;
 use std::sync::Arc;
@@ -27,6 +26,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 
 pub use object::{Object, ProbeError, ProgramStats};
 
+use crate::metrics::Metric;
 use crate::monitored::Resolved;
 
 /// What a family may look at while encoding.
@@ -75,6 +75,8 @@ pub struct Options {
     pub tls_samples_raw: bool,
     /// runtimes: USDT metrics declared in YAML (`--config`, `crate::usdt::config`).
     pub usdt_config: Option<std::path::PathBuf>,
+    /// `run --seccomp-out`: where the syscalls family writes the advised profile at the end.
+    pub seccomp_out: Option<std::path::PathBuf>,
     /// The syscalls family's jump slots for security's and net's syscall handlers (filled at
     /// load, see `dispatch`).
     pub syscall_dispatch: dispatch::SyscallDispatch,
@@ -101,11 +103,14 @@ impl Default for Options {
             tls_sample_bytes: 0,
             tls_samples_raw: false,
             usdt_config: None,
+            seccomp_out: None,
             syscall_dispatch: dispatch::SyscallDispatch::default(),
         }
     }
 }
 
+/// What every loaded family is to the rest of the sidecar. The exporter, the server and `app`
+/// know families only through this trait and [`Family`].
 pub trait Probe: Send + Sync {
     fn name(&self) -> &'static str;
     fn object(&self) -> &Object;
@@ -115,30 +120,61 @@ pub trait Probe: Send + Sync {
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         self.object().set_target(target.map(|t| &t.filter))
     }
-    /// Write this family's metrics, reading its maps now.
+    /// Write this family's metrics (declared in its [`Family::metrics`]), reading its maps now.
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;
-    /// Syscall numbers the target has made since start (the seccomp advisor's input); only the
-    /// syscalls family knows them.
-    fn observed_syscalls(&self) -> Option<Vec<u32>> {
-        None
-    }
-    /// The profiler's sample store (only the profile family has one).
-    fn profile_store(&self) -> Option<Arc<profile::Store>> {
-        None
-    }
     /// Start handing this family's events (if it has any) to `sink`. Called once, after the
     /// capabilities were dropped, so reader threads start without any.
     fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
         Ok(())
     }
-    /// The packet capture behind /debug/pcap (only the net family has one).
-    fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
-        None
-    }
     /// Hand over the events still waiting in the kernel now (before `run` writes its outputs).
     fn flush_events(&self) {}
+    /// The HTTP routes this family serves (the paths listed in [`Family::routes`]); merged into
+    /// the server's router, behind the same authentication.
+    fn routes(self: Arc<Self>) -> Option<axum::Router> {
+        None
+    }
+    /// At the end of `run`, write the outputs this family was asked for (e.g. --seccomp-out).
+    fn finish(&self) -> Result<(), ProbeError> {
+        Ok(())
+    }
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
+}
+
+/// A family's command-line flags (a clap `Args` struct, flattened into the CLI) and how they
+/// become settings. Checks that involve other flags are made here, so a bad combination stops
+/// the start with exit status 2.
+pub trait FamilyArgs: clap::Args + clap::FromArgMatches {
+    fn apply(self, setup: &mut Setup<'_>) -> Result<(), String>;
+}
+
+/// What a family's flags may change: the settings, and the list of families to load.
+pub struct Setup<'a> {
+    pub options: &'a mut Options,
+    pub probes: &'a mut Vec<String>,
+    /// `run -- CMD` (the sidecar makes the target itself).
+    pub run: bool,
+}
+
+/// A family without flags of its own.
+#[derive(Debug, clap::Args)]
+pub struct NoArgs {}
+
+impl FamilyArgs for NoArgs {
+    fn apply(self, _: &mut Setup<'_>) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+fn args<A: FamilyArgs>(cmd: clap::Command) -> clap::Command {
+    A::augment_args(cmd)
+}
+
+fn configure<A: FamilyArgs>(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
+    A::from_arg_matches(m)
+        .map_err(|e| e.to_string())?
+        .apply(setup)
 }
 
 /// A family the sidecar knows, and how to load it.
@@ -150,6 +186,14 @@ pub struct Family {
     /// Capabilities still needed after attaching (e.g. to re-attach when the target restarts).
     pub keeps: &'static [caps::Capability],
     pub load: fn(&Options) -> Result<Arc<dyn Probe>, ProbeError>,
+    /// Every metric the family writes.
+    pub metrics: &'static [Metric],
+    /// HTTP paths the family serves, each with the answer given when the family is not loaded.
+    pub routes: &'static [(&'static str, &'static str)],
+    /// Adds the family's flags to the command line.
+    pub args: fn(clap::Command) -> clap::Command,
+    /// Turns the parsed flags into settings (and checks them).
+    pub configure: fn(&clap::ArgMatches, &mut Setup<'_>) -> Result<(), String>,
 }
 
 pub const FAMILIES: &[Family] = &[
@@ -159,6 +203,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: process::load,
+        metrics: process::METRICS,
+        routes: &[],
+        args: args::<NoArgs>,
+        configure: configure::<NoArgs>,
     },
     Family {
         name: "syscalls",
@@ -166,6 +214,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: syscalls::load,
+        metrics: syscalls::METRICS,
+        routes: syscalls::ROUTES,
+        args: args::<syscalls::Args>,
+        configure: configure::<syscalls::Args>,
     },
     Family {
         name: "security",
@@ -173,6 +225,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: security::load,
+        metrics: security::METRICS,
+        routes: &[],
+        args: args::<security::Args>,
+        configure: configure::<security::Args>,
     },
     Family {
         name: "disk",
@@ -180,6 +236,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: disk::load,
+        metrics: disk::METRICS,
+        routes: &[],
+        args: args::<NoArgs>,
+        configure: configure::<NoArgs>,
     },
     Family {
         name: "files",
@@ -187,6 +247,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: files::load,
+        metrics: files::METRICS,
+        routes: &[],
+        args: args::<NoArgs>,
+        configure: configure::<NoArgs>,
     },
     Family {
         name: "cpu",
@@ -194,6 +258,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: cpu::load,
+        metrics: cpu::METRICS,
+        routes: &[],
+        args: args::<NoArgs>,
+        configure: configure::<NoArgs>,
     },
     Family {
         name: "profile",
@@ -202,6 +270,10 @@ pub const FAMILIES: &[Family] = &[
         // Symbolizing reads the target's /proc/<pid>/maps and binaries (ptrace read access).
         keeps: &[caps::Capability::CAP_SYS_PTRACE],
         load: profile::load,
+        metrics: profile::METRICS,
+        routes: profile::ROUTES,
+        args: args::<profile::Args>,
+        configure: configure::<profile::Args>,
     },
     Family {
         name: "net",
@@ -210,6 +282,10 @@ pub const FAMILIES: &[Family] = &[
         needs: &[caps::Capability::CAP_NET_ADMIN],
         keeps: &[caps::Capability::CAP_NET_ADMIN],
         load: net::load,
+        metrics: net::METRICS,
+        routes: net::ROUTES,
+        args: args::<net::Args>,
+        configure: configure::<net::Args>,
     },
     Family {
         name: "runtimes",
@@ -217,11 +293,25 @@ pub const FAMILIES: &[Family] = &[
         needs: &[],
         keeps: &[],
         load: runtimes::load,
+        metrics: runtimes::METRICS,
+        routes: &[],
+        args: args::<runtimes::Args>,
+        configure: configure::<runtimes::Args>,
     },
 ];
 
 /// Families loaded when --probes is not given.
 pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,net,disk,cpu,profile";
+
+/// Every family's flags, added to `cmd`.
+pub fn add_args(cmd: clap::Command) -> clap::Command {
+    FAMILIES.iter().fold(cmd, |c, f| (f.args)(c))
+}
+
+/// Every family's flags from the parsed command line into `setup`, in FAMILIES' order.
+pub fn configure_all(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
+    FAMILIES.iter().try_for_each(|f| (f.configure)(m, setup))
+}
 
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)

@@ -7,6 +7,10 @@
 //! follow the target: [`Probe::on_target`] re-attaches them when it restarts in a new cgroup and
 //! detaches them when it goes away.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+pub use net_pkt::ROUTES;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
@@ -26,10 +30,10 @@ use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 use super::dispatch::Side;
 use super::net_pkt::{self, NetMode};
 use super::object::percpu_counter;
-use super::syscalls::errno_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, LabelBudget, Labels, Log2Histogram};
+use crate::metrics::{self, LabelBudget, Labels, Log2Histogram};
 use crate::monitored::Resolved;
+use crate::tables::errno_name;
 
 const INGRESS: &str = "net_ingress";
 const EGRESS: &str = "net_egress";
@@ -137,9 +141,9 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 fn path_label(raw: &[u8]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     if end == 0 {
-        return encode::OTHER.to_string();
+        return metrics::OTHER.to_string();
     }
-    crate::http_path::normalize(&encode::label_value(&raw[..end]))
+    crate::http_path::normalize(&metrics::label_value(&raw[..end]))
 }
 
 /// `ip:port` of a peer; loopback addresses read `loopback`, IPv4-mapped IPv6 reads as IPv4.
@@ -229,8 +233,13 @@ impl Net {
 }
 
 impl Probe for Net {
-    fn pcap(&self) -> Option<Arc<net_pkt::Capture>> {
-        Some(self.capture.clone())
+    fn routes(self: Arc<Self>) -> Option<axum::Router> {
+        let capture = self.capture.clone();
+        let probe: Arc<dyn Probe> = self;
+        Some(axum::Router::new().route(
+            "/debug/pcap",
+            axum::routing::get(move |q| net_pkt::pcap_route(capture.clone(), probe.clone(), q)),
+        ))
     }
 
     fn start_events(&self, sink: crate::events::EventSink) -> Result<(), ProbeError> {
@@ -350,7 +359,7 @@ impl Probe for Net {
         }
         let (other_sent, other_received) = (counter(c::OTHER_SENT), counter(c::OTHER_RECEIVED));
         if other_sent + other_received > 0 || counter(c::OTHER_CLOSED) > 0 {
-            let e = peers.entry(encode::OTHER.to_string()).or_default();
+            let e = peers.entry(metrics::OTHER.to_string()).or_default();
             e.0 += other_sent;
             e.1 += other_received;
         }
@@ -440,27 +449,27 @@ impl Probe for Net {
         drop(ebpf);
         let [active, passive, retrans, rst_sent, rst_received, udp_drops] = scalars;
 
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_network_packets",
             "Packets of the target's sockets (cgroup_skb on its cgroup), or with --net-mode netns of every interface of its network namespace (tc), by direction, IP family and protocol; a GSO/GRO batch counts once.",
             pkts.iter().map(|(s, v)| (slot_labels(*s), v.packets)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_network_bytes",
             "Bytes of the target's packets at the IP layer (IP and transport headers included), by direction, IP family and protocol.",
             pkts.iter().map(|(s, v)| (slot_labels(*s), v.bytes)),
         )?;
         if self.mode == NetMode::Netns {
-            encode::gauge(
+            metrics::gauge(
                 enc,
                 "ebpf_sidecar_net_tc_interfaces",
                 "Interfaces of the target's network namespace the tc classifiers are attached to now (--net-mode netns); interfaces that appear later are added, removed ones dropped.",
                 [(vec![], self.tc_interfaces.load(Ordering::Relaxed) as i64)],
             )?;
         }
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_connections",
             "TCP connections of the target that completed the handshake: active (connect) or passive (accepted).",
@@ -470,13 +479,13 @@ impl Probe for Net {
             ],
         )?;
         let [connect_h, life_h] = hists;
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_tcp_connect_duration_seconds",
             "Time from SYN sent to connection established, for the target's outgoing TCP connections.",
             [(vec![], connect_h)],
         )?;
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_tcp_connection_duration_seconds",
             "Lifetime of the target's TCP connections, from SYN (sent or received) to close.",
@@ -489,7 +498,7 @@ impl Probe for Net {
             items.push((peer, 1, received));
         }
         let folded = self.peers.fold(items);
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_sent_bytes",
             "TCP payload bytes the target sent, counted when a connection closes, by peer (ip:port of the remote end; top-N by bytes, the rest in other).",
@@ -498,7 +507,7 @@ impl Probe for Net {
                 .filter(|(_, d, _)| *d == 0)
                 .map(|(p, _, n)| (vec![("peer", p.clone())], *n)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_received_bytes",
             "TCP payload bytes the target received, counted when a connection closes, by peer (ip:port of the remote end; top-N by bytes, the rest in other).",
@@ -507,13 +516,13 @@ impl Probe for Net {
                 .filter(|(_, d, _)| *d == 1)
                 .map(|(p, _, n)| (vec![("peer", p.clone())], *n)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_retransmits",
             "TCP segments the target's sockets retransmitted.",
             [(vec![], retrans)],
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_resets",
             "TCP resets sent or received on the target's sockets.",
@@ -522,7 +531,7 @@ impl Probe for Net {
                 (vec![("direction", "received".to_string())], rst_received),
             ],
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_accepts",
             "TCP connections accepted (handshake completed) by the target, by local listening port.",
@@ -531,7 +540,7 @@ impl Probe for Net {
                 .into_iter()
                 .map(|(p, _, n)| (vec![("port", p)], n)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tcp_connect_errors",
             "connect(2) calls of the target that failed, by errno (EINPROGRESS of non-blocking connects is not a failure).",
@@ -540,7 +549,7 @@ impl Probe for Net {
                 .filter(|((kind, _), _)| *kind == k::ERR_CONNECT)
                 .map(|((_, e), n)| (vec![("errno", e.clone())], *n)),
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_socket_bind_errors",
             "bind(2) and listen(2) calls of the target that failed, by errno.",
@@ -577,7 +586,7 @@ impl Probe for Net {
                 let p = if admitted.contains(&p) {
                     p
                 } else {
-                    encode::OTHER.to_string()
+                    metrics::OTHER.to_string()
                 };
                 *requests.entry((d, m, st, p.clone())).or_default() += h.count();
                 hists
@@ -585,7 +594,7 @@ impl Probe for Net {
                     .or_insert_with(|| Log2Histogram::new(HIST_BUCKETS))
                     .add(&h.buckets, h.sum_ns);
             }
-            encode::counter(
+            metrics::counter(
                 enc,
                 "ebpf_sidecar_http_requests",
                 REQUESTS_HELP,
@@ -601,7 +610,7 @@ impl Probe for Net {
                     )
                 }),
             )?;
-            encode::histogram(
+            metrics::histogram(
                 enc,
                 "ebpf_sidecar_http_request_duration_seconds",
                 DURATION_HELP,
@@ -617,7 +626,7 @@ impl Probe for Net {
                 }),
             )?;
         } else {
-            encode::counter(
+            metrics::counter(
                 enc,
                 "ebpf_sidecar_http_requests",
                 REQUESTS_HELP,
@@ -632,7 +641,7 @@ impl Probe for Net {
                     )
                 }),
             )?;
-            encode::histogram(
+            metrics::histogram(
                 enc,
                 "ebpf_sidecar_http_request_duration_seconds",
                 DURATION_HELP,
@@ -648,7 +657,7 @@ impl Probe for Net {
             )?;
         }
         if ctx.options.net_http {
-            encode::counter(
+            metrics::counter(
                 enc,
                 "ebpf_sidecar_http_untracked_streams",
                 "HTTP/1.x connections of the target the recogniser stopped following (counted once each; their requests from then on are not counted), by reason: gap (bytes of a head or chunk-size line never seen), head (a head not whole in one segment or read, longer than 2048 bytes, or not a request or status line where one was due), body (chunked framing or Transfer-Encoding not followed, bad Content-Length, too many messages in one segment), pipeline (more than 8 requests waiting, an answer without a request), midstream (a request line on a connection already carrying data when first seen).",
@@ -656,7 +665,7 @@ impl Probe for Net {
             )?;
         }
         let labels: Labels = vec![];
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_udp_drops",
             "UDP datagrams dropped on arrival at the target's sockets (receive queue full or socket filter), from udp:udp_fail_queue_rcv_skb.",
@@ -672,6 +681,53 @@ impl Probe for Net {
             + percpu_counter(&ebpf, "net_counters", c::LOST_KEYS);
         drop(ebpf);
         lost + net_pkt::lost_events(&self.obj)
+    }
+}
+
+/// The net family's flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// net family: recognise HTTP/1.x requests and answers (ebpf_sidecar_http_*). `on` (=
+    /// `packets`) reads the start of the target's TCP segments in the packet programs, at no cost
+    /// per syscall; `syscalls` reads read/write payloads instead (for targets filtered by pid
+    /// namespace, which have no cgroup for packet programs; one more program on every syscall of
+    /// the host); `off` does neither.
+    #[arg(long, value_name = "on|packets|syscalls|off", default_value = "on", value_parser = ["on", "packets", "syscalls", "off"], global = true)]
+    net_http: String,
+    /// net: where packets are counted (and DNS parsed, and captured). `cgroup`: cgroup_skb on
+    /// the target's cgroup (its own sockets). `netns`: tc on every interface of the target's
+    /// network namespace (all its traffic, other processes sharing it included); needs
+    /// CAP_SYS_ADMIN and CAP_NET_ADMIN.
+    #[arg(long, value_name = "cgroup|netns", default_value = "cgroup", value_parser = ["cgroup", "netns"], global = true)]
+    net_mode: String,
+    /// net: serve GET /debug/pcap?seconds=N&snaplen=S (packet captures; payloads leave the
+    /// kernel, so it is off unless given).
+    #[arg(long, global = true)]
+    allow_pcap: bool,
+    /// net: TCP connect/accept/close events (pid, comm, addresses, bytes, duration) on
+    /// /events (kinds tcp_connect, tcp_accept, tcp_close) and --events-out.
+    #[arg(long, global = true)]
+    net_events: bool,
+}
+
+impl super::FamilyArgs for Args {
+    fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
+        let o = &mut *s.options;
+        o.net_http = self.net_http != "off";
+        o.net_http_syscalls = self.net_http == "syscalls";
+        o.net_mode = if self.net_mode == "netns" {
+            NetMode::Netns
+        } else {
+            NetMode::Cgroup
+        };
+        o.allow_pcap = self.allow_pcap;
+        o.net_events = self.net_events;
+        if s.run && o.net_mode == NetMode::Netns {
+            // CMD would share the sidecar's network namespace: tc there counts every process's
+            // traffic as the target's.
+            return Err("--net-mode netns watches a container's or pod's own network namespace, and run starts CMD in this one (shared with every other process here); use run with the default --net-mode cgroup, or --net-mode netns with --target-container/--target-pid or as a sidecar".into());
+        }
+        Ok(())
     }
 }
 

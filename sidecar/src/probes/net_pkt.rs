@@ -22,7 +22,7 @@ use sidecar_ebpf::{HIST_BUCKETS, SyscallStats};
 use super::object::percpu_counter;
 use super::{Object, ProbeError};
 use crate::events::{EventSink, rfc3339_from_monotonic};
-use crate::export::encode::{self, Log2Histogram};
+use crate::metrics::{self, Log2Histogram};
 
 pub const TC_INGRESS: &str = "net_tc_ingress";
 pub const TC_EGRESS: &str = "net_tc_egress";
@@ -83,7 +83,7 @@ pub fn encode_dns(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result {
             }
         }
     }
-    encode::counter(
+    metrics::counter(
         enc,
         "ebpf_sidecar_dns_queries",
         "DNS queries on port 53 (UDP, and TCP messages that start a segment) sent or received by the target, by the type of the first question.",
@@ -93,7 +93,7 @@ pub fn encode_dns(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result {
             .filter(|(i, _)| slots[*i] > 0)
             .map(|(i, q)| (vec![("qtype", q.to_string())], slots[i])),
     )?;
-    encode::counter(
+    metrics::counter(
         enc,
         "ebpf_sidecar_dns_responses",
         "DNS answers to the queries counted in ebpf_sidecar_dns_queries_total, by response code.",
@@ -103,7 +103,7 @@ pub fn encode_dns(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result {
             .filter(|(i, _)| slots[k::DNS_QTYPES + *i] > 0)
             .map(|(i, r)| (vec![("rcode", r.to_string())], slots[k::DNS_QTYPES + i])),
     )?;
-    encode::histogram(
+    metrics::histogram(
         enc,
         "ebpf_sidecar_dns_duration_seconds",
         "Time from a DNS query to its answer (same port and id), as seen at the target's hook.",
@@ -121,13 +121,13 @@ pub fn encode_counters(obj: &Object, enc: &mut DescriptorEncoder) -> fmt::Result
             percpu_counter(&ebpf, "net_pkt_counters", c::PCAP_RATE_DROPPED),
         )
     };
-    encode::counter(
+    metrics::counter(
         enc,
         "ebpf_sidecar_pcap_packets",
         "Packets copied to a /debug/pcap capture.",
         [(vec![], captured)],
     )?;
-    encode::counter(
+    metrics::counter(
         enc,
         "ebpf_sidecar_pcap_dropped_packets",
         "Packets a /debug/pcap capture missed: reason ring_full (the reader fell behind) or rate (over the per-CPU packets-per-second bound).",
@@ -888,6 +888,65 @@ pub fn attach_netns(
 /// Stop following the namespace and detach every link.
 pub fn detach_netns(att: TcAttached) {
     drop(att);
+}
+
+pub const ROUTES: &[(&str, &str)] = &[(
+    "/debug/pcap",
+    "packet capture needs the net probe family (--probes ...,net)\n",
+)];
+
+#[derive(serde::Deserialize)]
+pub struct PcapQuery {
+    seconds: Option<u64>,
+    snaplen: Option<u32>,
+}
+
+/// GET /debug/pcap: the target's packets for `seconds` (default 10) as a pcap file, streamed as
+/// they come. `probe` is the net family, kept alive while the capture runs.
+pub async fn pcap_route(
+    capture: Arc<Capture>,
+    probe: Arc<dyn super::Probe>,
+    axum::extract::Query(q): axum::extract::Query<PcapQuery>,
+) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
+    use axum::response::IntoResponse;
+    let req = PcapRequest {
+        seconds: q.seconds.unwrap_or(10),
+        snaplen: q.snaplen.unwrap_or(PCAP_DEFAULT_SNAPLEN),
+        max_bytes: PCAP_MAX_BYTES,
+    };
+    match capture.start(probe, req) {
+        Ok(rx) => {
+            let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|chunk| {
+                    (
+                        Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(chunk)),
+                        rx,
+                    )
+                })
+            });
+            (
+                [
+                    (header::CONTENT_TYPE, "application/vnd.tcpdump.pcap"),
+                    (
+                        header::CONTENT_DISPOSITION,
+                        "attachment; filename=\"ebpf-sidecar.pcap\"",
+                    ),
+                ],
+                axum::body::Body::from_stream(stream),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let code = match e {
+                PcapError::NotAllowed => StatusCode::FORBIDDEN,
+                PcapError::Busy => StatusCode::CONFLICT,
+                PcapError::BadRequest(_) => StatusCode::BAD_REQUEST,
+                PcapError::Kernel(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            (code, format!("{e}\n")).into_response()
+        }
+    }
 }
 
 #[cfg(test)]

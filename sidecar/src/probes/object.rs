@@ -1,6 +1,7 @@
 //! One loaded BPF object: load with the kernel's BTF, attach, write the target filter, read
 //! per-program kernel statistics.
 
+use std::fmt;
 use std::os::fd::{AsFd, AsRawFd};
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
@@ -11,7 +12,7 @@ use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd,
     RawTracePoint, TracePoint, UProbe,
 };
-use aya::{Ebpf, EbpfLoader};
+use aya::{Ebpf, EbpfLoader, Pod};
 use thiserror::Error;
 
 use super::dispatch::{Side, SyscallDispatch};
@@ -42,6 +43,14 @@ pub enum ProbeError {
         family: &'static str,
         what: String,
         detail: String,
+    },
+    /// An output the family was asked to write (e.g. `run --seccomp-out`).
+    #[error("probe {family}: {what}: {source}")]
+    Output {
+        family: &'static str,
+        what: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error("probe {family}: program {program}: {source}{log}", log = verifier_hint(.source))]
     Program {
@@ -122,6 +131,8 @@ pub struct Object {
     programs: Vec<String>,
     /// Whether the --target-tree programs (fork/free) are attached.
     tree_followed: std::sync::atomic::AtomicBool,
+    /// Failed map reads by map name (`ebpf_sidecar_map_read_errors_total`).
+    read_errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 impl Object {
@@ -150,6 +161,7 @@ impl Object {
             ebpf: Mutex::new(ebpf),
             programs: Vec::new(),
             tree_followed: Default::default(),
+            read_errors: Default::default(),
         })
     }
 
@@ -516,6 +528,35 @@ impl Object {
         self.ebpf.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// The maps, for reading at scrape time: every read that fails is counted and logged.
+    pub fn maps(&self) -> Maps<'_> {
+        Maps {
+            ebpf: self.lock(),
+            obj: self,
+        }
+    }
+
+    /// A failed read of `map`: logged the first time (with family and map, so a layout change
+    /// made only in C is seen at once), counted every time.
+    pub fn read_error(&self, map: &str, detail: impl fmt::Display) {
+        let mut errors = self.read_errors.lock().unwrap_or_else(|p| p.into_inner());
+        let n = errors.entry(map.to_string()).or_insert(0);
+        if *n == 0 {
+            tracing::error!(
+                family = self.family,
+                map,
+                "reading a BPF map failed, its metrics are missing or short: {detail}"
+            );
+        }
+        *n += 1;
+    }
+
+    /// Failed reads so far, by map.
+    pub fn read_errors(&self) -> Vec<(String, u64)> {
+        let errors = self.read_errors.lock().unwrap_or_else(|p| p.into_inner());
+        errors.iter().map(|(m, n)| (m.clone(), *n)).collect()
+    }
+
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let ebpf = self.lock();
         self.programs
@@ -572,6 +613,96 @@ fn test_run(prog_fd: std::os::fd::RawFd) -> std::io::Result<()> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// An object's maps, locked for reading. Every accessor returns what it could read; a map that
+/// is missing, of another type or layout, or an entry that fails to read is counted against the
+/// family ([`Object::read_error`]) instead of being dropped silently.
+pub struct Maps<'a> {
+    ebpf: MutexGuard<'a, Ebpf>,
+    obj: &'a Object,
+}
+
+impl<'a> Maps<'a> {
+    pub fn ebpf(&self) -> &Ebpf {
+        &self.ebpf
+    }
+
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// The map `name` as `M`, or the error recorded.
+    pub fn get<'b, M>(&'b self, name: &str) -> Option<M>
+    where
+        M: TryFrom<&'b aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        match self.ebpf.map(name) {
+            None => {
+                self.obj.read_error(name, "not in the object");
+                None
+            }
+            Some(m) => M::try_from(m)
+                .map_err(|e| self.obj.read_error(name, e))
+                .ok(),
+        }
+    }
+
+    fn keep<T>(&self, name: &str, r: Result<T, aya::maps::MapError>) -> Option<T> {
+        r.map_err(|e| self.obj.read_error(name, e)).ok()
+    }
+
+    /// Every entry of a hash map.
+    pub fn hash<K: Pod, V: Pod>(&self, name: &str) -> Vec<(K, V)> {
+        let Some(m) = self.get::<aya::maps::HashMap<&aya::maps::MapData, K, V>>(name) else {
+            return Vec::new();
+        };
+        m.iter().filter_map(|r| self.keep(name, r)).collect()
+    }
+
+    /// Every entry of a per-CPU hash map, one value per possible CPU.
+    pub fn percpu_hash<K: Pod, V: Pod>(&self, name: &str) -> Vec<(K, Vec<V>)> {
+        let Some(m) = self.get::<aya::maps::PerCpuHashMap<&aya::maps::MapData, K, V>>(name) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|r| self.keep(name, r))
+            .map(|(k, v)| (k, v.iter().copied().collect()))
+            .collect()
+    }
+
+    /// Every slot of an array.
+    pub fn array<V: Pod>(&self, name: &str) -> Vec<V> {
+        let Some(m) = self.get::<aya::maps::Array<&aya::maps::MapData, V>>(name) else {
+            return Vec::new();
+        };
+        m.iter().filter_map(|r| self.keep(name, r)).collect()
+    }
+
+    /// Every slot of a per-CPU array, one value per possible CPU.
+    pub fn percpu_array<V: Pod>(&self, name: &str) -> Vec<Vec<V>> {
+        let Some(m) = self.get::<aya::maps::PerCpuArray<&aya::maps::MapData, V>>(name) else {
+            return Vec::new();
+        };
+        m.iter()
+            .filter_map(|r| self.keep(name, r))
+            .map(|v| v.iter().copied().collect())
+            .collect()
+    }
+
+    /// Slot `idx` of a per-CPU array, one value per possible CPU.
+    pub fn percpu_slot<V: Pod>(&self, name: &str, idx: u32) -> Option<Vec<V>> {
+        let m = self.get::<aya::maps::PerCpuArray<&aya::maps::MapData, V>>(name)?;
+        self.keep(name, m.get(&idx, 0))
+            .map(|v| v.iter().copied().collect())
+    }
+
+    /// A per-CPU u64 counter slot, summed over CPUs (0 when unreadable, and counted).
+    pub fn counter(&self, name: &str, idx: u32) -> u64 {
+        self.percpu_slot::<u64>(name, idx)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
+    }
 }
 
 /// Sum a per-CPU counter array slot.

@@ -1,6 +1,9 @@
 //! Process family: execs by comm, exits by comm/code/signal, forks, live processes, OOM kills.
 //! Kernel side: `sidecar-ebpf/bpf/process.bpf.c`.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
 use std::fmt;
 use std::sync::Arc;
 
@@ -10,7 +13,7 @@ use sidecar_ebpf::{CommKey, ExitKey, process_counter as pc};
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, LabelBudget, comm_label};
+use crate::metrics::{self, LabelBudget, comm_label};
 use crate::monitored::{Filter, cgroup};
 
 pub struct Process {
@@ -88,9 +91,9 @@ impl Probe for Process {
         }
         let unmapped = counter(pc::EXECS).saturating_sub(execs.iter().map(|e| e.2).sum());
         if unmapped > 0 {
-            execs.push((encode::OTHER.into(), (), unmapped));
+            execs.push((metrics::OTHER.into(), (), unmapped));
         }
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_process_execs",
             "Successful execve/execveat calls in the target, by the new program's comm.",
@@ -113,9 +116,9 @@ impl Probe for Process {
         }
         let unmapped = counter(pc::EXITS).saturating_sub(exits.iter().map(|e| e.2).sum());
         if unmapped > 0 {
-            exits.push((encode::OTHER.into(), (0, 0), unmapped));
+            exits.push((metrics::OTHER.into(), (0, 0), unmapped));
         }
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_process_exits",
             "Processes of the target that ended, by comm, exit code (0-255) and terminating signal (0 = none).",
@@ -134,19 +137,19 @@ impl Probe for Process {
                 }),
         )?;
 
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_process_forks",
             "New processes created in the target (fork, vfork, clone without CLONE_THREAD).",
             [(vec![], counter(pc::FORKS))],
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_threads_created",
             "New threads created in the target (clone with CLONE_THREAD).",
             [(vec![], counter(pc::THREADS))],
         )?;
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_oom_kills",
             "Processes of the target that died as victims of the OOM killer.",
@@ -154,7 +157,7 @@ impl Probe for Process {
         )?;
         drop(ebpf);
         if let Some(n) = live_processes(ctx, &self.obj) {
-            encode::gauge(
+            metrics::gauge(
                 enc,
                 "ebpf_sidecar_processes",
                 "Processes currently in the target.",

@@ -2,6 +2,9 @@
 //! namespaces, module loads, bpf(), writes to sensitive paths, new outbound peers, new listening
 //! ports) through a ring buffer. Kernel side: `sidecar-ebpf/bpf/security.bpf.c`.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -17,11 +20,11 @@ use sidecar_ebpf::{
 
 use super::dispatch::Side;
 use super::sensitive::{self, Sensitive};
-use super::syscalls::syscall_name;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::{EventSink, rfc3339_from_monotonic};
-use crate::export::encode::{self, LabelBudget, comm_label};
+use crate::metrics::{self, LabelBudget, comm_label};
 use crate::monitored::Resolved;
+use crate::tables::syscall_name;
 
 pub const KINDS: [&str; SEC_KINDS as usize] = [
     "unknown",
@@ -266,7 +269,7 @@ pub fn to_json(e: &SecurityEvent, raw_tls: bool) -> Value {
 impl Security {
     fn encode_sensitive(&self, s: &Sensitive, enc: &mut DescriptorEncoder) -> fmt::Result {
         let attached = s.attached();
-        encode::gauge(
+        metrics::gauge(
             enc,
             "ebpf_sidecar_security_uprobe_files",
             "Binaries an opt-in sensitive probe is attached to (bash or libreadline for bash_readline, libssl for tls).",
@@ -293,17 +296,17 @@ impl Security {
             for dir in [TLS_READ, TLS_WRITE] {
                 let n = super::object::percpu_counter(&ebpf, "tls_other", dir);
                 if n > 0 {
-                    bytes.push((encode::OTHER.to_string(), dir, n));
+                    bytes.push((metrics::OTHER.to_string(), dir, n));
                 }
             }
         }
         // Both directions always appear, so a rate() starts from the first scrape.
         for dir in [TLS_READ, TLS_WRITE] {
             if !bytes.iter().any(|b| b.1 == dir) {
-                bytes.push((encode::OTHER.to_string(), dir, 0));
+                bytes.push((metrics::OTHER.to_string(), dir, 0));
             }
         }
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_tls_plaintext_bytes",
             "Plaintext bytes the target's processes read from and wrote to TLS connections (SSL_read/SSL_write return values, --tls-plaintext), by direction and comm.",
@@ -357,7 +360,7 @@ impl Probe for Security {
             self.encode_sensitive(s, enc)?;
         }
         let c = self.counts();
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_security_events",
             "Security events of the target, by kind (counted in the kernel, including those lost on the way to /events).",
@@ -453,5 +456,57 @@ impl Reader {
         if !batch.is_empty() {
             sink.publish(&batch);
         }
+    }
+}
+
+/// The security family's flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Path prefix whose opening for write is a security event (repeatable; replaces the
+    /// defaults /etc/passwd, /etc/shadow, /etc/group, /etc/sudoers, /root/.ssh/, /etc/ssh/,
+    /// /etc/ld.so.preload). At most 16, 64 bytes each.
+    #[arg(long = "sensitive-path", value_name = "PREFIX", global = true)]
+    sensitive_paths: Vec<String>,
+
+    /// SENSITIVE, opt-in (security family): capture every line bash reads in the target
+    /// (uretprobe on readline) as `bash_readline` events on /events, 256 bytes max per line.
+    /// Typed passwords and secrets are captured too: see README, Security.
+    #[arg(long, global = true)]
+    capture_bash_readline: bool,
+    /// SENSITIVE, opt-in (security family): count the plaintext bytes the target reads and writes
+    /// through OpenSSL's libssl (uprobes on SSL_read/SSL_write and their _ex variants):
+    /// ebpf_sidecar_tls_plaintext_bytes_total{direction,comm}.
+    #[arg(long, global = true)]
+    tls_plaintext: bool,
+    /// SENSITIVE, opt-in (implies --tls-plaintext): the first --tls-sample-bytes of every TLS
+    /// read/write as `tls_sample` events, redacted to the HTTP/1.x shape (request/status line,
+    /// header names) unless --tls-samples-raw.
+    #[arg(long, global = true)]
+    tls_samples: bool,
+    /// Bytes copied per TLS sample (1-256).
+    #[arg(long, value_name = "N", default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=256), global = true)]
+    tls_sample_bytes: u32,
+    /// DANGEROUS (implies --tls-samples): serve TLS samples unredacted, decrypted payload
+    /// (passwords, tokens, bodies) included.
+    #[arg(long, global = true)]
+    tls_samples_raw: bool,
+}
+
+impl super::FamilyArgs for Args {
+    fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
+        let o = &mut *s.options;
+        o.sensitive_paths = self.sensitive_paths;
+        o.bash_readline = self.capture_bash_readline;
+        o.tls_plaintext = self.tls_plaintext || self.tls_samples || self.tls_samples_raw;
+        o.tls_sample_bytes = if self.tls_samples || self.tls_samples_raw {
+            self.tls_sample_bytes
+        } else {
+            0
+        };
+        o.tls_samples_raw = self.tls_samples_raw;
+        if (o.bash_readline || o.tls_plaintext) && !s.probes.iter().any(|p| p == "security") {
+            return Err("--capture-bash-readline and --tls-* are part of the security family: add security to --probes".into());
+        }
+        Ok(())
     }
 }

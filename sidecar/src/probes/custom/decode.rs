@@ -11,8 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::btf::{Btf, Scalar, Ty};
 use super::config::Decoder;
-use crate::probes::syscalls::{errno_name, syscall_name};
 use crate::symbolize::{SymbolTable, Symbolizer};
+use crate::tables::{errno_name, syscall_name};
 
 /// What decoders need beyond the bytes: symbol tables, the cgroup tree, the target's pid.
 pub struct DecodeCtx {

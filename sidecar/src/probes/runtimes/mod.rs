@@ -6,6 +6,8 @@
 //! pack to that file once, for every process that maps it (the BPF programs filter the target).
 //! In `run` mode the command's binary is attached before the command starts, so start-up is seen.
 
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::os::fd::AsFd;
@@ -23,7 +25,7 @@ use sidecar_ebpf::{
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, LabelBudget, Log2Histogram, comm_label};
+use crate::metrics::{self, LabelBudget, Log2Histogram, comm_label};
 use crate::monitored::Resolved;
 use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, attach::Link, procs};
@@ -1035,7 +1037,7 @@ impl Runtimes {
             }
             l
         };
-        encode::counter(
+        metrics::counter(
             enc,
             name,
             help,
@@ -1046,7 +1048,7 @@ impl Runtimes {
             let p = if admitted.contains(p) {
                 p.clone()
             } else {
-                encode::OTHER.to_string()
+                metrics::OTHER.to_string()
             };
             durations
                 .entry((m, p))
@@ -1058,7 +1060,7 @@ impl Runtimes {
         } else {
             "ebpf_sidecar_runtime_http_request_duration_seconds"
         };
-        encode::histogram(
+        metrics::histogram(
             enc,
             name,
             duration_help,
@@ -1085,14 +1087,14 @@ impl Runtimes {
                     .collect::<Vec<_>>()
                     .join(&SEP.to_string())
             };
-            let to_labels = |joined: &str| -> encode::Labels {
+            let to_labels = |joined: &str| -> metrics::Labels {
                 let parts: Vec<&str> = joined.split(SEP).collect();
                 names
                     .iter()
                     .enumerate()
                     .map(|(k, n)| {
-                        let v = if joined == encode::OTHER {
-                            encode::OTHER
+                        let v = if joined == metrics::OTHER {
+                            metrics::OTHER
                         } else {
                             parts.get(k).copied().unwrap_or("")
                         };
@@ -1113,13 +1115,13 @@ impl Runtimes {
                 for ((_, l), h) in hists.iter().filter(|((s, _), _)| *s == slot) {
                     let mut v = values_of(*l);
                     if !admitted.contains(&v) {
-                        v = encode::OTHER.to_string();
+                        v = metrics::OTHER.to_string();
                     }
                     by.entry(v)
                         .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
                         .add(&h.buckets, h.sum_ns);
                 }
-                encode::histogram(
+                metrics::histogram(
                     enc,
                     &d.metric(),
                     &d.help,
@@ -1138,7 +1140,7 @@ impl Runtimes {
                         .map(|((_, l), n)| (values_of(*l), (), *n))
                         .collect(),
                 };
-                encode::counter(
+                metrics::counter(
                     enc,
                     &d.metric(),
                     &d.help,
@@ -1229,7 +1231,7 @@ impl Probe for Runtimes {
             let p = comm_label(raw);
             if p.is_empty() {
                 // The read did not start with the request line (a head split across reads).
-                encode::OTHER.to_string()
+                metrics::OTHER.to_string()
             } else {
                 crate::http_path::normalize(&p)
             }
@@ -1275,7 +1277,7 @@ impl Probe for Runtimes {
                 .or_insert_with(|| Log2Histogram::new(sidecar_ebpf::HIST_BUCKETS))
                 .add(&h.buckets, h.sum_ns);
         }
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_runtime_gc_duration_seconds",
             "Garbage-collection pauses of language runtimes in the target, by runtime and generation (python: 0-2; java: young/full; node: scavenge/mark_compact/minor_mark_compact). _count is the number of GCs.",
@@ -1298,7 +1300,7 @@ impl Probe for Runtimes {
         } else {
             Vec::new()
         };
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_runtime_function_calls",
             "Function calls in runtimes of the target by module:function, top-N plus other (--runtime-calls; CPython fires these only while sys.settrace/setprofile is active).",
@@ -1327,14 +1329,14 @@ impl Probe for Runtimes {
                 slot::JAVA_THREADS,
             ),
         ] {
-            encode::counter(
+            metrics::counter(
                 enc,
                 name,
                 help,
                 has(runtime).then(|| (vec![("runtime", runtime.name().to_string())], sum_slot(s))),
             )?;
         }
-        encode::histogram(
+        metrics::histogram(
             enc,
             "ebpf_sidecar_nodejs_event_loop_lag_seconds",
             "Time a Node.js event-loop thread of the target spent between an epoll wait's return and its next call (callbacks running, nothing new served).",
@@ -1344,7 +1346,7 @@ impl Probe for Runtimes {
         self.encode_declared(enc, &counts, &hists, &declared_strings)?;
 
         let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
-        encode::gauge(
+        metrics::gauge(
             enc,
             "ebpf_sidecar_runtime_info",
             "Processes of the target running a supported language runtime (at most 100 listed).",
@@ -1370,7 +1372,7 @@ impl Probe for Runtimes {
                 *attached.entry(s.clone()).or_default() += 1;
             }
         }
-        encode::gauge(
+        metrics::gauge(
             enc,
             "ebpf_sidecar_usdt_probes_attached",
             "Probe sites attached, by USDT provider and probe (provider \"uprobe\": a function symbol).",
@@ -1385,6 +1387,35 @@ impl Probe for Runtimes {
         let ebpf = self.inner.obj.lock();
         percpu_counter(&ebpf, "rt_counters", rc::LOST_KEYS)
             + percpu_counter(&ebpf, "rt_counters", rc::LOST_BEGINS)
+    }
+}
+
+/// The runtimes family's flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// runtimes: count function calls by module:function
+    /// (ebpf_sidecar_runtime_function_calls_total). Costly: a probe fires on every call.
+    /// CPython 3.11 fires it only while sys.settrace/sys.setprofile is set.
+    #[arg(long, global = true)]
+    runtime_calls: bool,
+    /// runtimes: USDT metrics declared in a YAML file (counters by argument, histograms of
+    /// begin/end pairs or of an argument), exported as ebpf_sidecar_usdt_<name>. Loads the
+    /// runtimes family.
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<std::path::PathBuf>,
+}
+
+impl super::FamilyArgs for Args {
+    fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
+        s.options.runtime_calls = self.runtime_calls;
+        if let Some(path) = &self.config {
+            crate::usdt::config::load(path).map_err(|e| format!("--config {e}"))?;
+            if !s.probes.iter().any(|p| p == "runtimes") {
+                s.probes.push("runtimes".into());
+            }
+        }
+        s.options.usdt_config = self.config;
+        Ok(())
     }
 }
 

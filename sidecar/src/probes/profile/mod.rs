@@ -3,6 +3,14 @@
 //! symbolizes them once a second into one-second windows that every profile request reads, so
 //! concurrent requests share one sampling session. Kernel side: `sidecar-ebpf/bpf/profile.bpf.c`.
 
+// TODO(contract): declare every metric here.
+pub const METRICS: &[crate::metrics::Metric] = &[];
+
+pub mod pprof;
+mod routes;
+
+pub use routes::ROUTES;
+
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
@@ -15,7 +23,7 @@ use sidecar_ebpf::{ProfileCfg, ProfileKey};
 
 use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::export::encode::{self, comm_label};
+use crate::metrics::{self, comm_label};
 use crate::symbolize::{Symbolizer, kallsyms};
 
 /// Seconds of history kept; the longest profile a request can ask for.
@@ -176,7 +184,7 @@ impl Probe for Profile {
         let ebpf = self.obj.lock();
         let samples = percpu_counter(&ebpf, "profile_totals", 0);
         drop(ebpf);
-        encode::counter(
+        metrics::counter(
             enc,
             "ebpf_sidecar_profile_samples",
             "CPU-clock samples taken while one of the target's tasks was running.",
@@ -188,8 +196,8 @@ impl Probe for Profile {
         percpu_counter(&self.obj.lock(), "profile_totals", 1)
     }
 
-    fn profile_store(&self) -> Option<Arc<Store>> {
-        Some(self.store.clone())
+    fn routes(self: Arc<Self>) -> Option<axum::Router> {
+        Some(routes::router(self.store.clone()))
     }
 
     fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
@@ -233,4 +241,26 @@ pub fn folded_text(stacks: &[(Vec<String>, u64)]) -> String {
         out.push_str(&format!("{} {n}\n", line.join(";")));
     }
     out
+}
+
+/// The profile family's flags.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Profiler sampling frequency, per CPU.
+    #[arg(long, value_name = "HZ", default_value_t = 49, value_parser = clap::value_parser!(u64).range(1..=10000), global = true)]
+    profile_hz: u64,
+
+    /// Do not run the sampling profiler (same as leaving `profile` out of --probes).
+    #[arg(long, global = true)]
+    no_profile: bool,
+}
+
+impl super::FamilyArgs for Args {
+    fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
+        s.options.profile_hz = self.profile_hz;
+        if self.no_profile {
+            s.probes.retain(|p| p != "profile");
+        }
+        Ok(())
+    }
 }

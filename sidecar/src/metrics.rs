@@ -1,5 +1,10 @@
-//! Helpers for writing metric families from map contents, and the label budget that bounds
-//! every label's cardinality.
+//! Metric tables and the helpers that write them.
+//!
+//! Every family declares its metrics once, as [`Metric`] constants (name, type, help, labels,
+//! which labels are bounded by `--top-n`), and writes them only through those constants: the
+//! table is what `ebpf-sidecar probes --metrics` prints and what the docs are checked against, so
+//! a metric cannot exist without being listed. Also here: log2 histograms from kernel buckets and
+//! the label budget that bounds every label's cardinality. This module knows no family.
 
 use std::collections::HashSet;
 use std::fmt;
@@ -9,6 +14,220 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet}
 use prometheus_client::metrics::MetricType;
 
 pub type Labels = Vec<(&'static str, String)>;
+
+/// The exposition type of a metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Type {
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+}
+
+impl Type {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Type::Counter => "counter",
+            Type::Gauge => "gauge",
+            Type::Histogram => "histogram",
+            Type::Info => "info",
+        }
+    }
+}
+
+/// One metric as a family declares it. `name` is the base name: without `_total` for counters,
+/// `_info` for infos (the encoder appends them). A label written `name?` is present only with an
+/// option (e.g. `--http-paths`); `top_n` lists the labels whose values are bounded by `--top-n`
+/// (the rest go to `other`).
+#[derive(Clone, Copy, Debug)]
+pub struct Metric {
+    pub name: &'static str,
+    pub kind: Type,
+    pub help: &'static str,
+    pub labels: &'static [&'static str],
+    pub top_n: &'static [&'static str],
+}
+
+impl Metric {
+    pub const fn counter(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, Type::Counter, help)
+    }
+    pub const fn gauge(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, Type::Gauge, help)
+    }
+    pub const fn histogram(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, Type::Histogram, help)
+    }
+    pub const fn info(name: &'static str, help: &'static str) -> Self {
+        Self::new(name, Type::Info, help)
+    }
+    const fn new(name: &'static str, kind: Type, help: &'static str) -> Self {
+        Self {
+            name,
+            kind,
+            help,
+            labels: &[],
+            top_n: &[],
+        }
+    }
+    pub const fn labels(mut self, labels: &'static [&'static str]) -> Self {
+        self.labels = labels;
+        self
+    }
+    /// Labels bounded by `--top-n`.
+    pub const fn top_n(mut self, labels: &'static [&'static str]) -> Self {
+        self.top_n = labels;
+        self
+    }
+
+    /// The name a scrape shows (`_total` and `_info` appended as the encoder does).
+    pub fn exposed_name(&self) -> String {
+        match self.kind {
+            Type::Counter => format!("{}_total", self.name),
+            Type::Info => format!("{}_info", self.name),
+            _ => self.name.to_string(),
+        }
+    }
+
+    /// The base unit, from the name's suffix (Prometheus names carry their unit).
+    pub fn unit(&self) -> &'static str {
+        ["seconds", "bytes", "ratio"]
+            .into_iter()
+            .find(|u| self.name.ends_with(&format!("_{u}")))
+            .unwrap_or("")
+    }
+
+    /// `family name type labels help`: one line of `ebpf-sidecar probes --metrics`. Labels are
+    /// comma separated (`-` for none), a `(top-n)` after those bounded by --top-n.
+    pub fn line(&self, family: &str) -> String {
+        let labels: Vec<String> = self
+            .labels
+            .iter()
+            .map(|l| {
+                let bare = l.trim_end_matches('?');
+                if self.top_n.contains(&bare) {
+                    format!("{l}(top-n)")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        let labels = if labels.is_empty() {
+            "-".to_string()
+        } else {
+            labels.join(",")
+        };
+        format!(
+            "{family} {} {} {labels} {}",
+            self.exposed_name(),
+            self.kind.as_str(),
+            self.help
+        )
+    }
+
+    /// Whether a series' label names fit the table: in its order, every label not marked `?`.
+    pub fn fits(&self, names: &[&str]) -> bool {
+        let mut it = names.iter().peekable();
+        for l in self.labels {
+            let (bare, optional) = match l.strip_suffix('?') {
+                Some(b) => (b, true),
+                None => (*l, false),
+            };
+            if it.peek() == Some(&&bare) {
+                it.next();
+            } else if !optional {
+                return false;
+            }
+        }
+        it.next().is_none()
+    }
+
+    /// Check a series' labels against the table, for a series written by hand (e.g. with the
+    /// user's extra labels appended).
+    pub fn check_labels(&self, labels: &Labels) {
+        self.check(self.kind, &names(labels));
+    }
+
+    fn check(&self, kind: Type, names: &[&str]) {
+        if kind != self.kind || !self.fits(names) {
+            misfit(self, kind, names);
+        }
+    }
+
+    pub fn counter_series<V: prometheus_client::encoding::EncodeCounterValue>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        series: impl IntoIterator<Item = (Labels, V)>,
+    ) -> fmt::Result {
+        let mut m = enc.encode_descriptor(self.name, self.help, None, MetricType::Counter)?;
+        for (labels, v) in series {
+            self.check(Type::Counter, &names(&labels));
+            m.encode_family(&labels)?
+                .encode_counter::<NoLabelSet, _, u64>(&v, None)?;
+        }
+        Ok(())
+    }
+
+    pub fn gauge_series<V: prometheus_client::encoding::EncodeGaugeValue>(
+        &self,
+        enc: &mut DescriptorEncoder,
+        series: impl IntoIterator<Item = (Labels, V)>,
+    ) -> fmt::Result {
+        let mut m = enc.encode_descriptor(self.name, self.help, None, MetricType::Gauge)?;
+        for (labels, v) in series {
+            self.check(Type::Gauge, &names(&labels));
+            m.encode_family(&labels)?.encode_gauge(&v)?;
+        }
+        Ok(())
+    }
+
+    pub fn histogram_series(
+        &self,
+        enc: &mut DescriptorEncoder,
+        series: impl IntoIterator<Item = (Labels, Log2Histogram)>,
+    ) -> fmt::Result {
+        let mut m = enc.encode_descriptor(self.name, self.help, None, MetricType::Histogram)?;
+        for (labels, h) in series {
+            self.check(Type::Histogram, &names(&labels));
+            m.encode_family(&labels)?.encode_histogram::<NoLabelSet>(
+                h.sum_ns as f64 / 1e9,
+                h.count(),
+                &h.bounded(),
+                None,
+            )?;
+        }
+        Ok(())
+    }
+
+    pub fn info_series(&self, enc: &mut DescriptorEncoder, labels: &Labels) -> fmt::Result {
+        self.check(Type::Info, &names(labels));
+        enc.encode_descriptor(self.name, self.help, None, MetricType::Info)?
+            .encode_info(labels)
+    }
+}
+
+fn names<'a>(labels: &'a Labels) -> Vec<&'a str> {
+    labels.iter().map(|(n, _)| *n).collect()
+}
+
+/// A series that does not fit its table entry is a bug: fatal in debug builds (and so in unit
+/// tests), logged once per metric in release builds, where the series is still written.
+fn misfit(m: &Metric, kind: Type, names: &[&str]) {
+    let why = format!(
+        "metric {} written as a {} with labels {names:?}, declared a {} with labels {:?}",
+        m.name,
+        kind.as_str(),
+        m.kind.as_str(),
+        m.labels
+    );
+    debug_assert!(false, "{why}");
+    static SEEN: Mutex<Vec<&'static str>> = Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if !seen.contains(&m.name) {
+        seen.push(m.name);
+        tracing::error!("{why}");
+    }
+}
 
 /// A counter family. `name` without `_total` (the encoder appends it).
 pub fn counter<V: prometheus_client::encoding::EncodeCounterValue>(
