@@ -24,3 +24,29 @@ pub fn errno_name(err: u32) -> String {
         Err(_) => format!("errno_{err}"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(syscall_name(0), "read");
+        assert_eq!(syscall_name(110), "getppid");
+        assert_eq!(syscall_name(257), "openat");
+        assert_eq!(syscall_name(462), "mseal");
+        assert_eq!(syscall_name(500), "syscall_500");
+        assert_eq!(syscall_name(511), "unknown");
+        assert_eq!(errno_name(2), "ENOENT");
+        assert_eq!(errno_name(111), "ECONNREFUSED");
+        assert_eq!(errno_name(512), "ERESTARTSYS");
+        assert_eq!(errno_name(999), "errno_999");
+    }
+
+    #[test]
+    fn tables_sorted() {
+        assert!(SYSCALLS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert!(ERRNOS.windows(2).all(|w| w[0].0 < w[1].0));
+        assert_eq!(SYSCALLS.last().map(|s| s.1), Some("file_setattr"));
+    }
+}
