@@ -44,7 +44,7 @@ pub struct Config {
     /// Prometheus exporter-toolkit web configuration (TLS, basic auth).
     pub web_config: Option<PathBuf>,
     /// User probes (--probe-file/--probe-config pairs).
-    pub custom: Vec<probes::custom::Spec>,
+    pub custom: Vec<probes::UserProbe>,
 }
 
 /// Errors before serving starts are the user's to fix: they exit with status 2.
@@ -319,7 +319,7 @@ fn load_families(
     let mut custom_keeps = Vec::new();
     for spec in &cfg.custom {
         let t0 = Instant::now();
-        match probes::custom::load(spec, &cfg.options, target.initial.as_ref()) {
+        match probes::load_user_probe(spec, &cfg.options, target.initial.as_ref()) {
             Ok(l) => {
                 report(l.probe.name(), t0, Ok(()));
                 custom_keeps.extend(l.keeps);
@@ -327,7 +327,7 @@ fn load_families(
             }
             Err((name, e)) => {
                 let name: &'static str = Box::leak(format!("custom:{name}").into_boxed_str());
-                report(name, t0, Err(e.to_string()));
+                report(name, t0, Err(e));
             }
         }
     }
@@ -362,17 +362,9 @@ fn drop_capabilities(
 ) {
     let mut keep = crate::caps::needed_after_attach();
     for f in families {
-        keep.extend(f.keeps.iter().copied());
+        keep.extend((f.keeps)(&cfg.options));
     }
     keep.extend(custom_keeps);
-    if cfg.options.net_mode == probes::net_pkt::NetMode::Netns
-        && families.iter().any(|f| f.name == "net")
-    {
-        // Re-entering the target's network namespace when it restarts: setns needs SYS_ADMIN,
-        // and reading/opening /proc/<pid>/ns/net of a more privileged process needs SYS_PTRACE.
-        keep.insert(caps::Capability::CAP_SYS_ADMIN);
-        keep.insert(caps::Capability::CAP_SYS_PTRACE);
-    }
     if run {
         // Removing the run cgroup at the end: cgroup2 roots are often r-x even for root.
         keep.insert(caps::Capability::CAP_DAC_OVERRIDE);

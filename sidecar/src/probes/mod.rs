@@ -184,7 +184,7 @@ pub struct Family {
     /// Capabilities, beyond loading tracing programs (CAP_BPF + CAP_PERFMON), needed to attach.
     pub needs: &'static [caps::Capability],
     /// Capabilities still needed after attaching (e.g. to re-attach when the target restarts).
-    pub keeps: &'static [caps::Capability],
+    pub keeps: fn(&Options) -> Vec<caps::Capability>,
     pub load: fn(&Options) -> Result<Arc<dyn Probe>, ProbeError>,
     /// Every metric the family writes.
     pub metrics: &'static [Metric],
@@ -201,7 +201,7 @@ pub const FAMILIES: &[Family] = &[
         name: "process",
         about: "execs, exits by code/signal, forks, live processes, OOM kills",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: process::load,
         metrics: process::METRICS,
         routes: &[],
@@ -212,7 +212,7 @@ pub const FAMILIES: &[Family] = &[
         name: "syscalls",
         about: "calls, errors by errno, time and latency per syscall",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: syscalls::load,
         metrics: syscalls::METRICS,
         routes: syscalls::ROUTES,
@@ -223,7 +223,7 @@ pub const FAMILIES: &[Family] = &[
         name: "security",
         about: "event stream: exec, shells, privilege changes, ptrace, mounts/namespaces, modules, bpf(), sensitive opens, new peers/ports",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: security::load,
         metrics: security::METRICS,
         routes: &[],
@@ -234,7 +234,7 @@ pub const FAMILIES: &[Family] = &[
         name: "disk",
         about: "block requests, bytes, service and queue time by device and op",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: disk::load,
         metrics: disk::METRICS,
         routes: &[],
@@ -245,7 +245,7 @@ pub const FAMILIES: &[Family] = &[
         name: "files",
         about: "bytes read/written per file, opens and failing paths, fsync latency, page cache misses",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: files::load,
         metrics: files::METRICS,
         routes: &[],
@@ -256,7 +256,7 @@ pub const FAMILIES: &[Family] = &[
         name: "cpu",
         about: "on-CPU time by comm, slices, run-queue latency, off-CPU time, context switches, migrations",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: cpu::load,
         metrics: cpu::METRICS,
         routes: &[],
@@ -267,8 +267,7 @@ pub const FAMILIES: &[Family] = &[
         name: "profile",
         about: "sampling profiler (perf_event, 49 Hz per CPU): pprof, folded stacks, flame graphs",
         needs: &[],
-        // Symbolizing reads the target's /proc/<pid>/maps and binaries (ptrace read access).
-        keeps: &[caps::Capability::CAP_SYS_PTRACE],
+        keeps: profile_keeps,
         load: profile::load,
         metrics: profile::METRICS,
         routes: profile::ROUTES,
@@ -280,7 +279,7 @@ pub const FAMILIES: &[Family] = &[
         about: "packets/bytes by protocol, TCP lifecycle, peers, connect/bind errors, UDP drops",
         // cgroup_skb programs: attached at start and again when the target restarts.
         needs: &[caps::Capability::CAP_NET_ADMIN],
-        keeps: &[caps::Capability::CAP_NET_ADMIN],
+        keeps: net_keeps,
         load: net::load,
         metrics: net::METRICS,
         routes: net::ROUTES,
@@ -291,7 +290,7 @@ pub const FAMILIES: &[Family] = &[
         name: "runtimes",
         about: "language runtimes (USDT + uprobes): Python/Java/Node GC pauses, HTTP, calls",
         needs: &[],
-        keeps: &[],
+        keeps: keeps_none,
         load: runtimes::load,
         metrics: runtimes::METRICS,
         routes: &[],
@@ -299,6 +298,29 @@ pub const FAMILIES: &[Family] = &[
         configure: configure::<runtimes::Args>,
     },
 ];
+
+fn keeps_none(_: &Options) -> Vec<caps::Capability> {
+    Vec::new()
+}
+
+/// Symbolizing reads the target's /proc/<pid>/maps and binaries (ptrace read access).
+fn profile_keeps(_: &Options) -> Vec<caps::Capability> {
+    vec![caps::Capability::CAP_SYS_PTRACE]
+}
+
+/// Packet programs are attached again when the target restarts. In netns mode that means
+/// re-entering its network namespace: setns needs SYS_ADMIN, and opening /proc/<pid>/ns/net of
+/// a more privileged process needs SYS_PTRACE.
+fn net_keeps(o: &Options) -> Vec<caps::Capability> {
+    let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
+    if o.net_mode == net_pkt::NetMode::Netns {
+        keep.extend([
+            caps::Capability::CAP_SYS_ADMIN,
+            caps::Capability::CAP_SYS_PTRACE,
+        ]);
+    }
+    keep
+}
 
 /// Families loaded when --probes is not given.
 pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,net,disk,cpu,profile";
@@ -311,6 +333,19 @@ pub fn add_args(cmd: clap::Command) -> clap::Command {
 /// Every family's flags from the parsed command line into `setup`, in FAMILIES' order.
 pub fn configure_all(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
     FAMILIES.iter().try_for_each(|f| (f.configure)(m, setup))
+}
+
+/// A user's probe (`--probe-file` + `--probe-config`): loaded beside the families, reported
+/// like one (`custom:<name>`), never fatal.
+pub use custom::Spec as UserProbe;
+
+/// Load a user's probe; the error names the probe.
+pub fn load_user_probe(
+    spec: &UserProbe,
+    opts: &Options,
+    target: Option<&Resolved>,
+) -> Result<custom::Loaded, (String, String)> {
+    custom::load(spec, opts, target).map_err(|(name, e)| (name, e.to_string()))
 }
 
 pub fn family(name: &str) -> Option<&'static Family> {
