@@ -2,25 +2,70 @@
 //! result and failing path, sync calls and their latency, page cache misses.
 //! Kernel side: `sidecar-ebpf/bpf/files.bpf.c`.
 
-// TODO(contract): declare every metric here.
-pub const METRICS: &[crate::metrics::Metric] = &[];
-
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::HashMap as BpfHashMap;
-use aya::maps::{PerCpuArray, PerCpuHashMap};
+use aya::Pod;
+use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     ERRNO_SLOTS, FILE_PATHS, FileIo, FilePath, FileSyncStats, HIST_BUCKETS, OpenErrorKey,
     file_kind, file_sync_call, files_counter as fc,
 };
 
-use super::object::percpu_counter;
+use super::object::Maps;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::metrics::{self, LabelBudget, Labels, Log2Histogram, OTHER};
+use crate::metrics::{self, LabelBudget, Labels, Log2Histogram, Metric, OTHER};
 use crate::tables::errno_name;
+
+/// `path` only on `kind="file"` series.
+pub const READ_BYTES: Metric = Metric::counter(
+    "ebpf_sidecar_file_read_bytes",
+    "Bytes the target read through read/pread/readv/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown` = opened before the sidecar looked), everything else by kind.",
+)
+.labels(&["kind", "path?"])
+.top_n(&["path"]);
+pub const WRITE_BYTES: Metric = Metric::counter(
+    "ebpf_sidecar_file_write_bytes",
+    "Bytes the target wrote through write/pwrite/writev/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown`), everything else by kind.",
+)
+.labels(&["kind", "path?"])
+.top_n(&["path"]);
+pub const OPENS: Metric = Metric::counter(
+    "ebpf_sidecar_file_opens",
+    "open/openat/openat2/creat calls of the target, by result (ok or errno name).",
+)
+.labels(&["result"]);
+pub const OPEN_ERRORS: Metric = Metric::counter(
+    "ebpf_sidecar_file_open_errors",
+    "Failed opens of the target by path (top-N paths, the rest in `other`) and errno.",
+)
+.labels(&["path", "errno"])
+.top_n(&["path"]);
+pub const SYNCS: Metric = Metric::counter(
+    "ebpf_sidecar_file_syncs",
+    "fsync/fdatasync/sync_file_range calls of the target that returned, by call.",
+)
+.labels(&["call"]);
+pub const SYNC_DURATION: Metric = Metric::histogram(
+    "ebpf_sidecar_file_sync_duration_seconds",
+    "Latency of the target's fsync/fdatasync/sync_file_range calls, by call.",
+)
+.labels(&["call"]);
+pub const PAGE_CACHE_MISSES: Metric = Metric::counter(
+    "ebpf_sidecar_page_cache_misses",
+    "Pages the target caused to be added to the page cache (reads from storage incl. readahead, and new pages of buffered writes). Hits are not observable without kprobes.",
+);
+pub const METRICS: &[Metric] = &[
+    READ_BYTES,
+    WRITE_BYTES,
+    OPENS,
+    OPEN_ERRORS,
+    SYNCS,
+    SYNC_DURATION,
+    PAGE_CACHE_MISSES,
+];
 
 /// Regular files read or written through a struct file whose open the probe did not see.
 pub use crate::metrics::UNKNOWN;
@@ -121,96 +166,121 @@ fn fold_paths(
     out
 }
 
-impl Probe for Files {
-    fn name(&self) -> &'static str {
-        "files"
-    }
+/// Each slot of the per-CPU array `name` by index, `None` where it could not be read (counted).
+/// By hand rather than `Maps::percpu_array`, which leaves unreadable slots out and so would shift
+/// the slots after one (the index is the errno, kind or call).
+fn slots<V: Pod>(obj: &Object, maps: &Maps<'_>, name: &str) -> Vec<Option<Vec<V>>> {
+    let Some(arr) = maps.get::<PerCpuArray<&MapData, V>>(name) else {
+        return Vec::new();
+    };
+    (0..arr.len())
+        .map(|i| match arr.get(&i, 0) {
+            Ok(v) => Some(v.iter().copied().collect()),
+            Err(e) => {
+                obj.read_error(name, e);
+                None
+            }
+        })
+        .collect()
+}
 
-    fn object(&self) -> &Object {
-        &self.obj
-    }
+fn add_io(to: &mut FileIo, from: &FileIo) {
+    to.read_bytes += from.read_bytes;
+    to.write_bytes += from.write_bytes;
+}
 
-    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let ebpf = self.obj.lock();
+/// What one scrape reads from the kernel's tables.
+struct Scrape {
+    /// Bytes by path label (regular files whose path is known).
+    paths: HashMap<String, FileIo>,
+    /// Bytes by `file_kind` slot.
+    kinds: [FileIo; file_kind::KINDS as usize],
+    /// Opens by result slot: 0 ok, else the errno.
+    opens: Vec<u64>,
+    /// Failed opens the kernel table kept: (path label, errno, count).
+    errors: Vec<(String, u32, u64)>,
+    /// By call: (name, calls, latency).
+    syncs: Vec<(&'static str, u64, Log2Histogram)>,
+    page_misses: u64,
+}
+
+impl Files {
+    fn scrape(&self) -> Scrape {
+        let maps = self.obj.maps();
         // Names of the ids handed out, then each id's bytes: as many lookups as paths seen,
         // not one per slot of the table.
         let mut paths: HashMap<String, FileIo> = HashMap::new();
-        if let (Some(Ok(ids)), Some(Ok(io))) = (
-            ebpf.map("file_path_ids")
-                .map(BpfHashMap::<_, FilePath, u32>::try_from),
-            ebpf.map("file_io").map(PerCpuArray::<_, FileIo>::try_from),
-        ) {
-            for (k, id) in ids.iter().filter_map(|r| r.ok()) {
+        let ids = maps.hash::<FilePath, u32>("file_path_ids");
+        if !ids.is_empty()
+            && let Some(io) = maps.get::<PerCpuArray<&MapData, FileIo>>("file_io")
+        {
+            for (k, id) in ids {
                 if id as usize >= FILE_PATHS {
                     continue;
                 }
-                let Ok(vals) = io.get(&id, 0) else { continue };
-                let e = paths.entry(path_label(&k.path)).or_default();
-                for v in vals.iter() {
-                    e.read_bytes += v.read_bytes;
-                    e.write_bytes += v.write_bytes;
+                match io.get(&id, 0) {
+                    Ok(vals) => {
+                        let e = paths.entry(path_label(&k.path)).or_default();
+                        vals.iter().for_each(|v| add_io(e, v));
+                    }
+                    Err(e) => self.obj.read_error("file_io", e),
                 }
             }
         }
         paths.retain(|_, io| *io != FileIo::default());
         let mut kinds = [FileIo::default(); file_kind::KINDS as usize];
-        if let Some(Ok(arr)) = ebpf
-            .map("file_kind_io")
-            .map(PerCpuArray::<_, FileIo>::try_from)
+        for (k, vals) in kinds
+            .iter_mut()
+            .zip(slots::<FileIo>(&self.obj, &maps, "file_kind_io"))
         {
-            for (i, vals) in arr.iter().enumerate().take(kinds.len()) {
-                let Ok(vals) = vals else { continue };
-                for io in vals.iter() {
-                    kinds[i].read_bytes += io.read_bytes;
-                    kinds[i].write_bytes += io.write_bytes;
-                }
-            }
+            vals.iter().flatten().for_each(|v| add_io(k, v));
         }
         let mut opens = vec![0u64; ERRNO_SLOTS];
-        if let Some(Ok(arr)) = ebpf.map("file_opens").map(PerCpuArray::<_, u64>::try_from) {
-            for (i, vals) in arr.iter().enumerate().take(ERRNO_SLOTS) {
-                if let Ok(vals) = vals {
-                    opens[i] = vals.iter().sum();
-                }
-            }
-        }
-        let mut errors: Vec<(String, u32, u64)> = Vec::new();
-        if let Some(Ok(m)) = ebpf
-            .map("file_open_errors")
-            .map(PerCpuHashMap::<_, OpenErrorKey, u64>::try_from)
+        for (o, vals) in opens
+            .iter_mut()
+            .zip(slots::<u64>(&self.obj, &maps, "file_opens"))
         {
-            for (k, v) in m.iter().filter_map(|r| r.ok()) {
-                errors.push((path_label(&k.path), k.err, v.iter().sum()));
-            }
+            *o = vals.iter().flatten().sum();
         }
-        let mut syncs: Vec<(&'static str, u64, Log2Histogram)> = Vec::new();
-        if let Some(Ok(arr)) = ebpf
-            .map("file_syncs")
-            .map(PerCpuArray::<_, FileSyncStats>::try_from)
-        {
-            for (i, vals) in arr.iter().enumerate() {
-                let Ok(vals) = vals else { continue };
+        let errors = maps
+            .percpu_hash::<OpenErrorKey, u64>("file_open_errors")
+            .into_iter()
+            .map(|(k, v)| (path_label(&k.path), k.err, v.iter().sum()))
+            .collect();
+        let syncs = slots::<FileSyncStats>(&self.obj, &maps, "file_syncs")
+            .into_iter()
+            .enumerate()
+            .filter_map(|(i, vals)| {
+                let vals = vals?;
                 let mut h = Log2Histogram::new(HIST_BUCKETS);
-                let mut calls = 0;
-                for v in vals.iter() {
-                    calls += v.calls;
+                for v in &vals {
                     h.add(&v.hist, v.time_ns);
                 }
-                syncs.push((sync_name(i as u32), calls, h));
-            }
+                Some((sync_name(i as u32), vals.iter().map(|v| v.calls).sum(), h))
+            })
+            .collect();
+        let page_misses = maps.counter("files_counters", fc::PAGE_CACHE_MISSES);
+        Scrape {
+            paths,
+            kinds,
+            opens,
+            errors,
+            syncs,
+            page_misses,
         }
-        let page_misses = percpu_counter(&ebpf, "files_counters", fc::PAGE_CACHE_MISSES);
-        drop(ebpf);
+    }
 
+    /// Read and write bytes: regular files by path, the other kinds by kind.
+    fn encode_bytes(&self, s: &Scrape, enc: &mut DescriptorEncoder) -> fmt::Result {
         let files = fold_paths(
             &self.paths,
-            paths.into_iter().collect(),
-            kinds[file_kind::UNKNOWN_PATH as usize],
-            kinds[file_kind::UNMAPPED as usize],
+            s.paths.clone().into_iter().collect(),
+            s.kinds[file_kind::UNKNOWN_PATH as usize],
+            s.kinds[file_kind::UNMAPPED as usize],
         );
         let series = |read: bool| {
             let pick = move |io: &FileIo| if read { io.read_bytes } else { io.write_bytes };
-            let mut s: Vec<(Labels, u64)> = files
+            let mut out: Vec<(Labels, u64)> = files
                 .iter()
                 .map(|(p, io)| {
                     (
@@ -219,31 +289,22 @@ impl Probe for Files {
                     )
                 })
                 .collect();
-            for (i, io) in kinds.iter().enumerate() {
+            for (i, io) in s.kinds.iter().enumerate() {
                 if let Some(k) = kind_name(i as u32) {
-                    s.push((vec![("kind", k.to_string())], pick(io)));
+                    out.push((vec![("kind", k.to_string())], pick(io)));
                 }
             }
-            s
+            out
         };
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_file_read_bytes",
-            "Bytes the target read through read/pread/readv/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown` = opened before the sidecar looked), everything else by kind.",
-            series(true),
-        )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_file_write_bytes",
-            "Bytes the target wrote through write/pwrite/writev/sendfile/copy_file_range/splice: regular files by path (top-N, `other`, `unknown`), everything else by kind.",
-            series(false),
-        )?;
+        READ_BYTES.counter_series(enc, series(true))?;
+        WRITE_BYTES.counter_series(enc, series(false))
+    }
 
-        metrics::counter(
+    /// Opens by result, and failed opens by path and errno.
+    fn encode_opens(&self, s: &Scrape, enc: &mut DescriptorEncoder) -> fmt::Result {
+        OPENS.counter_series(
             enc,
-            "ebpf_sidecar_file_opens",
-            "open/openat/openat2/creat calls of the target, by result (ok or errno name).",
-            opens
+            s.opens
                 .iter()
                 .enumerate()
                 .filter(|(_, n)| **n > 0)
@@ -257,54 +318,59 @@ impl Probe for Files {
                 }),
         )?;
         // Failures whose (path, errno) did not fit the kernel table are in the totals only.
+        let mut errors = s.errors.clone();
         let mut mapped: HashMap<u32, u64> = HashMap::new();
         for (_, e, n) in &errors {
             *mapped.entry(*e).or_default() += n;
         }
-        for (e, total) in opens.iter().enumerate().skip(1) {
+        for (e, total) in s.opens.iter().enumerate().skip(1) {
             let rest = total.saturating_sub(mapped.get(&(e as u32)).copied().unwrap_or(0));
             if rest > 0 {
                 errors.push((OTHER.into(), e as u32, rest));
             }
         }
-        metrics::counter(
+        OPEN_ERRORS.counter_series(
             enc,
-            "ebpf_sidecar_file_open_errors",
-            "Failed opens of the target by path (top-N paths, the rest in `other`) and errno.",
             self.error_paths
                 .fold(errors)
                 .into_iter()
                 .map(|(p, e, n)| (vec![("path", p), ("errno", errno_name(e))], n)),
-        )?;
+        )
+    }
+}
 
-        metrics::counter(
+impl Probe for Files {
+    fn name(&self) -> &'static str {
+        "files"
+    }
+
+    fn object(&self) -> &Object {
+        &self.obj
+    }
+
+    fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
+        let s = self.scrape();
+        self.encode_bytes(&s, enc)?;
+        self.encode_opens(&s, enc)?;
+        SYNCS.counter_series(
             enc,
-            "ebpf_sidecar_file_syncs",
-            "fsync/fdatasync/sync_file_range calls of the target that returned, by call.",
-            syncs
+            s.syncs
                 .iter()
                 .map(|(c, n, _)| (vec![("call", c.to_string())], *n)),
         )?;
-        metrics::histogram(
+        SYNC_DURATION.histogram_series(
             enc,
-            "ebpf_sidecar_file_sync_duration_seconds",
-            "Latency of the target's fsync/fdatasync/sync_file_range calls, by call.",
-            syncs
+            s.syncs
                 .into_iter()
                 .map(|(c, _, h)| (vec![("call", c.to_string())], h)),
         )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_page_cache_misses",
-            "Pages the target caused to be added to the page cache (reads from storage incl. readahead, and new pages of buffered writes). Hits are not observable without kprobes.",
-            [(vec![], page_misses)],
-        )
+        PAGE_CACHE_MISSES.counter_series(enc, [(vec![], s.page_misses)])
     }
 
     fn lost_events(&self) -> u64 {
-        let ebpf = self.obj.lock();
-        percpu_counter(&ebpf, "files_counters", fc::LOST_OPEN_ERRORS)
-            + percpu_counter(&ebpf, "files_counters", fc::LOST_FDS)
+        let maps = self.obj.maps();
+        maps.counter("files_counters", fc::LOST_OPEN_ERRORS)
+            + maps.counter("files_counters", fc::LOST_FDS)
     }
 }
 

@@ -1,20 +1,46 @@
 //! Process family: execs by comm, exits by comm/code/signal, forks, live processes, OOM kills.
 //! Kernel side: `sidecar-ebpf/bpf/process.bpf.c`.
 
-// TODO(contract): declare every metric here.
-pub const METRICS: &[crate::metrics::Metric] = &[];
-
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::HashMap;
+use aya::maps::MapData;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{CommKey, ExitKey, process_counter as pc};
 
-use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::metrics::{self, LabelBudget, comm_label};
+use crate::metrics::{self, LabelBudget, Metric, comm_label};
 use crate::monitored::{Filter, cgroup};
+
+pub const EXECS: Metric = Metric::counter(
+    "ebpf_sidecar_process_execs",
+    "Successful execve/execveat calls in the target, by the new program's comm.",
+)
+.labels(&["comm"])
+.top_n(&["comm"]);
+pub const EXITS: Metric = Metric::counter(
+    "ebpf_sidecar_process_exits",
+    "Processes of the target that ended, by comm, exit code (0-255) and terminating signal (0 = none).",
+)
+.labels(&["comm", "code", "signal"])
+.top_n(&["comm"]);
+pub const FORKS: Metric = Metric::counter(
+    "ebpf_sidecar_process_forks",
+    "New processes created in the target (fork, vfork, clone without CLONE_THREAD).",
+);
+pub const THREADS: Metric = Metric::counter(
+    "ebpf_sidecar_threads_created",
+    "New threads created in the target (clone with CLONE_THREAD).",
+);
+pub const OOM_KILLS: Metric = Metric::counter(
+    "ebpf_sidecar_oom_kills",
+    "Processes of the target that died as victims of the OOM killer.",
+);
+pub const PROCESSES: Metric = Metric::gauge(
+    "ebpf_sidecar_processes",
+    "Processes currently in the target.",
+);
+pub const METRICS: &[Metric] = &[EXECS, EXITS, FORKS, THREADS, OOM_KILLS, PROCESSES];
 
 pub struct Process {
     obj: Object,
@@ -40,10 +66,16 @@ fn live_processes(ctx: &EncodeCtx<'_>, obj: &Object) -> Option<u64> {
     let t = ctx.target?;
     if let Filter::Tree { .. } = t.filter {
         // The kernel's set: reparented orphans are still members, which a walk of ppids misses.
-        let ebpf = obj.lock();
-        let map = ebpf.map(sidecar_ebpf::TREE_MAP)?;
-        let tree: aya::maps::HashMap<_, u32, u64> = aya::maps::HashMap::try_from(map).ok()?;
-        return Some(tree.keys().filter(Result::is_ok).count() as u64);
+        let maps = obj.maps();
+        let tree = maps.get::<aya::maps::HashMap<&MapData, u32, u64>>(sidecar_ebpf::TREE_MAP)?;
+        let mut n = 0;
+        for key in tree.keys() {
+            match key {
+                Ok(_) => n += 1,
+                Err(e) => obj.read_error(sidecar_ebpf::TREE_MAP, e),
+            }
+        }
+        return Some(n);
     }
     if let Some(dir) = &t.cgroup_dir {
         return cgroup::count_procs(dir).ok();
@@ -74,54 +106,45 @@ impl Probe for Process {
     }
 
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let ebpf = self.obj.lock();
-        let counter = |i| percpu_counter(&ebpf, "process_counters", i);
+        let maps = self.obj.maps();
+        let counter = |i| maps.counter("process_counters", i);
 
         // Keys that did not fit the kernel table are in the totals only: they show as `other`.
-        let mut execs: Vec<(String, (), u64)> = Vec::new();
-        if let Some(Ok(m)) = ebpf
-            .map("process_execs")
-            .map(HashMap::<_, CommKey, u64>::try_from)
-        {
-            execs.extend(
-                m.iter()
-                    .filter_map(|r| r.ok())
-                    .map(|(k, v)| (comm_label(&k.comm), (), v)),
-            );
-        }
+        // The table is read before the total, so the total is never the smaller.
+        let mut execs: Vec<(String, (), u64)> = maps
+            .hash::<CommKey, u64>("process_execs")
+            .into_iter()
+            .map(|(k, v)| (comm_label(&k.comm), (), v))
+            .collect();
         let unmapped = counter(pc::EXECS).saturating_sub(execs.iter().map(|e| e.2).sum());
         if unmapped > 0 {
             execs.push((metrics::OTHER.into(), (), unmapped));
         }
-        metrics::counter(
+        let mut exits: Vec<(String, (u32, u32), u64)> = maps
+            .hash::<ExitKey, u64>("process_exits")
+            .into_iter()
+            .map(|(k, v)| (comm_label(&k.comm), (k.code, k.signal), v))
+            .collect();
+        let unmapped = counter(pc::EXITS).saturating_sub(exits.iter().map(|e| e.2).sum());
+        if unmapped > 0 {
+            exits.push((metrics::OTHER.into(), (0, 0), unmapped));
+        }
+        let (forks, threads, oom_kills) = (
+            counter(pc::FORKS),
+            counter(pc::THREADS),
+            counter(pc::OOM_KILLS),
+        );
+        drop(maps);
+
+        EXECS.counter_series(
             enc,
-            "ebpf_sidecar_process_execs",
-            "Successful execve/execveat calls in the target, by the new program's comm.",
             self.exec_comms
                 .fold(execs)
                 .into_iter()
                 .map(|(c, (), n)| (vec![("comm", c)], n)),
         )?;
-
-        let mut exits: Vec<(String, (u32, u32), u64)> = Vec::new();
-        if let Some(Ok(m)) = ebpf
-            .map("process_exits")
-            .map(HashMap::<_, ExitKey, u64>::try_from)
-        {
-            exits.extend(
-                m.iter()
-                    .filter_map(|r| r.ok())
-                    .map(|(k, v)| (comm_label(&k.comm), (k.code, k.signal), v)),
-            );
-        }
-        let unmapped = counter(pc::EXITS).saturating_sub(exits.iter().map(|e| e.2).sum());
-        if unmapped > 0 {
-            exits.push((metrics::OTHER.into(), (0, 0), unmapped));
-        }
-        metrics::counter(
+        EXITS.counter_series(
             enc,
-            "ebpf_sidecar_process_exits",
-            "Processes of the target that ended, by comm, exit code (0-255) and terminating signal (0 = none).",
             self.exit_comms
                 .fold(exits)
                 .into_iter()
@@ -136,33 +159,11 @@ impl Probe for Process {
                     )
                 }),
         )?;
-
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_process_forks",
-            "New processes created in the target (fork, vfork, clone without CLONE_THREAD).",
-            [(vec![], counter(pc::FORKS))],
-        )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_threads_created",
-            "New threads created in the target (clone with CLONE_THREAD).",
-            [(vec![], counter(pc::THREADS))],
-        )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_oom_kills",
-            "Processes of the target that died as victims of the OOM killer.",
-            [(vec![], counter(pc::OOM_KILLS))],
-        )?;
-        drop(ebpf);
+        FORKS.counter_series(enc, [(vec![], forks)])?;
+        THREADS.counter_series(enc, [(vec![], threads)])?;
+        OOM_KILLS.counter_series(enc, [(vec![], oom_kills)])?;
         if let Some(n) = live_processes(ctx, &self.obj) {
-            metrics::gauge(
-                enc,
-                "ebpf_sidecar_processes",
-                "Processes currently in the target.",
-                [(vec![], n)],
-            )?;
+            PROCESSES.gauge_series(enc, [(vec![], n)])?;
         }
         Ok(())
     }

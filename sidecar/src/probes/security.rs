@@ -2,9 +2,6 @@
 //! namespaces, module loads, bpf(), writes to sensitive paths, new outbound peers, new listening
 //! ports) through a ring buffer. Kernel side: `sidecar-ebpf/bpf/security.bpf.c`.
 
-// TODO(contract): declare every metric here.
-pub const METRICS: &[crate::metrics::Metric] = &[];
-
 use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::os::fd::AsRawFd;
@@ -22,9 +19,29 @@ use super::dispatch::Side;
 use super::sensitive::{self, Sensitive};
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::{EventSink, rfc3339_from_monotonic};
-use crate::metrics::{self, LabelBudget, comm_label};
+use crate::metrics::{self, LabelBudget, Metric, comm_label};
 use crate::monitored::Resolved;
 use crate::tables::syscall_name;
+
+/// Only with --capture-bash-readline or --tls-plaintext (one series per opt-in probe enabled).
+pub const UPROBE_FILES: Metric = Metric::gauge(
+    "ebpf_sidecar_security_uprobe_files",
+    "Binaries an opt-in sensitive probe is attached to (bash or libreadline for bash_readline, libssl for tls).",
+)
+.labels(&["probe"]);
+/// Only with --tls-plaintext.
+pub const TLS_PLAINTEXT_BYTES: Metric = Metric::counter(
+    "ebpf_sidecar_tls_plaintext_bytes",
+    "Plaintext bytes the target's processes read from and wrote to TLS connections (SSL_read/SSL_write return values, --tls-plaintext), by direction and comm.",
+)
+.labels(&["direction", "comm"])
+.top_n(&["comm"]);
+pub const EVENTS: Metric = Metric::counter(
+    "ebpf_sidecar_security_events",
+    "Security events of the target, by kind (counted in the kernel, including those lost on the way to /events).",
+)
+.labels(&["kind"]);
+pub const METRICS: &[Metric] = &[UPROBE_FILES, TLS_PLAINTEXT_BYTES, EVENTS];
 
 pub const KINDS: [&str; SEC_KINDS as usize] = [
     "unknown",
@@ -269,10 +286,8 @@ pub fn to_json(e: &SecurityEvent, raw_tls: bool) -> Value {
 impl Security {
     fn encode_sensitive(&self, s: &Sensitive, enc: &mut DescriptorEncoder) -> fmt::Result {
         let attached = s.attached();
-        metrics::gauge(
+        UPROBE_FILES.gauge_series(
             enc,
-            "ebpf_sidecar_security_uprobe_files",
-            "Binaries an opt-in sensitive probe is attached to (bash or libreadline for bash_readline, libssl for tls).",
             attached
                 .iter()
                 .map(|(k, n)| (vec![("probe", k.name().to_string())], *n as i64)),
@@ -280,36 +295,29 @@ impl Security {
         if !attached.iter().any(|(k, _)| *k == sensitive::Kind::Tls) {
             return Ok(());
         }
-        let mut bytes: Vec<(String, u32, u64)> = Vec::new();
-        {
-            let ebpf = self.obj.lock();
-            if let Some(Ok(m)) = ebpf
-                .map("tls_bytes")
-                .map(aya::maps::HashMap::<_, TlsBytesKey, u64>::try_from)
-            {
-                bytes.extend(
-                    m.iter()
-                        .filter_map(|r| r.ok())
-                        .map(|(k, v)| (comm_label(&k.comm), k.dir, v)),
-                );
-            }
+        let mut bytes: Vec<(String, u32, u64)> = {
+            let maps = self.obj.maps();
+            let mut bytes: Vec<(String, u32, u64)> = maps
+                .hash::<TlsBytesKey, u64>("tls_bytes")
+                .into_iter()
+                .map(|(k, v)| (comm_label(&k.comm), k.dir, v))
+                .collect();
             for dir in [TLS_READ, TLS_WRITE] {
-                let n = super::object::percpu_counter(&ebpf, "tls_other", dir);
+                let n = maps.counter("tls_other", dir);
                 if n > 0 {
                     bytes.push((metrics::OTHER.to_string(), dir, n));
                 }
             }
-        }
+            bytes
+        };
         // Both directions always appear, so a rate() starts from the first scrape.
         for dir in [TLS_READ, TLS_WRITE] {
             if !bytes.iter().any(|b| b.1 == dir) {
                 bytes.push((metrics::OTHER.to_string(), dir, 0));
             }
         }
-        metrics::counter(
+        TLS_PLAINTEXT_BYTES.counter_series(
             enc,
-            "ebpf_sidecar_tls_plaintext_bytes",
-            "Plaintext bytes the target's processes read from and wrote to TLS connections (SSL_read/SSL_write return values, --tls-plaintext), by direction and comm.",
             self.tls_comms.fold(bytes).into_iter().map(|(c, dir, n)| {
                 (
                     vec![
@@ -325,17 +333,22 @@ impl Security {
         )
     }
 
+    /// `security_counts`: events by kind, then events lost by kind (0 where unreadable, and
+    /// counted). Slot by slot: the slot is the kind.
     fn counts(&self) -> Vec<u64> {
-        let ebpf = self.obj.lock();
-        let Some(Ok(arr)) = ebpf
-            .map("security_counts")
-            .map(PerCpuArray::<_, u64>::try_from)
-        else {
-            return vec![0; 2 * SEC_KINDS as usize];
+        const MAP: &str = "security_counts";
+        let mut out = vec![0; 2 * SEC_KINDS as usize];
+        let maps = self.obj.maps();
+        let Some(arr) = maps.get::<PerCpuArray<&MapData, u64>>(MAP) else {
+            return out;
         };
-        (0..2 * SEC_KINDS)
-            .map(|i| arr.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0))
-            .collect()
+        for (i, n) in (0..).zip(out.iter_mut()) {
+            match arr.get(&i, 0) {
+                Ok(v) => *n = v.iter().sum(),
+                Err(e) => self.obj.read_error(MAP, e),
+            }
+        }
+        out
     }
 }
 
@@ -360,10 +373,8 @@ impl Probe for Security {
             self.encode_sensitive(s, enc)?;
         }
         let c = self.counts();
-        metrics::counter(
+        EVENTS.counter_series(
             enc,
-            "ebpf_sidecar_security_events",
-            "Security events of the target, by kind (counted in the kernel, including those lost on the way to /events).",
             (1..SEC_KINDS as usize).map(|k| {
                 (
                     vec![("kind", KINDS[k].to_string())],

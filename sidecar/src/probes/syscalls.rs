@@ -1,23 +1,52 @@
 //! Syscalls family: calls, failures by errno, time and latency per syscall, all aggregated in
 //! the kernel. Kernel side: `sidecar-ebpf/bpf/syscalls.bpf.c`.
 
-// TODO(contract): declare every metric here.
-pub const METRICS: &[crate::metrics::Metric] = &[];
-
 use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::{PerCpuArray, PerCpuHashMap, ProgramArray};
+use aya::maps::{MapData, PerCpuArray, ProgramArray};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     HIST_BUCKETS, SYSCALL_SLOTS, SyscallErrorKey, SyscallStats, syscalls_counter as sc,
 };
 
-use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::metrics::{self, Labels, Log2Histogram};
+use crate::metrics::{Labels, Log2Histogram, Metric};
 use crate::tables::{errno_name, syscall_name};
+
+pub const CALLS: Metric = Metric::counter(
+    "ebpf_sidecar_syscalls",
+    "System calls made by the target, by syscall (counted on entry).",
+)
+.labels(&["syscall"]);
+pub const ERRORS: Metric = Metric::counter(
+    "ebpf_sidecar_syscall_errors",
+    "System calls of the target that returned an error, by syscall and errno.",
+)
+.labels(&["syscall", "errno"]);
+pub const OBSERVED: Metric = Metric::gauge(
+    "ebpf_sidecar_seccomp_observed_syscalls",
+    "Distinct syscalls the target made since the sidecar started (the seccomp advisor's allow list, /seccomp).",
+);
+pub const RISKY: Metric = Metric::counter(
+    "ebpf_sidecar_risky_syscalls",
+    "Calls of syscalls that widen a process's reach (ptrace, mount, unshare, setns, bpf, module loading...).",
+)
+.labels(&["syscall"]);
+/// Only with --syscall-latency on (the default), like [`DURATION`].
+pub const SECONDS: Metric = Metric::counter(
+    "ebpf_sidecar_syscall_seconds",
+    "Time the target spent in each system call (entry to exit, including time blocked).",
+)
+.labels(&["syscall"]);
+/// `syscall` only with --per-syscall-histograms.
+pub const DURATION: Metric = Metric::histogram(
+    "ebpf_sidecar_syscall_duration_seconds",
+    "Latency of the target's system calls (entry to exit), from log2 buckets kept in the kernel.",
+)
+.labels(&["syscall?"]);
+pub const METRICS: &[Metric] = &[CALLS, ERRORS, OBSERVED, RISKY, SECONDS, DURATION];
 
 pub struct Syscalls {
     obj: Object,
@@ -31,13 +60,16 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         obj.attach_raw_tp("sys_enter", "sys_enter")?;
         obj.attach_raw_tp("sys_exit", "sys_exit")?;
         let mut ebpf = obj.lock();
-        let mut slot = |name: &str| {
-            ebpf.take_map(name)
-                .and_then(|m| ProgramArray::try_from(m).ok())
+        let mut slot = |name: &str| match ebpf.take_map(name) {
+            None => Err(format!("{name}: not in the object")),
+            Some(m) => ProgramArray::try_from(m).map_err(|e| format!("{name}: {e}")),
         };
-        if let (Some(enter), Some(exit)) = (slot("syscall_hooks_enter"), slot("syscall_hooks_exit"))
-        {
-            opts.syscall_dispatch.offer(enter, exit);
+        match (slot("syscall_hooks_enter"), slot("syscall_hooks_exit")) {
+            (Ok(enter), Ok(exit)) => opts.syscall_dispatch.offer(enter, exit),
+            // The other families then attach their syscall handlers on their own.
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!("probe syscalls: no jump slots for other families: {e}")
+            }
         }
     } else {
         // One program per syscall instead of two: the traced-syscall path's floor is the price.
@@ -51,15 +83,33 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 }
 
 impl Syscalls {
+    /// `syscall_stats` slot by slot (the slot is the syscall number), the slots with calls only.
+    /// By hand rather than `Maps::percpu_array`, which leaves unreadable slots out and so would
+    /// shift the numbers after one.
+    fn stats(&self) -> Vec<(u32, Vec<SyscallStats>)> {
+        const MAP: &str = "syscall_stats";
+        let maps = self.obj.maps();
+        let Some(arr) = maps.get::<PerCpuArray<&MapData, SyscallStats>>(MAP) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for nr in 0..arr.len() {
+            match arr.get(&nr, 0) {
+                Ok(vals) if vals.iter().any(|v| v.calls > 0) => {
+                    out.push((nr, vals.iter().copied().collect()))
+                }
+                Ok(_) => {}
+                Err(e) => self.obj.read_error(MAP, e),
+            }
+        }
+        out
+    }
+
     /// Syscall numbers the target has made since start (the seccomp advisor's input).
     fn observed(&self) -> Vec<u32> {
-        self.obj
-            .maps()
-            .percpu_array::<SyscallStats>("syscall_stats")
-            .iter()
-            .enumerate()
-            .filter(|(_, v)| v.iter().any(|s| s.calls > 0))
-            .map(|(nr, _)| nr as u32)
+        self.stats()
+            .into_iter()
+            .map(|(nr, _)| nr)
             .filter(|nr| (*nr as usize) < SYSCALL_SLOTS - 1)
             .collect()
     }
@@ -110,63 +160,36 @@ impl Probe for Syscalls {
     }
 
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let ebpf = self.obj.lock();
         let mut per: BTreeMap<String, (u64, Log2Histogram)> = BTreeMap::new();
-        if let Some(Ok(arr)) = ebpf
-            .map("syscall_stats")
-            .map(PerCpuArray::<_, SyscallStats>::try_from)
-        {
-            for (nr, vals) in arr.iter().enumerate() {
-                let Ok(vals) = vals else { continue };
-                let calls: u64 = vals.iter().map(|v| v.calls).sum();
-                if calls == 0 {
-                    continue;
-                }
-                let mut h = Log2Histogram::new(HIST_BUCKETS);
-                for v in vals.iter() {
-                    h.add(&v.hist, v.time_ns);
-                }
-                per.insert(syscall_name(nr as u32), (calls, h));
+        for (nr, vals) in self.stats() {
+            let mut h = Log2Histogram::new(HIST_BUCKETS);
+            for v in &vals {
+                h.add(&v.hist, v.time_ns);
             }
+            per.insert(syscall_name(nr), (vals.iter().map(|v| v.calls).sum(), h));
         }
         let mut errors: BTreeMap<(String, String), u64> = BTreeMap::new();
-        if let Some(Ok(m)) = ebpf
-            .map("syscall_errors")
-            .map(PerCpuHashMap::<_, SyscallErrorKey, u64>::try_from)
+        for (k, v) in self
+            .obj
+            .maps()
+            .percpu_hash::<SyscallErrorKey, u64>("syscall_errors")
         {
-            for (k, v) in m.iter().filter_map(|r| r.ok()) {
-                *errors
-                    .entry((syscall_name(k.nr), errno_name(k.err)))
-                    .or_default() += v.iter().sum::<u64>();
-            }
+            *errors
+                .entry((syscall_name(k.nr), errno_name(k.err)))
+                .or_default() += v.iter().sum::<u64>();
         }
-        drop(ebpf);
 
         let label = |s: &String| -> Labels { vec![("syscall", s.clone())] };
-        metrics::counter(
+        CALLS.counter_series(enc, per.iter().map(|(s, (n, _))| (label(s), *n)))?;
+        ERRORS.counter_series(
             enc,
-            "ebpf_sidecar_syscalls",
-            "System calls made by the target, by syscall (counted on entry).",
-            per.iter().map(|(s, (n, _))| (label(s), *n)),
-        )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_syscall_errors",
-            "System calls of the target that returned an error, by syscall and errno.",
             errors
                 .into_iter()
                 .map(|((s, e), n)| (vec![("syscall", s), ("errno", e)], n)),
         )?;
-        metrics::gauge(
+        OBSERVED.gauge_series(enc, [(vec![], per.len() as u64)])?;
+        RISKY.counter_series(
             enc,
-            "ebpf_sidecar_seccomp_observed_syscalls",
-            "Distinct syscalls the target made since the sidecar started (the seccomp advisor's allow list, /seccomp).",
-            [(vec![], per.len() as u64)],
-        )?;
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_risky_syscalls",
-            "Calls of syscalls that widen a process's reach (ptrace, mount, unshare, setns, bpf, module loading...).",
             per.iter()
                 .filter(|(s, _)| crate::seccomp::RISKY.contains(&s.as_str()))
                 .map(|(s, (n, _))| (label(s), *n)),
@@ -174,19 +197,14 @@ impl Probe for Syscalls {
         if !ctx.options.syscall_latency {
             return Ok(()); // --syscall-latency off: no time was measured
         }
-        metrics::counter(
+        SECONDS.counter_series(
             enc,
-            "ebpf_sidecar_syscall_seconds",
-            "Time the target spent in each system call (entry to exit, including time blocked).",
             per.iter()
                 .map(|(s, (_, h))| (label(s), h.sum_ns as f64 / 1e9)),
         )?;
-        let help = "Latency of the target's system calls (entry to exit), from log2 buckets kept in the kernel.";
         if ctx.options.per_syscall_histograms {
-            metrics::histogram(
+            DURATION.histogram_series(
                 enc,
-                "ebpf_sidecar_syscall_duration_seconds",
-                help,
                 per.into_iter().map(|(s, (_, h))| (vec![("syscall", s)], h)),
             )
         } else {
@@ -194,12 +212,7 @@ impl Probe for Syscalls {
             for (_, h) in per.values() {
                 all.add(&h.buckets, h.sum_ns);
             }
-            metrics::histogram(
-                enc,
-                "ebpf_sidecar_syscall_duration_seconds",
-                help,
-                [(vec![], all)],
-            )
+            DURATION.histogram_series(enc, [(vec![], all)])
         }
     }
 
@@ -223,9 +236,9 @@ impl Probe for Syscalls {
     }
 
     fn lost_events(&self) -> u64 {
-        let ebpf = self.obj.lock();
-        percpu_counter(&ebpf, "syscalls_counters", sc::LOST_STARTS)
-            + percpu_counter(&ebpf, "syscalls_counters", sc::LOST_ERRORS)
+        let maps = self.obj.maps();
+        maps.counter("syscalls_counters", sc::LOST_STARTS)
+            + maps.counter("syscalls_counters", sc::LOST_ERRORS)
     }
 }
 

@@ -3,9 +3,7 @@
 //! symbolizes them once a second into one-second windows that every profile request reads, so
 //! concurrent requests share one sampling session. Kernel side: `sidecar-ebpf/bpf/profile.bpf.c`.
 
-// TODO(contract): declare every metric here.
-pub const METRICS: &[crate::metrics::Metric] = &[];
-
+mod drain;
 pub mod pprof;
 mod routes;
 
@@ -17,14 +15,24 @@ use std::os::unix::fs::MetadataExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aya::maps::{Array, HashMap as BpfHashMap, MapData, StackTraceMap};
+use aya::maps::{Array, MapData, StackTraceMap};
 use prometheus_client::encoding::DescriptorEncoder;
-use sidecar_ebpf::{ProfileCfg, ProfileKey};
+use sidecar_ebpf::ProfileCfg;
 
-use super::object::percpu_counter;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
-use crate::metrics::{self, comm_label};
+use crate::metrics::Metric;
 use crate::symbolize::{Symbolizer, kallsyms};
+use drain::Drain;
+
+pub const SAMPLES: Metric = Metric::counter(
+    "ebpf_sidecar_profile_samples",
+    "CPU-clock samples taken while one of the target's tasks was running.",
+);
+pub const METRICS: &[Metric] = &[SAMPLES];
+
+/// Slots of `profile_totals`.
+const SAMPLES_SLOT: u32 = 0;
+const LOST_SLOT: u32 = 1;
 
 /// Seconds of history kept; the longest profile a request can ask for.
 pub const MAX_SECONDS: u64 = 300;
@@ -59,16 +67,10 @@ impl Store {
 }
 
 pub struct Profile {
-    obj: Object,
+    /// Shared with the drain thread, which counts its failed reads against it.
+    obj: Arc<Object>,
     store: Arc<Store>,
     drain: Mutex<Option<Drain>>,
-}
-
-struct Drain {
-    counts: BpfHashMap<MapData, ProfileKey, u64>,
-    stacks: StackTraceMap<MapData>,
-    config: Array<MapData, ProfileCfg>,
-    symbolizer: Symbolizer,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
@@ -80,7 +82,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         detail,
     };
     obj.attach_perf_event("profile_sample", opts.profile_hz)?;
-    let drain = {
+    let (counts, stacks, config) = {
         let mut ebpf = obj.lock();
         let take = |ebpf: &mut aya::Ebpf, name: &str| {
             ebpf.take_map(name)
@@ -103,15 +105,22 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
                 0,
             )
             .map_err(|e| map_err("profile_config", e.to_string()))?;
-        Drain {
-            counts: BpfHashMap::try_from(take(&mut ebpf, "profile_counts")?)
+        (
+            aya::maps::HashMap::try_from(take(&mut ebpf, "profile_counts")?)
                 .map_err(|e| map_err("profile_counts", e.to_string()))?,
-            stacks: StackTraceMap::try_from(take(&mut ebpf, "profile_stacks")?)
+            StackTraceMap::try_from(take(&mut ebpf, "profile_stacks")?)
                 .map_err(|e| map_err("profile_stacks", e.to_string()))?,
             config,
-            // Read now: without CAP_SYSLOG (dropped after attach) kallsyms shows zero addresses.
-            symbolizer: Symbolizer::new(kallsyms()),
-        }
+        )
+    };
+    let obj = Arc::new(obj);
+    let drain = Drain {
+        obj: obj.clone(),
+        counts,
+        stacks,
+        config,
+        // Read now: without CAP_SYSLOG (dropped after attach) kallsyms shows zero addresses.
+        symbolizer: Symbolizer::new(kallsyms()),
     };
     Ok(Arc::new(Profile {
         obj,
@@ -121,54 +130,6 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         }),
         drain: Mutex::new(Some(drain)),
     }))
-}
-
-impl Drain {
-    /// Flip the generation, then move the previous one's counts out of the kernel.
-    fn once(&mut self) -> Folded {
-        let mut cfg = self.config.get(&0, 0).unwrap_or_default();
-        let old = cfg.generation;
-        cfg.generation = cfg.generation.wrapping_add(1);
-        let _ = self.config.set(0, cfg, 0);
-        let entries: Vec<(ProfileKey, u64)> = self
-            .counts
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, _)| k.generation == old)
-            .collect();
-        let mut folded: Folded = HashMap::new();
-        for (k, n) in &entries {
-            let _ = self.counts.remove(k);
-            let mut frames = vec![comm_label(&k.comm)];
-            // Stack ids are negative when the kernel could not take that stack.
-            let user = u32::try_from(k.user_stack)
-                .ok()
-                .and_then(|id| self.stacks.get(&id, 0).ok());
-            if let Some(st) = user {
-                let mut user: Vec<String> = st
-                    .frames()
-                    .iter()
-                    .map(|f| self.symbolizer.user(k.pid, f.ip))
-                    .collect();
-                user.reverse();
-                frames.extend(user);
-            }
-            let kernel = u32::try_from(k.kernel_stack)
-                .ok()
-                .and_then(|id| self.stacks.get(&id, 0).ok());
-            if let Some(st) = kernel {
-                let mut kernel: Vec<String> = st
-                    .frames()
-                    .iter()
-                    .map(|f| self.symbolizer.kernel(f.ip))
-                    .collect();
-                kernel.reverse();
-                frames.extend(kernel);
-            }
-            *folded.entry(frames).or_default() += n;
-        }
-        folded
-    }
 }
 
 impl Probe for Profile {
@@ -181,19 +142,12 @@ impl Probe for Profile {
     }
 
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
-        let ebpf = self.obj.lock();
-        let samples = percpu_counter(&ebpf, "profile_totals", 0);
-        drop(ebpf);
-        metrics::counter(
-            enc,
-            "ebpf_sidecar_profile_samples",
-            "CPU-clock samples taken while one of the target's tasks was running.",
-            [(vec![], samples)],
-        )
+        let samples = self.obj.maps().counter("profile_totals", SAMPLES_SLOT);
+        SAMPLES.counter_series(enc, [(vec![], samples)])
     }
 
     fn lost_events(&self) -> u64 {
-        percpu_counter(&self.obj.lock(), "profile_totals", 1)
+        self.obj.maps().counter("profile_totals", LOST_SLOT)
     }
 
     fn routes(self: Arc<Self>) -> Option<axum::Router> {
@@ -201,35 +155,10 @@ impl Probe for Profile {
     }
 
     fn start_events(&self, _sink: crate::events::EventSink) -> Result<(), ProbeError> {
-        let Some(mut drain) = self.drain.lock().unwrap_or_else(|p| p.into_inner()).take() else {
-            return Ok(());
-        };
-        let store = self.store.clone();
-        std::thread::Builder::new()
-            .name("profile-drain".into())
-            .spawn(move || {
-                let mut ticks = 0u64;
-                loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                    let folded = drain.once();
-                    let mut w = store.windows.lock().unwrap_or_else(|p| p.into_inner());
-                    w.push_back((Instant::now(), folded));
-                    while w.len() as u64 > MAX_SECONDS + 2 {
-                        w.pop_front();
-                    }
-                    drop(w);
-                    ticks += 1;
-                    if ticks.is_multiple_of(30) {
-                        drain.symbolizer.forget_processes();
-                    }
-                }
-            })
-            .map_err(|e| ProbeError::Map {
-                family: "profile",
-                map: "profile_counts".into(),
-                detail: e.to_string(),
-            })?;
-        Ok(())
+        match self.drain.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            Some(drain) => drain.spawn(self.store.clone()),
+            None => Ok(()),
+        }
     }
 }
 
