@@ -54,8 +54,7 @@ impl Store {
         );
         let w = self.windows.lock().unwrap_or_else(|p| p.into_inner());
         let mut merged: Folded = HashMap::new();
-        for (at, folded) in w.iter().filter(|(at, _)| *at > start) {
-            let _ = at;
+        for (_, folded) in w.iter().filter(|(at, _)| *at > start) {
             for (stack, n) in folded {
                 *merged.entry(stack.clone()).or_default() += n;
             }
