@@ -406,6 +406,16 @@ mod tests {
     }
 
     #[test]
+    fn byte_series_fit_the_table() {
+        // Regular files carry their path, the other kinds only the kind.
+        for m in [READ_BYTES, WRITE_BYTES] {
+            assert!(m.fits(&["kind", "path"]));
+            assert!(m.fits(&["kind"]));
+            assert!(!m.fits(&["path"]));
+        }
+    }
+
+    #[test]
     fn labels() {
         let mut p = [0u8; 256];
         p[..4].copy_from_slice(b"/etc");

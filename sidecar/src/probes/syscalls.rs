@@ -268,3 +268,15 @@ impl super::FamilyArgs for Args {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_histogram_is_labelled_only_per_syscall() {
+        assert!(DURATION.fits(&[]));
+        assert!(DURATION.fits(&["syscall"]));
+        assert!(!DURATION.fits(&["errno"]));
+    }
+}
