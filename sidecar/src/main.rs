@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
-use sidecar::probes::{DEFAULT_FAMILIES, FAMILIES, Options, Setup};
+use sidecar::probes::registry::{DEFAULT_FAMILIES, FAMILIES};
+use sidecar::probes::{Options, Setup};
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
@@ -226,7 +227,7 @@ fn extra_labels(
 
 fn main() {
     // Every family adds its own flags (global, so they are accepted after `run` too).
-    let matches = sidecar::probes::add_args(Cli::command()).get_matches();
+    let matches = sidecar::probes::registry::add_args(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("error: --log {:?}: {e}", cli.log);
@@ -356,7 +357,7 @@ fn main() {
         probes: &mut probes,
         run,
     };
-    if let Err(e) = sidecar::probes::configure_all(&matches, &mut setup) {
+    if let Err(e) = sidecar::probes::registry::configure_all(&matches, &mut setup) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
