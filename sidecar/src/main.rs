@@ -254,7 +254,7 @@ fn main() {
         }
         Some(Command::Custom {
             command: CustomCommand::Headers { dir },
-        }) => match sidecar::probes::custom::write_headers(&dir) {
+        }) => match sidecar::probes::registry::write_user_probe_headers(&dir) {
             Ok(files) => {
                 for f in files {
                     println!("{}", f.display());
@@ -274,8 +274,8 @@ fn main() {
                 std::process::exit(2);
             }
             for (object, config) in cli.probe_files.into_iter().zip(cli.probe_configs) {
-                let spec = sidecar::probes::custom::Spec { object, config };
-                match sidecar::probes::custom::check(&spec) {
+                let spec = sidecar::probes::registry::UserProbe { object, config };
+                match sidecar::probes::registry::check_user_probe(&spec) {
                     Ok(name) => println!("custom:{name}: ok"),
                     Err((name, e)) => {
                         eprintln!("error: custom:{name}: {e}");
@@ -291,7 +291,7 @@ fn main() {
         Some(Command::Usdt {
             command: UsdtCommand::Packs,
         }) => {
-            for (file, text) in sidecar::probes::runtimes::packs::FILES {
+            for (file, text) in sidecar::probes::registry::runtime_packs() {
                 println!("# packs/{file}\n{text}");
             }
             return;
@@ -336,7 +336,7 @@ fn main() {
         .probe_files
         .into_iter()
         .zip(cli.probe_configs)
-        .map(|(object, config)| sidecar::probes::custom::Spec { object, config })
+        .map(|(object, config)| sidecar::probes::registry::UserProbe { object, config })
         .collect();
     let run = matches!(choice, Choice::Run { .. });
     options.run_program = match &choice {

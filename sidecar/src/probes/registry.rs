@@ -170,6 +170,21 @@ pub fn load_user_probe(
     custom::load(spec, opts, target).map_err(|(name, e)| (name, e.to_string()))
 }
 
+/// Check a user's probe without loading it (`custom check`): its YAML against its object's BTF.
+pub fn check_user_probe(spec: &UserProbe) -> Result<String, (String, String)> {
+    custom::check(spec).map_err(|(name, e)| (name, e.to_string()))
+}
+
+/// Write the headers a user's probe is built with into `dir` (`custom headers`).
+pub fn write_user_probe_headers(dir: &std::path::Path) -> std::io::Result<Vec<std::path::PathBuf>> {
+    custom::write_headers(dir)
+}
+
+/// The built-in runtime packs as (file, YAML text) (`usdt packs`).
+pub fn runtime_packs() -> &'static [(&'static str, &'static str)] {
+    &runtimes::packs::FILES
+}
+
 pub fn family(name: &str) -> Option<&'static Family> {
     FAMILIES.iter().find(|f| f.name == name)
 }
