@@ -9,7 +9,10 @@ use super::{
 use crate::monitored::Resolved;
 
 fn args<A: FamilyArgs>(cmd: clap::Command) -> clap::Command {
-    A::augment_args(cmd)
+    // Only the flags: each family's derive would also add an argument group named after its
+    // struct, and every family's struct is called `Args`.
+    let own = A::augment_args(clap::Command::new("family"));
+    cmd.args(own.get_arguments().cloned())
 }
 
 fn configure<A: FamilyArgs>(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
