@@ -284,13 +284,17 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
     })
 }
 
+/// What loading gave: the probes attached, every family's status, and the capabilities the
+/// user probes keep.
+type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
+
 /// Load the chosen families and the user's probes; one that fails is reported and skipped, never
 /// fatal. Then every loaded one points its kernel filter at the target.
 fn load_families(
     cfg: &Config,
     families: &[&probes::Family],
     target: &Target,
-) -> Result<(Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>)> {
+) -> Result<Loaded> {
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
     let mut statuses = Vec::new();
     let mut report = |name: &'static str, t0: Instant, r: Result<(), String>| match r {
