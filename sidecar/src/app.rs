@@ -365,7 +365,7 @@ fn drop_capabilities(
         keep.extend(f.keeps.iter().copied());
     }
     keep.extend(custom_keeps);
-    if cfg.options.net_mode == probes::net_pkt::NetMode::Netns
+    if cfg.options.net_mode == probes::net::NetMode::Netns
         && families.iter().any(|f| f.name == "net")
     {
         // Re-entering the target's network namespace when it restarts: setns needs SYS_ADMIN,

@@ -10,7 +10,6 @@ pub mod disk;
 pub mod dispatch;
 pub mod files;
 pub mod net;
-pub mod net_pkt;
 pub mod object;
 pub mod process;
 pub mod profile;
@@ -60,7 +59,7 @@ pub struct Options {
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
     /// net: where the packet programs sit (cgroup_skb on the target's cgroup, or tc in its netns).
-    pub net_mode: net_pkt::NetMode,
+    pub net_mode: net::NetMode,
     /// net: serve /debug/pcap (packet payloads leave the kernel).
     pub allow_pcap: bool,
     /// net: connect/accept/close events on the event stream.
@@ -95,7 +94,7 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
-            net_mode: net_pkt::NetMode::Cgroup,
+            net_mode: net::NetMode::Cgroup,
             allow_pcap: false,
             net_events: false,
             bash_readline: false,
