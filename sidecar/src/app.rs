@@ -290,11 +290,7 @@ type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
 
 /// Load the chosen families and the user's probes; one that fails is reported and skipped, never
 /// fatal. Then every loaded one points its kernel filter at the target.
-fn load_families(
-    cfg: &Config,
-    families: &[&probes::Family],
-    target: &Target,
-) -> Result<Loaded> {
+fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) -> Result<Loaded> {
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
     let mut statuses = Vec::new();
     let mut report = |name: &'static str, t0: Instant, r: Result<(), String>| match r {

@@ -10,7 +10,6 @@ pub mod disk;
 pub mod dispatch;
 pub mod files;
 pub mod net;
-pub mod net_pkt;
 pub mod object;
 pub mod process;
 pub mod profile;
@@ -61,7 +60,7 @@ pub struct Options {
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
     /// net: where the packet programs sit (cgroup_skb on the target's cgroup, or tc in its netns).
-    pub net_mode: net_pkt::NetMode,
+    pub net_mode: NetMode,
     /// net: serve /debug/pcap (packet payloads leave the kernel).
     pub allow_pcap: bool,
     /// net: connect/accept/close events on the event stream.
@@ -83,6 +82,16 @@ pub struct Options {
     pub syscall_dispatch: dispatch::SyscallDispatch,
 }
 
+/// net: where the packet programs sit (`--net-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// cgroup_skb on the target's cgroup v2: the target's own sockets.
+    #[default]
+    Cgroup,
+    /// tc on every interface of the target's network namespace: everything crossing them.
+    Netns,
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -96,7 +105,7 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
-            net_mode: net_pkt::NetMode::Cgroup,
+            net_mode: NetMode::Cgroup,
             allow_pcap: false,
             net_events: false,
             bash_readline: false,

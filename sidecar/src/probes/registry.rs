@@ -3,8 +3,8 @@
 //! trait.
 
 use super::{
-    Family, FamilyArgs, NoArgs, Options, Setup, cpu, custom, disk, files, net, net_pkt, process,
-    profile, runtimes, security, syscalls,
+    Family, FamilyArgs, NoArgs, Options, Setup, cpu, custom, disk, files, net, process, profile,
+    runtimes, security, syscalls,
 };
 use crate::monitored::Resolved;
 
@@ -138,7 +138,7 @@ fn profile_keeps(_: &Options) -> Vec<caps::Capability> {
 /// a more privileged process needs SYS_PTRACE.
 fn net_keeps(o: &Options) -> Vec<caps::Capability> {
     let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
-    if o.net_mode == net_pkt::NetMode::Netns {
+    if o.net_mode == super::NetMode::Netns {
         keep.extend([
             caps::Capability::CAP_SYS_ADMIN,
             caps::Capability::CAP_SYS_PTRACE,
