@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use sidecar::probes::DEFAULT_FAMILIES;
+use sidecar::probes::registry::DEFAULT_FAMILIES;
 
 use crate::util::*;
 
