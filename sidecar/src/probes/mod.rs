@@ -16,7 +16,6 @@ pub mod profile;
 pub mod registry;
 pub mod runtimes;
 pub mod security;
-pub mod sensitive;
 pub mod syscalls;
 
 use std::fmt;

@@ -244,9 +244,6 @@ impl Probe for Syscalls {
 
 /// The syscalls family's flags.
 #[derive(Debug, clap::Args)]
-// No clap group: each family's struct is named Args, and groups of one id are refused
-// (a panic at start in debug builds).
-#[group(skip)]
 pub struct Args {
     /// Label the syscall latency histogram by syscall (more series).
     #[arg(long, global = true)]

@@ -173,9 +173,6 @@ pub fn folded_text(stacks: &[(Vec<String>, u64)]) -> String {
 
 /// The profile family's flags.
 #[derive(Debug, clap::Args)]
-// No clap group: each family's struct is named Args, and groups of one id are refused
-// (a panic at start in debug builds).
-#[group(skip)]
 pub struct Args {
     /// Profiler sampling frequency, per CPU.
     #[arg(long, value_name = "HZ", default_value_t = 49, value_parser = clap::value_parser!(u64).range(1..=10000), global = true)]

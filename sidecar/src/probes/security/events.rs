@@ -9,9 +9,9 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use sidecar_ebpf::{SEC_KINDS, SecurityEvent, TLS_WRITE};
 
+use super::sensitive;
 use crate::events::{EventSink, rfc3339_from_monotonic};
 use crate::metrics::comm_label;
-use crate::probes::sensitive;
 use crate::probes::{Object, ProbeError};
 use crate::tables::syscall_name;
 

@@ -12,16 +12,17 @@ use sidecar_ebpf::{
 };
 
 mod events;
+pub mod sensitive;
 
 pub use events::{KINDS, to_json};
 
 use super::dispatch::Side;
-use super::sensitive::{self, Sensitive};
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::events::EventSink;
 use crate::metrics::{self, LabelBudget, Metric, comm_label};
 use crate::monitored::Resolved;
 use events::Reader;
+use sensitive::Sensitive;
 
 /// Only with --capture-bash-readline or --tls-plaintext (one series per opt-in probe enabled).
 pub const UPROBE_FILES: Metric = Metric::gauge(
@@ -275,9 +276,6 @@ impl Probe for Security {
 
 /// The security family's flags.
 #[derive(Debug, clap::Args)]
-// No clap group: each family's struct is named Args, and groups of one id are refused
-// (a panic at start in debug builds).
-#[group(skip)]
 pub struct Args {
     /// Path prefix whose opening for write is a security event (repeatable; replaces the
     /// defaults /etc/passwd, /etc/shadow, /etc/group, /etc/sudoers, /root/.ssh/, /etc/ssh/,
