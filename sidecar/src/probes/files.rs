@@ -6,7 +6,6 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
-use aya::Pod;
 use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
@@ -14,7 +13,6 @@ use sidecar_ebpf::{
     file_kind, file_sync_call, files_counter as fc,
 };
 
-use super::object::Maps;
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::metrics::{self, LabelBudget, Labels, Log2Histogram, Metric, OTHER};
 use crate::tables::errno_name;
@@ -166,24 +164,6 @@ fn fold_paths(
     out
 }
 
-/// Each slot of the per-CPU array `name` by index, `None` where it could not be read (counted).
-/// By hand rather than `Maps::percpu_array`, which leaves unreadable slots out and so would shift
-/// the slots after one (the index is the errno, kind or call).
-fn slots<V: Pod>(obj: &Object, maps: &Maps<'_>, name: &str) -> Vec<Option<Vec<V>>> {
-    let Some(arr) = maps.get::<PerCpuArray<&MapData, V>>(name) else {
-        return Vec::new();
-    };
-    (0..arr.len())
-        .map(|i| match arr.get(&i, 0) {
-            Ok(v) => Some(v.iter().copied().collect()),
-            Err(e) => {
-                obj.read_error(name, e);
-                None
-            }
-        })
-        .collect()
-}
-
 fn add_io(to: &mut FileIo, from: &FileIo) {
     to.read_bytes += from.read_bytes;
     to.write_bytes += from.write_bytes;
@@ -231,32 +211,27 @@ impl Files {
         let mut kinds = [FileIo::default(); file_kind::KINDS as usize];
         for (k, vals) in kinds
             .iter_mut()
-            .zip(slots::<FileIo>(&self.obj, &maps, "file_kind_io"))
+            .zip(maps.percpu_array::<FileIo>("file_kind_io"))
         {
-            vals.iter().flatten().for_each(|v| add_io(k, v));
+            vals.iter().for_each(|v| add_io(k, v));
         }
         let mut opens = vec![0u64; ERRNO_SLOTS];
-        for (o, vals) in opens
-            .iter_mut()
-            .zip(slots::<u64>(&self.obj, &maps, "file_opens"))
-        {
-            *o = vals.iter().flatten().sum();
+        for (o, vals) in opens.iter_mut().zip(maps.percpu_array::<u64>("file_opens")) {
+            *o = vals.iter().sum();
         }
         let errors = maps
             .percpu_hash::<OpenErrorKey, u64>("file_open_errors")
             .into_iter()
             .map(|(k, v)| (path_label(&k.path), k.err, v.iter().sum()))
             .collect();
-        let syncs = slots::<FileSyncStats>(&self.obj, &maps, "file_syncs")
-            .into_iter()
-            .enumerate()
-            .filter_map(|(i, vals)| {
-                let vals = vals?;
+        let syncs = (0..)
+            .zip(maps.percpu_array::<FileSyncStats>("file_syncs"))
+            .map(|(call, vals)| {
                 let mut h = Log2Histogram::new(HIST_BUCKETS);
                 for v in &vals {
                     h.add(&v.hist, v.time_ns);
                 }
-                Some((sync_name(i as u32), vals.iter().map(|v| v.calls).sum(), h))
+                (sync_name(call), vals.iter().map(|v| v.calls).sum(), h)
             })
             .collect();
         let page_misses = maps.counter("files_counters", fc::PAGE_CACHE_MISSES);

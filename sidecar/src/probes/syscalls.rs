@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::{MapData, PerCpuArray, ProgramArray};
+use aya::maps::ProgramArray;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     HIST_BUCKETS, SYSCALL_SLOTS, SyscallErrorKey, SyscallStats, syscalls_counter as sc,
@@ -83,26 +83,16 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 }
 
 impl Syscalls {
-    /// `syscall_stats` slot by slot (the slot is the syscall number), the slots with calls only.
-    /// By hand rather than `Maps::percpu_array`, which leaves unreadable slots out and so would
-    /// shift the numbers after one.
+    /// `syscall_stats` by syscall number (its slot), the slots with calls only.
     fn stats(&self) -> Vec<(u32, Vec<SyscallStats>)> {
-        const MAP: &str = "syscall_stats";
-        let maps = self.obj.maps();
-        let Some(arr) = maps.get::<PerCpuArray<&MapData, SyscallStats>>(MAP) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        for nr in 0..arr.len() {
-            match arr.get(&nr, 0) {
-                Ok(vals) if vals.iter().any(|v| v.calls > 0) => {
-                    out.push((nr, vals.iter().copied().collect()))
-                }
-                Ok(_) => {}
-                Err(e) => self.obj.read_error(MAP, e),
-            }
-        }
-        out
+        (0..)
+            .zip(
+                self.obj
+                    .maps()
+                    .percpu_array::<SyscallStats>("syscall_stats"),
+            )
+            .filter(|(_, vals)| vals.iter().any(|v| v.calls > 0))
+            .collect()
     }
 
     /// Syscall numbers the target has made since start (the seccomp advisor's input).

@@ -5,7 +5,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, RingBuf};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES, SecPrefix, TLS_READ, TLS_WRITE, TlsBytesKey,
@@ -211,19 +211,14 @@ impl Security {
     }
 
     /// `security_counts`: events by kind, then events lost by kind (0 where unreadable, and
-    /// counted). Slot by slot: the slot is the kind.
+    /// counted).
     fn counts(&self) -> Vec<u64> {
-        const MAP: &str = "security_counts";
         let mut out = vec![0; 2 * SEC_KINDS as usize];
-        let maps = self.obj.maps();
-        let Some(arr) = maps.get::<PerCpuArray<&MapData, u64>>(MAP) else {
-            return out;
-        };
-        for (i, n) in (0..).zip(out.iter_mut()) {
-            match arr.get(&i, 0) {
-                Ok(v) => *n = v.iter().sum(),
-                Err(e) => self.obj.read_error(MAP, e),
-            }
+        for (n, vals) in out
+            .iter_mut()
+            .zip(self.obj.maps().percpu_array::<u64>("security_counts"))
+        {
+            *n = vals.iter().sum();
         }
         out
     }
