@@ -1,6 +1,7 @@
-//! Custom probes: the examples in examples/custom, built with clang-19 against the headers
-//! `ebpf-sidecar custom headers` writes, load next to the built-in families and give exact
-//! values for known workloads; broken user probes are reported and never stop the built-ins.
+//! Custom probes: the examples in examples/custom, built with the line users are given
+//! (`sidecar_ebpf::clang::USER_COMMAND`) against the headers `ebpf-sidecar custom headers`
+//! writes, load next to the built-in families and give exact values for known workloads; broken
+//! user probes are reported and never stop the built-ins.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -43,21 +44,7 @@ fn build_object(name: &str, src: Option<&Path>) -> PathBuf {
         .map(Path::to_path_buf)
         .unwrap_or_else(|| repo_root().join(format!("examples/custom/{name}.bpf.c")));
     let out = dir.join(format!("{name}.bpf.o"));
-    let o = Command::new("clang-19")
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
-        .arg(dir.join("include"))
-        .arg("-c")
-        .arg(&src)
-        .arg("-o")
-        .arg(&out)
-        .output()
-        .expect("clang-19 not found: apt-get install clang-19 libbpf-dev");
-    assert!(
-        o.status.success(),
-        "clang-19 on {}: {}",
-        src.display(),
-        String::from_utf8_lossy(&o.stderr)
-    );
+    compile_bpf(Recipe::User, &[&dir.join("include")], &src, &out);
     out
 }
 
@@ -422,8 +409,14 @@ fn broken_custom_probes_are_reported_and_the_builtins_keep_serving() {
     );
     args.extend(probe_arg(&obj, &missing));
     let nobtf = scratch().join("nobtf.bpf.o");
-    let st = Command::new("clang-19")
-        .args(["-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
+    // The user's recipe without -g.
+    let st = Command::new(clang())
+        .args(
+            sidecar_ebpf::clang::BPF_CFLAGS
+                .iter()
+                .filter(|f| **f != "-g"),
+        )
+        .arg("-I")
         .arg(scratch().join("include"))
         .arg("-c")
         .arg(repo_root().join("examples/custom/tcpconnlat.bpf.c"))
@@ -501,7 +494,7 @@ fn raw_tp_tp_btf_cgroup_skb_perf_event_and_a_perf_event_array() {
     const K: usize = 3;
     let obj = build_object(
         "custom_kinds",
-        Some(&repo_root().join("tests/integration/workloads/custom_kinds.bpf.c")),
+        Some(&workloads_dir().join("custom_kinds.bpf.c")),
     );
     let yaml = write(
         "custom_kinds.yaml",
@@ -627,7 +620,7 @@ fn usdt_probe_with_a_semaphore_through_the_usdt_engine() {
     const N: u64 = 300;
     let obj = build_object(
         "custom_usdt",
-        Some(&repo_root().join("tests/integration/workloads/custom_usdt.bpf.c")),
+        Some(&workloads_dir().join("custom_usdt.bpf.c")),
     );
     let bin = workload("custom_usdt");
     let yaml = write(
@@ -775,16 +768,13 @@ fn sidecar_image_runs_a_custom_uprobe_in_its_app_container() {
         "/out",
     ]);
     let obj = dir.join("ucalls.bpf.o");
-    let st = Command::new("clang-19")
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
-        .arg(dir.join("include"))
-        .arg("-c")
-        .arg(repo_root().join("examples/custom/ucalls.bpf.c"))
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .expect("clang-19");
-    assert!(st.success(), "building with the image's headers");
+    // Built with the headers the image wrote.
+    compile_bpf(
+        Recipe::User,
+        &[&dir.join("include")],
+        &repo_root().join("examples/custom/ucalls.bpf.c"),
+        &obj,
+    );
     std::fs::copy(example_yaml("ucalls"), dir.join("ucalls.yaml")).unwrap();
     let bin = dir.join("ufunc");
     let st = Command::new("gcc")

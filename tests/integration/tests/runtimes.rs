@@ -1,7 +1,7 @@
 //! Runtimes: real CPython 3.11, OpenJDK 17 and Node.js 20 run under `ebpf-sidecar run`, with
 //! exact ground truth, and bpftrace's `usdt:` probes counting the same run side by side.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -21,70 +21,6 @@ fn require(path: &str, install: &str) {
         Path::new(path).exists(),
         "{path} is missing: {install} (these tests need the real runtime)"
     );
-}
-
-/// bpftrace running a program until stopped; `stop` returns its printed maps.
-struct Bpftrace {
-    child: Child,
-    rest: std::sync::mpsc::Receiver<String>,
-}
-
-impl Bpftrace {
-    fn start(program: &str) -> Self {
-        let mut c = Command::new("bpftrace")
-            .args(["-e", program])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("bpftrace not found: apt-get install bpftrace");
-        let mut out = BufReader::new(c.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        assert!(line.starts_with("Attaching"), "bpftrace: {line}");
-        // bpftrace prints that line before it attaches; give it time to finish.
-        std::thread::sleep(Duration::from_secs(1));
-        // Keep reading in the background so bpftrace never blocks on a full pipe.
-        let mut c = c;
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = std::io::Read::read_to_string(&mut out, &mut rest);
-            let _ = tx.send(rest);
-        });
-        c.stdout = None;
-        Self { child: c, rest: rx }
-    }
-
-    /// Stop it (SIGINT prints the maps) and return `@name: value` pairs.
-    fn stop(mut self) -> Vec<(String, u64)> {
-        // SAFETY: kill with a pid we own.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-        // A SIGINT that lands while bpftrace is still settling can be lost: repeat it.
-        let mut tries = 0;
-        while self.child.try_wait().ok().flatten().is_none() {
-            std::thread::sleep(Duration::from_millis(200));
-            tries += 1;
-            if tries % 10 == 0 {
-                // SAFETY: as above.
-                unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
-            }
-            if tries > 150 {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-                break;
-            }
-        }
-        let text = self
-            .rest
-            .recv_timeout(Duration::from_secs(10))
-            .unwrap_or_default();
-        text.lines()
-            .filter_map(|l| {
-                let (k, v) = l.split_once(": ")?;
-                Some((k.trim().to_string(), v.trim().parse().ok()?))
-            })
-            .collect()
-    }
 }
 
 fn bpf_value(maps: &[(String, u64)], name: &str) -> u64 {
@@ -176,11 +112,14 @@ fn python_gc_and_calls_match_bpftrace() {
         &[PYTHON, script.to_str().unwrap()],
     );
     let sidecar = run.pid();
-    let bt = Bpftrace::start(&format!(
-        "usdt:{PYTHON}:python:gc__start /curtask->real_parent->tgid == {sidecar}/ {{ @gc = count(); }} \
+    let bt = Bpftrace::start(
+        "python",
+        &format!(
+            "usdt:{PYTHON}:python:gc__start /curtask->real_parent->tgid == {sidecar}/ {{ @gc = count(); }} \
          usdt:{PYTHON}:python:gc__done /curtask->real_parent->tgid == {sidecar}/ {{ @done = count(); }} \
          usdt:{PYTHON}:python:function__entry /curtask->real_parent->tgid == {sidecar} && str(arg1) == \"counted_fn\"/ {{ @f = count(); }}"
-    ));
+        ),
+    );
     let m = run.go_and_wait();
     let maps = bt.stop();
     let ours = m.sum(
@@ -303,9 +242,12 @@ fn java_serial_gc_pauses() {
     let sidecar = run.pid();
     let jvm_s = jvm.display().to_string();
     // The JVM's own threads are children of nobody we know; filter on the java process instead.
-    let bt = Bpftrace::start(&format!(
-        "usdt:{jvm_s}:hotspot:gc__begin /curtask->group_leader->real_parent->tgid == {sidecar}/ {{ @gc = count(); }}"
-    ));
+    let bt = Bpftrace::start(
+        "java",
+        &format!(
+            "usdt:{jvm_s}:hotspot:gc__begin /curtask->group_leader->real_parent->tgid == {sidecar}/ {{ @gc = count(); }}"
+        ),
+    );
     let m = run.go_and_wait();
     let maps = bt.stop();
     let full = m.sum(
@@ -606,7 +548,7 @@ fn late_python_is_discovered() {
 }
 
 /// The Node <= 18 USDT path, on a C stand-in with Node 18's provider, probe names, argument
-/// layouts and semaphores (tests/integration/workloads/node18_usdt.c): exact counts of served
+/// layouts and semaphores (workloads/node18_usdt.c): exact counts of served
 /// and sent requests by method and path, their durations, GCs, and the same counts as
 /// bpftrace's usdt: probes on the same run.
 #[test]
@@ -635,11 +577,14 @@ fn node18_usdt_fixture_matches_bpftrace() {
             &client_gets.to_string(),
         ],
     );
-    let bt = Bpftrace::start(&format!(
-        "usdt:{node_s}:node:http__server__request {{ @[str(arg4)] = count(); }} \
+    let bt = Bpftrace::start(
+        "node18-usdt",
+        &format!(
+            "usdt:{node_s}:node:http__server__request {{ @[str(arg4)] = count(); }} \
          usdt:{node_s}:node:http__client__request {{ @client[str(arg4)] = count(); }} \
          usdt:{node_s}:node:gc__start {{ @gc = count(); }}"
-    ));
+        ),
+    );
     let m = run.go_and_wait();
     let maps = bt.stop();
     // GET /api/v1/items/<i> (ids fold to :id, v1 stays), POST /items; each answered 2 ms later
@@ -785,13 +730,16 @@ fn node18_dtrace_http_and_gc_match_bpftrace() {
             &gcs.to_string(),
         ],
     );
-    let bt = Bpftrace::start(&format!(
-        "usdt:{node_s}:node:http__server__request {{ @s[str(arg4)] = count(); }} \
+    let bt = Bpftrace::start(
+        "node18-dtrace",
+        &format!(
+            "usdt:{node_s}:node:http__server__request {{ @s[str(arg4)] = count(); }} \
          usdt:{node_s}:node:http__server__response {{ @s_done = count(); }} \
          usdt:{node_s}:node:http__client__request {{ @c[str(arg4)] = count(); }} \
          usdt:{node_s}:node:http__client__response {{ @c_done = count(); }} \
          usdt:{node_s}:node:gc__start {{ @gc[arg0] = count(); }}"
-    ));
+        ),
+    );
     let m = run.go_and_wait();
     let maps = bt.stop();
     eprintln!("bpftrace: {maps:?}");
