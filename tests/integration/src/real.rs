@@ -1,16 +1,17 @@
-//! Helpers for the tests against real software (tests/real_software.rs): a cgroup of the test's
+//! Helpers for the tests against real software (tests/real_*.rs): a cgroup of the test's
 //! own to run a server in (freezable, so the sidecar and a peer tracer attach while nothing in it
-//! runs), the checks for installed programs, syscall names from the kernel's headers.
+//! runs), the checks for installed programs, syscall names from the kernel's headers, scratch
+//! directories and keyed counts compared with a truth.
 
 use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-use crate::wait_for;
+use crate::{Metrics, Sidecar, wait_for};
 
 /// Fail (never skip) when a program of a Debian package is missing.
 pub fn need(path: &str, package: &str) -> PathBuf {
@@ -174,4 +175,131 @@ pub fn wait_tcp(port: u16, timeout: Duration) {
     wait_for(&format!("127.0.0.1:{port} listening"), timeout, || {
         TcpStream::connect(("127.0.0.1", port)).ok().map(|_| ())
     });
+}
+
+/// A scratch directory under /var/tmp (a real filesystem), removed on drop.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!(
+            "/var/tmp/ebpf-sidecar-real-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Scratch(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// HTTP requests the target answered, by "METHOD STATUS" (the access log's key).
+pub fn served(m: &Metrics) -> Counts {
+    by_labels(
+        m,
+        "ebpf_sidecar_http_requests_total",
+        &[("direction", "server")],
+        &["method", "status"],
+    )
+}
+
+/// The series of one metric whose labels include `filter`, keyed by the values of `keys`, as
+/// integers (zeros dropped).
+pub fn by_labels(m: &Metrics, name: &str, filter: &[(&str, &str)], keys: &[&str]) -> Counts {
+    let mut out = Counts::new();
+    for (l, v) in m.matching(name, filter) {
+        let k: Vec<&str> = keys
+            .iter()
+            .map(|k| l.get(*k).map(String::as_str).unwrap_or("?"))
+            .collect();
+        *out.entry(k.join(" ")).or_default() += v as u64;
+    }
+    out.retain(|_, v| *v > 0);
+    out
+}
+
+/// Counts by key (`METHOD STATUS`, a syscall name, ...).
+pub type Counts = BTreeMap<String, u64>;
+
+/// Exact equality of two keyed counts, with every differing key named.
+pub fn assert_counts_eq(what: &str, sidecar: &Counts, truth: &Counts) {
+    let mut diff = Vec::new();
+    for k in sidecar.keys().chain(truth.keys()) {
+        let (s, t) = (
+            sidecar.get(k).copied().unwrap_or(0),
+            truth.get(k).copied().unwrap_or(0),
+        );
+        if s != t
+            && !diff
+                .iter()
+                .any(|d: &String| d.starts_with(&format!("{k}:")))
+        {
+            diff.push(format!(
+                "{k}: sidecar {s}, truth {t} ({:+})",
+                s as i64 - t as i64
+            ));
+        }
+    }
+    assert!(
+        diff.is_empty(),
+        "{what}: {} keys differ:\n  {}\nsidecar: {sidecar:?}\ntruth:   {truth:?}",
+        diff.len(),
+        diff.join("\n  ")
+    );
+}
+
+/// Poll the sidecar until `f` of its metrics equals `want` (counters that move at a connection's
+/// close, after the peer's last ACK), then return the last value seen.
+pub fn settle(sc: &Sidecar, want: u64, f: impl Fn(&Metrics) -> u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let v = f(&sc.scrape());
+        if v == want || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The cgroup id the sidecar says it filters by (`target_info{cgroup_id}`).
+pub fn reported_cgroup_id(m: &Metrics) -> u64 {
+    let (l, _) = m
+        .matching("ebpf_sidecar_target_info", &[])
+        .next()
+        .expect("target_info");
+    l["cgroup_id"].parse().unwrap()
+}
+
+/// bpftrace's syscall counts by the kernel headers' names.
+pub fn named(counts: &BTreeMap<u64, u64>) -> Counts {
+    let names = syscall_names();
+    counts
+        .iter()
+        .map(|(nr, c)| {
+            let n = names.get(nr).cloned().unwrap_or_else(|| format!("nr{nr}"));
+            (n, *c)
+        })
+        .collect()
+}
+
+pub fn sidecar_syscalls(m: &Metrics) -> Counts {
+    by_labels(m, "ebpf_sidecar_syscalls_total", &[], &["syscall"])
 }
