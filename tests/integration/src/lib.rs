@@ -17,7 +17,6 @@ mod http;
 mod metrics;
 pub mod real;
 mod runner;
-pub mod runtimes;
 
 pub use bpftrace::{Bpftrace, ensure_tracefs};
 pub use http::{free_port, http_get, http_get_bytes, stream_lines};

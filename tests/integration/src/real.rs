@@ -1,4 +1,4 @@
-//! Helpers for the tests against real software (tests/real_*.rs): a cgroup of the test's
+//! Helpers for the tests against real software (tests/real_software/): a cgroup of the test's
 //! own to run a server in (freezable, so the sidecar and a peer tracer attach while nothing in it
 //! runs), the checks for installed programs, syscall names from the kernel's headers, scratch
 //! directories and keyed counts compared with a truth.

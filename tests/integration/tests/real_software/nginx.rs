@@ -1,9 +1,6 @@
-//! Tests against real software (issue 16), nginx: Debian's nginx as the target, its requests and
-//! bytes compared with its own access log on the same run; in Docker, the sidecar image beside
-//! an nginx container, with a neighbour container that must add nothing. The other real
-//! software: real_databases.rs (redis, PostgreSQL), real_tools.rs (fio, stress-ng, dnsmasq).
-//! Every server runs in a cgroup of its own (made by the test, or by `run`), never in the root
-//! cgroup.
+//! nginx: its requests and bytes compared with its own access log on the same run; in Docker,
+//! the sidecar image beside an nginx container, with a neighbour container that must add
+//! nothing.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

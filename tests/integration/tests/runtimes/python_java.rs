@@ -1,36 +1,11 @@
-//! Runtimes: real CPython 3.11 and OpenJDK 17 run under `ebpf-sidecar run`, with exact ground
-//! truth, and bpftrace's `usdt:` probes counting the same run side by side; USDT listing, late
-//! processes, declared (--config) metrics. Node.js: runtimes_node.rs.
+//! CPython 3.11 (function calls, GC, a process started late) and OpenJDK 17 (GC pauses, class
+//! loading, threads).
 
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use integration::runtimes::*;
-use integration::*;
-
-const GC_CALLS: u64 = 41;
-const F_CALLS: u64 = 517;
-
-fn python_script() -> PathBuf {
-    let p = scratch("work.py");
-    std::fs::write(
-        &p,
-        format!(
-            "import gc, sys\n\
-             gc.disable()\n\
-             for _ in range({GC_CALLS}):\n    gc.collect()\n\
-             def counted_fn(x):\n    return x + 1\n\
-             def untraced_fn(x):\n    return x\n\
-             for i in range(100):\n    untraced_fn(i)\n\
-             sys.settrace(lambda *a: None)\n\
-             for i in range({F_CALLS}):\n    counted_fn(i)\n\
-             sys.settrace(None)\n"
-        ),
-    )
-    .unwrap();
-    p
-}
+use super::*;
 
 #[test]
 fn python_gc_and_calls_match_bpftrace() {
@@ -215,66 +190,6 @@ fn java_serial_gc_pauses() {
     );
 }
 
-#[test]
-fn usdt_list_and_bad_input() {
-    let out = Command::new(sidecar_bin())
-        .args(["usdt", "list", "--binary", PYTHON])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("python:gc__start"), "{text}");
-    assert!(text.contains("semaphore 0x"), "{text}");
-
-    // The built-in packs, in the --config form.
-    let out = Command::new(sidecar_bin())
-        .args(["usdt", "packs"])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for want in [
-        "# packs/python.yaml",
-        "begin: python:gc__start",
-        "# packs/java.yaml",
-        "probe: hotspot:class__loaded",
-        "# packs/node.yaml",
-    ] {
-        assert!(text.contains(want), "{want}: {text}");
-    }
-
-    // A binary without notes, a missing file, a file that is not ELF: exit 2, a clear message.
-    let garbage = scratch("garbage.bin");
-    std::fs::write(&garbage, b"\x7fELF\x02\x01\x01 this is not an ELF file").unwrap();
-    for (bin, msg) in [
-        ("/bin/true", "no .note.stapsdt"),
-        ("/nonexistent/bin", "No such file"),
-        (garbage.to_str().unwrap(), "not a 64-bit ELF"),
-    ] {
-        let out = Command::new(sidecar_bin())
-            .args(["usdt", "list", "--binary", bin])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{bin}: {err}");
-        assert!(err.contains(msg), "{bin}: {err}");
-    }
-    // A process: its executable and libraries inside its mount namespace.
-    let mut child = Command::new(PYTHON)
-        .args(["-c", "import time; time.sleep(30)"])
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(300));
-    let out = Command::new(sidecar_bin())
-        .args(["usdt", "list", "--pid", &child.id().to_string()])
-        .output()
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("python:function__entry"));
-}
-
 /// A runtime process that starts after the sidecar (here 1.5 s into the run, through a shell,
 /// so nothing is attached up front) is found by the periodic rescan and attached.
 #[test]
@@ -355,133 +270,5 @@ fn late_python_is_discovered() {
             // SAFETY: plain kill of the python process this test started.
             unsafe { libc::kill(pid, libc::SIGKILL) };
         }
-    }
-}
-
-const CONFIG: &str = r#"
-metrics:
-  - name: py_calls
-    help: Python function calls by function name (declared)
-    binary: /usr/bin/python3.11
-    probe: python:function__entry
-    labels: [{name: function, arg: 1, string: true}]
-  - name: py_gc_starts
-    runtime: python
-    probe: python:gc__start
-    labels: [{name: generation, arg: 0}]
-  - name: py_missing
-    runtime: python
-    probe: python:no__such__probe
-  - name: py_gc_seconds
-    runtime: python
-    begin: python:gc__start
-    end: python:gc__done
-    labels: [{name: generation, arg: 0}]
-"#;
-
-/// --config: declared counters and histograms give exact counts on a known workload; an
-/// unknown probe is a clear error (file, entry, what the binary has) and the rest still works.
-#[test]
-fn declared_config_metrics_are_exact() {
-    require_root();
-    require(PYTHON, "apt-get install python3.11");
-    let cfg = scratch("usdt.yaml");
-    std::fs::write(&cfg, CONFIG).unwrap();
-    let script = python_script();
-    let out = scratch("config.prom");
-    let _ = std::fs::remove_file(&out);
-    let o = Command::new(sidecar_bin())
-        .args(["run", "--probes", "runtimes", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--metrics-out")
-        .arg(&out)
-        .args(["--", PYTHON, script.to_str().unwrap()])
-        .output()
-        .unwrap();
-    let log = String::from_utf8_lossy(&o.stderr);
-    assert!(o.status.success(), "{log}");
-    let text = std::fs::read_to_string(&out).unwrap();
-    let lint = promtool_check(&text);
-    assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
-    let m = Metrics::parse(&text);
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_usdt_py_calls_total",
-            &[("function", "counted_fn")]
-        ),
-        F_CALLS as f64,
-        "F calls under settrace"
-    );
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_usdt_py_calls_total",
-            &[("function", "untraced_fn")]
-        ),
-        0.0
-    );
-    // Same probe as the python pack: the same numbers, by generation.
-    for g in ["0", "1", "2"] {
-        let pack = m.sum(
-            "ebpf_sidecar_runtime_gc_duration_seconds_count",
-            &[("runtime", "python"), ("generation", g)],
-        );
-        assert_eq!(
-            m.sum("ebpf_sidecar_usdt_py_gc_starts_total", &[("generation", g)]),
-            pack,
-            "generation {g}"
-        );
-        assert_eq!(
-            m.sum(
-                "ebpf_sidecar_usdt_py_gc_seconds_count",
-                &[("generation", g)]
-            ),
-            pack,
-            "generation {g} pairs"
-        );
-    }
-    assert!(
-        m.sum(
-            "ebpf_sidecar_usdt_py_gc_starts_total",
-            &[("generation", "2")]
-        ) >= GC_CALLS as f64
-    );
-    let want = format!(
-        "{}: metrics[2] (py_missing): probe python:no__such__probe not in {PYTHON}; it has: ",
-        cfg.display()
-    );
-    assert!(log.contains(&want), "{log}");
-    assert!(log.contains("python:gc__start"), "{log}");
-}
-
-#[test]
-fn bad_config_is_a_clear_error() {
-    let cfg = scratch("bad.yaml");
-    for (text, want) in [
-        (
-            "metrics:\n  - name: ok\n    runtime: python\n    probe: python:gc__start\n  - name: x\n    runtime: ruby\n    probe: a:b\n",
-            "metrics[1] (x): unknown runtime \"ruby\" (one of python, java, node)",
-        ),
-        ("metrics: [", "did not find expected"),
-        (
-            "metrics:\n  - name: x\n    runtime: python\n    probe: gc__start\n",
-            "metrics[0] (x): \"gc__start\" is not provider:probe",
-        ),
-    ] {
-        std::fs::write(&cfg, text).unwrap();
-        let o = Command::new(sidecar_bin())
-            .args(["run", "--config"])
-            .arg(&cfg)
-            .args(["--", "/bin/true"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(2), "{err}");
-        assert!(
-            err.contains(&format!("--config {}: ", cfg.display())),
-            "{err}"
-        );
-        assert!(err.contains(want), "{want}: {err}");
     }
 }

@@ -1,11 +1,6 @@
-//! Tests against real software (issue 16), tools: fio, stress-ng and dnsmasq as the target,
-//! compared on the same run with a truth that does not come from the sidecar: fio's JSON, the
-//! cgroup's `cpu.stat` and rusage, a tshark capture. Every program runs in a cgroup of its own
-//! (made by the test, or by `run`), never in the root cgroup.
-//!
-//! Where a server keeps making syscalls on its own (timers), the comparison window is cut by
-//! freezing its cgroup (`cgroup.freeze`): the sidecar and bpftrace attach while it is frozen and
-//! are both read while it is frozen again, so they saw exactly the same events.
+//! fio, stress-ng and dnsmasq: block bytes and requests equal to fio's JSON, CPU, forks and
+//! switches equal to the cgroup's `cpu.stat` and rusage, DNS by type and rcode equal to a tshark
+//! capture.
 
 use std::io::{Read, Write};
 use std::process::{Command, Stdio};

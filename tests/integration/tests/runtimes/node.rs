@@ -1,11 +1,10 @@
-//! Runtimes, Node.js: a stock Node.js 20, Node.js 18 built `--with-dtrace` and a C stand-in
-//! with its USDT probes, run under `ebpf-sidecar run` or beside the sidecar image, with exact
-//! ground truth and bpftrace's `usdt:` probes counting the same run side by side.
+//! Node.js: a stock Node.js 20 (HTTP, GC, event loop lag, paths), Node.js 18 built
+//! `--with-dtrace` and a C stand-in with its USDT probes, and node in a container beside the
+//! sidecar image.
 
 use std::time::Duration;
 
-use integration::runtimes::*;
-use integration::*;
+use super::*;
 
 const NODE_APP: &str = r#"
 const http = require('http');
