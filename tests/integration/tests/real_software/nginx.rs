@@ -4,6 +4,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -62,18 +63,10 @@ fn body(n: usize, seed: u8) -> Vec<u8> {
         .collect()
 }
 
-#[test]
-fn nginx_requests_and_bytes_equal_its_access_log() {
-    require_root();
-    let nginx = need("/usr/sbin/nginx", "nginx-light");
-    let t0 = Instant::now();
-    let dir = Scratch::new("nginx");
-    let d = dir.path();
-    std::fs::create_dir_all(d.join("www/dav")).unwrap();
-    std::fs::write(d.join("www/index.html"), body(612, 1)).unwrap();
-    std::fs::write(d.join("www/big.bin"), body(300_000, 2)).unwrap();
-    let port = free_port();
-    let conf = format!(
+/// nginx serving `d/www` on 127.0.0.1:port, everything it writes under `d`, with an access log
+/// of "METHOD STATUS BYTES_SENT" lines.
+fn nginx_conf(d: &Path, port: u16) -> String {
+    format!(
         r#"daemon off;
 master_process on;
 worker_processes 1;
@@ -100,25 +93,19 @@ http {{
 }}
 "#,
         d = d.display()
-    );
-    std::fs::write(d.join("nginx.conf"), conf).unwrap();
-    let cg = TestCgroup::new("nginx");
-    let _nginx = Proc(
-        cg.spawn(
-            Command::new(&nginx)
-                .arg("-c")
-                .arg(d.join("nginx.conf"))
-                .arg("-p")
-                .arg(d)
-                .stderr(Stdio::null()),
-        ),
-    );
-    wait_tcp(port, Duration::from_secs(10));
-    let master = _nginx.0.id().to_string();
-    let sc = Sidecar::start(&["--target-pid", &master, "--probes", "process,net"]);
-    assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
+    )
+}
 
-    // Keep-alive connections with several requests each, uploads with plain bodies, errors.
+/// What the client did: connections opened, requests sent, bytes it wrote (heads and bodies).
+#[derive(Default)]
+struct Load {
+    conns: u64,
+    sent: u64,
+    request_bytes: u64,
+}
+
+/// Keep-alive connections with several requests each, uploads with plain bodies, errors.
+fn load(port: u16) -> Load {
     type Req = (&'static str, &'static str, usize);
     let plans: Vec<Vec<Req>> = vec![
         vec![
@@ -143,31 +130,32 @@ http {{
         vec![("DELETE", "/dav/none", 0), ("GET", "/", 0)],
         vec![("PATCH", "/index.html", 20), ("GET", "/big.bin", 0)],
     ];
-    let mut conns = 0u64;
-    let mut sent = 0u64;
-    let mut request_bytes = 0u64;
+    let mut done = Load::default();
     for round in 0..4u8 {
         for plan in &plans {
             let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            conns += 1;
+            done.conns += 1;
             for (i, (method, path, n)) in plan.iter().enumerate() {
                 let (_, close, n) = exchange(&mut s, method, path, &body(*n, round + i as u8));
-                sent += 1;
-                request_bytes += n;
+                done.sent += 1;
+                done.request_bytes += n;
                 if close {
                     s = TcpStream::connect(("127.0.0.1", port)).unwrap();
                     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    conns += 1;
+                    done.conns += 1;
                 }
             }
         }
     }
+    done
+}
 
-    // The truth: nginx's access log.
-    let log_path = d.join("access.log");
+/// nginx's access log once it has `sent` lines: requests by "METHOD STATUS", and the sum of
+/// $bytes_sent.
+fn access_log(log_path: &Path, sent: u64) -> (Counts, u64) {
     let lines = wait_for("all requests logged", Duration::from_secs(5), || {
-        let t = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let t = std::fs::read_to_string(log_path).unwrap_or_default();
         let l: Vec<String> = t.lines().map(str::to_string).collect();
         (l.len() as u64 >= sent).then_some(l)
     });
@@ -179,25 +167,11 @@ http {{
         bytes_sent += f[2].parse::<u64>().unwrap();
     }
     assert_eq!(lines.len() as u64, sent, "one access log line per request");
+    (truth, bytes_sent)
+}
 
-    // Payload bytes per connection are added when it closes: wait for all of them.
-    let closed = settle(&sc, conns, |m| {
-        m.sum("ebpf_sidecar_tcp_connection_duration_seconds_count", &[]) as u64
-    });
-    let m = sc.scrape();
-    let http = served(&m);
-    let tx = m.sum("ebpf_sidecar_tcp_sent_bytes_total", &[]) as u64;
-    let rx = m.sum("ebpf_sidecar_tcp_received_bytes_total", &[]) as u64;
-    let passive = m.sum(
-        "ebpf_sidecar_tcp_connections_total",
-        &[("direction", "passive")],
-    ) as u64;
-    eprintln!(
-        "nginx: {sent} requests on {conns} connections ({closed} closed seen); log {truth:?}; \
-         sidecar {http:?}; $bytes_sent {bytes_sent} vs tcp_sent_bytes {tx}; \
-         client wrote {request_bytes} vs tcp_received_bytes {rx}; {:.1} s",
-        t0.elapsed().as_secs_f64()
-    );
+/// The IP layer (network_bytes_total) over the same sockets as the payload counts `tx`, `rx`.
+fn assert_ip_layer(m: &Metrics, tx: u64, rx: u64, conns: u64) {
     let ip = |dir: &str, what: &str| {
         m.sum(
             what,
@@ -217,6 +191,86 @@ http {{
          52*packets = {})",
         eb as i64 - tx as i64 - 52 * ep as i64,
         ib as i64 - rx as i64 - 52 * ipk as i64
+    );
+    // On loopback (MTU 64 KiB, so a GSO packet is one packet on the wire too) every packet is a
+    // 20-byte IPv4 header, a 32-byte TCP header (timestamps on) and its payload, and each SYN /
+    // SYN-ACK carries 8 bytes more of options (MSS, SACK-permitted, window scale). That holds
+    // while nothing was retransmitted: a retransmission adds payload that tcp_*_bytes leaves out
+    // and the receiver's SACK options (seen once: 32768 bytes more on egress and 12 on ingress, a
+    // spurious retransmission under CPU contention, before retransmits were printed), so then
+    // only the floor is asserted.
+    let sysctl = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{k}")).unwrap();
+    assert_eq!(
+        (sysctl("tcp_timestamps").trim(), sysctl("tcp_sack").trim()),
+        ("1", "1"),
+        "the header sizes below assume Linux's default TCP options"
+    );
+    let (eg_want, in_want) = (tx + 52 * ep + 8 * conns, rx + 52 * ipk + 8 * conns);
+    if retransmits == 0.0 {
+        assert_eq!(eb, eg_want, "egress IP bytes = payload + headers");
+        assert_eq!(ib, in_want, "ingress IP bytes = payload + headers");
+    } else {
+        assert!(
+            eb >= eg_want && ib >= in_want,
+            "IP bytes below payload + headers"
+        );
+    }
+}
+
+#[test]
+fn nginx_requests_and_bytes_equal_its_access_log() {
+    require_root();
+    let nginx = need("/usr/sbin/nginx", "nginx-light");
+    let t0 = Instant::now();
+    let dir = Scratch::new("nginx");
+    let d = dir.path();
+    std::fs::create_dir_all(d.join("www/dav")).unwrap();
+    std::fs::write(d.join("www/index.html"), body(612, 1)).unwrap();
+    std::fs::write(d.join("www/big.bin"), body(300_000, 2)).unwrap();
+    let port = free_port();
+    std::fs::write(d.join("nginx.conf"), nginx_conf(d, port)).unwrap();
+    let cg = TestCgroup::new("nginx");
+    let _nginx = Proc(
+        cg.spawn(
+            Command::new(&nginx)
+                .arg("-c")
+                .arg(d.join("nginx.conf"))
+                .arg("-p")
+                .arg(d)
+                .stderr(Stdio::null()),
+        ),
+    );
+    wait_tcp(port, Duration::from_secs(10));
+    let master = _nginx.0.id().to_string();
+    let sc = Sidecar::start(&["--target-pid", &master, "--probes", "process,net"]);
+    assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
+
+    let Load {
+        conns,
+        sent,
+        request_bytes,
+    } = load(port);
+
+    // The truth: nginx's access log.
+    let (truth, bytes_sent) = access_log(&d.join("access.log"), sent);
+
+    // Payload bytes per connection are added when it closes: wait for all of them.
+    let closed = settle(&sc, conns, |m| {
+        m.sum("ebpf_sidecar_tcp_connection_duration_seconds_count", &[]) as u64
+    });
+    let m = sc.scrape();
+    let http = served(&m);
+    let tx = m.sum("ebpf_sidecar_tcp_sent_bytes_total", &[]) as u64;
+    let rx = m.sum("ebpf_sidecar_tcp_received_bytes_total", &[]) as u64;
+    let passive = m.sum(
+        "ebpf_sidecar_tcp_connections_total",
+        &[("direction", "passive")],
+    ) as u64;
+    eprintln!(
+        "nginx: {sent} requests on {conns} connections ({closed} closed seen); log {truth:?}; \
+         sidecar {http:?}; $bytes_sent {bytes_sent} vs tcp_sent_bytes {tx}; \
+         client wrote {request_bytes} vs tcp_received_bytes {rx}; {:.1} s",
+        t0.elapsed().as_secs_f64()
     );
     assert_counts_eq("HTTP requests by method and status", &http, &truth);
     assert_eq!(
@@ -239,29 +293,7 @@ http {{
         rx, request_bytes,
         "tcp_received_bytes_total = bytes the client wrote"
     );
-    // The IP layer (network_bytes_total) over the same sockets: on loopback (MTU 64 KiB, so a
-    // GSO packet is one packet on the wire too) every packet is a 20-byte IPv4 header, a 32-byte
-    // TCP header (timestamps on) and its payload, and each SYN / SYN-ACK carries 8 bytes more of
-    // options (MSS, SACK-permitted, window scale). That holds while nothing was retransmitted:
-    // a retransmission adds payload that tcp_*_bytes leaves out and the receiver's SACK options
-    // (seen once: 32768 bytes more on egress and 12 on ingress, a spurious retransmission under
-    // CPU contention, before retransmits were printed), so then only the floor is asserted.
-    let sysctl = |k: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/{k}")).unwrap();
-    assert_eq!(
-        (sysctl("tcp_timestamps").trim(), sysctl("tcp_sack").trim()),
-        ("1", "1"),
-        "the header sizes below assume Linux's default TCP options"
-    );
-    let (eg_want, in_want) = (tx + 52 * ep + 8 * conns, rx + 52 * ipk + 8 * conns);
-    if retransmits == 0.0 {
-        assert_eq!(eb, eg_want, "egress IP bytes = payload + headers");
-        assert_eq!(ib, in_want, "ingress IP bytes = payload + headers");
-    } else {
-        assert!(
-            eb >= eg_want && ib >= in_want,
-            "IP bytes below payload + headers"
-        );
-    }
+    assert_ip_layer(&m, tx, rx, conns);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! capture.
 
 use std::io::{Read, Write};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -238,53 +239,9 @@ fn stress_ng_cpu_forks_and_switches_equal_cgroup_stats_and_rusage() {
 // ---------------------------------------------------------------------------------------------
 // dnsmasq
 
-#[test]
-fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
-    require_root();
-    let dnsmasq = need("/usr/sbin/dnsmasq", "dnsmasq-base");
-    let dig = need("dig", "dnsutils");
-    let tshark = need("tshark", "tshark");
-    let t0 = Instant::now();
-    let dir = Scratch::new("dns");
-    // The net family parses DNS on port 53 only (docs/families/net.md, Limits): a loopback
-    // address of this test's own on port 53.
-    let addr = format!("127.53.{}.{}", std::process::id() % 200 + 20, 16);
-    let cg = TestCgroup::new("dns");
-    let _dns = Proc(
-        cg.spawn(
-            Command::new(&dnsmasq)
-                .args(["--no-daemon", "--conf-file=/dev/null", "--no-hosts"])
-                .args(["--no-resolv", "--port=53", "--bind-interfaces"])
-                .arg(format!("--listen-address={addr}"))
-                .arg(format!("--pid-file={}", dir.path().join("pid").display()))
-                .args([
-                    "--address=/example.test/127.0.0.2",
-                    "--address=/example.test/::2",
-                ])
-                .args(["--local=/nx.test/", "--txt-record=txt.example.test,hello"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null()),
-        ),
-    );
-    let dig1 = |name: &str, qtype: &str| -> String {
-        let o = Command::new(&dig)
-            .arg(format!("@{addr}"))
-            .args(["-p", "53", "+tries=1", "+time=2", name, qtype])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&o.stdout).to_string()
-    };
-    wait_for("dnsmasq answering", Duration::from_secs(10), || {
-        dig1("up.example.test", "A")
-            .contains("status: NOERROR")
-            .then_some(())
-    });
-    // The server is the target (docs/families/net.md: a query counts for whichever end is in
-    // the target; here dnsmasq receives the queries and sends the answers).
-    let sc = Sidecar::start(&["--target-pid", &_dns.0.id().to_string(), "--probes", "net"]);
-    assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
-    let pcap = dir.path().join("dns.pcap");
-    let mut cap = Command::new(&tshark)
+/// tshark writing the DNS packets to and from `addr` into `pcap`, once it is capturing.
+fn start_capture(tshark: &Path, addr: &str, pcap: &Path) -> Proc {
+    let mut cap = Command::new(tshark)
         .args([
             "-i",
             "lo",
@@ -292,7 +249,7 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
             &format!("udp port 53 and host {addr}"),
             "-w",
         ])
-        .arg(&pcap)
+        .arg(pcap)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -305,33 +262,19 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
         assert!(n > 0, "tshark ended: {seen}");
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
-    let cap = Proc(cap);
+    // Kept open: tshark reports on stderr when it stops, and a closed pipe would kill it first.
+    cap.stderr = Some(err);
     // "Capturing on" can come before the capture sees packets (a run missed the first query,
     // captured its answer): give it a second.
     std::thread::sleep(Duration::from_secs(1));
-    let mut asked = 0;
-    for (name, qtype, n) in [
-        ("www.example.test", "A", 5),
-        ("www.example.test", "AAAA", 3),
-        ("txt.example.test", "TXT", 2),
-        ("nothing.nx.test", "A", 4),
-        ("nothing.nx.test", "MX", 1),
-        ("elsewhere.org", "A", 2),
-    ] {
-        for i in 0..n {
-            let out = dig1(&format!("q{i}.{name}"), qtype);
-            assert!(out.contains("status:"), "dig got no answer: {out}");
-            asked += 1;
-        }
-    }
-    std::thread::sleep(Duration::from_millis(500));
-    // SAFETY: SIGINT to our tshark; it finishes the file and exits.
-    unsafe { libc::kill(cap.0.id() as i32, libc::SIGINT) };
-    let mut cap = cap;
-    cap.0.wait().unwrap();
-    let o = Command::new(&tshark)
+    Proc(cap)
+}
+
+/// The capture's DNS queries by qtype and answers by rcode, named as the sidecar names them.
+fn captured(tshark: &Path, pcap: &Path) -> (Counts, Counts) {
+    let o = Command::new(tshark)
         .arg("-r")
-        .arg(&pcap)
+        .arg(pcap)
         .args([
             "-T",
             "fields",
@@ -382,6 +325,77 @@ fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
             _ => *tr.entry(rcode(f[2])).or_default() += 1,
         }
     }
+    (tq, tr)
+}
+
+#[test]
+fn dnsmasq_dns_by_qtype_and_rcode_equal_a_tshark_capture() {
+    require_root();
+    let dnsmasq = need("/usr/sbin/dnsmasq", "dnsmasq-base");
+    let dig = need("dig", "dnsutils");
+    let tshark = need("tshark", "tshark");
+    let t0 = Instant::now();
+    let dir = Scratch::new("dns");
+    // The net family parses DNS on port 53 only (docs/families/net.md, Limits): a loopback
+    // address of this test's own on port 53.
+    let addr = format!("127.53.{}.{}", std::process::id() % 200 + 20, 16);
+    let cg = TestCgroup::new("dns");
+    let _dns = Proc(
+        cg.spawn(
+            Command::new(&dnsmasq)
+                .args(["--no-daemon", "--conf-file=/dev/null", "--no-hosts"])
+                .args(["--no-resolv", "--port=53", "--bind-interfaces"])
+                .arg(format!("--listen-address={addr}"))
+                .arg(format!("--pid-file={}", dir.path().join("pid").display()))
+                .args([
+                    "--address=/example.test/127.0.0.2",
+                    "--address=/example.test/::2",
+                ])
+                .args(["--local=/nx.test/", "--txt-record=txt.example.test,hello"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        ),
+    );
+    let dig1 = |name: &str, qtype: &str| -> String {
+        let o = Command::new(&dig)
+            .arg(format!("@{addr}"))
+            .args(["-p", "53", "+tries=1", "+time=2", name, qtype])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    wait_for("dnsmasq answering", Duration::from_secs(10), || {
+        dig1("up.example.test", "A")
+            .contains("status: NOERROR")
+            .then_some(())
+    });
+    // The server is the target (docs/families/net.md: a query counts for whichever end is in
+    // the target; here dnsmasq receives the queries and sends the answers).
+    let sc = Sidecar::start(&["--target-pid", &_dns.0.id().to_string(), "--probes", "net"]);
+    assert_eq!(reported_cgroup_id(&sc.scrape()), cg.id());
+    let pcap = dir.path().join("dns.pcap");
+    let cap = start_capture(&tshark, &addr, &pcap);
+    let mut asked = 0;
+    for (name, qtype, n) in [
+        ("www.example.test", "A", 5),
+        ("www.example.test", "AAAA", 3),
+        ("txt.example.test", "TXT", 2),
+        ("nothing.nx.test", "A", 4),
+        ("nothing.nx.test", "MX", 1),
+        ("elsewhere.org", "A", 2),
+    ] {
+        for i in 0..n {
+            let out = dig1(&format!("q{i}.{name}"), qtype);
+            assert!(out.contains("status:"), "dig got no answer: {out}");
+            asked += 1;
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    // SAFETY: SIGINT to our tshark; it finishes the file and exits.
+    unsafe { libc::kill(cap.0.id() as i32, libc::SIGINT) };
+    let mut cap = cap;
+    cap.0.wait().unwrap();
+    let (tq, tr) = captured(&tshark, &pcap);
     let m = sc.scrape();
     let q = by_labels(&m, "ebpf_sidecar_dns_queries_total", &[], &["qtype"]);
     let r = by_labels(&m, "ebpf_sidecar_dns_responses_total", &[], &["rcode"]);

@@ -267,6 +267,75 @@ srv.listen(0, '127.0.0.1', async () => {
 });
 "#;
 
+/// GCs by generation equal bpftrace's `gc__start` counts by V8 type, `gcs` forced ones included.
+fn assert_gcs_equal_bpftrace(m: &Metrics, maps: &[(String, u64)], gcs: u64) {
+    // GCs by V8 type: global.gc() is a full mark-sweep-compact (type 4); whatever else V8 ran
+    // (start-up scavenges) is counted alike by both.
+    assert_eq!(bpf_value(&maps, "@gc[4]"), gcs, "{maps:?}");
+    for (ty, generation) in [
+        (1, "scavenge"),
+        (2, "minor_mark_compact"),
+        (4, "mark_compact"),
+    ] {
+        let got = m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node"), ("generation", generation)],
+        );
+        let bt = bpf_value(&maps, &format!("@gc[{ty}]"));
+        eprintln!("gc {generation}: sidecar {got}, bpftrace {bt}");
+        assert_eq!(got, bt as f64, "{generation} GCs");
+    }
+    let bt_gcs: u64 = maps
+        .iter()
+        .filter(|(k, _)| k.starts_with("@gc["))
+        .map(|(_, v)| v)
+        .sum();
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "node")]
+        ),
+        bt_gcs as f64
+    );
+}
+
+/// The node provider's probes attached, and no uprobe on a function symbol (llhttp, V8).
+fn assert_only_the_node_provider_attached(m: &Metrics) {
+    for probe in [
+        "http__server__request",
+        "http__server__response",
+        "http__client__request",
+        "http__client__response",
+        "gc__start",
+        "gc__done",
+    ] {
+        assert!(
+            m.sum(
+                "ebpf_sidecar_usdt_probes_attached",
+                &[("provider", "node"), ("probe", probe)]
+            ) >= 1.0,
+            "node:{probe} attached\n{}",
+            m.text
+        );
+    }
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "uprobe")]
+        ),
+        0.0,
+        "no llhttp/V8 uprobe on a node with USDT\n{}",
+        m.text
+    );
+    assert!(
+        !m.text
+            .lines()
+            .any(|l| !l.starts_with('#') && l.contains("llhttp")),
+        "{}",
+        m.text
+    );
+}
+
 /// The real Node.js 18.20.4 built `--with-dtrace` (../shared/node18-dtrace, unpacked into
 /// target/): requests served and sent by method and path, their durations and forced GCs, each
 /// equal to bpftrace's `usdt:` count on the same run and to the script's own numbers; the node
@@ -364,68 +433,8 @@ fn node18_dtrace_http_and_gc_match_bpftrace() {
     }
     assert_eq!(bpf_value(&maps, "@s_done"), total);
     assert_eq!(bpf_value(&maps, "@c_done"), total);
-    // GCs by V8 type: global.gc() is a full mark-sweep-compact (type 4); whatever else V8 ran
-    // (start-up scavenges) is counted alike by both.
-    assert_eq!(bpf_value(&maps, "@gc[4]"), gcs, "{maps:?}");
-    for (ty, generation) in [
-        (1, "scavenge"),
-        (2, "minor_mark_compact"),
-        (4, "mark_compact"),
-    ] {
-        let got = m.sum(
-            "ebpf_sidecar_runtime_gc_duration_seconds_count",
-            &[("runtime", "node"), ("generation", generation)],
-        );
-        let bt = bpf_value(&maps, &format!("@gc[{ty}]"));
-        eprintln!("gc {generation}: sidecar {got}, bpftrace {bt}");
-        assert_eq!(got, bt as f64, "{generation} GCs");
-    }
-    let bt_gcs: u64 = maps
-        .iter()
-        .filter(|(k, _)| k.starts_with("@gc["))
-        .map(|(_, v)| v)
-        .sum();
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_runtime_gc_duration_seconds_count",
-            &[("runtime", "node")]
-        ),
-        bt_gcs as f64
-    );
-    // The node provider's six probes attached; no uprobe on a function symbol (llhttp, V8).
-    for probe in [
-        "http__server__request",
-        "http__server__response",
-        "http__client__request",
-        "http__client__response",
-        "gc__start",
-        "gc__done",
-    ] {
-        assert!(
-            m.sum(
-                "ebpf_sidecar_usdt_probes_attached",
-                &[("provider", "node"), ("probe", probe)]
-            ) >= 1.0,
-            "node:{probe} attached\n{}",
-            m.text
-        );
-    }
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_usdt_probes_attached",
-            &[("provider", "uprobe")]
-        ),
-        0.0,
-        "no llhttp/V8 uprobe on a node with USDT\n{}",
-        m.text
-    );
-    assert!(
-        !m.text
-            .lines()
-            .any(|l| !l.starts_with('#') && l.contains("llhttp")),
-        "{}",
-        m.text
-    );
+    assert_gcs_equal_bpftrace(&m, &maps, gcs);
+    assert_only_the_node_provider_attached(&m);
 }
 
 /// The sidecar image next to a Node.js container (`--pid=container:`, as users run it): the node
