@@ -271,7 +271,7 @@ srv.listen(0, '127.0.0.1', async () => {
 fn assert_gcs_equal_bpftrace(m: &Metrics, maps: &[(String, u64)], gcs: u64) {
     // GCs by V8 type: global.gc() is a full mark-sweep-compact (type 4); whatever else V8 ran
     // (start-up scavenges) is counted alike by both.
-    assert_eq!(bpf_value(&maps, "@gc[4]"), gcs, "{maps:?}");
+    assert_eq!(bpf_value(maps, "@gc[4]"), gcs, "{maps:?}");
     for (ty, generation) in [
         (1, "scavenge"),
         (2, "minor_mark_compact"),
@@ -281,7 +281,7 @@ fn assert_gcs_equal_bpftrace(m: &Metrics, maps: &[(String, u64)], gcs: u64) {
             "ebpf_sidecar_runtime_gc_duration_seconds_count",
             &[("runtime", "node"), ("generation", generation)],
         );
-        let bt = bpf_value(&maps, &format!("@gc[{ty}]"));
+        let bt = bpf_value(maps, &format!("@gc[{ty}]"));
         eprintln!("gc {generation}: sidecar {got}, bpftrace {bt}");
         assert_eq!(got, bt as f64, "{generation} GCs");
     }
