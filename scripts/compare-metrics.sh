@@ -16,8 +16,7 @@ old=${1:?old binary}
 new=${2:?new binary}
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-workloads=tests/integration/workloads
-[ -d "$workloads" ] || workloads=workloads
+workloads=workloads
 cc -O2 -static -o "$work/counted" "$workloads/counted.c"
 /usr/bin/python3 -m http.server --bind 127.0.0.1 18734 --directory "$work" >/dev/null 2>&1 &
 server=$!

@@ -1,6 +1,6 @@
-/* Structs shared by the kernel programs and userspace (mirrored in sidecar-ebpf/src/lib.rs, whose
- * compile-time asserts pin every size and offset). Fixed-width fields, explicit padding: the Rust
- * side reads these as plain bytes. */
+/* Structs shared by the kernel programs and userspace (mirrored in sidecar-ebpf/src/lib.rs's
+ * MIRRORS; sidecar/tests/mirrors.rs compares every mirror with the compiled objects' BTF: names,
+ * offsets, sizes). Fixed-width fields, explicit padding: the Rust side reads these as plain bytes. */
 #ifndef SIDECAR_H
 #define SIDECAR_H
 

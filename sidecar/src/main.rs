@@ -159,9 +159,11 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum CustomCommand {
-    /// Write vmlinux.h, sidecar.bpf.h, sidecar.h and usdt.bpf.h into DIR, then build a probe with
-    /// `clang -g -O2 -target bpf -D__TARGET_ARCH_x86 -I DIR -c probe.bpf.c -o probe.bpf.o`
-    /// (bpf_helpers.h and friends come from libbpf-dev).
+    /// Write vmlinux.h, sidecar.bpf.h, sidecar.h and usdt.bpf.h into DIR, then build a probe.
+    #[command(long_about = format!(
+        "Write vmlinux.h, sidecar.bpf.h, sidecar.h and usdt.bpf.h into DIR, then build a probe with\n`{}`\n(bpf_helpers.h and friends come from libbpf-dev).",
+        sidecar_ebpf::clang::USER_COMMAND
+    ))]
     Headers {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
