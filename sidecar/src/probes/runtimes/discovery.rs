@@ -2,7 +2,6 @@
 //! map, and the scanner thread that looks at the target's processes every [`RESCAN`].
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::attach::Inner;
 use crate::probes::ProbeError;
@@ -12,8 +11,10 @@ use crate::usdt::procs;
 /// Node processes the event-loop and HTTP-timing tracepoints look at (pid -> 1).
 const LOOP_PIDS: &str = "rt_loop_pids";
 
-/// How often the target's processes are scanned for runtimes not attached yet.
-pub const RESCAN: Duration = Duration::from_secs(1);
+// The scanner's period and capabilities, and `run`'s command lookup, are shared with the
+// security family's binary scanner: they live in `crate::usdt::procs` and are re-exported here
+// for the paths that used them from this module.
+pub use crate::usdt::procs::{RESCAN, SCANNER_KEEPS as KEEPS, resolve_command};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Runtime {
@@ -52,57 +53,18 @@ impl Runtime {
     }
 }
 
-/// A thread that runs `scan` every [`RESCAN`] to attach binaries that target processes map later.
-/// It keeps what attaching takes ([`KEEPS`]); the rest of the process drops everything after the
-/// first attach.
+/// A thread that runs `scan` every [`RESCAN`] (see [`procs::spawn_scanner`]); its failure to
+/// start is `family`'s.
 pub fn spawn_scanner(
     family: &'static str,
     thread: &str,
     scan: impl Fn() + Send + 'static,
 ) -> Result<(), ProbeError> {
-    std::thread::Builder::new()
-        .name(thread.into())
-        .spawn(move || {
-            let mut keep = crate::caps::needed_after_attach();
-            keep.extend(KEEPS.iter().copied());
-            if let Err(e) = crate::caps::drop_all_except(&keep) {
-                tracing::debug!("{family} scanner: dropping capabilities: {e}");
-            }
-            loop {
-                std::thread::sleep(RESCAN);
-                scan();
-            }
-        })
-        .map(drop)
-        .map_err(|e| ProbeError::Map {
-            family,
-            map: "-".into(),
-            detail: format!("starting the scanner thread: {e}"),
-        })
-}
-
-/// Capabilities the scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or
-/// CAP_PERFMON + CAP_BPF), reading other users' /proc/<pid>/root and maps (CAP_SYS_PTRACE).
-pub const KEEPS: &[caps::Capability] = &[
-    caps::Capability::CAP_SYS_ADMIN,
-    caps::Capability::CAP_PERFMON,
-    caps::Capability::CAP_BPF,
-    caps::Capability::CAP_SYS_PTRACE,
-];
-
-/// The file `run -- CMD` will exec: CMD itself when it names a path, else the first match on
-/// PATH; links resolved (uprobes attach to the file, not the name).
-pub fn resolve_command(cmd: &Path) -> Option<PathBuf> {
-    let found = if cmd.components().count() > 1 {
-        Some(cmd.to_path_buf())
-    } else {
-        std::env::var_os("PATH").and_then(|p| {
-            std::env::split_paths(&p)
-                .map(|d| d.join(cmd))
-                .find(|c| c.is_file())
-        })
-    };
-    found.and_then(|b| std::fs::canonicalize(b).ok())
+    procs::spawn_scanner(family, thread, scan).map_err(|e| ProbeError::Map {
+        family,
+        map: "-".into(),
+        detail: format!("starting the scanner thread: {e}"),
+    })
 }
 
 /// The binaries `run -- CMD` will map: CMD found on PATH, and for a JDK launcher its libjvm.so.
