@@ -221,7 +221,7 @@ mod tests {
 
     #[test]
     fn hooks_parse() {
-        for h in super::super::packs::HOOKS.iter() {
+        for h in crate::probes::runtimes::packs::HOOKS.iter() {
             if let Site::Symbol { args, .. } = h.site {
                 let a = usdt::args::parse_args(args).unwrap();
                 for l in [h.label, h.label2].into_iter().flatten() {

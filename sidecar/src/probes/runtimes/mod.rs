@@ -35,7 +35,7 @@ const HTTP: &[&str] = &["runtime", "method", "path?"];
 
 pub const GC_DURATION: Metric = Metric::histogram(
     "ebpf_sidecar_runtime_gc_duration_seconds",
-            "Garbage-collection pauses of language runtimes in the target, by runtime and generation (python: 0-2; java: young/full; node: scavenge/mark_compact/minor_mark_compact). _count is the number of GCs.",
+    "Garbage-collection pauses of language runtimes in the target, by runtime and generation (python: 0-2; java: young/full; node: scavenge/mark_compact/minor_mark_compact). _count is the number of GCs.",
 )
 .labels(&["runtime", "generation"]);
 pub const HTTP_REQUESTS: Metric = Metric::counter(
@@ -64,7 +64,7 @@ pub const HTTP_CLIENT_REQUEST_DURATION: Metric = Metric::histogram(
 .top_n(&["path"]);
 pub const FUNCTION_CALLS: Metric = Metric::counter(
     "ebpf_sidecar_runtime_function_calls",
-            "Function calls in runtimes of the target by module:function, top-N plus other (--runtime-calls; CPython fires these only while sys.settrace/setprofile is active).",
+    "Function calls in runtimes of the target by module:function, top-N plus other (--runtime-calls; CPython fires these only while sys.settrace/setprofile is active).",
 )
 .labels(&["runtime", "function"])
 .top_n(&["function"]);
