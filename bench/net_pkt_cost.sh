@@ -3,7 +3,7 @@
 # (bpftool prog run, millions of runs of one packet): no scheduler or CPU-sharing noise, so two
 # versions of net.bpf.c compare exactly. Usage: bench/net_pkt_cost.sh [GIT_REV_TO_COMPARE]
 # (default: e4ada30, the packet path before DNS/pcap/direct packet access). Needs root, clang-19,
-# bpftool, bpffs.
+# bpftool, bpffs, cargo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rev=${1:-e4ada30}
@@ -12,9 +12,10 @@ trap 'rm -rf "$tmp"; rm -rf /sys/fs/bpf/net_pkt_cost_$$_*' EXIT
 mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf
 git show "$rev:sidecar-ebpf/bpf/net.bpf.c" >"$tmp/base.bpf.c"
 cp sidecar-ebpf/bpf/net.bpf.c "$tmp/this.bpf.c"
+# Compiled with the probes' own clang recipe (sidecar-ebpf/clang.rs), through the bench binary.
+cargo build --release -q -p bench
 for v in base this; do
-  clang-19 -g -O2 -target bpf -D__TARGET_ARCH_x86 -Wno-unused-function -fno-stack-protector \
-    -I sidecar-ebpf/include -I /usr/include/x86_64-linux-gnu -c "$tmp/$v.bpf.c" -o "$tmp/$v.o"
+  target/release/bench bpf-cc "$tmp/$v.bpf.c" "$tmp/$v.o"
   bpftool prog loadall "$tmp/$v.o" "/sys/fs/bpf/net_pkt_cost_$$_$v"
 done
 python3 - "$tmp" <<'PY'

@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 # docker-compose (compose validation), chromium (live page), python3.11/OpenJDK/node and
 # systemtap-sdt-dev (runtime packs and the USDT fixture), openssl (TLS test), tshark (reads the
 # net family's /debug/pcap captures back); the real software the tests run as targets
-# (tests/integration/tests/real_software.rs): nginx (+ its echo module: http_framing.rs), redis
+# (tests/integration/tests/real_software/): nginx (+ its echo module: http_framing.rs), redis
 # and its benchmark, PostgreSQL 15 with pgbench, fio, stress-ng, dnsmasq and dig; ethtool (the GSO
 # test's loopback without offloads); xz-utils (unpacks shared/node18-dtrace).
 PACKAGES="clang-19 llvm-19 libbpf-dev linux-libc-dev gcc libc6-dev make pkg-config bpftool bpftrace

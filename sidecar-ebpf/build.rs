@@ -1,34 +1,26 @@
-//! Compiles every `bpf/*.bpf.c` into `$OUT_DIR/<name>.bpf.o` with clang (CO-RE, BTF).
-//! `CLANG` picks the compiler; otherwise the first of clang-19, clang found on PATH.
+//! Compiles every `bpf/*.bpf.c` into `$OUT_DIR/<name>.bpf.o` with clang (CO-RE, BTF), and
+//! `records.bpf.c` (BTF of ring buffer records, for the mirror test). `CLANG` picks the compiler;
+//! otherwise the first of `clang::CLANG_CANDIDATES` found on PATH. The flags are `clang.rs`'s.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-fn find_clang() -> PathBuf {
-    if let Some(c) = std::env::var_os("CLANG") {
-        return PathBuf::from(c);
-    }
-    for name in ["clang-19", "clang-18", "clang-17", "clang-16", "clang"] {
-        if Command::new(name)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-        {
-            return PathBuf::from(name);
-        }
-    }
-    panic!(
-        "no clang found: install clang (Debian: apt-get install clang-19 libbpf-dev) or set CLANG"
-    );
+#[allow(dead_code)] // the library uses the rest of it
+mod clang {
+    include!("clang.rs");
 }
 
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let include = manifest.join("include");
-    let clang = find_clang();
+    let clang = clang::find_clang().unwrap_or_else(|| {
+        panic!(
+            "no clang found: install clang (Debian: apt-get install clang-19 libbpf-dev) or set CLANG"
+        )
+    });
     println!("cargo:rerun-if-env-changed=CLANG");
     println!("cargo:rerun-if-changed={}", include.display());
+    println!("cargo:rerun-if-changed=clang.rs");
 
     let mut sources: Vec<PathBuf> = std::fs::read_dir(manifest.join("bpf"))
         .expect("sidecar-ebpf/bpf")
@@ -36,6 +28,7 @@ fn main() {
         .filter(|p| p.to_string_lossy().ends_with(".bpf.c"))
         .collect();
     sources.sort();
+    sources.push(manifest.join("records.bpf.c"));
     for src in &sources {
         println!("cargo:rerun-if-changed={}", src.display());
         let stem = src
@@ -57,24 +50,7 @@ fn gzip(src: &Path, dst: &Path) {
 }
 
 fn compile(clang: &Path, src: &Path, include: &Path, obj: &Path) {
-    let status = Command::new(clang)
-        .args([
-            "-g",
-            "-O2",
-            "-target",
-            "bpf",
-            "-D__TARGET_ARCH_x86",
-            "-Wall",
-            "-Werror",
-        ])
-        .args(["-Wno-unused-function", "-fno-stack-protector"])
-        .arg("-I")
-        .arg(include)
-        .args(["-I", "/usr/include/x86_64-linux-gnu"])
-        .arg("-c")
-        .arg(src)
-        .arg("-o")
-        .arg(obj)
+    let status = clang::command(clang, clang::Recipe::Own, &[include], src, obj)
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", clang.display()));
     assert!(status.success(), "clang failed on {}", src.display());

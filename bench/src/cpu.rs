@@ -38,7 +38,7 @@ pub fn run(iterations: u64, repeat: usize, seconds: u64, rounds: usize) -> Resul
 }
 
 fn cpu_bound(iterations: u64, repeat: usize) -> Result<String> {
-    let bin = workload("spin")?;
+    let bin = workload("spin");
     let cmd = format!("{} {iterations}", bin.display());
     let secs = |s: &str| -> Result<f64> { Ok(s.trim().parse()?) };
     let plain = || -> Result<f64> {
@@ -68,7 +68,10 @@ fn cpu_bound(iterations: u64, repeat: usize) -> Result<String> {
         for (i, (_, args)) in configs.iter().enumerate() {
             rows[i].push(secs(&under_sidecar(args, &cmd)?.0)?);
         }
-        let _b = Bpftrace::start("profile:hz:49 { @[ustack, kstack] = count(); }")?;
+        let _b = Bpftrace::start(
+            "bench-cpu",
+            "profile:hz:49 { @[ustack, kstack] = count(); }",
+        );
         bt.push(plain()?);
     }
     // The sched_switch program's cost, from one run with bpf_stats.
@@ -139,7 +142,7 @@ const NODE_CONFIGS: [(&str, &str, Monitor); 5] = [
 ];
 
 fn node_app(seconds: u64, rounds: usize) -> Result<String> {
-    let server = root().join("examples/node-app/server.js");
+    let server = repo_root().join("examples/node-app/server.js");
     let n = NODE_CONFIGS.len();
     let (runs, order) = stack::compare(&server, &NODE_CONFIGS, seconds, rounds)?;
     let switch = switch_cost(&server, seconds.min(10))?;
@@ -198,7 +201,7 @@ fn switch_cost(server: &Path, seconds: u64) -> Result<String> {
     let app = stack::start(server, Some(m), &["--probes", "cpu", "--bpf-stats"])?;
     let _ = stack::wrk(app.port, 1)?;
     let scrape = || -> Result<(f64, f64, f64)> {
-        let text = http_get(m, "/metrics")?.1;
+        let text = http_get(m, "/metrics", None)?.2;
         Ok((
             metric_value(
                 &text,

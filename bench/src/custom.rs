@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 
 use crate::util::*;
 
@@ -28,7 +28,7 @@ impl Drop for Side {
 
 fn start(extra: &[String], fill: &std::path::Path, entries: u64) -> Result<Side> {
     let port = free_port();
-    let child = Command::new(sidecar_bin()?)
+    let child = Command::new(sidecar_release_bin())
         .args(["run", "--probes", "process", "--no-profile"])
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
@@ -41,7 +41,7 @@ fn start(extra: &[String], fill: &std::path::Path, entries: u64) -> Result<Side>
     let side = Side { child, port };
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if http_get(port, "/healthz").is_ok_and(|r| r.0 == 200) {
+        if http_get(port, "/healthz", None).is_ok_and(|r| r.0 == 200) {
             return Ok(side);
         }
         std::thread::sleep(Duration::from_millis(50));
@@ -67,7 +67,7 @@ fn scrape_ms(pid: u32, port: u16, rounds: usize) -> Result<(f64, f64, f64, usize
     let mut size = 0;
     for _ in 0..rounds {
         let t0 = Instant::now();
-        let (st, body) = http_get(port, "/metrics")?;
+        let (st, _, body) = http_get(port, "/metrics", None)?;
         t.push(t0.elapsed().as_secs_f64() * 1e3);
         if st != 200 {
             bail!("scrape status {st}");
@@ -81,9 +81,9 @@ fn scrape_ms(pid: u32, port: u16, rounds: usize) -> Result<(f64, f64, f64, usize
 }
 
 pub fn run(entries: u64, rounds: usize) -> Result<String> {
-    let dir = root().join("target/bench-custom");
+    let dir = repo_root().join("target/bench-custom");
     std::fs::create_dir_all(&dir)?;
-    let st = Command::new(sidecar_bin()?)
+    let st = Command::new(sidecar_release_bin())
         .args(["custom", "headers"])
         .arg(dir.join("include"))
         .stdout(Stdio::null())
@@ -92,18 +92,13 @@ pub fn run(entries: u64, rounds: usize) -> Result<String> {
         bail!("ebpf-sidecar custom headers failed");
     }
     let obj = dir.join("custom_entries.bpf.o");
-    let st = Command::new("clang-19")
-        .args(["-g", "-O2", "-target", "bpf", "-D__TARGET_ARCH_x86", "-I"])
-        .arg(dir.join("include"))
-        .arg("-c")
-        .arg(root().join("bench/bpf/custom_entries.bpf.c"))
-        .arg("-o")
-        .arg(&obj)
-        .status()
-        .context("clang-19")?;
-    if !st.success() {
-        bail!("compiling custom_entries.bpf.c");
-    }
+    // As a user builds a custom probe, against the headers the sidecar wrote.
+    integration::compile_bpf(
+        integration::Recipe::User,
+        &[&dir.join("include")],
+        &workloads_dir().join("custom_entries.bpf.c"),
+        &obj,
+    );
     let yaml = |top_n: Option<u64>| -> Result<std::path::PathBuf> {
         let p = dir.join(format!("entries-{}.yaml", top_n.unwrap_or(0)));
         let top = top_n
@@ -121,7 +116,7 @@ pub fn run(entries: u64, rounds: usize) -> Result<String> {
         )?;
         Ok(p)
     };
-    let fill = workload("custom_fill")?;
+    let fill = workload("custom_fill");
     let custom = |top_n: Option<u64>| -> Result<Vec<String>> {
         Ok(vec![
             "--probe-file".into(),
@@ -155,7 +150,7 @@ pub fn run(entries: u64, rounds: usize) -> Result<String> {
         // Wait until the workload has made every entry.
         let deadline = Instant::now() + Duration::from_secs(30);
         let series = loop {
-            let (_, body) = http_get(side.port, "/metrics")?;
+            let (_, _, body) = http_get(side.port, "/metrics", None)?;
             let calls = metric_sum(&body, "ebpf_sidecar_bench_calls_total");
             if i == 0 || calls as u64 >= entries {
                 break body

@@ -52,7 +52,7 @@ fn sidecar(
 ) -> Result<(Sample, Vec<ProgCost>)> {
     let out_file = std::env::temp_dir().join("ebpf-sidecar-bench-disk.prom");
     let _ = std::fs::remove_file(&out_file);
-    let mut c = Command::new(sidecar_bin()?);
+    let mut c = Command::new(sidecar_release_bin());
     c.args(["run", "--probes", probes, "--listen"])
         .arg(format!("127.0.0.1:{}", free_port()))
         .arg("--metrics-out")
@@ -80,7 +80,7 @@ fn bpftrace_cost(bin: &Path, args: &[String]) -> Result<f64> {
     let before = prog_ids()?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
     let r = (|| {
-        let _bt = Bpftrace::start(BIOLATENCY)?;
+        let _bt = Bpftrace::start("bench-disk", BIOLATENCY);
         let s0 = new_prog_stats(&before)?;
         direct(bin, args)?;
         let s1 = new_prog_stats(&before)?;
@@ -91,7 +91,7 @@ fn bpftrace_cost(bin: &Path, args: &[String]) -> Result<f64> {
 }
 
 pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
-    let bin = workload("disk_io")?;
+    let bin = workload("disk_io");
     let dir = data_dir()?;
     let seq: Vec<String> = vec![
         "seq".into(),
@@ -114,7 +114,7 @@ pub fn run(mib: u64, small: u64, repeat: usize) -> Result<String> {
             rows.entry((w, 3))
                 .or_default()
                 .push(sidecar(&bin, args, "disk", false)?.0);
-            let bt = Bpftrace::start(BIOLATENCY)?;
+            let bt = Bpftrace::start("bench-disk", BIOLATENCY);
             rows.entry((w, 2)).or_default().push(direct(&bin, args)?);
             drop(bt);
         }

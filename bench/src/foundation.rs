@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use sidecar::probes::DEFAULT_FAMILIES;
+use sidecar::probes::registry::DEFAULT_FAMILIES;
 
 use crate::util::*;
 
@@ -53,7 +53,7 @@ fn sidecar_run_probes(
     let port = free_port();
     let script = format!("{} {calls}; sleep 4", bin.display());
     let t0 = Instant::now();
-    let mut child = Command::new(sidecar_bin()?)
+    let mut child = Command::new(sidecar_release_bin())
         .args([
             "run",
             "--probes",
@@ -69,7 +69,7 @@ fn sidecar_run_probes(
         .spawn()?;
     let pid = child.id();
     let first_scrape = loop {
-        if matches!(http_get(port, "/metrics"), Ok((200, _))) {
+        if matches!(http_get(port, "/metrics", None), Ok((200, _, _))) {
             break t0.elapsed();
         }
         if t0.elapsed() > Duration::from_secs(10) {
@@ -84,7 +84,7 @@ fn sidecar_run_probes(
     let mut body = String::new();
     for _ in 0..100 {
         let t = Instant::now();
-        let (st, b) = http_get(port, "/metrics")?;
+        let (st, _, b) = http_get(port, "/metrics", None)?;
         times.push(t.elapsed());
         if st != 200 {
             bail!("/metrics returned {st}");
@@ -114,7 +114,7 @@ fn sidecar_run_probes(
 fn bpftrace_runs(bin: &std::path::Path, calls: u64, repeat: usize) -> Result<(Vec<f64>, f64)> {
     let before = prog_ids()?;
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").context("enabling bpf_stats")?;
-    let bt = Bpftrace::start(BPFTRACE)?;
+    let bt = Bpftrace::start("bench-foundation", BPFTRACE);
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0")?;
     let mut ns = Vec::new();
     for _ in 0..repeat {
@@ -153,7 +153,7 @@ fn bare_runs(bin: &std::path::Path, calls: u64, repeat: usize) -> Result<(Vec<f6
 }
 
 pub fn run(calls: u64, repeat: usize) -> Result<String> {
-    let bin = workload("getppid_loop")?;
+    let bin = workload("getppid_loop");
     loop_ns(&bin, 100_000)?; // warm caches
 
     let mut base: Vec<f64> = (0..repeat)

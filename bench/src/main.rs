@@ -7,6 +7,7 @@
 //!   cargo run --release -p bench -- security [--execs N] [--connects N] [--rounds R]
 //!   cargo run --release -p bench -- cpu [--iterations N] [--repeat R] [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- custom [--entries N] [--rounds R]
+//!   cargo run --release -p bench -- bpf-cc SRC.bpf.c OUT.o   (the probes' clang recipe, for scripts)
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
 //! bpftrace and bpftool; builds the sidecar first with `cargo build --release -p sidecar`.
@@ -35,6 +36,20 @@ fn main() -> anyhow::Result<()> {
             None => Ok(default),
         }
     };
+    if which == "bpf-cc" {
+        // For bench/net_pkt_cost.sh: one clang recipe, also for scripts.
+        let [src, obj] = &args[1..] else {
+            anyhow::bail!("usage: bench bpf-cc SRC.bpf.c OUT.o");
+        };
+        let include = util::repo_root().join("sidecar-ebpf/include");
+        integration::compile_bpf(
+            integration::Recipe::Own,
+            &[&include],
+            src.as_ref(),
+            obj.as_ref(),
+        );
+        return Ok(());
+    }
     let report = match which.as_str() {
         "foundation" => foundation::run(opt("--calls", 5_000_000)?, opt("--repeat", 5)? as usize)?,
         "disk" => disk::run(
@@ -70,7 +85,7 @@ fn main() -> anyhow::Result<()> {
         ),
     };
     print!("{report}");
-    let path = util::root().join(format!("bench/results/{which}.md"));
+    let path = util::repo_root().join(format!("bench/results/{which}.md"));
     std::fs::write(&path, &report)?;
     eprintln!("written to {}", path.display());
     Ok(())

@@ -68,7 +68,7 @@ fn under_bpftrace(
     cost: bool,
 ) -> Result<([f64; 2], (f64, f64))> {
     let before = prog_ids()?;
-    let bt = Bpftrace::start(BPFTRACE)?;
+    let bt = Bpftrace::start("bench-net", BPFTRACE);
     let figures = [
         once(bin, work[0].0, work[0].1)?,
         once(bin, work[1].0, work[1].1)?,
@@ -112,7 +112,7 @@ const HTTP_CONFIGS: [(&str, &str, Monitor); 4] = [
 /// wrk on the node example app (keep-alive connections, the stack benchmark's setup), a fresh
 /// node per measurement, the configurations alternating within each round.
 fn http(seconds: u64, rounds: usize) -> Result<String> {
-    let server = root().join("examples/node-app/server.js");
+    let server = repo_root().join("examples/node-app/server.js");
     let (runs, order) = stack::compare(&server, &HTTP_CONFIGS, seconds, rounds)?;
     let (_, costs) = stack::cost_breakdown(&server, seconds, &["--probes", "net"])?;
     let med = |v: &[Wrk], f: fn(&Wrk) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
@@ -176,7 +176,7 @@ pub fn run(repeat: usize, mib: u64, conns: u64, seconds: u64, rounds: usize) -> 
 
 /// The stream and the short connections.
 fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
-    let bin = workload("net_stream")?;
+    let bin = workload("net_stream");
     once(&bin, "stream", mib / 4)?; // warm up
     let work = [("stream", mib), ("conns", conns)];
 

@@ -16,10 +16,7 @@ const PYTHON: &str = "/usr/bin/python3.11";
 const GCS: u64 = 200;
 
 fn script() -> String {
-    root()
-        .join("bench/workloads/pycalls.py")
-        .display()
-        .to_string()
+    workloads_dir().join("pycalls.py").display().to_string()
 }
 
 fn plain(calls: u64) -> Result<f64> {
@@ -35,7 +32,7 @@ fn plain(calls: u64) -> Result<f64> {
 fn sidecar(calls: u64, stats: bool) -> Result<(f64, Vec<ProgCost>, f64)> {
     let out = std::env::temp_dir().join("ebpf-sidecar-bench-runtimes.prom");
     let _ = std::fs::remove_file(&out);
-    let o = Command::new(sidecar_bin()?)
+    let o = Command::new(sidecar_release_bin())
         .args([
             "run",
             "--probes",
@@ -75,7 +72,7 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     let before = prog_ids()?;
     let prog =
         format!("usdt:{PYTHON}:python:function__entry {{ @[str(arg0), str(arg1)] = count(); }}");
-    let bt = Bpftrace::start(&prog)?;
+    let bt = Bpftrace::start("bench-runtimes", &prog);
     let stats_fd = if stats {
         Some(aya::sys::enable_stats(aya::sys::Stats::RunTime)?)
     } else {
@@ -115,37 +112,6 @@ enum NodeArm {
     /// The same under `ebpf-sidecar run --probes runtimes`: the `node` USDT pack (HTTP served and
     /// sent, GC), no uprobe on llhttp.
     Node18Usdt,
-}
-
-/// Node.js 18 built --with-dtrace, unpacked (`xz -dk`) from the read-only copy of shared/ beside
-/// the repository into target/node18-dtrace/node, as the integration tests do.
-fn node18_dtrace() -> Result<std::path::PathBuf> {
-    let xz = root().join("../shared/node18-dtrace/node18-dtrace.xz");
-    if !xz.exists() {
-        bail!(
-            "{} is missing (Node.js 18 built --with-dtrace; scripts/node-dtrace.sh build)",
-            xz.display()
-        );
-    }
-    let dir = root().join("target/node18-dtrace");
-    let out = dir.join("node");
-    if !out.exists() {
-        std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join(format!(".node.{}", std::process::id()));
-        let st = Command::new("xz")
-            .args(["-dk", "--stdout"])
-            .arg(&xz)
-            .stdout(std::fs::File::create(&tmp)?)
-            .status()
-            .context("xz")?;
-        if !st.success() {
-            bail!("xz -dk {}", xz.display());
-        }
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755))?;
-        std::fs::rename(&tmp, &out)?;
-    }
-    Ok(out)
 }
 
 /// The tracefs uprobe event of [`NodeArm::BareUprobe`], removed on drop.
@@ -200,7 +166,7 @@ impl Drop for BareUprobe {
 fn node_rps(arm: NodeArm) -> Result<(f64, f64)> {
     let monitored = matches!(arm, NodeArm::Sidecar | NodeArm::Node18Usdt);
     let node_bin = match arm {
-        NodeArm::Node18Alone | NodeArm::Node18Usdt => node18_dtrace()?.display().to_string(),
+        NodeArm::Node18Alone | NodeArm::Node18Usdt => node18_dtrace().display().to_string(),
         _ => "node".to_string(),
     };
     let _bare = if arm == NodeArm::BareUprobe {
@@ -209,9 +175,9 @@ fn node_rps(arm: NodeArm) -> Result<(f64, f64)> {
         None
     };
     let port = free_port();
-    let app = root().join("examples/node-app/server.js");
+    let app = repo_root().join("examples/node-app/server.js");
     let mut cmd = if monitored {
-        let mut c = Command::new(sidecar_bin()?);
+        let mut c = Command::new(sidecar_release_bin());
         c.args([
             "run",
             "--probes",

@@ -43,7 +43,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// subscriber on /events from the start (the first second leaves it time to connect).
 fn monitored(cmd: &str, extra: &[&str]) -> Result<Monitored> {
     let port = free_port();
-    let mut child = Command::new(sidecar_bin()?)
+    let mut child = Command::new(sidecar_release_bin())
         .args(["run", "--probes", "security"])
         .args(extra)
         .arg("--listen")
@@ -90,14 +90,14 @@ fn monitored(cmd: &str, extra: &[&str]) -> Result<Monitored> {
     // The port accepts from the start; answering /healthz means start-up (BTF parsing, loading)
     // is over: count the CPU spent on the workload's events from here.
     let ready = Instant::now() + Duration::from_secs(10);
-    while !http_get(port, "/healthz").is_ok_and(|r| r.0 == 200) && Instant::now() < ready {
+    while !http_get(port, "/healthz", None).is_ok_and(|r| r.0 == 200) && Instant::now() < ready {
         std::thread::sleep(Duration::from_millis(10));
     }
     let cpu0 = cpu_seconds(child.id());
     let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
     let line = lines.next().context("no output from the workload")??;
     std::thread::sleep(Duration::from_millis(300));
-    let (_, metrics) = http_get(port, "/metrics")?;
+    let (_, _, metrics) = http_get(port, "/metrics", None)?;
     let cpu = cpu_seconds(child.id()) - cpu0;
     child.wait()?;
     let received = reader.join().unwrap_or_default();
@@ -142,9 +142,9 @@ fn storm(bin: &str, n: u64, rounds: usize) -> Result<(f64, f64, Vec<f64>, Monito
 }
 
 pub fn run(execs: u64, connects: u64, rounds: usize) -> Result<String> {
-    let exec_bin = workload("exec_storm")?;
-    let conn_bin = workload("connect_storm")?;
-    let rate_bin = workload("event_rate")?;
+    let exec_bin = workload("exec_storm");
+    let conn_bin = workload("connect_storm");
+    let rate_bin = workload("event_rate");
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let mut o = String::new();
     writeln!(

@@ -120,7 +120,7 @@ pub(crate) fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Resu
             c
         }
         Some(m) => {
-            let mut c = Command::new(util::sidecar_bin()?);
+            let mut c = Command::new(util::sidecar_release_bin());
             c.args(["run", "--listen", &format!("127.0.0.1:{m}")])
                 .args(extra)
                 .args(["--", "taskset", "-c", &node_cpu, "node"]);
@@ -141,15 +141,18 @@ pub(crate) fn start(server: &Path, metrics: Option<u16>, extra: &[&str]) -> Resu
         .context("starting node (apt-get install nodejs)")?;
     let r = Running { child, port };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while http_get(port, ROUTE).map(|(s, _)| s != 200).unwrap_or(true) {
+    while http_get(port, ROUTE, None)
+        .map(|(s, _, _)| s != 200)
+        .unwrap_or(true)
+    {
         if Instant::now() > deadline {
             bail!("node app did not answer on {port}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     if let Some(m) = metrics {
-        while http_get(m, "/healthz")
-            .map(|(s, _)| s != 200)
+        while http_get(m, "/healthz", None)
+            .map(|(s, _, _)| s != 200)
             .unwrap_or(true)
         {
             if Instant::now() > deadline {
@@ -179,8 +182,9 @@ fn node_once(server: &Path, monitor: &Monitor, seconds: u64) -> Result<Wrk> {
     // Unmonitored node runs under taskset, which execs it: the child's pid is node's.
     let _bt = match monitor {
         Monitor::Bpftrace(program) => Some(util::Bpftrace::start(
+            "bench-node",
             &program.replace("{pid}", &app.child.id().to_string()),
-        )?),
+        )),
         _ => None,
     };
     wrk(app.port, seconds)
@@ -230,7 +234,7 @@ fn scraped<T>(port: u16, work: impl FnOnce() -> Result<T>) -> Result<T> {
             let (lock, cv) = &*stop;
             let mut done = lock.lock().unwrap_or_else(|p| p.into_inner());
             while !*done {
-                let _ = http_get(port, "/metrics");
+                let _ = http_get(port, "/metrics", None);
                 done = cv
                     .wait_timeout(done, SCRAPE_EVERY)
                     .unwrap_or_else(|p| p.into_inner())
@@ -255,7 +259,7 @@ const LEAN: &[&str] = &["--syscall-latency", "off", "--net-http", "off"];
 const SYSCALL_COUNTS: &[&str] = &["--probes", "syscalls", "--syscall-latency", "off"];
 
 pub fn run(seconds: u64, rounds: usize) -> Result<String> {
-    let server = util::root().join("examples/node-app/server.js");
+    let server = util::repo_root().join("examples/node-app/server.js");
     let mut without = Vec::new();
     let mut with = Vec::new();
     let mut lean = Vec::new();
@@ -274,14 +278,18 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
             let app = start(&server, Some(m), &[])?;
             let pid = app.child.id();
             let _ = wrk(app.port, 1)?;
-            let before =
-                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let before = util::metric_sum(
+                &http_get(m, "/metrics", None)?.2,
+                "ebpf_sidecar_syscalls_total",
+            );
             let c0 = cpu_seconds(pid).context("sidecar stat")?;
             let t0 = Instant::now();
             let w = scraped(m, || wrk(app.port, seconds))?;
             let cpu = (cpu_seconds(pid).context("sidecar stat")? - c0) / t0.elapsed().as_secs_f64();
-            let after =
-                util::metric_sum(&http_get(m, "/metrics")?.1, "ebpf_sidecar_syscalls_total");
+            let after = util::metric_sum(
+                &http_get(m, "/metrics", None)?.2,
+                "ebpf_sidecar_syscalls_total",
+            );
             let reqs = w.rps * seconds as f64;
             app_syscalls_per_req.push((after - before) / reqs);
             sidecar_cpu.push(cpu * 100.0);
@@ -389,9 +397,9 @@ pub(crate) fn cost_breakdown(
     let args: Vec<&str> = ["--bpf-stats"].iter().chain(extra).copied().collect();
     let app = start(server, Some(m), &args)?;
     let _ = wrk(app.port, 1)?;
-    let before = http_get(m, "/metrics")?.1;
+    let before = http_get(m, "/metrics", None)?.2;
     let w = wrk(app.port, seconds)?;
-    let after = http_get(m, "/metrics")?.1;
+    let after = http_get(m, "/metrics", None)?.2;
     let probes: Vec<String> = after
         .lines()
         .filter_map(|l| l.strip_prefix("ebpf_sidecar_probe_up{probe=\""))

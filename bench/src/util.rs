@@ -1,45 +1,16 @@
-//! Shared pieces: building workloads, timing, reading /proc and bpftool.
+//! What only the benches need: medians, /proc and bpftool readings, program costs from
+//! `--bpf-stats` scrapes. The rest (binary, workloads, HTTP, bpftrace) is the integration
+//! tests' harness, re-exported here.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 
-pub fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .unwrap()
-}
-
-pub fn sidecar_bin() -> Result<PathBuf> {
-    let p = root().join("target/release/ebpf-sidecar");
-    if !p.exists() {
-        bail!("build the sidecar first: cargo build --release -p sidecar");
-    }
-    Ok(p)
-}
-
-/// Static build of bench/workloads/NAME.c.
-pub fn workload(name: &str) -> Result<PathBuf> {
-    let out = root()
-        .join("target/workloads")
-        .join(format!("bench-{name}"));
-    std::fs::create_dir_all(out.parent().unwrap())?;
-    let st = Command::new("gcc")
-        .args(["-static", "-O2", "-o"])
-        .arg(&out)
-        .arg(root().join(format!("bench/workloads/{name}.c")))
-        .status()
-        .context("gcc")?;
-    if !st.success() {
-        bail!("building workload {name}");
-    }
-    Ok(out)
-}
+pub use integration::{
+    Bpftrace, ensure_tracefs, free_port, http_get, node18_dtrace, repo_root, sidecar_release_bin,
+    workload, workloads_dir,
+};
 
 pub fn median(v: &mut [f64]) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
@@ -62,32 +33,6 @@ pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
             .ok()
     };
     Some((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = raw
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
-}
-
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Sum of a metric's samples (all label sets) whose line starts with `prefix`.
@@ -132,21 +77,12 @@ pub fn new_prog_stats(before: &[u64]) -> Result<(u64, u64)> {
         .fold((0, 0), |a, p| (a.0 + p.2, a.1 + p.3)))
 }
 
-/// tracefs must be mounted for bpftrace's tracepoints.
-pub fn ensure_tracefs() {
-    if !Path::new("/sys/kernel/tracing/events").exists() {
-        let _ = Command::new("mount")
-            .args(["-t", "tracefs", "tracefs", "/sys/kernel/tracing"])
-            .status();
-    }
-}
-
 /// Run `cmd` (a shell line) under `ebpf-sidecar run` with `args`; the command's first stdout line
 /// and the metrics scraped just after it printed (the shell then lingers a moment).
 pub fn under_sidecar(args: &[&str], cmd: &str) -> Result<(String, String)> {
     use std::io::BufRead;
     let port = free_port();
-    let mut child = Command::new(sidecar_bin()?)
+    let mut child = Command::new(sidecar_release_bin())
         .arg("run")
         .args(args)
         .args([
@@ -163,7 +99,7 @@ pub fn under_sidecar(args: &[&str], cmd: &str) -> Result<(String, String)> {
     let mut lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
     let first = lines.next().context("no output from the workload")??;
     std::thread::sleep(Duration::from_millis(300));
-    let (_, metrics) = http_get(port, "/metrics")?;
+    let (_, _, metrics) = http_get(port, "/metrics", None)?;
     child.wait()?;
     Ok((first, metrics))
 }
@@ -225,39 +161,4 @@ pub fn prog_costs(text: &str) -> Vec<ProgCost> {
         }
     }
     out
-}
-
-/// bpftrace running a program, attached (its "Attaching…" line read) until dropped (SIGINT).
-/// What it prints at exit goes nowhere: the pipe is closed after the first line, so a big map
-/// cannot block it on a full pipe nobody reads.
-pub struct Bpftrace(std::process::Child);
-
-impl Bpftrace {
-    pub fn start(program: &str) -> Result<Self> {
-        use std::io::BufRead;
-        ensure_tracefs();
-        let mut child = Command::new("bpftrace")
-            .args(["-e", program])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("bpftrace not found: apt-get install bpftrace")?;
-        let out = child.stdout.take().expect("piped");
-        let b = Bpftrace(child);
-        let mut first = String::new();
-        std::io::BufReader::new(out).read_line(&mut first)?;
-        if !first.contains("Attaching") {
-            anyhow::bail!("bpftrace did not attach: {first:?}");
-        }
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(b)
-    }
-}
-
-impl Drop for Bpftrace {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGINT) };
-        let _ = self.0.wait();
-    }
 }

@@ -2,9 +2,20 @@
 //! userspace.
 //!
 //! Each `bpf/<family>.bpf.c` is compiled by `build.rs` and embedded here. The structs mirror
-//! `include/sidecar.h`; the `const` asserts at the bottom fail the build if the two drift apart.
+//! `include/sidecar.h`; [`MIRRORS`] lists them, and `sidecar/tests/mirrors.rs` compares each with
+//! the struct in the objects' BTF (names, offsets, sizes).
 
 use aya::Pod;
+
+mod mirror;
+use mirror::mirror;
+pub use mirror::{Mirror, MirrorField};
+
+/// The clang flags and command line of every BPF object (`clang.rs`, shared with the build
+/// scripts).
+pub mod clang {
+    include!("../clang.rs");
+}
 
 macro_rules! object {
     ($name:literal) => {
@@ -23,6 +34,23 @@ pub mod objects {
     pub static DISK: &[u8] = object!("disk");
     pub static FILES: &[u8] = object!("files");
     pub static NET: &[u8] = object!("net");
+
+    /// Every family's object, by family name.
+    pub static ALL: &[(&str, &[u8])] = &[
+        ("process", PROCESS),
+        ("syscalls", SYSCALLS),
+        ("security", SECURITY),
+        ("cpu", CPU),
+        ("profile", PROFILE),
+        ("runtimes", RUNTIMES),
+        ("disk", DISK),
+        ("files", FILES),
+        ("net", NET),
+    ];
+
+    /// Not a probe: `records.bpf.c`, the BTF of ring buffer records no family object has (for
+    /// the mirror test only; never loaded).
+    pub static RECORDS: &[u8] = object!("records");
 }
 
 pub const COMM_LEN: usize = 16;
@@ -187,7 +215,7 @@ pub struct ProfileCfg {
 }
 
 // SAFETY: all of these are repr(C), made of integers and byte arrays with no implicit padding
-// (checked below), so every bit pattern is a valid value.
+// (`MIRRORS`), so every bit pattern is a valid value.
 unsafe impl Pod for Target {}
 unsafe impl Pod for SyscallStats {}
 unsafe impl Pod for SyscallErrorKey {}
@@ -198,27 +226,6 @@ unsafe impl Pod for CpuHistVal {}
 unsafe impl Pod for ProfileKey {}
 unsafe impl Pod for ProfileCfg {}
 unsafe impl Pod for SecPrefix {}
-
-const _: () = {
-    use core::mem::{offset_of, size_of};
-    assert!(size_of::<Target>() == 32);
-    assert!(offset_of!(Target, mode) == 24);
-    assert!(offset_of!(Target, self_tgid) == 28);
-    assert!(size_of::<SyscallStats>() == 8 * (2 + HIST_BUCKETS));
-    assert!(size_of::<SyscallErrorKey>() == 8);
-    assert!(size_of::<CommKey>() == 16);
-    assert!(size_of::<ExitKey>() == 24);
-    assert!(offset_of!(ExitKey, signal) == 20);
-    assert!(size_of::<SecurityEvent>() == 504);
-    assert!(offset_of!(SecurityEvent, args) == 32);
-    assert!(offset_of!(SecurityEvent, port) == 80);
-    assert!(offset_of!(SecurityEvent, comm) == 88);
-    assert!(offset_of!(SecurityEvent, path) == 120);
-    assert!(offset_of!(SecurityEvent, argv) == 248);
-    assert!(size_of::<SecPrefix>() == 68);
-    assert!(size_of::<ProfileKey>() == 32);
-    assert!(size_of::<ProfileCfg>() == 24);
-};
 
 /// Network family (`net.bpf.c`): shapes mirrored from the `net` section of `sidecar.h`.
 pub mod net {
@@ -315,7 +322,7 @@ pub mod net {
         pub path: [u8; HTTP_PATH_LEN],
     }
 
-    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (`MIRRORS`).
     unsafe impl Pod for HttpKey {}
     unsafe impl Pod for HttpPathKey {}
     unsafe impl Pod for PktStats {}
@@ -323,20 +330,8 @@ pub mod net {
     unsafe impl Pod for PeerStats {}
     unsafe impl Pod for ErrorKey {}
 
-    const _: () = {
-        use core::mem::{offset_of, size_of};
-        assert!(size_of::<PktStats>() == 16);
-        assert!(size_of::<PeerKey>() == 24);
-        assert!(offset_of!(PeerKey, family) == 16);
-        assert!(offset_of!(PeerKey, port) == 18);
-        assert!(size_of::<PeerStats>() == 24);
-        assert!(size_of::<ErrorKey>() == 8);
-        // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
-        assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
-        assert!(size_of::<HttpKey>() == 16);
-        assert!(size_of::<HttpPathKey>() == 64);
-        assert!(offset_of!(HttpPathKey, path) == 16);
-    };
+    // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
+    const _: () = assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
 }
 
 /// Name of the map every object carries for the target filter.
@@ -448,24 +443,13 @@ pub mod files_counter {
     pub const LOST_FDS: u32 = 2;
 }
 
-// SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding (`MIRRORS`).
 unsafe impl Pod for DiskIoKey {}
 unsafe impl Pod for DiskIoStats {}
 unsafe impl Pod for FilePath {}
 unsafe impl Pod for FileIo {}
 unsafe impl Pod for OpenErrorKey {}
 unsafe impl Pod for FileSyncStats {}
-
-const _: () = {
-    use core::mem::{offset_of, size_of};
-    assert!(size_of::<DiskIoKey>() == 16);
-    assert!(size_of::<DiskIoStats>() == 8 * (5 + 2 * HIST_BUCKETS));
-    assert!(offset_of!(DiskIoStats, queue_hist) == 8 * (5 + HIST_BUCKETS));
-    assert!(size_of::<FilePath>() == PATH_LEN);
-    assert!(size_of::<FileIo>() == 16);
-    assert!(size_of::<OpenErrorKey>() == PATH_LEN + 8);
-    assert!(size_of::<FileSyncStats>() == 8 * (2 + HIST_BUCKETS));
-};
 
 // runtimes: USDT specs and the maps of the runtime packs.
 
@@ -554,24 +538,12 @@ pub mod runtimes_counter {
     pub const BAD_SPECS: u32 = 3;
 }
 
-// SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+// SAFETY: repr(C), integers and byte arrays only, no implicit padding (`MIRRORS`).
 unsafe impl Pod for UsdtArg {}
 unsafe impl Pod for UsdtSpec {}
 unsafe impl Pod for RtKey {}
 unsafe impl Pod for RtHist {}
 unsafe impl Pod for RtCallKey {}
-
-const _: () = {
-    use core::mem::{offset_of, size_of};
-    assert!(size_of::<UsdtArg>() == 24);
-    assert!(offset_of!(UsdtArg, reg_off) == 12);
-    assert!(offset_of!(UsdtArg, bitshift) == 17);
-    assert!(size_of::<UsdtSpec>() == 24 * USDT_MAX_ARGS + 16);
-    assert!(offset_of!(UsdtSpec, label2_arg) == 24 * USDT_MAX_ARGS + 12);
-    assert!(size_of::<RtKey>() == 16);
-    assert!(size_of::<RtHist>() == 8 * (2 + HIST_BUCKETS));
-    assert!(size_of::<RtCallKey>() == 8 + 2 * RT_STR_LEN);
-};
 
 /// The headers a user's custom probe is built with (`ebpf-sidecar custom headers DIR`).
 pub mod headers {
@@ -646,20 +618,10 @@ pub mod net_pkt {
         pub comm: [u8; 16],
     }
 
-    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (checked below).
+    // SAFETY: repr(C), integers and byte arrays only, no implicit padding (`MIRRORS`).
     unsafe impl Pod for PcapCfg {}
     unsafe impl Pod for PcapHdr {}
     unsafe impl Pod for ConnEvent {}
-
-    const _: () = {
-        use core::mem::{offset_of, size_of};
-        assert!(size_of::<PcapCfg>() == 16);
-        assert!(size_of::<PcapHdr>() == 24);
-        assert!(size_of::<ConnEvent>() == 96);
-        assert!(offset_of!(ConnEvent, pid) == 64);
-        assert!(offset_of!(ConnEvent, kind) == 74);
-        assert!(offset_of!(ConnEvent, comm) == 80);
-    };
 }
 /// Opt-in TLS plaintext counting (security family): `struct tls_bytes_key`.
 pub const TLS_KEYS_MAX: u32 = 1024;
@@ -676,14 +638,8 @@ pub struct TlsBytesKey {
     pub comm: [u8; COMM_LEN],
 }
 
-// SAFETY: repr(C), integers and a byte array, no implicit padding (size asserted).
+// SAFETY: repr(C), integers and a byte array, no implicit padding (`MIRRORS`).
 unsafe impl Pod for TlsBytesKey {}
-
-const _: () = {
-    use core::mem::{offset_of, size_of};
-    assert!(size_of::<TlsBytesKey>() == 24);
-    assert!(offset_of!(TlsBytesKey, comm) == 8);
-};
 
 // runtimes (2): Node.js HTTP by method and path.
 
@@ -699,9 +655,59 @@ pub struct RtHttpKey {
     pub path: [u8; RT_PATH_LEN],
 }
 
-// SAFETY: repr(C), integers and a byte array, no implicit padding (checked below).
+// SAFETY: repr(C), integers and a byte array, no implicit padding (`MIRRORS`).
 unsafe impl Pod for RtHttpKey {}
 
-const _: () = {
-    assert!(core::mem::size_of::<RtHttpKey>() == 8 + RT_PATH_LEN);
-};
+/// Every Rust mirror of a struct in `include/sidecar.h`, checked against the objects' BTF by
+/// `sidecar/tests/mirrors.rs`. One line per mirror; a Rust field named differently from its C
+/// member says so with `rust_name as "c_name"`.
+#[rustfmt::skip]
+pub const MIRRORS: &[Mirror] = &[
+    mirror!(Target => "sidecar_target" { cgroup_id, pidns_dev, pidns_ino, mode, self_tgid }),
+    mirror!(SyscallStats => "syscall_stats" { calls, time_ns, hist }),
+    mirror!(SyscallErrorKey => "syscall_error_key" { nr, err }),
+    mirror!(CommKey => "comm_key" { comm }),
+    mirror!(ExitKey => "exit_key" { comm, code, signal }),
+    mirror!(SecurityEvent => "security_event" { ts_ns, kind, pid, ns_pid, ppid, uid, nr, args, addr, port, family, argv_len, comm, pcomm, path, argv }),
+    mirror!(SecPrefix => "sec_prefix" { len, bytes }),
+    mirror!(CpuHistVal => "cpu_hist_val" { sum_ns, hist }),
+    mirror!(ProfileKey => "profile_key" { pid, generation, user_stack, kernel_stack, comm }),
+    mirror!(ProfileCfg => "profile_cfg" { pidns_dev, pidns_ino, generation, pad }),
+    mirror!(DiskIoKey => "disk_io_key" { major, minor, op, pad }),
+    mirror!(DiskIoStats => "disk_io_stats" { requests, bytes, request_ns, queue_ns, untimed, request_hist, queue_hist }),
+    mirror!(FilePath => "file_path" { path }),
+    mirror!(FileIo => "file_io" { read_bytes, write_bytes }),
+    mirror!(OpenErrorKey => "open_error_key" { path, err, pad }),
+    mirror!(FileSyncStats => "file_sync_stats" { calls, time_ns, hist }),
+    mirror!(UsdtArg => "usdt_arg" { val_off, kind, reg_off, idx_reg_off, scale_shift, bitshift, is_signed, _pad }),
+    mirror!(UsdtSpec => "usdt_spec" { args, arg_cnt, slot, label_arg, label2_arg }),
+    mirror!(RtKey => "rt_key" { slot, _pad, label }),
+    mirror!(RtHist => "rt_hist" { count, sum_ns, hist }),
+    mirror!(RtCallKey => "rt_call_key" { slot, _pad, module, function }),
+    mirror!(RtHttpKey => "rt_http_key" { method, client, path }),
+    mirror!(TlsBytesKey => "tls_bytes_key" { dir, pad, comm }),
+    mirror!(net::PktStats => "net_pkt_stats" { packets, bytes }),
+    mirror!(net::PeerKey => "net_peer_key" { addr, family, port, pad }),
+    mirror!(net::PeerStats => "net_peer_stats" { sent, received, closed }),
+    mirror!(net::ErrorKey => "net_error_key" { kind, err }),
+    mirror!(net::HttpKey => "net_http_key" { dir, method, status, pad }),
+    mirror!(net::HttpPathKey => "net_http_path_key" { dir, method, status, pad, path }),
+    mirror!(net_pkt::PcapCfg => "net_pcap_cfg" { enabled, snaplen, max_pps, pad }),
+    mirror!(net_pkt::PcapHdr => "net_pcap_hdr" { ts_ns, len, caplen, dir, pad }),
+    mirror!(net_pkt::ConnEvent => "net_conn_event" { ts_ns, duration_ns, sent, received, laddr, raddr, pid, family, lport, rport, kind, pad, comm }),
+];
+
+// Evaluated even if nothing reads MIRRORS: the layout checks of `mirror!` run at every build.
+const _: &[Mirror] = MIRRORS;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_user_command_is_the_recipe() {
+        let flags = super::clang::BPF_CFLAGS.join(" ");
+        assert_eq!(
+            super::clang::USER_COMMAND,
+            format!("clang {flags} -I DIR -c probe.bpf.c -o probe.bpf.o")
+        );
+    }
+}

@@ -44,7 +44,7 @@ pub struct Config {
     /// Prometheus exporter-toolkit web configuration (TLS, basic auth).
     pub web_config: Option<PathBuf>,
     /// User probes (--probe-file/--probe-config pairs).
-    pub custom: Vec<probes::UserProbe>,
+    pub custom: Vec<probes::registry::UserProbe>,
 }
 
 /// Errors before serving starts are the user's to fix: they exit with status 2.
@@ -156,8 +156,8 @@ struct Chosen {
 /// the flag to add.
 fn choose_families(cfg: &Config) -> Result<Chosen> {
     for p in &cfg.probes {
-        if probes::family(p).is_none() {
-            let known: Vec<_> = probes::FAMILIES.iter().map(|f| f.name).collect();
+        if probes::registry::family(p).is_none() {
+            let known: Vec<_> = probes::registry::FAMILIES.iter().map(|f| f.name).collect();
             return start(Err(anyhow::anyhow!(
                 "unknown probe family {p:?} in --probes (known: {})",
                 known.join(",")
@@ -167,9 +167,13 @@ fn choose_families(cfg: &Config) -> Result<Chosen> {
     let mut chosen: Vec<&probes::Family> = cfg
         .probes
         .iter()
-        .filter_map(|p| probes::family(p))
+        .filter_map(|p| probes::registry::family(p))
         .collect();
-    chosen.sort_by_key(|f| probes::FAMILIES.iter().position(|g| g.name == f.name));
+    chosen.sort_by_key(|f| {
+        probes::registry::FAMILIES
+            .iter()
+            .position(|g| g.name == f.name)
+    });
     let mut skipped: Vec<ProbeStatus> = Vec::new();
     if !cfg.probes_explicit {
         chosen.retain(|f| match crate::caps::missing_for(f.needs) {
@@ -280,13 +284,13 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
     })
 }
 
+/// What loading gave: the probes attached, every family's status, and the capabilities the
+/// user probes keep.
+type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
+
 /// Load the chosen families and the user's probes; one that fails is reported and skipped, never
 /// fatal. Then every loaded one points its kernel filter at the target.
-fn load_families(
-    cfg: &Config,
-    families: &[&probes::Family],
-    target: &Target,
-) -> Result<(Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>)> {
+fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) -> Result<Loaded> {
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
     let mut statuses = Vec::new();
     let mut report = |name: &'static str, t0: Instant, r: Result<(), String>| match r {
@@ -319,7 +323,7 @@ fn load_families(
     let mut custom_keeps = Vec::new();
     for spec in &cfg.custom {
         let t0 = Instant::now();
-        match probes::load_user_probe(spec, &cfg.options, target.initial.as_ref()) {
+        match probes::registry::load_user_probe(spec, &cfg.options, target.initial.as_ref()) {
             Ok(l) => {
                 report(l.probe.name(), t0, Ok(()));
                 custom_keeps.extend(l.keeps);

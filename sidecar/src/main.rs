@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use sidecar::app::{self, Choice, Config, StartError};
-use sidecar::probes::{DEFAULT_FAMILIES, FAMILIES, Options, Setup};
+use sidecar::probes::registry::{DEFAULT_FAMILIES, FAMILIES};
+use sidecar::probes::{Options, Setup};
 
 /// Attach to a running container, pid or command and export what its processes do as
 /// Prometheus metrics.
@@ -226,7 +227,7 @@ fn extra_labels(
 
 fn main() {
     // Every family adds its own flags (global, so they are accepted after `run` too).
-    let matches = sidecar::probes::add_args(Cli::command()).get_matches();
+    let matches = sidecar::probes::registry::add_args(Cli::command()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("error: --log {:?}: {e}", cli.log);
@@ -253,7 +254,7 @@ fn main() {
         }
         Some(Command::Custom {
             command: CustomCommand::Headers { dir },
-        }) => match sidecar::probes::custom::write_headers(&dir) {
+        }) => match sidecar::probes::registry::write_user_probe_headers(&dir) {
             Ok(files) => {
                 for f in files {
                     println!("{}", f.display());
@@ -273,8 +274,8 @@ fn main() {
                 std::process::exit(2);
             }
             for (object, config) in cli.probe_files.into_iter().zip(cli.probe_configs) {
-                let spec = sidecar::probes::custom::Spec { object, config };
-                match sidecar::probes::custom::check(&spec) {
+                let spec = sidecar::probes::registry::UserProbe { object, config };
+                match sidecar::probes::registry::check_user_probe(&spec) {
                     Ok(name) => println!("custom:{name}: ok"),
                     Err((name, e)) => {
                         eprintln!("error: custom:{name}: {e}");
@@ -290,7 +291,7 @@ fn main() {
         Some(Command::Usdt {
             command: UsdtCommand::Packs,
         }) => {
-            for (file, text) in sidecar::probes::runtimes::packs::FILES {
+            for (file, text) in sidecar::probes::registry::runtime_packs() {
                 println!("# packs/{file}\n{text}");
             }
             return;
@@ -335,7 +336,7 @@ fn main() {
         .probe_files
         .into_iter()
         .zip(cli.probe_configs)
-        .map(|(object, config)| sidecar::probes::custom::Spec { object, config })
+        .map(|(object, config)| sidecar::probes::registry::UserProbe { object, config })
         .collect();
     let run = matches!(choice, Choice::Run { .. });
     options.run_program = match &choice {
@@ -356,7 +357,7 @@ fn main() {
         probes: &mut probes,
         run,
     };
-    if let Err(e) = sidecar::probes::configure_all(&matches, &mut setup) {
+    if let Err(e) = sidecar::probes::registry::configure_all(&matches, &mut setup) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }

@@ -206,7 +206,7 @@ impl Metric {
     }
 }
 
-fn names<'a>(labels: &'a Labels) -> Vec<&'a str> {
+fn names(labels: &Labels) -> Vec<&str> {
     labels.iter().map(|(n, _)| *n).collect()
 }
 

@@ -137,7 +137,7 @@ pub const METRICS: &[Metric] = &[
 /// not listed: their metrics are whatever their YAML declares.
 pub fn metric_lines() -> Vec<String> {
     let own = METRICS.iter().map(|m| m.line("sidecar"));
-    let families = crate::probes::FAMILIES
+    let families = crate::probes::registry::FAMILIES
         .iter()
         .flat_map(|f| f.metrics.iter().map(move |m| m.line(f.name)));
     own.chain(families).collect()

@@ -74,7 +74,7 @@ fn routes(app: App) -> Router {
             r = r.merge(family_routes);
         }
     }
-    for f in crate::probes::FAMILIES {
+    for f in crate::probes::registry::FAMILIES {
         if shared.probes.iter().any(|p| p.name() == f.name) {
             continue;
         }

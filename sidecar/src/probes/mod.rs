@@ -10,10 +10,10 @@ pub mod disk;
 pub mod dispatch;
 pub mod files;
 pub mod net;
-pub mod net_pkt;
 pub mod object;
 pub mod process;
 pub mod profile;
+pub mod registry;
 pub mod runtimes;
 pub mod security;
 pub mod sensitive;
@@ -60,7 +60,7 @@ pub struct Options {
     /// runtimes: in `run` mode, the command, so its runtime is attached before it starts.
     pub run_program: Option<std::path::PathBuf>,
     /// net: where the packet programs sit (cgroup_skb on the target's cgroup, or tc in its netns).
-    pub net_mode: net_pkt::NetMode,
+    pub net_mode: NetMode,
     /// net: serve /debug/pcap (packet payloads leave the kernel).
     pub allow_pcap: bool,
     /// net: connect/accept/close events on the event stream.
@@ -82,6 +82,16 @@ pub struct Options {
     pub syscall_dispatch: dispatch::SyscallDispatch,
 }
 
+/// net: where the packet programs sit (`--net-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum NetMode {
+    /// cgroup_skb on the target's cgroup v2: the target's own sockets.
+    #[default]
+    Cgroup,
+    /// tc on every interface of the target's network namespace: everything crossing them.
+    Netns,
+}
+
 impl Default for Options {
     fn default() -> Self {
         Self {
@@ -95,7 +105,7 @@ impl Default for Options {
             http_paths: false,
             runtime_calls: false,
             run_program: None,
-            net_mode: net_pkt::NetMode::Cgroup,
+            net_mode: NetMode::Cgroup,
             allow_pcap: false,
             net_events: false,
             bash_readline: false,
@@ -167,16 +177,6 @@ impl FamilyArgs for NoArgs {
     }
 }
 
-fn args<A: FamilyArgs>(cmd: clap::Command) -> clap::Command {
-    A::augment_args(cmd)
-}
-
-fn configure<A: FamilyArgs>(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
-    A::from_arg_matches(m)
-        .map_err(|e| e.to_string())?
-        .apply(setup)
-}
-
 /// A family the sidecar knows, and how to load it.
 pub struct Family {
     pub name: &'static str,
@@ -194,160 +194,4 @@ pub struct Family {
     pub args: fn(clap::Command) -> clap::Command,
     /// Turns the parsed flags into settings (and checks them).
     pub configure: fn(&clap::ArgMatches, &mut Setup<'_>) -> Result<(), String>,
-}
-
-pub const FAMILIES: &[Family] = &[
-    Family {
-        name: "process",
-        about: "execs, exits by code/signal, forks, live processes, OOM kills",
-        needs: &[],
-        keeps: keeps_none,
-        load: process::load,
-        metrics: process::METRICS,
-        routes: &[],
-        args: args::<NoArgs>,
-        configure: configure::<NoArgs>,
-    },
-    Family {
-        name: "syscalls",
-        about: "calls, errors by errno, time and latency per syscall",
-        needs: &[],
-        keeps: keeps_none,
-        load: syscalls::load,
-        metrics: syscalls::METRICS,
-        routes: syscalls::ROUTES,
-        args: args::<syscalls::Args>,
-        configure: configure::<syscalls::Args>,
-    },
-    Family {
-        name: "security",
-        about: "event stream: exec, shells, privilege changes, ptrace, mounts/namespaces, modules, bpf(), sensitive opens, new peers/ports",
-        needs: &[],
-        keeps: keeps_none,
-        load: security::load,
-        metrics: security::METRICS,
-        routes: &[],
-        args: args::<security::Args>,
-        configure: configure::<security::Args>,
-    },
-    Family {
-        name: "disk",
-        about: "block requests, bytes, service and queue time by device and op",
-        needs: &[],
-        keeps: keeps_none,
-        load: disk::load,
-        metrics: disk::METRICS,
-        routes: &[],
-        args: args::<NoArgs>,
-        configure: configure::<NoArgs>,
-    },
-    Family {
-        name: "files",
-        about: "bytes read/written per file, opens and failing paths, fsync latency, page cache misses",
-        needs: &[],
-        keeps: keeps_none,
-        load: files::load,
-        metrics: files::METRICS,
-        routes: &[],
-        args: args::<NoArgs>,
-        configure: configure::<NoArgs>,
-    },
-    Family {
-        name: "cpu",
-        about: "on-CPU time by comm, slices, run-queue latency, off-CPU time, context switches, migrations",
-        needs: &[],
-        keeps: keeps_none,
-        load: cpu::load,
-        metrics: cpu::METRICS,
-        routes: &[],
-        args: args::<NoArgs>,
-        configure: configure::<NoArgs>,
-    },
-    Family {
-        name: "profile",
-        about: "sampling profiler (perf_event, 49 Hz per CPU): pprof, folded stacks, flame graphs",
-        needs: &[],
-        keeps: profile_keeps,
-        load: profile::load,
-        metrics: profile::METRICS,
-        routes: profile::ROUTES,
-        args: args::<profile::Args>,
-        configure: configure::<profile::Args>,
-    },
-    Family {
-        name: "net",
-        about: "packets/bytes by protocol, TCP lifecycle, peers, connect/bind errors, UDP drops",
-        // cgroup_skb programs: attached at start and again when the target restarts.
-        needs: &[caps::Capability::CAP_NET_ADMIN],
-        keeps: net_keeps,
-        load: net::load,
-        metrics: net::METRICS,
-        routes: net::ROUTES,
-        args: args::<net::Args>,
-        configure: configure::<net::Args>,
-    },
-    Family {
-        name: "runtimes",
-        about: "language runtimes (USDT + uprobes): Python/Java/Node GC pauses, HTTP, calls",
-        needs: &[],
-        keeps: keeps_none,
-        load: runtimes::load,
-        metrics: runtimes::METRICS,
-        routes: &[],
-        args: args::<runtimes::Args>,
-        configure: configure::<runtimes::Args>,
-    },
-];
-
-fn keeps_none(_: &Options) -> Vec<caps::Capability> {
-    Vec::new()
-}
-
-/// Symbolizing reads the target's /proc/<pid>/maps and binaries (ptrace read access).
-fn profile_keeps(_: &Options) -> Vec<caps::Capability> {
-    vec![caps::Capability::CAP_SYS_PTRACE]
-}
-
-/// Packet programs are attached again when the target restarts. In netns mode that means
-/// re-entering its network namespace: setns needs SYS_ADMIN, and opening /proc/<pid>/ns/net of
-/// a more privileged process needs SYS_PTRACE.
-fn net_keeps(o: &Options) -> Vec<caps::Capability> {
-    let mut keep = vec![caps::Capability::CAP_NET_ADMIN];
-    if o.net_mode == net_pkt::NetMode::Netns {
-        keep.extend([
-            caps::Capability::CAP_SYS_ADMIN,
-            caps::Capability::CAP_SYS_PTRACE,
-        ]);
-    }
-    keep
-}
-
-/// Families loaded when --probes is not given.
-pub const DEFAULT_FAMILIES: &str = "process,syscalls,security,net,disk,cpu,profile";
-
-/// Every family's flags, added to `cmd`.
-pub fn add_args(cmd: clap::Command) -> clap::Command {
-    FAMILIES.iter().fold(cmd, |c, f| (f.args)(c))
-}
-
-/// Every family's flags from the parsed command line into `setup`, in FAMILIES' order.
-pub fn configure_all(m: &clap::ArgMatches, setup: &mut Setup<'_>) -> Result<(), String> {
-    FAMILIES.iter().try_for_each(|f| (f.configure)(m, setup))
-}
-
-/// A user's probe (`--probe-file` + `--probe-config`): loaded beside the families, reported
-/// like one (`custom:<name>`), never fatal.
-pub use custom::Spec as UserProbe;
-
-/// Load a user's probe; the error names the probe.
-pub fn load_user_probe(
-    spec: &UserProbe,
-    opts: &Options,
-    target: Option<&Resolved>,
-) -> Result<custom::Loaded, (String, String)> {
-    custom::load(spec, opts, target).map_err(|(name, e)| (name, e.to_string()))
-}
-
-pub fn family(name: &str) -> Option<&'static Family> {
-    FAMILIES.iter().find(|f| f.name == name)
 }

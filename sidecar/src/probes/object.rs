@@ -671,22 +671,26 @@ impl<'a> Maps<'a> {
             .collect()
     }
 
-    /// Every slot of an array.
-    pub fn array<V: Pod>(&self, name: &str) -> Vec<V> {
+    /// Every slot of an array, at its index (`None`: that slot could not be read, counted).
+    pub fn array<V: Pod>(&self, name: &str) -> Vec<Option<V>> {
         let Some(m) = self.get::<aya::maps::Array<&aya::maps::MapData, V>>(name) else {
             return Vec::new();
         };
-        m.iter().filter_map(|r| self.keep(name, r)).collect()
+        m.iter().map(|r| self.keep(name, r)).collect()
     }
 
-    /// Every slot of a per-CPU array, one value per possible CPU.
+    /// Every slot of a per-CPU array, one value per possible CPU, at its index: a slot that
+    /// cannot be read is counted and comes back empty, so the later slots keep their index.
     pub fn percpu_array<V: Pod>(&self, name: &str) -> Vec<Vec<V>> {
         let Some(m) = self.get::<aya::maps::PerCpuArray<&aya::maps::MapData, V>>(name) else {
             return Vec::new();
         };
         m.iter()
-            .filter_map(|r| self.keep(name, r))
-            .map(|v| v.iter().copied().collect())
+            .map(|r| {
+                self.keep(name, r)
+                    .map(|v| v.iter().copied().collect())
+                    .unwrap_or_default()
+            })
             .collect()
     }
 

@@ -1,7 +1,7 @@
 //! HTTP/1 framing (issue 16, defect 3): the recogniser follows Content-Length and chunked bodies
 //! on requests and answers, pairs pipelined requests in order, and drops a stream it cannot
 //! follow instead of guessing. A real nginx serves in the target (`ebpf-sidecar run`), a raw-socket
-//! client (tests/integration/workloads/http_framing.py, also in the target) uploads bodies and
+//! client (workloads/http_framing.py, also in the target) uploads bodies and
 //! fetches a file that hold request and status lines at segment starts; the counts must equal
 //! nginx's access log (server) and what the client read (client), for both payload sources.
 
@@ -81,7 +81,7 @@ fn nginx_run(tag: &str, extra: &[&str], mode: &str) -> Run {
          location /post/ {{ echo_read_request_body; echo stored; }}\n  }}\n}}\n"
     );
     std::fs::write(dir.join("nginx.conf"), conf).unwrap();
-    let client = repo_root().join("tests/integration/workloads/http_framing.py");
+    let client = workloads_dir().join("http_framing.py");
     let script = format!(
         "{NGINX} -c {d}/nginx.conf & ngx=$!\n\
          {py} -c 'import socket,sys,time\nfor _ in range(400):\n  try:\n    socket.create_connection((\"127.0.0.1\",{port})).close(); sys.exit(0)\n  except OSError: time.sleep(0.025)\nsys.exit(1)' || exit 5\n\

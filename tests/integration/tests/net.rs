@@ -1,5 +1,5 @@
 //! Network family: exact packet, byte, connection and error counts from a workload doing known
-//! network things on loopback (tests/integration/workloads/net_traffic.c), in `run` mode and in
+//! network things on loopback (workloads/net_traffic.c), in `run` mode and in
 //! Docker containers; nothing from unmonitored processes; a bounded peer label.
 
 use std::path::Path;

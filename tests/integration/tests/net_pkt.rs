@@ -1,6 +1,6 @@
 //! Network family, packet side: DNS counts by qtype and rcode, `/debug/pcap` read back by
 //! tshark, connection events, and `--net-mode netns` (tc in a container's network namespace).
-//! Workload: tests/integration/workloads/net_dns.c. Traffic stays on loopback or goes to a
+//! Workload: workloads/net_dns.c. Traffic stays on loopback or goes to a
 //! container the test makes.
 
 use std::net::UdpSocket;

@@ -1,17 +1,18 @@
 //! Syscall family against an independent count: bpftrace on `raw_syscalls:sys_enter`, numbers
 //! named from the kernel's own uapi header, on the same run. Every syscall name is compared, in
-//! both modes, on a workload that makes processes and threads every way there is.
+//! both modes, on a workload that makes processes and threads every way there is. Counting only
+//! (`--syscall-latency off`) counts exactly what latency mode counts, signal returns included.
 
 use std::collections::BTreeMap;
 
 use integration::*;
 
 /// bpftrace's count of the syscalls of tasks named `comm`, by name.
-fn bpftrace_by_comm(comm: &str) -> real::Bpftrace {
+fn bpftrace_by_comm(comm: &str) -> Bpftrace {
     let prog = format!(
         "tracepoint:raw_syscalls:sys_enter /comm == \"{comm}\"/ {{ @[args->id] = count(); }}"
     );
-    real::Bpftrace::start(comm, &prog)
+    Bpftrace::start(comm, &prog)
 }
 
 fn named(counts: BTreeMap<u64, u64>) -> BTreeMap<String, u64> {
@@ -78,6 +79,73 @@ fn both_modes_count_every_syscall_of_forks_and_threads_as_bpftrace_does() {
             (F + V + S) as f64
         );
         assert_eq!(m.sum("ebpf_sidecar_threads_created_total", &[]), T as f64);
+        assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
+    }
+}
+
+/// Counting only (`--syscall-latency off`) is one program at each syscall's exit, which reads the
+/// number from the saved registers; the calls that never exit (exit_group) and the one whose
+/// number the kernel wipes (rt_sigreturn) are counted too, exactly as with latency on.
+#[test]
+fn counting_only_counts_exactly_what_latency_mode_counts() {
+    require_root();
+    const SIGNALS: u64 = 23;
+    let a = counted::args();
+    let a: Vec<&str> = std::iter::once("run")
+        .chain(a.iter().map(String::as_str))
+        .collect();
+    for mode in ["off", "on"] {
+        let extra = ["--syscall-latency", mode];
+        let tag = format!("counting-{mode}");
+        let (m, _) = run_workload_exiting(&tag, "syscalls", &extra, "counted", &a, counted::CODE);
+        let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
+        assert_eq!(
+            calls("getppid"),
+            counted::N_GETPPID as f64,
+            "getppid, latency {mode}"
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", "openat"), ("errno", "ENOENT")]
+            ),
+            counted::M_OPENAT_ENOENT as f64,
+            "openat ENOENT, latency {mode}"
+        );
+        // The workload's and each child's exec, the children's and its own exit_group.
+        assert_eq!(
+            calls("execve"),
+            1.0 + counted::K_EXECS as f64,
+            "execve, latency {mode}"
+        );
+        assert_eq!(
+            calls("exit_group"),
+            1.0 + counted::K_EXECS as f64,
+            "exit_group, latency {mode}"
+        );
+        assert_eq!(
+            calls("wait4"),
+            counted::K_EXECS as f64,
+            "wait4, latency {mode}"
+        );
+        let timed = m.sum("ebpf_sidecar_syscall_duration_seconds_count", &[]);
+        if mode == "off" {
+            assert_eq!(timed, 0.0, "no latency measured with --syscall-latency off");
+        } else {
+            assert!(timed >= counted::N_GETPPID as f64, "latency measured");
+        }
+
+        let signals = ["signals", &SIGNALS.to_string()];
+        let tag = format!("counting-signals-{mode}");
+        let (m, _) = run_workload_exiting(&tag, "syscalls", &extra, "counted", &signals, 0);
+        let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
+        assert_eq!(calls("tgkill"), SIGNALS as f64, "tgkill, latency {mode}");
+        assert_eq!(
+            calls("rt_sigreturn"),
+            SIGNALS as f64,
+            "rt_sigreturn, latency {mode}"
+        );
+        assert_eq!(calls("exit_group"), 1.0, "exit_group, latency {mode}");
         assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
     }
 }

@@ -1,7 +1,7 @@
 //! Target resolution on a host: a pid in the root cgroup is refused (it would be the whole
 //! host), `--target-tree` counts a process and its descendants followed in the kernel and
 //! nothing of the rest of the host, and a `--target-pid` cgroup shared with other processes is
-//! said out loud.
+//! said out loud. A restarted container is followed onto its new cgroup (Docker).
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -162,4 +162,55 @@ fn target_pid_in_a_shared_cgroup_warns_and_says_so_in_target_info() {
     drop((a, b, c));
     std::thread::sleep(Duration::from_millis(100));
     let _guard = Rmdir(dir);
+}
+
+#[test]
+fn container_restart_is_followed_onto_the_new_cgroup() {
+    require_root();
+    docker::sidecar_image(); // base image + dockerd up
+    let app = counted::container("ebpf-sidecar-test-restart", &[]);
+    let s = Sidecar::start(&[
+        "--target-container",
+        "ebpf-sidecar-test-restart",
+        "--resolve-interval",
+        "0.2",
+    ]);
+    counted::trigger(&app, 1);
+    counted::assert_counts(&s.scrape(), 1, "counted");
+    let first_id = s
+        .scrape()
+        .matching("ebpf_sidecar_target_info", &[])
+        .next()
+        .unwrap()
+        .0["cgroup_id"]
+        .clone();
+
+    docker::ok(&["stop", "-t", "1", &app.0]);
+    wait_for("target_up 0", Duration::from_secs(10), || {
+        (s.scrape().sum("ebpf_sidecar_target_up", &[]) == 0.0).then_some(())
+    });
+    docker::ok(&["start", &app.0]);
+    wait_for("target reacquired", Duration::from_secs(20), || {
+        let m = s.scrape();
+        (m.sum("ebpf_sidecar_target_up", &[]) == 1.0
+            && m.sum("ebpf_sidecar_target_acquisitions_total", &[]) == 2.0)
+            .then_some(())
+    });
+    // `docker logs` keeps the first run's lines: wait for a second "ready".
+    wait_for("workload ready again", Duration::from_secs(20), || {
+        (app.logs().matches("ready").count() >= 2).then_some(())
+    });
+    counted::trigger(&app, 2);
+    let m = s.scrape();
+    counted::assert_counts(&m, 2, "counted");
+    let second_id = m
+        .matching("ebpf_sidecar_target_info", &[])
+        .next()
+        .unwrap()
+        .0["cgroup_id"]
+        .clone();
+    assert_ne!(
+        first_id, second_id,
+        "a restarted container lives in a new cgroup"
+    );
 }

@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Not a probe, never loaded. The programs only reserve these structs in ring buffers, through
+ * inlined helpers: no map or function signature names them, so clang emits no BTF for them in
+ * the family objects. One global of each puts them in this object's BTF, compiled from the same
+ * headers with the same flags, for the mirror test (sidecar/tests/mirrors.rs). List here only a
+ * struct that no family object's BTF has, with the object that uses it. */
+#include "sidecar.bpf.h"
+
+struct security_event record_security_event; /* security.bpf.c: security_events */
+struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */

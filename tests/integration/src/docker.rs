@@ -1,0 +1,94 @@
+//! Real Docker: the sidecar image, containers removed on drop.
+
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+use crate::repo_root;
+
+pub fn run(args: &[&str]) -> Output {
+    Command::new("docker")
+        .args(args)
+        .output()
+        .expect("docker CLI not found: apt-get install docker.io")
+}
+
+/// Run docker and require success.
+pub fn ok(args: &[&str]) -> String {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "docker {}: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// dockerd must be up; then make the local base images and the sidecar image (cached by
+/// Docker's layer cache after the first build).
+pub fn sidecar_image() -> &'static str {
+    static IMAGE: OnceLock<()> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let v = run(&["version", "--format", "{{.Server.Version}}"]);
+        assert!(
+            v.status.success(),
+            "dockerd is not running: start it (scripts/test.sh does): {}",
+            String::from_utf8_lossy(&v.stderr)
+        );
+        let st = Command::new(repo_root().join("scripts/images.sh"))
+            .status()
+            .unwrap();
+        assert!(st.success(), "scripts/images.sh failed");
+        let st = Command::new("docker")
+            .args([
+                "build",
+                "-q",
+                "--build-arg",
+                "BUILDER=ebpf-sidecar-builder:local",
+                "-t",
+                "ebpf-sidecar:test",
+                ".",
+            ])
+            .current_dir(repo_root())
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(st.success(), "docker build of the sidecar image failed");
+    });
+    "ebpf-sidecar:test"
+}
+
+/// A container removed on drop.
+pub struct Container(pub String);
+
+impl Container {
+    pub fn run(name: &str, args: &[&str]) -> Self {
+        let _ = run(&["rm", "-f", name]);
+        let mut a = vec!["run", "-d", "--name", name];
+        a.extend_from_slice(args);
+        ok(&a);
+        Container(name.to_string())
+    }
+
+    pub fn logs(&self) -> String {
+        let out = run(&["logs", &self.0]);
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    }
+
+    pub fn host_pid(&self) -> u32 {
+        ok(&["inspect", "-f", "{{.State.Pid}}", &self.0])
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = run(&["rm", "-f", &self.0]);
+    }
+}

@@ -1,0 +1,274 @@
+//! CPython 3.11 (function calls, GC, a process started late) and OpenJDK 17 (GC pauses, class
+//! loading, threads).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use super::*;
+
+#[test]
+fn python_gc_and_calls_match_bpftrace() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let script = python_script();
+    let run = GatedRun::new(
+        "python",
+        &["--runtime-calls"],
+        &[PYTHON, script.to_str().unwrap()],
+    );
+    let sidecar = run.pid();
+    let bt = Bpftrace::start(
+        "python",
+        &format!(
+            "usdt:{PYTHON}:python:gc__start /curtask->real_parent->tgid == {sidecar}/ {{ @gc = count(); }} \
+         usdt:{PYTHON}:python:gc__done /curtask->real_parent->tgid == {sidecar}/ {{ @done = count(); }} \
+         usdt:{PYTHON}:python:function__entry /curtask->real_parent->tgid == {sidecar} && str(arg1) == \"counted_fn\"/ {{ @f = count(); }}"
+        ),
+    );
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    let ours = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "python")],
+    );
+    let theirs = bpf_value(&maps, "@gc");
+    eprintln!(
+        "python GCs: sidecar {ours}, bpftrace {theirs} (gc__done {})",
+        bpf_value(&maps, "@done")
+    );
+    assert!(theirs >= GC_CALLS, "bpftrace saw {theirs} GCs");
+    assert_eq!(
+        ours, theirs as f64,
+        "GC count equals bpftrace's on the same run"
+    );
+    // gc.collect() collects generation 2.
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ) >= GC_CALLS as f64
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_function_calls_total",
+            &[("runtime", "python"), ("function", "work:counted_fn")]
+        ),
+        F_CALLS as f64,
+        "F calls under settrace"
+    );
+    assert_eq!(bpf_value(&maps, "@f"), F_CALLS);
+    // Without a trace function CPython 3.11 does not fire function__entry.
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_runtime_function_calls_total",
+            &[("function", "work:untraced_fn")]
+        ),
+        0.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_imports_total",
+            &[("runtime", "python")]
+        ) > 0.0
+    );
+    for p in ["gc__start", "gc__done", "function__entry"] {
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_usdt_probes_attached",
+                &[("provider", "python"), ("probe", p)]
+            ),
+            1.0,
+            "{p} attached"
+        );
+    }
+}
+
+#[test]
+fn python_calls_are_off_by_default() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let script = python_script();
+    let m = GatedRun::new("python-nocalls", &[], &[PYTHON, script.to_str().unwrap()]).go_and_wait();
+    assert_eq!(m.sum("ebpf_sidecar_runtime_function_calls_total", &[]), 0.0);
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("probe", "function__entry")]
+        ),
+        0.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ) >= GC_CALLS as f64
+    );
+}
+
+fn java_home() -> PathBuf {
+    let java = std::fs::canonicalize("/usr/bin/java")
+        .expect("java missing: apt-get install openjdk-17-jdk-headless");
+    java.parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+#[test]
+fn java_serial_gc_pauses() {
+    require_root();
+    require("/usr/bin/javac", "apt-get install openjdk-17-jdk-headless");
+    const N: u64 = 9;
+    let dir = scratch("java");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("Gc.java"),
+        "public class Gc { public static void main(String[] a) { \
+         int n = Integer.parseInt(a[0]); for (int i = 0; i < n; i++) System.gc(); } }",
+    )
+    .unwrap();
+    let st = Command::new("javac")
+        .arg(dir.join("Gc.java"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let jvm = java_home().join("lib/server/libjvm.so");
+    let run = GatedRun::new(
+        "java",
+        &[],
+        &[
+            "java",
+            "-XX:+UseSerialGC",
+            "-Xms512m",
+            "-Xmx512m",
+            "-cp",
+            dir.to_str().unwrap(),
+            "Gc",
+            &N.to_string(),
+        ],
+    );
+    let sidecar = run.pid();
+    let jvm_s = jvm.display().to_string();
+    // The JVM's own threads are children of nobody we know; filter on the java process instead.
+    let bt = Bpftrace::start(
+        "java",
+        &format!(
+            "usdt:{jvm_s}:hotspot:gc__begin /curtask->group_leader->real_parent->tgid == {sidecar}/ {{ @gc = count(); }}"
+        ),
+    );
+    let m = run.go_and_wait();
+    let maps = bt.stop();
+    let full = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "java"), ("generation", "full")],
+    );
+    let all = m.sum(
+        "ebpf_sidecar_runtime_gc_duration_seconds_count",
+        &[("runtime", "java")],
+    );
+    eprintln!(
+        "java GCs: sidecar full {full} all {all}, bpftrace {}",
+        bpf_value(&maps, "@gc")
+    );
+    // With a 512 MB heap and SerialGC the program allocates too little for a young collection:
+    // each System.gc() is one full collection, and nothing else runs a GC.
+    assert_eq!(full, N as f64, "one full GC per System.gc()");
+    assert_eq!(
+        all,
+        bpf_value(&maps, "@gc") as f64,
+        "same count as bpftrace"
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_classes_loaded_total",
+            &[("runtime", "java")]
+        ) > 100.0
+    );
+    assert!(
+        m.sum(
+            "ebpf_sidecar_runtime_threads_started_total",
+            &[("runtime", "java")]
+        ) >= 1.0
+    );
+}
+
+/// A runtime process that starts after the sidecar (here 1.5 s into the run, through a shell,
+/// so nothing is attached up front) is found by the periodic rescan and attached.
+#[test]
+fn late_python_is_discovered() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    const N: u64 = 13;
+    let script = scratch("late.py");
+    // GC off first; the rescan (every second) attaches while the script sleeps; then N collects.
+    std::fs::write(
+        &script,
+        format!(
+            "import gc, time\ngc.disable()\ntime.sleep(3)\n\
+             for _ in range({N}):\n    gc.collect()\ntime.sleep(60)\n"
+        ),
+    )
+    .unwrap();
+    let listen = free_port();
+    let log = scratch("late-sidecar.log");
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "runtimes", "--listen"])
+        .arg(format!("127.0.0.1:{listen}"))
+        .args([
+            "--",
+            "/bin/sh",
+            "-c",
+            &format!("sleep 1.5; exec {PYTHON} {}", script.display()),
+        ])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let sidecar = Sidecar {
+        child,
+        port: listen,
+        log,
+    };
+    let m = wait_for("the late python's GCs", Duration::from_secs(20), || {
+        let m = http_get(listen, "/metrics", None)
+            .ok()
+            .map(|r| Metrics::parse(&r.2))?;
+        (m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python")],
+        ) >= N as f64)
+            .then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let m2 = sidecar.scrape();
+    assert_eq!(
+        m2.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python"), ("generation", "2")]
+        ),
+        N as f64,
+        "exactly the N collections made after attach:\n{}",
+        sidecar.log_text()
+    );
+    let info: Vec<_> = m
+        .matching("ebpf_sidecar_runtime_info", &[])
+        .map(|(l, v)| (l.clone(), v))
+        .collect();
+    assert!(
+        info.iter().any(|(l, v)| *v == 1.0
+            && l.get("runtime").map(String::as_str) == Some("python")
+            && l.get("version").map(String::as_str) == Some("3.11")),
+        "runtime_info: {info:?}"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "python"), ("probe", "gc__start")]
+        ),
+        1.0
+    );
+    // The script would sleep on; end it (a pid we started, through the sidecar).
+    for (l, _) in &info {
+        if let Some(pid) = l.get("pid").and_then(|p| p.parse::<i32>().ok()) {
+            // SAFETY: plain kill of the python process this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
