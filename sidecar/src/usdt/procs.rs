@@ -3,6 +3,58 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How often the scanners look at the target's processes for binaries not attached yet.
+pub const RESCAN: Duration = Duration::from_secs(1);
+
+/// Capabilities a scanner keeps: attaching uprobes to binaries found later (CAP_SYS_ADMIN, or
+/// CAP_PERFMON + CAP_BPF), reading other users' /proc/<pid>/root and maps (CAP_SYS_PTRACE).
+pub const SCANNER_KEEPS: &[caps::Capability] = &[
+    caps::Capability::CAP_SYS_ADMIN,
+    caps::Capability::CAP_PERFMON,
+    caps::Capability::CAP_BPF,
+    caps::Capability::CAP_SYS_PTRACE,
+];
+
+/// A thread named `thread` that runs `scan` every [`RESCAN`], to attach binaries that target
+/// processes map later. It keeps what attaching takes ([`SCANNER_KEEPS`]); the rest of the
+/// process drops everything after the first attach. `family` names it in logs.
+pub fn spawn_scanner(
+    family: &'static str,
+    thread: &str,
+    scan: impl Fn() + Send + 'static,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name(thread.into())
+        .spawn(move || {
+            let mut keep = crate::caps::needed_after_attach();
+            keep.extend(SCANNER_KEEPS.iter().copied());
+            if let Err(e) = crate::caps::drop_all_except(&keep) {
+                tracing::debug!("{family} scanner: dropping capabilities: {e}");
+            }
+            loop {
+                std::thread::sleep(RESCAN);
+                scan();
+            }
+        })
+        .map(drop)
+}
+
+/// The file `run -- CMD` will exec: CMD itself when it names a path, else the first match on
+/// PATH; links resolved (uprobes attach to the file, not the name).
+pub fn resolve_command(cmd: &Path) -> Option<PathBuf> {
+    let found = if cmd.components().count() > 1 {
+        Some(cmd.to_path_buf())
+    } else {
+        std::env::var_os("PATH").and_then(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join(cmd))
+                .find(|c| c.is_file())
+        })
+    };
+    found.and_then(|b| std::fs::canonicalize(b).ok())
+}
 
 /// A file mapped executable by a process.
 #[derive(Clone, Debug, PartialEq, Eq)]

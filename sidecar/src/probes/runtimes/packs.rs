@@ -1,10 +1,11 @@
 //! The built-in runtime packs, in the `--config` YAML form wherever that form can say it
 //! (sidecar/packs/*.yaml, embedded): parsed by the same parser as users' files and turned into
-//! hooks once, at first use. What the form cannot say stays in [`super::BUILT_IN_HOOKS`].
+//! hooks once, at first use. What the form cannot say stays in [`super::hooks::BUILT_IN_HOOKS`].
 
 use std::sync::LazyLock;
 
-use super::{BUILT_IN_HOOKS, Hook, Prog, Runtime, Site, slot};
+use super::discovery::Runtime;
+use super::hooks::{BUILT_IN_HOOKS, Hook, Prog, Site, slot};
 use crate::usdt::config::{self, Kind, ProbeName, Scope};
 
 /// (file name, text) of each pack; `ebpf-sidecar usdt packs` prints them.

@@ -1,0 +1,494 @@
+//! Attaching: the family's programs at load, then once per runtime file the pack's hooks (USDT
+//! probes and function symbols) and the --config metrics' probes, each site with a spec that
+//! tells the kernel side where its arguments are and which slot it feeds.
+
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::sync::Mutex;
+
+use aya::maps::{Array, MapData};
+use aya::programs::ProgramFd;
+use sidecar_ebpf::{USDT_NO_ARG, UsdtSpec};
+
+use super::discovery::Runtime;
+use super::hooks::{Hook, Prog, Site};
+use super::packs;
+use crate::monitored::Resolved;
+use crate::probes::{Object, ProbeError};
+use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
+use crate::usdt::{self, Arg, UsdtProbe, attach::Link, procs};
+
+/// Entries of the kernel's `usdt_specs` array (USDT_SPECS_MAX in usdt.bpf.h). Specs are not
+/// reused: a sidecar that attaches more sites than this over its life logs and stops attaching.
+const SPECS_MAX: usize = 1024;
+
+/// First kernel slot of declared metrics (the packs use 0..DECLARED_SLOT).
+pub(super) const DECLARED_SLOT: u32 = 100;
+
+/// Event-loop lag of Node.js: libuv runs every ready callback between two epoll waits, so the
+/// time a loop thread spends from an epoll wait's return to its next call is the time nothing new
+/// could be served. Measured on the syscall tracepoints of these waits (a tracepoint costs ~0.1 µs,
+/// a uprobe on libc's wrapper a trap per call) for the node processes in `rt_loop_pids`.
+const EPOLL_WAITS: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_pwait2"];
+
+/// One attached runtime binary.
+pub(super) struct Attached {
+    pub runtime: Runtime,
+    pub version: String,
+    /// (provider, probe) per attached site.
+    pub sites: Vec<(String, String)>,
+    _links: Vec<Link>,
+}
+
+/// (provider, probe) sites attached for --config metrics in one file, and their links.
+pub(super) type DeclaredFile = (Vec<(String, String)>, Vec<Link>);
+
+#[derive(Default)]
+pub(super) struct State {
+    /// By (device, inode): None when the file turned out not to be attachable.
+    pub files: HashMap<(u64, u64), Option<Attached>>,
+    next_spec: u32,
+    /// (runtime, version, pid) seen at the last scan.
+    pub procs: Vec<(Runtime, String, u32)>,
+    /// Declared (--config) attachments by file: (provider, probe) sites and their links.
+    pub declared_files: HashMap<(u64, u64), DeclaredFile>,
+    /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
+    pub loop_pids: HashSet<u32>,
+}
+
+/// What the family keeps between scans: its object, programs and spec table, what it attached.
+pub(super) struct Inner {
+    pub obj: Object,
+    progs: Vec<(Prog, ProgramFd)>,
+    specs: Mutex<Array<MapData, UsdtSpec>>,
+    pub state: Mutex<State>,
+    pub target: Mutex<Option<Resolved>>,
+    pub calls: bool,
+    pub http_paths: bool,
+    /// Metrics declared with --config; entry i feeds slot DECLARED_SLOT + i.
+    pub declared: Vec<Declared>,
+    config_file: String,
+}
+
+/// Where one program goes: a file offset, its semaphore, entry or return.
+struct At<'a> {
+    path: &'a Path,
+    off: u64,
+    sema: u64,
+    ret: bool,
+}
+
+/// A site found for a hook, before it is attached.
+struct Target {
+    off: u64,
+    sema: u64,
+    ret: bool,
+    args: Vec<Arg>,
+    provider: String,
+    probe: String,
+}
+
+/// The spec of a site: its arguments, the slot it feeds and which arguments label it.
+fn spec(args: &[Arg], slot: u32, label: Option<u32>, label2: Option<u32>) -> UsdtSpec {
+    let mut spec = UsdtSpec {
+        arg_cnt: args.len() as u32,
+        slot,
+        label_arg: label.unwrap_or(USDT_NO_ARG),
+        label2_arg: label2.unwrap_or(USDT_NO_ARG),
+        ..Default::default()
+    };
+    for (i, a) in args.iter().enumerate() {
+        spec.args[i] = a.to_kernel();
+    }
+    spec
+}
+
+fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
+    let enters: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_enter_{s}"))
+        .collect();
+    let exits: Vec<String> = EPOLL_WAITS
+        .iter()
+        .map(|s| format!("sys_exit_{s}"))
+        .collect();
+    let enters: Vec<&str> = enters.iter().map(String::as_str).collect();
+    let exits: Vec<&str> = exits.iter().map(String::as_str).collect();
+    obj.attach_tracepoints("rt_loop_enter", "syscalls", &enters)?;
+    obj.attach_tracepoints("rt_loop_exit", "syscalls", &exits)?;
+    obj.attach_tracepoints("rt_read_enter", "syscalls", &["sys_enter_read"])?;
+    obj.attach_tracepoints(
+        "rt_write_enter",
+        "syscalls",
+        &["sys_enter_write", "sys_enter_writev"],
+    )
+}
+
+impl Inner {
+    /// Load the uprobe programs (attached per site later), attach the syscall tracepoints and
+    /// take the spec table.
+    pub(super) fn new(
+        mut obj: Object,
+        calls: bool,
+        http_paths: bool,
+        declared: Vec<Declared>,
+        config_file: String,
+    ) -> Result<Self, ProbeError> {
+        let mut progs = Vec::new();
+        for p in Prog::ALL {
+            progs.push((p, obj.load_uprobe(p.name())?));
+        }
+        // Syscall tracepoints need tracefs, often not mounted in a container: mount our own (in
+        // our mount namespace) when we may; without it only lag and HTTP durations are missing.
+        let attached = match crate::probes::object::tracefs() {
+            Some(_) => attach_syscall_tracepoints(&mut obj),
+            None => Err(ProbeError::Attach {
+                family: "runtimes",
+                what: "syscall tracepoints".into(),
+                detail: "no tracefs at /sys/kernel/tracing".into(),
+            }),
+        };
+        if let Err(e) = attached {
+            tracing::warn!(
+                "runtimes: node event-loop lag and HTTP durations off (needs tracefs, or CAP_SYS_ADMIN to mount it): {e}"
+            );
+        }
+        let map = obj
+            .lock()
+            .take_map("usdt_specs")
+            .ok_or_else(|| ProbeError::Map {
+                family: "runtimes",
+                map: "usdt_specs".into(),
+                detail: "not in the object".into(),
+            })?;
+        let specs = Array::try_from(map).map_err(|e| ProbeError::Map {
+            family: "runtimes",
+            map: "usdt_specs".into(),
+            detail: e.to_string(),
+        })?;
+        Ok(Self {
+            obj,
+            progs,
+            specs: Mutex::new(specs),
+            state: Mutex::new(State::default()),
+            target: Mutex::new(None),
+            calls,
+            http_paths,
+            declared,
+            config_file,
+        })
+    }
+
+    /// Write a spec and attach one program at one site with that spec's id as cookie.
+    fn attach_site(
+        &self,
+        st: &mut State,
+        prog: Prog,
+        spec: UsdtSpec,
+        at: At<'_>,
+    ) -> Result<Link, String> {
+        let id = st.next_spec;
+        if id as usize >= SPECS_MAX {
+            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
+        }
+        self.specs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set(id, spec, 0)
+            .map_err(|e| format!("writing spec {id}: {e}"))?;
+        st.next_spec += 1;
+        let fd = &self
+            .progs
+            .iter()
+            .find(|(p, _)| *p == prog)
+            .expect("every program is loaded")
+            .1;
+        let off = at.off;
+        usdt::attach::attach_uprobe(-1, fd.as_fd(), at.path, off, at.sema, at.ret, u64::from(id))
+            .map_err(|e| format!("attaching at {off:#x}: {e}"))
+    }
+
+    /// Attach the --config metrics that apply to the file at `host_path` (`shown`: its path in
+    /// the target), once per file. An unknown probe is logged with the probes the file has; the
+    /// other entries still attach.
+    pub(super) fn consider_declared(&self, host_path: &Path, shown: Option<&str>) {
+        let shown = shown
+            .map(str::to_string)
+            .unwrap_or_else(|| host_path.display().to_string());
+        let runtime = Runtime::of_path(&shown).map(Runtime::name);
+        let entries: Vec<(usize, &Declared)> = self
+            .declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| match &d.scope {
+                Scope::Binary(b) => Path::new(&shown) == b,
+                Scope::Runtime(r) => runtime == Some(r.as_str()),
+            })
+            .collect();
+        if entries.is_empty() {
+            return;
+        }
+        let Ok(meta) = std::fs::metadata(host_path) else {
+            return;
+        };
+        let key = (meta.dev(), meta.ino());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.declared_files.contains_key(&key) {
+            return;
+        }
+        let cfg = self.config_file.as_str();
+        let notes = match usdt::read_file(host_path).and_then(|d| usdt::probes(&d)) {
+            Ok(n) => n,
+            Err(e) => {
+                for (i, d) in &entries {
+                    tracing::warn!("{cfg}: metrics[{i}] ({}): {shown}: {e}", d.name);
+                }
+                st.declared_files.insert(key, (Vec::new(), Vec::new()));
+                return;
+            }
+        };
+        let mut file = (Vec::new(), Vec::new());
+        for (i, d) in entries {
+            let who = format!("{cfg}: metrics[{i}] ({})", d.name);
+            let slot = DECLARED_SLOT + i as u32;
+            for (probe, prog, l1, l2) in declared_plan(d) {
+                let found: Vec<&UsdtProbe> = notes
+                    .iter()
+                    .filter(|n| n.provider == probe.provider && n.name == probe.probe)
+                    .collect();
+                if found.is_empty() {
+                    let mut have: Vec<String> = notes
+                        .iter()
+                        .map(|n| format!("{}:{}", n.provider, n.name))
+                        .collect();
+                    have.dedup();
+                    tracing::warn!(
+                        "{who}: probe {probe} not in {shown}; it has: {}",
+                        have.join(", ")
+                    );
+                    continue;
+                }
+                for n in found {
+                    let args = match &n.args {
+                        Ok(a) => a,
+                        Err(e) => {
+                            tracing::warn!("{who}: {probe}: {e}");
+                            continue;
+                        }
+                    };
+                    if let Some(bad) = [l1, l2]
+                        .into_iter()
+                        .flatten()
+                        .find(|a| *a as usize >= args.len())
+                    {
+                        tracing::warn!(
+                            "{who}: {probe} has {} arguments, arg {bad} does not exist",
+                            args.len()
+                        );
+                        continue;
+                    }
+                    let at = At {
+                        path: host_path,
+                        off: n.offset,
+                        sema: n.semaphore_offset,
+                        ret: false,
+                    };
+                    match self.attach_site(&mut st, prog, spec(args, slot, l1, l2), at) {
+                        Ok(l) => {
+                            file.1.push(l);
+                            file.0.push((probe.provider.clone(), probe.probe.clone()));
+                        }
+                        Err(e) => tracing::warn!("{who}: {probe}: {e}"),
+                    }
+                }
+            }
+        }
+        tracing::info!(
+            binary = shown,
+            sites = file.0.len(),
+            "declared USDT metrics attached"
+        );
+        st.declared_files.insert(key, file);
+    }
+
+    /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
+    pub(super) fn consider(
+        &self,
+        host_path: &Path,
+        shown: Option<&str>,
+    ) -> Option<(Runtime, String)> {
+        let shown = shown
+            .map(str::to_string)
+            .unwrap_or_else(|| host_path.display().to_string());
+        let runtime = Runtime::of_path(&shown)?;
+        let meta = std::fs::metadata(host_path).ok()?;
+        let key = (meta.dev(), meta.ino());
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(done) = st.files.get(&key) {
+            return done.as_ref().map(|a| (a.runtime, a.version.clone()));
+        }
+        let r = self.attach_file(&mut st, runtime, host_path, &shown);
+        match r {
+            Ok(a) => {
+                tracing::info!(
+                    runtime = runtime.name(),
+                    version = a.version,
+                    binary = shown,
+                    sites = a.sites.len(),
+                    "runtime pack attached"
+                );
+                let o = (a.runtime, a.version.clone());
+                st.files.insert(key, Some(a));
+                Some(o)
+            }
+            Err(e) => {
+                tracing::warn!(
+                    runtime = runtime.name(),
+                    binary = shown,
+                    "runtime pack not attached: {e}"
+                );
+                st.files.insert(key, None);
+                None
+            }
+        }
+    }
+
+    fn attach_file(
+        &self,
+        st: &mut State,
+        runtime: Runtime,
+        host_path: &Path,
+        shown: &str,
+    ) -> Result<Attached, String> {
+        let data = usdt::read_file(host_path).map_err(|e| e.to_string())?;
+        let version = match runtime {
+            Runtime::Python => procs::python_version(shown).unwrap_or_default(),
+            Runtime::Java => procs::java_version(host_path).unwrap_or_default(),
+            Runtime::Node => procs::node_version(&data).unwrap_or_default(),
+        };
+        let notes = match usdt::probes(&data) {
+            Ok(n) => n,
+            // Stock Node >= 19 has no USDT: its pack is the symbol hooks.
+            Err(usdt::UsdtError::NoNotes) if runtime == Runtime::Node => Vec::new(),
+            Err(e) => return Err(format!("{shown}: {e}")),
+        };
+        let mut links = Vec::new();
+        let mut sites = Vec::new();
+        for h in packs::HOOKS.iter().filter(|h| h.runtime == runtime) {
+            if h.calls_only && !self.calls {
+                continue;
+            }
+            for t in hook_targets(h, &notes, &data, shown)? {
+                let (provider, probe) = (t.provider, t.probe);
+                let at = At {
+                    path: host_path,
+                    off: t.off,
+                    sema: t.sema,
+                    ret: t.ret,
+                };
+                match self.attach_site(st, h.prog, spec(&t.args, h.slot, h.label, h.label2), at) {
+                    Ok(l) => {
+                        links.push(l);
+                        sites.push((provider, probe));
+                    }
+                    Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
+                }
+            }
+        }
+        if links.is_empty() {
+            return Err(format!("{shown}: no probe could be attached"));
+        }
+        Ok(Attached {
+            runtime,
+            version,
+            sites,
+            _links: links,
+        })
+    }
+}
+
+/// (probe, program, label argument, second label argument) for each probe a declared metric
+/// attaches.
+fn declared_plan(d: &Declared) -> Vec<(&ProbeName, Prog, Option<u32>, Option<u32>)> {
+    let int_label = |n: usize| d.labels.get(n).map(|l| l.arg);
+    match &d.kind {
+        Kind::Count { probe } => vec![(probe, Prog::Count, int_label(0), int_label(1))],
+        Kind::CountStrings { probe } => vec![(probe, Prog::Call, int_label(0), int_label(1))],
+        Kind::Pair { begin, end } => vec![
+            (begin, Prog::Begin, int_label(0), None),
+            (end, Prog::End, None, None),
+        ],
+        Kind::Value { probe, arg } => vec![(probe, Prog::Value, int_label(0), Some(*arg))],
+    }
+}
+
+/// The sites of one hook in a file (`notes`: its USDT probes, `data`: its bytes). A site that
+/// cannot be placed is logged and skipped; a hook whose argument spec does not parse is a defect
+/// of the hook table and fails the file.
+fn hook_targets(
+    h: &Hook,
+    notes: &[UsdtProbe],
+    data: &[u8],
+    shown: &str,
+) -> Result<Vec<Target>, String> {
+    let has_provider = |p: &str| notes.iter().any(|n| n.provider == p);
+    let mut targets = Vec::new();
+    match &h.site {
+        Site::Usdt { provider, probe } => {
+            if !has_provider(provider) {
+                // A whole provider missing is normal (node >= 19 has none): no noise.
+                return Ok(targets);
+            }
+            let found: Vec<_> = notes
+                .iter()
+                .filter(|p| p.provider == *provider && p.name == *probe)
+                .collect();
+            if found.is_empty() {
+                tracing::warn!("{shown}: USDT probe {provider}:{probe} not found");
+            }
+            for p in found {
+                match &p.args {
+                    Ok(a) => targets.push(Target {
+                        off: p.offset,
+                        sema: p.semaphore_offset,
+                        ret: false,
+                        args: a.clone(),
+                        provider: provider.to_string(),
+                        probe: probe.to_string(),
+                    }),
+                    Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
+                }
+            }
+        }
+        Site::Symbol {
+            name,
+            short,
+            ret,
+            args,
+        } => {
+            // A node with USDT (<= 18 --with-dtrace) is covered by its probes; its
+            // llhttp and V8 symbols too would count every request and GC twice.
+            if has_provider("node") {
+                return Ok(targets);
+            }
+            let args = usdt::args::parse_args(args).map_err(|e| e.to_string())?;
+            match usdt::place::function_site(data, name, &args, *ret) {
+                Ok((site, moved)) => {
+                    tracing::debug!("{shown}: {short} probed at entry+{moved}");
+                    targets.push(Target {
+                        off: site,
+                        sema: 0,
+                        ret: *ret,
+                        args,
+                        provider: "uprobe".to_string(),
+                        probe: short.to_string(),
+                    })
+                }
+                Err(e) => tracing::warn!("{shown}: {short}: {e}"),
+            }
+        }
+    }
+    Ok(targets)
+}
