@@ -708,12 +708,3 @@ impl<'a> Maps<'a> {
             .unwrap_or(0)
     }
 }
-
-/// Sum a per-CPU counter array slot.
-pub fn percpu_counter(ebpf: &Ebpf, map: &str, idx: u32) -> u64 {
-    let Some(m) = ebpf.map(map) else { return 0 };
-    let Ok(arr) = aya::maps::PerCpuArray::<_, u64>::try_from(m) else {
-        return 0;
-    };
-    arr.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0)
-}

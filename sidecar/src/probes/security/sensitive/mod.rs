@@ -30,7 +30,7 @@ use crate::probes::{Object, Options, ProbeError};
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for binaries not attached yet.
-pub use crate::probes::runtimes::RESCAN;
+pub use crate::usdt::procs::RESCAN;
 
 /// Largest `--tls-sample-bytes` (the event's payload field).
 pub const MAX_SAMPLE: u32 = sidecar_ebpf::SEC_ARGV_LEN as u32;
@@ -157,7 +157,13 @@ impl Sensitive {
         }
         let bg = me.clone();
         // Binaries found later are attached by this thread (it keeps what that takes).
-        crate::probes::runtimes::spawn_scanner("security", "sensitive-scan", move || bg.scan())?;
+        procs::spawn_scanner("security", "sensitive-scan", move || bg.scan()).map_err(|e| {
+            ProbeError::Map {
+                family: "security",
+                map: "-".into(),
+                detail: format!("starting the scanner thread: {e}"),
+            }
+        })?;
         Ok(Some(me))
     }
 
@@ -279,7 +285,7 @@ impl Sensitive {
 /// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
 fn run_files(cmd: &Path, tls: bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    if let Some(bin) = crate::probes::runtimes::resolve_command(cmd)
+    if let Some(bin) = procs::resolve_command(cmd)
         && bin.file_name().is_some_and(|n| n == "bash")
     {
         out.push(bin);
