@@ -21,6 +21,15 @@ struct {
 	__type(value, __u64);
 } syscall_errors SEC(".maps");
 
+/* Calls a seccomp filter refused (latency mode): an exit without its entry, by syscall and errno
+ * (errno 0: the filter or a supervisor answered the call with a value). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 1024);
+	__type(key, struct syscall_error_key);
+	__type(value, __u64);
+} syscall_denied SEC(".maps");
+
 struct start {
 	__u64 ts;
 	__u64 nr;
@@ -140,12 +149,34 @@ static __always_inline void count_error(__u64 nr, long ret)
 	}
 }
 
-static __always_inline void end_call(long ret)
+/* A seccomp filter that refuses a call (errno, trap, a supervisor's answer) makes the kernel skip
+ * it before the sys_enter tracepoint, but the task still leaves through sys_exit. So an exit
+ * without an entry, on a thread whose entries we do see, is a refused call. A thread we never saw
+ * enter has no storage: its first exit may be a call it entered before we attached. */
+static __always_inline void count_denied(struct pt_regs *regs, long ret)
+{
+	long nr = BPF_CORE_READ(regs, orig_ax);
+
+	if (nr < 0)
+		return;
+	struct syscall_error_key k = {
+		.nr = slot(nr),
+		.err = ret < 0 && ret >= -4095 ? (__u32)(-ret) : 0,
+	};
+	if (!sidecar_hash_inc(&syscall_denied, &k))
+		bump_counter(SYSCALLS_LOST_DENIED);
+}
+
+static __always_inline void end_call(struct pt_regs *regs, long ret)
 {
 	struct start *v = bpf_task_storage_get(&syscall_start, bpf_get_current_task_btf(), 0, 0);
 
-	if (!v || !v->ts)
-		return; /* entered before we attached */
+	if (!v)
+		return; /* never seen entering: entered before we attached */
+	if (!v->ts) {
+		count_denied(regs, ret);
+		return;
+	}
 
 	__u64 delta = bpf_ktime_get_ns() - v->ts;
 	__u32 s = slot(v->nr);
@@ -167,7 +198,7 @@ int sys_exit(unsigned long long *ctx)
 	 * cost every other task of the host less than the helper call. */
 	if (!sidecar_in_target())
 		return 0;
-	end_call((long)ctx[1]);
+	end_call((struct pt_regs *)ctx[0], (long)ctx[1]);
 	bpf_tail_call(ctx, &syscall_hooks_exit, 0);
 	return 0;
 }

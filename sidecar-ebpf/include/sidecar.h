@@ -67,6 +67,7 @@ enum process_counter {
 enum syscalls_counter {
 	SYSCALLS_LOST_STARTS = 0, /* in-flight table full: the call's duration was not measured */
 	SYSCALLS_LOST_ERRORS = 1, /* error table full */
+	SYSCALLS_LOST_DENIED = 2, /* refused-call table full */
 	SYSCALLS_COUNTERS = 4,
 };
 

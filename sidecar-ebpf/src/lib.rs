@@ -134,6 +134,7 @@ pub mod process_counter {
 pub mod syscalls_counter {
     pub const LOST_STARTS: u32 = 0;
     pub const LOST_ERRORS: u32 = 1;
+    pub const LOST_DENIED: u32 = 2;
 }
 
 pub const SEC_PATH_LEN: usize = 128;

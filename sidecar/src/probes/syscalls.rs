@@ -46,7 +46,21 @@ pub const DURATION: Metric = Metric::histogram(
     "Latency of the target's system calls (entry to exit), from log2 buckets kept in the kernel.",
 )
 .labels(&["syscall?"]);
-pub const METRICS: &[Metric] = &[CALLS, ERRORS, OBSERVED, RISKY, SECONDS, DURATION];
+/// Only with --syscall-latency on: a refused call is an exit whose entry never fired.
+pub const SECCOMP_DENIED: Metric = Metric::counter(
+    "ebpf_sidecar_seccomp_denied",
+    "System calls of the target that its seccomp filter refused (skipped before entry, seen at exit), by syscall and the errno returned (none: answered with a value). Not in ebpf_sidecar_syscalls_total nor _syscall_errors_total.",
+)
+.labels(&["syscall", "errno"]);
+pub const METRICS: &[Metric] = &[
+    CALLS,
+    ERRORS,
+    OBSERVED,
+    RISKY,
+    SECONDS,
+    DURATION,
+    SECCOMP_DENIED,
+];
 
 pub struct Syscalls {
     obj: Object,
@@ -185,8 +199,27 @@ impl Probe for Syscalls {
                 .map(|(s, (n, _))| (label(s), *n)),
         )?;
         if !ctx.options.syscall_latency {
-            return Ok(()); // --syscall-latency off: no time was measured
+            return Ok(()); // --syscall-latency off: no time was measured, no entry seen
         }
+        let mut denied: BTreeMap<(String, String), u64> = BTreeMap::new();
+        for (k, v) in self
+            .obj
+            .maps()
+            .percpu_hash::<SyscallErrorKey, u64>("syscall_denied")
+        {
+            let errno = if k.err == 0 {
+                "none".to_string()
+            } else {
+                errno_name(k.err)
+            };
+            *denied.entry((syscall_name(k.nr), errno)).or_default() += v.iter().sum::<u64>();
+        }
+        SECCOMP_DENIED.counter_series(
+            enc,
+            denied
+                .into_iter()
+                .map(|((s, e), n)| (vec![("syscall", s), ("errno", e)], n)),
+        )?;
         SECONDS.counter_series(
             enc,
             per.iter()
@@ -229,6 +262,7 @@ impl Probe for Syscalls {
         let maps = self.obj.maps();
         maps.counter("syscalls_counters", sc::LOST_STARTS)
             + maps.counter("syscalls_counters", sc::LOST_ERRORS)
+            + maps.counter("syscalls_counters", sc::LOST_DENIED)
     }
 }
 

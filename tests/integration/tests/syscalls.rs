@@ -149,3 +149,49 @@ fn counting_only_counts_exactly_what_latency_mode_counts() {
         assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
     }
 }
+
+/// A call the target's own seccomp filter refuses never fires sys_enter, but its thread leaves
+/// through sys_exit: with latency on, that exit without an entry is counted as refused, by
+/// syscall and errno, and not as a call or an error. Counting only (no entry seen) counts it as
+/// a call that failed, as the kernel returned it.
+#[test]
+fn calls_refused_by_seccomp_are_counted_apart_with_latency_on() {
+    require_root();
+    const N: u64 = 37;
+    workload("seccomp_deny");
+    let n = N.to_string();
+    for mode in ["on", "off"] {
+        let extra = ["--syscall-latency", mode];
+        let (m, _) = run_workload(
+            &format!("seccomp-deny-{mode}"),
+            "syscalls",
+            &extra,
+            "seccomp_deny",
+            &[n.as_str()],
+        );
+        let denied = m.sum(
+            "ebpf_sidecar_seccomp_denied_total",
+            &[("syscall", "getppid"), ("errno", "EPERM")],
+        );
+        let calls = |s: &str| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", s)]);
+        let errors = m.sum(
+            "ebpf_sidecar_syscall_errors_total",
+            &[("syscall", "getppid"), ("errno", "EPERM")],
+        );
+        assert_eq!(calls("getpid"), N as f64, "allowed calls, latency {mode}");
+        if mode == "on" {
+            assert_eq!(denied, N as f64, "refused getppid");
+            assert_eq!(
+                m.sum("ebpf_sidecar_seccomp_denied_total", &[]),
+                N as f64,
+                "nothing else refused"
+            );
+            assert_eq!(calls("getppid"), 0.0, "a refused call is not a call");
+            assert_eq!(errors, 0.0, "nor an error");
+        } else {
+            assert_eq!(denied, 0.0, "no entries seen: nothing can be told apart");
+            assert_eq!(calls("getppid"), N as f64, "counted at exit");
+            assert_eq!(errors, N as f64, "with the errno returned");
+        }
+    }
+}
