@@ -230,7 +230,7 @@ fn extra_labels(
 fn main() {
     // Every family adds its own flags (global, so they are accepted after `run` too).
     let matches = sidecar::probes::registry::add_args(Cli::command()).get_matches();
-    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|e| {
         eprintln!("error: --log {:?}: {e}", cli.log);
         std::process::exit(2)
@@ -240,64 +240,9 @@ fn main() {
         .with_writer(std::io::stderr)
         .init();
 
+    let command = cli.command.take();
     let mut options = Options::default();
-    let choice = match cli.command {
-        Some(Command::Probes { metrics: false }) => {
-            for f in FAMILIES {
-                println!("{:<10} {}", f.name, f.about);
-            }
-            return;
-        }
-        Some(Command::Probes { metrics: true }) => {
-            for line in sidecar::export::metric_lines() {
-                println!("{line}");
-            }
-            return;
-        }
-        Some(Command::Custom {
-            command: CustomCommand::Headers { dir },
-        }) => match sidecar::probes::registry::write_user_probe_headers(&dir) {
-            Ok(files) => {
-                for f in files {
-                    println!("{}", f.display());
-                }
-                return;
-            }
-            Err(e) => {
-                eprintln!("error: writing headers to {}: {e}", dir.display());
-                std::process::exit(1);
-            }
-        },
-        Some(Command::Custom {
-            command: CustomCommand::Check,
-        }) => {
-            if cli.probe_files.is_empty() || cli.probe_files.len() != cli.probe_configs.len() {
-                eprintln!("error: give --probe-file and --probe-config pairs to check");
-                std::process::exit(2);
-            }
-            for (object, config) in cli.probe_files.into_iter().zip(cli.probe_configs) {
-                let spec = sidecar::probes::registry::UserProbe { object, config };
-                match sidecar::probes::registry::check_user_probe(&spec) {
-                    Ok(name) => println!("custom:{name}: ok"),
-                    Err((name, e)) => {
-                        eprintln!("error: custom:{name}: {e}");
-                        std::process::exit(2);
-                    }
-                }
-            }
-            return;
-        }
-        Some(Command::Usdt {
-            command: UsdtCommand::List { pid, binary },
-        }) => std::process::exit(sidecar::usdt::list_command(pid, binary.as_deref())),
-        Some(Command::Usdt {
-            command: UsdtCommand::Packs,
-        }) => {
-            for (file, text) in sidecar::probes::registry::runtime_packs() {
-                println!("# packs/{file}\n{text}");
-            }
-            return;
-        }
+    let choice = match command {
         Some(Command::Run {
             cmd,
             metrics_out,
@@ -315,13 +260,97 @@ fn main() {
             options.seccomp_out = seccomp_out;
             Choice::Run { cmd, metrics_out }
         }
-        None => match (cli.target_pid, cli.target_tree, cli.target_container) {
+        Some(tool) => std::process::exit(tool_command(tool, &cli)),
+        None => match (
+            cli.target_pid,
+            cli.target_tree,
+            cli.target_container.clone(),
+        ) {
             (Some(p), _, _) => Choice::Pid(p),
             (None, Some(p), _) => Choice::Tree(p),
             (None, None, Some(c)) => Choice::Container(c),
             (None, None, None) => Choice::Sidecar,
         },
     };
+    let cfg = config(cli, &matches, choice, options);
+    match app::run(cfg) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let start = e.downcast_ref::<StartError>().is_some();
+            std::process::exit(if start { 2 } else { 1 });
+        }
+    }
+}
+
+/// The subcommands that print something and exit (everything but `run`): the exit status.
+fn tool_command(command: Command, cli: &Cli) -> i32 {
+    match command {
+        Command::Probes { metrics: false } => {
+            for f in FAMILIES {
+                println!("{:<10} {}", f.name, f.about);
+            }
+            0
+        }
+        Command::Probes { metrics: true } => {
+            for line in sidecar::export::metric_lines() {
+                println!("{line}");
+            }
+            0
+        }
+        Command::Custom {
+            command: CustomCommand::Headers { dir },
+        } => match sidecar::probes::registry::write_user_probe_headers(&dir) {
+            Ok(files) => {
+                for f in files {
+                    println!("{}", f.display());
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("error: writing headers to {}: {e}", dir.display());
+                1
+            }
+        },
+        Command::Custom {
+            command: CustomCommand::Check,
+        } => {
+            if cli.probe_files.is_empty() || cli.probe_files.len() != cli.probe_configs.len() {
+                eprintln!("error: give --probe-file and --probe-config pairs to check");
+                return 2;
+            }
+            for (object, config) in cli.probe_files.iter().zip(&cli.probe_configs) {
+                let spec = sidecar::probes::registry::UserProbe {
+                    object: object.clone(),
+                    config: config.clone(),
+                };
+                match sidecar::probes::registry::check_user_probe(&spec) {
+                    Ok(name) => println!("custom:{name}: ok"),
+                    Err((name, e)) => {
+                        eprintln!("error: custom:{name}: {e}");
+                        return 2;
+                    }
+                }
+            }
+            0
+        }
+        Command::Usdt {
+            command: UsdtCommand::List { pid, binary },
+        } => sidecar::usdt::list_command(pid, binary.as_deref()),
+        Command::Usdt {
+            command: UsdtCommand::Packs,
+        } => {
+            for (file, text) in sidecar::probes::registry::runtime_packs() {
+                println!("# packs/{file}\n{text}");
+            }
+            0
+        }
+        Command::Run { .. } => unreachable!("run is not a tool command"),
+    }
+}
+
+/// The whole configuration of a monitoring run; bad flags exit with status 2 and a message.
+fn config(cli: Cli, matches: &clap::ArgMatches, choice: Choice, mut options: Options) -> Config {
     if !(cli.resolve_interval > 0.0 && cli.resolve_interval.is_finite()) {
         eprintln!("error: --resolve-interval must be a positive number of seconds");
         std::process::exit(2);
@@ -359,11 +388,11 @@ fn main() {
         probes: &mut probes,
         run,
     };
-    if let Err(e) = sidecar::probes::registry::configure_all(&matches, &mut setup) {
+    if let Err(e) = sidecar::probes::registry::configure_all(matches, &mut setup) {
         eprintln!("error: {e}");
         std::process::exit(2);
     }
-    let cfg = Config {
+    Config {
         choice,
         listen: cli.listen,
         probes_explicit,
@@ -375,13 +404,5 @@ fn main() {
         events_out: cli.events_out,
         web_config: cli.web_config,
         custom,
-    };
-    match app::run(cfg) {
-        Ok(code) => std::process::exit(code),
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            let start = e.downcast_ref::<StartError>().is_some();
-            std::process::exit(if start { 2 } else { 1 });
-        }
     }
 }
