@@ -231,9 +231,23 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         t - b
     )?;
     writeln!(o)?;
-    // What every syscall of the host pays for the families that hook syscalls, alone and
-    // together: the per-call part of any workload's overhead (the stack bench's app makes ~2
-    // syscalls per request).
+    family_prices(&mut o, &bin, calls, repeat, b, &rows)?;
+    writeln!(o)?;
+    sidecar_figures(&mut o, &on, &off, &rows, bare_prog, b, t, repeat)?;
+    Ok(o)
+}
+
+/// What every syscall of the host pays for the families that hook syscalls, alone and together:
+/// the per-call part of any workload's overhead (the stack bench's app makes ~2 syscalls per
+/// request). `rows` are the syscalls family's (ns per call, BPF ns per run), latency on then off.
+fn family_prices(
+    o: &mut String,
+    bin: &std::path::Path,
+    calls: u64,
+    repeat: usize,
+    b: f64,
+    rows: &[(f64, f64)],
+) -> Result<()> {
     writeln!(
         o,
         "Per-syscall price of the families that hook syscalls (same loop, median of {repeat}; \
@@ -268,16 +282,30 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
             Some(s) => s,
             None => median(
                 &mut (0..repeat)
-                    .map(|_| Ok(sidecar_run_probes(&bin, calls, probes, extra, false)?.ns_per_call))
+                    .map(|_| Ok(sidecar_run_probes(bin, calls, probes, extra, false)?.ns_per_call))
                     .collect::<Result<Vec<f64>>>()?,
             ),
         };
         writeln!(o, "| {name} | {s:.1} | {:.1} |", s - b)?;
     }
-    writeln!(o)?;
-    let rss = on.iter().chain(&off).map(|r| r.rss_kib).max().unwrap_or(0);
-    let hwm = on.iter().chain(&off).map(|r| r.hwm_kib).max().unwrap_or(0);
-    let first = on.iter().chain(&off).map(|r| r.first_scrape).max().unwrap();
+    Ok(())
+}
+
+/// The sidecar's own figures against the issue's targets.
+#[allow(clippy::too_many_arguments)]
+fn sidecar_figures(
+    o: &mut String,
+    on: &[SidecarRun],
+    off: &[SidecarRun],
+    rows: &[(f64, f64)],
+    bare_prog: f64,
+    b: f64,
+    t: f64,
+    repeat: usize,
+) -> Result<()> {
+    let rss = on.iter().chain(off).map(|r| r.rss_kib).max().unwrap_or(0);
+    let hwm = on.iter().chain(off).map(|r| r.hwm_kib).max().unwrap_or(0);
+    let first = on.iter().chain(off).map(|r| r.first_scrape).max().unwrap();
     let p50 = median(
         &mut on
             .iter()
@@ -316,7 +344,7 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
         2 * repeat,
         first.as_secs_f64() * 1e3
     )?;
-    Ok(o)
+    Ok(())
 }
 
 fn kernel() -> String {

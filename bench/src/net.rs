@@ -210,7 +210,6 @@ fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     let (_, conn_costs) = under_sidecar(&bin, "conns", conns, true, &[])?;
     let (_, stream_off) = under_sidecar(&bin, "stream", mib, true, OFF)?;
     let (_, conn_off) = under_sidecar(&bin, "conns", conns, true, OFF)?;
-    let (bt_prog, bt_runs) = bt_cost;
 
     let med = |v: &mut Vec<f64>| median(v);
     let (b0, b1) = (med(&mut base[0]), med(&mut base[1]));
@@ -265,12 +264,32 @@ fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
         o,
         "\nTargets: throughput loss <= 3% on the transfer, <= 5% on short requests.\n"
     )?;
+    cost_tables(
+        &mut o,
+        [&stream_costs, &conn_costs, &stream_off, &conn_off],
+        bt_cost,
+        (mib, conns),
+        (b0, b1),
+    )?;
+    Ok(o)
+}
+
+/// Per-program cost and the BPF time added per unit of work: `costs` are the stream's and the
+/// short connections', with HTTP recognition then with --net-http off; `base` the unmonitored
+/// MiB/s and connections/s.
+fn cost_tables(
+    o: &mut String,
+    [stream_costs, conn_costs, stream_off, conn_off]: [&[ProgCost]; 4],
+    (bt_prog, bt_runs): (f64, f64),
+    (mib, conns): (u64, u64),
+    (b0, b1): (f64, f64),
+) -> Result<()> {
     writeln!(
         o,
         "| program (bpf_stats) | stream: ns/run | stream: runs | short conns: ns/run | short conns: runs |"
     )?;
     writeln!(o, "|---|---:|---:|---:|---:|")?;
-    for c in &stream_costs {
+    for c in stream_costs {
         let (cns, cruns) = conn_costs
             .iter()
             .find(|k| k.program == c.program)
@@ -292,11 +311,11 @@ fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
     // Throughput on shared CPUs is noisy; the kernel time the programs add is not. Per unit of
     // work, against the unit's own cost without a monitor.
     let total = |c: &[ProgCost]| c.iter().map(|p| p.seconds * 1e9).sum::<f64>();
-    let per_mib = total(&stream_costs) / mib as f64;
-    let per_conn = total(&conn_costs) / conns as f64;
+    let per_mib = total(stream_costs) / mib as f64;
+    let per_conn = total(conn_costs) / conns as f64;
     let bt_per_conn = bt_prog * bt_runs / conns as f64;
-    let off_per_mib = total(&stream_off) / mib as f64;
-    let off_per_conn = total(&conn_off) / conns as f64;
+    let off_per_mib = total(stream_off) / mib as f64;
+    let off_per_conn = total(conn_off) / conns as f64;
     writeln!(
         o,
         "\n| BPF time added (bpf_stats) | per unit | share of the unit's unmonitored time |"
@@ -332,5 +351,5 @@ fn transfers(repeat: usize, mib: u64, conns: u64) -> Result<String> {
         bt_per_conn / 1e3,
         bt_per_conn / (1e9 / b1) * 100.0
     )?;
-    Ok(o)
+    Ok(())
 }
