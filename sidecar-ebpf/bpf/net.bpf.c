@@ -127,36 +127,47 @@ static __always_inline void hash_add(void *map, void *key, __u64 n)
 	}
 }
 
-/* The socket belongs to the target: it was created by one of the target's tasks (sockets carry
- * their creator's cgroup; accepted sockets inherit the listener's). */
-static __always_inline int sk_in_target(const struct sock *sk)
+/* Filters other than a cgroup (tree, pid namespace) know tasks, not sockets: for them the
+ * current task decides, which is right in process context and may be wrong in softirq
+ * (documented). */
+static __always_inline int sk_slot_by_task(void)
 {
-	__u32 zero = 0;
-	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
+	struct sidecar_modes *m = sidecar_get_modes();
 
-	if (!t || !sk)
-		return 0;
-	if (t->mode == SIDECAR_FILTER_CGROUP)
-		return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id) == t->cgroup_id;
-	/* pid-namespace mode has no cgroup to compare: best effort on the current task, which is
-	 * right in process context and may be wrong in softirq (documented). */
-	return sidecar_in_target();
+	if (!m || (!m->tree_slots && !m->pidns_slot))
+		return -1;
+	return sidecar_slot();
 }
 
-/* sk_in_target() for a BTF-typed socket (tp_btf): plain loads instead of probe reads. */
+/* The slot of the target the socket belongs to: sockets carry their creator's cgroup
+ * (accepted sockets inherit the listener's). */
+static __always_inline int sk_slot(const struct sock *sk)
+{
+	int s;
+
+	if (!sk)
+		return -1;
+	s = sidecar_cgroup_slot(BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id));
+	return s >= 0 ? s : sk_slot_by_task();
+}
+
+static __always_inline int sk_in_target(const struct sock *sk)
+{
+	return sk_slot(sk) >= 0;
+}
+
+/* sk_slot() for a BTF-typed socket (tp_btf): plain loads instead of probe reads. */
+static __always_inline int sk_slot_btf(const struct sock *sk)
+{
+	struct cgroup *cg = sk->sk_cgrp_data.cgroup;
+	int s = cg ? sidecar_cgroup_slot(cg->kn->id) : -1;
+
+	return s >= 0 ? s : sk_slot_by_task();
+}
+
 static __always_inline int sk_in_target_btf(const struct sock *sk)
 {
-	__u32 zero = 0;
-	struct sidecar_target *t = bpf_map_lookup_elem(&sidecar_target, &zero);
-
-	if (!t)
-		return 0;
-	if (t->mode == SIDECAR_FILTER_CGROUP) {
-		struct cgroup *cg = sk->sk_cgrp_data.cgroup;
-
-		return cg && cg->kn->id == t->cgroup_id;
-	}
-	return sidecar_in_target();
+	return sk_slot_btf(sk) >= 0;
 }
 
 #define S_IFMT 00170000

@@ -8,30 +8,32 @@ char LICENSE[] SEC("license") = "GPL";
 
 #define KEYS_MAX 1024
 
-struct {
+/* Per target (slot): see SIDECAR_SLOT_MAP. */
+struct process_execs_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
-	__type(key, struct comm_key);
-	__type(value, __u64);
-} process_execs SEC(".maps");
+	SIDECAR_INNER_KV(struct comm_key, __u64);
+};
+SIDECAR_SLOT_MAP(process_execs, struct process_execs_map);
 
-struct {
+struct process_exits_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
-	__type(key, struct exit_key);
-	__type(value, __u64);
-} process_exits SEC(".maps");
+	SIDECAR_INNER_KV(struct exit_key, __u64);
+};
+SIDECAR_SLOT_MAP(process_exits, struct process_exits_map);
 
-struct {
+struct process_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, PROCESS_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} process_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(process_counters, struct process_counters_map);
 
-static __always_inline void bump(__u32 idx)
+static __always_inline void bump(__u32 slot, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&process_counters, &idx);
+	void *m = sidecar_slot_map(&process_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
@@ -40,25 +42,31 @@ static __always_inline void bump(__u32 idx)
 SEC("raw_tp/sched_process_exec")
 int process_exec(unsigned long long *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	struct comm_key k = {};
+	void *execs = sidecar_slot_map(&process_execs, slot);
 
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
-	bump(PROCESS_EXECS);
-	if (!sidecar_hash_inc(&process_execs, &k))
-		bump(PROCESS_LOST_EXECS);
+	bump(slot, PROCESS_EXECS);
+	if (!execs || !sidecar_hash_inc(execs, &k))
+		bump(slot, PROCESS_LOST_EXECS);
 	return 0;
 }
 
 SEC("raw_tp/sched_process_exit")
 int process_exit(unsigned long long *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	void *exits = sidecar_slot_map(&process_exits, slot);
 
 	/* The tracepoint fires per thread; the process is gone when the last one leaves. */
 	if (BPF_CORE_READ(task, signal, live.counter) != 0)
@@ -70,11 +78,11 @@ int process_exit(unsigned long long *ctx)
 	BPF_CORE_READ_STR_INTO(&k.comm, task, group_leader, comm);
 	k.signal = code & 0x7f;
 	k.code = k.signal ? 0 : (code >> 8) & 0xff;
-	bump(PROCESS_EXITS);
-	if (!sidecar_hash_inc(&process_exits, &k))
-		bump(PROCESS_LOST_EXITS);
+	bump(slot, PROCESS_EXITS);
+	if (!exits || !sidecar_hash_inc(exits, &k))
+		bump(slot, PROCESS_LOST_EXITS);
 	if (BPF_CORE_READ(task, signal, oom_mm))
-		bump(PROCESS_OOM_KILLS);
+		bump(slot, PROCESS_OOM_KILLS);
 	return 0;
 }
 
@@ -82,14 +90,16 @@ int process_exit(unsigned long long *ctx)
 SEC("raw_tp/sched_process_fork")
 int process_fork(unsigned long long *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	struct task_struct *child = (struct task_struct *)ctx[1];
 
 	if (BPF_CORE_READ(child, pid) == BPF_CORE_READ(child, tgid))
-		bump(PROCESS_FORKS);
+		bump(slot, PROCESS_FORKS);
 	else
-		bump(PROCESS_THREADS);
+		bump(slot, PROCESS_THREADS);
 	return 0;
 }

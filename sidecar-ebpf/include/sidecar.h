@@ -22,12 +22,52 @@ enum sidecar_filter_mode {
 /* --target-tree: the most processes one tree may have at once. */
 #define SIDECAR_TREE_MAX 16384
 
+/* One kernel side serves up to this many targets (`--max-targets`, at most this): each is a slot,
+ * and each family's per-target maps are inner maps of an array-of-maps indexed by slot. A
+ * private kernel side uses slot 0 only. */
+#define SIDECAR_MAX_SLOTS 256
+/* The cgroup id -> slot table: open addressing over an array (a lookup is a few loads, no hash
+ * map call, on every hooked event of the host); a key sits within SIDECAR_CGROUP_PROBES places
+ * of its hash. */
+#define SIDECAR_CGROUP_TABLE 1024
+#define SIDECAR_CGROUP_PROBES 8
+/* A removed entry: the probe sequence goes on past it. */
+#define SIDECAR_CGROUP_TOMBSTONE 0xffffffffffffffffULL
+
+/* Per-slot settings (the entry `slot` of `sidecar_slots`): how to recognise the target's tasks,
+ * and what the sidecar that owns the slot asked for. */
 struct sidecar_target {
 	__u64 cgroup_id;
 	__u64 pidns_dev;
 	__u64 pidns_ino;
 	__u32 mode;
 	__u32 self_tgid; /* the sidecar's own tgid as seen in that pid namespace (PIDNS mode) */
+	__u64 flags;     /* SIDECAR_SLOT_* */
+};
+
+/* Options a family checks per slot (programs are shared, so `const volatile` settings cannot
+ * differ between targets). */
+#define SIDECAR_SLOT_SYSCALL_LATENCY (1ULL << 0)
+#define SIDECAR_SLOT_SYSCALL_COUNTING (1ULL << 1)
+
+struct sidecar_cgroup_entry {
+	__u64 cgroup_id; /* 0: empty, SIDECAR_CGROUP_TOMBSTONE: removed */
+	__u32 slot;
+	__u32 _pad;
+};
+
+/* --target-tree members: the process's start time (0 when put by userspace) and its slot. */
+struct sidecar_tree_entry {
+	__u64 start;
+	__u32 slot;
+	__u32 _pad;
+};
+
+/* Filters that are not a cgroup: how many slots follow a tree, and the slot (+1, 0: none) of
+ * the one target recognised by pid namespace (a private kernel side only). */
+struct sidecar_modes {
+	__u32 tree_slots;
+	__u32 pidns_slot;
 };
 
 /* syscalls: one per syscall number, per CPU. */
@@ -121,7 +161,9 @@ enum security_counter {
 	SEC_LOST = 0, /* ring buffer full: events dropped (per kind below, +kind) */
 };
 
-_Static_assert(sizeof(struct sidecar_target) == 32, "mirrored in Rust");
+_Static_assert(sizeof(struct sidecar_target) == 40, "mirrored in Rust");
+_Static_assert(sizeof(struct sidecar_cgroup_entry) == 16, "mirrored in Rust");
+_Static_assert(sizeof(struct sidecar_tree_entry) == 16, "mirrored in Rust");
 _Static_assert(sizeof(struct security_event) == 504, "mirrored in Rust");
 /* disk: block requests by (device, op), attributed to the cgroup that created them. */
 enum disk_op {

@@ -61,11 +61,29 @@ pub const FILTER_NONE: u32 = 0;
 pub const FILTER_CGROUP: u32 = 1;
 pub const FILTER_PIDNS: u32 = 2;
 pub const FILTER_TREE: u32 = 3;
-/// `sidecar_tree`: tgid -> start time of the process (0 when userspace put it there).
+/// `sidecar_tree`: tgid -> [`TreeEntry`].
 pub const TREE_MAP: &str = "sidecar_tree";
 pub const TREE_MAX: u32 = 16384;
+/// `sidecar_slots`: slot -> [`Target`].
+pub const SLOTS_MAP: &str = "sidecar_slots";
+/// `sidecar_cgroups`: the cgroup id -> slot table ([`CgroupEntry`]).
+pub const CGROUPS_MAP: &str = "sidecar_cgroups";
+/// `sidecar_modes`: one [`Modes`].
+pub const MODES_MAP: &str = "sidecar_modes";
+/// Slots (targets) one kernel side can hold: the size of every per-target array of maps.
+pub const MAX_SLOTS: u32 = 256;
+pub const CGROUP_TABLE: u32 = 1024;
+pub const CGROUP_PROBES: u32 = 8;
+pub const CGROUP_TOMBSTONE: u64 = u64::MAX;
+pub const SLOT_SYSCALL_LATENCY: u64 = 1 << 0;
+pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
 
-/// `struct sidecar_target`: the single entry of every object's `sidecar_target` map.
+/// Where cgroup `id` starts its probe sequence in `sidecar_cgroups` (as `sidecar_cgroup_hash`).
+pub fn cgroup_hash(id: u64) -> u32 {
+    ((id.wrapping_mul(0x9E37_79B9_7F4A_7C15)) >> 40) as u32 & (CGROUP_TABLE - 1)
+}
+
+/// `struct sidecar_target`: one slot's entry of `sidecar_slots`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Target {
@@ -74,6 +92,33 @@ pub struct Target {
     pub pidns_ino: u64,
     pub mode: u32,
     pub self_tgid: u32,
+    pub flags: u64,
+}
+
+/// `struct sidecar_cgroup_entry`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CgroupEntry {
+    pub cgroup_id: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// `struct sidecar_tree_entry`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeEntry {
+    pub start: u64,
+    pub slot: u32,
+    pub _pad: u32,
+}
+
+/// `struct sidecar_modes`
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Modes {
+    pub tree_slots: u32,
+    pub pidns_slot: u32,
 }
 
 /// `struct syscall_stats`
@@ -218,6 +263,12 @@ pub struct ProfileCfg {
 // SAFETY: all of these are repr(C), made of integers and byte arrays with no implicit padding
 // (`MIRRORS`), so every bit pattern is a valid value.
 unsafe impl Pod for Target {}
+// SAFETY: repr(C), integers only, explicit padding.
+unsafe impl Pod for CgroupEntry {}
+// SAFETY: repr(C), integers only, explicit padding.
+unsafe impl Pod for TreeEntry {}
+// SAFETY: repr(C), integers only.
+unsafe impl Pod for Modes {}
 unsafe impl Pod for SyscallStats {}
 unsafe impl Pod for SyscallErrorKey {}
 unsafe impl Pod for CommKey {}
@@ -335,8 +386,6 @@ pub mod net {
     const _: () = assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
 }
 
-/// Name of the map every object carries for the target filter.
-pub const TARGET_MAP: &str = "sidecar_target";
 
 // ---- disk and files (include/sidecar.h, sections "disk" and "files") ----
 
@@ -664,7 +713,10 @@ unsafe impl Pod for RtHttpKey {}
 /// member says so with `rust_name as "c_name"`.
 #[rustfmt::skip]
 pub const MIRRORS: &[Mirror] = &[
-    mirror!(Target => "sidecar_target" { cgroup_id, pidns_dev, pidns_ino, mode, self_tgid }),
+    mirror!(Target => "sidecar_target" { cgroup_id, pidns_dev, pidns_ino, mode, self_tgid, flags }),
+    mirror!(CgroupEntry => "sidecar_cgroup_entry" { cgroup_id, slot, _pad }),
+    mirror!(TreeEntry => "sidecar_tree_entry" { start, slot, _pad }),
+    mirror!(Modes => "sidecar_modes" { tree_slots, pidns_slot }),
     mirror!(SyscallStats => "syscall_stats" { calls, time_ns, hist }),
     mirror!(SyscallErrorKey => "syscall_error_key" { nr, err }),
     mirror!(CommKey => "comm_key" { comm }),

@@ -38,6 +38,9 @@ pub struct Config {
     pub bpf_stats: bool,
     pub options: Options,
     pub resolve_interval: Duration,
+    /// `--kernel-side`, `--max-targets`.
+    pub kernel_side: crate::kernel_side::Choice,
+    pub max_targets: u32,
     pub extra_labels: Vec<(String, String)>,
     /// Also append every event (NDJSON) to this file.
     pub events_out: Option<PathBuf>,
@@ -70,7 +73,18 @@ pub fn run(cfg: Config) -> Result<i32> {
     raise_memlock();
     let _stats_fd = enable_bpf_stats(cfg.bpf_stats)?;
     let mut target = resolve_target(&cfg)?;
-    let (loaded, statuses, custom_keeps) = load_families(&cfg, &families.chosen, &target)?;
+    let mut cfg = cfg;
+    let ks = open_kernel_side(&cfg, &target)?;
+    cfg.options.kernel_side = ks.clone();
+    let loaded = load_families(&cfg, &families.chosen, &target);
+    ks.loaded();
+    let (loaded, statuses, custom_keeps) = match loaded {
+        Ok(l) => l,
+        Err(e) => {
+            ks.leave();
+            return Err(e);
+        }
+    };
     let child = start_command(&mut target)?;
     // Opened before the capabilities go, in case the path needs them; readers start after.
     let sink = start(
@@ -284,6 +298,40 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
     })
 }
 
+/// The kernel side: shared unless asked otherwise, bpffs is missing, or the target is known by
+/// pid namespace only (cgroup v1: its filter cannot be one slot among others).
+fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side::Handle> {
+    use crate::kernel_side::{Choice as KsChoice, KernelSide};
+    let mut flags = 0;
+    if cfg.options.syscall_latency {
+        flags |= sidecar_ebpf::SLOT_SYSCALL_LATENCY;
+    } else {
+        flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
+    }
+    let pidns = target
+        .initial
+        .as_ref()
+        .is_some_and(|t| matches!(t.filter, monitored::Filter::PidNs { .. }));
+    let choice = match (cfg.kernel_side, pidns) {
+        (KsChoice::Shared, true) => {
+            return start(Err(anyhow::anyhow!(
+                "--kernel-side shared: the target is recognised by pid namespace (no cgroup v2                  id), which a shared kernel side cannot tell from other slots; use                  --kernel-side private or give the sidecar a cgroup2 mount"
+            )));
+        }
+        (KsChoice::Auto, true) => {
+            tracing::info!(
+                "kernel side: private (the target is recognised by pid namespace, not cgroup)"
+            );
+            KsChoice::Private
+        }
+        (c, _) => c,
+    };
+    let ks = start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
+    let handle = crate::kernel_side::Handle(Arc::new(ks));
+    crate::kernel_side::install_exit_hook(handle.clone());
+    Ok(handle)
+}
+
 /// What loading gave: the probes attached, every family's status, and the capabilities the
 /// user probes keep.
 type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
@@ -431,6 +479,7 @@ fn serve(
                 p.finish()?;
             }
             server.abort();
+            shared.options.kernel_side.leave();
             return Ok(code);
         }
 
@@ -450,6 +499,7 @@ fn serve(
             r = server => { r??; }
             _ = shutdown_signal() => { tracing::info!("shutting down"); }
         }
+        shared.options.kernel_side.leave();
         Ok(0)
     })
 }

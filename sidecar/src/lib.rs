@@ -6,6 +6,7 @@ pub mod caps;
 pub mod events;
 pub mod export;
 pub mod http_path;
+pub mod kernel_side;
 pub mod metrics;
 pub mod monitored;
 pub mod output;

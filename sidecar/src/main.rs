@@ -95,6 +95,23 @@ struct Cli {
     #[arg(long = "probe-config", value_name = "FILE.yaml", global = true)]
     probe_configs: Vec<PathBuf>,
 
+    /// Where the kernel programs and maps live: `shared` (one set per host under
+    /// /sys/fs/bpf/ebpf-sidecar/, attached once, every sidecar a slot of it: the host pays once),
+    /// `private` (this sidecar's own set), `auto` (shared when /sys/fs/bpf is a writable bpffs).
+    #[arg(
+        long,
+        value_enum,
+        value_name = "MODE",
+        default_value = "auto",
+        global = true
+    )]
+    kernel_side: sidecar::kernel_side::Choice,
+
+    /// Targets one shared kernel side holds (slots), fixed by the sidecar that creates the set;
+    /// a sidecar finding none free exits with status 2.
+    #[arg(long, value_name = "N", default_value_t = 64, global = true)]
+    max_targets: u32,
+
     /// How often to look for the target again after it went away or restarted.
     #[arg(long, value_name = "SECONDS", default_value_t = 1.0, global = true)]
     resolve_interval: f64,
@@ -400,6 +417,8 @@ fn config(cli: Cli, matches: &clap::ArgMatches, choice: Choice, mut options: Opt
         bpf_stats: cli.bpf_stats,
         options,
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
+        kernel_side: cli.kernel_side,
+        max_targets: cli.max_targets,
         extra_labels: extra_labels(cli.labels, cli.pod_name, cli.pod_namespace),
         events_out: cli.events_out,
         web_config: cli.web_config,

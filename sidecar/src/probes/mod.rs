@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use prometheus_client::encoding::DescriptorEncoder;
 
-pub use object::{Object, ProbeError, ProgramStats};
+pub use object::{LoadOpts, Object, ProbeError, ProgramStats};
 
 use crate::metrics::Metric;
 use crate::monitored::Resolved;
@@ -79,6 +79,8 @@ pub struct Options {
     /// The syscalls family's jump slots for security's and net's syscall handlers (filled at
     /// load, see `dispatch`).
     pub syscall_dispatch: dispatch::SyscallDispatch,
+    /// Where the families' objects live (shared set or private) and this sidecar's slot.
+    pub kernel_side: crate::kernel_side::Handle,
 }
 
 /// net: where the packet programs sit (`--net-mode`).
@@ -114,6 +116,7 @@ impl Default for Options {
             usdt_config: None,
             seccomp_out: None,
             syscall_dispatch: dispatch::SyscallDispatch::default(),
+            kernel_side: crate::kernel_side::Handle::default(),
         }
     }
 }

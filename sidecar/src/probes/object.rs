@@ -8,6 +8,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use aya::maps::Array;
 use aya::programs::cgroup_skb::CgroupSkbLinkId;
+use aya::programs::links::FdLink;
 use aya::programs::{
     BtfTracePoint, CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, ProgramError, ProgramFd,
     RawTracePoint, TracePoint, UProbe,
@@ -16,7 +17,17 @@ use aya::{Ebpf, EbpfLoader, Pod};
 use thiserror::Error;
 
 use super::dispatch::{Side, SyscallDispatch};
+use crate::kernel_side::Handle as KsHandle;
 use crate::monitored::Filter;
+
+/// A directory on bpffs only its owner (root) may enter (see README, "Threat model").
+fn make_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .recursive(true)
+        .create(dir)
+}
 
 #[derive(Debug, Error)]
 pub enum ProbeError {
@@ -128,6 +139,15 @@ pub struct ProgramStats {
 pub struct Object {
     pub family: &'static str,
     ebpf: Mutex<Ebpf>,
+    /// Where the object lives (shared: its maps are pinned and its programs attached once per
+    /// host) and this sidecar's slot.
+    ks: KsHandle,
+    /// This slot's inner map of each per-target array of maps, by the outer map's name: what
+    /// the family reads (see `sidecar.bpf.h`'s SIDECAR_SLOT_MAP).
+    slot_maps: std::collections::BTreeMap<String, aya::maps::Map>,
+    /// Programs attached on the shared set (by us or an earlier sidecar): their pins, for
+    /// bpf_stats.
+    pinned_programs: Vec<(String, std::path::PathBuf)>,
     programs: Vec<String>,
     /// Whether the --target-tree programs (fork/free) are attached.
     tree_followed: std::sync::atomic::AtomicBool,
@@ -135,34 +155,179 @@ pub struct Object {
     read_errors: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
+/// How a family's object is loaded: its `const volatile` settings, and for its per-target maps
+/// (SIDECAR_SLOT_MAP) the sizes of this slot's inner maps and those it does not need (an option
+/// that is off: the kernel then finds no map and skips the work).
+#[derive(Default)]
+pub struct LoadOpts<'a> {
+    pub globals: &'a [(&'a str, &'a [u8])],
+    pub inner_max_entries: &'a [(&'a str, u32)],
+    pub without_inner: &'a [&'a str],
+}
+
 impl Object {
+    /// A private object (a family not yet on the shared kernel side, or a user's probe).
     pub fn load(family: &'static str, bytes: &[u8]) -> Result<Self, ProbeError> {
         Self::load_with(family, bytes, &[])
     }
 
-    /// Load after setting the object's `const volatile` settings (name, value bytes).
+    /// Load after setting the object's `const volatile` settings (name, value bytes); private.
     pub fn load_with<'a>(
         family: &'static str,
         bytes: &[u8],
         globals: &[(&'a str, &'a [u8])],
     ) -> Result<Self, ProbeError> {
+        Self::load_on(
+            &KsHandle::default(),
+            family,
+            bytes,
+            &LoadOpts {
+                globals,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Load on kernel side `ks`: shared, every map is the set's pinned one (created by the first
+    /// sidecar that loads the object); then this slot's inner maps are made and put in place.
+    pub fn load_on(
+        ks: &KsHandle,
+        family: &'static str,
+        bytes: &[u8],
+        opts: &LoadOpts<'_>,
+    ) -> Result<Self, ProbeError> {
+        let load_err = |e: aya::EbpfError| ProbeError::Load {
+            family,
+            source: Box::new(e),
+        };
+        let parsed = aya_obj::Object::parse(bytes).map_err(|e| ProbeError::Map {
+            family,
+            map: "(object)".into(),
+            detail: format!("{e:?}"),
+        })?;
         let mut loader = EbpfLoader::new();
         // Task storage (per-thread syscall start) has no typed wrapper in aya 0.14 but loads fine.
         loader.allow_unsupported_maps();
-        for (name, value) in globals {
+        for (name, value) in opts.globals {
             loader.override_global(name, *value, true);
         }
-        let ebpf = loader.load(bytes).map_err(|e| ProbeError::Load {
-            family,
-            source: Box::new(e),
-        })?;
+        let mut pins = Vec::new();
+        for name in parsed.maps.keys() {
+            if let Some(pin) = ks.map_pin(family, name) {
+                pins.push((name.as_str(), pin));
+            }
+        }
+        for (_, pin) in &pins {
+            if let Some(dir) = pin.parent() {
+                make_private_dir(dir).map_err(|e| ProbeError::Attach {
+                    family,
+                    what: format!("creating {}", dir.display()),
+                    detail: e.to_string(),
+                })?;
+            }
+        }
+        for (name, pin) in &pins {
+            loader.map_pin_path(name, pin.as_path());
+        }
+        let mut ebpf = loader.load(bytes).map_err(load_err)?;
+        let mut slot_maps = std::collections::BTreeMap::new();
+        for (name, def) in &parsed.maps {
+            if def.map_type() != aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS as u32
+                || opts.without_inner.contains(&name.as_str())
+            {
+                continue;
+            }
+            let map_err = |detail: String| ProbeError::Map {
+                family,
+                map: name.clone(),
+                detail,
+            };
+            let mut inner = def
+                .inner()
+                .ok_or_else(|| map_err("a per-target map without its inner definition".into()))?;
+            if let Some((_, n)) = opts.inner_max_entries.iter().find(|(m, _)| m == name) {
+                inner.set_max_entries(*n);
+            }
+            let short: String = name.chars().take(15).collect();
+            let data = aya::maps::MapData::create(inner, &short, None)
+                .map_err(|e| map_err(format!("creating this slot's map: {e}")))?;
+            let outer = ebpf
+                .map_mut(name)
+                .ok_or_else(|| map_err("not loaded".into()))?;
+            let mut outer: aya::maps::ArrayOfMaps<&mut aya::maps::MapData, aya::maps::MapData> =
+                aya::maps::ArrayOfMaps::try_from(outer).map_err(|e| map_err(e.to_string()))?;
+            outer
+                .set(ks.slot, &data, 0)
+                .map_err(|e| map_err(format!("putting this slot's map in place: {e}")))?;
+            let map = aya::maps::Map::from_map_data(data).map_err(|e| map_err(e.to_string()))?;
+            slot_maps.insert(name.clone(), map);
+        }
         Ok(Self {
             family,
             ebpf: Mutex::new(ebpf),
+            ks: ks.clone(),
+            slot_maps,
+            pinned_programs: Vec::new(),
             programs: Vec::new(),
             tree_followed: Default::default(),
             read_errors: Default::default(),
         })
+    }
+
+    /// The kernel side this object is on.
+    pub fn kernel_side(&self) -> &KsHandle {
+        &self.ks
+    }
+
+    /// Shared set: whether `program` is attached already (by an earlier sidecar, or by us): then
+    /// nothing is loaded or attached again. Recorded for bpf_stats either way.
+    fn attached_on_set(&mut self, program: &str) -> bool {
+        let Some(link) = self.ks.link_pin(self.family, program, 0) else {
+            return false;
+        };
+        if !link.exists() {
+            return false;
+        }
+        if let Some(p) = self.ks.prog_pin(self.family, program) {
+            self.pinned_programs.push((program.to_string(), p));
+        }
+        true
+    }
+
+    /// Shared set: pin `program` (for bpf_stats and `bpftool`) and its `links`, so they outlive
+    /// this sidecar; the last sidecar out removes the pins, which detaches them.
+    fn pin_on_set(&mut self, program: &str, links: Vec<FdLink>) -> Result<(), ProbeError> {
+        let family = self.family;
+        let err = |what: &str, e: String| ProbeError::Attach {
+            family,
+            what: format!("pinning {what} of {program} on the shared kernel side"),
+            detail: e,
+        };
+        if let Some(p) = self.ks.prog_pin(family, program) {
+            if let Some(dir) = p.parent() {
+                make_private_dir(dir).map_err(|e| err("the program", e.to_string()))?;
+            }
+            let mut ebpf = self.lock();
+            if let Some(prog) = ebpf.program_mut(program)
+                && !p.exists()
+            {
+                prog.pin(&p)
+                    .map_err(|e| err("the program", format!("{e:?}")))?;
+            }
+            drop(ebpf);
+            self.pinned_programs.push((program.to_string(), p));
+        }
+        for (n, link) in links.into_iter().enumerate() {
+            let Some(path) = self.ks.link_pin(family, program, n) else {
+                continue;
+            };
+            if let Some(dir) = path.parent() {
+                make_private_dir(dir).map_err(|e| err("a link", e.to_string()))?;
+            }
+            link.pin(&path)
+                .map_err(|e| err("a link", format!("{e:?}")))?;
+        }
+        Ok(())
     }
 
     /// Run `f` on program `program` as type `P` (RawTracePoint, CgroupSkb…), with any error
@@ -195,12 +360,20 @@ impl Object {
 
     /// Load `program` and attach it to raw tracepoint `tp`.
     pub fn attach_raw_tp(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut RawTracePoint| {
+        if self.attached_on_set(program) {
+            return Ok(());
+        }
+        let shared = self.ks.dir().is_some();
+        let links = self.with_program(program, |p: &mut RawTracePoint| {
             p.load()?;
-            p.attach(tp).map(drop)
+            let id = p.attach(tp)?;
+            if !shared {
+                return Ok(Vec::new());
+            }
+            Ok(vec![FdLink::from(p.take_link(id)?)])
         })?;
         self.record_program(program);
-        Ok(())
+        self.pin_on_set(program, links)
     }
 
     /// Load `program` and attach it to each of the tracepoints `category`/`names` (one program,
@@ -211,15 +384,26 @@ impl Object {
         category: &str,
         names: &[&str],
     ) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut TracePoint| {
+        if self.attached_on_set(program) {
+            return Ok(());
+        }
+        let shared = self.ks.dir().is_some();
+        let links = self.with_program(program, |p: &mut TracePoint| {
             p.load()?;
+            let mut links = Vec::new();
             for n in names {
-                p.attach(category, n)?;
+                let id = p.attach(category, n)?;
+                if shared {
+                    links.push(
+                        FdLink::try_from(p.take_link(id)?)
+                            .map_err(|e| ProgramError::IOError(std::io::Error::other(e)))?,
+                    );
+                }
             }
-            Ok(())
+            Ok(links)
         })?;
         self.record_program(program);
-        Ok(())
+        self.pin_on_set(program, links)
     }
 
     /// Hook a handful of syscalls: `program` (a `tracepoint/syscalls/...` program) on the
@@ -327,12 +511,20 @@ impl Object {
             map: "/sys/kernel/btf/vmlinux".into(),
             detail: format!("reading kernel BTF for tp_btf/{tp}: {e}"),
         })?;
-        self.with_program(program, |p: &mut BtfTracePoint| {
+        if self.attached_on_set(program) {
+            return Ok(());
+        }
+        let shared = self.ks.dir().is_some();
+        let links = self.with_program(program, |p: &mut BtfTracePoint| {
             p.load(tp, &btf)?;
-            p.attach().map(drop)
+            let id = p.attach()?;
+            if !shared {
+                return Ok(Vec::new());
+            }
+            Ok(vec![FdLink::from(p.take_link(id)?)])
         })?;
         self.record_program(program);
-        Ok(())
+        self.pin_on_set(program, links)
     }
 
     /// Load `program` and attach it to the tracepoint `category:name` (tracefs events).
@@ -342,12 +534,7 @@ impl Object {
         category: &str,
         name: &str,
     ) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut aya::programs::TracePoint| {
-            p.load()?;
-            p.attach(category, name).map(drop)
-        })?;
-        self.record_program(program);
-        Ok(())
+        self.attach_tracepoints(program, category, &[name])
     }
 
     /// Load perf_event `program` and attach it on every online CPU to the software cpu-clock at
@@ -364,20 +551,31 @@ impl Object {
             map: "online cpus".into(),
             detail: format!("{what}: {e}"),
         })?;
-        self.with_program(program, |p: &mut aya::programs::PerfEvent| {
+        if self.attached_on_set(program) {
+            return Ok(());
+        }
+        let shared = self.ks.dir().is_some();
+        let links = self.with_program(program, |p: &mut aya::programs::PerfEvent| {
             p.load()?;
+            let mut links = Vec::new();
             for cpu in cpus {
-                p.attach(
+                let id = p.attach(
                     PerfEventConfig::Software(SoftwareEvent::CpuClock),
                     PerfEventScope::AllProcessesOneCpu { cpu },
                     SamplePolicy::Period(1_000_000_000 / hz.max(1)),
                     false,
                 )?;
+                if shared {
+                    links.push(
+                        FdLink::try_from(p.take_link(id)?)
+                            .map_err(|e| ProgramError::IOError(std::io::Error::other(e)))?,
+                    );
+                }
             }
-            Ok(())
+            Ok(links)
         })?;
         self.record_program(program);
-        Ok(())
+        self.pin_on_set(program, links)
     }
 
     /// Load uprobe `program` without attaching it (it is attached per site later) and return a
@@ -459,25 +657,79 @@ impl Object {
         })
     }
 
-    /// Point the kernel filter at a (new) target, or at nothing (`None`: count nothing).
+    /// Point this slot at a (new) target, or at nothing (`None`: count nothing): its settings in
+    /// `sidecar_slots`, its cgroup in `sidecar_cgroups`, its tree in `sidecar_tree`. On a shared
+    /// set these maps are common to every object, so every family writes the same entries.
     pub fn set_target(&self, filter: Option<&Filter>) -> Result<(), ProbeError> {
         if let Some(Filter::Tree { root }) = filter {
             self.follow_tree(*root)?;
         }
-        let target = filter.map(Filter::to_kernel).unwrap_or_default();
+        let mut target = filter.map(Filter::to_kernel).unwrap_or_default();
+        target.flags = self.ks.flags;
         let family = self.family;
-        let map_err = |detail: String| ProbeError::Map {
+        let slot = self.ks.slot;
+        let map_err = |map: &str, detail: String| ProbeError::Map {
             family,
-            map: sidecar_ebpf::TARGET_MAP.into(),
+            map: map.into(),
             detail,
         };
+        self.ks
+            .claim_cgroup(filter.and_then(|f| match f {
+                Filter::Cgroup { id } => Some(*id),
+                _ => None,
+            }))
+            .map_err(|e| ProbeError::Attach {
+                family,
+                what: "claiming the target's slot".into(),
+                detail: e.to_string(),
+            })?;
         let mut ebpf = self.lock();
-        let map = ebpf
-            .map_mut(sidecar_ebpf::TARGET_MAP)
-            .ok_or_else(|| map_err("not in the object".into()))?;
-        let mut arr: Array<_, sidecar_ebpf::Target> =
-            Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
-        arr.set(0, target, 0).map_err(|e| map_err(e.to_string()))
+        {
+            let map = ebpf
+                .map_mut(sidecar_ebpf::SLOTS_MAP)
+                .ok_or_else(|| map_err(sidecar_ebpf::SLOTS_MAP, "not in the object".into()))?;
+            let mut arr: Array<_, sidecar_ebpf::Target> = Array::try_from(map)
+                .map_err(|e| map_err(sidecar_ebpf::SLOTS_MAP, e.to_string()))?;
+            arr.set(slot, target, 0)
+                .map_err(|e| map_err(sidecar_ebpf::SLOTS_MAP, e.to_string()))?;
+        }
+        {
+            let map = ebpf
+                .map_mut(sidecar_ebpf::CGROUPS_MAP)
+                .ok_or_else(|| map_err(sidecar_ebpf::CGROUPS_MAP, "not in the object".into()))?;
+            let mut table: Array<_, sidecar_ebpf::CgroupEntry> = Array::try_from(map)
+                .map_err(|e| map_err(sidecar_ebpf::CGROUPS_MAP, e.to_string()))?;
+            let cgroup = match filter {
+                Some(Filter::Cgroup { id }) => Some(*id),
+                _ => None,
+            };
+            place_cgroup(&mut table, slot, cgroup)
+                .map_err(|e| map_err(sidecar_ebpf::CGROUPS_MAP, e))?;
+        }
+        {
+            let map = ebpf
+                .map_mut(sidecar_ebpf::MODES_MAP)
+                .ok_or_else(|| map_err(sidecar_ebpf::MODES_MAP, "not in the object".into()))?;
+            let mut modes: Array<_, sidecar_ebpf::Modes> = Array::try_from(map)
+                .map_err(|e| map_err(sidecar_ebpf::MODES_MAP, e.to_string()))?;
+            let mut m = modes.get(&0, 0).unwrap_or_default();
+            let tree = matches!(filter, Some(Filter::Tree { .. }));
+            if self.ks.dir().is_none() {
+                m.tree_slots = u32::from(tree);
+            } else if tree {
+                // Shared: a count of tree slots is only an "is there any": leaving recounts.
+                m.tree_slots = m.tree_slots.max(1);
+            }
+            m.pidns_slot = match filter {
+                Some(Filter::PidNs { .. }) => slot + 1,
+                _ if m.pidns_slot == slot + 1 => 0,
+                _ => m.pidns_slot,
+            };
+            modes
+                .set(0, m, 0)
+                .map_err(|e| map_err(sidecar_ebpf::MODES_MAP, e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// --target-tree: attach the programs that follow forks and frees (once), then put the tree
@@ -497,10 +749,26 @@ impl Object {
                 ("sidecar_tree_fork", "sched_process_fork"),
                 ("sidecar_tree_free", "sched_process_free"),
             ] {
-                self.with_program(program, |p: &mut BtfTracePoint| {
+                let pin = self.ks.link_pin("common", program, 0);
+                if pin.as_ref().is_some_and(|p| p.exists()) {
+                    continue;
+                }
+                let link = self.with_program(program, |p: &mut BtfTracePoint| {
                     p.load(tp, &btf)?;
-                    p.attach().map(drop)
+                    let id = p.attach()?;
+                    Ok(FdLink::from(p.take_link(id)?))
                 })?;
+                match pin {
+                    Some(pin) => {
+                        link.pin(&pin).map_err(|e| ProbeError::Attach {
+                            family,
+                            what: format!("pinning {program}"),
+                            detail: e.to_string(),
+                        })?;
+                    }
+                    // Private: the link lives as long as the process.
+                    None => std::mem::forget(link),
+                }
             }
             self.tree_followed.store(true, Ordering::Release);
         }
@@ -509,10 +777,16 @@ impl Object {
         let map = ebpf.map_mut(sidecar_ebpf::TREE_MAP).ok_or_else(|| {
             map_err("not in the object (built without sidecar.bpf.h's tree filter)".into())
         })?;
-        let mut tree: aya::maps::HashMap<_, u32, u64> =
+        let mut tree: aya::maps::HashMap<_, u32, sidecar_ebpf::TreeEntry> =
             aya::maps::HashMap::try_from(map).map_err(|e| map_err(e.to_string()))?;
+        let entry = sidecar_ebpf::TreeEntry {
+            start: 0,
+            slot: self.ks.slot,
+            _pad: 0,
+        };
         for pid in &members {
-            tree.insert(pid, 0, 0).map_err(|e| map_err(e.to_string()))?;
+            tree.insert(pid, entry, 0)
+                .map_err(|e| map_err(e.to_string()))?;
         }
         // One that exited between the scan and its insert was freed already: nothing would
         // ever remove it, and its tgid could go to a stranger.
@@ -557,19 +831,38 @@ impl Object {
         errors.iter().map(|(m, n)| (m.clone(), *n)).collect()
     }
 
+    /// Kernel cost of the object's programs. On a shared set a program is the host's, run for
+    /// every target: its figures are the set's, not this slot's alone.
     pub fn program_stats(&self) -> Vec<ProgramStats> {
         let ebpf = self.lock();
-        self.programs
+        let mut seen = std::collections::BTreeSet::new();
+        let mut out: Vec<ProgramStats> = self
+            .pinned_programs
             .iter()
-            .filter_map(|name| {
-                let info = ebpf.program(name)?.info().ok()?;
+            .filter_map(|(name, pin)| {
+                let info = aya::programs::ProgramInfo::from_pin(pin).ok()?;
+                seen.insert(name.clone());
                 Some(ProgramStats {
                     program: name.clone(),
                     run_time_ns: info.run_time().as_nanos() as u64,
                     run_count: info.run_count(),
                 })
             })
-            .collect()
+            .collect();
+        out.extend(
+            self.programs
+                .iter()
+                .filter(|n| !seen.contains(*n))
+                .filter_map(|name| {
+                    let info = ebpf.program(name)?.info().ok()?;
+                    Some(ProgramStats {
+                        program: name.clone(),
+                        run_time_ns: info.run_time().as_nanos() as u64,
+                        run_count: info.run_count(),
+                    })
+                }),
+        );
+        out
     }
 }
 
@@ -637,7 +930,8 @@ impl<'a> Maps<'a> {
     where
         M: TryFrom<&'b aya::maps::Map, Error = aya::maps::MapError>,
     {
-        match self.ebpf.map(name) {
+        let map = self.obj.slot_maps.get(name).or_else(|| self.ebpf.map(name));
+        match map {
             None => {
                 self.obj.read_error(name, "not in the object");
                 None
@@ -707,4 +1001,62 @@ impl<'a> Maps<'a> {
             .map(|v| v.iter().sum())
             .unwrap_or(0)
     }
+}
+
+/// Put `slot`'s cgroup in the open-addressing table (None: take it out). Entries of this slot for
+/// another cgroup become tombstones, so lookups of other keys still probe past them.
+fn place_cgroup<T: std::borrow::BorrowMut<aya::maps::MapData>>(
+    table: &mut Array<T, sidecar_ebpf::CgroupEntry>,
+    slot: u32,
+    cgroup: Option<u64>,
+) -> Result<(), String> {
+    use sidecar_ebpf::{CGROUP_PROBES, CGROUP_TABLE, CGROUP_TOMBSTONE, CgroupEntry};
+    let live = |e: &CgroupEntry| e.cgroup_id != 0 && e.cgroup_id != CGROUP_TOMBSTONE;
+    for i in 0..CGROUP_TABLE {
+        let e = table.get(&i, 0).map_err(|e| e.to_string())?;
+        if live(&e) && e.slot == slot && Some(e.cgroup_id) != cgroup {
+            let tomb = CgroupEntry {
+                cgroup_id: CGROUP_TOMBSTONE,
+                ..Default::default()
+            };
+            table.set(i, tomb, 0).map_err(|e| e.to_string())?;
+        }
+    }
+    let Some(id) = cgroup else {
+        return Ok(());
+    };
+    let h = sidecar_ebpf::cgroup_hash(id);
+    let mut free = None;
+    for p in 0..CGROUP_PROBES {
+        let i = (h + p) & (CGROUP_TABLE - 1);
+        let e = table.get(&i, 0).map_err(|e| e.to_string())?;
+        if e.cgroup_id == id {
+            if e.slot != slot {
+                return Err(format!("cgroup {id} is the target of slot {}", e.slot));
+            }
+            return Ok(());
+        }
+        if !live(&e) && free.is_none() {
+            free = Some(i);
+        }
+        if e.cgroup_id == 0 {
+            break;
+        }
+    }
+    let Some(i) = free else {
+        return Err(format!(
+            "no place for cgroup {id} within {CGROUP_PROBES} of its hash (the table is crowded)"
+        ));
+    };
+    table
+        .set(
+            i,
+            CgroupEntry {
+                cgroup_id: id,
+                slot,
+                _pad: 0,
+            },
+            0,
+        )
+        .map_err(|e| e.to_string())
 }

@@ -49,7 +49,12 @@ pub struct Process {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("process", sidecar_ebpf::objects::PROCESS)?;
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        "process",
+        sidecar_ebpf::objects::PROCESS,
+        &Default::default(),
+    )?;
     obj.attach_raw_tp("process_exec", "sched_process_exec")?;
     obj.attach_raw_tp("process_exit", "sched_process_exit")?;
     obj.attach_raw_tp("process_fork", "sched_process_fork")?;
@@ -67,11 +72,15 @@ fn live_processes(ctx: &EncodeCtx<'_>, obj: &Object) -> Option<u64> {
     if let Filter::Tree { .. } = t.filter {
         // The kernel's set: reparented orphans are still members, which a walk of ppids misses.
         let maps = obj.maps();
-        let tree = maps.get::<aya::maps::HashMap<&MapData, u32, u64>>(sidecar_ebpf::TREE_MAP)?;
+        let tree = maps.get::<aya::maps::HashMap<&MapData, u32, sidecar_ebpf::TreeEntry>>(
+            sidecar_ebpf::TREE_MAP,
+        )?;
+        let slot = obj.kernel_side().slot;
         let mut n = 0;
-        for key in tree.keys() {
-            match key {
-                Ok(_) => n += 1,
+        for entry in tree.iter() {
+            match entry {
+                Ok((_, e)) if e.slot == slot => n += 1,
+                Ok(_) => {}
                 Err(e) => obj.read_error(sidecar_ebpf::TREE_MAP, e),
             }
         }

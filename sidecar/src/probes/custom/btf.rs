@@ -515,8 +515,8 @@ mod tests {
         let maps = btf.maps();
         let target = maps
             .iter()
-            .find(|m| m.name == sidecar_ebpf::TARGET_MAP)
-            .expect("sidecar_target declared");
+            .find(|m| m.name == sidecar_ebpf::SLOTS_MAP)
+            .expect("sidecar_slots declared");
         assert_eq!(target.map_type, Some(2), "BPF_MAP_TYPE_ARRAY");
         let v = target.value.unwrap();
         assert_eq!(btf.size_of(v), std::mem::size_of::<sidecar_ebpf::Target>());

@@ -243,7 +243,7 @@ fn load_with(
     let event_plans = events::plan(&ctx, &btf, &defs, cfg, opts.top_n, &mut names)?;
     let per_target = attach::plan(&ctx, cfg)?;
     let globals = attach::target_globals(&ctx, &btf, target)?;
-    let filter_map = defs.iter().any(|d| d.name == sidecar_ebpf::TARGET_MAP);
+    let filter_map = defs.iter().any(|d| d.name == sidecar_ebpf::SLOTS_MAP);
     let filter_globals = !globals.is_empty();
     if check_only {
         return Ok(None);

@@ -1,0 +1,495 @@
+//! The shared set's registry: which sidecar holds which slot, their heartbeats, and the set's
+//! lock. It is a BPF hash map pinned at `<dir>/registry`: bpffs is the only thing every sidecar
+//! on a host is sure to share (each may sit in its own container), and a map update with
+//! BPF_NOEXIST is atomic, which is all a claim and a lock need.
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use aya::maps::{Array, HashMap, MapData, MapError};
+
+use super::KernelSideError;
+
+/// A registry value. Keys below MAX_SLOTS are slots; two keys above are the set's lock and its
+/// configuration (`max_targets`, fixed by whoever created the set).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Claim {
+    /// CLOCK_BOOTTIME ns of the owner's last heartbeat (or of the lock's taking).
+    pub heartbeat_ns: u64,
+    pub cgroup_id: u64,
+    /// The owner's pid (in its own pid namespace: for people reading the map, not for checks).
+    pub pid: u32,
+    pub max_targets: u32,
+}
+
+// SAFETY: repr(C), integers only, no padding.
+unsafe impl aya::Pod for Claim {}
+
+const BPF_NOEXIST: u64 = 1;
+const BPF_EXIST: u64 = 2;
+const LOCK_KEY: u32 = u32::MAX;
+const CONFIG_KEY: u32 = u32::MAX - 1;
+/// A slot whose owner has not beaten for this long is reclaimed (heartbeats come every second).
+pub const STALE: Duration = Duration::from_secs(5);
+/// A lock held this long belongs to a sidecar that died while loading.
+const LOCK_STALE: Duration = Duration::from_secs(30);
+const HEARTBEAT: Duration = Duration::from_secs(1);
+
+pub struct Registry {
+    pub dir: PathBuf,
+    pub slot: u32,
+    /// Whether this sidecar created the set.
+    pub created: bool,
+    map: Mutex<HashMap<MapData, u32, Claim>>,
+    locked: AtomicBool,
+    cgroup: AtomicU64,
+    beating: AtomicBool,
+}
+
+fn now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+fn io_err(dir: &Path, what: &str, detail: impl std::fmt::Display) -> KernelSideError {
+    KernelSideError::Io {
+        dir: dir.to_path_buf(),
+        what: what.to_string(),
+        detail: detail.to_string(),
+    }
+}
+
+fn is_exists(e: &MapError) -> bool {
+    matches!(e, MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::EEXIST))
+}
+
+impl Registry {
+    /// Create or join the set at `dir`, take its lock and claim the lowest free slot.
+    pub fn join(dir: &Path, max_targets: u32) -> Result<Self, KernelSideError> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.mode(0o700).recursive(true);
+        builder
+            .create(super::BASE_DIR)
+            .map_err(|e| io_err(dir, "creating the base directory", e))?;
+        for _ in 0..5 {
+            let (map, created) = open_or_create(dir, max_targets)?;
+            let reg = Self {
+                dir: dir.to_path_buf(),
+                slot: 0,
+                created,
+                map: Mutex::new(map),
+                locked: AtomicBool::new(false),
+                cgroup: AtomicU64::new(0),
+                beating: AtomicBool::new(false),
+            };
+            reg.lock()?;
+            // The last sidecar may have torn the set down while we waited for its lock.
+            if !dir.join("registry").exists() {
+                continue;
+            }
+            reg.reclaim_stale();
+            let max = reg.get(CONFIG_KEY).map(|c| c.max_targets).unwrap_or(64);
+            let claim = Claim {
+                heartbeat_ns: now_ns(),
+                pid: std::process::id(),
+                ..Default::default()
+            };
+            let mut got = None;
+            for s in 0..max.min(sidecar_ebpf::MAX_SLOTS) {
+                let r = reg.map().insert(s, claim, BPF_NOEXIST);
+                match r {
+                    Ok(()) => {
+                        got = Some(s);
+                        break;
+                    }
+                    Err(e) if is_exists(&e) => continue,
+                    Err(e) => {
+                        reg.unlock();
+                        return Err(io_err(dir, "claiming a slot", e));
+                    }
+                }
+            }
+            let Some(slot) = got else {
+                reg.unlock();
+                return Err(KernelSideError::Full {
+                    dir: dir.to_path_buf(),
+                    max,
+                });
+            };
+            return Ok(Self { slot, ..reg });
+        }
+        Err(io_err(
+            dir,
+            "joining",
+            "the set kept disappearing while joining it",
+        ))
+    }
+
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, u32, Claim>> {
+        self.map.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn get(&self, key: u32) -> Option<Claim> {
+        self.map().get(&key, 0).ok()
+    }
+
+    /// Take the set's lock (waits up to a minute; a lock older than LOCK_STALE is broken).
+    fn lock(&self) -> Result<(), KernelSideError> {
+        let t0 = Instant::now();
+        loop {
+            let mine = Claim {
+                heartbeat_ns: now_ns(),
+                pid: std::process::id(),
+                ..Default::default()
+            };
+            match self.map().insert(LOCK_KEY, mine, BPF_NOEXIST) {
+                Ok(()) => {
+                    self.locked.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                Err(e) if is_exists(&e) => {}
+                Err(e) => return Err(io_err(&self.dir, "taking the lock", e)),
+            }
+            if let Some(held) = self.get(LOCK_KEY)
+                && now_ns().saturating_sub(held.heartbeat_ns) > LOCK_STALE.as_nanos() as u64
+            {
+                tracing::warn!(
+                    pid = held.pid,
+                    "kernel side: breaking a lock held for over {LOCK_STALE:?}"
+                );
+                let _ = self.map().remove(&LOCK_KEY);
+                continue;
+            }
+            if t0.elapsed() > Duration::from_secs(60) {
+                return Err(io_err(
+                    &self.dir,
+                    "taking the lock",
+                    "another sidecar held it for a minute",
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn unlock(&self) {
+        if self.locked.swap(false, Ordering::AcqRel) {
+            let _ = self.map().remove(&LOCK_KEY);
+        }
+    }
+
+    fn try_lock(&self) -> bool {
+        let mine = Claim {
+            heartbeat_ns: now_ns(),
+            pid: std::process::id(),
+            ..Default::default()
+        };
+        let ok = self.map().insert(LOCK_KEY, mine, BPF_NOEXIST).is_ok();
+        if ok {
+            self.locked.store(true, Ordering::Release);
+        }
+        ok
+    }
+
+    /// Slots of this set now held.
+    pub fn live_slots(&self) -> u32 {
+        self.map()
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| *k < sidecar_ebpf::MAX_SLOTS)
+            .count() as u32
+    }
+
+    pub fn claim_cgroup(&self, cgroup_id: u64) -> Result<(), KernelSideError> {
+        let entries: Vec<(u32, Claim)> = self.map().iter().filter_map(Result::ok).collect();
+        if cgroup_id != 0
+            && let Some((slot, _)) = entries.iter().find(|(k, c)| {
+                *k < sidecar_ebpf::MAX_SLOTS && *k != self.slot && c.cgroup_id == cgroup_id
+            })
+        {
+            return Err(KernelSideError::Taken {
+                dir: self.dir.clone(),
+                cgroup_id,
+                slot: *slot,
+            });
+        }
+        self.cgroup.store(cgroup_id, Ordering::Release);
+        self.beat();
+        Ok(())
+    }
+
+    fn beat(&self) {
+        let claim = Claim {
+            heartbeat_ns: now_ns(),
+            cgroup_id: self.cgroup.load(Ordering::Acquire),
+            pid: std::process::id(),
+            max_targets: 0,
+        };
+        // BPF_EXIST: a slot reclaimed by others (we stalled for STALE) is not silently re-taken.
+        if let Err(e) = self.map().insert(self.slot, claim, BPF_EXIST) {
+            tracing::error!(
+                slot = self.slot,
+                "kernel side: our slot was reclaimed by another sidecar (no heartbeat for {STALE:?}): \
+                 counting has stopped; restart this sidecar ({e})"
+            );
+        }
+    }
+
+    pub fn start_heartbeat(self: &Registry) {
+        if self.beating.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // The registry lives as long as the process (the KernelSide is never dropped before
+        // exit), so the thread gets its own handles rather than a borrow.
+        let dir = self.dir.clone();
+        let slot = self.slot;
+        let me = match MapData::from_pin(dir.join("registry")).and_then(HashMap::try_from_data) {
+            Ok(map) => Registry {
+                dir: dir.clone(),
+                slot,
+                created: false,
+                map: Mutex::new(map),
+                locked: AtomicBool::new(false),
+                cgroup: AtomicU64::new(self.cgroup.load(Ordering::Acquire)),
+                beating: AtomicBool::new(true),
+            },
+            Err(e) => {
+                tracing::error!("kernel side: no heartbeat ({e}); the slot will be reclaimed");
+                return;
+            }
+        };
+        let spawned = std::thread::Builder::new()
+            .name("kernel-side".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(HEARTBEAT);
+                    if *super::LEFT.lock().unwrap_or_else(|p| p.into_inner()) {
+                        return;
+                    }
+                    if !me.dir.join("registry").exists() {
+                        return;
+                    }
+                    if let Some(c) = me.get(me.slot) {
+                        me.cgroup.store(c.cgroup_id, Ordering::Release);
+                    }
+                    me.beat();
+                    if me.try_lock() {
+                        me.reclaim_stale();
+                        me.unlock();
+                    }
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!("kernel side: no heartbeat thread ({e}); the slot will be reclaimed");
+        }
+    }
+
+    /// Clear and free every slot whose owner stopped beating (killed, frozen, its host gone).
+    fn reclaim_stale(&self) {
+        let now = now_ns();
+        let stale: Vec<(u32, Claim)> = self
+            .map()
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(k, c)| {
+                *k < sidecar_ebpf::MAX_SLOTS
+                    && *k != self.slot_if_claimed()
+                    && now.saturating_sub(c.heartbeat_ns) > STALE.as_nanos() as u64
+            })
+            .collect();
+        for (slot, c) in stale {
+            tracing::warn!(
+                slot,
+                pid = c.pid,
+                "kernel side: reclaiming the slot of a sidecar gone without leaving"
+            );
+            clear_slot(&self.dir, slot);
+            let _ = self.map().remove(&slot);
+        }
+    }
+
+    fn slot_if_claimed(&self) -> u32 {
+        // Before our claim `slot` is 0, which may be a stale slot to reclaim.
+        if self.beating.load(Ordering::Acquire) || self.created {
+            self.slot
+        } else {
+            u32::MAX
+        }
+    }
+
+    /// Leave: clear our slot; the last sidecar out removes the whole set.
+    pub fn leave(&self) {
+        {
+            let mut left = super::LEFT.lock().unwrap_or_else(|p| p.into_inner());
+            if *left {
+                return;
+            }
+            *left = true;
+        }
+        if self.lock().is_err() {
+            tracing::warn!("kernel side: leaving without the lock");
+        }
+        clear_slot(&self.dir, self.slot);
+        let _ = self.map().remove(&self.slot);
+        if self.live_slots() == 0 {
+            match std::fs::remove_dir_all(&self.dir) {
+                Ok(()) => tracing::info!(
+                    dir = %self.dir.display(),
+                    "kernel side: last sidecar out, programs detached and maps unpinned"
+                ),
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(),
+                    "kernel side: removing the set: {e}"
+                ),
+            }
+            let _ = std::fs::remove_dir(super::BASE_DIR);
+            self.locked.store(false, Ordering::Release);
+        } else {
+            self.unlock();
+        }
+    }
+}
+
+fn open_or_create(
+    dir: &Path,
+    max_targets: u32,
+) -> Result<(HashMap<MapData, u32, Claim>, bool), KernelSideError> {
+    let pin = dir.join("registry");
+    let mut builder = std::fs::DirBuilder::new();
+    builder.mode(0o700);
+    match builder.create(dir) {
+        Ok(()) => {
+            let mut map: HashMap<MapData, u32, Claim> =
+                HashMap::create(sidecar_ebpf::MAX_SLOTS + 8, 0)
+                    .map_err(|e| io_err(dir, "creating the registry", e))?;
+            map.insert(
+                CONFIG_KEY,
+                Claim {
+                    max_targets,
+                    ..Default::default()
+                },
+                0,
+            )
+            .map_err(|e| io_err(dir, "writing the registry", e))?;
+            map.pin(&pin)
+                .map_err(|e| io_err(dir, "pinning the registry", e))?;
+            let map = MapData::from_pin(&pin)
+                .and_then(HashMap::try_from_data)
+                .map_err(|e| io_err(dir, "opening the registry", e))?;
+            Ok((map, true))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            let t0 = Instant::now();
+            loop {
+                if let Ok(map) = MapData::from_pin(&pin).and_then(HashMap::try_from_data) {
+                    return Ok((map, false));
+                }
+                if t0.elapsed() > Duration::from_secs(10) {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        "kernel side: a set without a registry for 10 s (its creator died): removing it"
+                    );
+                    std::fs::remove_dir_all(dir)
+                        .map_err(|e| io_err(dir, "removing a half-made set", e))?;
+                    return open_or_create(dir, max_targets);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Err(e) => Err(io_err(dir, "creating the set's directory", e)),
+    }
+}
+
+trait FromData: Sized {
+    fn try_from_data(d: MapData) -> Result<Self, MapError>;
+}
+
+impl FromData for HashMap<MapData, u32, Claim> {
+    fn try_from_data(d: MapData) -> Result<Self, MapError> {
+        HashMap::try_from(aya::maps::Map::HashMap(d))
+    }
+}
+
+/// Empty `slot` everywhere in the set at `dir`: its cgroup and tree entries, its settings, and
+/// its inner maps in every per-slot array of maps (their memory goes with the last reference).
+pub fn clear_slot(dir: &Path, slot: u32) {
+    let common = dir.join("common");
+    if let Ok(mut cgroups) =
+        MapData::from_pin(common.join(sidecar_ebpf::CGROUPS_MAP)).and_then(|d| {
+            Array::<MapData, sidecar_ebpf::CgroupEntry>::try_from(aya::maps::Map::Array(d))
+        })
+    {
+        for i in 0..sidecar_ebpf::CGROUP_TABLE {
+            if let Ok(e) = cgroups.get(&i, 0)
+                && e.slot == slot
+                && e.cgroup_id != 0
+                && e.cgroup_id != sidecar_ebpf::CGROUP_TOMBSTONE
+            {
+                let tomb = sidecar_ebpf::CgroupEntry {
+                    cgroup_id: sidecar_ebpf::CGROUP_TOMBSTONE,
+                    ..Default::default()
+                };
+                let _ = cgroups.set(i, tomb, 0);
+            }
+        }
+    }
+    if let Ok(mut tree) = MapData::from_pin(common.join(sidecar_ebpf::TREE_MAP)).and_then(|d| {
+        HashMap::<MapData, u32, sidecar_ebpf::TreeEntry>::try_from(aya::maps::Map::HashMap(d))
+    }) {
+        let gone: Vec<u32> = tree
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, e)| e.slot == slot)
+            .map(|(k, _)| k)
+            .collect();
+        for k in gone {
+            let _ = tree.remove(&k);
+        }
+    }
+    if let Ok(mut slots) = MapData::from_pin(common.join(sidecar_ebpf::SLOTS_MAP))
+        .and_then(|d| Array::<MapData, sidecar_ebpf::Target>::try_from(aya::maps::Map::Array(d)))
+    {
+        let _ = slots.set(slot, sidecar_ebpf::Target::default(), 0);
+        let trees = (0..sidecar_ebpf::MAX_SLOTS)
+            .filter_map(|s| slots.get(&s, 0).ok())
+            .filter(|t| t.mode == sidecar_ebpf::FILTER_TREE)
+            .count() as u32;
+        if let Ok(mut modes) = MapData::from_pin(common.join(sidecar_ebpf::MODES_MAP))
+            .and_then(|d| Array::<MapData, sidecar_ebpf::Modes>::try_from(aya::maps::Map::Array(d)))
+        {
+            let mut m = modes.get(&0, 0).unwrap_or_default();
+            m.tree_slots = trees;
+            let _ = modes.set(0, m, 0);
+        }
+    }
+    let Ok(families) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for fam in families.filter_map(Result::ok) {
+        let name = fam.file_name();
+        if name == "common" || name == "links" || name == "progs" || !fam.path().is_dir() {
+            continue;
+        }
+        let Ok(maps) = std::fs::read_dir(fam.path()) else {
+            continue;
+        };
+        for m in maps.filter_map(Result::ok) {
+            if let Ok(data) = MapData::from_pin(m.path())
+                && data.info().is_ok_and(|i| {
+                    i.map_type()
+                        .is_ok_and(|t| t == aya::maps::MapType::ArrayOfMaps)
+                })
+            {
+                let _ = super::raw::delete_elem(&data, slot);
+            }
+        }
+    }
+}
