@@ -36,7 +36,7 @@ docker run -d --name "$APP" debian:bookworm-slim sh -c "$APP_SCRIPT" >/dev/null
 # Docker 20.10 knows no CAP_BPF/CAP_PERFMON: SYS_ADMIN stands in. Docker >= 23: --cap-add BPF --cap-add PERFMON.
 # NET_ADMIN: the network family's cgroup_skb packet counters (without it: probe_up{probe="net"} 0).
 # --bpf-stats (needs SYS_ADMIN): the page's probe-cost chart.
-docker run -d --name "$SIDECAR" --pid="container:$APP" --cap-add SYS_ADMIN --cap-add NET_ADMIN \
+docker run -d --name "$SIDECAR" --pid="container:$APP" -v /sys/fs/bpf:/sys/fs/bpf --cap-add SYS_ADMIN --cap-add NET_ADMIN \
   -p "$PORT:9435" ebpf-sidecar --bpf-stats >/dev/null
 for _ in $(seq 50); do curl -sf "localhost:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 sleep 3

@@ -19,6 +19,9 @@ fn main() {
         )
     });
     println!("cargo:rerun-if-env-changed=CLANG");
+    // Extra clang flags for the project's objects (e.g. `-DSIDECAR_TREE_MAX=8192`): a build with a
+    // different kernel-side ABI, for the test of two ABIs on one host.
+    println!("cargo:rerun-if-env-changed=SIDECAR_EBPF_CFLAGS");
     println!("cargo:rerun-if-changed={}", include.display());
     println!("cargo:rerun-if-changed=clang.rs");
 
@@ -50,7 +53,9 @@ fn gzip(src: &Path, dst: &Path) {
 }
 
 fn compile(clang: &Path, src: &Path, include: &Path, obj: &Path) {
+    let extra = std::env::var("SIDECAR_EBPF_CFLAGS").unwrap_or_default();
     let status = clang::command(clang, clang::Recipe::Own, &[include], src, obj)
+        .args(extra.split_whitespace())
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", clang.display()));
     assert!(status.success(), "clang failed on {}", src.display());

@@ -20,7 +20,9 @@ enum sidecar_filter_mode {
 };
 
 /* --target-tree: the most processes one tree may have at once. */
+#ifndef SIDECAR_TREE_MAX
 #define SIDECAR_TREE_MAX 16384
+#endif
 
 /* One kernel side serves up to this many targets (`--max-targets`, at most this): each is a slot,
  * and each family's per-target maps are inner maps of an array-of-maps indexed by slot. A

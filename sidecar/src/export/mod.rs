@@ -116,6 +116,16 @@ pub const PROGRAM_RUNS: Metric = Metric::counter(
 )
 .labels(&["program"]);
 
+pub const KERNEL_SIDE: Metric = Metric::info(
+    "ebpf_sidecar_kernel_side",
+    "Where this sidecar's kernel programs and maps live: mode shared (one pinned set per host and build, abi = its hash) or private, and this sidecar's slot in it.",
+)
+.labels(&["mode", "abi", "slot"]);
+pub const KERNEL_SIDE_TARGETS: Metric = Metric::gauge(
+    "ebpf_sidecar_kernel_side_targets",
+    "Sidecars sharing this kernel side now (slots held, this one included; 1 when private).",
+);
+
 /// The sidecar's own metrics (family `sidecar` in `ebpf-sidecar probes --metrics`).
 pub const METRICS: &[Metric] = &[
     BUILD,
@@ -128,6 +138,8 @@ pub const METRICS: &[Metric] = &[
     PROBE_UP,
     EVENTS_LOST,
     MAP_READ_ERRORS,
+    KERNEL_SIDE,
+    KERNEL_SIDE_TARGETS,
     PROGRAM_RUN_SECONDS,
     PROGRAM_RUNS,
 ];
@@ -182,6 +194,16 @@ impl Collector for SidecarCollector {
             ],
         )?;
         encode_target(&mut enc, s, &target)?;
+        let ks = &s.options.kernel_side;
+        KERNEL_SIDE.info_series(
+            &mut enc,
+            &vec![
+                ("mode", ks.mode.name().to_string()),
+                ("abi", ks.abi.clone()),
+                ("slot", ks.slot.to_string()),
+            ],
+        )?;
+        KERNEL_SIDE_TARGETS.gauge_series(&mut enc, [(vec![], u64::from(ks.targets()))])?;
         PROBE_UP.gauge_series(
             &mut enc,
             s.statuses.iter().map(|st| {

@@ -132,7 +132,10 @@ impl KernelSide {
             return Err(KernelSideError::MaxTargets(max_targets));
         }
         let mut ks = match choice {
-            Choice::Private => Self::private(None),
+            Choice::Private => {
+                tracing::info!("kernel side: private (--kernel-side private)");
+                Self::private(None)
+            }
             Choice::Shared => Self::join(max_targets)?,
             Choice::Auto => match writable_bpffs() {
                 Err(why) => {

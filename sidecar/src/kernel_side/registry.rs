@@ -80,6 +80,7 @@ impl Registry {
         builder
             .create(super::BASE_DIR)
             .map_err(|e| io_err(dir, "creating the base directory", e))?;
+        sweep_dead_sets(dir);
         for _ in 0..5 {
             let (map, created) = open_or_create(dir, max_targets)?;
             let reg = Self {
@@ -354,6 +355,51 @@ impl Registry {
             self.locked.store(false, Ordering::Release);
         } else {
             self.unlock();
+        }
+    }
+}
+
+/// Remove the sets of other builds whose sidecars are all gone (killed with nobody left to
+/// reclaim their slots): their programs would otherwise stay attached, and every process on the
+/// host would keep paying for them. A set is dead when no slot has beaten for STALE and nobody
+/// holds its lock; a directory without a registry is dead once it is 10 s old (its creator died
+/// between the two steps).
+fn sweep_dead_sets(ours: &Path) {
+    let Ok(entries) = std::fs::read_dir(super::BASE_DIR) else {
+        return;
+    };
+    let now = now_ns();
+    let stale =
+        |c: &Claim, limit: Duration| now.saturating_sub(c.heartbeat_ns) > limit.as_nanos() as u64;
+    for e in entries.filter_map(Result::ok) {
+        let dir = e.path();
+        if dir == ours || !dir.is_dir() {
+            continue;
+        }
+        let dead = match MapData::from_pin(dir.join("registry")).and_then(HashMap::try_from_data) {
+            Ok(map) => {
+                let map: HashMap<MapData, u32, Claim> = map;
+                map.iter().filter_map(Result::ok).all(|(k, c)| match k {
+                    CONFIG_KEY => true,
+                    LOCK_KEY => stale(&c, LOCK_STALE),
+                    _ => stale(&c, STALE),
+                })
+            }
+            Err(_) => e
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > Duration::from_secs(10)),
+        };
+        if dead {
+            tracing::warn!(
+                dir = %dir.display(),
+                "kernel side: removing a set whose sidecars are all gone (no heartbeat)"
+            );
+            if let Err(err) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!(dir = %dir.display(), "kernel side: {err}");
+            }
         }
     }
 }

@@ -1,0 +1,607 @@
+//! One kernel side per host: sidecars of one build share a pinned set under
+//! /sys/fs/bpf/ebpf-sidecar/<abi>/, each reading only its slot; slots of dead sidecars are
+//! reclaimed; the last one out leaves nothing; private still works.
+//!
+//! Real dockerd, the sidecar image, `-v /sys/fs/bpf:/sys/fs/bpf`.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use integration::docker::{self, Container};
+use integration::{Metrics, free_port, http_get, require_root, sidecar_bin, wait_for, workload};
+
+const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";
+const CODE: i32 = 42;
+
+/// What app `i` does per trigger: distinct numbers so a count leaking between slots shows.
+fn truth(i: usize) -> (u64, u64, u64, u64) {
+    let i = i as u64;
+    // getppid, openat ENOENT, execs of true, HTTP exchanges (each its own TCP connection)
+    (1000 * (i + 1) + 7, 3 + 2 * i, 1 + i, 2 + 3 * i)
+}
+
+fn app(name: &str, i: usize) -> Container {
+    let counted = format!("{}:/counted:ro", workload("counted").display());
+    let http = format!("{}:/http_loop:ro", workload("http_loop").display());
+    let (n, m, k, _) = truth(i);
+    let (n, m, k) = (n.to_string(), m.to_string(), k.to_string());
+    let c = Container::run(
+        name,
+        &[
+            "-v",
+            &counted,
+            "-v",
+            &http,
+            "debian:bookworm-slim",
+            "/counted",
+            "serve",
+            &n,
+            &m,
+            &k,
+            &CODE.to_string(),
+        ],
+    );
+    wait_for("workload ready", Duration::from_secs(20), || {
+        c.logs().contains("ready").then_some(())
+    });
+    c
+}
+
+/// A sidecar container beside `app`, on the host's bpffs; returns it and its port.
+fn sidecar(name: &str, app: &str, extra: &[&str]) -> (Container, u16) {
+    let image = docker::sidecar_image();
+    let port = free_port();
+    let pid = format!("--pid=container:{app}");
+    let publish = format!("127.0.0.1:{port}:9435");
+    let mut args = vec![
+        pid.as_str(),
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-add",
+        "NET_ADMIN",
+        "-p",
+        &publish,
+        image,
+    ];
+    args.extend_from_slice(extra);
+    let c = Container::run(name, &args);
+    wait_for("sidecar serving", Duration::from_secs(60), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    (c, port)
+}
+
+fn scrape(port: u16) -> Metrics {
+    Metrics::parse(&http_get(port, "/metrics", None).expect("scrape").2)
+}
+
+/// One run of the app's workload: counted's run (USR1) and its HTTP exchanges.
+fn work(app: &Container, i: usize, nth: usize) {
+    docker::ok(&["kill", "-s", "USR1", &app.0]);
+    wait_for("workload done", Duration::from_secs(30), || {
+        (app.logs().matches(&format!("done {CODE}")).count() >= nth).then_some(())
+    });
+    let (_, _, _, r) = truth(i);
+    let out = docker::ok(&["exec", &app.0, "/http_loop", &r.to_string()]);
+    assert!(out.contains(&format!("requests={r}")), "{out}");
+}
+
+/// `times` runs of app `i`, exactly.
+fn assert_app(m: &Metrics, i: usize, times: u64, who: &str) {
+    let (n, e, k, r) = truth(i);
+    let t = times as f64;
+    let eq = |name: &str, labels: &[(&str, &str)], want: u64| {
+        assert_eq!(
+            m.sum(name, labels),
+            want as f64 * t,
+            "{who}: {name}{labels:?}"
+        );
+    };
+    eq("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")], n);
+    eq(
+        "ebpf_sidecar_syscall_errors_total",
+        &[("syscall", "openat"), ("errno", "ENOENT")],
+        e,
+    );
+    eq("ebpf_sidecar_process_execs_total", &[("comm", "true")], k);
+    eq(
+        "ebpf_sidecar_process_exits_total",
+        &[("comm", "true"), ("code", "0"), ("signal", "0")],
+        k,
+    );
+    eq(
+        "ebpf_sidecar_process_execs_total",
+        &[("comm", "http_loop")],
+        1,
+    );
+    eq(
+        "ebpf_sidecar_tcp_connections_total",
+        &[("direction", "active")],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_tcp_connections_total",
+        &[("direction", "passive")],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_http_requests_total",
+        &[
+            ("direction", "server"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_http_requests_total",
+        &[
+            ("direction", "client"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+        r,
+    );
+    assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0, "{who}");
+}
+
+fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
+    let info: Vec<_> = m
+        .matching("ebpf_sidecar_kernel_side_info", &[])
+        .map(|(l, _)| l.clone())
+        .collect();
+    assert_eq!(info.len(), 1, "one kernel_side_info series");
+    info[0].clone().into_iter().collect()
+}
+
+/// Programs on host-wide hooks (tracepoints, raw and BTF tracepoints, perf events), by name.
+fn host_programs() -> BTreeMap<String, usize> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut by_name = BTreeMap::new();
+    for p in v.as_array().into_iter().flatten() {
+        let ty = p["type"].as_str().unwrap_or("");
+        if !matches!(
+            ty,
+            "tracepoint" | "raw_tracepoint" | "tracing" | "perf_event"
+        ) {
+            continue;
+        }
+        let name = p["name"].as_str().unwrap_or("").to_string();
+        *by_name.entry(name).or_insert(0) += 1;
+    }
+    by_name
+}
+
+fn sets() -> Vec<String> {
+    std::fs::read_dir(BASE)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn eight_sidecars_share_one_kernel_side_and_each_counts_only_its_own_app() {
+    require_root();
+    docker::sidecar_image();
+    let before = host_programs();
+    let apps: Vec<Container> = (0..8)
+        .map(|i| app(&format!("ebpf-sidecar-ks-app{i}"), i))
+        .collect();
+    let (first, first_port) = sidecar("ebpf-sidecar-ks-sc0", &apps[0].0, &[]);
+    let one = host_programs();
+    let mut sidecars = vec![(first, first_port)];
+    for (i, a) in apps.iter().enumerate().skip(1) {
+        sidecars.push(sidecar(&format!("ebpf-sidecar-ks-sc{i}"), &a.0, &[]));
+    }
+    let eight = host_programs();
+    let added = |now: &BTreeMap<String, usize>| -> BTreeMap<String, usize> {
+        now.iter()
+            .filter_map(|(n, c)| {
+                let was = before.get(n).copied().unwrap_or(0);
+                (*c > was).then(|| (n.clone(), c - was))
+            })
+            .collect()
+    };
+    assert!(
+        !added(&one).is_empty(),
+        "the first sidecar attached programs"
+    );
+    assert_eq!(
+        added(&eight),
+        added(&one),
+        "eight sidecars attach what one attaches (one set, not eight)"
+    );
+
+    let mut abi = None;
+    let mut slots = Vec::new();
+    for (_, port) in &sidecars {
+        let m = scrape(*port);
+        let ks = kernel_side(&m);
+        assert_eq!(ks["mode"], "shared", "{ks:?}");
+        assert_eq!(*abi.get_or_insert(ks["abi"].clone()), ks["abi"]);
+        slots.push(ks["slot"].clone());
+        assert_eq!(m.sum("ebpf_sidecar_kernel_side_targets", &[]), 8.0);
+    }
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 8, "eight distinct slots");
+    assert!(sets().contains(abi.as_ref().unwrap()), "{:?}", sets());
+
+    for (i, a) in apps.iter().enumerate() {
+        work(a, i, 1);
+    }
+    for (i, (_, port)) in sidecars.iter().enumerate() {
+        assert_app(&scrape(*port), i, 1, &format!("sidecar {i}"));
+    }
+    // Twice more for app 3 only: nobody else moves.
+    work(&apps[3], 3, 2);
+    work(&apps[3], 3, 3);
+    for (i, (_, port)) in sidecars.iter().enumerate() {
+        assert_app(
+            &scrape(*port),
+            i,
+            if i == 3 { 3 } else { 1 },
+            &format!("sidecar {i}"),
+        );
+    }
+
+    drop(sidecars);
+    wait_for("the set removed", Duration::from_secs(20), || {
+        (!sets().contains(abi.as_ref().unwrap())).then_some(())
+    });
+    assert_eq!(added(&host_programs()), BTreeMap::new(), "no program left");
+}
+
+#[test]
+fn a_killed_sidecars_slot_is_reclaimed_and_the_last_one_out_leaves_nothing() {
+    require_root();
+    docker::sidecar_image();
+    let before = host_programs();
+    let a = app("ebpf-sidecar-ks-a", 0);
+    let b = app("ebpf-sidecar-ks-b", 1);
+    let c = app("ebpf-sidecar-ks-c", 2);
+    let (sa, pa) = sidecar("ebpf-sidecar-ks-sa", &a.0, &[]);
+    let (_sb, pb) = sidecar("ebpf-sidecar-ks-sb", &b.0, &[]);
+    let abi = kernel_side(&scrape(pa))["abi"].clone();
+    let slot_a = kernel_side(&scrape(pa))["slot"].clone();
+    work(&a, 0, 1);
+    assert_app(&scrape(pa), 0, 1, "a");
+    docker::ok(&["kill", "-s", "KILL", &sa.0]);
+    // Reclaimed within 10 s of the kill: b sees itself alone.
+    let t0 = std::time::Instant::now();
+    wait_for("slot reclaimed", Duration::from_secs(10), || {
+        (scrape(pb).sum("ebpf_sidecar_kernel_side_targets", &[]) == 1.0).then_some(())
+    });
+    eprintln!("reclaimed {:?} after the kill", t0.elapsed());
+    drop(sa);
+    // a works on, unwatched; c's new sidecar takes the freed slot with clean counts.
+    work(&a, 0, 2);
+    let (sc, pc) = sidecar("ebpf-sidecar-ks-sc", &c.0, &[]);
+    let ks = kernel_side(&scrape(pc));
+    assert_eq!(ks["slot"], slot_a, "the reclaimed slot is reused");
+    work(&c, 2, 1);
+    work(&b, 1, 1);
+    assert_app(&scrape(pc), 2, 1, "c");
+    assert_app(&scrape(pb), 1, 1, "b");
+
+    drop(sc);
+    drop(_sb);
+    wait_for("the set removed", Duration::from_secs(20), || {
+        (!sets().contains(&abi)).then_some(())
+    });
+    assert!(!Path::new(BASE).join(&abi).exists());
+    let left: BTreeMap<String, usize> = host_programs()
+        .into_iter()
+        .filter(|(n, c)| before.get(n).copied().unwrap_or(0) < *c)
+        .collect();
+    assert_eq!(
+        left,
+        BTreeMap::new(),
+        "no program, link or pin of ours left"
+    );
+}
+
+/// Host-mode sidecars (the test's own binary) on one set with different options, and a private
+/// one beside them.
+#[test]
+fn mixed_options_on_one_set_and_a_private_sidecar_beside_it() {
+    require_root();
+    let counted = workload("counted");
+    let run = |extra: &[&str], n: u64| -> (Metrics, String) {
+        let out = tempfile_path();
+        let mut cmd = Command::new(sidecar_bin());
+        cmd.args(["run", "--probes", "process,syscalls,net"])
+            .args(extra)
+            .args(["--listen", "127.0.0.1:0", "--metrics-out"])
+            .arg(&out)
+            .arg("--")
+            .arg(&counted)
+            .args(["run", &n.to_string(), "5", "2", &CODE.to_string()]);
+        let o = cmd.output().unwrap();
+        assert_eq!(
+            o.status.code(),
+            Some(CODE),
+            "{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let text = std::fs::read_to_string(&out).unwrap();
+        (
+            Metrics::parse(&text),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    // A long-lived member keeps the set up while the others come and go.
+    let keeper = RunServer::start(
+        &sidecar_bin(),
+        &["--probes", "process,syscalls"],
+        &["sleep", "60"],
+    );
+    let (lat_off, _) = run(&["--syscall-latency", "off"], 1111);
+    let (lat_on, _) = run(&["--http-paths"], 2222);
+    let (private, log) = run(&["--kernel-side", "private"], 3333);
+    let km = keeper.scrape();
+    assert_eq!(kernel_side(&km)["mode"], "shared");
+    for (m, n, mode) in [
+        (&lat_off, 1111, "shared"),
+        (&lat_on, 2222, "shared"),
+        (&private, 3333, "private"),
+    ] {
+        assert_eq!(kernel_side(m)["mode"], mode);
+        assert_eq!(
+            m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+            n as f64
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", "openat"), ("errno", "ENOENT")]
+            ),
+            5.0
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_process_execs_total", &[("comm", "true")]),
+            2.0
+        );
+    }
+    assert_eq!(
+        lat_off.sum("ebpf_sidecar_syscall_seconds_total", &[]),
+        0.0,
+        "latency off: no time measured"
+    );
+    assert!(
+        lat_on.sum(
+            "ebpf_sidecar_syscall_seconds_total",
+            &[("syscall", "getppid")]
+        ) > 0.0
+    );
+    assert!(log.contains("private"), "{log}");
+    // The keeper counted none of it.
+    assert_eq!(
+        km.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+        0.0
+    );
+}
+
+#[test]
+fn bad_kernel_side_input_exits_2_with_the_reason() {
+    require_root();
+    let out = Command::new(sidecar_bin())
+        .args(["run", "--max-targets", "0", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--max-targets"));
+
+    // No bpffs: shared refuses and names the mount; auto falls back to private and says why.
+    let script = format!(
+        "mount --make-rprivate / && umount -l /sys/fs/bpf; {bin} run --kernel-side shared --probes process -- true; echo rc=$?; {bin} run --probes process --metrics-out /tmp/ks-auto.prom -- true; echo rc=$?",
+        bin = sidecar_bin().display()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("rc=2"), "{text}");
+    assert!(text.contains("-v /sys/fs/bpf:/sys/fs/bpf"), "{text}");
+    assert!(text.contains("kernel side: private"), "{text}");
+    assert!(text.contains("rc=0"), "{text}");
+
+    // A full set: the second sidecar gets no slot.
+    let keeper = RunServer::start(
+        &sidecar_bin(),
+        &["--max-targets", "1", "--probes", "process"],
+        &["sleep", "60"],
+    );
+    let out = Command::new(sidecar_bin())
+        .args(["run", "--probes", "process", "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no free slot"));
+    drop(keeper);
+}
+
+/// `ebpf-sidecar run OPTS --listen … -- CMD` on the host, serving until dropped (SIGTERM, so it
+/// leaves its set).
+struct RunServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RunServer {
+    fn start(bin: &Path, opts: &[&str], cmd: &[&str]) -> Self {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("ebpf-sidecar-ks-{port}.log"));
+        let child = Command::new(bin)
+            .arg("run")
+            .args(opts)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .arg("--")
+            .args(cmd)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("serving", Duration::from_secs(30), || {
+            http_get(port, "/healthz", None)
+                .ok()
+                .filter(|r| r.0 == 200)
+                .map(|_| ())
+        });
+        Self { child, port }
+    }
+
+    fn scrape(&self) -> Metrics {
+        scrape(self.port)
+    }
+}
+
+impl Drop for RunServer {
+    fn drop(&mut self) {
+        // SAFETY: our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
+fn tempfile_path() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    std::env::temp_dir().join(format!(
+        "ebpf-sidecar-ks-{}-{}.prom",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    ))
+}
+
+/// A build whose kernel side differs (`SIDECAR_EBPF_CFLAGS=-DSIDECAR_TREE_MAX=8192`: another map
+/// layout) gets a set of its own beside this build's; both count exactly.
+#[test]
+fn two_abis_side_by_side_get_two_sets_both_exact() {
+    require_root();
+    let root = integration::repo_root();
+    let dir = root.join("target/abi-variant");
+    let st = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sidecar",
+            "--bin",
+            "ebpf-sidecar",
+        ])
+        .env("CARGO_TARGET_DIR", &dir)
+        .env("SIDECAR_EBPF_CFLAGS", "-DSIDECAR_TREE_MAX=8192")
+        .current_dir(&root)
+        .status()
+        .expect("cargo");
+    assert!(st.success(), "building the variant");
+    let variant = dir.join("release/ebpf-sidecar");
+    let counted = workload("counted");
+    let serve = ["serve", "777", "4", "3", "42"];
+    let cmd: Vec<&str> = std::iter::once(counted.to_str().unwrap())
+        .chain(serve)
+        .collect();
+    let a = RunServer::start(&sidecar_bin(), &["--probes", "process,syscalls"], &cmd);
+    let b = RunServer::start(&variant, &["--probes", "process,syscalls"], &cmd);
+    let (pa, pb) = (a.port, b.port);
+    let (ka, kb) = (kernel_side(&scrape(pa)), kernel_side(&scrape(pb)));
+    assert_eq!(
+        (ka["mode"].as_str(), kb["mode"].as_str()),
+        ("shared", "shared")
+    );
+    assert_ne!(ka["abi"], kb["abi"], "a changed map layout is another ABI");
+    let s = sets();
+    assert!(s.contains(&ka["abi"]) && s.contains(&kb["abi"]), "{s:?}");
+    // Each workload serves USR1 with one run; a and b each once, b once more.
+    for (child, port, times) in [(&a, pa, 1), (&b, pb, 2)] {
+        let pid = workload_pid(child.child.id());
+        for n in 1..=times {
+            // SAFETY: signalling the workload we started.
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+            wait_for("a run counted", Duration::from_secs(20), || {
+                let m = scrape(port);
+                let exits = m.sum(
+                    "ebpf_sidecar_process_exits_total",
+                    &[("code", &CODE.to_string())],
+                );
+                (exits >= n as f64).then_some(())
+            });
+        }
+        let m = scrape(port);
+        assert_eq!(
+            m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+            777.0 * times as f64
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_process_execs_total", &[("comm", "true")]),
+            3.0 * times as f64
+        );
+    }
+    drop((a, b));
+    let s = sets();
+    assert!(!s.contains(&ka["abi"]) && !s.contains(&kb["abi"]), "{s:?}");
+}
+
+/// The `counted serve` child of a `run` sidecar (a process whose parent it is).
+fn workload_pid(sidecar: u32) -> u32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(sidecar)
+            })
+        })
+        .expect("the workload runs")
+}
+
+/// A restarted container lives in a new cgroup: its slot follows it.
+#[test]
+fn a_restarted_container_is_followed_on_the_shared_set() {
+    require_root();
+    docker::sidecar_image();
+    let a = app("ebpf-sidecar-ks-restart", 4);
+    let s = integration::Sidecar::start(&["--target-container", &a.0]);
+    assert_eq!(kernel_side(&s.scrape())["mode"], "shared");
+    work(&a, 4, 1);
+    assert_app(&s.scrape(), 4, 1, "before the restart");
+    docker::ok(&["restart", "-t", "1", &a.0]);
+    wait_for("ready again", Duration::from_secs(20), || {
+        (a.logs().matches("ready").count() >= 2).then_some(())
+    });
+    wait_for("target re-acquired", Duration::from_secs(10), || {
+        (s.scrape()
+            .sum("ebpf_sidecar_target_acquisitions_total", &[])
+            >= 2.0)
+            .then_some(())
+    });
+    work(&a, 4, 2);
+    assert_app(&s.scrape(), 4, 2, "after the restart");
+}
