@@ -123,13 +123,12 @@ static __always_inline int sidecar_slot_wants(__u32 slot, __u64 flag)
 	return t && (t->flags & flag);
 }
 
-/* The slot the current task belongs to, or -1 (the host's other processes: leave at once). */
-static __always_inline int sidecar_slot(void)
+/* The slot of a task in cgroup `cgroup_id` with tgid `tgid` by the cgroup table, then the
+ * followed trees; -1 otherwise, with *modes set when pid-namespace slots remain to check. */
+static __always_inline int sidecar_cgroup_or_tree_slot(__u64 cgroup_id, __u32 tgid,
+						       struct sidecar_modes **modes)
 {
-	/* What bpf_get_current_cgroup_id() returns, read with plain loads: this runs on every
-	 * syscall of every process on the host, and a helper call costs more than the walk. */
-	struct task_struct *task = bpf_get_current_task_btf();
-	int s = sidecar_cgroup_slot(task->cgroups->dfl_cgrp->kn->id);
+	int s = sidecar_cgroup_slot(cgroup_id);
 	struct sidecar_modes *m;
 
 	if (s >= 0)
@@ -138,10 +137,26 @@ static __always_inline int sidecar_slot(void)
 	if (!m)
 		return -1;
 	if (m->tree_slots) {
-		s = sidecar_tree_slot(bpf_get_current_pid_tgid() >> 32);
+		s = sidecar_tree_slot(tgid);
 		if (s >= 0)
 			return s;
 	}
+	*modes = m;
+	return -1;
+}
+
+/* The slot the current task belongs to, or -1 (the host's other processes: leave at once). */
+static __always_inline int sidecar_slot(void)
+{
+	/* What bpf_get_current_cgroup_id() returns, read with plain loads: this runs on every
+	 * syscall of every process on the host, and a helper call costs more than the walk. */
+	struct task_struct *task = bpf_get_current_task_btf();
+	struct sidecar_modes *m = NULL;
+	int s = sidecar_cgroup_or_tree_slot(task->cgroups->dfl_cgrp->kn->id,
+					    bpf_get_current_pid_tgid() >> 32, &m);
+
+	if (s >= 0 || !m)
+		return s;
 	if (m->pidns_slot) {
 		__u32 slot = m->pidns_slot - 1;
 		struct sidecar_target *t = sidecar_slot_config(slot);
@@ -184,22 +199,14 @@ struct sidecar_sys_exit {
  * -1. Pid-namespace mode compares the task's innermost pid namespace. */
 static __always_inline int sidecar_task_slot(struct task_struct *task)
 {
-	struct sidecar_modes *m;
+	struct sidecar_modes *m = NULL;
 	int s;
 
 	if (!task)
 		return -1;
-	s = sidecar_cgroup_slot(task->cgroups->dfl_cgrp->kn->id);
-	if (s >= 0)
+	s = sidecar_cgroup_or_tree_slot(task->cgroups->dfl_cgrp->kn->id, task->tgid, &m);
+	if (s >= 0 || !m)
 		return s;
-	m = sidecar_get_modes();
-	if (!m)
-		return -1;
-	if (m->tree_slots) {
-		s = sidecar_tree_slot(task->tgid);
-		if (s >= 0)
-			return s;
-	}
 	if (m->pidns_slot) {
 		__u32 slot = m->pidns_slot - 1;
 		struct sidecar_target *t = sidecar_slot_config(slot);

@@ -147,17 +147,9 @@ impl Registry {
     fn lock(&self) -> Result<(), KernelSideError> {
         let t0 = Instant::now();
         loop {
-            let mine = Claim {
-                heartbeat_ns: now_ns(),
-                pid: std::process::id(),
-                ..Default::default()
-            };
-            match self.map().insert(LOCK_KEY, mine, BPF_NOEXIST) {
-                Ok(()) => {
-                    self.locked.store(true, Ordering::Release);
-                    return Ok(());
-                }
-                Err(e) if is_exists(&e) => {}
+            match self.try_lock() {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
                 Err(e) => return Err(io_err(&self.dir, "taking the lock", e)),
             }
             if let Some(held) = self.get(LOCK_KEY)
@@ -187,17 +179,21 @@ impl Registry {
         }
     }
 
-    fn try_lock(&self) -> bool {
+    /// One attempt at the lock: Ok(false) when another sidecar holds it.
+    fn try_lock(&self) -> Result<bool, MapError> {
         let mine = Claim {
             heartbeat_ns: now_ns(),
             pid: std::process::id(),
             ..Default::default()
         };
-        let ok = self.map().insert(LOCK_KEY, mine, BPF_NOEXIST).is_ok();
-        if ok {
-            self.locked.store(true, Ordering::Release);
+        match self.map().insert(LOCK_KEY, mine, BPF_NOEXIST) {
+            Ok(()) => {
+                self.locked.store(true, Ordering::Release);
+                Ok(true)
+            }
+            Err(e) if is_exists(&e) => Ok(false),
+            Err(e) => Err(e),
         }
-        ok
     }
 
     /// Slots of this set now held.
@@ -282,7 +278,7 @@ impl Registry {
                         me.cgroup.store(c.cgroup_id, Ordering::Release);
                     }
                     me.beat();
-                    if me.try_lock() {
+                    if me.try_lock().unwrap_or(false) {
                         me.reclaim_stale();
                         me.unlock();
                     }
