@@ -15,6 +15,14 @@ use integration::{Metrics, free_port, http_get, require_root, sidecar_bin, wait_
 const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";
 const CODE: i32 = 42;
 
+/// The host has one set per ABI: tests that count its slots or set its `--max-targets` would
+/// see each other's sidecars, so they take turns.
+static HOST_SET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HOST_SET.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
     let info: Vec<_> = m
         .matching("ebpf_sidecar_kernel_side_info", &[])
@@ -29,6 +37,7 @@ fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
 #[test]
 fn mixed_options_on_one_set_and_a_private_sidecar_beside_it() {
     require_root();
+    let _turn = one_at_a_time();
     let counted = workload("counted");
     let run = |extra: &[&str], n: u64| -> (Metrics, String) {
         let out = tempfile_path();
@@ -108,6 +117,7 @@ fn mixed_options_on_one_set_and_a_private_sidecar_beside_it() {
 #[test]
 fn bad_kernel_side_input_exits_2_with_the_reason() {
     require_root();
+    let _turn = one_at_a_time();
     let out = Command::new(sidecar_bin())
         .args(["run", "--max-targets", "0", "--", "true"])
         .output()
@@ -134,7 +144,9 @@ fn bad_kernel_side_input_exits_2_with_the_reason() {
     assert!(text.contains("kernel side: private"), "{text}");
     assert!(text.contains("rc=0"), "{text}");
 
-    // A full set: the second sidecar gets no slot.
+    // A full set: the second sidecar gets no slot. `--max-targets` is fixed by whoever creates
+    // the set, so start from none.
+    no_set_left();
     let keeper = RunServer::start(
         &sidecar_bin(),
         &["--max-targets", "1", "--probes", "process"],
@@ -195,6 +207,33 @@ impl Drop for RunServer {
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
     }
+}
+
+/// Make sure no set is on the host: a set left by an earlier test's killed sidecar keeps its
+/// stale slots until a live sidecar reclaims them (5 s), sweeps dead sets of other builds and
+/// leaves last.
+fn no_set_left() {
+    let sets = || {
+        std::fs::read_dir(BASE)
+            .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    if !sets().is_empty() {
+        let st = Command::new(sidecar_bin())
+            .args(["run", "--probes", "process", "--", "sleep", "7"])
+            .output()
+            .unwrap();
+        assert!(
+            st.status.success(),
+            "{}",
+            String::from_utf8_lossy(&st.stderr)
+        );
+    }
+    assert!(
+        sets().is_empty(),
+        "{:?} still there: is a sidecar running on this host?",
+        sets()
+    );
 }
 
 fn tempfile_path() -> std::path::PathBuf {

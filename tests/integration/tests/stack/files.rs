@@ -144,7 +144,13 @@ fn kubernetes_manifests_have_the_required_fields_and_the_compose_flags() {
         (Some("metrics"), Some(9435))
     );
     assert_eq!(sidecar["readinessProbe"]["httpGet"]["path"], "/healthz");
+    // Read-only, except the node's bpffs: the shared kernel side pins its programs and maps
+    // there (README, "Kernel side").
     for m in sidecar["volumeMounts"].as_array().into_iter().flatten() {
+        if m["mountPath"] == "/sys/fs/bpf" {
+            assert_ne!(m["readOnly"], true, "the bpffs must be writable: {m}");
+            continue;
+        }
         assert_eq!(m["readOnly"], true, "sidecar mounts are read-only: {m}");
     }
     // The same flags as compose, less --bpf-stats (it needs SYS_ADMIN) and --probes: compose
