@@ -9,4 +9,5 @@
 struct security_event record_security_event; /* security.bpf.c: security_events */
 struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */
 /* Keys and values of per-slot (inner) maps: SIDECAR_INNER_KV gives only their sizes. */
+struct syscall_error_key record_syscall_error_key; /* syscalls.bpf.c: syscall_errors, syscall_denied */
 struct exit_key record_exit_key;                   /* process.bpf.c: process_exits */

@@ -451,6 +451,23 @@ impl Object {
         names: &[&str],
         fallback: (&str, &str),
     ) -> Result<SyscallHook, ProbeError> {
+        if self.ks.dir().is_some() {
+            // Shared set: the handler runs one way for every slot, the way the first sidecar
+            // chose (two ways would run it twice per syscall).
+            let on_set = |p: &str| {
+                self.ks
+                    .link_pin(self.family, p, 0)
+                    .is_some_and(|l| l.exists())
+            };
+            if on_set(fallback.0) {
+                self.attach_raw_tp(fallback.0, fallback.1)?;
+                return Ok(SyscallHook::Raw);
+            }
+            if on_set(program) {
+                return self.attach_syscall_hook(program, names, fallback);
+            }
+            dispatch.adopt_pinned(&self.ks);
+        }
         if !dispatch.available(side) {
             return self.attach_syscall_hook(program, names, fallback);
         }
@@ -475,10 +492,16 @@ impl Object {
                     self.family,
                     fallback.0
                 );
-                self.with_program(fallback.0, |p: &mut RawTracePoint| {
-                    p.attach(fallback.1).map(drop)
+                let shared = self.ks.dir().is_some();
+                let links = self.with_program(fallback.0, |p: &mut RawTracePoint| {
+                    let id = p.attach(fallback.1)?;
+                    if !shared {
+                        return Ok(Vec::new());
+                    }
+                    Ok(vec![FdLink::from(p.take_link(id)?)])
                 })?;
                 self.record_program(fallback.0);
+                self.pin_on_set(fallback.0, links)?;
                 Ok(SyscallHook::Raw)
             }
         }

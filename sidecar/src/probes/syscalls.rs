@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::ProgramArray;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     HIST_BUCKETS, SYSCALL_SLOTS, SyscallErrorKey, SyscallStats, syscalls_counter as sc,
 };
 
-use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use super::{EncodeCtx, LoadOpts, Object, Options, Probe, ProbeError};
 use crate::metrics::{Labels, Log2Histogram, Metric};
 use crate::tables::{errno_name, syscall_name};
 
@@ -69,24 +68,43 @@ pub struct Syscalls {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("syscalls", sidecar_ebpf::objects::SYSCALLS)?;
+    // Counting only: no refused calls can be told apart, so this slot has no table for them.
+    let without: &[&str] = if opts.syscall_latency {
+        &[]
+    } else {
+        &["syscall_denied"]
+    };
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        "syscalls",
+        sidecar_ebpf::objects::SYSCALLS,
+        &LoadOpts {
+            without_inner: without,
+            ..Default::default()
+        },
+    )?;
+    // On a shared set the programs of both modes may be attached at once (sidecars that asked
+    // for different modes): each acts for the slots whose flags ask for its mode.
     if opts.syscall_latency {
         obj.attach_raw_tp("sys_enter", "sys_enter")?;
         obj.attach_raw_tp("sys_exit", "sys_exit")?;
         let mut ebpf = obj.lock();
-        let mut slot = |name: &str| match ebpf.take_map(name) {
-            None => Err(format!("{name}: not in the object")),
-            Some(m) => ProgramArray::try_from(m).map_err(|e| format!("{name}: {e}")),
+        let mut slot = |name: &str| {
+            ebpf.take_map(name)
+                .ok_or_else(|| format!("{name}: not in the object"))
         };
-        match (slot("syscall_hooks_enter"), slot("syscall_hooks_exit")) {
+        let offered = match (slot("syscall_hooks_enter"), slot("syscall_hooks_exit")) {
             (Ok(enter), Ok(exit)) => opts.syscall_dispatch.offer(enter, exit),
+            (Err(e), _) | (_, Err(e)) => Err(e),
+        };
+        if let Err(e) = offered {
             // The other families then attach their syscall handlers on their own.
-            (Err(e), _) | (_, Err(e)) => {
-                tracing::warn!("probe syscalls: no jump slots for other families: {e}")
-            }
+            tracing::warn!("probe syscalls: no jump slots for other families: {e}")
         }
     } else {
         // One program per syscall instead of two: the traced-syscall path's floor is the price.
+        // (On a shared set where a sidecar attached sys_enter/sys_exit, the other families
+        // still jump from those: `SyscallDispatch::adopt_pinned`.)
         obj.attach_tp_btf("sys_exit_count", "sys_exit")?;
         obj.attach_tp_btf("sys_thread_exit", "sched_process_exit")?;
     }

@@ -4,6 +4,7 @@
 //! (`--syscall-latency off`) counts exactly what latency mode counts, signal returns included.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use integration::*;
 
@@ -193,5 +194,207 @@ fn calls_refused_by_seccomp_are_counted_apart_with_latency_on() {
             assert_eq!(calls("getppid"), N as f64, "counted at exit");
             assert_eq!(errors, N as f64, "with the errno returned");
         }
+    }
+}
+
+/// A `run` sidecar around `counted serve N M 0 CODE`: its workload runs when triggered, so two
+/// of them can be up at once (one set, two slots) while each target does its known calls.
+struct Served {
+    sidecar: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Served {
+    fn start(extra: &[&str], n: u64, m: u64) -> Self {
+        use std::io::BufRead;
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("ebpf-sidecar-test-{port}.log"));
+        let (n, m, code) = (n.to_string(), m.to_string(), counted::CODE.to_string());
+        let mut sidecar = std::process::Command::new(sidecar_bin())
+            .args(["run", "--probes", "syscalls", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .arg("--")
+            .arg(workload("counted"))
+            .args(["serve", &n, &m, "0", &code])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("starting ebpf-sidecar");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let out = sidecar.stdout.take().unwrap();
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(l);
+            }
+        });
+        let s = Self {
+            sidecar,
+            port,
+            log,
+            lines,
+        };
+        s.wait_line("ready", 1);
+        wait_for("the sidecar serving", Duration::from_secs(30), || {
+            http_get(port, "/healthz", None)
+                .is_ok_and(|r| r.0 == 200)
+                .then_some(())
+        });
+        s
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn wait_line(&self, line: &str, nth: usize) {
+        wait_for(
+            &format!("`{line}` from the workload"),
+            Duration::from_secs(30),
+            || {
+                let n = self
+                    .lines
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|l| *l == line)
+                    .count();
+                (n >= nth).then_some(())
+            },
+        );
+    }
+
+    /// The `counted serve` process: the sidecar's child.
+    fn workload_pid(&self) -> i32 {
+        let me = self.sidecar.id().to_string();
+        std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .find(|pid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+                // pid (comm) state ppid ...
+                let rest = stat.rsplit_once(") ").map(|(_, r)| r).unwrap_or("");
+                stat.contains("(counted)") && rest.split(' ').nth(1) == Some(me.as_str())
+            })
+            .expect("the sidecar's counted serve process")
+    }
+
+    fn trigger(&self) {
+        // SAFETY: kill with the pid of a process this test started (through the sidecar).
+        assert_eq!(unsafe { libc::kill(self.workload_pid(), libc::SIGUSR1) }, 0);
+    }
+
+    fn scrape(&self) -> Metrics {
+        let (status, _, body) = http_get(self.port, "/metrics", None).expect("scrape");
+        assert_eq!(status, 200, "{body}");
+        let lint = promtool_check(&body);
+        assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+        Metrics::parse(&body)
+    }
+
+    /// Stop the workload; `run` then leaves the set and exits with its status (0).
+    fn stop(mut self) {
+        // SAFETY: as in trigger.
+        unsafe { libc::kill(self.workload_pid(), libc::SIGTERM) };
+        let st = wait_for("the sidecar's exit", Duration::from_secs(30), || {
+            self.sidecar.try_wait().unwrap()
+        });
+        assert_eq!(st.code(), Some(0), "{}", self.log_text());
+    }
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        if let Ok(None) = self.sidecar.try_wait() {
+            let _ = self.sidecar.kill();
+            let _ = self.sidecar.wait();
+        }
+    }
+}
+
+/// Two sidecars at once on the host's one shared kernel side, one measuring latency and one
+/// counting only: both program sets are attached, each acts for its own slot, and each sidecar
+/// reads exactly its own target's calls and errors while both targets run at the same time.
+#[test]
+fn two_sidecars_on_one_shared_set_each_count_exactly_their_own_target() {
+    require_root();
+    const A: (u64, u64) = (4000, 23);
+    const B: (u64, u64) = (6000, 31);
+    let base = std::path::Path::new("/sys/fs/bpf/ebpf-sidecar");
+    let fresh = !base.exists();
+    let a = Served::start(
+        &["--kernel-side", "shared", "--syscall-latency", "on"],
+        A.0,
+        A.1,
+    );
+    let b = Served::start(
+        &["--kernel-side", "shared", "--syscall-latency", "off"],
+        B.0,
+        B.1,
+    );
+    for s in [&a, &b] {
+        assert!(
+            s.log_text().contains("kernel side: shared"),
+            "{}",
+            s.log_text()
+        );
+    }
+    a.trigger();
+    b.trigger();
+    let done = format!("done {}", counted::CODE);
+    a.wait_line(&done, 1);
+    b.wait_line(&done, 1);
+    for (s, (n, m), mode) in [(&a, A, "on"), (&b, B, "off")] {
+        let metrics = s.scrape();
+        let calls = |sc: &str| metrics.sum("ebpf_sidecar_syscalls_total", &[("syscall", sc)]);
+        let errors = |sc: &str, e: &str| {
+            metrics.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", sc), ("errno", e)],
+            )
+        };
+        assert_eq!(calls("getppid"), n as f64, "getppid, latency {mode}");
+        assert_eq!(
+            errors("openat", "ENOENT"),
+            m as f64,
+            "openat ENOENT, latency {mode}"
+        );
+        assert_eq!(
+            metrics.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", "openat")]
+            ),
+            m as f64,
+            "openat errors, latency {mode}"
+        );
+        assert_eq!(
+            metrics.sum(
+                "ebpf_sidecar_syscall_errors_total",
+                &[("syscall", "getppid")]
+            ),
+            0.0,
+            "getppid errors, latency {mode}"
+        );
+        let timed = metrics.sum("ebpf_sidecar_syscall_duration_seconds_count", &[]);
+        if mode == "on" {
+            assert!(timed >= n as f64, "latency measured: {timed}");
+            assert_eq!(
+                metrics.sum("ebpf_sidecar_seccomp_denied_total", &[]),
+                0.0,
+                "nothing refused"
+            );
+        } else {
+            assert_eq!(timed, 0.0, "no latency measured with --syscall-latency off");
+        }
+        assert_eq!(metrics.sum("ebpf_sidecar_events_lost_total", &[]), 0.0);
+    }
+    b.stop();
+    a.stop();
+    if fresh {
+        assert!(!base.exists(), "the last sidecar out removes the set");
     }
 }
