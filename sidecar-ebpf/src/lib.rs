@@ -386,7 +386,6 @@ pub mod net {
     const _: () = assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
 }
 
-
 // ---- disk and files (include/sidecar.h, sections "disk" and "files") ----
 
 /// `enum disk_op`
