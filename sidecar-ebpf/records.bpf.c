@@ -11,3 +11,7 @@ struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_e
 /* Keys and values of per-slot (inner) maps: SIDECAR_INNER_KV gives only their sizes. */
 struct syscall_error_key record_syscall_error_key; /* syscalls.bpf.c: syscall_errors, syscall_denied */
 struct exit_key record_exit_key;                   /* process.bpf.c: process_exits */
+struct comm_key record_comm_key;                   /* process.bpf.c, cpu.bpf.c: process_execs, cpu_comm_ns */
+struct cpu_hist_val record_cpu_hist_val;           /* cpu.bpf.c: cpu_hists */
+struct profile_key record_profile_key;             /* profile.bpf.c: profile_counts */
+struct profile_cfg record_profile_cfg;             /* profile.bpf.c: profile_config */

@@ -37,38 +37,49 @@ struct {
 	__type(value, __u64);
 } cpu_slice_start SEC(".maps");
 
-struct {
+/* Per target (slot), see SIDECAR_SLOT_MAP: the task a hook is about decides the slot. */
+struct cpu_hists_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CPU_HISTS);
-	__type(key, __u32);
-	__type(value, struct cpu_hist_val);
-} cpu_hists SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct cpu_hist_val);
+};
+SIDECAR_SLOT_MAP(cpu_hists, struct cpu_hists_map);
 
-struct {
+struct cpu_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, CPU_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} cpu_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(cpu_counters, struct cpu_counters_map);
 
 /* On-CPU nanoseconds by comm; comms beyond the table are added to cpu_other_ns. */
-struct {
+struct cpu_comm_ns_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct comm_key);
-	__type(value, __u64);
-} cpu_comm_ns SEC(".maps");
+	SIDECAR_INNER_KV(struct comm_key, __u64);
+};
+SIDECAR_SLOT_MAP(cpu_comm_ns, struct cpu_comm_ns_map);
 
-struct {
+struct cpu_other_ns_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, __u64);
-} cpu_other_ns SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(cpu_other_ns, struct cpu_other_ns_map);
 
-static __always_inline void observe(__u32 h, __u64 ns)
+/* The slot of `t` when that slot counts cpu (its sidecar runs the family), else -1: tasks of
+ * other slots get no task storage either. */
+static __always_inline int cpu_slot(struct task_struct *t)
 {
-	struct cpu_hist_val *v = bpf_map_lookup_elem(&cpu_hists, &h);
+	int slot = sidecar_task_slot(t);
+
+	return slot >= 0 && sidecar_slot_map(&cpu_counters, slot) ? slot : -1;
+}
+
+static __always_inline void observe(__u32 slot, __u32 h, __u64 ns)
+{
+	void *m = sidecar_slot_map(&cpu_hists, slot);
+	struct cpu_hist_val *v = m ? bpf_map_lookup_elem(m, &h) : NULL;
 
 	if (v) {
 		v->sum_ns += ns;
@@ -76,41 +87,47 @@ static __always_inline void observe(__u32 h, __u64 ns)
 	}
 }
 
-static __always_inline void bump(__u32 idx)
+static __always_inline void bump(__u32 slot, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&cpu_counters, &idx);
+	void *m = sidecar_slot_map(&cpu_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
 }
 
-static __always_inline void add_comm_ns(struct task_struct *t, __u64 ns)
+static __always_inline void add_comm_ns(__u32 slot, struct task_struct *t, __u64 ns)
 {
+	void *comms = sidecar_slot_map(&cpu_comm_ns, slot);
 	struct comm_key k;
+
+	if (!comms)
+		return;
 	/* Two plain loads instead of a helper call: comm is written with strscpy_pad, so the bytes
 	 * after the NUL are zero and the key is stable. */
 	const __u64 *c = (const __u64 *)t->group_leader->comm;
 
 	__builtin_memcpy(k.comm, &(__u64[2]){ c[0], c[1] }, sizeof(k.comm));
-	__u64 *v = bpf_map_lookup_elem(&cpu_comm_ns, &k);
+	__u64 *v = bpf_map_lookup_elem(comms, &k);
 
 	if (v) {
 		*v += ns;
 		return;
 	}
-	if (!bpf_map_update_elem(&cpu_comm_ns, &k, &ns, BPF_NOEXIST))
+	if (!bpf_map_update_elem(comms, &k, &ns, BPF_NOEXIST))
 		return;
-	v = bpf_map_lookup_elem(&cpu_comm_ns, &k);
+	v = bpf_map_lookup_elem(comms, &k);
 	if (v) {
 		*v += ns;
 		return;
 	}
 	__u32 zero = 0;
-	__u64 *o = bpf_map_lookup_elem(&cpu_other_ns, &zero);
+	void *other = sidecar_slot_map(&cpu_other_ns, slot);
+	__u64 *o = other ? bpf_map_lookup_elem(other, &zero) : NULL;
 
 	if (o)
 		*o += ns;
-	bump(CPU_LOST_COMMS);
+	bump(slot, CPU_LOST_COMMS);
 }
 
 /* Voluntary or involuntary as the kernel counts it in the task's nvcsw/nivcsw (getrusage,
@@ -142,16 +159,18 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 	__u64 now = bpf_ktime_get_ns(), began = 0;
 	__u32 zero = 0;
 	__u64 *start = bpf_map_lookup_elem(&cpu_slice_start, &zero);
+	/* The two tasks may belong to two targets: each is counted in its own slot's maps. */
+	int ps = cpu_slot(prev), ns = cpu_slot(next);
 
 	if (start) {
 		began = *start;
 		*start = now;
 	}
-	if (sidecar_task_in_target(prev)) {
+	if (ps >= 0) {
 		/* 0: the first switch on this CPU since attach, its slice began before we looked. */
 		if (began) {
-			observe(CPU_HIST_SLICE, now - began);
-			add_comm_ns(prev, now - began);
+			observe(ps, CPU_HIST_SLICE, now - began);
+			add_comm_ns(ps, prev, now - began);
 		}
 		struct task_times *tt = bpf_task_storage_get(&cpu_task, prev, 0,
 							     BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -170,22 +189,23 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 				tt->off_ts = 0;
 				tt->ready_ts = now;
 			}
-			bump(switch_kind(tt, prev, preempt, prev_state));
+			bump(ps, switch_kind(tt, prev, preempt, prev_state));
 		}
 	}
-	if (sidecar_task_in_target(next)) {
+	if (ns >= 0) {
 		struct task_times *tt = bpf_task_storage_get(&cpu_task, next, 0,
 							     BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 		if (tt) {
 			if (tt->off_ts) {
-				observe(tt->off_state & TASK_UNINTERRUPTIBLE ? CPU_HIST_OFF_BLOCKED
+				observe(ns,
+					tt->off_state & TASK_UNINTERRUPTIBLE ? CPU_HIST_OFF_BLOCKED
 									     : CPU_HIST_OFF_SLEEPING,
 					now - tt->off_ts);
 				tt->off_ts = 0;
 			}
 			if (tt->ready_ts) {
-				observe(CPU_HIST_RUNQUEUE, now - tt->ready_ts);
+				observe(ns, CPU_HIST_RUNQUEUE, now - tt->ready_ts);
 				tt->ready_ts = 0;
 			}
 		}
@@ -198,7 +218,9 @@ int BPF_PROG(cpu_switch, bool preempt, struct task_struct *prev, struct task_str
 SEC("tp_btf/sched_process_exit")
 int BPF_PROG(cpu_exit, struct task_struct *p)
 {
-	if (!sidecar_task_in_target(p))
+	int slot = cpu_slot(p);
+
+	if (slot < 0)
 		return 0;
 
 	/* p is current: its slice began at this CPU's last switch. The final switch counts only
@@ -209,8 +231,8 @@ int BPF_PROG(cpu_exit, struct task_struct *p)
 	if (start && *start) {
 		__u64 now = bpf_ktime_get_ns(), d = now - *start;
 
-		observe(CPU_HIST_SLICE, d);
-		add_comm_ns(p, d);
+		observe(slot, CPU_HIST_SLICE, d);
+		add_comm_ns(slot, p, d);
 		*start = now;
 	}
 	return 0;
@@ -218,7 +240,7 @@ int BPF_PROG(cpu_exit, struct task_struct *p)
 
 static __always_inline int wakeup(struct task_struct *p)
 {
-	if (!sidecar_task_in_target(p))
+	if (cpu_slot(p) < 0)
 		return 0;
 
 	struct task_times *tt = bpf_task_storage_get(&cpu_task, p, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -243,7 +265,9 @@ int BPF_PROG(cpu_wakeup_new, struct task_struct *p)
 SEC("tp_btf/sched_migrate_task")
 int BPF_PROG(cpu_migrate, struct task_struct *p, int dest_cpu)
 {
-	if (sidecar_task_in_target(p))
-		bump(CPU_MIGRATIONS);
+	int slot = cpu_slot(p);
+
+	if (slot >= 0)
+		bump(slot, CPU_MIGRATIONS);
 	return 0;
 }

@@ -20,7 +20,14 @@
  * recorded). Such a request is still counted, with its bytes, once we know it has ended: when its
  * request struct is taken again (block_io_start with the same address), or when userspace runs
  * disk_sweep before reading the tables and finds it idle again after its issue. It then has no
- * service time: it is counted as untimed, outside the duration histograms. */
+ * service time: it is counted as untimed, outside the duration histograms.
+ *
+ * Shared kernel side: the in-flight table is host-wide (a request belongs to one target); each
+ * entry carries the slot found at creation and that slot's epoch (a number its sidecar writes in
+ * disk_epoch at load), and is counted in that slot's tables only while the slot still has that
+ * epoch: a request outliving its sidecar is not counted for the next sidecar in the slot. Since
+ * every sidecar runs disk_sweep over the whole table, whoever deletes an entry counts it (a
+ * failed delete means another CPU or sweep got there first). */
 #include "sidecar.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -32,9 +39,12 @@ struct disk_inflight_req {
 	__u64 bytes;     /* completed so far (partial completions) */
 	__u64 len;       /* bytes the request carried at its last issue */
 	struct disk_io_key key;
+	__u64 epoch;     /* of the slot at creation */
+	__u32 slot;
+	__u32 pad;
 };
 
-/* Requests of the target in flight, by request address. A plain hash (cheaper to update than an
+/* Requests of the targets in flight, by request address. A plain hash (cheaper to update than an
  * LRU): requests come from each queue's fixed, preallocated pool, so an entry whose completion we
  * never saw is overwritten or deleted when its request struct is used again. */
 struct {
@@ -44,26 +54,59 @@ struct {
 	__type(value, struct disk_inflight_req);
 } disk_inflight SEC(".maps");
 
-struct {
+/* Per target (slot), see SIDECAR_SLOT_MAP. */
+struct disk_stats_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct disk_io_key);
-	__type(value, struct disk_io_stats);
-} disk_stats SEC(".maps");
+	SIDECAR_INNER_KV(struct disk_io_key, struct disk_io_stats);
+};
+SIDECAR_SLOT_MAP(disk_stats, struct disk_stats_map);
 
-struct {
+struct disk_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DISK_COUNTERS);
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(disk_counters, struct disk_counters_map);
+
+/* The slot's epoch: nonzero, written by its sidecar at load, new for every sidecar. */
+struct disk_epoch_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(disk_epoch, struct disk_epoch_map);
+
+/* Initial value for a new (device, op) key: too big for the stack, and never written. A map,
+ * not a `static const`: a .rodata map is frozen once written, so it cannot be pinned on a shared
+ * kernel side and written again by the next sidecar's load. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
 	__type(key, __u32);
-	__type(value, __u64);
-} disk_counters SEC(".maps");
+	__type(value, struct disk_io_stats);
+} disk_zero SEC(".maps");
 
-/* Initial value for a new (device, op) key: too big for the stack. */
-static const struct disk_io_stats zero_stats;
-
-static __always_inline void bump_counter(__u32 idx)
+/* 0: the slot does not count disk I/O (no sidecar, or one without the family). */
+static __always_inline __u64 slot_epoch(__u32 slot)
 {
-	__u64 *c = bpf_map_lookup_elem(&disk_counters, &idx);
+	__u32 zero = 0;
+	void *m = sidecar_slot_map(&disk_epoch, slot);
+	__u64 *e = m ? bpf_map_lookup_elem(m, &zero) : NULL;
+
+	return e ? *e : 0;
+}
+
+/* Whether `v` still belongs to the sidecar of its slot that saw it created. */
+static __always_inline int still_ours(const struct disk_inflight_req *v)
+{
+	return v->epoch && slot_epoch(v->slot) == v->epoch;
+}
+
+static __always_inline void bump_counter(__u32 slot, __u32 idx)
+{
+	void *m = sidecar_slot_map(&disk_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
@@ -89,32 +132,43 @@ static __always_inline __u32 op_of(struct request *rq)
 	return DISK_OP_OTHER;
 }
 
-static __always_inline struct disk_io_stats *stats_of(struct disk_io_key *key)
+static __always_inline struct disk_io_stats *stats_of(__u32 slot, struct disk_io_key *key)
 {
-	struct disk_io_stats *st = bpf_map_lookup_elem(&disk_stats, key);
+	void *stats = sidecar_slot_map(&disk_stats, slot);
+	__u32 zero = 0;
+	struct disk_io_stats *st, *fresh;
 
+	if (!stats)
+		return NULL;
+	st = bpf_map_lookup_elem(stats, key);
 	if (st)
 		return st;
-	bpf_map_update_elem(&disk_stats, key, &zero_stats, BPF_NOEXIST);
-	st = bpf_map_lookup_elem(&disk_stats, key);
+	fresh = bpf_map_lookup_elem(&disk_zero, &zero);
+	if (!fresh)
+		return NULL;
+	bpf_map_update_elem(stats, key, fresh, BPF_NOEXIST);
+	st = bpf_map_lookup_elem(stats, key);
 	if (!st)
-		bump_counter(DISK_LOST_KEYS);
+		bump_counter(slot, DISK_LOST_KEYS);
 	return st;
 }
 
 /* A request of ours has ended without its completion reaching us (see the header): count what it
  * carried. One that was never issued carried nothing we can vouch for (a merge we did not see
- * would count its bytes twice): only a flush, which has none, is counted then. */
+ * would count its bytes twice): only a flush, which has none, is counted then. `v` is a copy
+ * taken before the entry was deleted (by us: nobody else counts it). */
 static __always_inline void end_untraced(struct disk_inflight_req *v)
 {
+	if (!still_ours(v))
+		return;
 	if (!v->issue_ns && v->key.op != DISK_OP_FLUSH) {
-		bump_counter(DISK_LOST_REQUESTS);
+		bump_counter(v->slot, DISK_LOST_REQUESTS);
 		return;
 	}
 
 	struct disk_io_key key = v->key;
 	__u64 bytes = v->len > v->bytes ? v->len : v->bytes;
-	struct disk_io_stats *st = stats_of(&key);
+	struct disk_io_stats *st = stats_of(v->slot, &key);
 
 	if (!st)
 		return;
@@ -133,10 +187,20 @@ int disk_io_start(unsigned long long *ctx)
 	struct disk_inflight_req *old = bpf_map_lookup_elem(&disk_inflight, &rq_ptr);
 
 	if (old) {
-		end_untraced(old);
-		bpf_map_delete_elem(&disk_inflight, &rq_ptr);
+		struct disk_inflight_req ended = *old;
+
+		if (!bpf_map_delete_elem(&disk_inflight, &rq_ptr))
+			end_untraced(&ended);
 	}
-	if (!sidecar_in_target())
+
+	int slot = sidecar_slot();
+
+	if (slot < 0)
+		return 0;
+
+	__u64 epoch = slot_epoch(slot);
+
+	if (!epoch)
 		return 0;
 
 	struct request *rq = (struct request *)rq_ptr;
@@ -148,10 +212,12 @@ int disk_io_start(unsigned long long *ctx)
 			.minor = disk ? disk->first_minor : 0,
 			.op = op_of(rq),
 		},
+		.epoch = epoch,
+		.slot = slot,
 	};
 
 	if (bpf_map_update_elem(&disk_inflight, &rq_ptr, &v, BPF_ANY))
-		bump_counter(DISK_LOST_REQUESTS);
+		bump_counter(slot, DISK_LOST_REQUESTS);
 	return 0;
 }
 
@@ -234,11 +300,16 @@ int disk_rq_complete(unsigned long long *ctx)
 	__u64 req_ns = now > issued ? now - issued : 0;
 	__u64 queue_ns = issued > queued ? issued - queued : 0;
 	struct disk_io_key key = v->key;
-	__u64 bytes = v->bytes;
+	__u64 bytes = v->bytes, epoch = v->epoch;
+	__u32 slot = v->slot;
 
-	bpf_map_delete_elem(&disk_inflight, &rq_ptr);
+	/* Whoever deletes it counts it (a sweep may have found it idle already). */
+	if (bpf_map_delete_elem(&disk_inflight, &rq_ptr))
+		return 0;
+	if (!epoch || slot_epoch(slot) != epoch)
+		return 0;
 
-	struct disk_io_stats *st = stats_of(&key);
+	struct disk_io_stats *st = stats_of(slot, &key);
 
 	if (!st)
 		return 0;
@@ -270,13 +341,18 @@ static long sweep_one(struct bpf_map *map, __u64 *rq_ptr, struct disk_inflight_r
 		return 0;
 	if (state != bpf_core_enum_value(enum mq_rq_state, MQ_RQ_IDLE))
 		return 0;
-	end_untraced(v);
-	bpf_map_delete_elem(map, rq_ptr);
+
+	struct disk_inflight_req ended = *v;
+
+	if (!bpf_map_delete_elem(map, rq_ptr))
+		end_untraced(&ended);
 	return 0;
 }
 
 /* Not attached: userspace runs it (BPF_PROG_TEST_RUN) before it reads disk_stats, so that a
- * request whose completion was not delivered is counted at the next scrape. */
+ * request whose completion was not delivered is counted at the next scrape. It goes over the
+ * whole host-wide table, every slot's requests (each counted in its own slot's tables): on a
+ * shared kernel side each sidecar loads its own copy against the pinned maps. */
 SEC("raw_tp")
 int disk_sweep(void *ctx)
 {

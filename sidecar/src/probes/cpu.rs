@@ -56,7 +56,13 @@ pub struct Cpu {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("cpu", sidecar_ebpf::objects::CPU)?;
+    // Shared kernel side: the hooks are attached once per host; this slot's maps are its own.
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        "cpu",
+        sidecar_ebpf::objects::CPU,
+        &Default::default(),
+    )?;
     obj.attach_tp_btf("cpu_switch", "sched_switch")?;
     obj.attach_tp_btf("cpu_wakeup", "sched_wakeup")?;
     obj.attach_tp_btf("cpu_wakeup_new", "sched_wakeup_new")?;

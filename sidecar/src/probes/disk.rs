@@ -44,8 +44,16 @@ pub struct Disk {
     names: Mutex<HashMap<(u32, u32), String>>,
 }
 
-pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("disk", sidecar_ebpf::objects::DISK)?;
+pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        "disk",
+        sidecar_ebpf::objects::DISK,
+        &Default::default(),
+    )?;
+    // Before any request of ours is recorded: the kernel counts a request in this slot only
+    // while the slot has the epoch it was created under (see disk.bpf.c).
+    write_epoch(&mut obj)?;
     // Followers first, so that no request of ours is created before its completion is watched.
     obj.attach_tp_btf("disk_rq_complete", "block_rq_complete")?;
     obj.attach_tp_btf("disk_rq_merge", "block_rq_merge")?;
@@ -58,6 +66,28 @@ pub fn load(_opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         obj,
         names: Mutex::new(HashMap::new()),
     }))
+}
+
+/// This sidecar's epoch in its slot's `disk_epoch`: nonzero and new for every sidecar, so that
+/// requests still in flight from an earlier owner of the slot are not counted as ours.
+fn write_epoch(obj: &mut Object) -> Result<(), ProbeError> {
+    const MAP: &str = "disk_epoch";
+    let err = |detail: String| ProbeError::Map {
+        family: "disk",
+        map: MAP.into(),
+        detail,
+    };
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let epoch = (nanos ^ (u64::from(std::process::id()) << 44)).max(1);
+    let map = obj
+        .slot_map_mut(MAP)
+        .ok_or_else(|| err("this slot's map is missing".into()))?;
+    let mut arr: aya::maps::Array<&mut aya::maps::MapData, u64> =
+        aya::maps::Array::try_from(map).map_err(|e| err(e.to_string()))?;
+    arr.set(0, epoch, 0).map_err(|e| err(e.to_string()))
 }
 
 pub fn op_name(op: u32) -> &'static str {

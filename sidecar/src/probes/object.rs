@@ -279,6 +279,18 @@ impl Object {
         &self.ks
     }
 
+    /// This slot's inner map of per-target map `name` (SIDECAR_SLOT_MAP), to write: a per-slot
+    /// setting, say. None when the object has no such map or loaded without it.
+    pub fn slot_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.slot_maps.get_mut(name)
+    }
+
+    /// Take this slot's inner map of per-target map `name` out of the object (for a thread that
+    /// owns it from then on); [`Maps::get`] no longer finds it.
+    pub fn take_slot_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.slot_maps.remove(name)
+    }
+
     /// Shared set: whether `program` is attached already (by an earlier sidecar, or by us): then
     /// nothing is loaded or attached again. Recorded for bpf_stats either way.
     fn attached_on_set(&mut self, program: &str) -> bool {

@@ -1,6 +1,8 @@
 //! CPU family against the kernel's own accounting and known code.
 
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
+use std::time::Duration;
 
 use integration::*;
 
@@ -8,8 +10,9 @@ use integration::*;
 /// One workload at a time: the tests' spinners would otherwise keep the others' woken threads
 /// waiting for a CPU (a 10 ms sleep measured as 17 ms off CPU, a CPU-time count against rusage
 /// taken while another test spins on both CPUs).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run(args: &[&str]) -> (String, Metrics) {
-    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
     let w = workload("cpu_burn");
     let out = std::env::temp_dir().join(format!("ebpf-sidecar-cpu-{}.prom", args.join("-")));
@@ -134,4 +137,119 @@ fn context_switches_match_the_kernels_counters_with_exits() {
         (truth..=truth + 2.0).contains(&inv),
         "involuntary {inv} vs the tree's nivcsw {truth}"
     );
+}
+
+/// The slot and whether it created the set, from a sidecar's log line "kernel side: shared"
+/// (None: not on a shared kernel side).
+fn shared_slot(log: &str) -> Option<(u32, bool)> {
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, c) => plain.push(c),
+            _ => {}
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    Some((field("slot")?.parse().ok()?, field("created")? == "true"))
+}
+
+/// `run --probes cpu -- cpu_burn switches K M` started (not waited for): the child, its metrics
+/// file, its log.
+fn start_switches(tag: &str, k: u32, m: u32) -> (std::process::Child, PathBuf, PathBuf, u16) {
+    let dir = std::env::temp_dir();
+    let (out, log) = (
+        dir.join(format!("ebpf-sidecar-cpu-two-{tag}.prom")),
+        dir.join(format!("ebpf-sidecar-cpu-two-{tag}.log")),
+    );
+    let _ = std::fs::remove_file(&out);
+    let port = free_port();
+    let child = Command::new(sidecar_bin())
+        .args(["run", "--probes", "cpu", "--listen"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--metrics-out")
+        .arg(&out)
+        .arg("--")
+        .arg(workload("cpu_burn"))
+        .args(["switches", &k.to_string(), &m.to_string()])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    (child, out, log, port)
+}
+
+/// Two sidecars at once on one shared kernel side (the default `--kernel-side auto` with bpffs
+/// mounted), each running its own target: the scheduler hooks run once for both, and each
+/// sidecar's voluntary context switches are exactly its own target's (as the kernel counts them:
+/// see `context_switches_match_the_kernels_counters_with_exits`), none of the other's.
+#[test]
+fn two_sidecars_on_a_shared_kernel_side_count_their_own_switches_only() {
+    require_root();
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    // The first target outlives the second one's whole run.
+    let (mut a, a_out, a_log, a_port) = start_switches("a", 400, 10);
+    wait_for("the first sidecar serving", Duration::from_secs(30), || {
+        http_get(a_port, "/healthz", None).ok().map(|_| ())
+    });
+    let (b, b_out, b_log, _) = start_switches("b", 40, 25);
+    let b = b.wait_with_output().unwrap();
+    assert!(
+        b.status.success(),
+        "{}",
+        std::fs::read_to_string(&b_log).unwrap()
+    );
+    let a_running = a.try_wait().unwrap().is_none();
+    let a_stdout = {
+        let mut s = String::new();
+        std::io::Read::read_to_string(a.stdout.as_mut().unwrap(), &mut s).unwrap();
+        s
+    };
+    assert!(a.wait().unwrap().success());
+    assert!(
+        a_running,
+        "the first target ended before the second one did: no overlap"
+    );
+    let (a_log, b_log) = (
+        std::fs::read_to_string(&a_log).unwrap(),
+        std::fs::read_to_string(&b_log).unwrap(),
+    );
+    let (a_slot, a_created) = shared_slot(&a_log).expect("first sidecar on a shared kernel side");
+    let (b_slot, b_created) = shared_slot(&b_log).expect("second sidecar on a shared kernel side");
+    assert!(a_created && !b_created, "the second joined the first's set");
+    assert_ne!(a_slot, b_slot);
+
+    let b_stdout = String::from_utf8_lossy(&b.stdout).into_owned();
+    for (who, out, stdout) in [("first", &a_out, &a_stdout), ("second", &b_out, &b_stdout)] {
+        let text = std::fs::read_to_string(out).unwrap();
+        let m = Metrics::parse(&text);
+        let fact = |k: &str| -> f64 {
+            stdout
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(&format!("{k}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {k}= in {stdout:?}"))
+        };
+        let kind = |k: &str| m.sum("ebpf_sidecar_context_switches_total", &[("kind", k)]);
+        assert_eq!(
+            kind("voluntary"),
+            fact("voluntary") + 1.0,
+            "{who} sidecar: its target's voluntary switches, and only those"
+        );
+        // Preemptions of the workload's exec and last steps, which rusage cannot hold, are
+        // more frequent with the other target busy on the other CPU than alone (+2): up to 10
+        // here, where the other target's own preemptions run to hundreds.
+        let (inv, truth) = (kind("involuntary"), fact("involuntary"));
+        assert!(
+            (truth..=truth + 10.0).contains(&inv),
+            "{who} sidecar: involuntary {inv} vs its tree's nivcsw {truth}"
+        );
+    }
 }

@@ -197,3 +197,110 @@ fn node_perf_basic_prof_names_a_hot_js_function() {
         folded.2
     );
 }
+
+/// Strip the log's colours.
+fn plain(log: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, c) => out.push(c),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// Samples in a folded profile, and those with `frame`; every stack must start with one of
+/// `comms` (the instant between the child entering the run cgroup and exec'ing the workload is
+/// the sidecar's own).
+fn folded_counts(text: &str, frame: &str, comms: &[&str]) -> (u64, u64) {
+    let (mut total, mut hot) = (0u64, 0u64);
+    for line in text.lines() {
+        let (stack, n) = line.rsplit_once(' ').unwrap();
+        let n: u64 = n.parse().unwrap();
+        total += n;
+        if stack.split(';').any(|f| f == frame) {
+            hot += n;
+        }
+        assert!(
+            comms.iter().any(|c| stack.starts_with(&format!("{c};"))),
+            "a stack of another target: {line}\n{text}"
+        );
+    }
+    (total, hot)
+}
+
+/// Two sidecars at once on one shared kernel side (the default `--kernel-side auto` with bpffs
+/// mounted), each profiling its own busy target (the same program under two names): one perf
+/// event per CPU for the host, and each sidecar's profile holds its own target's samples only.
+/// The second sidecar asks for another rate and is told it samples at the first one's.
+#[test]
+fn two_sidecars_on_a_shared_kernel_side_profile_their_own_target_only() {
+    require_root();
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-prof-two-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let first = workload("prof_burn");
+    let second = dir.join("prof_other");
+    std::fs::copy(&first, &second).unwrap();
+    let start = |prog: &std::path::Path, hz: &str, tag: &str| {
+        let port = free_port();
+        let log = dir.join(format!("{tag}.log"));
+        let child = Command::new(sidecar_bin())
+            .args(["run", "--probes", "profile", "--profile-hz", hz, "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--")
+            .arg(prog)
+            .arg("10")
+            .current_dir(&dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("sidecar serving", Duration::from_secs(30), || {
+            http_get(port, "/healthz", None).ok().map(|_| ())
+        });
+        (child, port, log)
+    };
+    let (mut a, a_port, a_log) = start(&first, "99", "a");
+    let (mut b, b_port, b_log) = start(&second, "49", "b");
+    let fa = std::thread::spawn(move || {
+        http_get(a_port, "/debug/profile/folded?seconds=3", None).unwrap()
+    });
+    let fb = std::thread::spawn(move || {
+        http_get(b_port, "/debug/profile/folded?seconds=3", None).unwrap()
+    });
+    let (fa, fb) = (fa.join().unwrap(), fb.join().unwrap());
+    let _ = a.wait();
+    let _ = b.wait();
+    let (a_log, b_log) = (
+        plain(&std::fs::read_to_string(&a_log).unwrap()),
+        plain(&std::fs::read_to_string(&b_log).unwrap()),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        a_log.contains("kernel side: shared") && a_log.contains("created=true"),
+        "{a_log}"
+    );
+    assert!(
+        b_log.contains("kernel side: shared") && b_log.contains("created=false"),
+        "{b_log}"
+    );
+    assert!(
+        b_log.contains("samples at 99 Hz"),
+        "the second sidecar is told the rate: {b_log}"
+    );
+    assert_eq!((fa.0, fb.0), (200, 200));
+    // Two busy threads on the two CPUs (and whatever else the machine runs): over 3 s at 99 Hz,
+    // well over 50 samples each.
+    for (fold, comm) in [(&fa.2, "prof_burn"), (&fb.2, "prof_other")] {
+        let (total, hot) = folded_counts(fold, "burn_cpu_hot_loop", &[comm, "ebpf-sidecar"]);
+        assert!(total >= 50, "{comm}: {total} samples:\n{fold}");
+        assert!(
+            hot as f64 >= 0.8 * total as f64,
+            "{comm}: burn_cpu_hot_loop in {hot} of {total} samples:\n{fold}"
+        );
+    }
+}

@@ -72,24 +72,82 @@ pub struct Profile {
     drain: Mutex<Option<Drain>>,
 }
 
+/// Largest sizes of this slot's tables (16 MiB of stacks); profile.bpf.c declares the smallest.
+const STACKS_MAX: u32 = 16384;
+const COUNTS_MAX: u32 = 32768;
+
+/// This slot's table sizes for `hz` samples per second on each of `cpus` CPUs. The drain empties
+/// the counts every second and forgets the stacks never (the kernel reuses a stack's place when
+/// another hashes there), so: counts for two seconds of samples, twice over; stacks (a user and
+/// a kernel one per sample) for eight times a second's, so that few of the stacks a drain reads
+/// were overwritten meanwhile. 49 Hz on 2 CPUs: 2048 stacks (2 MiB) and 1024 counts.
+fn table_sizes(hz: u64, cpus: usize) -> (u32, u32) {
+    let per_s = hz.saturating_mul(cpus.max(1) as u64);
+    let size = |n: u64, min: u32, max: u32| {
+        (n.min(u64::from(max)) as u32)
+            .next_power_of_two()
+            .clamp(min, max)
+    };
+    (
+        size(per_s.saturating_mul(2 * 8), 1024, STACKS_MAX),
+        size(per_s.saturating_mul(2 * 2), 1024, COUNTS_MAX),
+    )
+}
+
+/// The rate the perf events were opened at: on a shared kernel side where an earlier sidecar
+/// attached them, theirs (in the pinned `profile_host`), else ours.
+fn host_hz(ks: &crate::kernel_side::Handle, wanted: u64) -> u64 {
+    let attached = ks
+        .link_pin("profile", "profile_sample", 0)
+        .is_some_and(|p| p.exists());
+    if !attached {
+        return wanted;
+    }
+    let hz = ks
+        .map_pin("profile", "profile_host")
+        .and_then(|pin| MapData::from_pin(pin).ok())
+        .and_then(|d| Array::<MapData, u64>::try_from(aya::maps::Map::Array(d)).ok())
+        .and_then(|a| a.get(&0, 0).ok())
+        .filter(|hz| *hz > 0);
+    match hz {
+        Some(hz) if hz != wanted => {
+            tracing::warn!(
+                "probe profile: the shared kernel side samples at {hz} Hz (the rate of the \
+                 sidecar that attached the profiler first), not the {wanted} Hz asked for"
+            );
+            hz
+        }
+        Some(hz) => hz,
+        None => wanted,
+    }
+}
+
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let family = "profile";
-    let mut obj = Object::load(family, sidecar_ebpf::objects::PROFILE)?;
     let map_err = |map: &str, detail: String| ProbeError::Map {
         family,
         map: map.into(),
         detail,
     };
-    obj.attach_perf_event("profile_sample", opts.profile_hz)?;
+    let hz = host_hz(&opts.kernel_side, opts.profile_hz);
+    let cpus = aya::util::online_cpus().map(|c| c.len()).unwrap_or(1);
+    let (stacks_n, counts_n) = table_sizes(hz, cpus);
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        family,
+        sidecar_ebpf::objects::PROFILE,
+        &super::LoadOpts {
+            inner_max_entries: &[("profile_stacks", stacks_n), ("profile_counts", counts_n)],
+            ..Default::default()
+        },
+    )?;
     let (counts, stacks, config) = {
-        let mut ebpf = obj.lock();
-        let take = |ebpf: &mut aya::Ebpf, name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| map_err(name, "missing".into()))
+        let mut take = |name: &str| {
+            obj.take_slot_map(name)
+                .ok_or_else(|| map_err(name, "this slot's map is missing".into()))
         };
-        let mut config: Array<MapData, ProfileCfg> =
-            Array::try_from(take(&mut ebpf, "profile_config")?)
-                .map_err(|e| map_err("profile_config", e.to_string()))?;
+        let mut config: Array<MapData, ProfileCfg> = Array::try_from(take("profile_config")?)
+            .map_err(|e| map_err("profile_config", e.to_string()))?;
         let ns = std::fs::metadata("/proc/self/ns/pid")
             .map_err(|e| map_err("profile_config", e.to_string()))?;
         config
@@ -105,13 +163,25 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             )
             .map_err(|e| map_err("profile_config", e.to_string()))?;
         (
-            aya::maps::HashMap::try_from(take(&mut ebpf, "profile_counts")?)
+            aya::maps::HashMap::try_from(take("profile_counts")?)
                 .map_err(|e| map_err("profile_counts", e.to_string()))?,
-            StackTraceMap::try_from(take(&mut ebpf, "profile_stacks")?)
+            StackTraceMap::try_from(take("profile_stacks")?)
                 .map_err(|e| map_err("profile_stacks", e.to_string()))?,
             config,
         )
     };
+    // After this slot's config is in place: the program skips a slot without one.
+    obj.attach_perf_event("profile_sample", hz)?;
+    {
+        let mut ebpf = obj.lock();
+        let host = ebpf
+            .map_mut("profile_host")
+            .ok_or_else(|| map_err("profile_host", "missing".into()))?;
+        let mut host: Array<&mut MapData, u64> =
+            Array::try_from(host).map_err(|e| map_err("profile_host", e.to_string()))?;
+        host.set(0, hz, 0)
+            .map_err(|e| map_err("profile_host", e.to_string()))?;
+    }
     let obj = Arc::new(obj);
     let drain = Drain {
         obj: obj.clone(),
@@ -125,7 +195,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         obj,
         store: Arc::new(Store {
             windows: Mutex::new(VecDeque::new()),
-            hz: opts.profile_hz,
+            hz,
         }),
         drain: Mutex::new(Some(drain)),
     }))
@@ -190,5 +260,18 @@ impl super::FamilyArgs for Args {
             s.probes.retain(|p| p != "profile");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_sizes_follow_the_rate() {
+        assert_eq!(table_sizes(49, 2), (2048, 1024));
+        assert_eq!(table_sizes(99, 2), (4096, 1024));
+        assert_eq!(table_sizes(10_000, 64), (STACKS_MAX, COUNTS_MAX));
+        assert_eq!(table_sizes(1, 1), (1024, 1024));
     }
 }
