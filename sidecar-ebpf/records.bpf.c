@@ -7,6 +7,10 @@
 #include "sidecar.bpf.h"
 
 struct security_event record_security_event; /* security.bpf.c: security_events */
+struct security_config record_security_config; /* security.bpf.c: security_config (per slot) */
+struct sec_prefix record_sec_prefix; /* security.bpf.c: sensitive_prefixes (per slot) */
+struct tls_bytes_key record_tls_bytes_key; /* security.bpf.c: tls_bytes (per slot) */
+struct exit_key record_exit_key; /* process.bpf.c: process_exits (per slot) */
 struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */
 /* Keys and values of per-slot (inner) maps: SIDECAR_INNER_KV gives only their sizes. */
 struct syscall_error_key record_syscall_error_key; /* syscalls.bpf.c: syscall_errors, syscall_denied */

@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Security family: an event stream of what a security team cares about, through a ring buffer.
- * Hooks: the tracepoints of the few watched syscalls (raw_tp sys_enter without tracefs),
- * sched_process_exec,
- * inet_sock_set_state (new listening ports). Counts per kind (emitted and lost) stay in the
- * kernel; only events cross to userspace. */
+ * Hooks: the tracepoints of the few watched syscalls (raw_tp sys_enter without tracefs, or the
+ * syscalls family's tail call), sched_process_exec, inet_sock_set_state (new listening ports).
+ * Counts per kind (emitted and lost) stay in the kernel; only events cross to userspace.
+ *
+ * Every program finds the slot (target) of the task first: the ring buffer, the counts, the
+ * sensitive prefixes, the peers and ports seen and the TLS byte counts are the slot's own inner
+ * maps (SIDECAR_SLOT_MAP), so a sidecar reads only its own target's events. */
 #include "sidecar.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -15,27 +18,36 @@ char LICENSE[] SEC("license") = "GPL";
 #define O_CREAT 0100
 #define O_TRUNC 01000
 
-struct {
+struct security_events_map {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	/* 2k events: 0.4 s of a 5k/s stream while the reader waits for a CPU on a busy host. */
 	__uint(max_entries, 1024 * 1024);
-} security_events SEC(".maps");
+};
+SIDECAR_SLOT_MAP(security_events, struct security_events_map);
 
 /* [kind] = emitted, [SEC_KINDS + kind] = lost */
-struct {
+struct security_counts_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2 * SEC_KINDS);
-	__type(key, __u32);
-	__type(value, __u64);
-} security_counts SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(security_counts, struct security_counts_map);
 
 /* Sensitive path prefixes, written by userspace (--sensitive-path). */
-struct {
+struct sensitive_prefixes_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, SEC_PREFIXES);
-	__type(key, __u32);
-	__type(value, struct sec_prefix);
-} sensitive_prefixes SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct sec_prefix);
+};
+SIDECAR_SLOT_MAP(sensitive_prefixes, struct sensitive_prefixes_map);
+
+/* The slot's settings (struct security_config), written by userspace at load. */
+struct security_config_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	SIDECAR_INNER_KV(__u32, struct security_config);
+};
+SIDECAR_SLOT_MAP(security_config, struct security_config_map);
 
 struct peer_key {
 	__u8 addr[16];
@@ -43,20 +55,22 @@ struct peer_key {
 	__u16 family;
 };
 
-/* Peers and listening ports already reported: "new" means not in here. Bounded (LRU). */
-struct {
-	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 16384);
-	__type(key, struct peer_key);
-	__type(value, __u8);
-} seen_peers SEC(".maps");
-
-struct {
+/* Peers and listening ports already reported to the slot: "new" means not in here. Bounded
+ * (LRU, preallocated: ~96 bytes an entry, per slot, so sized for one target: 4096 peers is
+ * 384 KiB, 1024 ports 96 KiB). */
+struct seen_peers_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 4096);
-	__type(key, __u16);
-	__type(value, __u8);
-} seen_ports SEC(".maps");
+	SIDECAR_INNER_KV(struct peer_key, __u8);
+};
+SIDECAR_SLOT_MAP(seen_peers, struct seen_peers_map);
+
+struct seen_ports_map {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 1024);
+	SIDECAR_INNER_KV(__u16, __u8);
+};
+SIDECAR_SLOT_MAP(seen_ports, struct seen_ports_map);
 
 /* Scratch for reading a path before deciding to emit (too big for the stack). */
 struct {
@@ -66,23 +80,38 @@ struct {
 	__type(value, char[SEC_PATH_LEN]);
 } path_scratch SEC(".maps");
 
-static __always_inline void count(__u32 idx)
+static __always_inline void count(__u32 slot, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&security_counts, &idx);
+	void *m = sidecar_slot_map(&security_counts, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
 }
 
-static __always_inline struct security_event *reserve(__u32 kind)
+/* The slot's settings, NULL when the slot has no security family (another sidecar's target). */
+static __always_inline struct security_config *sec_config(__u32 slot)
 {
-	struct security_event *e = bpf_ringbuf_reserve(&security_events, sizeof(*e), 0);
+	void *m = sidecar_slot_map(&security_config, slot);
+	__u32 zero = 0;
 
+	return m ? bpf_map_lookup_elem(m, &zero) : NULL;
+}
+
+/* An event for the slot's ring buffer (NULL: the slot has none, or it is full: counted lost). */
+static __always_inline struct security_event *reserve(__u32 slot, __u32 kind)
+{
+	void *rb = sidecar_slot_map(&security_events, slot);
+	struct security_event *e;
+
+	if (!rb)
+		return NULL;
+	e = bpf_ringbuf_reserve(rb, sizeof(*e), 0);
 	if (!e) {
-		count(SEC_KINDS + kind);
+		count(slot, SEC_KINDS + kind);
 		return NULL;
 	}
-	count(kind);
+	count(slot, kind);
 
 	struct task_struct *task = bpf_get_current_task_btf();
 	struct pid *tp = task->group_leader->thread_pid;
@@ -113,9 +142,10 @@ static __always_inline struct security_event *reserve(__u32 kind)
  * cost the exec storm a context switch per exec (reader thread scheduled for one event). */
 #define WAKEUP_BYTES (64 * 1024)
 
-static __always_inline void submit(struct security_event *e)
+static __always_inline void submit(__u32 slot, struct security_event *e)
 {
-	__u64 flags = bpf_ringbuf_query(&security_events, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
+	void *rb = sidecar_slot_map(&security_events, slot);
+	__u64 flags = rb && bpf_ringbuf_query(rb, BPF_RB_AVAIL_DATA) >= WAKEUP_BYTES
 			      ? BPF_RB_FORCE_WAKEUP
 			      : BPF_RB_NO_WAKEUP;
 
@@ -140,11 +170,13 @@ static __always_inline int is_shell(const char *c)
 SEC("raw_tp/sched_process_exec")
 int security_exec(unsigned long long *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	struct linux_binprm *bprm = (struct linux_binprm *)ctx[2];
-	struct security_event *e = reserve(SEC_EXEC);
+	struct security_event *e = reserve(slot, SEC_EXEC);
 
 	if (!e)
 		return 0;
@@ -161,23 +193,27 @@ int security_exec(unsigned long long *ctx)
 
 	int shell = is_shell(e->comm) && !is_shell(e->pcomm);
 
-	submit(e);
+	submit(slot, e);
 
 	if (shell) {
-		e = reserve(SEC_SHELL);
+		e = reserve(slot, SEC_SHELL);
 		if (!e)
 			return 0;
 		bpf_probe_read_kernel_str(e->path, sizeof(e->path), BPF_CORE_READ(bprm, filename));
-		submit(e);
+		submit(slot, e);
 	}
 	return 0;
 }
 
-static __always_inline int prefix_match(const char *path)
+static __always_inline int prefix_match(__u32 slot, const char *path)
 {
+	void *prefixes = sidecar_slot_map(&sensitive_prefixes, slot);
+
+	if (!prefixes)
+		return 0;
 	for (__u32 i = 0; i < SEC_PREFIXES; i++) {
 		__u32 k = i;
-		struct sec_prefix *p = bpf_map_lookup_elem(&sensitive_prefixes, &k);
+		struct sec_prefix *p = bpf_map_lookup_elem(prefixes, &k);
 
 		if (!p || !p->len)
 			return 0;
@@ -197,9 +233,9 @@ static __always_inline int prefix_match(const char *path)
 	return 0;
 }
 
-static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *regs)
+static __always_inline void syscall_event(__u32 slot, __u32 kind, __u64 nr, struct pt_regs *regs)
 {
-	struct security_event *e = reserve(kind);
+	struct security_event *e = reserve(slot, kind);
 
 	if (!e)
 		return;
@@ -213,10 +249,10 @@ static __always_inline void syscall_event(__u32 kind, __u64 nr, struct pt_regs *
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[1]);
 	else if (nr == 166)
 		bpf_probe_read_user_str(e->path, sizeof(e->path), (void *)e->args[0]);
-	submit(e);
+	submit(slot, e);
 }
 
-static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
+static __always_inline void open_event(__u32 slot, __u64 nr, struct pt_regs *regs)
 {
 	/* open(path, flags) or openat(dfd, path, flags) / openat2(dfd, path, how) */
 	const char *upath = (const char *)(nr == 2 ? BPF_CORE_READ(regs, di) : BPF_CORE_READ(regs, si));
@@ -240,21 +276,22 @@ static __always_inline void open_event(__u64 nr, struct pt_regs *regs)
 
 	if (!path || bpf_probe_read_user_str(path, SEC_PATH_LEN, upath) <= 0)
 		return;
-	if (!prefix_match(path))
+	if (!prefix_match(slot, path))
 		return;
 
-	struct security_event *e = reserve(SEC_SENSITIVE_OPEN);
+	struct security_event *e = reserve(slot, SEC_SENSITIVE_OPEN);
 
 	if (!e)
 		return;
 	e->nr = nr;
 	e->args[0] = flags;
 	__builtin_memcpy(e->path, path, SEC_PATH_LEN);
-	submit(e);
+	submit(slot, e);
 }
 
-static __always_inline void connect_event(struct pt_regs *regs)
+static __always_inline void connect_event(__u32 slot, struct pt_regs *regs)
 {
+	void *seen = sidecar_slot_map(&seen_peers, slot);
 	struct peer_key k = {};
 	void *uaddr = (void *)BPF_CORE_READ(regs, si);
 	/* One read of the largest address this cares about; a short IPv4 address at the very end of
@@ -265,6 +302,8 @@ static __always_inline void connect_event(struct pt_regs *regs)
 		struct sockaddr_in6 in6;
 	} sa = {};
 
+	if (!seen)
+		return;
 	if (bpf_probe_read_user(&sa, sizeof(sa.in6), uaddr) &&
 	    bpf_probe_read_user(&sa, sizeof(sa.in), uaddr))
 		return;
@@ -280,15 +319,15 @@ static __always_inline void connect_event(struct pt_regs *regs)
 	k.family = sa.family;
 	/* Look before inserting: an LRU insert takes a free node (and may evict) even when the key
 	 * is there, and almost every connect goes to a peer seen before. */
-	if (bpf_map_lookup_elem(&seen_peers, &k))
+	if (bpf_map_lookup_elem(seen, &k))
 		return;
 
 	__u8 one = 1;
 
-	if (bpf_map_update_elem(&seen_peers, &k, &one, BPF_NOEXIST))
+	if (bpf_map_update_elem(seen, &k, &one, BPF_NOEXIST))
 		return; /* another CPU inserted it first */
 
-	struct security_event *e = reserve(SEC_CONNECT_NEW_PEER);
+	struct security_event *e = reserve(slot, SEC_CONNECT_NEW_PEER);
 
 	if (!e)
 		return;
@@ -296,7 +335,7 @@ static __always_inline void connect_event(struct pt_regs *regs)
 	__builtin_memcpy(e->addr, k.addr, 16);
 	e->port = k.port;
 	e->family = sa.family;
-	submit(e);
+	submit(slot, e);
 }
 
 /* Which event a syscall number stands for, or 0: nearly every syscall of the host leaves here
@@ -323,14 +362,28 @@ static __always_inline __u32 watched_kind(__u64 nr)
 	}
 }
 
-static __always_inline void on_syscall(__u32 kind, __u64 nr, struct pt_regs *regs)
+static __always_inline void on_syscall(__u32 slot, __u32 kind, __u64 nr, struct pt_regs *regs)
 {
 	if (kind == SEC_SENSITIVE_OPEN)
-		open_event(nr, regs);
+		open_event(slot, nr, regs);
 	else if (kind == SEC_CONNECT_NEW_PEER)
-		connect_event(regs);
+		connect_event(slot, regs);
 	else
-		syscall_event(kind, nr, regs);
+		syscall_event(slot, kind, nr, regs);
+}
+
+/* The slot of the current task when `hook` is the program that reports its syscalls, else -1:
+ * on a shared kernel side several of the entry programs below may be attached at once, each
+ * for the slots that chose it (security_config.syscall_hook). */
+static __always_inline int hook_slot(__u32 hook)
+{
+	int slot = sidecar_slot();
+	struct security_config *c;
+
+	if (slot < 0)
+		return -1;
+	c = sec_config(slot);
+	return c && c->syscall_hook == hook ? slot : -1;
 }
 
 /* Default hook: attached to the tracepoints of the watched syscalls only (userspace lists them),
@@ -342,62 +395,100 @@ int security_syscall(struct sidecar_sys_enter *ctx)
 {
 	__u64 nr = (__u64)ctx->nr;
 	__u32 kind = watched_kind(nr);
+	int slot;
 
-	if (!kind || !sidecar_in_target())
+	if (!kind)
 		return 0;
-	on_syscall(kind, nr, (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
+	slot = hook_slot(SEC_HOOK_TRACEPOINTS);
+	if (slot < 0)
+		return 0;
+	on_syscall(slot, kind, nr, (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf()));
 	return 0;
 }
 
-/* Fallback when tracefs is out of reach (no mount, no CAP_SYS_ADMIN to mount one): the raw
- * tracepoint sees every syscall. raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = number. */
-SEC("raw_tp/sys_enter")
-int security_sys_enter(unsigned long long *ctx)
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = number. */
+static __always_inline int raw_sys_enter(unsigned long long *ctx, __u32 hook)
 {
 	__u64 nr = ctx[1];
 	__u32 kind = watched_kind(nr);
+	int slot;
 
-	if (!kind || !sidecar_in_target())
+	if (!kind)
 		return 0;
-	on_syscall(kind, nr, (struct pt_regs *)ctx[0]);
+	slot = hook_slot(hook);
+	if (slot < 0)
+		return 0;
+	on_syscall(slot, kind, nr, (struct pt_regs *)ctx[0]);
 	return 0;
+}
+
+/* The handler the syscalls family's sys_enter tail-calls (see sidecar/src/probes/dispatch.rs):
+ * it runs for the targets' syscalls only. */
+SEC("raw_tp/sys_enter")
+int security_sys_enter(unsigned long long *ctx)
+{
+	return raw_sys_enter(ctx, SEC_HOOK_DISPATCH);
+}
+
+/* Fallback when tracefs is out of reach (no mount, no CAP_SYS_ADMIN to mount one) and there is no
+ * jump slot: the raw tracepoint sees every syscall of the host. */
+SEC("raw_tp/sys_enter")
+int security_sys_enter_raw(unsigned long long *ctx)
+{
+	return raw_sys_enter(ctx, SEC_HOOK_RAW);
 }
 
 /* raw_tp args: ctx[0] = const struct sock *, ctx[1] = oldstate, ctx[2] = newstate */
 SEC("raw_tp/inet_sock_set_state")
 int security_listen(unsigned long long *ctx)
 {
-	if ((int)ctx[2] != TCP_LISTEN || !sidecar_in_target())
+	if ((int)ctx[2] != TCP_LISTEN)
+		return 0;
+
+	/* The task calling listen(): process context. */
+	int slot = sidecar_slot();
+	void *seen = slot >= 0 ? sidecar_slot_map(&seen_ports, slot) : NULL;
+
+	if (!seen)
 		return 0;
 
 	struct sock *sk = (struct sock *)ctx[0];
 	__u16 port = BPF_CORE_READ(sk, __sk_common.skc_num);
 	__u8 one = 1;
 
-	if (bpf_map_lookup_elem(&seen_ports, &port) ||
-	    bpf_map_update_elem(&seen_ports, &port, &one, BPF_NOEXIST))
+	if (bpf_map_lookup_elem(seen, &port) || bpf_map_update_elem(seen, &port, &one, BPF_NOEXIST))
 		return 0;
 
-	struct security_event *e = reserve(SEC_LISTEN_NEW_PORT);
+	struct security_event *e = reserve(slot, SEC_LISTEN_NEW_PORT);
 
 	if (!e)
 		return 0;
 	e->port = port;
 	e->family = BPF_CORE_READ(sk, __sk_common.skc_family);
-	submit(e);
+	submit(slot, e);
 	return 0;
 }
 
-/* ---- Opt-in sensitive probes: uprobes attached by userspace only with their flags. ---- */
+/* ---- Opt-in sensitive probes: uprobes attached by userspace only with their flags. ----
+ * A uprobe is on a file, for every process that maps it: on a shared kernel side it fires for
+ * every slot whose processes map that file, so each program checks that the slot asked for it
+ * (SIDECAR_SLOT_BASH_READLINE, SIDECAR_SLOT_TLS_PLAINTEXT). */
 
-/* First bytes of each SSL_read/SSL_write copied into a tls_sample event (0: no samples). */
-const volatile __u32 tls_sample_bytes = 0;
+/* The slot of the current task when it asked for `flag`, else -1. */
+static __always_inline int opted_slot(__u64 flag)
+{
+	int slot = sidecar_slot();
+
+	return slot >= 0 && sidecar_slot_wants(slot, flag) ? slot : -1;
+}
 
 /* readline's return: the line bash just read (NULL at end of input). */
 SEC("uretprobe")
 int security_readline(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = opted_slot(SIDECAR_SLOT_BASH_READLINE);
+
+	if (slot < 0)
 		return 0;
 
 	const char *line = (const char *)PT_REGS_RC(ctx);
@@ -405,7 +496,7 @@ int security_readline(struct pt_regs *ctx)
 	if (!line)
 		return 0;
 
-	struct security_event *e = reserve(SEC_BASH_READLINE);
+	struct security_event *e = reserve(slot, SEC_BASH_READLINE);
 
 	if (!e)
 		return 0;
@@ -418,26 +509,28 @@ int security_readline(struct pt_regs *ctx)
 	if (n == sizeof(e->argv))
 		bpf_probe_read_user(&more, 1, line + sizeof(e->argv) - 1);
 	e->args[0] = more != 0;
-	submit(e);
+	submit(slot, e);
 	return 0;
 }
 
-struct {
+/* Per slot, only for slots with --tls-plaintext. */
+struct tls_bytes_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, TLS_KEYS_MAX);
-	__type(key, struct tls_bytes_key);
-	__type(value, __u64);
-} tls_bytes SEC(".maps");
+	SIDECAR_INNER_KV(struct tls_bytes_key, __u64);
+};
+SIDECAR_SLOT_MAP(tls_bytes, struct tls_bytes_map);
 
 /* [dir]: bytes of (direction, comm) pairs that did not fit tls_bytes. */
-struct {
+struct tls_other_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, __u64);
-} tls_other SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(tls_other, struct tls_other_map);
 
-/* Arguments saved at SSL_* entry for the return probe, per thread. */
+/* Arguments saved at SSL_* entry for the return probe, per thread (a thread is in one target:
+ * shared; the return probe finds the slot again). */
 struct tls_call {
 	__u64 buf;
 	__u64 out; /* size_t * of the _ex variants */
@@ -457,7 +550,7 @@ struct {
 SEC("uprobe")
 int security_ssl_enter(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
+	if (opted_slot(SIDECAR_SLOT_TLS_PLAINTEXT) < 0)
 		return 0;
 
 	__u64 id = bpf_get_current_pid_tgid();
@@ -471,25 +564,29 @@ int security_ssl_enter(struct pt_regs *ctx)
 	return 0;
 }
 
-static __always_inline void tls_add(__u32 dir, __u64 n)
+static __always_inline void tls_add(__u32 slot, __u32 dir, __u64 n)
 {
+	void *bytes = sidecar_slot_map(&tls_bytes, slot);
+	void *other = sidecar_slot_map(&tls_other, slot);
 	struct tls_bytes_key k = { .dir = dir };
 	__u64 *v;
 
+	if (!bytes || !other)
+		return;
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
-	v = bpf_map_lookup_elem(&tls_bytes, &k);
+	v = bpf_map_lookup_elem(bytes, &k);
 	if (v) {
 		__sync_fetch_and_add(v, n);
 		return;
 	}
-	if (!bpf_map_update_elem(&tls_bytes, &k, &n, BPF_NOEXIST))
+	if (!bpf_map_update_elem(bytes, &k, &n, BPF_NOEXIST))
 		return;
-	v = bpf_map_lookup_elem(&tls_bytes, &k);
+	v = bpf_map_lookup_elem(bytes, &k);
 	if (v) {
 		__sync_fetch_and_add(v, n);
 		return;
 	}
-	v = bpf_map_lookup_elem(&tls_other, &dir);
+	v = bpf_map_lookup_elem(other, &dir);
 	if (v)
 		*v += n;
 }
@@ -497,7 +594,9 @@ static __always_inline void tls_add(__u32 dir, __u64 n)
 SEC("uretprobe")
 int security_ssl_exit(struct pt_regs *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = opted_slot(SIDECAR_SLOT_TLS_PLAINTEXT);
+
+	if (slot < 0)
 		return 0;
 
 	__u64 id = bpf_get_current_pid_tgid();
@@ -526,16 +625,20 @@ int security_ssl_exit(struct pt_regs *ctx)
 
 	__u32 dir = c.cookie & 1;
 
-	tls_add(dir, n);
-	if (!tls_sample_bytes)
+	tls_add(slot, dir, n);
+
+	struct security_config *cfg = sec_config(slot);
+	__u32 sample = cfg ? cfg->tls_sample_bytes : 0;
+
+	if (!sample)
 		return 0;
 
-	struct security_event *e = reserve(SEC_TLS_SAMPLE);
+	struct security_event *e = reserve(slot, SEC_TLS_SAMPLE);
 
 	if (!e)
 		return 0;
 
-	__u32 len = n < tls_sample_bytes ? n : tls_sample_bytes;
+	__u32 len = n < sample ? n : sample;
 
 	if (len > SEC_ARGV_LEN)
 		len = SEC_ARGV_LEN;
@@ -543,6 +646,6 @@ int security_ssl_exit(struct pt_regs *ctx)
 		e->argv_len = len;
 	e->args[0] = dir;
 	e->args[1] = n;
-	submit(e);
+	submit(slot, e);
 	return 0;
 }

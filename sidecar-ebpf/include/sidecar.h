@@ -51,6 +51,10 @@ struct sidecar_target {
  * differ between targets). */
 #define SIDECAR_SLOT_SYSCALL_LATENCY (1ULL << 0)
 #define SIDECAR_SLOT_SYSCALL_COUNTING (1ULL << 1)
+/* security's opt-in uprobes (--capture-bash-readline, --tls-plaintext): a uprobe on a binary
+ * fires for every slot whose processes map it. */
+#define SIDECAR_SLOT_BASH_READLINE (1ULL << 12)
+#define SIDECAR_SLOT_TLS_PLAINTEXT (1ULL << 13)
 
 struct sidecar_cgroup_entry {
 	__u64 cgroup_id; /* 0: empty, SIDECAR_CGROUP_TOMBSTONE: removed */
@@ -163,10 +167,27 @@ enum security_counter {
 	SEC_LOST = 0, /* ring buffer full: events dropped (per kind below, +kind) */
 };
 
+/* Which of the family's syscall-entry programs reports a slot's syscalls: a shared kernel side
+ * may have several attached at once (sidecars with and without the syscalls family's jump slot,
+ * with and without tracefs), and each call must be reported once. */
+enum security_hook {
+	SEC_HOOK_NONE = 0,
+	SEC_HOOK_TRACEPOINTS = 1, /* security_syscall on syscalls:sys_enter_<name> */
+	SEC_HOOK_RAW = 2,         /* security_sys_enter_raw on raw sys_enter */
+	SEC_HOOK_DISPATCH = 3,    /* security_sys_enter, tail-called by the syscalls family */
+};
+
+/* Per-slot settings of the security family (the single entry of the slot's security_config). */
+struct security_config {
+	__u32 syscall_hook;     /* enum security_hook */
+	__u32 tls_sample_bytes; /* bytes per tls_sample event (0: none) */
+};
+
 _Static_assert(sizeof(struct sidecar_target) == 40, "mirrored in Rust");
 _Static_assert(sizeof(struct sidecar_cgroup_entry) == 16, "mirrored in Rust");
 _Static_assert(sizeof(struct sidecar_tree_entry) == 16, "mirrored in Rust");
 _Static_assert(sizeof(struct security_event) == 504, "mirrored in Rust");
+_Static_assert(sizeof(struct security_config) == 8, "mirrored in Rust");
 /* disk: block requests by (device, op), attributed to the cgroup that created them. */
 enum disk_op {
 	DISK_OP_READ = 0,

@@ -77,6 +77,9 @@ pub const CGROUP_PROBES: u32 = 8;
 pub const CGROUP_TOMBSTONE: u64 = u64::MAX;
 pub const SLOT_SYSCALL_LATENCY: u64 = 1 << 0;
 pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
+/// security's opt-in uprobes (`--capture-bash-readline`, `--tls-plaintext`).
+pub const SLOT_BASH_READLINE: u64 = 1 << 12;
+pub const SLOT_TLS_PLAINTEXT: u64 = 1 << 13;
 
 /// Where cgroup `id` starts its probe sequence in `sidecar_cgroups` (as `sidecar_cgroup_hash`).
 pub fn cgroup_hash(id: u64) -> u32 {
@@ -219,6 +222,19 @@ pub struct SecPrefix {
     pub bytes: [u8; SEC_PREFIX_LEN],
 }
 
+/// `enum security_hook`: which syscall-entry program reports a slot's syscalls.
+pub const SEC_HOOK_TRACEPOINTS: u32 = 1;
+pub const SEC_HOOK_RAW: u32 = 2;
+pub const SEC_HOOK_DISPATCH: u32 = 3;
+
+/// `struct security_config`: the single entry of a slot's `security_config`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SecurityConfig {
+    pub syscall_hook: u32,
+    pub tls_sample_bytes: u32,
+}
+
 /// `struct cpu_hist_val`
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -278,6 +294,8 @@ unsafe impl Pod for CpuHistVal {}
 unsafe impl Pod for ProfileKey {}
 unsafe impl Pod for ProfileCfg {}
 unsafe impl Pod for SecPrefix {}
+// SAFETY: repr(C), two u32.
+unsafe impl Pod for SecurityConfig {}
 
 /// Network family (`net.bpf.c`): shapes mirrored from the `net` section of `sidecar.h`.
 pub mod net {
@@ -722,6 +740,7 @@ pub const MIRRORS: &[Mirror] = &[
     mirror!(ExitKey => "exit_key" { comm, code, signal }),
     mirror!(SecurityEvent => "security_event" { ts_ns, kind, pid, ns_pid, ppid, uid, nr, args, addr, port, family, argv_len, comm, pcomm, path, argv }),
     mirror!(SecPrefix => "sec_prefix" { len, bytes }),
+    mirror!(SecurityConfig => "security_config" { syscall_hook, tls_sample_bytes }),
     mirror!(CpuHistVal => "cpu_hist_val" { sum_ns, hist }),
     mirror!(ProfileKey => "profile_key" { pid, generation, user_stack, kernel_stack, comm }),
     mirror!(ProfileCfg => "profile_cfg" { pidns_dev, pidns_ino, generation, pad }),

@@ -308,6 +308,12 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }
+    if cfg.options.bash_readline {
+        flags |= sidecar_ebpf::SLOT_BASH_READLINE;
+    }
+    if cfg.options.tls_plaintext {
+        flags |= sidecar_ebpf::SLOT_TLS_PLAINTEXT;
+    }
     let pidns = target
         .initial
         .as_ref()

@@ -291,6 +291,34 @@ impl Object {
         self.slot_maps.remove(name)
     }
 
+    /// Take this slot's inner ring buffer `name` (a per-target map of BPF_MAP_TYPE_RINGBUF) out of
+    /// the object, for a reader of its own: it holds only this slot's events.
+    pub fn take_slot_ring(
+        &mut self,
+        name: &str,
+    ) -> Result<aya::maps::RingBuf<aya::maps::MapData>, ProbeError> {
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: name.to_string(),
+            detail,
+        };
+        let map = self
+            .slot_maps
+            .remove(name)
+            .ok_or_else(|| map_err("no inner map for this slot".into()))?;
+        aya::maps::RingBuf::try_from(map).map_err(|e| map_err(e.to_string()))
+    }
+
+    /// Load raw_tp `program` without attaching it and return a duplicate of its fd: for a
+    /// syscalls family's jump slot (`probes::dispatch`), which the caller fills itself.
+    pub fn load_raw_tp_fd(&mut self, program: &str) -> Result<ProgramFd, ProbeError> {
+        self.with_program(program, |p: &mut RawTracePoint| {
+            p.load()?;
+            p.fd()?.try_clone().map_err(ProgramError::IOError)
+        })
+    }
+
     /// Shared set: whether `program` is attached already (by an earlier sidecar, or by us): then
     /// nothing is loaded or attached again. Recorded for bpf_stats either way.
     fn attached_on_set(&mut self, program: &str) -> bool {

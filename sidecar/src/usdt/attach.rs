@@ -20,6 +20,13 @@ pub struct Link {
     _event: OwnedFd,
 }
 
+impl std::os::fd::AsFd for Link {
+    /// The BPF link (to pin it: a pinned link outlives the sidecar, with its perf event).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self._link)
+    }
+}
+
 fn uprobe_pmu_type() -> io::Result<u32> {
     static TYPE: OnceLock<Result<u32, String>> = OnceLock::new();
     TYPE.get_or_init(|| {

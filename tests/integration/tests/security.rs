@@ -407,3 +407,136 @@ fn a_flood_beyond_the_ring_buffer_counts_every_loss() {
         "received {received} + missed by the slow reader {missed} + lost in the kernel {lost}"
     );
 }
+
+/// Two sidecars at once on the shared kernel side (two `run` targets, each a slot): each reads
+/// its own target's events and counts exactly, with its own sensitive paths, and the peer and
+/// port both targets use are new to each (per-slot memory of what was seen).
+#[test]
+fn two_sidecars_on_the_shared_kernel_side_each_see_exactly_their_own_target() {
+    require_root();
+    let w = workload("security_kinds");
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-sec-two-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    for d in ["a", "b", "ctl"] {
+        std::fs::create_dir_all(dir.join(d)).unwrap();
+    }
+    let d = dir.display();
+    // (name, workload runs, writes into a/ and into b/, sensitive paths)
+    let a_paths = format!("/etc/passwd,{d}/a/");
+    let b_paths = format!("{d}/b/");
+    let specs = [("a", 2, 2, a_paths), ("b", 3, 3, b_paths)];
+    let started: Vec<_> = specs
+        .iter()
+        .map(|(name, runs, writes, paths)| {
+            let ctl = format!("{d}/ctl/{name}");
+            // Builtins but for sleep: only the workload's calls are security events, and the
+            // redirections into a/ and b/ (opens for write).
+            let script = format!(
+                ": > {ctl}.ready
+                while [ ! -e {ctl}.go ]; do sleep 0.1; done
+                i=0; while [ $i -lt {runs} ]; do {w} once; i=$((i + 1)); done
+                i=0; while [ $i -lt {writes} ]; do : > {d}/a/f$i; : > {d}/b/f$i; i=$((i + 1)); done
+                : > {ctl}.done
+                while [ ! -e {ctl}.end ]; do sleep 0.1; done",
+                w = w.display()
+            );
+            let events = dir.join(format!("{name}.ndjson"));
+            let prom = dir.join(format!("{name}.prom"));
+            let mut cmd = std::process::Command::new(sidecar_bin());
+            cmd.args(["run", "--kernel-side", "shared", "--listen"])
+                .arg(format!("127.0.0.1:{}", free_port()));
+            for p in paths.split(',') {
+                cmd.args(["--sensitive-path", p]);
+            }
+            let child = cmd
+                .arg("--events-out")
+                .arg(&events)
+                .arg("--metrics-out")
+                .arg(&prom)
+                .args(["--", "sh", "-c", &script])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+                .spawn()
+                .unwrap();
+            (name, child, events, prom)
+        })
+        .collect();
+    let exists = |p: String| std::path::Path::new(&p).exists().then_some(());
+    // Both loaded (each in its own slot) before either target does anything.
+    for (name, ..) in &specs {
+        wait_for(
+            &format!("target {name} started"),
+            Duration::from_secs(90),
+            || exists(format!("{d}/ctl/{name}.ready")),
+        );
+    }
+    // One after the other: both listen on the same port.
+    for (name, ..) in &specs {
+        std::fs::write(format!("{d}/ctl/{name}.go"), "").unwrap();
+        wait_for(
+            &format!("target {name} done"),
+            Duration::from_secs(30),
+            || exists(format!("{d}/ctl/{name}.done")),
+        );
+    }
+    for (name, ..) in &specs {
+        std::fs::write(format!("{d}/ctl/{name}.end"), "").unwrap();
+    }
+    for ((name, runs, writes, _), (_, mut child, events, prom)) in specs.iter().zip(started) {
+        let st = child.wait().unwrap();
+        let log = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap();
+        assert_eq!(st.code(), Some(0), "sidecar {name}:\n{log}");
+        assert!(log.contains("kernel side: shared"), "{log}");
+        let lines: Vec<String> = std::fs::read_to_string(&events)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
+        let ev: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let of = |kind: &str, f: &dyn Fn(&serde_json::Value) -> bool| {
+            ev.iter().filter(|v| v["kind"] == kind && f(v)).count()
+        };
+        let wl = |v: &serde_json::Value| v["comm"] == "security_kinds";
+        let runs = *runs as usize;
+        assert_eq!(
+            of("exec", &|v| v["filename"] == w.display().to_string()),
+            runs,
+            "{name}: {lines:#?}"
+        );
+        assert_eq!(of("shell", &|v| v["parent_comm"] == "security_kinds"), runs);
+        for kind in ["privilege", "ptrace", "namespace", "module", "bpf"] {
+            assert_eq!(of(kind, &wl), runs, "{name} {kind}: {lines:#?}");
+        }
+        // Its own prefixes only: a/ is sensitive for a (with /etc/passwd), b/ for b.
+        let mine = format!("{d}/{name}/");
+        let sensitive = of("sensitive_open", &|v| {
+            v["path"] == "/etc/passwd" || v["path"].as_str().unwrap().starts_with(&mine)
+        });
+        let expected = *writes + if *name == "a" { runs } else { 0 };
+        assert_eq!(sensitive, expected, "{name}: {lines:#?}");
+        assert_eq!(
+            of("sensitive_open", &|_| true),
+            expected,
+            "{name}: {lines:#?}"
+        );
+        // The same peer and port for both targets: new to each.
+        assert_eq!(of("connect_new_peer", &|_| true), 1, "{name}: {lines:#?}");
+        assert_eq!(of("listen_new_port", &|_| true), 1, "{name}: {lines:#?}");
+        let m = Metrics::parse(&std::fs::read_to_string(&prom).unwrap());
+        let count = |kind: &str| m.sum("ebpf_sidecar_security_events_total", &[("kind", kind)]);
+        assert_eq!(count("ptrace"), runs as f64, "{name}");
+        assert_eq!(count("namespace"), runs as f64, "{name}");
+        assert_eq!(count("bpf"), runs as f64, "{name}");
+        assert_eq!(count("sensitive_open"), expected as f64, "{name}");
+        assert_eq!(count("connect_new_peer"), 1.0, "{name}");
+        assert_eq!(count("listen_new_port"), 1.0, "{name}");
+        assert_eq!(
+            m.sum("ebpf_sidecar_events_lost_total", &[("probe", "security")]),
+            0.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -117,6 +117,77 @@ fn bash_readline_captures_exactly_the_lines_typed_in_the_target() {
     assert_eq!(promtool_check(&m.text), "");
 }
 
+/// Two sidecars on the shared kernel side, each capturing bash in its own container of the same
+/// image: one /bin/bash underneath (one inode, one uprobe site), hooked once for the set. Each
+/// gets exactly its own lines, once: a second uprobe on the site would run the shared program
+/// twice per line.
+#[test]
+fn two_sidecars_capturing_bash_of_one_image_each_get_their_own_lines_once() {
+    require_root();
+    docker::sidecar_image();
+    let args = ["debian:bookworm-slim", "bash", "-c", "sleep 600; :"];
+    let a = Container::run("ebpf-sidecar-sec-bash-two-a", &args);
+    let b = Container::run("ebpf-sidecar-sec-bash-two-b", &args);
+    let start = |c: &Container| {
+        Sidecar::start(&[
+            "--target-container",
+            &c.0,
+            "--kernel-side",
+            "shared",
+            "--probes",
+            "security",
+            "--capture-bash-readline",
+        ])
+    };
+    let (sa, sb) = (start(&a), start(&b));
+    for s in [&sa, &sb] {
+        wait_for("bash attached", Duration::from_secs(15), || {
+            (s.scrape().sum(
+                "ebpf_sidecar_security_uprobe_files",
+                &[("probe", "bash_readline")],
+            ) >= 1.0)
+                .then_some(())
+        });
+    }
+    let typed_a: Vec<String> = vec!["echo in a".into(), "exit".into()];
+    let typed_b: Vec<String> = vec!["echo in b".into(), "true b".into(), "exit".into()];
+    let (got_a, got_b) = std::thread::scope(|sc| {
+        let reader_b = sc.spawn(|| {
+            stream_lines(
+                sb.port,
+                "/events?kind=bash_readline",
+                Duration::from_secs(12),
+                || {},
+            )
+        });
+        let got_a = stream_lines(
+            sa.port,
+            "/events?kind=bash_readline",
+            Duration::from_secs(10),
+            || {
+                // Let b's subscription start.
+                std::thread::sleep(Duration::from_millis(500));
+                type_into_bash(&a.0, &typed_a);
+                type_into_bash(&b.0, &typed_b);
+            },
+        );
+        (got_a, reader_b.join().unwrap())
+    });
+    for (s, lines, typed) in [(&sa, &got_a, &typed_a), (&sb, &got_b, &typed_b)] {
+        let ev = events_of(lines, "bash_readline");
+        let got: Vec<&str> = ev.iter().map(|v| v["line"].as_str().unwrap()).collect();
+        let want: Vec<&str> = typed.iter().map(String::as_str).collect();
+        assert_eq!(got, want, "{lines:#?}\n{}", s.log_text());
+        assert_eq!(
+            s.scrape().sum(
+                "ebpf_sidecar_security_events_total",
+                &[("kind", "bash_readline")]
+            ),
+            typed.len() as f64
+        );
+    }
+}
+
 const SERVER: &str = r#"
 import socket, ssl, sys
 port, R = int(sys.argv[1]), int(sys.argv[2])

@@ -1,14 +1,18 @@
 //! Security family: an event stream (exec, shell spawned, privilege changes, ptrace, mounts and
 //! namespaces, module loads, bpf(), writes to sensitive paths, new outbound peers, new listening
 //! ports) through a ring buffer. Kernel side: `sidecar-ebpf/bpf/security.bpf.c`.
+//!
+//! On a shared kernel side the ring buffer, counts, sensitive prefixes, peers and ports seen, TLS
+//! byte counts and the family's settings (`security_config`) are this slot's own inner maps.
 
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::{Array, RingBuf};
+use aya::maps::Array;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
-    SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES, SecPrefix, TLS_READ, TLS_WRITE, TlsBytesKey,
+    SEC_HOOK_DISPATCH, SEC_HOOK_RAW, SEC_HOOK_TRACEPOINTS, SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES,
+    SecPrefix, SecurityConfig, TLS_READ, TLS_WRITE, TlsBytesKey,
 };
 
 mod events;
@@ -17,7 +21,8 @@ pub mod sensitive;
 pub use events::{KINDS, to_json};
 
 use super::dispatch::Side;
-use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use super::object::SyscallHook;
+use super::{EncodeCtx, LoadOpts, Object, Options, Probe, ProbeError};
 use crate::events::EventSink;
 use crate::metrics::{self, LabelBudget, Metric, comm_label};
 use crate::monitored::Resolved;
@@ -93,64 +98,51 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     } else {
         0
     };
-    let mut obj = Object::load_with(
+    // This slot's TLS byte counts exist only when it asked for them.
+    let without: &[&str] = if opts.tls_plaintext {
+        &[]
+    } else {
+        &["tls_bytes", "tls_other"]
+    };
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
         "security",
         sidecar_ebpf::objects::SECURITY,
-        &[("tls_sample_bytes", &sample_bytes.to_ne_bytes())],
+        &LoadOpts {
+            without_inner: without,
+            ..Default::default()
+        },
     )?;
-    {
-        let map_err = |detail: String| ProbeError::Map {
-            family: "security",
-            map: "sensitive_prefixes".into(),
-            detail,
-        };
-        let mut ebpf = obj.lock();
-        let mut prefixes: Array<_, SecPrefix> = Array::try_from(
-            ebpf.map_mut("sensitive_prefixes")
-                .ok_or_else(|| map_err("missing".into()))?,
-        )
-        .map_err(|e| map_err(e.to_string()))?;
-        let wanted: Vec<&str> = if opts.sensitive_paths.is_empty() {
-            DEFAULT_SENSITIVE.to_vec()
-        } else {
-            opts.sensitive_paths.iter().map(String::as_str).collect()
-        };
-        for (i, p) in wanted.iter().take(SEC_PREFIXES as usize).enumerate() {
+    let wanted: Vec<&str> = if opts.sensitive_paths.is_empty() {
+        DEFAULT_SENSITIVE.to_vec()
+    } else {
+        opts.sensitive_paths.iter().map(String::as_str).collect()
+    };
+    write_slot_array(
+        &mut obj,
+        "sensitive_prefixes",
+        wanted.iter().take(SEC_PREFIXES as usize).map(|p| {
             let mut v = SecPrefix {
                 len: p.len().min(SEC_PREFIX_LEN) as u32,
                 bytes: [0; SEC_PREFIX_LEN],
             };
             v.bytes[..v.len as usize].copy_from_slice(&p.as_bytes()[..v.len as usize]);
-            prefixes
-                .set(i as u32, v, 0)
-                .map_err(|e| map_err(e.to_string()))?;
-        }
-    }
-    obj.attach_syscall_hook_via(
-        &opts.syscall_dispatch,
-        Side::Enter,
-        "security_syscall",
-        WATCHED_SYSCALLS,
-        ("security_sys_enter", "sys_enter"),
+            v
+        }),
+    )?;
+    let syscall_hook = attach_syscall_hook(&mut obj, opts)?;
+    write_slot_array(
+        &mut obj,
+        "security_config",
+        [SecurityConfig {
+            syscall_hook,
+            tls_sample_bytes: sample_bytes,
+        }],
     )?;
     obj.attach_raw_tp("security_exec", "sched_process_exec")?;
     obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
     let sensitive = Sensitive::load(&mut obj, opts)?;
-    let ring = {
-        let mut ebpf = obj.lock();
-        let map = ebpf
-            .take_map("security_events")
-            .ok_or_else(|| ProbeError::Map {
-                family: "security",
-                map: "security_events".into(),
-                detail: "missing".into(),
-            })?;
-        RingBuf::try_from(map).map_err(|e| ProbeError::Map {
-            family: "security",
-            map: "security_events".into(),
-            detail: e.to_string(),
-        })?
-    };
+    let ring = obj.take_slot_ring("security_events")?;
     let obj = Arc::new(obj);
     Ok(Arc::new(Security {
         reader: Arc::new(Reader::new(obj.clone(), ring, opts.tls_samples_raw)),
@@ -158,6 +150,63 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         sensitive,
         tls_comms: LabelBudget::new(opts.top_n),
     }))
+}
+
+/// Write `values` from index 0 into this slot's inner array `name`.
+fn write_slot_array<V: aya::Pod>(
+    obj: &mut Object,
+    name: &str,
+    values: impl IntoIterator<Item = V>,
+) -> Result<(), ProbeError> {
+    let map_err = |detail: String| ProbeError::Map {
+        family: "security",
+        map: name.into(),
+        detail,
+    };
+    let map = obj
+        .slot_map_mut(name)
+        .ok_or_else(|| map_err("no inner map for this slot".into()))?;
+    let mut arr: Array<_, V> = Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
+    for (i, v) in (0..).zip(values) {
+        arr.set(i, v, 0).map_err(|e| map_err(e.to_string()))?;
+    }
+    Ok(())
+}
+
+/// Hook the entry of the watched syscalls: the syscalls family's jump slot when it offers one
+/// (its program runs for the targets' syscalls only), else their own tracepoints, else raw
+/// sys_enter. Returns the `security_config.syscall_hook` that makes that program, and only it,
+/// report this slot's syscalls: on a shared kernel side other sidecars may have attached the
+/// others.
+fn attach_syscall_hook(obj: &mut Object, opts: &Options) -> Result<u32, ProbeError> {
+    const DISPATCHED: &str = "security_sys_enter";
+    let side = Side::Enter;
+    if opts.syscall_dispatch.available(side) {
+        let fd = obj.load_raw_tp_fd(DISPATCHED)?;
+        match opts.syscall_dispatch.take(side, &fd) {
+            // Not in the bpf_stats export: the kernel counts a tail call's time in the program
+            // that made it (the syscalls family's sys_enter).
+            Ok(()) => {
+                tracing::info!(
+                    "probe security: {DISPATCHED} runs from the syscalls family's {side:?} program"
+                );
+                return Ok(SEC_HOOK_DISPATCH);
+            }
+            Err(e) => tracing::info!(
+                "probe security: {DISPATCHED} not dispatched ({e}): on the syscalls' own \
+                 tracepoints instead"
+            ),
+        }
+    }
+    let hook = obj.attach_syscall_hook(
+        "security_syscall",
+        WATCHED_SYSCALLS,
+        ("security_sys_enter_raw", "sys_enter"),
+    )?;
+    Ok(match hook {
+        SyscallHook::Raw => SEC_HOOK_RAW,
+        SyscallHook::Tracepoints(_) | SyscallHook::Dispatched => SEC_HOOK_TRACEPOINTS,
+    })
 }
 
 impl Security {

@@ -8,12 +8,20 @@
 //!   default ([`redact`]).
 //!
 //! Binaries are found like the runtimes family finds runtimes (`crate::usdt::procs`): the
-//! target's processes are scanned every [`RESCAN`] and each file, by (device, inode), is attached
+//! target's processes are scanned every [`RESCAN`] and each file ([`FileId`]) is attached
 //! once for every process that maps it (the BPF programs filter the target). In `run` mode the
 //! command's bash and the system's libssl are attached before the command starts.
+//!
+//! A file is known by its inode number, size and modification time ([`FileId`]), not its
+//! device: a uprobe lands on the real file under an overlayfs path, which every container of an
+//! image shares, and overlayfs gives each container its own device but the layer's inode number
+//! (when its layers share a filesystem, as Docker's overlay2 does). On a shared kernel side each
+//! (file, offset, program) is attached once per set, its link pinned under a name made of them:
+//! a second uprobe there would run the shared program twice per call. Sidecars that find the pin
+//! skip the site; the programs check that the caller's slot asked for the probe.
 
 use std::collections::HashMap;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -25,6 +33,7 @@ mod redact;
 
 pub use redact::redact;
 
+use crate::kernel_side::Handle as KsHandle;
 use crate::monitored::Resolved;
 use crate::probes::{Object, Options, ProbeError};
 use crate::usdt::{self, attach::Link, procs};
@@ -88,15 +97,27 @@ pub fn file_kind(path: &str, bash_seen: bool) -> Option<Kind> {
 
 struct Attached {
     kind: Kind,
+    /// Private kernel side: the links (closing them detaches). Shared: empty, the links are
+    /// pinned on the set.
     _links: Vec<Link>,
+}
+
+/// A file across containers and mount namespaces: inode number, size, mtime (s, ns).
+type FileId = (u64, u64, i64, i64);
+
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let m = std::fs::metadata(path)?;
+    Ok((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
 }
 
 pub struct Sensitive {
     readline: Option<ProgramFd>,
     ssl: Option<(ProgramFd, ProgramFd)>,
-    /// By (device, inode): None when the file could not be attached (tried once).
-    files: Mutex<HashMap<(u64, u64), Option<Attached>>>,
+    /// By [`FileId`]: None when the file could not be attached (tried once).
+    files: Mutex<HashMap<FileId, Option<Attached>>>,
     target: Mutex<Option<Resolved>>,
+    /// Where the links go: pinned once per set when shared.
+    ks: KsHandle,
 }
 
 impl Sensitive {
@@ -145,6 +166,7 @@ impl Sensitive {
             ssl,
             files: Mutex::new(HashMap::new()),
             target: Mutex::new(None),
+            ks: obj.kernel_side().clone(),
         });
         if let Some(cmd) = &opts.run_program {
             for path in run_files(cmd, opts.tls_plaintext) {
@@ -214,23 +236,24 @@ impl Sensitive {
         }
     }
 
-    /// Attach `kind`'s probes to the file once (by device and inode).
+    /// Attach `kind`'s probes to the file once ([`FileId`]).
     fn consider(&self, kind: Kind, host_path: &Path, shown: &str) {
-        let Ok(meta) = std::fs::metadata(host_path) else {
+        let Ok(key) = file_id(host_path) else {
             return;
         };
-        let key = (meta.dev(), meta.ino());
         let mut files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         if files.contains_key(&key) {
             return;
         }
-        let r = self.attach_file(kind, host_path);
+        let r = self.attach_file(kind, host_path, &key);
         match r {
-            Ok(links) => {
+            Ok((links, sites, hooked_here)) => {
                 tracing::info!(
                     probe = kind.name(),
                     binary = shown,
-                    sites = links.len(),
+                    sites,
+                    // Shared kernel side: sites hooked by another sidecar of the set are not.
+                    hooked_here,
                     "sensitive probe attached"
                 );
                 files.insert(
@@ -248,17 +271,22 @@ impl Sensitive {
         }
     }
 
-    fn attach_file(&self, kind: Kind, path: &Path) -> Result<Vec<Link>, String> {
+    /// Attach `kind`'s sites in the file: the links held here (private kernel side; on a shared
+    /// set they are pinned instead), the number of sites, and how many of them this call hooked
+    /// (on a shared set the others were hooked by an earlier sidecar).
+    fn attach_file(
+        &self,
+        kind: Kind,
+        path: &Path,
+        id: &FileId,
+    ) -> Result<(Vec<Link>, usize, usize), String> {
         let data = usdt::read_file(path).map_err(|e| e.to_string())?;
-        let mut links = Vec::new();
+        let mut sites: Vec<(&str, &ProgramFd, &str, u64, bool, u64)> = Vec::new();
         match kind {
             Kind::BashReadline => {
                 let prog = self.readline.as_ref().expect("checked by the caller");
                 let off = usdt::symbol_offset(&data, "readline").map_err(|e| e.to_string())?;
-                links.push(
-                    usdt::attach::attach_uprobe(-1, prog.as_fd(), path, off, 0, true, 0)
-                        .map_err(|e| format!("readline at {off:#x}: {e}"))?,
-                );
+                sites.push(("readline", prog, "security_readline", off, true, 0));
             }
             Kind::Tls => {
                 let (enter, exit) = self.ssl.as_ref().expect("checked by the caller");
@@ -267,19 +295,103 @@ impl Sensitive {
                     let Ok(off) = usdt::symbol_offset(&data, sym) else {
                         continue;
                     };
-                    let prog = if *ret { exit } else { enter };
-                    links.push(
-                        usdt::attach::attach_uprobe(-1, prog.as_fd(), path, off, 0, *ret, *cookie)
-                            .map_err(|e| format!("{sym} at {off:#x}: {e}"))?,
-                    );
+                    let (prog, name) = if *ret {
+                        (exit, "security_ssl_exit")
+                    } else {
+                        (enter, "security_ssl_enter")
+                    };
+                    sites.push((sym, prog, name, off, *ret, *cookie));
                 }
-                if links.is_empty() {
+                if sites.is_empty() {
                     return Err("no SSL_read/SSL_write symbol (not OpenSSL's libssl?)".into());
                 }
             }
         }
-        Ok(links)
+        let mut links = Vec::new();
+        let mut pinned = Vec::new();
+        for (sym, prog, name, off, ret, cookie) in &sites {
+            let pin = self
+                .ks
+                .link_pin("security", &site_pin_name(name, id, *off), 0);
+            if pin.as_ref().is_some_and(|p| p.exists()) {
+                continue; // another sidecar of the set hooked this site
+            }
+            let attached =
+                usdt::attach::attach_uprobe(-1, prog.as_fd(), path, *off, 0, *ret, *cookie)
+                    .map_err(|e| format!("{sym} at {off:#x}: {e}"));
+            let r = attached.and_then(|link| match pin {
+                None => {
+                    links.push(link);
+                    Ok(())
+                }
+                Some(pin) => match pin_fd(link.as_fd(), &pin) {
+                    Ok(()) => {
+                        pinned.push(pin);
+                        Ok(())
+                    }
+                    // Another sidecar pinned it meanwhile: ours goes (closed: detached).
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+                    Err(e) => Err(format!("{sym} at {off:#x}: pinning {}: {e}", pin.display())),
+                },
+            });
+            if let Err(e) = r {
+                // All or nothing, as the links held here (dropped on return).
+                for p in &pinned {
+                    let _ = std::fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        }
+        let hooked = links.len() + pinned.len();
+        Ok((links, sites.len(), hooked))
     }
+}
+
+/// The pin name of a uprobe site on a shared set: program, file and offset (bpffs names may not
+/// hold a dot).
+fn site_pin_name(program: &str, (ino, size, sec, nsec): &FileId, offset: u64) -> String {
+    format!("{program}-{ino}-{size}-{sec}_{nsec}-{offset:x}")
+}
+
+/// BPF_OBJ_PIN `fd` at `path` (aya 0.14 pins only the links it made), in a directory only root
+/// may enter.
+fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)?;
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // `union bpf_attr`'s obj member: pathname, bpf_fd, file_flags.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let attr = ObjAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: attr is a valid prefix of `union bpf_attr`; cpath outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
