@@ -213,6 +213,14 @@ impl Object {
         }
         let mut pins = Vec::new();
         for name in parsed.maps.keys() {
+            // Read-only data (`const volatile` settings, string constants) is frozen once
+            // written, and aya writes it at every load: a joining sidecar could not load with a
+            // pinned copy. Each sidecar keeps its own; the programs read the copy of the sidecar
+            // that loaded them (so a `const volatile` is for settings every sidecar of the set
+            // gives alike: per-target ones are SIDECAR_SLOT_* flags).
+            if name.starts_with(".rodata") {
+                continue;
+            }
             if let Some(pin) = ks.map_pin(family, name) {
                 pins.push((name.as_str(), pin));
             }
@@ -277,6 +285,24 @@ impl Object {
     /// The kernel side this object is on.
     pub fn kernel_side(&self) -> &KsHandle {
         &self.ks
+    }
+
+    /// This slot's inner map of per-target map `name` (SIDECAR_SLOT_MAP), to write: a per-slot
+    /// setting, say. None when the object has no such map or loaded without it.
+    pub fn slot_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
+        self.slot_maps.get_mut(name)
+    }
+
+    /// Take this slot's inner map of per-target map `name` out of the object (for a thread that
+    /// owns it from then on); [`Maps::get`] no longer finds it.
+    pub fn take_slot_map(&mut self, name: &str) -> Option<aya::maps::Map> {
+        self.slot_maps.remove(name)
+    }
+
+    /// Count in the bpf_stats export a program of the set this object did not load itself: one
+    /// an earlier sidecar loaded and pinned at `pin` (e.g. packet programs attached per target).
+    pub fn record_pinned_program(&mut self, program: &str, pin: std::path::PathBuf) {
+        self.pinned_programs.push((program.to_string(), pin));
     }
 
     /// Shared set: whether `program` is attached already (by an earlier sidecar, or by us): then
