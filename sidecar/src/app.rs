@@ -308,6 +308,22 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }
+    let o = &cfg.options;
+    if o.net_http {
+        // In netns mode there is no socket on tc ingress to pair requests with: net reads HTTP
+        // from the syscalls there.
+        flags |= if o.net_http_syscalls || o.net_mode == crate::probes::NetMode::Netns {
+            sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
+        } else {
+            sidecar_ebpf::SLOT_NET_HTTP_PACKETS
+        };
+        if o.http_paths {
+            flags |= sidecar_ebpf::SLOT_NET_HTTP_PATHS;
+        }
+    }
+    if o.net_events {
+        flags |= sidecar_ebpf::SLOT_NET_EVENTS;
+    }
     let pidns = target
         .initial
         .as_ref()
@@ -326,7 +342,22 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
         }
         (c, _) => c,
     };
-    let ks = start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
+    let mut ks =
+        start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
+    // auto: a target that another sidecar of the set watches already (a second sidecar on one
+    // container, with other options) cannot have a slot there too: this one goes private.
+    if choice == KsChoice::Auto
+        && ks.dir().is_some()
+        && let Some(id) = target.initial.as_ref().and_then(|t| t.cgroup_id())
+        && let Err(e @ crate::kernel_side::KernelSideError::Taken { .. }) =
+            ks.claim_cgroup(Some(id))
+    {
+        tracing::info!("kernel side: private ({e})");
+        ks.loaded();
+        ks.leave();
+        ks = KernelSide::private(Some(e.to_string()));
+        ks.flags = flags;
+    }
     let handle = crate::kernel_side::Handle(Arc::new(ks));
     crate::kernel_side::install_exit_hook(handle.clone());
     Ok(handle)
