@@ -8,3 +8,13 @@
 
 struct security_event record_security_event; /* security.bpf.c: security_events */
 struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */
+/* Keys and values of per-slot maps (SIDECAR_SLOT_MAP): an inner definition gives their sizes
+ * only (SIDECAR_INNER_KV). */
+struct exit_key record_exit_key;                   /* process.bpf.c: process_exits */
+struct net_pkt_stats record_net_pkt_stats;         /* net.bpf.c: net_packets */
+struct net_peer_key record_net_peer_key;           /* net.bpf.c: net_peers */
+struct net_peer_stats record_net_peer_stats;       /* net.bpf.c: net_peers */
+struct net_error_key record_net_error_key;         /* net.bpf.c: net_errors */
+struct net_http_key record_net_http_key;           /* net.bpf.c: net_http_requests */
+struct net_http_path_key record_net_http_path_key; /* net.bpf.c: net_http_paths */
+struct net_pcap_cfg record_net_pcap_cfg;           /* net.bpf.c: net_pcap_cfg */

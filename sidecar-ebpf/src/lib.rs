@@ -77,6 +77,14 @@ pub const CGROUP_PROBES: u32 = 8;
 pub const CGROUP_TOMBSTONE: u64 = u64::MAX;
 pub const SLOT_SYSCALL_LATENCY: u64 = 1 << 0;
 pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
+/// net: HTTP/1.x read from TCP segments (`--net-http on`).
+pub const SLOT_NET_HTTP_PACKETS: u64 = 1 << 20;
+/// net: HTTP/1.x read from read/write syscalls (`--net-http syscalls`, or `--net-mode netns`).
+pub const SLOT_NET_HTTP_SYSCALLS: u64 = 1 << 21;
+/// net: `--http-paths`.
+pub const SLOT_NET_HTTP_PATHS: u64 = 1 << 22;
+/// net: `--net-events`.
+pub const SLOT_NET_EVENTS: u64 = 1 << 23;
 
 /// Where cgroup `id` starts its probe sequence in `sidecar_cgroups` (as `sidecar_cgroup_hash`).
 pub fn cgroup_hash(id: u64) -> u32 {
@@ -385,7 +393,6 @@ pub mod net {
     // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
     const _: () = assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
 }
-
 
 // ---- disk and files (include/sidecar.h, sections "disk" and "files") ----
 
