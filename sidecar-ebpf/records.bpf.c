@@ -7,15 +7,22 @@
 #include "sidecar.bpf.h"
 
 struct security_event record_security_event; /* security.bpf.c: security_events */
-struct security_config record_security_config; /* security.bpf.c: security_config (per slot) */
-struct sec_prefix record_sec_prefix; /* security.bpf.c: sensitive_prefixes (per slot) */
-struct tls_bytes_key record_tls_bytes_key; /* security.bpf.c: tls_bytes (per slot) */
-struct exit_key record_exit_key; /* process.bpf.c: process_exits (per slot) */
 struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */
-/* Keys and values of per-slot (inner) maps: SIDECAR_INNER_KV gives only their sizes. */
-struct syscall_error_key record_syscall_error_key; /* syscalls.bpf.c: syscall_errors, syscall_denied */
+/* Keys and values of per-slot maps (SIDECAR_SLOT_MAP): an inner definition gives their sizes
+ * only (SIDECAR_INNER_KV). */
 struct exit_key record_exit_key;                   /* process.bpf.c: process_exits */
 struct comm_key record_comm_key;                   /* process.bpf.c, cpu.bpf.c: process_execs, cpu_comm_ns */
+struct syscall_error_key record_syscall_error_key; /* syscalls.bpf.c: syscall_errors, syscall_denied */
 struct cpu_hist_val record_cpu_hist_val;           /* cpu.bpf.c: cpu_hists */
 struct profile_key record_profile_key;             /* profile.bpf.c: profile_counts */
 struct profile_cfg record_profile_cfg;             /* profile.bpf.c: profile_config */
+struct security_config record_security_config;     /* security.bpf.c: security_config */
+struct sec_prefix record_sec_prefix;               /* security.bpf.c: sensitive_prefixes */
+struct tls_bytes_key record_tls_bytes_key;         /* security.bpf.c: tls_bytes */
+struct net_pkt_stats record_net_pkt_stats;         /* net.bpf.c: net_packets */
+struct net_peer_key record_net_peer_key;           /* net.bpf.c: net_peers */
+struct net_peer_stats record_net_peer_stats;       /* net.bpf.c: net_peers */
+struct net_error_key record_net_error_key;         /* net.bpf.c: net_errors */
+struct net_http_key record_net_http_key;           /* net.bpf.c: net_http_requests */
+struct net_http_path_key record_net_http_path_key; /* net.bpf.c: net_http_paths */
+struct net_pcap_cfg record_net_pcap_cfg;           /* net.bpf.c: net_pcap_cfg */

@@ -3,24 +3,22 @@
  * cgroup), the TCP lifecycle (sock:inet_sock_set_state, tcp:*), failed connect/bind/listen by
  * errno, UDP receive-queue drops. Everything is aggregated here; userspace reads maps at scrape.
  *
- * Filtering: cgroup_skb programs are attached to the target's cgroup only, so the attachment is
- * the filter (they run in softirq, where `current` is whoever was interrupted). The TCP and UDP
- * tracepoints fire in softirq too, so they filter on the cgroup the SOCKET was created in, not on
- * the current task. Only sys_exit runs in the target's own context and uses sidecar_in_target(). */
+ * Targets (slots): every per-target map is a per-slot array of maps (SIDECAR_SLOT_MAP), and each
+ * program finds the slot first. cgroup_skb programs are attached to each target's cgroup, so
+ * only targets' sockets pass through them; they run in softirq, where `current` is whoever was
+ * interrupted, so the slot is the one of the socket's cgroup. The TCP and UDP tracepoints fire
+ * in softirq too: same, the cgroup the SOCKET was created in. Only the syscall exits run in the
+ * target's own context and use the current task's slot. Options that differ between targets
+ * (HTTP source, paths, events) are SIDECAR_SLOT_NET_* flags of the slot. */
 #include "sidecar.bpf.h"
 #include <bpf/bpf_endian.h>
 
 char LICENSE[] SEC("license") = "GPL";
 
-/* Set at load (--net-http): recognise HTTP/1.x in payloads. Off, sys_exit skips the task-storage
- * lookup it otherwise makes on every syscall of the host. */
-const volatile __u8 http_enabled = 1;
-/* Set at load (--http-paths): key the HTTP tables by request path too. */
-const volatile __u8 http_paths = 0;
-/* Set at load (--net-http): where payloads are read. 0 = TCP segments in the cgroup_skb programs
- * (no per-syscall work at all); 1 = read/write syscalls (the pid-namespace fallback, where there
- * is no cgroup to attach packet programs to). */
-const volatile __u8 http_syscalls = 0;
+/* Set at load: 1 on a shared kernel side, where the cgroup_skb programs (one copy for every
+ * target) find the slot of each packet from its socket's cgroup; 0 on a private one, whose only
+ * target is slot 0 and whose attachment is the filter (no lookup at all). */
+const volatile __u8 pkt_slot_lookup = 0;
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -40,67 +38,83 @@ const volatile __u8 http_syscalls = 0;
 #define ST_CLOSE 7
 #define ST_NEW_SYN_RECV 12
 
-struct {
+/* Per target (slot), see SIDECAR_SLOT_MAP. The hash tables are not preallocated: a slot's
+ * kernel memory is its bucket array plus the entries it holds, not max_entries of them. */
+struct net_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} net_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(net_counters, struct net_counters_map);
 
 /* Same layout as the syscall stats: count, sum of ns, log2 buckets. */
-struct {
+struct net_hists_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 2);
-	__type(key, __u32);
-	__type(value, struct syscall_stats);
-} net_hists SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct syscall_stats);
+};
+SIDECAR_SLOT_MAP(net_hists, struct net_hists_map);
 
-struct {
+struct net_peers_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, NET_PEERS_MAX);
-	__type(key, struct net_peer_key);
-	__type(value, struct net_peer_stats);
-} net_peers SEC(".maps");
+	SIDECAR_INNER_KV(struct net_peer_key, struct net_peer_stats);
+};
+SIDECAR_SLOT_MAP(net_peers, struct net_peers_map);
 
-struct {
+struct net_errors_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 256);
-	__type(key, struct net_error_key);
-	__type(value, __u64);
-} net_errors SEC(".maps");
+	SIDECAR_INNER_KV(struct net_error_key, __u64);
+};
+SIDECAR_SLOT_MAP(net_errors, struct net_errors_map);
 
 /* Accepted connections by local (listening) port. */
-struct {
+struct net_accepts_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1024);
-	__type(key, __u32);
-	__type(value, __u64);
-} net_accepts SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(net_accepts, struct net_accepts_map);
 
 struct conn {
 	__u64 start;       /* SYN sent or child socket created */
 	__u64 established; /* 0 until the handshake completed */
 };
 
-/* Live TCP connections of the target, by socket address. */
-struct {
+/* Live TCP connections of the target, by socket address. Full: NET_LOST_CONNS. */
+struct net_conns_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct conn);
-} net_conns SEC(".maps");
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__uint(max_entries, NET_CONNS_MAX);
+	SIDECAR_INNER_KV(__u64, struct conn);
+};
+SIDECAR_SLOT_MAP(net_conns, struct net_conns_map);
 
-static __always_inline void bump(__u32 idx, __u64 n)
+/* The SIDECAR_SLOT_* options of `slot` (0: no such slot). */
+static __always_inline __u64 slot_flags(__u32 slot)
 {
-	__u64 *c = bpf_map_lookup_elem(&net_counters, &idx);
+	struct sidecar_target *t = sidecar_slot_config(slot);
+
+	return t ? t->flags : 0;
+}
+
+static __always_inline void bump(__u32 slot, __u32 idx, __u64 n)
+{
+	void *m = sidecar_slot_map(&net_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += n;
 }
 
-static __always_inline void observe(__u32 which, __u64 ns)
+static __always_inline void observe(__u32 slot, __u32 which, __u64 ns)
 {
-	struct syscall_stats *h = bpf_map_lookup_elem(&net_hists, &which);
+	void *m = sidecar_slot_map(&net_hists, slot);
+	struct syscall_stats *h = m ? bpf_map_lookup_elem(m, &which) : NULL;
 
 	if (!h)
 		return;
@@ -109,8 +123,9 @@ static __always_inline void observe(__u32 which, __u64 ns)
 	h->hist[sidecar_hist_bucket(ns)]++;
 }
 
-/* Add n at key in a per-CPU u64 hash; count a loss when the table is full. */
-static __always_inline void hash_add(void *map, void *key, __u64 n)
+/* Add n at key in a per-CPU u64 hash (slot's inner map `map`); count a loss when the table is
+ * full. */
+static __always_inline void hash_add(__u32 slot, void *map, void *key, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(map, key);
 
@@ -123,7 +138,7 @@ static __always_inline void hash_add(void *map, void *key, __u64 n)
 		if (c)
 			*c += n; /* another CPU inserted it first */
 		else
-			bump(NET_LOST_KEYS, 1);
+			bump(slot, NET_LOST_KEYS, 1);
 	}
 }
 
@@ -151,11 +166,6 @@ static __always_inline int sk_slot(const struct sock *sk)
 	return s >= 0 ? s : sk_slot_by_task();
 }
 
-static __always_inline int sk_in_target(const struct sock *sk)
-{
-	return sk_slot(sk) >= 0;
-}
-
 /* sk_slot() for a BTF-typed socket (tp_btf): plain loads instead of probe reads. */
 static __always_inline int sk_slot_btf(const struct sock *sk)
 {
@@ -163,11 +173,6 @@ static __always_inline int sk_slot_btf(const struct sock *sk)
 	int s = cg ? sidecar_cgroup_slot(cg->kn->id) : -1;
 
 	return s >= 0 ? s : sk_slot_by_task();
-}
-
-static __always_inline int sk_in_target_btf(const struct sock *sk)
-{
-	return sk_slot_btf(sk) >= 0;
 }
 
 #define S_IFMT 00170000
@@ -199,9 +204,10 @@ static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
 /* ---- packets and bytes, DNS, capture (cgroup_skb or tc), connection events ---- */
 
 /* HTTP/1.x from TCP segments (below), called by the packet programs. */
-static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off);
+static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off, __u32 slot,
+				     __u64 flags);
 /* A socket closed: forget the HTTP state kept for it (syscalls source). */
-static __always_inline void http_forget(__u64 key);
+static __always_inline void http_forget(__u32 slot, __u64 key);
 
 #include "net_pkt.bpf.h"
 
@@ -222,12 +228,13 @@ static __always_inline void peer_of(const struct sock *sk, struct net_peer_key *
 	}
 }
 
-static __always_inline void account_close(const struct sock *sk)
+static __always_inline void account_close(__u32 slot, const struct sock *sk)
 {
 	struct tcp_sock *tp = bpf_skc_to_tcp_sock((void *)sk);
+	void *peers = sidecar_slot_map(&net_peers, slot);
 	struct net_peer_key k = {};
 
-	if (!tp)
+	if (!tp || !peers)
 		return;
 	/* Payload as the application wrote and read it. bytes_sent counts data segments only (no
 	 * SYN/FIN), retransmissions included; bytes_received is rcv_nxt progress, which includes
@@ -241,23 +248,23 @@ static __always_inline void account_close(const struct sock *sk)
 		received--;
 
 	peer_of(sk, &k);
-	struct net_peer_stats *s = bpf_map_lookup_elem(&net_peers, &k);
+	struct net_peer_stats *s = bpf_map_lookup_elem(peers, &k);
 
 	if (!s) {
 		struct net_peer_stats zero = {};
 
 		/* Fails when the table is full (or another CPU inserted first: found below). */
-		bpf_map_update_elem(&net_peers, &k, &zero, BPF_NOEXIST);
-		s = bpf_map_lookup_elem(&net_peers, &k);
+		bpf_map_update_elem(peers, &k, &zero, BPF_NOEXIST);
+		s = bpf_map_lookup_elem(peers, &k);
 	}
 	if (s) {
 		s->sent += sent;
 		s->received += received;
 		s->closed++;
 	} else {
-		bump(NET_OTHER_SENT, sent);
-		bump(NET_OTHER_RECEIVED, received);
-		bump(NET_OTHER_CLOSED, 1);
+		bump(slot, NET_OTHER_SENT, sent);
+		bump(slot, NET_OTHER_RECEIVED, received);
+		bump(slot, NET_OTHER_CLOSED, 1);
 	}
 }
 
@@ -274,57 +281,66 @@ int net_state(unsigned long long *ctx)
 	/* Only the transitions used below: skip the filter for the rest (FIN_WAIT, CLOSE_WAIT…). */
 	if (new != ST_SYN_SENT && new != ST_SYN_RECV && new != ST_ESTABLISHED && new != ST_CLOSE)
 		return 0;
-	if (!sk_in_target_btf(sk))
+	int slot = sk_slot_btf(sk);
+
+	if (slot < 0)
+		return 0;
+	/* No table: the slot's sidecar does not run this family. */
+	void *conns = sidecar_slot_map(&net_conns, slot);
+
+	if (!conns)
 		return 0;
 
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns();
+	int events = (slot_flags(slot) & SIDECAR_SLOT_NET_EVENTS) != 0;
 	struct conn *c;
 
 	if (new == ST_SYN_SENT || (new == ST_SYN_RECV && old != ST_ESTABLISHED)) {
 		struct conn v = { .start = now };
 
-		if (bpf_map_update_elem(&net_conns, &key, &v, BPF_ANY))
-			bump(NET_LOST_CONNS, 1);
-		if (events_enabled && new == ST_SYN_SENT)
-			ev_own(key); /* connect() runs here, in the connecting task */
+		if (bpf_map_update_elem(conns, &key, &v, BPF_ANY))
+			bump(slot, NET_LOST_CONNS, 1);
+		if (events && new == ST_SYN_SENT)
+			ev_own(slot, key); /* connect() runs here, in the connecting task */
 		return 0;
 	}
 	if (new == ST_ESTABLISHED && (old == ST_SYN_SENT || old == ST_SYN_RECV)) {
 		int active = old == ST_SYN_SENT;
+		void *accepts = sidecar_slot_map(&net_accepts, slot);
 
-		bump(active ? NET_CONN_ACTIVE : NET_CONN_PASSIVE, 1);
-		if (!active) {
+		bump(slot, active ? NET_CONN_ACTIVE : NET_CONN_PASSIVE, 1);
+		if (!active && accepts) {
 			__u32 port = sk->__sk_common.skc_num;
 
-			hash_add(&net_accepts, &port, 1);
+			hash_add(slot, accepts, &port, 1);
 		}
-		c = bpf_map_lookup_elem(&net_conns, &key);
+		c = bpf_map_lookup_elem(conns, &key);
 		if (c) {
 			c->established = now;
 			if (active)
-				observe(NET_HIST_CONNECT, now - c->start);
-			if (events_enabled && active)
-				ev_emit(sk, NET_EV_CONNECT, now - c->start);
+				observe(slot, NET_HIST_CONNECT, now - c->start);
+			if (events && active)
+				ev_emit(slot, sk, NET_EV_CONNECT, now - c->start);
 		} else {
 			struct conn v = { .start = now, .established = now };
 
-			if (bpf_map_update_elem(&net_conns, &key, &v, BPF_ANY))
-				bump(NET_LOST_CONNS, 1);
+			if (bpf_map_update_elem(conns, &key, &v, BPF_ANY))
+				bump(slot, NET_LOST_CONNS, 1);
 		}
 		return 0;
 	}
 	if (new == ST_CLOSE) {
-		http_forget(key);
-		c = bpf_map_lookup_elem(&net_conns, &key);
+		http_forget(slot, key);
+		c = bpf_map_lookup_elem(conns, &key);
 		if (!c)
 			return 0;
 		if (c->established) {
-			observe(NET_HIST_LIFETIME, now - c->start);
-			account_close(sk);
-			if (events_enabled)
-				ev_emit(sk, NET_EV_CLOSE, now - c->start);
+			observe(slot, NET_HIST_LIFETIME, now - c->start);
+			account_close(slot, sk);
+			if (events)
+				ev_emit(slot, sk, NET_EV_CLOSE, now - c->start);
 		}
-		bpf_map_delete_elem(&net_conns, &key);
+		bpf_map_delete_elem(conns, &key);
 	}
 	return 0;
 }
@@ -345,9 +361,10 @@ SEC("raw_tp/tcp_retransmit_skb")
 int net_retransmit(unsigned long long *ctx)
 {
 	const struct sock *sk = (const struct sock *)ctx[0];
+	int slot = full_sock(sk) ? sk_slot(sk) : -1;
 
-	if (full_sock(sk) && sk_in_target(sk))
-		bump(NET_RETRANSMITS, 1);
+	if (slot >= 0)
+		bump(slot, NET_RETRANSMITS, 1);
 	return 0;
 }
 
@@ -357,9 +374,10 @@ SEC("raw_tp/tcp_send_reset")
 int net_send_reset(unsigned long long *ctx)
 {
 	const struct sock *sk = (const struct sock *)ctx[0];
+	int slot = full_sock(sk) ? sk_slot(sk) : -1;
 
-	if (full_sock(sk) && sk_in_target(sk))
-		bump(NET_RESETS_SENT, 1);
+	if (slot >= 0)
+		bump(slot, NET_RESETS_SENT, 1);
 	return 0;
 }
 
@@ -368,9 +386,10 @@ SEC("raw_tp/tcp_receive_reset")
 int net_receive_reset(unsigned long long *ctx)
 {
 	const struct sock *sk = (const struct sock *)ctx[0];
+	int slot = full_sock(sk) ? sk_slot(sk) : -1;
 
-	if (full_sock(sk) && sk_in_target(sk))
-		bump(NET_RESETS_RECEIVED, 1);
+	if (slot >= 0)
+		bump(slot, NET_RESETS_RECEIVED, 1);
 	return 0;
 }
 
@@ -379,9 +398,10 @@ SEC("raw_tp/udp_fail_queue_rcv_skb")
 int net_udp_drop(unsigned long long *ctx)
 {
 	const struct sock *sk = (const struct sock *)ctx[1];
+	int slot = sk_slot(sk);
 
-	if (sk_in_target(sk))
-		bump(NET_UDP_DROPS, 1);
+	if (slot >= 0)
+		bump(slot, NET_UDP_DROPS, 1);
 	return 0;
 }
 
@@ -397,7 +417,11 @@ static __always_inline void net_error(long nr, long ret)
 		return;
 	if (nr != NR_CONNECT && nr != NR_BIND && nr != NR_LISTEN)
 		return;
-	if (!sidecar_in_target())
+
+	int slot = sidecar_slot();
+	void *errors = slot >= 0 ? sidecar_slot_map(&net_errors, slot) : NULL;
+
+	if (!errors)
 		return;
 
 	struct net_error_key k = {
@@ -405,7 +429,7 @@ static __always_inline void net_error(long nr, long ret)
 		.err = (__u32)(-ret),
 	};
 
-	hash_add(&net_errors, &k, 1);
+	hash_add(slot, errors, &k, 1);
 }
 
 /* Default hook for the errors: the exit tracepoints of connect, bind and listen only. */
@@ -416,27 +440,14 @@ int net_sys_exit_error(struct sidecar_sys_exit *ctx)
 	return 0;
 }
 
-/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. Runs for every syscall of the
- * host: attached only for `--net-http syscalls` (payload calls finish here) or without tracefs. */
+/* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = return value. The errors' hook when neither
+ * the exit tracepoints (no tracefs) nor the syscalls family's jump slot (where it runs for the
+ * targets' syscalls only) can be had: then it runs for every syscall of the host. */
 SEC("raw_tp/sys_exit")
 int net_sys_exit(unsigned long long *ctx)
 {
 	long ret = (long)ctx[1];
-	/* A payload call of the target in flight? Only its threads carry this storage; for every
-	 * other task the lookup returns NULL at once. */
-	struct http_call *hc = http_enabled && http_syscalls ? bpf_task_storage_get(&net_http_calls,
-							    bpf_get_current_task_btf(), 0, 0)
-					     : NULL;
 
-	if (hc && hc->nr1) {
-		__u32 nr = hc->nr1 - 1, fd = hc->fd;
-		__u64 buf = hc->buf;
-
-		hc->nr1 = 0;
-		/* readv/writev: Node.js writes its answers with writev, nginx its heads and chunks */
-		if (ret > 0)
-			http_payload(nr, fd, buf, ret, nr == NR_READV || nr == NR_WRITEV);
-	}
 	/* Successful calls (nearly all) leave before the number is read. */
 	if (ret >= 0 || ret < -4095 || ret == -EINPROGRESS)
 		return 0;
@@ -444,5 +455,36 @@ int net_sys_exit(unsigned long long *ctx)
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];
 
 	net_error(BPF_CORE_READ(regs, orig_ax), ret);
+	return 0;
+}
+
+/* raw_tp args as above. Payload calls finish here (slots with SIDECAR_SLOT_NET_HTTP_SYSCALLS,
+ * whose reads and writes net_sys_enter remembers); runs for every syscall of the host, attached
+ * once a slot asks for it. Errors are the hooks' above, whatever the HTTP source. */
+SEC("raw_tp/sys_exit")
+int net_http_sys_exit(unsigned long long *ctx)
+{
+	long ret = (long)ctx[1];
+	/* A payload call of a target in flight? Only its threads carry this storage; for every
+	 * other task the lookup returns NULL at once. */
+	struct http_call *hc = bpf_task_storage_get(&net_http_calls, bpf_get_current_task_btf(), 0,
+						    0);
+
+	if (!hc || !hc->nr1)
+		return 0;
+
+	__u32 nr = hc->nr1 - 1, fd = hc->fd;
+	__u64 buf = hc->buf;
+
+	hc->nr1 = 0;
+	if (ret <= 0)
+		return 0;
+	/* The slot now, not when the call began (the storage outlives a move to another target). */
+	int slot = sidecar_slot();
+
+	if (slot < 0 || !(slot_flags(slot) & SIDECAR_SLOT_NET_HTTP_SYSCALLS))
+		return 0;
+	/* readv/writev: Node.js writes its answers with writev, nginx its heads and chunks */
+	http_payload(slot, nr, fd, buf, ret, nr == NR_READV || nr == NR_WRITEV);
 	return 0;
 }

@@ -79,19 +79,21 @@ struct {
 } net_http_calls SEC(".maps");
 
 /* Connections followed from read/write syscalls (--net-http syscalls), by socket address; deleted
- * when the socket closes (net_state). LRU: a table full of connections that never closed cannot
- * stop new ones (an evicted connection is not followed again: `midstream`); per-CPU LRU lists:
- * no shared lock to take. 4096 x 552 bytes, about the memory of the 16384-entry table of single
- * pending requests it replaced. */
-struct {
+ * when the socket closes (net_state). Per slot, only for slots with that source. LRU: a table
+ * full of connections that never closed cannot stop new ones (an evicted connection is not
+ * followed again: `midstream`); per-CPU LRU lists: no shared lock to take. 4096 x 552 bytes,
+ * about the memory of the 16384-entry table of single pending requests it replaced. */
+struct net_http_conns_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(map_flags, BPF_F_NO_COMMON_LRU);
 	__uint(max_entries, 4096);
-	__type(key, __u64);
-	__type(value, struct http_conn);
-} net_http_conns SEC(".maps");
+	SIDECAR_INNER_KV(__u64, struct http_conn);
+};
+SIDECAR_SLOT_MAP(net_http_conns, struct net_http_conns_map);
 
-/* The same, for payloads read from TCP segments: kept on the socket itself, gone with it. */
+/* The same, for payloads read from TCP segments: kept on the socket itself, gone with it (a
+ * socket belongs to one target: shared by all slots; what it counts goes to the slot found for
+ * each segment). */
 struct {
 	__uint(type, BPF_MAP_TYPE_SK_STORAGE);
 	__uint(map_flags, BPF_F_NO_PREALLOC);
@@ -107,29 +109,32 @@ struct {
 	__type(value, struct http_conn);
 } net_http_conn_zero SEC(".maps");
 
-struct {
+/* Per slot, with HTTP on and --http-paths off. */
+struct net_http_requests_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, 1024);
-	__type(key, struct net_http_key);
-	__type(value, __u64);
-} net_http_requests SEC(".maps");
+	SIDECAR_INNER_KV(struct net_http_key, __u64);
+};
+SIDECAR_SLOT_MAP(net_http_requests, struct net_http_requests_map);
 
 /* Request start to response start, by dir * NET_HTTP_METHODS + method. */
-struct {
+struct net_http_hists_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_HTTP_DIRS * NET_HTTP_METHODS);
-	__type(key, __u32);
-	__type(value, struct syscall_stats);
-} net_http_hists SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct syscall_stats);
+};
+SIDECAR_SLOT_MAP(net_http_hists, struct net_http_hists_map);
 
 /* --http-paths: requests and durations by (dir, method, status, path); replaces the two tables
- * above when on. Full: the all-zero path collects the rest. */
-struct {
+ * above for the slots that ask. Full: the all-zero path collects the rest. */
+struct net_http_paths_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__uint(max_entries, NET_HTTP_PATHS_MAX);
-	__type(key, struct net_http_path_key);
-	__type(value, struct syscall_stats);
-} net_http_paths SEC(".maps");
+	SIDECAR_INNER_KV(struct net_http_path_key, struct syscall_stats);
+};
+SIDECAR_SLOT_MAP(net_http_paths, struct net_http_paths_map);
 
 /* Map values are too large for the stack: build new entries here. */
 struct {
@@ -139,15 +144,18 @@ struct {
 	__type(value, struct syscall_stats);
 } net_http_zero SEC(".maps");
 
-/* The socket closed (net_state): forget its syscall-fed parser state. */
-static __always_inline void http_forget(__u64 key)
+/* The socket closed (net_state): forget its syscall-fed parser state (slots with that source). */
+static __always_inline void http_forget(__u32 slot, __u64 key)
 {
-	if (http_enabled && http_syscalls)
-		bpf_map_delete_elem(&net_http_conns, &key);
+	void *conns = sidecar_slot_map(&net_http_conns, slot);
+
+	if (conns)
+		bpf_map_delete_elem(conns, &key);
 }
 
 /* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Only the six calls that
- * carry payloads are remembered; every other syscall leaves at the first comparison. */
+ * carry payloads are remembered, for the slots that read HTTP from syscalls; every other syscall
+ * leaves at the first comparison. */
 SEC("raw_tp/sys_enter")
 int net_sys_enter(unsigned long long *ctx)
 {
@@ -156,7 +164,10 @@ int net_sys_enter(unsigned long long *ctx)
 	if (nr != NR_READ && nr != NR_WRITE && nr != NR_SENDTO && nr != NR_RECVFROM &&
 	    nr != NR_READV && nr != NR_WRITEV)
 		return 0;
-	if (!sidecar_in_target())
+
+	int slot = sidecar_slot();
+
+	if (slot < 0 || !(slot_flags(slot) & SIDECAR_SLOT_NET_HTTP_SYSCALLS))
 		return 0;
 
 	struct pt_regs *regs = (struct pt_regs *)ctx[0];

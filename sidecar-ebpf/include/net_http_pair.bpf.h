@@ -5,9 +5,9 @@
 
 /* ---- pairing and counting ---- */
 
-static __always_inline struct syscall_stats *path_stats(struct net_http_path_key *k)
+static __always_inline struct syscall_stats *path_stats(void *paths, struct net_http_path_key *k)
 {
-	struct syscall_stats *v = bpf_map_lookup_elem(&net_http_paths, k);
+	struct syscall_stats *v = bpf_map_lookup_elem(paths, k);
 	__u32 zero = 0;
 
 	if (v)
@@ -17,35 +17,41 @@ static __always_inline struct syscall_stats *path_stats(struct net_http_path_key
 	if (!init)
 		return NULL;
 	/* Full: fold this path into the overflow slot. */
-	if (bpf_map_update_elem(&net_http_paths, k, init, BPF_NOEXIST) &&
-	    !bpf_map_lookup_elem(&net_http_paths, k)) {
+	if (bpf_map_update_elem(paths, k, init, BPF_NOEXIST) && !bpf_map_lookup_elem(paths, k)) {
 		__builtin_memset(k->path, 0, NET_HTTP_PATH_LEN);
-		bpf_map_update_elem(&net_http_paths, k, init, BPF_NOEXIST);
+		bpf_map_update_elem(paths, k, init, BPF_NOEXIST);
 	}
-	return bpf_map_lookup_elem(&net_http_paths, k);
+	return bpf_map_lookup_elem(paths, k);
 }
 
-/* The request `p` (direction dir: 0 server, 1 client) is answered with status `st` now. Global:
- * checked once, not once per step of the per-segment loop. */
-__attribute__((noinline)) int http_end(struct http_req *p, __u32 dir, __u32 st, __u64 now)
+/* The request `p` (direction dir: 0 server, 1 client) of target `slot` is answered with status
+ * `st` now. Global: checked once, not once per step of the per-segment loop. */
+__attribute__((noinline)) int http_end(struct http_req *p, __u32 dir, __u32 st, __u64 now,
+				       __u32 slot)
 {
-	struct syscall_stats *hs;
+	struct syscall_stats *hs = NULL;
 
 	if (!p)
 		return 0;
 	__u64 d = now - p->start;
+	void *paths = sidecar_slot_map(&net_http_paths, slot);
 
-	if (http_paths) {
+	/* A slot has the path table with --http-paths only, and then not the two others. */
+	if (paths) {
 		struct net_http_path_key pk = { .dir = dir, .method = p->method, .status = st };
 
 		__builtin_memcpy(pk.path, p->path, NET_HTTP_PATH_LEN);
-		hs = path_stats(&pk);
+		hs = path_stats(paths, &pk);
 	} else {
 		struct net_http_key k = { .dir = dir, .method = p->method, .status = st };
 		__u32 h = dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+		void *reqs = sidecar_slot_map(&net_http_requests, slot);
+		void *hists = sidecar_slot_map(&net_http_hists, slot);
 
-		hash_add(&net_http_requests, &k, 1);
-		hs = bpf_map_lookup_elem(&net_http_hists, &h);
+		if (reqs)
+			hash_add(slot, reqs, &k, 1);
+		if (hists)
+			hs = bpf_map_lookup_elem(hists, &h);
 	}
 	if (hs) {
 		hs->calls++;
@@ -91,17 +97,18 @@ __attribute__((noinline)) int http_path_user(__u64 ubuf, __u32 off, __u32 n, str
 }
 
 /* Stop following the connection until it closes; counted once, by reason. */
-static __always_inline void http_untrack(struct http_conn *c, __u32 why)
+static __always_inline void http_untrack(__u32 slot, struct http_conn *c, __u32 why)
 {
 	c->off = 1;
-	bump(NET_HTTP_UNTRACKED + why, 1);
+	bump(slot, NET_HTTP_UNTRACKED + why, 1);
 }
 
 /* A head was followed on stream `s` (received if `in`): queue a request, or pair an answer with
  * the oldest waiting request; then the body's framing. 1: stop reading this payload. */
 static __always_inline int http_message(struct http_conn *c, struct http_stream *s, int in,
 					struct http_hdr *h, struct __sk_buff *skb, __u64 ubuf,
-					__u32 hoff, __u32 avail, __u64 now)
+					__u32 hoff, __u32 avail, __u64 now, __u32 slot,
+					int paths)
 {
 	__u8 dir = in ? 1 : 2; /* req_dir if this is a request */
 
@@ -109,11 +116,11 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 		if (!c->req_dir)
 			c->req_dir = dir;
 		if (c->req_dir != dir || c->count >= HTTP_PIPELINE) {
-			http_untrack(c, NET_HTTP_UT_PIPELINE);
+			http_untrack(slot, c, NET_HTTP_UT_PIPELINE);
 			return 1;
 		}
 		if (h->flags & HH_BAD) {
-			http_untrack(c, NET_HTTP_UT_BODY);
+			http_untrack(slot, c, NET_HTTP_UT_BODY);
 			return 1;
 		}
 		struct http_req *q = &c->q[(c->head + c->count) & (HTTP_PIPELINE - 1)];
@@ -122,7 +129,7 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 		q->start = now;
 		q->method = m;
 		q->nobody = m == HTTP_HEAD_METHOD;
-		if (http_paths) {
+		if (paths) {
 			__u32 poff = method_len[m] + 1;
 
 			if (skb)
@@ -142,7 +149,7 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 	}
 	/* An answer travels against the requests, to a request waiting for it. */
 	if (c->req_dir != (in ? 2 : 1) || !c->count) {
-		http_untrack(c, NET_HTTP_UT_PIPELINE);
+		http_untrack(slot, c, NET_HTTP_UT_PIPELINE);
 		return 1;
 	}
 	__u32 st = h->status;
@@ -151,7 +158,7 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 		return 0; /* interim (100 Continue, 103): the final answer follows, no body */
 	struct http_req *q = &c->q[c->head & (HTTP_PIPELINE - 1)];
 
-	http_end(q, c->req_dir - 1, st, now);
+	http_end(q, c->req_dir - 1, st, now, slot);
 	c->head++;
 	c->count--;
 	if (st == 101) {
@@ -161,7 +168,7 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 	if (q->nobody || st == 204 || st == 304)
 		return 0;
 	if (h->flags & HH_BAD) {
-		http_untrack(c, NET_HTTP_UT_BODY);
+		http_untrack(slot, c, NET_HTTP_UT_BODY);
 		return 1;
 	}
 	if (h->flags & HH_CHUNKED) {
@@ -180,7 +187,8 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 /* `len` payload bytes of stream `in` (received) or sent, starting at sequence number `seq`:
  * at `off0` of the skb, or at user address `ubuf`. */
 static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __u32 len,
-				      struct __sk_buff *skb, __u32 off0, __u64 ubuf)
+				      struct __sk_buff *skb, __u32 off0, __u64 ubuf, __u32 slot,
+				      int paths)
 {
 	struct http_stream *s = &c->s[in ? 0 : 1];
 	__s32 d = (__s32)(seq - s->next);
@@ -199,7 +207,7 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 		if ((s->state == HS_BODY || s->state == HS_DATA) && (__u64)d <= s->left) {
 			s->left -= d;
 		} else if (s->state != HS_DONE) {
-			http_untrack(c, NET_HTTP_UT_GAP);
+			http_untrack(slot, c, NET_HTTP_UT_GAP);
 			return;
 		}
 	}
@@ -230,7 +238,7 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 			    : http_frame_user(ubuf, pos, len - pos, &h, kind);
 
 		if (r <= 0) {
-			http_untrack(c, st == HS_HEAD ? NET_HTTP_UT_HEAD : NET_HTTP_UT_BODY);
+			http_untrack(slot, c, st == HS_HEAD ? NET_HTTP_UT_HEAD : NET_HTTP_UT_BODY);
 			return;
 		}
 		if (st == HS_CHUNK) {
@@ -242,7 +250,8 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 			}
 		} else if (st == HS_TRAILER) {
 			s->state = HS_HEAD;
-		} else if (http_message(c, s, in, &h, skb, ubuf, off0 + pos, len - pos, now)) {
+		} else if (http_message(c, s, in, &h, skb, ubuf, off0 + pos, len - pos, now, slot,
+					paths)) {
 			return;
 		}
 		pos += h.len;
@@ -257,20 +266,22 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 			s->state = s->state == HS_BODY ? HS_HEAD : HS_CHUNK;
 	}
 	if (pos < len)
-		http_untrack(c, NET_HTTP_UT_BODY);
+		http_untrack(slot, c, NET_HTTP_UT_BODY);
 }
 
 /* http_data() for user memory (syscalls source), global: the readv/writev loop calls it once per
  * buffer, and the verifier checks it once. seqlen: sequence number << 32 | length. */
 __attribute__((noinline)) int http_data_user(struct http_conn *c, __u64 seqlen, __u32 in,
-					     __u64 ubuf)
+					     __u64 ubuf, __u32 slot)
 {
+	int paths = (slot_flags(slot) & SIDECAR_SLOT_NET_HTTP_PATHS) != 0;
+
 	if (!c)
 		return 0;
 	if (in)
-		http_data(c, 1, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf);
+		http_data(c, 1, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf, slot, paths);
 	else
-		http_data(c, 0, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf);
+		http_data(c, 0, seqlen >> 32, (__u32)seqlen, NULL, 0, ubuf, slot, paths);
 	return 0;
 }
 
@@ -288,13 +299,15 @@ static __always_inline int http_opens(struct __sk_buff *skb, __u64 ubuf, __u32 o
 
 /* Payload of a read (in) or write on fd, from the syscall (--net-http syscalls): `total` bytes
  * moved, at `buf`, or (vec: readv/writev) in the buffers of the iovec array at `buf`. */
-static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long total, int vec)
+static __always_inline void http_payload(__u32 slot, __u32 nr, __u32 fd, __u64 buf, long total,
+					 int vec)
 {
 	int in = nr == NR_READ || nr == NR_RECVFROM || nr == NR_READV;
 	struct sock *sk = tcp_sock_of_fd(fd);
 	struct iovec iov = { .iov_base = (void *)buf, .iov_len = total };
+	void *conns = sidecar_slot_map(&net_http_conns, slot);
 
-	if (!sk)
+	if (!sk || !conns)
 		return;
 	if (vec && bpf_probe_read_user(&iov, sizeof(iov), (const void *)buf))
 		return;
@@ -309,7 +322,7 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 	if ((flags & (1UL << bpf_core_enum_value(enum sock_flags, SOCK_DONE))) && copied == rcv_nxt)
 		copied--;
 	__u32 seq = (in ? copied : written) - (__u32)total;
-	struct http_conn *c = bpf_map_lookup_elem(&net_http_conns, &key);
+	struct http_conn *c = bpf_map_lookup_elem(conns, &key);
 
 	if (!c) {
 		if (!http_opens(NULL, (__u64)iov.iov_base, 0,
@@ -320,10 +333,10 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 
 		if (!init)
 			return;
-		bpf_map_update_elem(&net_http_conns, &key, init, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&net_http_conns, &key);
+		bpf_map_update_elem(conns, &key, init, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(conns, &key);
 		if (!c) {
-			bump(NET_LOST_KEYS, 1);
+			bump(slot, NET_LOST_KEYS, 1);
 			return;
 		}
 		/* The request is the first byte either way: nothing read before it, nothing
@@ -335,14 +348,14 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 
 		if (consumed != (in ? (__u64)total : 0) ||
 		    written - (in ? 0 : (__u32)total) - base > 1) {
-			http_untrack(c, NET_HTTP_UT_MIDSTREAM);
+			http_untrack(slot, c, NET_HTTP_UT_MIDSTREAM);
 			return;
 		}
 		c->s[0].next = in ? seq : copied;
 		c->s[1].next = in ? written : seq;
 	}
 	if (!vec) {
-		http_data_user(c, (__u64)seq << 32 | (__u32)total, in, buf);
+		http_data_user(c, (__u64)seq << 32 | (__u32)total, in, buf, slot);
 		return;
 	}
 	for (int i = 0; i < HTTP_IOVS && total > 0; i++) {
@@ -351,7 +364,7 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 		__u32 l = iov.iov_len < total ? iov.iov_len : total;
 
 		if (l)
-			http_data_user(c, (__u64)seq << 32 | l, in, (__u64)iov.iov_base);
+			http_data_user(c, (__u64)seq << 32 | l, in, (__u64)iov.iov_base, slot);
 		seq += l;
 		total -= l;
 	}
@@ -359,9 +372,10 @@ static __always_inline void http_payload(__u32 nr, __u32 fd, __u64 buf, long tot
 
 #define TCP_LISTEN 10
 
-/* Payload of a TCP segment of the target's sockets (cgroup_skb: the packet from its IP header;
- * `off`: where the payload starts, found by pkt()). */
-static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off)
+/* Payload of a TCP segment of the sockets of target `slot` (cgroup_skb: the packet from its IP
+ * header; `off`: where the payload starts, found by pkt(); `flags`: the slot's options). */
+static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off, __u32 slot,
+				     __u64 flags)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -398,7 +412,7 @@ static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off)
 			return;
 		c = bpf_sk_storage_get(&net_http_sk, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
 		if (!c) {
-			bump(NET_LOST_KEYS, 1);
+			bump(slot, NET_LOST_KEYS, 1);
 			return;
 		}
 		/* The request is the connection's first byte: nothing received before it (the
@@ -410,13 +424,13 @@ static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off)
 			       : tp->bytes_received == 0 && seq == tp->snd_nxt && seq - base <= 1;
 
 		if (!fresh) {
-			http_untrack(c, NET_HTTP_UT_MIDSTREAM);
+			http_untrack(slot, c, NET_HTTP_UT_MIDSTREAM);
 			return;
 		}
 		c->s[0].next = in ? seq : tp->rcv_nxt;
 		c->s[1].next = in ? tp->snd_nxt : seq;
 	}
-	http_data(c, in, seq, len, skb, off, 0);
+	http_data(c, in, seq, len, skb, off, 0, slot, (flags & SIDECAR_SLOT_NET_HTTP_PATHS) != 0);
 }
 
 #endif /* NET_HTTP_PAIR_BPF_H */

@@ -6,37 +6,35 @@
 #ifndef NET_PKT_BPF_H
 #define NET_PKT_BPF_H
 
-/* Set at load (--net-events): connection events on the ring buffer. */
-const volatile __u8 events_enabled = 0;
-
-struct {
+/* Per target (slot), see SIDECAR_SLOT_MAP. */
+struct net_packets_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_PKT_SLOTS);
-	__type(key, __u32);
-	__type(value, struct net_pkt_stats);
-} net_packets SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct net_pkt_stats);
+};
+SIDECAR_SLOT_MAP(net_packets, struct net_packets_map);
 
-struct {
+struct net_pkt_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_PKT_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} net_pkt_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(net_pkt_counters, struct net_pkt_counters_map);
 
 /* [0, NET_DNS_QTYPES) queries by qtype, then responses by rcode. */
-struct {
+struct net_dns_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, NET_DNS_SLOTS);
-	__type(key, __u32);
-	__type(value, __u64);
-} net_dns SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(net_dns, struct net_dns_map);
 
-struct {
+struct net_dns_hist_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct syscall_stats);
-} net_dns_hist SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct syscall_stats);
+};
+SIDECAR_SLOT_MAP(net_dns_hist, struct net_dns_hist_map);
 
 /* A query waiting for its answer. Key: the client's port and the DNS id (a resolver picks a new
  * id and usually a new port per query). LRU: queries that are never answered cannot fill it. */
@@ -46,26 +44,28 @@ struct dns_key {
 	__u32 proto;
 };
 
-struct {
+struct net_dns_pending_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
-	__type(key, struct dns_key);
-	__type(value, __u64);
-} net_dns_pending SEC(".maps");
+	__uint(max_entries, 1024);
+	SIDECAR_INNER_KV(struct dns_key, __u64);
+};
+SIDECAR_SLOT_MAP(net_dns_pending, struct net_dns_pending_map);
 
-/* Capture switch: enabled only while a /debug/pcap request is open. An array lookup is inlined
- * by the verifier, so a closed capture costs one load and one compare per packet. */
-struct {
+/* Capture switch: enabled only while a /debug/pcap request of the slot's sidecar is open; the
+ * slot has it (and the ring and rate below) only with --allow-pcap. Array lookups are inlined by
+ * the verifier, so a closed capture costs a few loads and compares per packet. */
+struct net_pcap_cfg_map {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct net_pcap_cfg);
-} net_pcap_cfg SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct net_pcap_cfg);
+};
+SIDECAR_SLOT_MAP(net_pcap_cfg, struct net_pcap_cfg_map);
 
-struct {
+struct net_pcap_ring_map {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 4 * 1024 * 1024);
-} net_pcap_ring SEC(".maps");
+};
+SIDECAR_SLOT_MAP(net_pcap_ring, struct net_pcap_ring_map);
 
 struct pcap_rec {
 	struct net_pcap_hdr h;
@@ -85,21 +85,24 @@ struct pcap_rate {
 	__u64 n;
 };
 
-struct {
+struct net_pcap_rate_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, 1);
-	__type(key, __u32);
-	__type(value, struct pcap_rate);
-} net_pcap_rate SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct pcap_rate);
+};
+SIDECAR_SLOT_MAP(net_pcap_rate, struct net_pcap_rate_map);
 
-struct {
+/* Connection events, the slot's only with --net-events. */
+struct net_events_map {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 * 1024);
-} net_events SEC(".maps");
+};
+SIDECAR_SLOT_MAP(net_events, struct net_events_map);
 
-static __always_inline void pkt_bump(__u32 idx)
+static __always_inline void pkt_bump(__u32 slot, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&net_pkt_counters, &idx);
+	void *m = sidecar_slot_map(&net_pkt_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
@@ -124,9 +127,10 @@ static __always_inline __u32 dns_qtype_slot(__u16 t)
 	return 10;
 }
 
-static __always_inline void dns_count(__u32 slot)
+static __always_inline void dns_count(__u32 slot, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&net_dns, &slot);
+	void *m = sidecar_slot_map(&net_dns, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
@@ -137,14 +141,17 @@ static __always_inline void dns_count(__u32 slot)
  * pending entry tells the second sighting apart). Answers are counted when their query was seen,
  * which is also what gives them a duration. */
 static __always_inline void dns_message(struct __sk_buff *skb, __u32 off, __u16 client_port,
-					__u32 proto)
+					__u32 proto, __u32 slot)
 {
 	struct {
 		__be16 id, flags, qd, an;
 	} h;
+	void *pending = sidecar_slot_map(&net_dns_pending, slot);
 
+	if (!pending)
+		return;
 	if (bpf_skb_load_bytes(skb, off, &h, sizeof(h))) {
-		pkt_bump(NET_DNS_MALFORMED);
+		pkt_bump(slot, NET_DNS_MALFORMED);
 		return;
 	}
 	__u16 flags = bpf_ntohs(h.flags);
@@ -152,7 +159,7 @@ static __always_inline void dns_message(struct __sk_buff *skb, __u32 off, __u16 
 	__u64 now = bpf_ktime_get_ns();
 
 	if (!(flags & 0x8000)) {
-		if (bpf_map_lookup_elem(&net_dns_pending, &k))
+		if (bpf_map_lookup_elem(pending, &k))
 			return;
 		/* qtype of the first question: walk the name's labels (at most 63 bytes each, 255 in
 		 * all; a pointer ends it, which a question normally never has). */
@@ -178,20 +185,21 @@ static __always_inline void dns_message(struct __sk_buff *skb, __u32 off, __u16 
 		if (bpf_skb_load_bytes(skb, pos, &qtype, 2) == 0)
 			qtype = bpf_ntohs(qtype);
 counted:
-		dns_count(dns_qtype_slot(qtype));
-		bpf_map_update_elem(&net_dns_pending, &k, &now, BPF_ANY);
+		dns_count(slot, dns_qtype_slot(qtype));
+		bpf_map_update_elem(pending, &k, &now, BPF_ANY);
 		return;
 	}
-	__u64 *start = bpf_map_lookup_elem(&net_dns_pending, &k);
+	__u64 *start = bpf_map_lookup_elem(pending, &k);
 
 	if (!start)
 		return;
 	__u64 d = now - *start;
 	__u32 rcode = flags & 0xf, zero = 0;
+	void *hists = sidecar_slot_map(&net_dns_hist, slot);
 
-	bpf_map_delete_elem(&net_dns_pending, &k);
-	dns_count(NET_DNS_QTYPES + (rcode <= 5 ? rcode : 6));
-	struct syscall_stats *hs = bpf_map_lookup_elem(&net_dns_hist, &zero);
+	bpf_map_delete_elem(pending, &k);
+	dns_count(slot, NET_DNS_QTYPES + (rcode <= 5 ? rcode : 6));
+	struct syscall_stats *hs = hists ? bpf_map_lookup_elem(hists, &zero) : NULL;
 
 	if (hs) {
 		hs->calls++;
@@ -202,20 +210,23 @@ counted:
 
 /* ---- packet capture ---- */
 
-static __always_inline void pcap(struct __sk_buff *skb, __u32 dir, struct net_pcap_cfg *cfg)
+static __always_inline void pcap(struct __sk_buff *skb, __u32 dir, struct net_pcap_cfg *cfg,
+				 __u32 slot)
 {
 	__u32 zero = 0;
 	__u64 now = bpf_ktime_get_ns();
-	struct pcap_rate *r = bpf_map_lookup_elem(&net_pcap_rate, &zero);
+	void *rates = sidecar_slot_map(&net_pcap_rate, slot);
+	void *ring = sidecar_slot_map(&net_pcap_ring, slot);
+	struct pcap_rate *r = rates ? bpf_map_lookup_elem(rates, &zero) : NULL;
 
-	if (!r)
+	if (!r || !ring)
 		return;
 	if (r->second != now / 1000000000ULL) {
 		r->second = now / 1000000000ULL;
 		r->n = 0;
 	}
 	if (++r->n > cfg->max_pps) {
-		pkt_bump(NET_PCAP_RATE_DROPPED);
+		pkt_bump(slot, NET_PCAP_RATE_DROPPED);
 		return;
 	}
 	struct pcap_rec *rec = bpf_map_lookup_elem(&net_pcap_scratch, &zero);
@@ -236,10 +247,10 @@ static __always_inline void pcap(struct __sk_buff *skb, __u32 dir, struct net_pc
 	rec->h.dir = dir;
 	if (bpf_skb_load_bytes(skb, 0, rec->data, cap))
 		return;
-	if (bpf_ringbuf_output(&net_pcap_ring, rec, sizeof(rec->h) + cap, 0))
-		pkt_bump(NET_PCAP_DROPPED);
+	if (bpf_ringbuf_output(ring, rec, sizeof(rec->h) + cap, 0))
+		pkt_bump(slot, NET_PCAP_DROPPED);
 	else
-		pkt_bump(NET_PCAP_CAPTURED);
+		pkt_bump(slot, NET_PCAP_CAPTURED);
 }
 
 /* ---- packets, bytes, DNS, capture: one pass per packet ---- */
@@ -248,7 +259,7 @@ static __always_inline void pcap(struct __sk_buff *skb, __u32 dir, struct net_pc
  * Headers are read in place (direct packet access) when they are in the linear part, which is
  * the rule for locally built and GRO'd packets; otherwise through the load helper. Returns where
  * the payload of a TCP segment starts (0: not TCP, or no payload), for the HTTP recognition. */
-static __always_inline __u32 pkt(struct __sk_buff *skb, __u32 dir, __u32 l3)
+static __always_inline __u32 pkt(struct __sk_buff *skb, __u32 dir, __u32 l3, __u32 slot)
 {
 	void *data = (void *)(long)skb->data;
 	void *end = (void *)(long)skb->data_end;
@@ -313,14 +324,15 @@ count:;
 			 * messages split across segments or several per segment are only counted
 			 * when one starts a segment. */
 			if (p == 1)
-				dns_message(skb, l4 + 8, client, 17);
+				dns_message(skb, l4 + 8, client, 17, slot);
 			else if (payload && skb->len >= payload + 2 + 12)
-				dns_message(skb, payload + 2, client, 6);
+				dns_message(skb, payload + 2, client, 6, slot);
 		}
 	}
 
 	__u32 idx = dir * (NET_FAMILIES * NET_PROTOS) + fam * NET_PROTOS + p;
-	struct net_pkt_stats *s = bpf_map_lookup_elem(&net_packets, &idx);
+	void *packets = sidecar_slot_map(&net_packets, slot);
+	struct net_pkt_stats *s = packets ? bpf_map_lookup_elem(packets, &idx) : NULL;
 
 	if (s) {
 		s->packets += segs;
@@ -328,52 +340,103 @@ count:;
 	}
 
 	__u32 zero = 0;
-	struct net_pcap_cfg *cfg = bpf_map_lookup_elem(&net_pcap_cfg, &zero);
+	void *cfgs = sidecar_slot_map(&net_pcap_cfg, slot);
+	struct net_pcap_cfg *cfg = cfgs ? bpf_map_lookup_elem(cfgs, &zero) : NULL;
 
 	if (cfg && cfg->enabled)
-		pcap(skb, dir, cfg);
+		pcap(skb, dir, cfg, slot);
 	return payload;
 }
 
-/* No sidecar_in_target() here: the program is attached to the target's cgroup only, and runs
- * in softirq where the current task is unrelated. Always return 1: count, never drop. */
+/* Deepest cgroup level below the root at which a target's cgroup is looked for (a socket of a
+ * descendant of the target's cgroup passes its programs too). */
+#define NET_CGROUP_LEVELS 8
+
+/* The slot of a packet on a cgroup_skb hook: the one of its socket's cgroup, or (a descendant's
+ * socket) of the nearest ancestor that is a target. No sidecar_slot() here: the program runs in
+ * softirq, where the current task is unrelated. -1: none (the target is gone). */
+static __always_inline int skb_slot(struct __sk_buff *skb)
+{
+	if (!pkt_slot_lookup)
+		return 0;
+
+	__u64 id = bpf_skb_cgroup_id(skb);
+	int s = sidecar_cgroup_slot(id);
+
+	if (s >= 0 || !id)
+		return s;
+	for (int level = 1; level <= NET_CGROUP_LEVELS; level++) {
+		__u64 a = bpf_skb_ancestor_cgroup_id(skb, level);
+
+		if (!a || a == id)
+			return -1;
+		s = sidecar_cgroup_slot(a);
+		if (s >= 0)
+			return s;
+	}
+	return -1;
+}
+
+/* Always return 1: count, never drop. */
 SEC("cgroup_skb/ingress")
 int net_ingress(struct __sk_buff *skb)
 {
-	__u32 payload = pkt(skb, 0, 0);
+	int slot = skb_slot(skb);
 
-	if (http_enabled && !http_syscalls && payload)
-		http_skb(skb, 1, payload);
+	if (slot < 0)
+		return 1;
+
+	__u32 payload = pkt(skb, 0, 0, slot);
+	__u64 flags = payload ? slot_flags(slot) : 0;
+
+	if (flags & SIDECAR_SLOT_NET_HTTP_PACKETS)
+		http_skb(skb, 1, payload, slot, flags);
 	return 1;
 }
 
 SEC("cgroup_skb/egress")
 int net_egress(struct __sk_buff *skb)
 {
-	__u32 payload = pkt(skb, 1, 0);
+	int slot = skb_slot(skb);
 
-	if (http_enabled && !http_syscalls && payload)
-		http_skb(skb, 0, payload);
+	if (slot < 0)
+		return 1;
+
+	__u32 payload = pkt(skb, 1, 0, slot);
+	__u64 flags = payload ? slot_flags(slot) : 0;
+
+	if (flags & SIDECAR_SLOT_NET_HTTP_PACKETS)
+		http_skb(skb, 0, payload, slot, flags);
 	return 1;
 }
 
-#define TC_ACT_OK 0
+/* "No opinion": the next program on the hook runs (TCX_NEXT), and at the end the packet goes on
+ * as if none were there. TC_ACT_OK (TCX_PASS) would end the chain: programs attached after this
+ * one (another sidecar's copy, a CNI's) would never see the packet. */
+#define TC_ACT_UNSPEC (-1)
 #define ETH_HLEN 14
 
-/* --net-mode netns: attached to every interface of the target's network namespace, so the
- * attachment is the filter. tc ingress = into the namespace. Never changes a packet's fate. */
+/* Set at load: the slot of the sidecar that loads the classifiers. Each sidecar with --net-mode
+ * netns loads its own copy (not the set's: read-only data is each sidecar's, see `Object::load_on`)
+ * and attaches it to the interfaces of its target's network namespace, so the attachment is the
+ * filter and the copy knows its slot (a packet on tc ingress has no socket to tell it; two targets
+ * sharing one namespace each count all of it, each with its own copy). */
+const volatile __u32 tc_slot = 0;
+
+/* --net-mode netns: attached to every interface of the target's network namespace. tc ingress =
+ * into the namespace. Never changes a packet's fate. */
 SEC("classifier")
 int net_tc_ingress(struct __sk_buff *skb)
 {
-	pkt(skb, 0, ETH_HLEN);
-	return TC_ACT_OK;
+	pkt(skb, 0, ETH_HLEN, tc_slot);
+	return TC_ACT_UNSPEC;
 }
 
 SEC("classifier")
 int net_tc_egress(struct __sk_buff *skb)
 {
-	pkt(skb, 1, ETH_HLEN);
-	return TC_ACT_OK;
+	pkt(skb, 1, ETH_HLEN, tc_slot);
+	return TC_ACT_UNSPEC;
 }
 
 /* ---- connection events (--net-events) ---- */
@@ -387,12 +450,13 @@ struct conn_owner {
 	char comm[16];
 };
 
-struct {
+/* Per slot, only with --net-events. LRU: the owners of the oldest connections go first. */
+struct net_conn_owners_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 65536);
-	__type(key, __u64);
-	__type(value, struct conn_owner);
-} net_conn_owners SEC(".maps");
+	__uint(max_entries, NET_CONNS_MAX);
+	SIDECAR_INNER_KV(__u64, struct conn_owner);
+};
+SIDECAR_SLOT_MAP(net_conn_owners, struct net_conn_owners_map);
 
 static __always_inline void ev_addrs(const struct sock *sk, struct net_conn_event *e)
 {
@@ -416,21 +480,30 @@ static __always_inline void ev_addrs(const struct sock *sk, struct net_conn_even
 }
 
 /* Remember the current task as the socket's owner (connect: SYN_SENT runs in connect()). */
-static __always_inline void ev_own(__u64 key)
+static __always_inline void ev_own(__u32 slot, __u64 key)
 {
 	struct conn_owner o = { .pid = bpf_get_current_pid_tgid() >> 32 };
+	void *owners = sidecar_slot_map(&net_conn_owners, slot);
 
+	if (!owners)
+		return;
 	bpf_get_current_comm(o.comm, sizeof(o.comm));
-	bpf_map_update_elem(&net_conn_owners, &key, &o, BPF_ANY);
+	bpf_map_update_elem(owners, &key, &o, BPF_ANY);
 }
 
-static __always_inline void ev_emit(const struct sock *sk, __u16 kind, __u64 duration)
+static __always_inline void ev_emit(__u32 slot, const struct sock *sk, __u16 kind, __u64 duration)
 {
 	__u64 key = (__u64)sk;
-	struct net_conn_event *e = bpf_ringbuf_reserve(&net_events, sizeof(*e), 0);
+	void *ring = sidecar_slot_map(&net_events, slot);
+	void *owners = sidecar_slot_map(&net_conn_owners, slot);
+
+	if (!ring)
+		return;
+
+	struct net_conn_event *e = bpf_ringbuf_reserve(ring, sizeof(*e), 0);
 
 	if (!e) {
-		pkt_bump(NET_EVENTS_LOST);
+		pkt_bump(slot, NET_EVENTS_LOST);
 		return;
 	}
 	__builtin_memset(e, 0, sizeof(*e));
@@ -438,7 +511,7 @@ static __always_inline void ev_emit(const struct sock *sk, __u16 kind, __u64 dur
 	e->kind = kind;
 	e->duration_ns = duration;
 	ev_addrs(sk, e);
-	struct conn_owner *o = bpf_map_lookup_elem(&net_conn_owners, &key);
+	struct conn_owner *o = owners ? bpf_map_lookup_elem(owners, &key) : NULL;
 
 	if (o) {
 		e->pid = o->pid;
@@ -458,7 +531,8 @@ static __always_inline void ev_emit(const struct sock *sk, __u16 kind, __u64 dur
 			e->sent = tp->bytes_sent - tp->bytes_retrans;
 			e->received = received;
 		}
-		bpf_map_delete_elem(&net_conn_owners, &key);
+		if (owners)
+			bpf_map_delete_elem(owners, &key);
 	}
 	bpf_ringbuf_submit(e, 0);
 }
@@ -472,19 +546,23 @@ static __always_inline void ev_accepted(long nr, long ret)
 {
 	if (ret < 0 || (nr != NR_ACCEPT && nr != NR_ACCEPT4))
 		return;
-	if (!sidecar_in_target())
+
+	int slot = sidecar_slot();
+
+	if (slot < 0 || !(slot_flags(slot) & SIDECAR_SLOT_NET_EVENTS))
 		return;
 	struct sock *sk = tcp_sock_of_fd((__u32)ret);
 
 	if (!sk)
 		return;
 	__u64 key = (__u64)sk, now = bpf_ktime_get_ns(), since = 0;
-	struct conn *c = bpf_map_lookup_elem(&net_conns, &key);
+	void *conns = sidecar_slot_map(&net_conns, slot);
+	struct conn *c = conns ? bpf_map_lookup_elem(conns, &key) : NULL;
 
 	if (c)
 		since = now - c->start;
-	ev_own(key);
-	ev_emit(sk, NET_EV_ACCEPT, since);
+	ev_own(slot, key);
+	ev_emit(slot, sk, NET_EV_ACCEPT, since);
 }
 
 SEC("tracepoint/syscalls/sys_exit_accept4")

@@ -55,6 +55,12 @@ struct sidecar_target {
  * fires for every slot whose processes map it. */
 #define SIDECAR_SLOT_BASH_READLINE (1ULL << 12)
 #define SIDECAR_SLOT_TLS_PLAINTEXT (1ULL << 13)
+/* net: HTTP/1.x from TCP segments (--net-http on), from read/write syscalls (--net-http syscalls,
+ * or --net-mode netns), keyed by path too (--http-paths); connection events (--net-events). */
+#define SIDECAR_SLOT_NET_HTTP_PACKETS (1ULL << 20)
+#define SIDECAR_SLOT_NET_HTTP_SYSCALLS (1ULL << 21)
+#define SIDECAR_SLOT_NET_HTTP_PATHS (1ULL << 22)
+#define SIDECAR_SLOT_NET_EVENTS (1ULL << 23)
 
 struct sidecar_cgroup_entry {
 	__u64 cgroup_id; /* 0: empty, SIDECAR_CGROUP_TOMBSTONE: removed */
@@ -383,6 +389,9 @@ enum runtimes_counter {
 #define NET_PKT_SLOTS (NET_DIRS * NET_FAMILIES * NET_PROTOS)
 /* Peers kept in the kernel; closes from further peers add to NET_OTHER_SENT/RECEIVED. */
 #define NET_PEERS_MAX 1024
+/* Live TCP connections followed per target (connect latency, lifetime, bytes at close); more at
+ * once add to NET_LOST_CONNS. */
+#define NET_CONNS_MAX 16384
 #define NET_HIST_CONNECT 0  /* index in net_hists: connect latency */
 #define NET_HIST_LIFETIME 1 /* connection lifetime */
 

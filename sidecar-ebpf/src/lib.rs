@@ -80,6 +80,14 @@ pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
 /// security's opt-in uprobes (`--capture-bash-readline`, `--tls-plaintext`).
 pub const SLOT_BASH_READLINE: u64 = 1 << 12;
 pub const SLOT_TLS_PLAINTEXT: u64 = 1 << 13;
+/// net: HTTP/1.x read from TCP segments (`--net-http on`).
+pub const SLOT_NET_HTTP_PACKETS: u64 = 1 << 20;
+/// net: HTTP/1.x read from read/write syscalls (`--net-http syscalls`, or `--net-mode netns`).
+pub const SLOT_NET_HTTP_SYSCALLS: u64 = 1 << 21;
+/// net: `--http-paths`.
+pub const SLOT_NET_HTTP_PATHS: u64 = 1 << 22;
+/// net: `--net-events`.
+pub const SLOT_NET_EVENTS: u64 = 1 << 23;
 
 /// Where cgroup `id` starts its probe sequence in `sidecar_cgroups` (as `sidecar_cgroup_hash`).
 pub fn cgroup_hash(id: u64) -> u32 {

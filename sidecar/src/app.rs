@@ -308,11 +308,27 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }
-    if cfg.options.bash_readline {
+    let o = &cfg.options;
+    if o.bash_readline {
         flags |= sidecar_ebpf::SLOT_BASH_READLINE;
     }
-    if cfg.options.tls_plaintext {
+    if o.tls_plaintext {
         flags |= sidecar_ebpf::SLOT_TLS_PLAINTEXT;
+    }
+    if o.net_http {
+        // In netns mode there is no socket on tc ingress to pair requests with: net reads HTTP
+        // from the syscalls there.
+        flags |= if o.net_http_syscalls || o.net_mode == crate::probes::NetMode::Netns {
+            sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
+        } else {
+            sidecar_ebpf::SLOT_NET_HTTP_PACKETS
+        };
+        if o.http_paths {
+            flags |= sidecar_ebpf::SLOT_NET_HTTP_PATHS;
+        }
+    }
+    if o.net_events {
+        flags |= sidecar_ebpf::SLOT_NET_EVENTS;
     }
     let pidns = target
         .initial
@@ -321,7 +337,9 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     let choice = match (cfg.kernel_side, pidns) {
         (KsChoice::Shared, true) => {
             return start(Err(anyhow::anyhow!(
-                "--kernel-side shared: the target is recognised by pid namespace (no cgroup v2                  id), which a shared kernel side cannot tell from other slots; use                  --kernel-side private or give the sidecar a cgroup2 mount"
+                "--kernel-side shared: the target is recognised by pid namespace (no cgroup v2 \
+                 id), which a shared kernel side cannot tell from other slots; use \
+                 --kernel-side private or give the sidecar a cgroup2 mount"
             )));
         }
         (KsChoice::Auto, true) => {
@@ -332,7 +350,22 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
         }
         (c, _) => c,
     };
-    let ks = start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
+    let mut ks =
+        start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
+    // auto: a target that another sidecar of the set watches already (a second sidecar on one
+    // container, with other options) cannot have a slot there too: this one goes private.
+    if choice == KsChoice::Auto
+        && ks.dir().is_some()
+        && let Some(id) = target.initial.as_ref().and_then(|t| t.cgroup_id())
+        && let Err(e @ crate::kernel_side::KernelSideError::Taken { .. }) =
+            ks.claim_cgroup(Some(id))
+    {
+        tracing::info!("kernel side: private ({e})");
+        ks.loaded();
+        ks.leave();
+        ks = KernelSide::private(Some(e.to_string()));
+        ks.flags = flags;
+    }
     let handle = crate::kernel_side::Handle(Arc::new(ks));
     crate::kernel_side::install_exit_hook(handle.clone());
     Ok(handle)

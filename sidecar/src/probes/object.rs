@@ -213,6 +213,14 @@ impl Object {
         }
         let mut pins = Vec::new();
         for name in parsed.maps.keys() {
+            // Read-only data (`const volatile` settings, string constants) is frozen once
+            // written, and aya writes it at every load: a joining sidecar could not load with a
+            // pinned copy. Each sidecar keeps its own; the programs read the copy of the sidecar
+            // that loaded them (so a `const volatile` is for settings every sidecar of the set
+            // gives alike: per-target ones are SIDECAR_SLOT_* flags).
+            if name.starts_with(".rodata") {
+                continue;
+            }
             if let Some(pin) = ks.map_pin(family, name) {
                 pins.push((name.as_str(), pin));
             }
@@ -317,6 +325,12 @@ impl Object {
             p.load()?;
             p.fd()?.try_clone().map_err(ProgramError::IOError)
         })
+    }
+
+    /// Count in the bpf_stats export a program of the set this object did not load itself: one
+    /// an earlier sidecar loaded and pinned at `pin` (e.g. packet programs attached per target).
+    pub fn record_pinned_program(&mut self, program: &str, pin: std::path::PathBuf) {
+        self.pinned_programs.push((program.to_string(), pin));
     }
 
     /// Shared set: whether `program` is attached already (by an earlier sidecar, or by us): then

@@ -685,3 +685,250 @@ fn gso_sends_are_counted_as_the_segments_a_capture_sees() {
         );
     }
 }
+
+/// One `run` sidecar of [`two_sidecars_share_one_kernel_side_and_count_only_their_own`]: its
+/// workload waits for `go`, makes `c` TCP connections of `n` bytes each way (net_traffic) and
+/// `http` GETs of `path` from a Python http.server of its own (curl), writes `done`, then waits
+/// for `end`. Killed (with its sidecar) on drop.
+struct SharedRun {
+    child: std::process::Child,
+    port: u16,
+    log: std::path::PathBuf,
+    out: std::path::PathBuf,
+    prom: std::path::PathBuf,
+}
+
+impl SharedRun {
+    #[allow(clippy::too_many_arguments)]
+    fn start(
+        tag: &str,
+        dir: &Path,
+        extra: &[&str],
+        c: u64,
+        n: u64,
+        http: usize,
+        path: &str,
+    ) -> Self {
+        let w = workload("net_traffic");
+        let py = python3();
+        let d = dir.join(tag);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("index.html"), "hello\n").unwrap();
+        let web = free_port();
+        let mut script = format!(
+            "cd {d} && {py} -u -m http.server --bind 127.0.0.1 {web} > srv.log 2>&1 &\n\
+             srv=$!\n\
+             until grep -q Serving {d}/srv.log; do sleep 0.05; done\n\
+             until [ -e {go} ]; do sleep 0.05; done\n\
+             {w} tcp {c} {n} || exit 3\n",
+            d = d.display(),
+            go = dir.join("go").display(),
+            w = w.display(),
+        );
+        for _ in 0..http {
+            script += &format!("curl -s -o /dev/null http://127.0.0.1:{web}{path} || exit 4\n");
+        }
+        script += &format!(
+            "kill $srv; wait $srv\ntouch {done}\nuntil [ -e {end} ]; do sleep 0.05; done\n",
+            done = d.join("done").display(),
+            end = dir.join("end").display(),
+        );
+        let port = free_port();
+        let (log, out, prom) = (d.join("sidecar.log"), d.join("stdout"), d.join("m.prom"));
+        let child = Command::new(sidecar_bin())
+            .args([
+                "run",
+                "--kernel-side",
+                "shared",
+                "--probes",
+                "net",
+                "--listen",
+            ])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(extra)
+            .arg("--metrics-out")
+            .arg(&prom)
+            .args(["--", "/bin/sh", "-c", &script])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            port,
+            log,
+            out,
+            prom,
+        }
+    }
+
+    /// The sidecar's log, without its colours.
+    fn log_text(&self) -> String {
+        let raw = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let mut out = String::with_capacity(raw.len());
+        let mut it = raw.chars();
+        while let Some(ch) = it.next() {
+            if ch == '\u{1b}' {
+                it.by_ref().find(|c| c.is_ascii_alphabetic());
+            } else {
+                out.push(ch);
+            }
+        }
+        out
+    }
+
+    fn wait_serving(&mut self) {
+        wait_for("a sidecar serving", Duration::from_secs(60), || {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("sidecar exited early ({st}):\n{}", self.log_text());
+            }
+            http_get(self.port, "/healthz", None)
+                .is_ok_and(|r| r.0 == 200)
+                .then_some(())
+        });
+    }
+
+    /// Wait for the exit (the workload's status passed on) and read the final metrics and the
+    /// net_traffic server's port.
+    fn finish(mut self) -> (Metrics, u64) {
+        let st = self.child.wait().unwrap();
+        assert!(st.success(), "{st}:\n{}", self.log_text());
+        let m = Metrics::parse(&std::fs::read_to_string(&self.prom).unwrap());
+        let port = fact(&std::fs::read_to_string(&self.out).unwrap(), "port");
+        (m, port)
+    }
+}
+
+impl Drop for SharedRun {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            // SAFETY: signalling our own child; its `run` leaves the set and ends CMD.
+            unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Two sidecars at once on one shared kernel side (`/sys/fs/bpf/ebpf-sidecar/<abi>/`), each
+/// `run` around its own target: the programs and the packet programs are the set's, the tables
+/// each slot's. Each target makes a different known number of TCP connections and HTTP requests
+/// to loopback servers of its own, and each sidecar reads exactly its own target's. The second
+/// reads HTTP from syscalls (--net-http syscalls), the first from TCP segments: per-slot options
+/// on shared programs.
+#[test]
+fn two_sidecars_share_one_kernel_side_and_count_only_their_own() {
+    require_root();
+    assert!(
+        Command::new("curl").arg("--version").output().is_ok(),
+        "curl not found: apt-get install curl"
+    );
+    let dir = std::env::temp_dir().join(format!("ebpf-sidecar-net-shared-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, na, ha) = (3u64, 20_000u64, 2usize);
+    let (cb, nb, hb) = (5u64, 30_000u64, 4usize);
+    let mut a = SharedRun::start("a", &dir, &[], ca, na, ha, "/index.html");
+    a.wait_serving();
+    let mut b = SharedRun::start(
+        "b",
+        &dir,
+        &["--net-http", "syscalls"],
+        cb,
+        nb,
+        hb,
+        "/missing",
+    );
+    b.wait_serving();
+    // Both on the set: the second joined the first's (slot 1), nobody fell back to private.
+    assert!(
+        a.log_text().contains("kernel side: shared"),
+        "{}",
+        a.log_text()
+    );
+    assert!(b.log_text().contains("slot=1"), "{}", b.log_text());
+    std::fs::write(dir.join("go"), "").unwrap();
+    wait_for("both workloads done", Duration::from_secs(60), || {
+        (dir.join("a/done").exists() && dir.join("b/done").exists()).then_some(())
+    });
+    // One copy of the packet programs, attached to both targets' cgroups.
+    let progs = Command::new("bpftool")
+        .args(["prog", "list"])
+        .output()
+        .unwrap();
+    let progs = String::from_utf8_lossy(&progs.stdout);
+    assert_eq!(progs.matches("name net_ingress").count(), 1, "{progs}");
+    std::fs::write(dir.join("end"), "").unwrap();
+    let (ma, port_a) = a.finish();
+    let (mb, port_b) = b.finish();
+    for (m, c, n, h, port, status, who) in [
+        (&ma, ca, na, ha, port_a, "200", "a"),
+        (&mb, cb, nb, hb, port_b, "404", "b"),
+    ] {
+        // net_traffic's connections and curl's, both ends in the target.
+        let conns = (c + h as u64) as f64;
+        for dir in ["active", "passive"] {
+            assert_eq!(
+                m.sum("ebpf_sidecar_tcp_connections_total", &[("direction", dir)]),
+                conns,
+                "{who}: {dir} connections"
+            );
+        }
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_tcp_accepts_total",
+                &[("port", &port.to_string())]
+            ),
+            c as f64,
+            "{who}: accepts on net_traffic's port"
+        );
+        let peer = format!("loopback:{port}");
+        for metric in [
+            "ebpf_sidecar_tcp_sent_bytes_total",
+            "ebpf_sidecar_tcp_received_bytes_total",
+        ] {
+            assert_eq!(
+                m.sum(metric, &[("peer", &peer)]),
+                (c * n) as f64,
+                "{who}: {metric}"
+            );
+        }
+        for d in ["server", "client"] {
+            assert_eq!(
+                m.sum(
+                    "ebpf_sidecar_http_requests_total",
+                    &[("direction", d), ("method", "GET"), ("status", status)]
+                ),
+                h as f64,
+                "{who}: {d} GET {status}"
+            );
+            assert_eq!(
+                m.sum("ebpf_sidecar_http_requests_total", &[("direction", d)]),
+                h as f64,
+                "{who}: {d} requests"
+            );
+        }
+        // Every packet one end sends, the other end (the same target) receives.
+        assert_eq!(
+            pkts(m, "ebpf_sidecar_network_packets_total", "egress", "tcp"),
+            pkts(m, "ebpf_sidecar_network_packets_total", "ingress", "tcp"),
+            "{who}"
+        );
+        assert!(
+            pkts(m, "ebpf_sidecar_network_bytes_total", "egress", "tcp") >= (2 * c * n) as f64,
+            "{who}"
+        );
+        // (No check of connect errors: curl and Python try Unix sockets that are not there.)
+        assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0, "{who}");
+    }
+    // The other target's server port never shows up as a peer.
+    for (m, other) in [(&ma, port_b), (&mb, port_a)] {
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_tcp_sent_bytes_total",
+                &[("peer", &format!("loopback:{other}"))]
+            ),
+            0.0
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -820,3 +820,48 @@ fn connection_events_stream_filters_by_kind() {
     );
     drop(app);
 }
+
+/// Two sidecars in --net-mode netns on one shared kernel side, for two containers sharing one
+/// network namespace (a pod's): each loads its own classifiers, which carry its slot, attached
+/// to the same interfaces. Both see every packet of the namespace (a classifier passes the packet
+/// on to the next program, not out of the chain), each in its own counters.
+#[test]
+fn netns_mode_two_sidecars_on_one_namespace_each_count_all_of_it() {
+    require_root();
+    let (port, n, size) = (9056u16, 6usize, 100usize);
+    let app = echo_container("ebpf-sidecar-net-pod-a", port);
+    let _peer = Container::run(
+        "ebpf-sidecar-net-pod-b",
+        &[
+            "--network",
+            "container:ebpf-sidecar-net-pod-a",
+            "debian:bookworm-slim",
+            "sleep",
+            "600",
+        ],
+    );
+    let a = netns_sidecar("ebpf-sidecar-net-pod-a", &["--kernel-side", "shared"]);
+    let b = netns_sidecar("ebpf-sidecar-net-pod-b", &["--kernel-side", "shared"]);
+    echo(&app, port, n, size);
+    let udp = |m: &Metrics, dir: &str, what: &str| {
+        m.sum(
+            &format!("ebpf_sidecar_network_{what}_total"),
+            &[("direction", dir), ("family", "ipv4"), ("protocol", "udp")],
+        )
+    };
+    // Ethernet frames cross eth0: IP length = payload + UDP + IPv4 headers.
+    let bytes = (n * (size + 8 + 20)) as f64;
+    for (who, s) in [("a", &a), ("b", &b)] {
+        let m = s.scrape();
+        assert_eq!(
+            [
+                udp(&m, "ingress", "packets"),
+                udp(&m, "egress", "packets"),
+                udp(&m, "ingress", "bytes"),
+                udp(&m, "egress", "bytes"),
+            ],
+            [n as f64, n as f64, bytes, bytes],
+            "{who}"
+        );
+    }
+}

@@ -1,5 +1,7 @@
 //! The default --net-mode: cgroup_skb programs on the target's cgroup v2 directory, so that only
 //! its sockets' packets pass through them. Re-attached when the target restarts in a new cgroup.
+//! On a shared kernel side the programs are the set's (see [`super::progs`]) and the links this
+//! sidecar's.
 
 use std::fs::File;
 
@@ -22,7 +24,7 @@ impl Net {
     fn detach(&self, a: Attached) {
         for (prog, link) in a.links {
             // Fails harmlessly when the cgroup is already gone (its links went with it).
-            if let Err(e) = self.obj.detach_cgroup_skb(prog, link) {
+            if let Err(e) = self.progs.detach_cgroup(&self.obj, prog, link) {
                 tracing::debug!("net: detaching {prog}: {e}");
             }
         }
@@ -63,7 +65,7 @@ impl Net {
             (INGRESS, CgroupSkbAttachType::Ingress),
             (EGRESS, CgroupSkbAttachType::Egress),
         ] {
-            match self.obj.attach_cgroup_skb(prog, &fd, ty) {
+            match self.progs.attach_cgroup(&self.obj, prog, &fd, ty) {
                 Ok(l) => links.push((prog, l)),
                 Err(e) => {
                     self.detach(Attached { cgroup_id, links });

@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use sidecar_ebpf::net_pkt::{self as k, ConnEvent, counter as c};
 
-use super::{Object, ProbeError, map_err, take_ring};
+use super::{Object, ProbeError, map_err, take_slot_ring};
 use crate::events::{EventSink, rfc3339_from_monotonic};
 use crate::probes::object::Maps;
 
@@ -55,13 +55,14 @@ pub fn event_json(e: &ConnEvent) -> Value {
     v
 }
 
-/// The connection event ring (only with --net-events), read by a thread once started.
+/// The connection event ring (only with --net-events: this slot's, so only this sidecar's target's
+/// events), read by a thread once started.
 pub struct Events(Mutex<Option<RingBuf<MapData>>>);
 
 impl Events {
-    pub fn new(obj: &Object, enabled: bool) -> Result<Self, ProbeError> {
+    pub fn new(obj: &mut Object, enabled: bool) -> Result<Self, ProbeError> {
         let ring = if enabled {
-            Some(take_ring(obj, "net_events")?)
+            Some(take_slot_ring(obj, "net_events")?)
         } else {
             None
         };

@@ -64,12 +64,17 @@ pub(super) struct Http {
 }
 
 impl Http {
-    pub(super) fn read(obj: &Object, maps: &Maps<'_>, with_paths: bool) -> Self {
+    /// `http`: the slot has HTTP tables (--net-http not off); `with_paths`: the path table
+    /// instead of the two others (the slot has only the ones its options use).
+    pub(super) fn read(obj: &Object, maps: &Maps<'_>, http: bool, with_paths: bool) -> Self {
+        let by_method = http && !with_paths;
         let mut requests: BTreeMap<(u32, u32, u32), u64> = BTreeMap::new();
-        for (key, vals) in maps.percpu_hash::<HttpKey, u64>("net_http_requests") {
-            *requests
-                .entry((key.dir, key.method, key.status))
-                .or_default() += vals.iter().sum::<u64>();
+        if by_method {
+            for (key, vals) in maps.percpu_hash::<HttpKey, u64>("net_http_requests") {
+                *requests
+                    .entry((key.dir, key.method, key.status))
+                    .or_default() += vals.iter().sum::<u64>();
+            }
         }
         let mut by_path = Vec::new();
         if with_paths {
@@ -82,7 +87,12 @@ impl Http {
             }
         }
         let mut hists = Vec::new();
-        for (i, vals) in percpu_slots::<SyscallStats>(obj, maps, "net_http_hists") {
+        let hist_maps = if by_method {
+            percpu_slots::<SyscallStats>(obj, maps, "net_http_hists")
+        } else {
+            Vec::new()
+        };
+        for (i, vals) in hist_maps {
             let mut h = Log2Histogram::new(HIST_BUCKETS);
             for v in vals {
                 h.add(&v.hist, v.time_ns);

@@ -10,6 +10,11 @@
 //! restarts and detaches them when it goes away. Each scrape reads every map once, under one
 //! lock, into the snapshots of [`packets`], [`tcp`], [`sockets`], [`http`], [`dns`] and [`pcap`],
 //! then writes them in the order of [`METRICS`].
+//!
+//! On a shared kernel side every per-target map is this sidecar's slot's (the object's reads
+//! resolve to it), the options that differ between targets are the slot's flags
+//! (SIDECAR_SLOT_NET_*, set by `app::open_kernel_side`), and the cgroup_skb programs are the
+//! set's ([`progs`]).
 
 mod cgroup;
 pub mod dns;
@@ -18,6 +23,7 @@ pub mod http;
 pub mod netns;
 pub mod packets;
 pub mod pcap;
+mod progs;
 pub mod sockets;
 pub mod tcp;
 
@@ -31,7 +37,7 @@ use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::net::counter as c;
 
 use super::dispatch::Side;
-use super::object::Maps;
+use super::object::{LoadOpts, Maps};
 use super::{EncodeCtx, Object, Options, Probe, ProbeError};
 use crate::metrics::{LabelBudget, Metric};
 use crate::monitored::Resolved;
@@ -71,9 +77,13 @@ pub use super::NetMode;
 pub struct Net {
     /// Shared with the thread that follows the interfaces in --net-mode netns.
     obj: Arc<Object>,
+    /// The cgroup_skb programs this sidecar attaches (the set's, on a shared kernel side).
+    progs: progs::PacketProgs,
     attached: Mutex<Option<cgroup::Attached>>,
     peers: LabelBudget,
     ports: LabelBudget,
+    /// `--net-http` is not off (the slot has the HTTP tables).
+    http: bool,
     /// `--http-paths`: normalised paths admitted as labels.
     paths: Option<LabelBudget>,
     /// HTTP is read in the packet programs (so it needs the cgroup attachment).
@@ -86,72 +96,114 @@ pub struct Net {
     events: events::Events,
 }
 
+/// Where HTTP is read from: in netns mode there is no socket on tc ingress to pair requests with,
+/// so from the syscalls there (as the slot's flags say, see `app::open_kernel_side`).
+fn http_from_syscalls(opts: &Options) -> bool {
+    opts.net_http && (opts.net_http_syscalls || opts.net_mode == NetMode::Netns)
+}
+
+/// The per-target maps this slot does without (its options leave them unused): the kernel then
+/// finds none for the slot and skips that work, and the slot's memory is what it asked for.
+fn unused_maps(opts: &Options) -> Vec<&'static str> {
+    let mut unused = Vec::new();
+    if !opts.net_http {
+        unused.extend(["net_http_requests", "net_http_hists", "net_http_paths"]);
+    } else if opts.http_paths {
+        unused.extend(["net_http_requests", "net_http_hists"]);
+    } else {
+        unused.push("net_http_paths");
+    }
+    if !http_from_syscalls(opts) {
+        unused.push("net_http_conns");
+    }
+    if !opts.net_events {
+        unused.extend(["net_events", "net_conn_owners"]);
+    }
+    if !opts.allow_pcap {
+        // The 4 MiB ring above all.
+        unused.extend(["net_pcap_ring", "net_pcap_cfg", "net_pcap_rate"]);
+    }
+    unused
+}
+
+/// Attach a syscall-exit hook the way the set has it already, if it does (tracepoints, or the raw
+/// fallback): two ways at once would run it twice for a target. Otherwise as tracefs allows.
+fn attach_exit_hook_once(
+    obj: &mut Object,
+    program: &str,
+    names: &[&str],
+    fallback: (&str, &str),
+) -> Result<(), ProbeError> {
+    let ks = obj.kernel_side().clone();
+    let on_set = |p: &str| ks.link_pin("net", p, 0).is_some_and(|l| l.exists());
+    if on_set(fallback.0) {
+        return obj.attach_raw_tp(fallback.0, fallback.1);
+    }
+    if on_set(program) {
+        return obj.attach_tracepoints(program, "syscalls", names);
+    }
+    obj.attach_syscall_hook(program, names, fallback).map(drop)
+}
+
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let http = [u8::from(opts.net_http)];
-    let paths = [u8::from(opts.http_paths)];
-    // In netns mode there is no socket on tc ingress to pair requests with: read HTTP from the
-    // syscalls there.
-    let http_syscalls = opts.net_http_syscalls || opts.net_mode == NetMode::Netns;
-    let syscalls = [u8::from(http_syscalls)];
-    let events = [u8::from(opts.net_events)];
-    let mut obj = Object::load_with(
+    let ks = &opts.kernel_side;
+    let shared = [u8::from(ks.dir().is_some())];
+    let tc_slot = ks.slot.to_ne_bytes();
+    let http_syscalls = http_from_syscalls(opts);
+    let unused = unused_maps(opts);
+    let mut obj = Object::load_on(
+        ks,
         "net",
         sidecar_ebpf::objects::NET,
-        &[
-            ("http_enabled", &http[..]),
-            ("http_paths", &paths[..]),
-            ("http_syscalls", &syscalls[..]),
-            ("events_enabled", &events[..]),
-        ],
+        &LoadOpts {
+            globals: &[("pkt_slot_lookup", &shared[..]), ("tc_slot", &tc_slot[..])],
+            without_inner: &unused,
+            ..Default::default()
+        },
     )?;
     obj.attach_tp_btf("net_state", "inet_sock_set_state")?;
     obj.attach_raw_tp("net_retransmit", "tcp_retransmit_skb")?;
     obj.attach_raw_tp("net_send_reset", "tcp_send_reset")?;
     obj.attach_raw_tp("net_receive_reset", "tcp_receive_reset")?;
     obj.attach_raw_tp("net_udp_drop", "udp_fail_queue_rcv_skb")?;
-    if opts.net_http && http_syscalls {
+    if http_syscalls {
         // Only for the syscalls source; by default the packet programs read HTTP from TCP
-        // segments and nothing runs per syscall for it.
+        // segments and nothing runs per syscall for it. Payload calls finish in a raw sys_exit
+        // program of their own; the errors keep their hook below.
         obj.attach_raw_tp("net_sys_enter", "sys_enter")?;
+        obj.attach_raw_tp("net_http_sys_exit", "sys_exit")?;
     }
-    if opts.net_http && http_syscalls {
-        // Payload calls finish in the raw sys_exit program, which counts the errors too.
-        obj.attach_raw_tp("net_sys_exit", "sys_exit")?;
-    } else {
-        obj.attach_syscall_hook_via(
-            &opts.syscall_dispatch,
-            Side::Exit,
-            "net_sys_exit_error",
-            &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"],
-            ("net_sys_exit", "sys_exit"),
-        )?;
-    }
-    match opts.net_mode {
-        NetMode::Cgroup => {
-            obj.load_cgroup_skb(cgroup::INGRESS)?;
-            obj.load_cgroup_skb(cgroup::EGRESS)?;
-        }
-        NetMode::Netns => {
-            obj.load_classifier(netns::TC_INGRESS)?;
-            obj.load_classifier(netns::TC_EGRESS)?;
-        }
-    }
+    obj.attach_syscall_hook_via(
+        &opts.syscall_dispatch,
+        Side::Exit,
+        "net_sys_exit_error",
+        &["sys_exit_connect", "sys_exit_bind", "sys_exit_listen"],
+        ("net_sys_exit", "sys_exit"),
+    )?;
+    let progs = progs::PacketProgs::load(&mut obj, opts.net_mode)?;
     if opts.net_events {
         // accept() returning is the only place the accepting process is known.
-        obj.attach_syscall_hook(
+        attach_exit_hook_once(
+            &mut obj,
             "net_events_accept",
             &["sys_exit_accept", "sys_exit_accept4"],
             ("net_events_sys_exit", "sys_exit"),
         )?;
     }
-    let capture = Arc::new(pcap::Capture::new(&obj, opts.allow_pcap, opts.net_mode)?);
-    let events = events::Events::new(&obj, opts.net_events)?;
+    let capture = Arc::new(pcap::Capture::new(
+        &mut obj,
+        opts.allow_pcap,
+        opts.net_mode,
+    )?);
+    let events = events::Events::new(&mut obj, opts.net_events)?;
     Ok(Arc::new(Net {
         obj: Arc::new(obj),
+        progs,
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
         ports: LabelBudget::new(opts.top_n),
-        paths: opts.http_paths.then(|| LabelBudget::new(opts.top_n)),
+        http: opts.net_http,
+        paths: (opts.net_http && opts.http_paths).then(|| LabelBudget::new(opts.top_n)),
         http_from_packets: opts.net_http && !http_syscalls,
         mode: opts.net_mode,
         tc: Mutex::new(None),
@@ -169,12 +221,11 @@ fn map_err(map: &str, detail: impl fmt::Display) -> ProbeError {
     }
 }
 
-/// Take a ring buffer out of the object, for a reader thread to own (at load).
-fn take_ring(obj: &Object, name: &str) -> Result<RingBuf<MapData>, ProbeError> {
-    let mut ebpf = obj.lock();
-    let map = ebpf
-        .take_map(name)
-        .ok_or_else(|| map_err(name, "missing"))?;
+/// Take this slot's ring buffer `name` out of the object, for a reader thread to own (at load).
+fn take_slot_ring(obj: &mut Object, name: &str) -> Result<RingBuf<MapData>, ProbeError> {
+    let map = obj
+        .take_slot_map(name)
+        .ok_or_else(|| map_err(name, "no inner map for this slot"))?;
     RingBuf::try_from(map).map_err(|e| map_err(name, e))
 }
 
@@ -227,7 +278,7 @@ impl Probe for Net {
         let pkts = packets::Packets::read(&self.obj, &maps);
         let tcp = tcp::Tcp::read(&maps);
         let sockets = sockets::Sockets::read(&maps);
-        let http = http::Http::read(&self.obj, &maps, self.paths.is_some());
+        let http = http::Http::read(&self.obj, &maps, self.http, self.paths.is_some());
         let dns = dns::Dns::read(&self.obj, &maps);
         let pcap = pcap::Counters::read(&maps);
         drop(maps);

@@ -1,6 +1,8 @@
 //! --net-mode netns: tc classifiers on every interface of the target's network namespace,
 //! attached from a thread that entered the namespace and stays there to follow interfaces that
-//! appear or go.
+//! appear or go. The classifiers are this sidecar's own copy even on a shared kernel side: a
+//! packet on tc ingress has no socket to find the slot from, so the copy carries its slot
+//! (`tc_slot`, set at load).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

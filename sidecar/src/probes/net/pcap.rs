@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData, RingBuf};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::net_pkt::{self as k, PcapCfg, PcapHdr, counter as c};
 
-use super::{NetMode, Object, ProbeError, map_err, take_ring};
+use super::{NetMode, Object, ProbeError, map_err, take_slot_ring};
 use crate::metrics::Metric;
 use crate::probes::Probe;
 use crate::probes::object::Maps;
@@ -57,11 +57,14 @@ pub struct PcapRequest {
     pub max_bytes: u64,
 }
 
-/// One open capture at a time; the ring buffer is handed to its reader thread and back.
+/// One open capture at a time; the ring buffer is handed to its reader thread and back. The ring,
+/// the switch and the rate are this slot's (only with --allow-pcap): a capture holds only this
+/// sidecar's target's packets.
 pub struct Capture {
     allowed: bool,
     linktype: u32,
     ring: Mutex<Option<RingBuf<MapData>>>,
+    cfg: Mutex<Option<Array<MapData, PcapCfg>>>,
     busy: AtomicBool,
 }
 
@@ -92,33 +95,39 @@ pub fn pcap_record(out: &mut Vec<u8>, unix_ns: u128, orig_len: u32, data: &[u8])
     out.extend_from_slice(data);
 }
 
-fn set_pcap(obj: &Object, cfg: PcapCfg) -> Result<(), ProbeError> {
-    let mut ebpf = obj.lock();
-    let map = ebpf
-        .map_mut("net_pcap_cfg")
-        .ok_or_else(|| map_err("net_pcap_cfg", "missing"))?;
-    let mut arr: Array<_, PcapCfg> =
-        Array::try_from(map).map_err(|e| map_err("net_pcap_cfg", e))?;
-    arr.set(0, cfg, 0).map_err(|e| map_err("net_pcap_cfg", e))
-}
-
 impl Capture {
-    pub fn new(obj: &Object, allowed: bool, mode: NetMode) -> Result<Self, ProbeError> {
+    /// `obj` was loaded with this slot's capture maps when `allowed` (without them otherwise).
+    pub fn new(obj: &mut Object, allowed: bool, mode: NetMode) -> Result<Self, ProbeError> {
+        let (ring, cfg) = if allowed {
+            let cfg = obj
+                .take_slot_map("net_pcap_cfg")
+                .ok_or_else(|| map_err("net_pcap_cfg", "no inner map for this slot"))?;
+            let cfg = Array::try_from(cfg).map_err(|e| map_err("net_pcap_cfg", e))?;
+            (Some(take_slot_ring(obj, "net_pcap_ring")?), Some(cfg))
+        } else {
+            (None, None)
+        };
         Ok(Self {
             allowed,
             linktype: match mode {
                 NetMode::Cgroup => LINKTYPE_RAW,
                 NetMode::Netns => LINKTYPE_ETHERNET,
             },
-            // Mapping the 4 MiB ring puts 8 MiB of kernel pages in our RSS: only when
-            // captures may happen.
-            ring: Mutex::new(if allowed {
-                Some(take_ring(obj, "net_pcap_ring")?)
-            } else {
-                None
-            }),
+            // Mapping the 4 MiB ring puts 8 MiB of kernel pages in our RSS, and the kernel
+            // makes it at all only when captures may happen.
+            ring: Mutex::new(ring),
+            cfg: Mutex::new(cfg),
             busy: AtomicBool::new(false),
         })
+    }
+
+    /// Open (enabled) or close the kernel's copying into this slot's ring.
+    fn set_pcap(&self, cfg: PcapCfg) -> Result<(), ProbeError> {
+        let mut arr = self.cfg.lock().unwrap_or_else(|p| p.into_inner());
+        let arr = arr
+            .as_mut()
+            .ok_or_else(|| map_err("net_pcap_cfg", "no inner map for this slot"))?;
+        arr.set(0, cfg, 0).map_err(|e| map_err("net_pcap_cfg", e))
     }
 
     /// Open a capture: the kernel starts copying packets, a thread turns them into pcap
@@ -156,20 +165,21 @@ impl Capture {
             max_pps: PCAP_MAX_PPS,
             pad: 0,
         };
-        if let Err(e) = set_pcap(obj.object(), cfg) {
+        if let Err(e) = self.set_pcap(cfg) {
             *self.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
             self.busy.store(false, Ordering::Release);
             return Err(PcapError::Kernel(e.to_string()));
         }
         let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(64);
         let me = self.clone();
-        let obj2 = obj.clone();
         let linktype = self.linktype;
         let spawned = std::thread::Builder::new()
             .name("net-pcap".into())
             .spawn(move || {
+                // The probe (and its object) outlives the capture.
+                let _probe = obj;
                 copy_packets(&mut ring, &tx, req, snaplen, linktype);
-                if let Err(e) = set_pcap(obj.object(), PcapCfg::default()) {
+                if let Err(e) = me.set_pcap(PcapCfg::default()) {
                     tracing::error!("net: stopping the packet capture: {e}");
                 }
                 *me.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
@@ -178,7 +188,7 @@ impl Capture {
         if let Err(e) = spawned {
             // The ring went with the closure: later captures answer Busy (logged here).
             tracing::error!("net: cannot start the capture thread: {e}");
-            let _ = set_pcap(obj2.object(), PcapCfg::default());
+            let _ = self.set_pcap(PcapCfg::default());
             self.busy.store(false, Ordering::Release);
             return Err(PcapError::Kernel(e.to_string()));
         }
