@@ -8,3 +8,7 @@
 
 struct security_event record_security_event; /* security.bpf.c: security_events */
 struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_events */
+/* Per-target maps (SIDECAR_SLOT_MAP) give only their key and value sizes: no BTF either. */
+struct exit_key record_exit_key;                 /* process.bpf.c: process_exits */
+struct file_io record_file_io;                   /* files.bpf.c: file_io, file_kind_io */
+struct file_sync_stats record_file_sync_stats;   /* files.bpf.c: file_syncs */
