@@ -12,3 +12,6 @@ struct net_conn_event record_net_conn_event; /* net.bpf.c (net_pkt.bpf.h): net_e
 struct exit_key record_exit_key;                 /* process.bpf.c: process_exits */
 struct file_io record_file_io;                   /* files.bpf.c: file_io, file_kind_io */
 struct file_sync_stats record_file_sync_stats;   /* files.bpf.c: file_syncs */
+struct rt_key record_rt_key;                     /* runtimes.bpf.c: rt_counts, rt_hists */
+struct rt_hist record_rt_hist;                   /* runtimes.bpf.c: rt_hists, rt_http_hists */
+struct rt_config record_rt_config;               /* runtimes.bpf.c: rt_config */

@@ -308,6 +308,12 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }
+    if cfg.options.runtime_calls {
+        flags |= sidecar_ebpf::SLOT_RUNTIME_CALLS;
+    }
+    if cfg.options.http_paths {
+        flags |= sidecar_ebpf::SLOT_RUNTIME_HTTP_PATHS;
+    }
     let pidns = target
         .initial
         .as_ref()

@@ -20,6 +20,35 @@ pub struct Link {
     _event: OwnedFd,
 }
 
+const BPF_OBJ_PIN: libc::c_long = 6;
+
+impl Link {
+    /// Pin the link at `path` on bpffs: it stays attached (its perf event, and with it the
+    /// semaphore, too) until the pin is removed, whoever holds or drops this handle. EEXIST
+    /// when something is pinned there already.
+    pub fn pin(&self, path: &Path) -> io::Result<()> {
+        let cpath = CString::new(path.as_os_str().as_bytes())
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+        // union bpf_attr, obj_pin: pathname, bpf_fd, file_flags.
+        let mut attr = [0u8; 16];
+        attr[0..8].copy_from_slice(&(cpath.as_ptr() as u64).to_ne_bytes());
+        attr[8..12].copy_from_slice(&(self._link.as_raw_fd() as u32).to_ne_bytes());
+        // SAFETY: attr is a zeroed bpf_attr prefix of the size we pass; cpath outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_OBJ_PIN,
+                attr.as_ptr(),
+                attr.len() as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 fn uprobe_pmu_type() -> io::Result<u32> {
     static TYPE: OnceLock<Result<u32, String>> = OnceLock::new();
     TYPE.get_or_init(|| {
