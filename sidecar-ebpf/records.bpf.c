@@ -26,3 +26,8 @@ struct net_error_key record_net_error_key;         /* net.bpf.c: net_errors */
 struct net_http_key record_net_http_key;           /* net.bpf.c: net_http_requests */
 struct net_http_path_key record_net_http_path_key; /* net.bpf.c: net_http_paths */
 struct net_pcap_cfg record_net_pcap_cfg;           /* net.bpf.c: net_pcap_cfg */
+struct file_io record_file_io;                     /* files.bpf.c: file_io, file_kind_io */
+struct file_sync_stats record_file_sync_stats;     /* files.bpf.c: file_syncs */
+struct rt_key record_rt_key;                       /* runtimes.bpf.c: rt_counts, rt_hists */
+struct rt_hist record_rt_hist;                     /* runtimes.bpf.c: rt_hists, rt_http_hists */
+struct rt_config record_rt_config;                 /* runtimes.bpf.c: rt_config */

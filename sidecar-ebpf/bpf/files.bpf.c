@@ -12,7 +12,11 @@
  *
  * Hooks: tp_btf sys_exit (everything: the arguments are still in the saved registers), the
  * enter tracepoints of the sync calls (to time them; raw_tp sys_enter without tracefs), raw_tp
- * mm_filemap_add_to_page_cache. */
+ * mm_filemap_add_to_page_cache.
+ *
+ * Every table is per target (SIDECAR_SLOT_MAP: an inner map per slot, which that target's
+ * sidecar creates and reads); only the sync start times (task storage: a task is in one target)
+ * and the scratch areas are shared. */
 #include "sidecar.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -53,75 +57,81 @@ struct remembered {
 };
 
 /* Files the target opened, by struct file address. LRU: closed files are never removed
- * explicitly (close does not tell whether it dropped the last reference); they age out. */
-struct {
+ * explicitly (close does not tell whether it dropped the last reference); they age out. Per
+ * target: the id it remembers is an index in that target's path table. */
+struct files_open_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 8192);
-	__type(key, __u64);
-	__type(value, struct remembered);
-} files_open SEC(".maps");
+	SIDECAR_INNER_KV(__u64, struct remembered);
+};
+SIDECAR_SLOT_MAP(files_open, struct files_open_map);
 
 /* Path -> small id, looked up once per open; reads and writes then index an array by id instead
  * of hashing a 256-byte path on every call. Userspace reads it for the names. */
-struct {
+struct file_path_ids_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SIDECAR_FILE_PATHS);
-	__type(key, struct file_path);
-	__type(value, __u32);
-} file_path_ids SEC(".maps");
+	SIDECAR_INNER_KV(struct file_path, __u32);
+};
+SIDECAR_SLOT_MAP(file_path_ids, struct file_path_ids_map);
 
-/* Next id to hand out. Plain (not atomic: BPF v1 has no fetch-and-add): two CPUs may read the
- * same value, and the claim below lets only one of them have it. */
-__u32 next_path_id = 0;
+/* The next id to hand out (entry 0). Plain (not atomic: BPF v1 has no fetch-and-add): two CPUs
+ * may read the same value, and the claim below lets only one of them have it. */
+struct file_next_id_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	SIDECAR_INNER_KV(__u32, __u32);
+};
+SIDECAR_SLOT_MAP(file_next_id, struct file_next_id_map);
 
-struct {
+struct file_path_claims_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, SIDECAR_FILE_PATHS);
-	__type(key, __u32);
-	__type(value, __u32);
-} file_path_claims SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u32);
+};
+SIDECAR_SLOT_MAP(file_path_claims, struct file_path_claims_map);
 
-struct {
+struct file_io_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SIDECAR_FILE_PATHS);
-	__type(key, __u32);
-	__type(value, struct file_io);
-} file_io SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct file_io);
+};
+SIDECAR_SLOT_MAP(file_io, struct file_io_map);
 
-struct {
+struct file_kind_io_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FILE_KINDS);
-	__type(key, __u32);
-	__type(value, struct file_io);
-} file_kind_io SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct file_io);
+};
+SIDECAR_SLOT_MAP(file_kind_io, struct file_kind_io_map);
 
-struct {
+struct file_opens_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, SIDECAR_ERRNO_SLOTS);
-	__type(key, __u32);
-	__type(value, __u64);
-} file_opens SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(file_opens, struct file_opens_map);
 
-struct {
+struct file_open_errors_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct open_error_key);
-	__type(value, __u64);
-} file_open_errors SEC(".maps");
+	SIDECAR_INNER_KV(struct open_error_key, __u64);
+};
+SIDECAR_SLOT_MAP(file_open_errors, struct file_open_errors_map);
 
-struct {
+struct file_syncs_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FILE_SYNC_CALLS);
-	__type(key, __u32);
-	__type(value, struct file_sync_stats);
-} file_syncs SEC(".maps");
+	SIDECAR_INNER_KV(__u32, struct file_sync_stats);
+};
+SIDECAR_SLOT_MAP(file_syncs, struct file_syncs_map);
 
-struct {
+struct files_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, FILES_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} files_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(files_counters, struct files_counters_map);
 
 struct sync_start {
 	__u64 ts;
@@ -147,9 +157,10 @@ struct {
 	__type(value, struct scratch);
 } files_scratch SEC(".maps");
 
-static __always_inline void bump_counter(__u32 idx, __u64 n)
+static __always_inline void bump_counter(__u32 slot, __u32 idx, __u64 n)
 {
-	__u64 *c = bpf_map_lookup_elem(&files_counters, &idx);
+	void *m = sidecar_slot_map(&files_counters, slot);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += n;
@@ -203,7 +214,7 @@ static __always_inline void add_io(struct file_io *io, __u64 bytes, int write)
 		io->read_bytes += bytes;
 }
 
-static __always_inline void account(__u64 fd, __u64 bytes, int write)
+static __always_inline void account(__u32 slot, __u64 fd, __u64 bytes, int write)
 {
 	struct file *f = fd_file(fd);
 
@@ -212,12 +223,18 @@ static __always_inline void account(__u64 fd, __u64 bytes, int write)
 
 	struct inode *ino = BPF_CORE_READ(f, f_inode);
 	__u64 key = (__u64)f;
-	struct remembered *r = bpf_map_lookup_elem(&files_open, &key);
+	void *open = sidecar_slot_map(&files_open, slot);
+	struct remembered *r = open ? bpf_map_lookup_elem(open, &key) : NULL;
+	void *m;
 	__u32 kind;
 
 	if (r && r->inode == (__u64)ino) {
 		__u32 id = r->id;
-		struct file_io *io = bpf_map_lookup_elem(&file_io, &id);
+		struct file_io *io = NULL;
+
+		m = sidecar_slot_map(&file_io, slot);
+		if (m)
+			io = bpf_map_lookup_elem(m, &id);
 
 		if (io) {
 			add_io(io, bytes, write);
@@ -228,7 +245,8 @@ static __always_inline void account(__u64 fd, __u64 bytes, int write)
 		kind = kind_of(ino);
 	}
 
-	struct file_io *io = bpf_map_lookup_elem(&file_kind_io, &kind);
+	m = sidecar_slot_map(&file_kind_io, slot);
+	struct file_io *io = m ? bpf_map_lookup_elem(m, &kind) : NULL;
 
 	if (io)
 		add_io(io, bytes, write);
@@ -241,17 +259,18 @@ static __always_inline void read_path(char *dst, const char *user)
 	bpf_probe_read_user_str(dst, SIDECAR_PATH_LEN, user);
 }
 
-static __always_inline void opened(const char *user_path, long ret)
+static __always_inline void opened(__u32 slot, const char *user_path, long ret)
 {
 	__u32 zero = 0;
 	struct scratch *s = bpf_map_lookup_elem(&files_scratch, &zero);
+	void *opens = sidecar_slot_map(&file_opens, slot);
 
-	if (!s)
+	if (!s || !opens)
 		return;
 
 	if (ret >= 0) {
 		__u32 ok = 0;
-		__u64 *c = bpf_map_lookup_elem(&file_opens, &ok);
+		__u64 *c = bpf_map_lookup_elem(opens, &ok);
 
 		if (c)
 			*c += 1;
@@ -266,51 +285,62 @@ static __always_inline void opened(const char *user_path, long ret)
 		/* Only regular files are reported by path; /dev/null and friends by kind. */
 		if ((BPF_CORE_READ(ino, i_mode) & S_IFMT) != S_IFREG)
 			return;
+		void *open = sidecar_slot_map(&files_open, slot);
+		void *ids = sidecar_slot_map(&file_path_ids, slot);
+		void *claims = sidecar_slot_map(&file_path_claims, slot);
+		void *next_m = sidecar_slot_map(&file_next_id, slot);
+		__u32 *next = next_m ? bpf_map_lookup_elem(next_m, &zero) : NULL;
+
+		if (!open || !ids || !claims || !next)
+			return;
 		read_path(s->p.path, user_path);
 
 		struct remembered r = { .inode = (__u64)ino, .id = SIDECAR_FILE_PATHS };
-		__u32 *idp = bpf_map_lookup_elem(&file_path_ids, &s->p);
+		__u32 *idp = bpf_map_lookup_elem(ids, &s->p);
 
 		if (idp) {
 			r.id = *idp;
 		} else {
-			__u32 id = next_path_id, one = 1;
+			__u32 id = *next, one = 1;
 
-			next_path_id = id + 1;
+			*next = id + 1;
 			if (id < SIDECAR_FILE_PATHS &&
-			    !bpf_map_update_elem(&file_path_claims, &id, &one, BPF_NOEXIST)) {
-				if (!bpf_map_update_elem(&file_path_ids, &s->p, &id, BPF_NOEXIST))
+			    !bpf_map_update_elem(claims, &id, &one, BPF_NOEXIST)) {
+				if (!bpf_map_update_elem(ids, &s->p, &id, BPF_NOEXIST))
 					r.id = id;
-				else if ((idp = bpf_map_lookup_elem(&file_path_ids, &s->p)))
+				else if ((idp = bpf_map_lookup_elem(ids, &s->p)))
 					r.id = *idp; /* another CPU named it first; our id stays unused */
 			}
 		}
-		if (bpf_map_update_elem(&files_open, &key, &r, BPF_ANY))
-			bump_counter(FILES_LOST_FDS, 1);
+		if (bpf_map_update_elem(open, &key, &r, BPF_ANY))
+			bump_counter(slot, FILES_LOST_FDS, 1);
 		return;
 	}
 
 	__u32 err = (__u32)(-ret);
-	__u32 slot = err < SIDECAR_ERRNO_SLOTS ? err : SIDECAR_ERRNO_SLOTS - 1;
-	__u64 *c = bpf_map_lookup_elem(&file_opens, &slot);
+	__u32 eslot = err < SIDECAR_ERRNO_SLOTS ? err : SIDECAR_ERRNO_SLOTS - 1;
+	__u64 *c = bpf_map_lookup_elem(opens, &eslot);
+	void *errors = sidecar_slot_map(&file_open_errors, slot);
 
 	if (c)
 		*c += 1;
+	if (!errors)
+		return;
 
 	read_path(s->e.path, user_path);
-	s->e.err = slot;
+	s->e.err = eslot;
 	s->e.pad = 0;
-	c = bpf_map_lookup_elem(&file_open_errors, &s->e);
+	c = bpf_map_lookup_elem(errors, &s->e);
 	if (!c) {
 		__u64 one = 0;
 
-		bpf_map_update_elem(&file_open_errors, &s->e, &one, BPF_NOEXIST);
-		c = bpf_map_lookup_elem(&file_open_errors, &s->e);
+		bpf_map_update_elem(errors, &s->e, &one, BPF_NOEXIST);
+		c = bpf_map_lookup_elem(errors, &s->e);
 	}
 	if (c)
 		*c += 1;
 	else
-		bump_counter(FILES_LOST_OPEN_ERRORS, 1);
+		bump_counter(slot, FILES_LOST_OPEN_ERRORS, 1);
 }
 
 static __always_inline int sync_call(__u64 nr)
@@ -340,7 +370,7 @@ static __always_inline int interesting(__u64 nr)
 /* A sync call of the target starts: stamp it for the exit. */
 static __always_inline void sync_started(void)
 {
-	if (!sidecar_in_target())
+	if (sidecar_slot() < 0)
 		return;
 
 	struct sync_start *v = bpf_task_storage_get(&file_sync_start, bpf_get_current_task_btf(), 0,
@@ -380,7 +410,10 @@ int files_sys_exit(unsigned long long *ctx)
 	 * family never looks at before the (dearer) target filter. */
 	if (!interesting(nr))
 		return 0;
-	if (!sidecar_in_target())
+
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	long ret = (long)ctx[1];
@@ -392,7 +425,7 @@ int files_sys_exit(unsigned long long *ctx)
 	case NR_preadv:
 	case NR_preadv2:
 		if (ret > 0)
-			account(regs->di, ret, 0);
+			account(slot, regs->di, ret, 0);
 		return 0;
 	case NR_write:
 	case NR_pwrite64:
@@ -400,33 +433,33 @@ int files_sys_exit(unsigned long long *ctx)
 	case NR_pwritev:
 	case NR_pwritev2:
 		if (ret > 0)
-			account(regs->di, ret, 1);
+			account(slot, regs->di, ret, 1);
 		return 0;
 	case NR_sendfile: /* (out_fd, in_fd, ...) */
 		if (ret > 0) {
-			account(regs->si, ret, 0);
-			account(regs->di, ret, 1);
+			account(slot, regs->si, ret, 0);
+			account(slot, regs->di, ret, 1);
 		}
 		return 0;
 	case NR_copy_file_range: /* (fd_in, off_in, fd_out, ...) */
 		if (ret > 0) {
-			account(regs->di, ret, 0);
-			account(regs->dx, ret, 1);
+			account(slot, regs->di, ret, 0);
+			account(slot, regs->dx, ret, 1);
 		}
 		return 0;
 	case NR_splice: /* (fd_in, off_in, fd_out, off_out, ...) */
 		if (ret > 0) {
-			account(regs->di, ret, 0);
-			account(regs->dx, ret, 1);
+			account(slot, regs->di, ret, 0);
+			account(slot, regs->dx, ret, 1);
 		}
 		return 0;
 	case NR_open:
 	case NR_creat:
-		opened((const char *)regs->di, ret);
+		opened(slot, (const char *)regs->di, ret);
 		return 0;
 	case NR_openat:
 	case NR_openat2:
-		opened((const char *)regs->si, ret);
+		opened(slot, (const char *)regs->si, ret);
 		return 0;
 	}
 
@@ -442,7 +475,8 @@ int files_sys_exit(unsigned long long *ctx)
 
 	__u64 delta = bpf_ktime_get_ns() - v->ts;
 	__u32 idx = call;
-	struct file_sync_stats *st = bpf_map_lookup_elem(&file_syncs, &idx);
+	void *syncs = sidecar_slot_map(&file_syncs, slot);
+	struct file_sync_stats *st = syncs ? bpf_map_lookup_elem(syncs, &idx) : NULL;
 
 	v->ts = 0;
 	if (st) {
@@ -458,7 +492,9 @@ int files_sys_exit(unsigned long long *ctx)
 SEC("raw_tp/mm_filemap_add_to_page_cache")
 int files_page_cache_add(unsigned long long *ctx)
 {
-	if (!sidecar_in_target())
+	int slot = sidecar_slot();
+
+	if (slot < 0)
 		return 0;
 
 	struct folio *folio = (struct folio *)ctx[0];
@@ -471,6 +507,6 @@ int files_page_cache_add(unsigned long long *ctx)
 
 		pages = order < 32 ? 1ULL << order : 1;
 	}
-	bump_counter(FILES_PAGE_CACHE_MISSES, pages);
+	bump_counter(slot, FILES_PAGE_CACHE_MISSES, pages);
 	return 0;
 }

@@ -2,7 +2,15 @@
 /* Runtimes family: generic USDT / uprobe programs driven by per-site specs (usdt.bpf.h).
  * Userspace attaches the same few programs to many sites (python gc__start, hotspot gc__begin,
  * node's llhttp_should_keep_alive, …); the attach cookie selects the site's spec, and the spec
- * says which pack entry (slot) and which arguments make the label. */
+ * says which pack entry (slot) and which arguments make the label.
+ *
+ * Two kinds of slot meet here: the pack entry a site feeds (`spec->slot`, as in every key) and
+ * the target (kernel-side slot, `target`) whose task hit it. Every table of counts and
+ * timings is per target (SIDECAR_SLOT_MAP). Pack sites are the set's: attached once per
+ * (file, offset, program) whoever asked first, their specs in the shared `usdt_specs`, and a hit
+ * counts for the target of the task that made it. --config sites belong to one target: their
+ * cookie carries that target (bits 32-63: slot + 1) and their specs are in its
+ * `rt_declared_specs`; another target's hit on them is not theirs. */
 #include "usdt.bpf.h"
 
 char LICENSE[] SEC("license") = "GPL";
@@ -11,19 +19,45 @@ char LICENSE[] SEC("license") = "GPL";
 #define INFLIGHT_MAX 16384
 #define CALLS_MAX 10240
 
-struct {
+struct rt_counts_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
-	__type(key, struct rt_key);
-	__type(value, __u64);
-} rt_counts SEC(".maps");
+	SIDECAR_INNER_KV(struct rt_key, __u64);
+};
+SIDECAR_SLOT_MAP(rt_counts, struct rt_counts_map);
 
-struct {
+struct rt_hists_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
-	__type(key, struct rt_key);
-	__type(value, struct rt_hist);
-} rt_hists SEC(".maps");
+	SIDECAR_INNER_KV(struct rt_key, struct rt_hist);
+};
+SIDECAR_SLOT_MAP(rt_hists, struct rt_hists_map);
+
+/* Per target: the specs of its --config sites (see rt_spec_of), written by its sidecar. */
+struct rt_declared_specs_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, USDT_SPECS_MAX);
+	SIDECAR_INNER_KV(__u32, struct usdt_spec);
+};
+SIDECAR_SLOT_MAP(rt_declared_specs, struct rt_declared_specs_map);
+
+/* Which entries of the set's `usdt_specs` are taken (key: the entry): userspace claims one with
+ * BPF_NOEXIST before writing a pack site's spec there, so sidecars sharing the set never hand
+ * out the same entry. Not read by the programs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, USDT_SPECS_MAX);
+	__type(key, __u32);
+	__type(value, __u32);
+} rt_spec_claims SEC(".maps");
+
+/* Per target: its settings (entry 0), written by its sidecar at load. */
+struct rt_config_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	SIDECAR_INNER_KV(__u32, struct rt_config);
+};
+SIDECAR_SLOT_MAP(rt_config, struct rt_config_map);
 
 /* In-flight begin per (thread, slot): start time and label. */
 struct inflight_key {
@@ -37,19 +71,19 @@ struct inflight {
 };
 
 /* LRU: a thread that dies between begin and end must not hold its slot forever. */
-struct {
+struct rt_inflight_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, INFLIGHT_MAX);
-	__type(key, struct inflight_key);
-	__type(value, struct inflight);
-} rt_inflight SEC(".maps");
+	SIDECAR_INNER_KV(struct inflight_key, struct inflight);
+};
+SIDECAR_SLOT_MAP(rt_inflight, struct rt_inflight_map);
 
-struct {
+struct rt_calls_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, CALLS_MAX);
-	__type(key, struct rt_call_key);
-	__type(value, __u64);
-} rt_calls SEC(".maps");
+	SIDECAR_INNER_KV(struct rt_call_key, __u64);
+};
+SIDECAR_SLOT_MAP(rt_calls, struct rt_calls_map);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -71,43 +105,71 @@ struct {
 	__type(value, struct long_str);
 } rt_str_scratch SEC(".maps");
 
-struct {
+struct rt_counters_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, RT_COUNTERS);
-	__type(key, __u32);
-	__type(value, __u64);
-} rt_counters SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(rt_counters, struct rt_counters_map);
 
-static __always_inline void bump(__u32 idx)
+static __always_inline void bump(__u32 target, __u32 idx)
 {
-	__u64 *c = bpf_map_lookup_elem(&rt_counters, &idx);
+	void *m = sidecar_slot_map(&rt_counters, target);
+	__u64 *c = m ? bpf_map_lookup_elem(m, &idx) : NULL;
 
 	if (c)
 		*c += 1;
 }
 
-static __always_inline __u64 label_of(void *ctx, struct usdt_spec *spec)
+/* A hit of a target's task on a site: the target, and whether the site is one of its --config
+ * sites (else a pack site). */
+struct hit {
+	__u32 target;
+	__u32 declared;
+};
+
+static __always_inline __u64 label_of(void *ctx, struct hit *h, struct usdt_spec *spec)
 {
 	__s64 lo = 0, hi = 0;
 
 	if (spec->label_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label_arg, &lo))
-		bump(RT_BAD_SPECS);
+		bump(h->target, RT_BAD_SPECS);
 	if (spec->label2_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label2_arg, &hi))
-		bump(RT_BAD_SPECS);
+		bump(h->target, RT_BAD_SPECS);
 	return ((__u64)(__u32)lo) | ((__u64)(__u32)hi << 32);
 }
 
-/* The spec of the probe that fired when the hit is the target's, else NULL (a hit without a
- * spec is counted: the attach and the spec map disagree). */
-static __always_inline struct usdt_spec *target_hit(struct pt_regs *ctx)
+/* The spec of the probe that fired when the hit is a target's (one whose sidecar runs this
+ * family: it has counters) and the site is for that target, else NULL. A pack site's spec
+ * (cookie bits 32-63 zero) is in the set's `usdt_specs`; a --config site's in its target's
+ * `rt_declared_specs`, and another target's hit on it is none of its business. A hit without a
+ * spec is counted: the attach and the spec map disagree. */
+static __always_inline struct usdt_spec *target_hit(struct pt_regs *ctx, struct hit *h)
 {
-	if (!sidecar_in_target())
+	int target = sidecar_slot();
+
+	if (target < 0 || !sidecar_slot_map(&rt_counters, target))
 		return NULL;
 
-	struct usdt_spec *spec = usdt_spec_of(ctx);
+	__u64 cookie = bpf_get_attach_cookie(ctx);
+	__u32 owner = cookie >> 32, id = (__u32)cookie;
+	struct usdt_spec *spec = NULL;
 
+	h->target = target;
+	h->declared = owner != 0;
+	if (!owner) {
+		spec = bpf_map_lookup_elem(&usdt_specs, &id);
+	} else {
+		void *m;
+
+		if (owner != (__u32)target + 1)
+			return NULL;
+		m = sidecar_slot_map(&rt_declared_specs, target);
+		if (m)
+			spec = bpf_map_lookup_elem(m, &id);
+	}
 	if (!spec)
-		bump(RT_BAD_SPECS);
+		bump(target, RT_BAD_SPECS);
 	return spec;
 }
 
@@ -115,39 +177,46 @@ static __always_inline struct usdt_spec *target_hit(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_count(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
 		return 0;
-	struct rt_key k = { .slot = spec->slot, .label = label_of(ctx, spec) };
+	struct rt_key k = { .slot = spec->slot, .label = label_of(ctx, &h, spec) };
+	void *counts = sidecar_slot_map(&rt_counts, h.target);
 
-	if (!sidecar_hash_inc(&rt_counts, &k))
-		bump(RT_LOST_KEYS);
+	if (!counts || !sidecar_hash_inc(counts, &k))
+		bump(h.target, RT_LOST_KEYS);
 	return 0;
 }
 
-static __always_inline void begin_pair(__u32 slot, __u64 label)
+static __always_inline void begin_pair(__u32 target, __u32 slot, __u64 label)
 {
 	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = slot };
 	struct inflight v = { .ts = bpf_ktime_get_ns(), .label = label };
+	void *m = sidecar_slot_map(&rt_inflight, target);
 
-	if (bpf_map_update_elem(&rt_inflight, &k, &v, BPF_ANY))
-		bump(RT_LOST_BEGINS);
+	if (!m || bpf_map_update_elem(m, &k, &v, BPF_ANY))
+		bump(target, RT_LOST_BEGINS);
 }
 
-/* Add one observation `d` to the struct rt_hist of `key` in hash map `map` (rt_hists,
- * rt_http_hists), created on first use; a full map counts in RT_LOST_KEYS. */
-static __always_inline void hist_add(void *map, const void *key, __u64 d)
+/* Add one observation `d` to the struct rt_hist of `key` in hash map `map` (a target's rt_hists,
+ * rt_http_hists), created on first use; a full (or missing) map counts in RT_LOST_KEYS. */
+static __always_inline void hist_add(__u32 target, void *map, const void *key, __u64 d)
 {
-	struct rt_hist *h = bpf_map_lookup_elem(map, key);
+	struct rt_hist *h = map ? bpf_map_lookup_elem(map, key) : NULL;
 
 	if (!h) {
 		struct rt_hist zero = {};
 
+		if (!map) {
+			bump(target, RT_LOST_KEYS);
+			return;
+		}
 		bpf_map_update_elem(map, key, &zero, BPF_NOEXIST);
 		h = bpf_map_lookup_elem(map, key);
 		if (!h) {
-			bump(RT_LOST_KEYS);
+			bump(target, RT_LOST_KEYS);
 			return;
 		}
 	}
@@ -160,38 +229,40 @@ static __always_inline void hist_add(void *map, const void *key, __u64 d)
 }
 
 /* Add one observation `d` (ns, or a declared argument's value) to the (slot, label) histogram. */
-static __always_inline void observe(__u32 slot, __u64 label, __u64 d)
+static __always_inline void observe(__u32 target, __u32 slot, __u64 label, __u64 d)
 {
 	struct rt_key hk = { .slot = slot, .label = label };
 
-	hist_add(&rt_hists, &hk, d);
+	hist_add(target, sidecar_slot_map(&rt_hists, target), &hk, d);
 }
 
-static __always_inline void end_pair(__u32 slot)
+static __always_inline void end_pair(__u32 target, __u32 slot)
 {
 	__u64 now = bpf_ktime_get_ns();
 	struct inflight_key k = { .tid = (__u32)bpf_get_current_pid_tgid(), .slot = slot };
-	struct inflight *b = bpf_map_lookup_elem(&rt_inflight, &k);
+	void *m = sidecar_slot_map(&rt_inflight, target);
+	struct inflight *b = m ? bpf_map_lookup_elem(m, &k) : NULL;
 
 	if (!b) {
-		bump(RT_UNMATCHED_ENDS);
+		bump(target, RT_UNMATCHED_ENDS);
 		return;
 	}
 	__u64 d = now - b->ts, label = b->label;
 
-	bpf_map_delete_elem(&rt_inflight, &k);
-	observe(slot, label, d);
+	bpf_map_delete_elem(m, &k);
+	observe(target, slot, label, d);
 }
 
 /* Start of a timed pair (gc__start, gc__begin, a function's entry): remember when, per thread. */
 SEC("uprobe")
 int rt_begin(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
 		return 0;
-	begin_pair(spec->slot, label_of(ctx, spec));
+	begin_pair(h.target, spec->slot, label_of(ctx, &h, spec));
 	return 0;
 }
 
@@ -199,11 +270,12 @@ int rt_begin(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_end(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
 		return 0;
-	end_pair(spec->slot);
+	end_pair(h.target, spec->slot);
 	return 0;
 }
 
@@ -212,41 +284,48 @@ int rt_end(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_value(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 	__s64 lo = 0, v = 0;
 
 	if (!spec)
 		return 0;
 	if (usdt_arg(ctx, spec, spec->label2_arg, &v)) {
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 		return 0;
 	}
 	if (spec->label_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label_arg, &lo))
-		bump(RT_BAD_SPECS);
-	observe(spec->slot, (__u64)(__u32)lo, v < 0 ? 0 : (__u64)v);
+		bump(h.target, RT_BAD_SPECS);
+	observe(h.target, spec->slot, (__u64)(__u32)lo, v < 0 ? 0 : (__u64)v);
 	return 0;
 }
 
-/* Hits by one or two string arguments (python function__entry: filename, funcname; node
- * http__server__request: method, url): the spec's label_arg and label2_arg point at them. */
+/* Hits by one or two string arguments (python function__entry: filename, funcname; a --config
+ * count by strings): the spec's label_arg and label2_arg point at them. The pack's site (python
+ * function__entry) counts only for targets that asked for --runtime-calls: another target's
+ * sidecar may have attached it. */
 SEC("uprobe")
 int rt_call(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
+		return 0;
+	if (!h.declared && !sidecar_slot_wants(h.target, SIDECAR_SLOT_RUNTIME_CALLS))
 		return 0;
 
 	__u32 zero = 0;
 	struct rt_call_key *k = bpf_map_lookup_elem(&rt_call_scratch, &zero);
+	void *calls = sidecar_slot_map(&rt_calls, h.target);
 	__s64 first = 0, second = 0;
 
 	if (!k || usdt_arg(ctx, spec, spec->label_arg, &first)) {
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 		return 0;
 	}
 	if (spec->label2_arg != USDT_NO_ARG && usdt_arg(ctx, spec, spec->label2_arg, &second))
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 	__builtin_memset(k, 0, sizeof(*k));
 	k->slot = spec->slot;
 	long n = bpf_probe_read_user_str(k->module, sizeof(k->module), (void *)first);
@@ -263,8 +342,8 @@ int rt_call(struct pt_regs *ctx)
 	}
 	if (second)
 		bpf_probe_read_user_str(k->function, sizeof(k->function), (void *)second);
-	if (!sidecar_hash_inc(&rt_calls, k))
-		bump(RT_LOST_KEYS);
+	if (!calls || !sidecar_hash_inc(calls, k))
+		bump(h.target, RT_LOST_KEYS);
 	return 0;
 }
 
@@ -276,43 +355,52 @@ int rt_call(struct pt_regs *ctx)
 /* Slot of the lag histogram (slot::NODE_LAG in runtimes.rs). */
 #define RT_SLOT_NODE_LAG 8
 
-/* Set before load: label HTTP requests with their path (--http-paths). */
-const volatile __u32 rt_http_paths = 0;
-
-struct {
+/* Per target: its node processes (tgid -> 1), as its sidecar's scanner numbers them (see
+ * struct rt_config). */
+struct rt_loop_pids_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, __u32); /* tgid */
-	__type(value, __u32);
-} rt_loop_pids SEC(".maps");
+	SIDECAR_INNER_KV(__u32, __u32);
+};
+SIDECAR_SLOT_MAP(rt_loop_pids, struct rt_loop_pids_map);
 
-/* Set before load when the sidecar is not in the initial pid namespace (a `--pid=container:`
- * sidecar): that namespace (st_dev, st_ino of /proc/self/ns/pid). The scanner registers pids as
- * it reads them in /proc there (the app is PID 1), not as the kernel numbers them globally. */
-const volatile __u64 rt_pidns_dev = 0;
-const volatile __u64 rt_pidns_ino = 0;
-
-static __always_inline int loop_process(void)
+/* A task of `target` is one of its registered node processes. */
+static __always_inline int loop_process(__u32 target)
 {
-	__u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	__u32 zero = 0, tgid = bpf_get_current_pid_tgid() >> 32;
+	void *pids = sidecar_slot_map(&rt_loop_pids, target);
+	void *cm = sidecar_slot_map(&rt_config, target);
+	struct rt_config *cfg = cm ? bpf_map_lookup_elem(cm, &zero) : NULL;
 
-	if (rt_pidns_ino) {
+	if (!pids || !cfg)
+		return 0;
+	if (cfg->pidns_ino) {
 		struct bpf_pidns_info ns = {};
 
-		if (bpf_get_ns_current_pid_tgid(rt_pidns_dev, rt_pidns_ino, &ns, sizeof(ns)))
+		if (bpf_get_ns_current_pid_tgid(cfg->pidns_dev, cfg->pidns_ino, &ns, sizeof(ns)))
 			return 0;
 		tgid = ns.tgid;
 	}
-	return bpf_map_lookup_elem(&rt_loop_pids, &tgid) != 0;
+	return bpf_map_lookup_elem(pids, &tgid) != 0;
+}
+
+/* The target of the current task when it is one of that target's node processes, else -1. */
+static __always_inline int loop_target(void)
+{
+	int target = sidecar_slot();
+
+	return target >= 0 && loop_process(target) ? target : -1;
 }
 
 /* epoll_wait/epoll_pwait/epoll_pwait2 entered: the loop turn since the last return ends. */
 SEC("tracepoint/syscalls/sys_enter_epoll_pwait")
 int rt_loop_enter(void *ctx)
 {
-	if (!sidecar_in_target() || !loop_process())
+	int target = loop_target();
+
+	if (target < 0)
 		return 0;
-	end_pair(RT_SLOT_NODE_LAG);
+	end_pair(target, RT_SLOT_NODE_LAG);
 	return 0;
 }
 
@@ -320,9 +408,11 @@ int rt_loop_enter(void *ctx)
 SEC("tracepoint/syscalls/sys_exit_epoll_pwait")
 int rt_loop_exit(void *ctx)
 {
-	if (!sidecar_in_target() || !loop_process())
+	int target = loop_target();
+
+	if (target < 0)
 		return 0;
-	begin_pair(RT_SLOT_NODE_LAG, 0);
+	begin_pair(target, RT_SLOT_NODE_LAG, 0);
 	return 0;
 }
 
@@ -346,7 +436,7 @@ struct {
 SEC("tracepoint/syscalls/sys_enter_read")
 int rt_read_enter(struct sidecar_sys_enter *ctx)
 {
-	if (!sidecar_in_target() || !loop_process())
+	if (loop_target() < 0)
 		return 0;
 	struct last_read *r = bpf_task_storage_get(&rt_last_read, bpf_get_current_task_btf(), 0,
 						   BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -370,26 +460,26 @@ struct http_start {
 	struct rt_http_key key;
 };
 
-struct {
+struct rt_http_inflight_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct http_conn);
-	__type(value, struct http_start);
-} rt_http_inflight SEC(".maps");
+	SIDECAR_INNER_KV(struct http_conn, struct http_start);
+};
+SIDECAR_SLOT_MAP(rt_http_inflight, struct rt_http_inflight_map);
 
-struct {
+struct rt_http_reqs_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct rt_http_key);
-	__type(value, __u64);
-} rt_http_reqs SEC(".maps");
+	SIDECAR_INNER_KV(struct rt_http_key, __u64);
+};
+SIDECAR_SLOT_MAP(rt_http_reqs, struct rt_http_reqs_map);
 
-struct {
+struct rt_http_hists_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 1024);
-	__type(key, struct rt_http_key);
-	__type(value, struct rt_hist);
-} rt_http_hists SEC(".maps");
+	SIDECAR_INNER_KV(struct rt_http_key, struct rt_hist);
+};
+SIDECAR_SLOT_MAP(rt_http_hists, struct rt_http_hists_map);
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -444,15 +534,21 @@ static __always_inline void read_path(__u64 buf, char *path)
 		copy_path(line, start, path);
 }
 
-static __always_inline void count_request(struct rt_http_key *key)
+static __always_inline void count_request(__u32 target, struct rt_http_key *key)
 {
-	if (sidecar_hash_inc(&rt_http_reqs, key))
+	void *reqs = sidecar_slot_map(&rt_http_reqs, target);
+
+	if (!reqs) {
+		bump(target, RT_LOST_KEYS);
+		return;
+	}
+	if (sidecar_hash_inc(reqs, key))
 		return;
 	/* Table full: the request still counts, without its path. */
-	bump(RT_LOST_KEYS);
+	bump(target, RT_LOST_KEYS);
 	__builtin_memset(key->path, 0, sizeof(key->path));
-	if (!sidecar_hash_inc(&rt_http_reqs, key))
-		bump(RT_LOST_KEYS);
+	if (!sidecar_hash_inc(reqs, key))
+		bump(target, RT_LOST_KEYS);
 }
 
 /* llhttp finished a request message (llhttp__after_message_complete calls
@@ -462,7 +558,8 @@ static __always_inline void count_request(struct rt_http_key *key)
 SEC("uprobe")
 int rt_http(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
 		return 0;
@@ -473,7 +570,7 @@ int rt_http(struct pt_regs *ctx)
 
 	if (!st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
 	    usdt_arg(ctx, spec, spec->label2_arg, &type)) {
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 		return 0;
 	}
 	/* llhttp type 1: a request (2 is a response parsed by an HTTP client). */
@@ -483,15 +580,18 @@ int rt_http(struct pt_regs *ctx)
 	st->key.method = (__u32)(method & 0xff);
 	struct last_read *r = bpf_task_storage_get(&rt_last_read, bpf_get_current_task_btf(), 0, 0);
 
-	if (r && rt_http_paths)
+	if (r && sidecar_slot_wants(h.target, SIDECAR_SLOT_RUNTIME_HTTP_PATHS))
 		read_path(r->buf, st->key.path);
-	count_request(&st->key);
-	if (!r)
+	count_request(h.target, &st->key);
+
+	void *inflight = sidecar_slot_map(&rt_http_inflight, h.target);
+
+	if (!r || !inflight)
 		return 0;
 	struct http_conn c = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = r->fd };
 
 	st->ts = r->ts;
-	bpf_map_update_elem(&rt_http_inflight, &c, st, BPF_ANY);
+	bpf_map_update_elem(inflight, &c, st, BPF_ANY);
 	return 0;
 }
 
@@ -499,18 +599,21 @@ int rt_http(struct pt_regs *ctx)
 SEC("tracepoint/syscalls/sys_enter_write")
 int rt_write_enter(struct sidecar_sys_enter *ctx)
 {
-	if (!sidecar_in_target() || !loop_process())
+	int target = loop_target();
+
+	if (target < 0)
 		return 0;
 	struct http_conn c = { .tgid = bpf_get_current_pid_tgid() >> 32, .fd = (__u32)ctx->args[0] };
-	struct http_start *st = bpf_map_lookup_elem(&rt_http_inflight, &c);
+	void *inflight = sidecar_slot_map(&rt_http_inflight, target);
+	struct http_start *st = inflight ? bpf_map_lookup_elem(inflight, &c) : NULL;
 
 	if (!st)
 		return 0;
 	__u64 d = bpf_ktime_get_ns() - st->ts;
 	struct rt_http_key key = st->key;
 
-	bpf_map_delete_elem(&rt_http_inflight, &c);
-	hist_add(&rt_http_hists, &key, d);
+	bpf_map_delete_elem(inflight, &c);
+	hist_add(target, sidecar_slot_map(&rt_http_hists, target), &key, d);
 	return 0;
 }
 
@@ -524,12 +627,12 @@ int rt_write_enter(struct sidecar_sys_enter *ctx)
 #define RT_SLOT_NODE_USDT_CLIENT 11
 
 /* Apart from rt_http_inflight: the llhttp path's write tracepoint must not end these. */
-struct {
+struct rt_usdt_http_inflight_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, 16384);
-	__type(key, struct http_conn);
-	__type(value, struct http_start);
-} rt_usdt_http_inflight SEC(".maps");
+	SIDECAR_INNER_KV(struct http_conn, struct http_start);
+};
+SIDECAR_SLOT_MAP(rt_usdt_http_inflight, struct rt_usdt_http_inflight_map);
 
 #define C7(a, b, c, d, e, f, g)                                                                   \
 	((__u64)(a) | (__u64)(b) << 8 | (__u64)(c) << 16 | (__u64)(d) << 24 | (__u64)(e) << 32 | \
@@ -573,34 +676,36 @@ static __always_inline int usdt_http_conn(void *ctx, struct usdt_spec *spec, str
 SEC("uprobe")
 int rt_usdt_http(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 
 	if (!spec)
 		return 0;
 
 	__u32 zero = 0;
 	struct http_start *st = bpf_map_lookup_elem(&rt_http_scratch, &zero);
+	void *inflight = sidecar_slot_map(&rt_usdt_http_inflight, h.target);
 	struct http_conn c = {};
 	__s64 method = 0, url = 0;
 
 	if (!st || usdt_arg(ctx, spec, spec->label_arg, &method) ||
 	    usdt_arg(ctx, spec, spec->label2_arg, &url) || usdt_http_conn(ctx, spec, &c)) {
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 		return 0;
 	}
 	__builtin_memset(st, 0, sizeof(*st));
 	st->key.method = method_number(method);
 	st->key.client = spec->slot == RT_SLOT_NODE_USDT_CLIENT;
-	if (rt_http_paths) {
+	if (sidecar_slot_wants(h.target, SIDECAR_SLOT_RUNTIME_HTTP_PATHS)) {
 		char line[RT_LINE_LEN] = {};
 
 		if (bpf_probe_read_user_str(line, sizeof(line), (void *)url) > 0)
 			copy_path(line, 0, st->key.path);
 	}
-	count_request(&st->key);
+	count_request(h.target, &st->key);
 	st->ts = bpf_ktime_get_ns();
-	if (bpf_map_update_elem(&rt_usdt_http_inflight, &c, st, BPF_ANY))
-		bump(RT_LOST_BEGINS);
+	if (!inflight || bpf_map_update_elem(inflight, &c, st, BPF_ANY))
+		bump(h.target, RT_LOST_BEGINS);
 	return 0;
 }
 
@@ -608,25 +713,27 @@ int rt_usdt_http(struct pt_regs *ctx)
 SEC("uprobe")
 int rt_usdt_http_done(struct pt_regs *ctx)
 {
-	struct usdt_spec *spec = target_hit(ctx);
+	struct hit h;
+	struct usdt_spec *spec = target_hit(ctx, &h);
 	struct http_conn c = {};
 
 	if (!spec)
 		return 0;
 	if (usdt_http_conn(ctx, spec, &c)) {
-		bump(RT_BAD_SPECS);
+		bump(h.target, RT_BAD_SPECS);
 		return 0;
 	}
-	struct http_start *st = bpf_map_lookup_elem(&rt_usdt_http_inflight, &c);
+	void *inflight = sidecar_slot_map(&rt_usdt_http_inflight, h.target);
+	struct http_start *st = inflight ? bpf_map_lookup_elem(inflight, &c) : NULL;
 
 	if (!st) {
-		bump(RT_UNMATCHED_ENDS);
+		bump(h.target, RT_UNMATCHED_ENDS);
 		return 0;
 	}
 	__u64 d = bpf_ktime_get_ns() - st->ts;
 	struct rt_http_key key = st->key;
 
-	bpf_map_delete_elem(&rt_usdt_http_inflight, &c);
-	hist_add(&rt_http_hists, &key, d);
+	bpf_map_delete_elem(inflight, &c);
+	hist_add(h.target, sidecar_slot_map(&rt_http_hists, h.target), &key, d);
 	return 0;
 }

@@ -61,6 +61,10 @@ struct sidecar_target {
 #define SIDECAR_SLOT_NET_HTTP_SYSCALLS (1ULL << 21)
 #define SIDECAR_SLOT_NET_HTTP_PATHS (1ULL << 22)
 #define SIDECAR_SLOT_NET_EVENTS (1ULL << 23)
+/* runtimes (bits 16-23): --runtime-calls (the pack's function__entry sites count), and
+ * --http-paths (HTTP requests keep their path). */
+#define SIDECAR_SLOT_RUNTIME_CALLS (1ULL << 16)
+#define SIDECAR_SLOT_RUNTIME_HTTP_PATHS (1ULL << 17)
 
 struct sidecar_cgroup_entry {
 	__u64 cgroup_id; /* 0: empty, SIDECAR_CGROUP_TOMBSTONE: removed */
@@ -371,6 +375,15 @@ struct rt_call_key {
 	__u32 _pad;
 	char module[RT_STR_LEN];
 	char function[RT_STR_LEN];
+};
+
+/* runtimes: a target's settings (its `rt_config` entry). The pid namespace of its sidecar when
+ * that is not the initial one (a `--pid=container:` sidecar: st_dev, st_ino of
+ * /proc/self/ns/pid; zeros otherwise): the scanner registers node pids as it reads them in /proc
+ * there (the app is PID 1), not as the kernel numbers them globally. */
+struct rt_config {
+	__u64 pidns_dev;
+	__u64 pidns_ino;
 };
 
 enum runtimes_counter {

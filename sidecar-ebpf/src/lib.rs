@@ -88,6 +88,9 @@ pub const SLOT_NET_HTTP_SYSCALLS: u64 = 1 << 21;
 pub const SLOT_NET_HTTP_PATHS: u64 = 1 << 22;
 /// net: `--net-events`.
 pub const SLOT_NET_EVENTS: u64 = 1 << 23;
+/// runtimes: --runtime-calls, --http-paths.
+pub const SLOT_RUNTIME_CALLS: u64 = 1 << 16;
+pub const SLOT_RUNTIME_HTTP_PATHS: u64 = 1 << 17;
 
 /// Where cgroup `id` starts its probe sequence in `sidecar_cgroups` (as `sidecar_cgroup_hash`).
 pub fn cgroup_hash(id: u64) -> u32 {
@@ -605,6 +608,14 @@ pub struct RtCallKey {
     pub function: [u8; RT_STR_LEN],
 }
 
+/// `struct rt_config`: a target's entry of `rt_config` (runtimes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RtConfig {
+    pub pidns_dev: u64,
+    pub pidns_ino: u64,
+}
+
 /// `enum runtimes_counter`
 pub mod runtimes_counter {
     pub const LOST_KEYS: u32 = 0;
@@ -619,6 +630,7 @@ unsafe impl Pod for UsdtSpec {}
 unsafe impl Pod for RtKey {}
 unsafe impl Pod for RtHist {}
 unsafe impl Pod for RtCallKey {}
+unsafe impl Pod for RtConfig {}
 
 /// The headers a user's custom probe is built with (`ebpf-sidecar custom headers DIR`).
 pub mod headers {
@@ -763,6 +775,7 @@ pub const MIRRORS: &[Mirror] = &[
     mirror!(RtKey => "rt_key" { slot, _pad, label }),
     mirror!(RtHist => "rt_hist" { count, sum_ns, hist }),
     mirror!(RtCallKey => "rt_call_key" { slot, _pad, module, function }),
+    mirror!(RtConfig => "rt_config" { pidns_dev, pidns_ino }),
     mirror!(RtHttpKey => "rt_http_key" { method, client, path }),
     mirror!(TlsBytesKey => "tls_bytes_key" { dir, pad, comm }),
     mirror!(net::PktStats => "net_pkt_stats" { packets, bytes }),

@@ -330,6 +330,12 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     if o.net_events {
         flags |= sidecar_ebpf::SLOT_NET_EVENTS;
     }
+    if o.runtime_calls {
+        flags |= sidecar_ebpf::SLOT_RUNTIME_CALLS;
+    }
+    if o.http_paths {
+        flags |= sidecar_ebpf::SLOT_RUNTIME_HTTP_PATHS;
+    }
     let pidns = target
         .initial
         .as_ref()

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+pub use raw::pin_fd;
 pub use registry::Claim;
 
 /// `--kernel-side`.

@@ -1,4 +1,5 @@
-//! The map operations aya 0.14 does not wrap for arrays of maps.
+//! The bpf(2) operations aya 0.14 does not wrap: deleting from an array of maps, pinning a link
+//! it did not make.
 
 use std::os::fd::{AsFd, AsRawFd};
 
@@ -40,6 +41,47 @@ pub fn delete_elem(map: &MapData, key: u32) -> std::io::Result<()> {
             return Ok(());
         }
         return Err(e);
+    }
+    Ok(())
+}
+
+/// BPF_OBJ_PIN `fd` at `path` (aya 0.14 pins only the links it made), in a directory only root
+/// may enter.
+pub fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::DirBuilderExt;
+    if let Some(dir) = path.parent() {
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .recursive(true)
+            .create(dir)?;
+    }
+    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // `union bpf_attr`'s obj member: pathname, bpf_fd, file_flags.
+    #[repr(C)]
+    struct ObjAttr {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+    }
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    let attr = ObjAttr {
+        pathname: cpath.as_ptr() as u64,
+        bpf_fd: fd.as_raw_fd() as u32,
+        file_flags: 0,
+    };
+    // SAFETY: attr is a valid prefix of `union bpf_attr`; cpath outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            &attr as *const ObjAttr,
+            std::mem::size_of::<ObjAttr>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }

@@ -75,7 +75,13 @@ pub struct Files {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let mut obj = Object::load("files", sidecar_ebpf::objects::FILES)?;
+    // Every table is per target (an inner map of this slot); the programs are the set's.
+    let mut obj = Object::load_on(
+        &opts.kernel_side,
+        "files",
+        sidecar_ebpf::objects::FILES,
+        &Default::default(),
+    )?;
     obj.attach_tp_btf("files_sys_exit", "sys_exit")?;
     // Only the sync calls are timed: their own enter tracepoints, not a program on every
     // syscall of the host.

@@ -666,6 +666,50 @@ impl Object {
         Ok(fd)
     }
 
+    /// Shared set: the set's copy of the uprobe program `program` (loaded with
+    /// [`Self::load_uprobe`]), for attachments every sidecar of the set shares: pinned by the
+    /// first sidecar that loads it (ours when none has), and counted in bpf_stats through its pin.
+    /// None on a private kernel side. Call while loading: the set's lock keeps two sidecars from
+    /// both pinning.
+    pub fn set_uprobe(
+        &mut self,
+        program: &str,
+    ) -> Result<Option<std::os::fd::OwnedFd>, ProbeError> {
+        let family = self.family;
+        let Some(pin) = self.ks.prog_pin(family, program) else {
+            return Ok(None);
+        };
+        let err = |what: &str, detail: String| ProbeError::Attach {
+            family,
+            what: format!("{what} {program} on the shared kernel side"),
+            detail,
+        };
+        if !pin.exists() {
+            if let Some(dir) = pin.parent() {
+                make_private_dir(dir).map_err(|e| err("pinning", e.to_string()))?;
+            }
+            let mut ebpf = self.lock();
+            let prog = ebpf
+                .program_mut(program)
+                .ok_or_else(|| ProbeError::MissingProgram {
+                    family,
+                    program: program.to_string(),
+                })?;
+            prog.pin(&pin)
+                .map_err(|e| err("pinning", format!("{e:?}")))?;
+        }
+        let set = UProbe::from_pin(&pin, aya::programs::ProbeKind::Entry)
+            .map_err(|e| err("opening", e.to_string()))?;
+        let fd = set
+            .fd()
+            .map_err(|e| err("opening", e.to_string()))?
+            .as_fd()
+            .try_clone_to_owned()
+            .map_err(|e| err("opening", e.to_string()))?;
+        self.pinned_programs.push((program.to_string(), pin));
+        Ok(Some(fd))
+    }
+
     /// Count a program attached by hand in the bpf_stats export.
     pub fn record_program(&mut self, program: &str) {
         self.programs.push(program.to_string());

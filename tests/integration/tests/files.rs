@@ -307,3 +307,165 @@ fn base_image() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The slot a sidecar's log says it got on the shared kernel side (None: not shared).
+fn shared_slot(log: &str) -> Option<u32> {
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
+    let at = line.find("slot=")? + "slot=".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Two `run` sidecars at once on the one shared kernel side, each around its own files_io
+/// (different numbers of files, failed opens and fsyncs), held at a gate until both serve:
+/// each sidecar reports exactly its own workload and nothing of the other's.
+#[test]
+fn two_sidecars_on_the_shared_kernel_side_each_count_their_own() {
+    require_root();
+    struct One {
+        dir: PathBuf,
+        nfiles: u64,
+        k: u64,
+        n: u64,
+        gate: PathBuf,
+        out: PathBuf,
+        log: PathBuf,
+        port: u16,
+        child: Option<std::process::Child>,
+    }
+    let bytes = |nfiles: u64, i: u64| (nfiles - i) * 1000 + i;
+    let mut runs: Vec<One> = [("a", 4u64, 7u64, 3u64), ("b", 6, 11, 5)]
+        .into_iter()
+        .map(|(tag, nfiles, k, n)| {
+            let dir = fresh_dir(&format!("ebpf-sidecar-files-two-{tag}"));
+            let gate = dir.join("gate");
+            let st = Command::new("mkfifo").arg(&gate).status().unwrap();
+            assert!(st.success());
+            let tmp = std::env::temp_dir();
+            One {
+                out: tmp.join(format!("ebpf-sidecar-files-two-{tag}.prom")),
+                log: tmp.join(format!("ebpf-sidecar-files-two-{tag}.log")),
+                port: free_port(),
+                dir,
+                nfiles,
+                k,
+                n,
+                gate,
+                child: None,
+            }
+        })
+        .collect();
+    for r in &mut runs {
+        let _ = std::fs::remove_file(&r.out);
+        // The shell waits at the gate (a builtin read: no program runs before the workload).
+        let script = format!(
+            "read _go < '{}'; exec '{}' '{}' {} {} {} 0",
+            r.gate.display(),
+            workload("files_io").display(),
+            r.dir.display(),
+            r.nfiles,
+            r.k,
+            r.n
+        );
+        let child = Command::new(sidecar_bin())
+            .args(["run", "--probes", "files", "--listen"])
+            .arg(format!("127.0.0.1:{}", r.port))
+            .arg("--metrics-out")
+            .arg(&r.out)
+            .args(["--", "/bin/sh", "-c", &script])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&r.log).unwrap())
+            .spawn()
+            .unwrap();
+        r.child = Some(child);
+    }
+    for r in &runs {
+        wait_for(
+            "both sidecars serving",
+            std::time::Duration::from_secs(30),
+            || http_get(r.port, "/healthz", None).is_ok().then_some(()),
+        );
+    }
+    let slots: Vec<Option<u32>> = runs
+        .iter()
+        .map(|r| shared_slot(&std::fs::read_to_string(&r.log).unwrap_or_default()))
+        .collect();
+    assert!(
+        slots.iter().all(Option::is_some) && slots[0] != slots[1],
+        "two slots of one shared kernel side: {slots:?}"
+    );
+    for r in &runs {
+        std::fs::write(&r.gate, "go\n").unwrap();
+    }
+    let mut metrics = Vec::new();
+    for r in &mut runs {
+        let st = r.child.take().unwrap().wait().unwrap();
+        let log = std::fs::read_to_string(&r.log).unwrap_or_default();
+        assert!(st.success(), "{}: {st}\n{log}", r.dir.display());
+        let text = std::fs::read_to_string(&r.out).unwrap();
+        let lint = promtool_check(&text);
+        assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+        metrics.push(Metrics::parse(&text));
+    }
+    for (i, (r, m)) in runs.iter().zip(&metrics).enumerate() {
+        let other = &runs[1 - i];
+        for f in 0..r.nfiles {
+            let p = format!("{}/f{f:02}", r.dir.display());
+            for metric in [
+                "ebpf_sidecar_file_write_bytes_total",
+                "ebpf_sidecar_file_read_bytes_total",
+            ] {
+                assert_eq!(
+                    m.get(metric, &[("kind", "file"), ("path", &p)]),
+                    Some(bytes(r.nfiles, f) as f64),
+                    "{metric} {p}"
+                );
+            }
+        }
+        let missing = format!("{}/missing", r.dir.display());
+        assert_eq!(
+            m.get(
+                "ebpf_sidecar_file_open_errors_total",
+                &[("path", &missing), ("errno", "ENOENT")]
+            ),
+            Some(r.k as f64),
+            "{missing}"
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_file_syncs_total", &[("call", "fsync")]),
+            r.n as f64,
+            "{}",
+            r.dir.display()
+        );
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_file_sync_duration_seconds_count",
+                &[("call", "fsync")]
+            ),
+            r.n as f64
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_events_lost_total", &[("probe", "files")]),
+            0.0
+        );
+        let theirs = other.dir.display().to_string();
+        assert!(
+            !m.text.contains(&theirs),
+            "the other sidecar's workload leaked in:\n{}",
+            m.text
+        );
+    }
+}

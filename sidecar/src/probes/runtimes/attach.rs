@@ -1,28 +1,31 @@
 //! Attaching: the family's programs at load, then once per runtime file the pack's hooks (USDT
 //! probes and function symbols) and the --config metrics' probes, each site with a spec that
-//! tells the kernel side where its arguments are and which slot it feeds.
+//! tells the kernel side where its arguments are and which slot it feeds. On a shared kernel side
+//! a pack site is attached once per set (see `sites`).
 
 use std::collections::{HashMap, HashSet};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
-use aya::maps::{Array, MapData};
+use aya::maps::MapData;
 use aya::programs::ProgramFd;
 use sidecar_ebpf::{USDT_NO_ARG, UsdtSpec};
 
 use super::discovery::Runtime;
 use super::hooks::{Hook, Prog, Site};
 use super::packs;
+use super::sites::{self, Specs};
 use crate::monitored::Resolved;
 use crate::probes::{Object, ProbeError};
 use crate::usdt::config::{Declared, Kind, ProbeName, Scope};
 use crate::usdt::{self, Arg, UsdtProbe, attach::Link, procs};
 
-/// Entries of the kernel's `usdt_specs` array (USDT_SPECS_MAX in usdt.bpf.h). Specs are not
-/// reused: a sidecar that attaches more sites than this over its life logs and stops attaching.
-const SPECS_MAX: usize = 1024;
+/// Entries of the kernel's `usdt_specs` array and of a target's `rt_declared_specs`
+/// (USDT_SPECS_MAX in usdt.bpf.h). Specs are not reused: a kernel side whose pack sites (or a
+/// sidecar whose --config sites) reach this many over its life logs and stops attaching.
+pub(super) const SPECS_MAX: usize = 1024;
 
 /// First kernel slot of declared metrics (the packs use 0..DECLARED_SLOT).
 pub(super) const DECLARED_SLOT: u32 = 100;
@@ -49,7 +52,6 @@ pub(super) type DeclaredFile = (Vec<(String, String)>, Vec<Link>);
 pub(super) struct State {
     /// By (device, inode): None when the file turned out not to be attachable.
     pub files: HashMap<(u64, u64), Option<Attached>>,
-    next_spec: u32,
     /// (runtime, version, pid) seen at the last scan.
     pub procs: Vec<(Runtime, String, u32)>,
     /// Declared (--config) attachments by file: (provider, probe) sites and their links.
@@ -61,23 +63,37 @@ pub(super) struct State {
 /// What the family keeps between scans: its object, programs and spec table, what it attached.
 pub(super) struct Inner {
     pub obj: Object,
-    progs: Vec<(Prog, ProgramFd)>,
-    specs: Mutex<Array<MapData, UsdtSpec>>,
+    /// Each program as loaded here, and on a shared set the set's copy that sites attach.
+    progs: Vec<(Prog, ProgramFd, Option<OwnedFd>)>,
+    specs: Specs,
+    /// This target's `rt_loop_pids`.
+    pub loop_pids_map: Mutex<aya::maps::HashMap<MapData, u32, u32>>,
     pub state: Mutex<State>,
     pub target: Mutex<Option<Resolved>>,
     pub calls: bool,
+    /// This slot has an `rt_calls` (--runtime-calls, or --config counts by strings).
+    pub calls_table: bool,
     pub http_paths: bool,
     /// Metrics declared with --config; entry i feeds slot DECLARED_SLOT + i.
     pub declared: Vec<Declared>,
     config_file: String,
 }
 
-/// Where one program goes: a file offset, its semaphore, entry or return.
+/// Where one program goes: a file offset, its semaphore, entry or return; the file as uprobes
+/// know it (`sites::file_id`).
 struct At<'a> {
     path: &'a Path,
+    file: (u64, u64),
     off: u64,
     sema: u64,
     ret: bool,
+}
+
+/// Whose a site is: the kernel side's (a pack's) or this target's (--config).
+#[derive(Clone, Copy)]
+enum Owner {
+    Pack,
+    Declared,
 }
 
 /// A site found for a hook, before it is attached.
@@ -126,20 +142,43 @@ fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
     )
 }
 
+/// Write this target's settings (`rt_config`): the pid namespace its node pids are numbered in.
+fn write_config(obj: &mut Object, pidns: (u64, u64)) -> Result<(), ProbeError> {
+    let err = |detail: String| ProbeError::Map {
+        family: "runtimes",
+        map: "rt_config".into(),
+        detail,
+    };
+    let map = obj
+        .take_slot_map("rt_config")
+        .ok_or_else(|| err("not in the object".into()))?;
+    let mut cfg: aya::maps::Array<MapData, sidecar_ebpf::RtConfig> =
+        aya::maps::Array::try_from(map).map_err(|e| err(e.to_string()))?;
+    let value = sidecar_ebpf::RtConfig {
+        pidns_dev: pidns.0,
+        pidns_ino: pidns.1,
+    };
+    cfg.set(0, value, 0).map_err(|e| err(e.to_string()))
+}
+
 impl Inner {
-    /// Load the uprobe programs (attached per site later), attach the syscall tracepoints and
-    /// take the spec table.
+    /// Load the uprobe programs (attached per site later; on a shared set, the set's copies),
+    /// attach the syscall tracepoints, write this target's settings and take the spec tables.
     pub(super) fn new(
         mut obj: Object,
-        calls: bool,
+        pidns: (u64, u64),
+        (calls, calls_table): (bool, bool),
         http_paths: bool,
         declared: Vec<Declared>,
         config_file: String,
     ) -> Result<Self, ProbeError> {
         let mut progs = Vec::new();
         for p in Prog::ALL {
-            progs.push((p, obj.load_uprobe(p.name())?));
+            let own = obj.load_uprobe(p.name())?;
+            let set = obj.set_uprobe(p.name())?;
+            progs.push((p, own, set));
         }
+        write_config(&mut obj, pidns)?;
         // Syscall tracepoints need tracefs, often not mounted in a container: mount our own (in
         // our mount namespace) when we may; without it only lag and HTTP durations are missing.
         let attached = match crate::probes::object::tracefs() {
@@ -155,59 +194,90 @@ impl Inner {
                 "runtimes: node event-loop lag and HTTP durations off (needs tracefs, or CAP_SYS_ADMIN to mount it): {e}"
             );
         }
-        let map = obj
-            .lock()
-            .take_map("usdt_specs")
-            .ok_or_else(|| ProbeError::Map {
-                family: "runtimes",
-                map: "usdt_specs".into(),
-                detail: "not in the object".into(),
-            })?;
-        let specs = Array::try_from(map).map_err(|e| ProbeError::Map {
+        let specs = Specs::take(&mut obj)?;
+        let loop_err = |detail: String| ProbeError::Map {
             family: "runtimes",
-            map: "usdt_specs".into(),
-            detail: e.to_string(),
-        })?;
+            map: "rt_loop_pids".into(),
+            detail,
+        };
+        let loop_pids = obj
+            .take_slot_map("rt_loop_pids")
+            .ok_or_else(|| loop_err("not in the object".into()))?;
+        let loop_pids =
+            aya::maps::HashMap::try_from(loop_pids).map_err(|e| loop_err(e.to_string()))?;
         Ok(Self {
             obj,
             progs,
-            specs: Mutex::new(specs),
+            specs,
+            loop_pids_map: Mutex::new(loop_pids),
             state: Mutex::new(State::default()),
             target: Mutex::new(None),
             calls,
+            calls_table,
             http_paths,
             declared,
             config_file,
         })
     }
 
-    /// Write a spec and attach one program at one site with that spec's id as cookie.
+    /// Write a spec and attach one program at one site with the spec's cookie. A pack site on a
+    /// shared set is pinned, or skipped when the set has it already: Ok(None), nothing for this
+    /// sidecar to hold.
     fn attach_site(
         &self,
-        st: &mut State,
         prog: Prog,
         spec: UsdtSpec,
         at: At<'_>,
-    ) -> Result<Link, String> {
-        let id = st.next_spec;
-        if id as usize >= SPECS_MAX {
-            return Err(format!("spec table full ({SPECS_MAX} probe sites)"));
-        }
-        self.specs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .set(id, spec, 0)
-            .map_err(|e| format!("writing spec {id}: {e}"))?;
-        st.next_spec += 1;
-        let fd = &self
+        owner: Owner,
+    ) -> Result<Option<Link>, String> {
+        let (_, own, set) = self
             .progs
             .iter()
-            .find(|(p, _)| *p == prog)
-            .expect("every program is loaded")
-            .1;
+            .find(|(p, _, _)| *p == prog)
+            .expect("every program is loaded");
+        let fd = match set {
+            Some(set) => set.as_fd(),
+            None => own.as_fd(),
+        };
         let off = at.off;
-        usdt::attach::attach_uprobe(-1, fd.as_fd(), at.path, off, at.sema, at.ret, u64::from(id))
-            .map_err(|e| format!("attaching at {off:#x}: {e}"))
+        let attach = |cookie: u64| {
+            usdt::attach::attach_uprobe(-1, fd, at.path, off, at.sema, at.ret, cookie)
+                .map_err(|e| format!("attaching at {off:#x}: {e}"))
+        };
+        if let Owner::Declared = owner {
+            let cookie = self.specs.put_declared(spec)?;
+            return attach(cookie).map(Some);
+        }
+        let name = sites::site_name(at.file, off, at.ret, spec.slot, prog.name());
+        let pin = sites::site_pin(&self.obj, &name);
+        if pin.as_ref().is_some_and(|p| p.exists()) {
+            return Ok(None);
+        }
+        let id = self.specs.put_shared(spec)?;
+        let link = match attach(u64::from(id)) {
+            Ok(l) => l,
+            Err(e) => {
+                self.specs.release(id);
+                return Err(e);
+            }
+        };
+        let Some(pin) = pin else {
+            return Ok(Some(link));
+        };
+        match crate::kernel_side::pin_fd(std::os::fd::AsFd::as_fd(&link), &pin) {
+            Ok(()) => Ok(None),
+            // Another sidecar attached the same site meanwhile: theirs stays, ours goes.
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                drop(link);
+                self.specs.release(id);
+                Ok(None)
+            }
+            Err(e) => {
+                drop(link);
+                self.specs.release(id);
+                Err(format!("pinning at {}: {e}", pin.display()))
+            }
+        }
     }
 
     /// Attach the --config metrics that apply to the file at `host_path` (`shown`: its path in
@@ -239,6 +309,7 @@ impl Inner {
             return;
         }
         let cfg = self.config_file.as_str();
+        let file = sites::file_id(host_path);
         let notes = match usdt::read_file(host_path).and_then(|d| usdt::probes(&d)) {
             Ok(n) => n,
             Err(e) => {
@@ -249,7 +320,7 @@ impl Inner {
                 return;
             }
         };
-        let mut file = (Vec::new(), Vec::new());
+        let mut done: DeclaredFile = (Vec::new(), Vec::new());
         for (i, d) in entries {
             let who = format!("{cfg}: metrics[{i}] ({})", d.name);
             let slot = DECLARED_SLOT + i as u32;
@@ -291,14 +362,15 @@ impl Inner {
                     }
                     let at = At {
                         path: host_path,
+                        file,
                         off: n.offset,
                         sema: n.semaphore_offset,
                         ret: false,
                     };
-                    match self.attach_site(&mut st, prog, spec(args, slot, l1, l2), at) {
+                    match self.attach_site(prog, spec(args, slot, l1, l2), at, Owner::Declared) {
                         Ok(l) => {
-                            file.1.push(l);
-                            file.0.push((probe.provider.clone(), probe.probe.clone()));
+                            done.1.extend(l);
+                            done.0.push((probe.provider.clone(), probe.probe.clone()));
                         }
                         Err(e) => tracing::warn!("{who}: {probe}: {e}"),
                     }
@@ -307,10 +379,10 @@ impl Inner {
         }
         tracing::info!(
             binary = shown,
-            sites = file.0.len(),
+            sites = done.0.len(),
             "declared USDT metrics attached"
         );
-        st.declared_files.insert(key, file);
+        st.declared_files.insert(key, done);
     }
 
     /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
@@ -329,7 +401,7 @@ impl Inner {
         if let Some(done) = st.files.get(&key) {
             return done.as_ref().map(|a| (a.runtime, a.version.clone()));
         }
-        let r = self.attach_file(&mut st, runtime, host_path, &shown);
+        let r = self.attach_file(runtime, host_path, &shown);
         match r {
             Ok(a) => {
                 tracing::info!(
@@ -357,7 +429,6 @@ impl Inner {
 
     fn attach_file(
         &self,
-        st: &mut State,
         runtime: Runtime,
         host_path: &Path,
         shown: &str,
@@ -374,6 +445,7 @@ impl Inner {
             Err(usdt::UsdtError::NoNotes) if runtime == Runtime::Node => Vec::new(),
             Err(e) => return Err(format!("{shown}: {e}")),
         };
+        let file = sites::file_id(host_path);
         let mut links = Vec::new();
         let mut sites = Vec::new();
         for h in packs::HOOKS.iter().filter(|h| h.runtime == runtime) {
@@ -384,20 +456,22 @@ impl Inner {
                 let (provider, probe) = (t.provider, t.probe);
                 let at = At {
                     path: host_path,
+                    file,
                     off: t.off,
                     sema: t.sema,
                     ret: t.ret,
                 };
-                match self.attach_site(st, h.prog, spec(&t.args, h.slot, h.label, h.label2), at) {
+                let spec = spec(&t.args, h.slot, h.label, h.label2);
+                match self.attach_site(h.prog, spec, at, Owner::Pack) {
                     Ok(l) => {
-                        links.push(l);
+                        links.extend(l);
                         sites.push((provider, probe));
                     }
                     Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
                 }
             }
         }
-        if links.is_empty() {
+        if sites.is_empty() {
             return Err(format!("{shown}: no probe could be attached"));
         }
         Ok(Attached {

@@ -8,9 +8,6 @@ use crate::probes::ProbeError;
 use crate::usdt::config::Scope;
 use crate::usdt::procs;
 
-/// Node processes the event-loop and HTTP-timing tracepoints look at (pid -> 1).
-const LOOP_PIDS: &str = "rt_loop_pids";
-
 // The scanner's period and capabilities, and `run`'s command lookup, are shared with the
 // security family's binary scanner: they live in `crate::usdt::procs` and are re-exported here
 // for the paths that used them from this module.
@@ -84,7 +81,7 @@ fn run_binaries(cmd: &Path) -> Vec<PathBuf> {
 
 /// The sidecar's own pid namespace as (device, inode), or zeros in the initial one
 /// (PROC_PID_INIT_INO): the scanner's pids are those of this namespace, and outside the initial
-/// one the kernel side translates to them (rt_pidns_ino in runtimes.bpf.c).
+/// one the kernel side translates to them (this target's `rt_config` in runtimes.bpf.c).
 pub(super) fn own_pid_namespace() -> (u64, u64) {
     std::fs::metadata("/proc/self/ns/pid")
         .map(|m| {
@@ -150,31 +147,23 @@ impl Inner {
             .collect();
         for pid in gone {
             st.loop_pids.remove(&pid);
-            let mut ebpf = self.obj.lock();
-            if let Some(Ok(mut m)) = ebpf
-                .map_mut(LOOP_PIDS)
-                .map(aya::maps::HashMap::<_, u32, u32>::try_from)
-                && let Err(e) = m.remove(&pid)
-            {
+            let mut m = self.loop_pids_map.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = m.remove(&pid) {
                 tracing::debug!(pid, "node event loop: forgetting the process: {e}");
             }
         }
         st.procs = seen;
     }
 
-    /// Register a node process for the event-loop and HTTP-timing tracepoints.
+    /// Register a node process for the event-loop and HTTP-timing tracepoints (in this
+    /// target's `rt_loop_pids`).
     fn attach_lag(&self, pid: u32) {
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !st.loop_pids.insert(pid) {
             return;
         }
-        let mut ebpf = self.obj.lock();
-        let r = ebpf
-            .map_mut(LOOP_PIDS)
-            .ok_or_else(|| "not in the object".to_string())
-            .and_then(|m| aya::maps::HashMap::<_, u32, u32>::try_from(m).map_err(|e| e.to_string()))
-            .and_then(|mut m| m.insert(pid, 1, 0).map_err(|e| e.to_string()));
-        if let Err(e) = r {
+        let mut m = self.loop_pids_map.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = m.insert(pid, 1, 0) {
             tracing::warn!(pid, "node event loop: registering the process: {e}");
         }
     }

@@ -40,8 +40,9 @@ fn hist() -> Log2Histogram {
     Log2Histogram::new(HIST_BUCKETS)
 }
 
-/// Read every map the metrics come from (a map that cannot be read is counted by `maps`).
-pub(super) fn read(maps: &Maps<'_>, http_paths: bool) -> Readings {
+/// Read every map the metrics come from (a map that cannot be read is counted by `maps`);
+/// `calls`: whether this slot has an `rt_calls` (--runtime-calls, or --config string counts).
+pub(super) fn read(maps: &Maps<'_>, http_paths: bool, calls: bool) -> Readings {
     let mut r = Readings::default();
     for (k, v) in maps.hash::<RtKey, u64>("rt_counts") {
         *r.counts.entry((k.slot, k.label)).or_default() += v;
@@ -53,7 +54,12 @@ pub(super) fn read(maps: &Maps<'_>, http_paths: bool) -> Readings {
             .add(&v.hist, v.sum_ns);
     }
     let mut by: BTreeMap<String, u64> = BTreeMap::new();
-    for (k, v) in maps.hash::<RtCallKey, u64>("rt_calls") {
+    let call_keys = if calls {
+        maps.hash::<RtCallKey, u64>("rt_calls")
+    } else {
+        Vec::new()
+    };
+    for (k, v) in call_keys {
         match k.slot {
             slot::PY_CALLS => {
                 *by.entry(function_label(&k.module, &k.function))

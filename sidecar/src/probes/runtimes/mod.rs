@@ -12,6 +12,7 @@ mod discovery;
 mod encode;
 mod hooks;
 pub mod packs;
+mod sites;
 
 use std::fmt;
 use std::sync::Arc;
@@ -21,7 +22,7 @@ use sidecar_ebpf::runtimes_counter as rc;
 
 use self::attach::Inner;
 use self::declared::DeclaredMetric;
-use super::{EncodeCtx, Object, Options, Probe, ProbeError};
+use super::{EncodeCtx, LoadOpts, Object, Options, Probe, ProbeError};
 use crate::metrics::{LabelBudget, Metric};
 use crate::monitored::Resolved;
 
@@ -125,18 +126,6 @@ pub struct Runtimes {
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
-    let paths = u32::from(opts.http_paths).to_ne_bytes();
-    let (ns_dev, ns_ino) = discovery::own_pid_namespace();
-    let (ns_dev, ns_ino) = (ns_dev.to_ne_bytes(), ns_ino.to_ne_bytes());
-    let obj = Object::load_with(
-        "runtimes",
-        sidecar_ebpf::objects::RUNTIMES,
-        &[
-            ("rt_http_paths", &paths),
-            ("rt_pidns_dev", &ns_dev),
-            ("rt_pidns_ino", &ns_ino),
-        ],
-    )?;
     let declared = match &opts.usdt_config {
         Some(path) => crate::usdt::config::load(path).map_err(|e| ProbeError::Map {
             family: "runtimes",
@@ -145,6 +134,29 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         })?,
         None => Vec::new(),
     };
+    // Per-target settings are this slot's (--runtime-calls and --http-paths are slot flags, set
+    // by the app; the pid namespace goes to rt_config): the programs may be another sidecar's.
+    // Tables an option leaves unused are not made for this slot.
+    let strings = declared
+        .iter()
+        .any(|d| matches!(d.kind, crate::usdt::config::Kind::CountStrings { .. }));
+    let mut without = Vec::new();
+    if declared.is_empty() {
+        without.push("rt_declared_specs");
+    }
+    let calls_table = opts.runtime_calls || strings;
+    if !calls_table {
+        without.push("rt_calls");
+    }
+    let obj = Object::load_on(
+        &opts.kernel_side,
+        "runtimes",
+        sidecar_ebpf::objects::RUNTIMES,
+        &LoadOpts {
+            without_inner: &without,
+            ..Default::default()
+        },
+    )?;
     let config_file = opts
         .usdt_config
         .as_ref()
@@ -153,7 +165,8 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     let declared_metrics = declared::table(&declared, opts.top_n);
     let inner = Arc::new(Inner::new(
         obj,
-        opts.runtime_calls,
+        discovery::own_pid_namespace(),
+        (opts.runtime_calls, calls_table),
         opts.http_paths,
         declared,
         config_file,
@@ -192,7 +205,11 @@ impl Probe for Runtimes {
             let st = self.inner.state.lock().unwrap_or_else(|p| p.into_inner());
             st.files.values().flatten().map(|a| a.runtime).collect()
         };
-        let readings = encode::read(&self.inner.obj.maps(), self.inner.http_paths);
+        let readings = encode::read(
+            &self.inner.obj.maps(),
+            self.inner.http_paths,
+            self.inner.calls_table,
+        );
         self.encode_builtin(enc, &readings, |r| seen.contains(&r))?;
         for d in &self.declared {
             d.encode(enc, &readings)?;

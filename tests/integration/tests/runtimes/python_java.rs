@@ -272,3 +272,165 @@ fn late_python_is_discovered() {
         }
     }
 }
+
+/// The slot a sidecar's log says it got on the shared kernel side (None: not shared).
+fn shared_slot(log: &str) -> Option<u32> {
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (true, _) => {}
+            (false, c) => plain.push(c),
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
+    let at = line.find("slot=")? + "slot=".len();
+    let digits: String = line[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
+    digits.parse().ok()
+}
+
+/// Two `run` sidecars at once on the one shared kernel side, each around its own python3.11
+/// (same binary: the pack's sites are attached once for both), held at a gate until both serve
+/// and scraped before the pythons exit (CPython collects at exit, GC off or not). Each reports
+/// exactly its own GCs; only A asked for --runtime-calls, so only A counts function calls
+/// although B's python runs under settrace too; only B declared a --config metric on gc__start,
+/// which counts B's GCs and none of A's.
+#[test]
+fn two_sidecars_on_the_shared_kernel_side_each_count_their_own() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    let cfg = scratch("two.yaml");
+    std::fs::write(
+        &cfg,
+        "metrics:\n  - name: two_gc_starts\n    runtime: python\n    probe: python:gc__start\n    labels: [{name: generation, arg: 0}]\n",
+    )
+    .unwrap();
+    let cfg = cfg.display().to_string();
+    // (tag, GCs, calls, sidecar options)
+    let plan: [(&str, u64, u64, Vec<&str>); 2] = [
+        ("two_a", 17, 311, vec!["--runtime-calls"]),
+        ("two_b", 29, 517, vec!["--config", &cfg]),
+    ];
+    let fifo = |name: String| {
+        let p = scratch(&name);
+        let _ = std::fs::remove_file(&p);
+        assert!(Command::new("mkfifo").arg(&p).status().unwrap().success());
+        p
+    };
+    let mut runs = Vec::new();
+    for (tag, gcs, calls, opts) in &plan {
+        let (go, end) = (fifo(format!("{tag}.go")), fifo(format!("{tag}.end")));
+        let script = scratch(&format!("{tag}.py"));
+        std::fs::write(
+            &script,
+            format!(
+                "import gc, sys\n\
+                 gc.disable()\n\
+                 open('{}').read()\n\
+                 for _ in range({gcs}):\n    gc.collect()\n\
+                 def counted_fn(x):\n    return x + 1\n\
+                 sys.settrace(lambda *a: None)\n\
+                 for i in range({calls}):\n    counted_fn(i)\n\
+                 sys.settrace(None)\n\
+                 open('{}').read()\n",
+                go.display(),
+                end.display()
+            ),
+        )
+        .unwrap();
+        let sidecar = run_sidecar(tag, opts, &[PYTHON, script.to_str().unwrap()]);
+        runs.push((sidecar, go, end));
+    }
+    let slots: Vec<Option<u32>> = runs
+        .iter()
+        .map(|(s, _, _)| shared_slot(&s.log_text()))
+        .collect();
+    assert!(
+        slots.iter().all(Option::is_some) && slots[0] != slots[1],
+        "two slots of one shared kernel side: {slots:?}"
+    );
+    for (_, go, _) in &runs {
+        std::fs::write(go, "go\n").unwrap();
+    }
+    let mut metrics = Vec::new();
+    for ((s, _, _), (tag, gcs, _, _)) in runs.iter().zip(&plan) {
+        // Its work is done once its GCs are all in; then a moment for the calls after them.
+        wait_for(&format!("{tag}'s GCs"), Duration::from_secs(20), || {
+            let n = s.scrape().sum(
+                "ebpf_sidecar_runtime_gc_duration_seconds_count",
+                &[("runtime", "python")],
+            );
+            (n >= *gcs as f64).then_some(())
+        });
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    for (s, _, _) in &runs {
+        let m = s.scrape();
+        let lint = promtool_check(&m.text);
+        assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
+        metrics.push(m);
+    }
+    for (s, _, end) in &mut runs {
+        std::fs::write(&*end, "end\n").unwrap();
+        let st = s.child.wait().unwrap();
+        assert!(st.success(), "{st}\n{}", s.log_text());
+    }
+    for (i, ((tag, gcs, calls, _), m)) in plan.iter().zip(&metrics).enumerate() {
+        let other = plan[1 - i].0;
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_runtime_gc_duration_seconds_count",
+                &[("runtime", "python"), ("generation", "2")]
+            ),
+            *gcs as f64,
+            "{tag}: its own GCs"
+        );
+        let fc = m.sum(
+            "ebpf_sidecar_runtime_function_calls_total",
+            &[
+                ("runtime", "python"),
+                ("function", &format!("{tag}:counted_fn")),
+            ],
+        );
+        assert_eq!(fc, if i == 0 { *calls as f64 } else { 0.0 }, "{tag}: calls");
+        assert!(
+            !m.text.contains(other),
+            "{tag}: {other} leaked in:\n{}",
+            m.text
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_events_lost_total", &[("probe", "runtimes")]),
+            0.0
+        );
+    }
+    let (a, b) = (&metrics[0], &metrics[1]);
+    assert_eq!(
+        a.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("provider", "python"), ("probe", "function__entry")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        b.sum(
+            "ebpf_sidecar_usdt_probes_attached",
+            &[("probe", "function__entry")]
+        ),
+        0.0
+    );
+    assert_eq!(b.sum("ebpf_sidecar_runtime_function_calls_total", &[]), 0.0);
+    assert_eq!(
+        b.sum(
+            "ebpf_sidecar_usdt_two_gc_starts_total",
+            &[("generation", "2")]
+        ),
+        plan[1].1 as f64,
+        "B's --config metric: B's GCs only"
+    );
+    assert_eq!(a.sum("ebpf_sidecar_usdt_two_gc_starts_total", &[]), 0.0);
+}

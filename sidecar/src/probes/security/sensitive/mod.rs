@@ -21,7 +21,7 @@
 //! skip the site; the programs check that the caller's slot asked for the probe.
 
 use std::collections::HashMap;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -324,7 +324,7 @@ impl Sensitive {
                     links.push(link);
                     Ok(())
                 }
-                Some(pin) => match pin_fd(link.as_fd(), &pin) {
+                Some(pin) => match crate::kernel_side::pin_fd(link.as_fd(), &pin) {
                     Ok(()) => {
                         pinned.push(pin);
                         Ok(())
@@ -351,47 +351,6 @@ impl Sensitive {
 /// hold a dot).
 fn site_pin_name(program: &str, (ino, size, sec, nsec): &FileId, offset: u64) -> String {
     format!("{program}-{ino}-{size}-{sec}_{nsec}-{offset:x}")
-}
-
-/// BPF_OBJ_PIN `fd` at `path` (aya 0.14 pins only the links it made), in a directory only root
-/// may enter.
-fn pin_fd(fd: BorrowedFd<'_>, path: &Path) -> std::io::Result<()> {
-    use std::os::unix::ffi::OsStrExt;
-    use std::os::unix::fs::DirBuilderExt;
-    if let Some(dir) = path.parent() {
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(dir)?;
-    }
-    let cpath = std::ffi::CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidInput, "NUL in path"))?;
-    // `union bpf_attr`'s obj member: pathname, bpf_fd, file_flags.
-    #[repr(C)]
-    struct ObjAttr {
-        pathname: u64,
-        bpf_fd: u32,
-        file_flags: u32,
-    }
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    let attr = ObjAttr {
-        pathname: cpath.as_ptr() as u64,
-        bpf_fd: fd.as_raw_fd() as u32,
-        file_flags: 0,
-    };
-    // SAFETY: attr is a valid prefix of `union bpf_attr`; cpath outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_OBJ_PIN,
-            &attr as *const ObjAttr,
-            std::mem::size_of::<ObjAttr>() as u32,
-        )
-    };
-    if r < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
