@@ -77,7 +77,6 @@ pub fn run(cfg: Config) -> Result<i32> {
     let ks = open_kernel_side(&cfg, &target)?;
     cfg.options.kernel_side = ks.clone();
     let loaded = load_families(&cfg, &families.chosen, &target);
-    ks.loaded();
     let (loaded, statuses, custom_keeps) = match loaded {
         Ok(l) => l,
         Err(e) => {
@@ -356,22 +355,10 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
         }
         (c, _) => c,
     };
-    let mut ks =
-        start(KernelSide::open(choice, cfg.max_targets, flags).map_err(anyhow::Error::from))?;
-    // auto: a target that another sidecar of the set watches already (a second sidecar on one
-    // container, with other options) cannot have a slot there too: this one goes private.
-    if choice == KsChoice::Auto
-        && ks.dir().is_some()
-        && let Some(id) = target.initial.as_ref().and_then(|t| t.cgroup_id())
-        && let Err(e @ crate::kernel_side::KernelSideError::Taken { .. }) =
-            ks.claim_cgroup(Some(id))
-    {
-        tracing::info!("kernel side: private ({e})");
-        ks.loaded();
-        ks.leave();
-        ks = KernelSide::private(Some(e.to_string()));
-        ks.flags = flags;
-    }
+    let cgroup = target.initial.as_ref().and_then(|t| t.cgroup_id());
+    let ks = start(
+        KernelSide::open(choice, cfg.max_targets, flags, cgroup).map_err(anyhow::Error::from),
+    )?;
     let handle = crate::kernel_side::Handle(Arc::new(ks));
     crate::kernel_side::install_exit_hook(handle.clone());
     Ok(handle)
@@ -405,12 +392,17 @@ fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) ->
     };
     for fam in families {
         let t0 = Instant::now();
-        match (fam.load)(&cfg.options) {
-            Ok(p) => {
+        let r = cfg
+            .options
+            .kernel_side
+            .with_lock(|| (fam.load)(&cfg.options));
+        match r {
+            Err(e) => report(fam.name, t0, Err(e.to_string())),
+            Ok(Ok(p)) => {
                 report(fam.name, t0, Ok(()));
                 loaded.push(p);
             }
-            Err(e) => report(fam.name, t0, Err(e.to_string())),
+            Ok(Err(e)) => report(fam.name, t0, Err(e.to_string())),
         }
     }
     let mut custom_keeps = Vec::new();

@@ -126,9 +126,15 @@ impl KernelSide {
         }
     }
 
-    /// Choose and, when shared, create or join the host's set and claim a slot. The set's lock
-    /// stays held until [`Self::loaded`]: attaching a program once per set is decided under it.
-    pub fn open(choice: Choice, max_targets: u32, flags: u64) -> Result<Self, KernelSideError> {
+    /// Choose and, when shared, create or join the host's set and claim a slot for the target's
+    /// cgroup (`auto` goes private when another slot has that cgroup). Families load under the
+    /// set's lock one at a time ([`Self::with_lock`]); the heartbeat starts with the claim.
+    pub fn open(
+        choice: Choice,
+        max_targets: u32,
+        flags: u64,
+        cgroup_id: Option<u64>,
+    ) -> Result<Self, KernelSideError> {
         if max_targets == 0 || max_targets > sidecar_ebpf::MAX_SLOTS {
             return Err(KernelSideError::MaxTargets(max_targets));
         }
@@ -137,7 +143,7 @@ impl KernelSide {
                 tracing::info!("kernel side: private (--kernel-side private)");
                 Self::private(None)
             }
-            Choice::Shared => Self::join(max_targets)?,
+            Choice::Shared => Self::join(max_targets, cgroup_id)?,
             Choice::Auto => match writable_bpffs() {
                 Err(why) => {
                     tracing::warn!(
@@ -147,18 +153,28 @@ impl KernelSide {
                     );
                     Self::private(Some(why))
                 }
-                Ok(()) => Self::join(max_targets)?,
+                Ok(()) => match Self::join(max_targets, cgroup_id) {
+                    // A second sidecar on one target (with other options, say): a slot is one
+                    // target's, so this one goes private.
+                    Err(e @ KernelSideError::Taken { .. }) => {
+                        tracing::info!("kernel side: private ({e})");
+                        Self::private(Some(e.to_string()))
+                    }
+                    r => r?,
+                },
             },
         };
         ks.flags = flags;
         Ok(ks)
     }
 
-    fn join(max_targets: u32) -> Result<Self, KernelSideError> {
+    fn join(max_targets: u32, cgroup_id: Option<u64>) -> Result<Self, KernelSideError> {
         writable_bpffs().map_err(KernelSideError::NoBpffs)?;
         let abi = abi();
         let dir = Path::new(BASE_DIR).join(abi);
-        let reg = registry::Registry::join(&dir, max_targets)?;
+        let reg = registry::Registry::join(&dir, max_targets, cgroup_id.unwrap_or(0))?;
+        // From the claim on: a load slower than STALE must not look like a dead sidecar.
+        reg.start_heartbeat();
         let slot = reg.slot;
         tracing::info!(
             dir = %dir.display(),
@@ -205,11 +221,13 @@ impl KernelSide {
         Some(dir.join("links").join(format!("{family}-{program}-{n}")))
     }
 
-    /// Loading is over: release the set's lock and start the heartbeat.
-    pub fn loaded(&self) {
-        if let Some(r) = &self.shared {
-            r.unlock();
-            r.start_heartbeat();
+    /// Run `f` (a family's load: whether a program is attached already, pinning what is not)
+    /// under the set's lock, so two sidecars starting together never both attach or both pin.
+    /// Private: just run it.
+    pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, KernelSideError> {
+        match &self.shared {
+            Some(r) => r.with_lock(f),
+            None => Ok(f()),
         }
     }
 

@@ -24,6 +24,9 @@ pub struct Claim {
     /// The owner's pid (in its own pid namespace: for people reading the map, not for checks).
     pub pid: u32,
     pub max_targets: u32,
+    /// The owner's random token: pids repeat across containers (pid 1 in each), and a sidecar
+    /// whose slot was reclaimed and given to another must know it is not its slot any more.
+    pub token: u64,
 }
 
 // SAFETY: repr(C), integers only, no padding.
@@ -39,12 +42,32 @@ pub const STALE: Duration = Duration::from_secs(5);
 const LOCK_STALE: Duration = Duration::from_secs(30);
 const HEARTBEAT: Duration = Duration::from_secs(1);
 
+/// This process's claim token (random: kernel entropy, else time and pid).
+fn token() -> u64 {
+    static TOKEN: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TOKEN.get_or_init(|| {
+        let mut t = 0u64;
+        // SAFETY: getrandom writes at most 8 bytes into `t`.
+        let n = unsafe { libc::getrandom((&mut t as *mut u64).cast(), 8, 0) };
+        if n != 8 || t == 0 {
+            t = now_ns() ^ (u64::from(std::process::id()) << 32) | 1;
+        }
+        t
+    })
+}
+
+/// Set when this process has left its set: the heartbeat stops.
+static STOPPED: AtomicBool = AtomicBool::new(false);
+
 pub struct Registry {
     pub dir: PathBuf,
     pub slot: u32,
     /// Whether this sidecar created the set.
     pub created: bool,
     map: Mutex<HashMap<MapData, u32, Claim>>,
+    /// The registry map's id: the pin may be replaced (the set torn down and made again) while
+    /// we hold the old one.
+    map_id: u32,
     locked: AtomicBool,
     cgroup: AtomicU64,
     beating: AtomicBool,
@@ -73,59 +96,32 @@ fn is_exists(e: &MapError) -> bool {
 }
 
 impl Registry {
-    /// Create or join the set at `dir`, take its lock and claim the lowest free slot.
-    pub fn join(dir: &Path, max_targets: u32) -> Result<Self, KernelSideError> {
-        let mut builder = std::fs::DirBuilder::new();
-        builder.mode(0o700).recursive(true);
-        builder
-            .create(super::BASE_DIR)
-            .map_err(|e| io_err(dir, "creating the base directory", e))?;
+    /// Create or join the set at `dir` and claim the lowest free slot for `cgroup_id` (0: not
+    /// known yet), all under the set's lock, which is released before returning.
+    pub fn join(dir: &Path, max_targets: u32, cgroup_id: u64) -> Result<Self, KernelSideError> {
         sweep_dead_sets(dir);
         for _ in 0..5 {
-            let (map, created) = open_or_create(dir, max_targets)?;
+            let (map, created, map_id) = open_or_create(dir, max_targets)?;
             let reg = Self {
                 dir: dir.to_path_buf(),
                 slot: 0,
                 created,
                 map: Mutex::new(map),
+                map_id,
                 locked: AtomicBool::new(false),
-                cgroup: AtomicU64::new(0),
+                cgroup: AtomicU64::new(cgroup_id),
                 beating: AtomicBool::new(false),
             };
             reg.lock()?;
-            // The last sidecar may have torn the set down while we waited for its lock.
-            if !dir.join("registry").exists() {
+            // The last sidecar may have torn the set down (and another made a new one) while
+            // we waited for the lock of the one we opened.
+            if !reg.is_current() {
+                reg.unlock();
                 continue;
             }
-            reg.reclaim_stale();
-            let max = reg.get(CONFIG_KEY).map(|c| c.max_targets).unwrap_or(64);
-            let claim = Claim {
-                heartbeat_ns: now_ns(),
-                pid: std::process::id(),
-                ..Default::default()
-            };
-            let mut got = None;
-            for s in 0..max.min(sidecar_ebpf::MAX_SLOTS) {
-                let r = reg.map().insert(s, claim, BPF_NOEXIST);
-                match r {
-                    Ok(()) => {
-                        got = Some(s);
-                        break;
-                    }
-                    Err(e) if is_exists(&e) => continue,
-                    Err(e) => {
-                        reg.unlock();
-                        return Err(io_err(dir, "claiming a slot", e));
-                    }
-                }
-            }
-            let Some(slot) = got else {
-                reg.unlock();
-                return Err(KernelSideError::Full {
-                    dir: dir.to_path_buf(),
-                    max,
-                });
-            };
+            let r = reg.claim_slot(cgroup_id);
+            reg.unlock();
+            let slot = r?;
             return Ok(Self { slot, ..reg });
         }
         Err(io_err(
@@ -133,6 +129,71 @@ impl Registry {
             "joining",
             "the set kept disappearing while joining it",
         ))
+    }
+
+    /// Under the lock: reclaim stale slots, refuse a cgroup another slot has, take the lowest
+    /// free slot.
+    fn claim_slot(&self, cgroup_id: u64) -> Result<u32, KernelSideError> {
+        self.reclaim_stale();
+        if let Some(slot) = self.holder_of(cgroup_id, None) {
+            return Err(KernelSideError::Taken {
+                dir: self.dir.clone(),
+                cgroup_id,
+                slot,
+            });
+        }
+        let max = self.get(CONFIG_KEY).map(|c| c.max_targets).unwrap_or(64);
+        let claim = Claim {
+            heartbeat_ns: now_ns(),
+            cgroup_id,
+            pid: std::process::id(),
+            token: token(),
+            ..Default::default()
+        };
+        for s in 0..max.min(sidecar_ebpf::MAX_SLOTS) {
+            match self.map().insert(s, claim, BPF_NOEXIST) {
+                Ok(()) => return Ok(s),
+                Err(e) if is_exists(&e) => continue,
+                Err(e) => return Err(io_err(&self.dir, "claiming a slot", e)),
+            }
+        }
+        Err(KernelSideError::Full {
+            dir: self.dir.to_path_buf(),
+            max,
+        })
+    }
+
+    /// The live slot (other than `except`) that monitors `cgroup_id`.
+    fn holder_of(&self, cgroup_id: u64, except: Option<u32>) -> Option<u32> {
+        if cgroup_id == 0 {
+            return None;
+        }
+        self.map()
+            .iter()
+            .filter_map(Result::ok)
+            .find(|(k, c)| {
+                *k < sidecar_ebpf::MAX_SLOTS && Some(*k) != except && c.cgroup_id == cgroup_id
+            })
+            .map(|(k, _)| k)
+    }
+
+    /// Whether the registry pinned at `dir` is still the map we hold.
+    fn is_current(&self) -> bool {
+        MapData::from_pin(self.dir.join("registry"))
+            .ok()
+            .and_then(|d| d.info().ok())
+            .is_some_and(|i| i.id() == self.map_id)
+    }
+
+    /// Run `f` holding the set's lock (held already: just run it).
+    pub fn with_lock<T>(&self, f: impl FnOnce() -> T) -> Result<T, KernelSideError> {
+        if self.locked.load(Ordering::Acquire) {
+            return Ok(f());
+        }
+        self.lock()?;
+        let r = f();
+        self.unlock();
+        Ok(r)
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<MapData, u32, Claim>> {
@@ -147,6 +208,11 @@ impl Registry {
     fn lock(&self) -> Result<(), KernelSideError> {
         let t0 = Instant::now();
         loop {
+            // The set was torn down under us: nobody will release its lock, and whatever we
+            // wanted it for is moot (join starts over, leave has nothing left to clear).
+            if !self.dir.join("registry").exists() {
+                return Ok(());
+            }
             match self.try_lock() {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
@@ -184,6 +250,7 @@ impl Registry {
         let mine = Claim {
             heartbeat_ns: now_ns(),
             pid: std::process::id(),
+            token: token(),
             ..Default::default()
         };
         match self.map().insert(LOCK_KEY, mine, BPF_NOEXIST) {
@@ -205,39 +272,59 @@ impl Registry {
             .count() as u32
     }
 
+    /// Record the cgroup this slot monitors (a restarted container's new one), refusing one
+    /// another live slot has.
     pub fn claim_cgroup(&self, cgroup_id: u64) -> Result<(), KernelSideError> {
-        let entries: Vec<(u32, Claim)> = self.map().iter().filter_map(Result::ok).collect();
-        if cgroup_id != 0
-            && let Some((slot, _)) = entries.iter().find(|(k, c)| {
-                *k < sidecar_ebpf::MAX_SLOTS && *k != self.slot && c.cgroup_id == cgroup_id
-            })
-        {
-            return Err(KernelSideError::Taken {
-                dir: self.dir.clone(),
-                cgroup_id,
-                slot: *slot,
-            });
+        // Claimed with the slot already (every family's set_target says it again).
+        if cgroup_id == self.cgroup.load(Ordering::Acquire) {
+            self.beat();
+            return Ok(());
         }
-        self.cgroup.store(cgroup_id, Ordering::Release);
-        self.beat();
-        Ok(())
+        self.with_lock(|| {
+            if let Some(slot) = self.holder_of(cgroup_id, Some(self.slot)) {
+                return Err(KernelSideError::Taken {
+                    dir: self.dir.clone(),
+                    cgroup_id,
+                    slot,
+                });
+            }
+            self.cgroup.store(cgroup_id, Ordering::Release);
+            self.beat();
+            Ok(())
+        })?
     }
 
-    fn beat(&self) {
+    /// Whether the slot's claim is still ours.
+    fn holds_slot(&self) -> bool {
+        self.get(self.slot).is_some_and(|c| c.token == token())
+    }
+
+    /// Refresh our claim; false (and said once) when the slot was reclaimed meanwhile: we
+    /// stalled past STALE, and it was cleared and may be someone else's now.
+    fn beat(&self) -> bool {
+        if STOPPED.load(Ordering::Acquire) {
+            return false;
+        }
+        if !self.holds_slot() {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::AcqRel) {
+                tracing::error!(
+                    slot = self.slot,
+                    "kernel side: our slot was reclaimed by another sidecar (no heartbeat for \
+                     {STALE:?}): counting has stopped; restart this sidecar"
+                );
+            }
+            return false;
+        }
         let claim = Claim {
             heartbeat_ns: now_ns(),
             cgroup_id: self.cgroup.load(Ordering::Acquire),
             pid: std::process::id(),
             max_targets: 0,
+            token: token(),
         };
-        // BPF_EXIST: a slot reclaimed by others (we stalled for STALE) is not silently re-taken.
-        if let Err(e) = self.map().insert(self.slot, claim, BPF_EXIST) {
-            tracing::error!(
-                slot = self.slot,
-                "kernel side: our slot was reclaimed by another sidecar (no heartbeat for {STALE:?}): \
-                 counting has stopped; restart this sidecar ({e})"
-            );
-        }
+        // BPF_EXIST: a slot freed between the check and here is not re-taken.
+        self.map().insert(self.slot, claim, BPF_EXIST).is_ok()
     }
 
     pub fn start_heartbeat(self: &Registry) {
@@ -254,6 +341,7 @@ impl Registry {
                 slot,
                 created: false,
                 map: Mutex::new(map),
+                map_id: self.map_id,
                 locked: AtomicBool::new(false),
                 cgroup: AtomicU64::new(self.cgroup.load(Ordering::Acquire)),
                 beating: AtomicBool::new(true),
@@ -268,16 +356,17 @@ impl Registry {
             .spawn(move || {
                 loop {
                     std::thread::sleep(HEARTBEAT);
-                    if *super::LEFT.lock().unwrap_or_else(|p| p.into_inner()) {
-                        return;
-                    }
-                    if !me.dir.join("registry").exists() {
+                    // Beating goes on while `leave` waits for the lock, so the slot is not
+                    // taken for a dead sidecar's meanwhile.
+                    if !me.is_current() {
                         return;
                     }
                     if let Some(c) = me.get(me.slot) {
                         me.cgroup.store(c.cgroup_id, Ordering::Release);
                     }
-                    me.beat();
+                    if !me.beat() {
+                        return;
+                    }
                     if me.try_lock().unwrap_or(false) {
                         me.reclaim_stale();
                         me.unlock();
@@ -334,9 +423,15 @@ impl Registry {
         if self.lock().is_err() {
             tracing::warn!("kernel side: leaving without the lock");
         }
-        clear_slot(&self.dir, self.slot);
-        let _ = self.map().remove(&self.slot);
-        if self.live_slots() == 0 {
+        // Torn down already (we were the last but one and the last left first), or our slot
+        // reclaimed while we stalled: nothing of ours to clear.
+        let current = self.is_current();
+        if current && self.holds_slot() {
+            clear_slot(&self.dir, self.slot);
+            let _ = self.map().remove(&self.slot);
+        }
+        STOPPED.store(true, Ordering::Release);
+        if current && self.live_slots() == 0 {
             match std::fs::remove_dir_all(&self.dir) {
                 Ok(()) => tracing::info!(
                     dir = %self.dir.display(),
@@ -348,10 +443,10 @@ impl Registry {
                 ),
             }
             let _ = std::fs::remove_dir(super::BASE_DIR);
-            self.locked.store(false, Ordering::Release);
-        } else {
-            self.unlock();
         }
+        // Also after the teardown: a sidecar joining meanwhile waits on this (now unpinned)
+        // registry's lock before it sees the set is gone and makes a new one.
+        self.unlock();
     }
 }
 
@@ -400,40 +495,45 @@ fn sweep_dead_sets(ours: &Path) {
     }
 }
 
+/// Open the set's registry, or create the set: (registry, created, the registry's map id).
 fn open_or_create(
     dir: &Path,
     max_targets: u32,
-) -> Result<(HashMap<MapData, u32, Claim>, bool), KernelSideError> {
+) -> Result<(HashMap<MapData, u32, Claim>, bool, u32), KernelSideError> {
     let pin = dir.join("registry");
+    let open = || -> Result<(HashMap<MapData, u32, Claim>, u32), MapError> {
+        let data = MapData::from_pin(&pin)?;
+        let id = data.info()?.id();
+        Ok((HashMap::try_from_data(data)?, id))
+    };
     let mut builder = std::fs::DirBuilder::new();
     builder.mode(0o700);
-    match builder.create(dir) {
-        Ok(()) => {
-            let mut map: HashMap<MapData, u32, Claim> =
-                HashMap::create(sidecar_ebpf::MAX_SLOTS + 8, 0)
-                    .map_err(|e| io_err(dir, "creating the registry", e))?;
-            map.insert(
-                CONFIG_KEY,
-                Claim {
-                    max_targets,
-                    ..Default::default()
-                },
-                0,
-            )
-            .map_err(|e| io_err(dir, "writing the registry", e))?;
-            map.pin(&pin)
-                .map_err(|e| io_err(dir, "pinning the registry", e))?;
-            let map = MapData::from_pin(&pin)
-                .and_then(HashMap::try_from_data)
-                .map_err(|e| io_err(dir, "opening the registry", e))?;
-            Ok((map, true))
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let t0 = Instant::now();
-            loop {
-                if let Ok(map) = MapData::from_pin(&pin).and_then(HashMap::try_from_data) {
-                    return Ok((map, false));
+    let t0 = Instant::now();
+    loop {
+        match builder.create(dir) {
+            Ok(()) => {
+                let mut map: HashMap<MapData, u32, Claim> =
+                    HashMap::create(sidecar_ebpf::MAX_SLOTS + 8, 0)
+                        .map_err(|e| io_err(dir, "creating the registry", e))?;
+                map.insert(
+                    CONFIG_KEY,
+                    Claim {
+                        max_targets,
+                        ..Default::default()
+                    },
+                    0,
+                )
+                .map_err(|e| io_err(dir, "writing the registry", e))?;
+                map.pin(&pin)
+                    .map_err(|e| io_err(dir, "pinning the registry", e))?;
+                let (map, id) = open().map_err(|e| io_err(dir, "opening the registry", e))?;
+                return Ok((map, true, id));
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                if let Ok((map, id)) = open() {
+                    return Ok((map, false, id));
                 }
+                // Its creator is between making the directory and pinning the registry.
                 if t0.elapsed() > Duration::from_secs(10) {
                     tracing::warn!(
                         dir = %dir.display(),
@@ -441,12 +541,21 @@ fn open_or_create(
                     );
                     std::fs::remove_dir_all(dir)
                         .map_err(|e| io_err(dir, "removing a half-made set", e))?;
-                    return open_or_create(dir, max_targets);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+            // The base directory: not made yet, or removed by the last sidecar of another set.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::NotFound
+                    && t0.elapsed() < Duration::from_secs(10) =>
+            {
+                let mut base = std::fs::DirBuilder::new();
+                base.mode(0o700).recursive(true);
+                base.create(super::BASE_DIR)
+                    .map_err(|e| io_err(dir, "creating the base directory", e))?;
+            }
+            Err(e) => return Err(io_err(dir, "creating the set's directory", e)),
         }
-        Err(e) => Err(io_err(dir, "creating the set's directory", e)),
     }
 }
 

@@ -125,6 +125,34 @@ impl SyscallDispatch {
         }
     }
 
+    /// Shared set: the slot of `side` holds `program` already (an earlier sidecar's copy, which
+    /// runs for every slot): mark it taken and say so, so that the caller loads no copy of its
+    /// own. False: empty, another program, or nothing offered.
+    pub fn take_if_held(&self, side: Side, program: &str) -> bool {
+        let mut s = self.slots();
+        let slot = match side {
+            Side::Enter => &mut s.enter,
+            Side::Exit => &mut s.exit,
+        };
+        let held = match slot.as_ref() {
+            Some(Map::ProgramArray(d)) => lookup_prog_id(d.fd().as_fd()),
+            _ => return false,
+        };
+        let Ok(Some(id)) = held else {
+            return false;
+        };
+        let theirs = prog_fd_by_id(id).and_then(|fd| prog_name(fd.as_fd()));
+        // The kernel keeps the first 15 bytes of a program's name.
+        let ours: String = program.chars().take(15).collect();
+        if !theirs.is_ok_and(|t| t == ours) {
+            return false;
+        }
+        if let Some(arr) = slot.take() {
+            s.taken.push(arr);
+        }
+        true
+    }
+
     /// Put `program` in the slot of `side`; done already when the slot holds a program of the
     /// same name (a shared set's: an earlier sidecar's copy of this handler, which runs for
     /// every slot). Err: no free slot, one holding another program, or the kernel refused the

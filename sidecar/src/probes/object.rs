@@ -522,6 +522,15 @@ impl Object {
             }
             dispatch.adopt_pinned(&self.ks);
         }
+        if dispatch.take_if_held(side, fallback.0) {
+            tracing::info!(
+                "probe {}: {} runs from the syscalls family's {side:?} program (the shared set's \
+                 copy)",
+                self.family,
+                fallback.0
+            );
+            return Ok(SyscallHook::Dispatched);
+        }
         if !dispatch.available(side) {
             return self.attach_syscall_hook(program, names, fallback);
         }

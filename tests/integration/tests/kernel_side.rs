@@ -32,6 +32,341 @@ fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
     info[0].clone().into_iter().collect()
 }
 
+/// What app `i` does per trigger: distinct numbers so a count leaking between slots shows.
+fn truth(i: usize) -> (u64, u64, u64, u64) {
+    let i = i as u64;
+    // getppid, openat ENOENT, execs of true, HTTP exchanges (each its own TCP connection)
+    (1000 * (i + 1) + 7, 3 + 2 * i, 1 + i, 2 + 3 * i)
+}
+
+fn app(name: &str, i: usize) -> Container {
+    let counted = format!("{}:/counted:ro", workload("counted").display());
+    let http = format!("{}:/http_loop:ro", workload("http_loop").display());
+    let (n, m, k, _) = truth(i);
+    let (n, m, k) = (n.to_string(), m.to_string(), k.to_string());
+    let c = Container::run(
+        name,
+        &[
+            "-v",
+            &counted,
+            "-v",
+            &http,
+            "debian:bookworm-slim",
+            "/counted",
+            "serve",
+            &n,
+            &m,
+            &k,
+            &CODE.to_string(),
+        ],
+    );
+    wait_for("workload ready", Duration::from_secs(20), || {
+        c.logs().contains("ready").then_some(())
+    });
+    c
+}
+
+/// A sidecar container beside `app`, on the host's bpffs; returns it and its port.
+fn sidecar(name: &str, app: &str, extra: &[&str]) -> (Container, u16) {
+    let image = docker::sidecar_image();
+    let port = free_port();
+    let pid = format!("--pid=container:{app}");
+    let publish = format!("127.0.0.1:{port}:9435");
+    let mut args = vec![
+        pid.as_str(),
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-add",
+        "NET_ADMIN",
+        "-p",
+        &publish,
+        image,
+    ];
+    args.extend_from_slice(extra);
+    let c = Container::run(name, &args);
+    wait_for("sidecar serving", Duration::from_secs(60), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    (c, port)
+}
+
+fn scrape(port: u16) -> Metrics {
+    Metrics::parse(&http_get(port, "/metrics", None).expect("scrape").2)
+}
+
+/// One run of the app's workload: counted's run (USR1) and its HTTP exchanges.
+fn work(app: &Container, i: usize, nth: usize) {
+    docker::ok(&["kill", "-s", "USR1", &app.0]);
+    wait_for("workload done", Duration::from_secs(30), || {
+        (app.logs().matches(&format!("done {CODE}")).count() >= nth).then_some(())
+    });
+    let (_, _, _, r) = truth(i);
+    let out = docker::ok(&["exec", &app.0, "/http_loop", &r.to_string()]);
+    assert!(out.contains(&format!("requests={r}")), "{out}");
+}
+
+/// `times` runs of app `i`, exactly.
+fn assert_app(m: &Metrics, i: usize, times: u64, who: &str) {
+    let (n, e, k, r) = truth(i);
+    let t = times as f64;
+    let eq = |name: &str, labels: &[(&str, &str)], want: u64| {
+        assert_eq!(
+            m.sum(name, labels),
+            want as f64 * t,
+            "{who}: {name}{labels:?}"
+        );
+    };
+    eq("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")], n);
+    eq(
+        "ebpf_sidecar_syscall_errors_total",
+        &[("syscall", "openat"), ("errno", "ENOENT")],
+        e,
+    );
+    eq("ebpf_sidecar_process_execs_total", &[("comm", "true")], k);
+    eq(
+        "ebpf_sidecar_process_exits_total",
+        &[("comm", "true"), ("code", "0"), ("signal", "0")],
+        k,
+    );
+    eq(
+        "ebpf_sidecar_process_execs_total",
+        &[("comm", "http_loop")],
+        1,
+    );
+    eq(
+        "ebpf_sidecar_tcp_connections_total",
+        &[("direction", "active")],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_tcp_connections_total",
+        &[("direction", "passive")],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_http_requests_total",
+        &[
+            ("direction", "server"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+        r,
+    );
+    eq(
+        "ebpf_sidecar_http_requests_total",
+        &[
+            ("direction", "client"),
+            ("method", "GET"),
+            ("status", "200"),
+        ],
+        r,
+    );
+    assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0, "{who}");
+}
+
+/// Stop a sidecar container the way `docker stop` and compose do (SIGTERM): it leaves its set.
+/// (`docker rm -f` is SIGKILL: the slot then waits for a survivor to reclaim it.)
+fn stop(c: Container) {
+    docker::ok(&["stop", "-t", "10", &c.0]);
+    drop(c);
+}
+
+/// Programs of the kinds that go on host-wide hooks (tracepoints, raw and BTF tracepoints,
+/// perf events), by name. `disk_sweep` is each sidecar's own: never attached, its sidecar runs
+/// it at scrape time (BPF_PROG_TEST_RUN), so it costs the host's processes nothing.
+fn host_programs() -> BTreeMap<String, usize> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut by_name = BTreeMap::new();
+    for p in v.as_array().into_iter().flatten() {
+        let ty = p["type"].as_str().unwrap_or("");
+        if !matches!(
+            ty,
+            "tracepoint" | "raw_tracepoint" | "tracing" | "perf_event"
+        ) {
+            continue;
+        }
+        let name = p["name"].as_str().unwrap_or("").to_string();
+        if name == "disk_sweep" {
+            continue;
+        }
+        *by_name.entry(name).or_insert(0) += 1;
+    }
+    by_name
+}
+
+/// Every BPF map on the host, by name.
+fn host_maps() -> BTreeMap<String, usize> {
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut by_name = BTreeMap::new();
+    for m in v.as_array().into_iter().flatten() {
+        let name = m["name"].as_str().unwrap_or("").to_string();
+        *by_name.entry(name).or_insert(0) += 1;
+    }
+    by_name
+}
+
+fn sets() -> Vec<String> {
+    std::fs::read_dir(BASE)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn eight_sidecars_share_one_kernel_side_and_each_counts_only_its_own_app() {
+    require_root();
+    let _turn = one_at_a_time();
+    no_set_left();
+    docker::sidecar_image();
+    let before = host_programs();
+    let apps: Vec<Container> = (0..8)
+        .map(|i| app(&format!("ebpf-sidecar-ks-app{i}"), i))
+        .collect();
+    let (first, first_port) = sidecar("ebpf-sidecar-ks-sc0", &apps[0].0, &[]);
+    let one = host_programs();
+    let mut sidecars = vec![(first, first_port)];
+    for (i, a) in apps.iter().enumerate().skip(1) {
+        sidecars.push(sidecar(&format!("ebpf-sidecar-ks-sc{i}"), &a.0, &[]));
+    }
+    let eight = host_programs();
+    let added = |now: &BTreeMap<String, usize>| -> BTreeMap<String, usize> {
+        now.iter()
+            .filter_map(|(n, c)| {
+                let was = before.get(n).copied().unwrap_or(0);
+                (*c > was).then(|| (n.clone(), c - was))
+            })
+            .collect()
+    };
+    assert!(
+        !added(&one).is_empty(),
+        "the first sidecar attached programs"
+    );
+    assert_eq!(
+        added(&eight),
+        added(&one),
+        "eight sidecars attach what one attaches (one set, not eight)"
+    );
+
+    let mut abi = None;
+    let mut slots = Vec::new();
+    for (_, port) in &sidecars {
+        let m = scrape(*port);
+        let ks = kernel_side(&m);
+        assert_eq!(ks["mode"], "shared", "{ks:?}");
+        assert_eq!(*abi.get_or_insert(ks["abi"].clone()), ks["abi"]);
+        slots.push(ks["slot"].clone());
+        assert_eq!(m.sum("ebpf_sidecar_kernel_side_targets", &[]), 8.0);
+    }
+    slots.sort();
+    slots.dedup();
+    assert_eq!(slots.len(), 8, "eight distinct slots");
+    assert!(sets().contains(abi.as_ref().unwrap()), "{:?}", sets());
+
+    for (i, a) in apps.iter().enumerate() {
+        work(a, i, 1);
+    }
+    for (i, (_, port)) in sidecars.iter().enumerate() {
+        assert_app(&scrape(*port), i, 1, &format!("sidecar {i}"));
+    }
+    // Twice more for app 3 only: nobody else moves.
+    work(&apps[3], 3, 2);
+    work(&apps[3], 3, 3);
+    for (i, (_, port)) in sidecars.iter().enumerate() {
+        assert_app(
+            &scrape(*port),
+            i,
+            if i == 3 { 3 } else { 1 },
+            &format!("sidecar {i}"),
+        );
+    }
+
+    for (c, _) in sidecars {
+        stop(c);
+    }
+    wait_for("the set removed", Duration::from_secs(20), || {
+        (!sets().contains(abi.as_ref().unwrap())).then_some(())
+    });
+    assert_eq!(added(&host_programs()), BTreeMap::new(), "no program left");
+}
+
+#[test]
+fn a_killed_sidecars_slot_is_reclaimed_and_the_last_one_out_leaves_nothing() {
+    require_root();
+    let _turn = one_at_a_time();
+    no_set_left();
+    docker::sidecar_image();
+    let before = host_programs();
+    let maps_before = host_maps();
+    let a = app("ebpf-sidecar-ks-a", 0);
+    let b = app("ebpf-sidecar-ks-b", 1);
+    let c = app("ebpf-sidecar-ks-c", 2);
+    let (sa, pa) = sidecar("ebpf-sidecar-ks-sa", &a.0, &[]);
+    let (_sb, pb) = sidecar("ebpf-sidecar-ks-sb", &b.0, &[]);
+    let abi = kernel_side(&scrape(pa))["abi"].clone();
+    let slot_a = kernel_side(&scrape(pa))["slot"].clone();
+    work(&a, 0, 1);
+    assert_app(&scrape(pa), 0, 1, "a");
+    docker::ok(&["kill", "-s", "KILL", &sa.0]);
+    // Reclaimed within 10 s of the kill: b sees itself alone.
+    let t0 = std::time::Instant::now();
+    wait_for("slot reclaimed", Duration::from_secs(10), || {
+        (scrape(pb).sum("ebpf_sidecar_kernel_side_targets", &[]) == 1.0).then_some(())
+    });
+    eprintln!("reclaimed {:?} after the kill", t0.elapsed());
+    drop(sa);
+    // a works on, unwatched; c's new sidecar takes the freed slot with clean counts.
+    work(&a, 0, 2);
+    let (sc, pc) = sidecar("ebpf-sidecar-ks-sc", &c.0, &[]);
+    let ks = kernel_side(&scrape(pc));
+    assert_eq!(ks["slot"], slot_a, "the reclaimed slot is reused");
+    work(&c, 2, 1);
+    work(&b, 1, 1);
+    assert_app(&scrape(pc), 2, 1, "c");
+    assert_app(&scrape(pb), 1, 1, "b");
+
+    stop(sc);
+    stop(_sb);
+    wait_for("the set removed", Duration::from_secs(20), || {
+        (!sets().contains(&abi)).then_some(())
+    });
+    assert!(!Path::new(BASE).join(&abi).exists());
+    // Programs and maps go with their last reference (a pin, a link, an fd), freed by the
+    // kernel a moment later (RCU): allow it that moment.
+    let left = || -> BTreeMap<String, usize> {
+        host_programs()
+            .into_iter()
+            .filter(|(n, c)| before.get(n).copied().unwrap_or(0) < *c)
+            .collect()
+    };
+    if wait_for_ok(Duration::from_secs(10), || left().is_empty()).is_err() {
+        panic!("programs of ours left: {:?}", left());
+    }
+    wait_for("no map of ours left", Duration::from_secs(10), || {
+        let more: BTreeMap<String, usize> = host_maps()
+            .into_iter()
+            .filter(|(n, c)| maps_before.get(n).copied().unwrap_or(0) < *c)
+            .collect();
+        more.is_empty().then_some(())
+    });
+    assert!(sets().is_empty(), "{:?}", sets());
+}
+
 /// Host-mode sidecars (the test's own binary) on one set with different options, and a private
 /// one beside them.
 #[test]
@@ -236,6 +571,18 @@ fn no_set_left() {
     );
 }
 
+/// Poll `f` until true or `limit`.
+fn wait_for_ok(limit: Duration, f: impl Fn() -> bool) -> Result<(), ()> {
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < limit {
+        if f() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    if f() { Ok(()) } else { Err(()) }
+}
+
 fn tempfile_path() -> std::path::PathBuf {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     std::env::temp_dir().join(format!(
@@ -243,4 +590,115 @@ fn tempfile_path() -> std::path::PathBuf {
         std::process::id(),
         N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ))
+}
+
+/// A build whose kernel side differs (`SIDECAR_EBPF_CFLAGS=-DSIDECAR_TREE_MAX=8192`: another map
+/// layout) gets a set of its own beside this build's; both count exactly.
+#[test]
+fn two_abis_side_by_side_get_two_sets_both_exact() {
+    require_root();
+    let _turn = one_at_a_time();
+    let root = integration::repo_root();
+    let dir = root.join("target/abi-variant");
+    let st = Command::new("cargo")
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "sidecar",
+            "--bin",
+            "ebpf-sidecar",
+        ])
+        .env("CARGO_TARGET_DIR", &dir)
+        .env("SIDECAR_EBPF_CFLAGS", "-DSIDECAR_TREE_MAX=8192")
+        .current_dir(&root)
+        .status()
+        .expect("cargo");
+    assert!(st.success(), "building the variant");
+    let variant = dir.join("release/ebpf-sidecar");
+    let counted = workload("counted");
+    let serve = ["serve", "777", "4", "3", "42"];
+    let cmd: Vec<&str> = std::iter::once(counted.to_str().unwrap())
+        .chain(serve)
+        .collect();
+    let a = RunServer::start(&sidecar_bin(), &["--probes", "process,syscalls"], &cmd);
+    let b = RunServer::start(&variant, &["--probes", "process,syscalls"], &cmd);
+    let (pa, pb) = (a.port, b.port);
+    let (ka, kb) = (kernel_side(&scrape(pa)), kernel_side(&scrape(pb)));
+    assert_eq!(
+        (ka["mode"].as_str(), kb["mode"].as_str()),
+        ("shared", "shared")
+    );
+    assert_ne!(ka["abi"], kb["abi"], "a changed map layout is another ABI");
+    let s = sets();
+    assert!(s.contains(&ka["abi"]) && s.contains(&kb["abi"]), "{s:?}");
+    // Each workload serves USR1 with one run; a and b each once, b once more.
+    for (child, port, times) in [(&a, pa, 1), (&b, pb, 2)] {
+        let pid = workload_pid(child.child.id());
+        for n in 1..=times {
+            // SAFETY: signalling the workload we started.
+            unsafe { libc::kill(pid as i32, libc::SIGUSR1) };
+            wait_for("a run counted", Duration::from_secs(20), || {
+                let m = scrape(port);
+                let exits = m.sum(
+                    "ebpf_sidecar_process_exits_total",
+                    &[("code", &CODE.to_string())],
+                );
+                (exits >= n as f64).then_some(())
+            });
+        }
+        let m = scrape(port);
+        assert_eq!(
+            m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+            777.0 * times as f64
+        );
+        assert_eq!(
+            m.sum("ebpf_sidecar_process_execs_total", &[("comm", "true")]),
+            3.0 * times as f64
+        );
+    }
+    drop((a, b));
+    let s = sets();
+    assert!(!s.contains(&ka["abi"]) && !s.contains(&kb["abi"]), "{s:?}");
+}
+
+/// The `counted serve` child of a `run` sidecar (a process whose parent it is).
+fn workload_pid(sidecar: u32) -> u32 {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .find(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|st| {
+                st.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    == Some(sidecar)
+            })
+        })
+        .expect("the workload runs")
+}
+
+/// A restarted container lives in a new cgroup: its slot follows it.
+#[test]
+fn a_restarted_container_is_followed_on_the_shared_set() {
+    require_root();
+    let _turn = one_at_a_time();
+    docker::sidecar_image();
+    let a = app("ebpf-sidecar-ks-restart", 4);
+    let s = integration::Sidecar::start(&["--target-container", &a.0]);
+    assert_eq!(kernel_side(&s.scrape())["mode"], "shared");
+    work(&a, 4, 1);
+    assert_app(&s.scrape(), 4, 1, "before the restart");
+    docker::ok(&["restart", "-t", "1", &a.0]);
+    wait_for("ready again", Duration::from_secs(20), || {
+        (a.logs().matches("ready").count() >= 2).then_some(())
+    });
+    wait_for("target re-acquired", Duration::from_secs(10), || {
+        (s.scrape()
+            .sum("ebpf_sidecar_target_acquisitions_total", &[])
+            >= 2.0)
+            .then_some(())
+    });
+    work(&a, 4, 2);
+    assert_app(&s.scrape(), 4, 2, "after the restart");
 }

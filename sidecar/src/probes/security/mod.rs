@@ -181,6 +181,13 @@ fn write_slot_array<V: aya::Pod>(
 fn attach_syscall_hook(obj: &mut Object, opts: &Options) -> Result<u32, ProbeError> {
     const DISPATCHED: &str = "security_sys_enter";
     let side = Side::Enter;
+    if opts.syscall_dispatch.take_if_held(side, DISPATCHED) {
+        tracing::info!(
+            "probe security: {DISPATCHED} runs from the syscalls family's {side:?} program \
+             (the shared set's copy)"
+        );
+        return Ok(SEC_HOOK_DISPATCH);
+    }
     if opts.syscall_dispatch.available(side) {
         let fd = obj.load_raw_tp_fd(DISPATCHED)?;
         match opts.syscall_dispatch.take(side, &fd) {
