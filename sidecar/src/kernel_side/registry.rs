@@ -495,13 +495,15 @@ fn sweep_dead_sets(ours: &Path) {
     }
 }
 
+type RegistryMap = HashMap<MapData, u32, Claim>;
+
 /// Open the set's registry, or create the set: (registry, created, the registry's map id).
 fn open_or_create(
     dir: &Path,
     max_targets: u32,
-) -> Result<(HashMap<MapData, u32, Claim>, bool, u32), KernelSideError> {
+) -> Result<(RegistryMap, bool, u32), KernelSideError> {
     let pin = dir.join("registry");
-    let open = || -> Result<(HashMap<MapData, u32, Claim>, u32), MapError> {
+    let open = || -> Result<(RegistryMap, u32), MapError> {
         let data = MapData::from_pin(&pin)?;
         let id = data.info()?.id();
         Ok((HashMap::try_from_data(data)?, id))
