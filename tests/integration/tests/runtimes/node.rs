@@ -44,8 +44,13 @@ fn node_http_gc_and_event_loop_lag() {
             (up && m.sum("ebpf_sidecar_runtime_info", &[("runtime", "node")]) >= 1.0).then_some(())
         },
     );
-    // The rescan that attaches the per-process lag probes runs every second.
-    std::thread::sleep(Duration::from_millis(1500));
+    // The rescan that attaches the per-process lag probes runs every second (later on a busy
+    // machine): wait until a loop turn is measured.
+    wait_for("the lag probes", Duration::from_secs(20), || {
+        assert_eq!(http(port, "GET", "/a"), 200);
+        let m = sidecar.scrape();
+        (m.sum("ebpf_sidecar_nodejs_event_loop_lag_seconds_count", &[]) > 0.0).then_some(())
+    });
     let before = sidecar.scrape();
     let (gets, posts, puts) = (7u64, 4u64, 2u64);
     for _ in 0..gets - 2 {
@@ -60,7 +65,21 @@ fn node_http_gc_and_event_loop_lag() {
     const G: u64 = 5;
     assert_eq!(http(port, "GET", &format!("/gc?n={G}")), 200);
     assert_eq!(http(port, "GET", "/block?ms=200"), 200);
-    let m = sidecar.scrape();
+    // The blocked loop turn ends at the loop's next epoll_pwait, just after the response: wait
+    // for it rather than race it.
+    let slow_turns = |m: &Metrics| {
+        let d =
+            |name: &str, labels: &[(&str, &str)]| m.sum(name, labels) - before.sum(name, labels);
+        d("ebpf_sidecar_nodejs_event_loop_lag_seconds_count", &[])
+            - d(
+                "ebpf_sidecar_nodejs_event_loop_lag_seconds_bucket",
+                &[("le", "0.134217728")],
+            )
+    };
+    let m = wait_for("the blocked turn counted", Duration::from_secs(5), || {
+        let m = sidecar.scrape();
+        (slow_turns(&m) >= 1.0).then_some(m)
+    });
     let delta =
         |name: &str, labels: &[(&str, &str)]| m.sum(name, labels) - before.sum(name, labels);
     for (method, n) in [("GET", gets), ("POST", posts), ("PUT", puts)] {
@@ -97,12 +116,10 @@ fn node_http_gc_and_event_loop_lag() {
         "forced GCs"
     );
     // One loop turn of >= 200 ms: above the 2^27 ns (0.134 s) bound.
-    let slow = delta("ebpf_sidecar_nodejs_event_loop_lag_seconds_count", &[])
-        - delta(
-            "ebpf_sidecar_nodejs_event_loop_lag_seconds_bucket",
-            &[("le", "0.134217728")],
-        );
-    assert!(slow >= 1.0, "the 200 ms block shows in the lag histogram");
+    assert!(
+        slow_turns(&m) >= 1.0,
+        "the 200 ms block shows in the lag histogram"
+    );
     assert!(m.sum("ebpf_sidecar_nodejs_event_loop_lag_seconds_sum", &[]) >= 0.2);
     let lint = promtool_check(&m.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
