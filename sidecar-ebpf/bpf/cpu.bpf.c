@@ -56,6 +56,7 @@ SIDECAR_SLOT_MAP(cpu_counters, struct cpu_counters_map);
 struct cpu_comm_ns_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct comm_key, __u64);
 };
 SIDECAR_SLOT_MAP(cpu_comm_ns, struct cpu_comm_ns_map);

@@ -54,10 +54,12 @@ struct {
 	__type(value, struct disk_inflight_req);
 } disk_inflight SEC(".maps");
 
-/* Per target (slot), see SIDECAR_SLOT_MAP. */
+/* Per target (slot), see SIDECAR_SLOT_MAP; not preallocated (a slot pays for the devices its
+ * target uses, not for 1024 histograms on every CPU). */
 struct disk_stats_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct disk_io_key, struct disk_io_stats);
 };
 SIDECAR_SLOT_MAP(disk_stats, struct disk_stats_map);

@@ -9,9 +9,11 @@ char LICENSE[] SEC("license") = "GPL";
 #define KEYS_MAX 1024
 
 /* Per target (slot): see SIDECAR_SLOT_MAP. */
+/* Hash tables per slot are not preallocated: a slot pays for the entries its target makes. */
 struct process_execs_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct comm_key, __u64);
 };
 SIDECAR_SLOT_MAP(process_execs, struct process_execs_map);
@@ -19,6 +21,7 @@ SIDECAR_SLOT_MAP(process_execs, struct process_execs_map);
 struct process_exits_map {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, KEYS_MAX);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct exit_key, __u64);
 };
 SIDECAR_SLOT_MAP(process_exits, struct process_exits_map);

@@ -20,8 +20,9 @@ char LICENSE[] SEC("license") = "GPL";
 
 struct security_events_map {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
-	/* 2k events: 0.4 s of a 5k/s stream while the reader waits for a CPU on a busy host. */
-	__uint(max_entries, 1024 * 1024);
+	/* ~1k events: 0.2 s of a 5k/s stream while the reader waits for a CPU on a busy host
+	 * (per slot: every sidecar on a set has one). */
+	__uint(max_entries, 512 * 1024);
 };
 SIDECAR_SLOT_MAP(security_events, struct security_events_map);
 
@@ -56,18 +57,18 @@ struct peer_key {
 };
 
 /* Peers and listening ports already reported to the slot: "new" means not in here. Bounded
- * (LRU, preallocated: ~96 bytes an entry, per slot, so sized for one target: 4096 peers is
- * 384 KiB, 1024 ports 96 KiB). */
+ * (LRU, always preallocated: ~96 bytes an entry, per slot, so sized for one target: 1024 peers
+ * is 96 KiB, 256 ports 24 KiB; a peer evicted by 1024 newer ones is reported new again). */
 struct seen_peers_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 4096);
+	__uint(max_entries, 1024);
 	SIDECAR_INNER_KV(struct peer_key, __u8);
 };
 SIDECAR_SLOT_MAP(seen_peers, struct seen_peers_map);
 
 struct seen_ports_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 256);
 	SIDECAR_INNER_KV(__u16, __u8);
 };
 SIDECAR_SLOT_MAP(seen_ports, struct seen_ports_map);

@@ -16,9 +16,11 @@ struct syscall_stats_map {
 };
 SIDECAR_SLOT_MAP(syscall_stats, struct syscall_stats_map);
 
+/* Not preallocated: a slot pays for the (syscall, errno) pairs its target meets. */
 struct syscall_errors_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 4096);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct syscall_error_key, __u64);
 };
 SIDECAR_SLOT_MAP(syscall_errors, struct syscall_errors_map);
@@ -29,6 +31,7 @@ SIDECAR_SLOT_MAP(syscall_errors, struct syscall_errors_map);
 struct syscall_denied_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
 	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	SIDECAR_INNER_KV(struct syscall_error_key, __u64);
 };
 SIDECAR_SLOT_MAP(syscall_denied, struct syscall_denied_map);

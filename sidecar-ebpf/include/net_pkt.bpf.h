@@ -44,9 +44,10 @@ struct dns_key {
 	__u32 proto;
 };
 
+/* DNS queries awaiting their answer (LRU: preallocated, so per slot 256, 24 KiB). */
 struct net_dns_pending_map {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
-	__uint(max_entries, 1024);
+	__uint(max_entries, 256);
 	SIDECAR_INNER_KV(struct dns_key, __u64);
 };
 SIDECAR_SLOT_MAP(net_dns_pending, struct net_dns_pending_map);

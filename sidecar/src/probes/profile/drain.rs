@@ -1,5 +1,6 @@
-//! The drain thread: once a second, flip the kernel's generation and move the previous one's
-//! counts out of `profile_counts`, symbolized, into the store's one-second windows.
+//! The drain thread: four times a second, flip the kernel's generation and move the previous
+//! one's counts out of `profile_counts`, symbolized, into the store's one-second windows. The
+//! short drain keeps the slot's tables small (see `table_sizes`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,6 +14,10 @@ use crate::metrics::comm_label;
 use crate::probes::{Object, ProbeError};
 use crate::symbolize::Symbolizer;
 
+/// How often the kernel's counts are moved out, and how many of those make a window.
+pub const DRAIN: Duration = Duration::from_millis(250);
+const DRAINS_PER_WINDOW: u32 = 4;
+
 /// The maps the drain owns (taken out of the object at load: it writes them from its own
 /// thread), and the object its failed reads are counted against.
 pub struct Drain {
@@ -24,15 +29,20 @@ pub struct Drain {
 }
 
 impl Drain {
-    /// Start the thread that drains into `store` every second.
+    /// Start the thread that drains every DRAIN and puts a window into `store` every second.
     pub fn spawn(mut self, store: Arc<Store>) -> Result<(), ProbeError> {
         std::thread::Builder::new()
             .name("profile-drain".into())
             .spawn(move || {
                 let mut ticks = 0u64;
                 loop {
-                    std::thread::sleep(Duration::from_secs(1));
-                    let folded = self.once();
+                    let mut folded = Folded::new();
+                    for _ in 0..DRAINS_PER_WINDOW {
+                        std::thread::sleep(DRAIN);
+                        for (stack, n) in self.once() {
+                            *folded.entry(stack).or_default() += n;
+                        }
+                    }
                     let mut w = store.windows.lock().unwrap_or_else(|p| p.into_inner());
                     w.push_back((Instant::now(), folded));
                     while w.len() as u64 > MAX_SECONDS + 2 {

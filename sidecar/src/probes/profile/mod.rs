@@ -77,10 +77,11 @@ const STACKS_MAX: u32 = 16384;
 const COUNTS_MAX: u32 = 32768;
 
 /// This slot's table sizes for `hz` samples per second on each of `cpus` CPUs. The drain empties
-/// the counts every second and forgets the stacks never (the kernel reuses a stack's place when
-/// another hashes there), so: counts for two seconds of samples, twice over; stacks (a user and
-/// a kernel one per sample) for eight times a second's, so that few of the stacks a drain reads
-/// were overwritten meanwhile. 49 Hz on 2 CPUs: 2048 stacks (2 MiB) and 1024 counts.
+/// the counts every 250 ms (drain::DRAIN) and forgets the stacks never (the kernel reuses a
+/// stack's place when another hashes there), so: counts for a second of samples (four drains'
+/// worth); stacks (a user and a kernel one per sample) for two seconds of samples (eight
+/// drains' worth), so that few of the stacks a drain reads were overwritten meanwhile. 49 Hz on 2 CPUs: 512 stacks (508 KiB)
+/// and 256 counts, per target.
 fn table_sizes(hz: u64, cpus: usize) -> (u32, u32) {
     let per_s = hz.saturating_mul(cpus.max(1) as u64);
     let size = |n: u64, min: u32, max: u32| {
@@ -89,8 +90,8 @@ fn table_sizes(hz: u64, cpus: usize) -> (u32, u32) {
             .clamp(min, max)
     };
     (
-        size(per_s.saturating_mul(2 * 8), 1024, STACKS_MAX),
-        size(per_s.saturating_mul(2 * 2), 1024, COUNTS_MAX),
+        size(per_s.saturating_mul(2 * 2), 512, STACKS_MAX),
+        size(per_s, 256, COUNTS_MAX),
     )
 }
 
@@ -269,9 +270,10 @@ mod tests {
 
     #[test]
     fn table_sizes_follow_the_rate() {
-        assert_eq!(table_sizes(49, 2), (2048, 1024));
-        assert_eq!(table_sizes(99, 2), (4096, 1024));
+        assert_eq!(table_sizes(49, 2), (512, 256));
+        assert_eq!(table_sizes(99, 2), (1024, 256));
+        assert_eq!(table_sizes(999, 2), (8192, 2048));
         assert_eq!(table_sizes(10_000, 64), (STACKS_MAX, COUNTS_MAX));
-        assert_eq!(table_sizes(1, 1), (1024, 1024));
+        assert_eq!(table_sizes(1, 1), (512, 256));
     }
 }
