@@ -26,6 +26,11 @@ pub enum Choice {
         cmd: Vec<OsString>,
         metrics_out: Option<PathBuf>,
     },
+    /// `node`: every selected container of the host, each a slot.
+    Node {
+        selectors: Vec<crate::monitored::docker::Selector>,
+        retain: Duration,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -62,7 +67,7 @@ impl std::fmt::Display for StartError {
 
 impl std::error::Error for StartError {}
 
-fn start<T>(r: Result<T>) -> Result<T> {
+pub(crate) fn start<T>(r: Result<T>) -> Result<T> {
     r.map_err(|e| anyhow::Error::new(StartError(e)))
 }
 
@@ -76,7 +81,7 @@ pub fn run(cfg: Config) -> Result<i32> {
     let mut cfg = cfg;
     let ks = open_kernel_side(&cfg, &target)?;
     cfg.options.kernel_side = ks.clone();
-    let loaded = load_families(&cfg, &families.chosen, &target);
+    let loaded = load_families(&cfg, &families.chosen, target.initial.as_ref());
     trim_heap();
     let (loaded, statuses, custom_keeps) = match loaded {
         Ok(l) => l,
@@ -129,7 +134,7 @@ pub fn run(cfg: Config) -> Result<i32> {
 /// The embedded objects (~0.7–1.2 MB each, mostly BTF) were read once to load and to hash the
 /// ABI: their pages of the binary are dropped from the resident set too (read again from the
 /// file, unchanged, should anything read them later).
-fn trim_heap() {
+pub(crate) fn trim_heap() {
     // SAFETY: malloc_trim only walks and releases glibc's own free lists.
     unsafe { libc::malloc_trim(0) };
     // SAFETY: page-aligned ranges inside read-only data of our own binary's file mapping;
@@ -147,13 +152,13 @@ fn trim_heap() {
 
 /// The listening socket and the web configuration (TLS, basic auth), checked before anything
 /// is loaded.
-struct Listen {
-    listener: std::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    auth: Option<export::web::BasicAuth>,
+pub(crate) struct Listen {
+    pub(crate) listener: std::net::TcpListener,
+    pub(crate) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(crate) auth: Option<export::web::BasicAuth>,
 }
 
-fn bind(cfg: &Config) -> Result<Listen> {
+pub(crate) fn bind(cfg: &Config) -> Result<Listen> {
     let listener = start(std::net::TcpListener::bind(cfg.listen).with_context(|| {
         format!(
             "cannot listen on {} (is another program using that port? choose one with --listen)",
@@ -178,11 +183,11 @@ fn bind(cfg: &Config) -> Result<Listen> {
     })
 }
 
-struct Chosen {
+pub(crate) struct Chosen {
     /// In FAMILIES' order.
-    chosen: Vec<&'static probes::Family>,
+    pub(crate) chosen: Vec<&'static probes::Family>,
     /// Default families left out for a missing capability.
-    skipped: Vec<ProbeStatus>,
+    pub(crate) skipped: Vec<ProbeStatus>,
 }
 
 /// The families to load: known names only, in FAMILIES' order whatever the order of --probes
@@ -190,7 +195,7 @@ struct Chosen {
 /// offers them: probes::dispatch). A default family that needs a capability the user did not
 /// grant is skipped (and reported); one the user asked for by name makes the start fail with
 /// the flag to add.
-fn choose_families(cfg: &Config) -> Result<Chosen> {
+pub(crate) fn choose_families(cfg: &Config) -> Result<Chosen> {
     for p in &cfg.probes {
         if probes::registry::family(p).is_none() {
             let known: Vec<_> = probes::registry::FAMILIES.iter().map(|f| f.name).collect();
@@ -229,7 +234,7 @@ fn choose_families(cfg: &Config) -> Result<Chosen> {
     Ok(Chosen { chosen, skipped })
 }
 
-fn enable_bpf_stats(on: bool) -> Result<Option<std::os::fd::OwnedFd>> {
+pub(crate) fn enable_bpf_stats(on: bool) -> Result<Option<std::os::fd::OwnedFd>> {
     if !on {
         return Ok(None);
     }
@@ -253,6 +258,9 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
     let mount = monitored::cgroup::cgroup2_mount();
     let (spec, run_cmd) = match &cfg.choice {
         Choice::Sidecar => (TargetSpec::Sidecar, None),
+        Choice::Node { .. } => {
+            return start(Err(anyhow::anyhow!("node mode is served by node::run")));
+        }
         Choice::Pid(p) => (TargetSpec::Pid(*p), None),
         Choice::Tree(p) => (TargetSpec::Tree(*p), None),
         Choice::Container(c) => (TargetSpec::Container(c.clone()), None),
@@ -320,17 +328,14 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
     })
 }
 
-/// The kernel side: shared unless asked otherwise, bpffs is missing, or the target is known by
-/// pid namespace only (cgroup v1: its filter cannot be one slot among others).
-fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side::Handle> {
-    use crate::kernel_side::{Choice as KsChoice, KernelSide};
+/// This slot's SIDECAR_SLOT_* settings, from the options.
+pub(crate) fn slot_flags(o: &probes::Options) -> u64 {
     let mut flags = 0;
-    if cfg.options.syscall_latency {
+    if o.syscall_latency {
         flags |= sidecar_ebpf::SLOT_SYSCALL_LATENCY;
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }
-    let o = &cfg.options;
     if o.bash_readline {
         flags |= sidecar_ebpf::SLOT_BASH_READLINE;
     }
@@ -358,6 +363,14 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
     if o.http_paths {
         flags |= sidecar_ebpf::SLOT_RUNTIME_HTTP_PATHS;
     }
+    flags
+}
+
+/// The kernel side: shared unless asked otherwise, bpffs is missing, or the target is known by
+/// pid namespace only (cgroup v1: its filter cannot be one slot among others).
+fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side::Handle> {
+    use crate::kernel_side::{Choice as KsChoice, KernelSide};
+    let flags = slot_flags(&cfg.options);
     let pidns = target
         .initial
         .as_ref()
@@ -389,11 +402,15 @@ fn open_kernel_side(cfg: &Config, target: &Target) -> Result<crate::kernel_side:
 
 /// What loading gave: the probes attached, every family's status, and the capabilities the
 /// user probes keep.
-type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
+pub(crate) type Loaded = (Vec<Arc<dyn Probe>>, Vec<ProbeStatus>, Vec<caps::Capability>);
 
 /// Load the chosen families and the user's probes; one that fails is reported and skipped, never
 /// fatal. Then every loaded one points its kernel filter at the target.
-fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) -> Result<Loaded> {
+pub(crate) fn load_families(
+    cfg: &Config,
+    families: &[&probes::Family],
+    initial: Option<&monitored::Resolved>,
+) -> Result<Loaded> {
     let mut loaded: Vec<Arc<dyn Probe>> = Vec::new();
     let mut statuses = Vec::new();
     let mut report = |name: &'static str, t0: Instant, r: Result<(), String>| match r {
@@ -431,7 +448,7 @@ fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) ->
     let mut custom_keeps = Vec::new();
     for spec in &cfg.custom {
         let t0 = Instant::now();
-        match probes::registry::load_user_probe(spec, &cfg.options, target.initial.as_ref()) {
+        match probes::registry::load_user_probe(spec, &cfg.options, initial) {
             Ok(l) => {
                 report(l.probe.name(), t0, Ok(()));
                 custom_keeps.extend(l.keeps);
@@ -444,10 +461,7 @@ fn load_families(cfg: &Config, families: &[&probes::Family], target: &Target) ->
         }
     }
     for p in &loaded {
-        start(
-            p.on_target(target.initial.as_ref())
-                .map_err(anyhow::Error::from),
-        )?;
+        start(p.on_target(initial).map_err(anyhow::Error::from))?;
     }
     Ok((loaded, statuses, custom_keeps))
 }
@@ -586,7 +600,7 @@ async fn wait_command(mut child: std::process::Child) -> Result<i32> {
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     tokio::select! {
@@ -759,7 +773,7 @@ impl Drop for Handoff {
     }
 }
 
-fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     // Kernels since 5.11 charge BPF memory to the cgroup and ignore this; older ones need it.
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,

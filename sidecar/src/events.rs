@@ -112,13 +112,13 @@ pub fn router(sink: EventSink) -> axum::Router {
 }
 
 #[derive(serde::Deserialize)]
-struct EventsQuery {
+pub struct EventsQuery {
     /// Comma-separated kinds to keep (all when absent).
-    kind: Option<String>,
+    pub kind: Option<String>,
 }
 
 /// Events as they happen, one JSON object per line, until the client goes away.
-async fn stream(
+pub async fn stream(
     sink: EventSink,
     axum::extract::Query(q): axum::extract::Query<EventsQuery>,
 ) -> axum::response::Response {

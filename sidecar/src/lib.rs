@@ -9,6 +9,7 @@ pub mod http_path;
 pub mod kernel_side;
 pub mod metrics;
 pub mod monitored;
+pub mod node;
 pub mod output;
 pub mod probes;
 pub mod seccomp;

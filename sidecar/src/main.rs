@@ -156,6 +156,20 @@ enum Command {
         #[arg(required = true, last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
     },
+    /// Node mode: every container of the host (or those --containers selects), each a slot of
+    /// the shared kernel side, with the same families and metrics as a sidecar plus the labels
+    /// container, container_id, image (and pod, namespace from Kubernetes' labels). Needs the
+    /// host's pid namespace (--pid=host), /sys/fs/bpf, and the Docker socket for names (without
+    /// it: containers found by cgroup, container_id only).
+    Node {
+        /// Which containers: `label=KEY=VALUE` or `name=REGEX` (anchored, on the name without
+        /// its leading slash); repeatable, a container matching any is monitored. Default: all.
+        #[arg(long = "containers", value_name = "SELECTOR")]
+        containers: Vec<String>,
+        /// Seconds a removed container's series stay after it is gone (its last values).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+        retain_seconds: u64,
+    },
     /// List the probe families; with --metrics, every metric of every family, one line each:
     /// `family name type labels help`.
     Probes {
@@ -277,6 +291,35 @@ fn main() {
             options.seccomp_out = seccomp_out;
             Choice::Run { cmd, metrics_out }
         }
+        Some(Command::Node {
+            containers,
+            retain_seconds,
+        }) => {
+            if cli.target_pid.is_some()
+                || cli.target_container.is_some()
+                || cli.target_tree.is_some()
+            {
+                eprintln!(
+                    "error: node monitors every container; drop --target-pid/--target-tree/--target-container (select with --containers)"
+                );
+                std::process::exit(2);
+            }
+            let selectors = match containers
+                .iter()
+                .map(|s| sidecar::monitored::docker::Selector::parse(s))
+                .collect::<Result<Vec<_>, _>>()
+            {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: --containers {e}");
+                    std::process::exit(2);
+                }
+            };
+            Choice::Node {
+                selectors,
+                retain: Duration::from_secs(retain_seconds),
+            }
+        }
         Some(tool) => std::process::exit(tool_command(tool, &cli)),
         None => match (
             cli.target_pid,
@@ -290,7 +333,12 @@ fn main() {
         },
     };
     let cfg = config(cli, &matches, choice, options);
-    match app::run(cfg) {
+    let ran = if matches!(cfg.choice, Choice::Node { .. }) {
+        sidecar::node::run(cfg)
+    } else {
+        app::run(cfg)
+    };
+    match ran {
         Ok(code) => std::process::exit(code),
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -362,7 +410,9 @@ fn tool_command(command: Command, cli: &Cli) -> i32 {
             }
             0
         }
-        Command::Run { .. } => unreachable!("run is not a tool command"),
+        Command::Run { .. } | Command::Node { .. } => {
+            unreachable!("run and node are not tool commands")
+        }
     }
 }
 

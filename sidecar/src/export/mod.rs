@@ -126,6 +126,15 @@ pub const KERNEL_SIDE_TARGETS: Metric = Metric::gauge(
     "Sidecars sharing this kernel side now (slots held, this one included; 1 when private).",
 );
 
+pub const NODE_CONTAINERS: Metric = Metric::gauge(
+    "ebpf_sidecar_node_containers",
+    "Node mode: containers monitored now (removed ones kept for --retain-seconds are not counted).",
+);
+pub const NODE_UPTIME: Metric = Metric::gauge(
+    "ebpf_sidecar_node_uptime_seconds",
+    "Node mode: seconds since it started.",
+);
+
 /// The sidecar's own metrics (family `sidecar` in `ebpf-sidecar probes --metrics`).
 pub const METRICS: &[Metric] = &[
     BUILD,
@@ -142,6 +151,8 @@ pub const METRICS: &[Metric] = &[
     KERNEL_SIDE_TARGETS,
     PROGRAM_RUN_SECONDS,
     PROGRAM_RUNS,
+    NODE_CONTAINERS,
+    NODE_UPTIME,
 ];
 
 /// Every metric the sidecar can write, as `family name type labels help` lines: its own

@@ -322,29 +322,47 @@ pub fn writable_bpffs() -> Result<(), String> {
     Ok(())
 }
 
-/// A process-wide guard: the set's teardown runs once, even if both the signal path and the
-/// normal exit call it.
-pub(crate) static LEFT: Mutex<bool> = Mutex::new(false);
+/// Every slot this process holds (one for a sidecar, one per container in node mode).
+static HANDLES: Mutex<Vec<Handle>> = Mutex::new(Vec::new());
+
+fn leave_all() {
+    let handles = HANDLES.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for h in handles {
+        h.leave();
+    }
+}
 
 /// Leave the set on every way out of the process that runs Rust code: an error return from
-/// main and a panic (SIGTERM/SIGINT are handled by the server's shutdown path).
+/// main and a panic (SIGTERM/SIGINT are handled by the server's shutdown path). Each slot is
+/// left once, whichever path comes first.
 pub fn install_exit_hook(handle: Handle) {
     if handle.dir().is_none() {
         return;
     }
-    let prev = std::panic::take_hook();
-    let h = handle.clone();
-    std::panic::set_hook(Box::new(move |info| {
-        h.leave();
-        prev(info);
-    }));
-    static HANDLE: std::sync::OnceLock<Handle> = std::sync::OnceLock::new();
-    let _ = HANDLE.set(handle);
-    extern "C" fn at_exit() {
-        if let Some(h) = HANDLE.get() {
-            h.leave();
+    HANDLES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(handle);
+    static HOOKED: std::sync::Once = std::sync::Once::new();
+    HOOKED.call_once(|| {
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            leave_all();
+            prev(info);
+        }));
+        extern "C" fn at_exit() {
+            leave_all();
         }
-    }
-    // SAFETY: registering a plain extern "C" function.
-    unsafe { libc::atexit(at_exit) };
+        // SAFETY: registering a plain extern "C" function.
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
+/// Forget a slot left for good (node mode: a removed container), so the exit hook does not
+/// keep its handle.
+pub fn forget(handle: &Handle) {
+    HANDLES
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|h| !Arc::ptr_eq(&h.0, &handle.0));
 }

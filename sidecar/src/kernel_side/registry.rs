@@ -5,8 +5,8 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aya::maps::{Array, HashMap, MapData, MapError};
@@ -56,9 +56,6 @@ fn token() -> u64 {
     })
 }
 
-/// Set when this process has left its set: the heartbeat stops.
-static STOPPED: AtomicBool = AtomicBool::new(false);
-
 pub struct Registry {
     pub dir: PathBuf,
     pub slot: u32,
@@ -71,6 +68,10 @@ pub struct Registry {
     locked: AtomicBool,
     cgroup: AtomicU64,
     beating: AtomicBool,
+    /// `leave` ran (once per slot: the signal path and the exit hook may both call it).
+    left: Arc<AtomicBool>,
+    /// The slot was given back: the heartbeat stops.
+    stopped: Arc<AtomicBool>,
 }
 
 fn now_ns() -> u64 {
@@ -111,6 +112,8 @@ impl Registry {
                 locked: AtomicBool::new(false),
                 cgroup: AtomicU64::new(cgroup_id),
                 beating: AtomicBool::new(false),
+                left: Arc::default(),
+                stopped: Arc::default(),
             };
             reg.lock()?;
             // The last sidecar may have torn the set down (and another made a new one) while
@@ -302,7 +305,7 @@ impl Registry {
     /// Refresh our claim; false (and said once) when the slot was reclaimed meanwhile: we
     /// stalled past STALE, and it was cleared and may be someone else's now.
     fn beat(&self) -> bool {
-        if STOPPED.load(Ordering::Acquire) {
+        if self.stopped.load(Ordering::Acquire) {
             return false;
         }
         if !self.holds_slot() {
@@ -345,6 +348,8 @@ impl Registry {
                 locked: AtomicBool::new(false),
                 cgroup: AtomicU64::new(self.cgroup.load(Ordering::Acquire)),
                 beating: AtomicBool::new(true),
+                left: self.left.clone(),
+                stopped: self.stopped.clone(),
             },
             Err(e) => {
                 tracing::error!("kernel side: no heartbeat ({e}); the slot will be reclaimed");
@@ -413,12 +418,8 @@ impl Registry {
 
     /// Leave: clear our slot; the last sidecar out removes the whole set.
     pub fn leave(&self) {
-        {
-            let mut left = super::LEFT.lock().unwrap_or_else(|p| p.into_inner());
-            if *left {
-                return;
-            }
-            *left = true;
+        if self.left.swap(true, Ordering::AcqRel) {
+            return;
         }
         if self.lock().is_err() {
             tracing::warn!("kernel side: leaving without the lock");
@@ -430,7 +431,7 @@ impl Registry {
             clear_slot(&self.dir, self.slot);
             let _ = self.map().remove(&self.slot);
         }
-        STOPPED.store(true, Ordering::Release);
+        self.stopped.store(true, Ordering::Release);
         if current && self.live_slots() == 0 {
             match std::fs::remove_dir_all(&self.dir) {
                 Ok(()) => tracing::info!(

@@ -113,6 +113,151 @@ pub fn inspect(reference: &str) -> Result<Option<ContainerInfo>, TargetError> {
     }
 }
 
+#[derive(Deserialize)]
+struct Listed {
+    #[serde(rename = "Id")]
+    id: String,
+}
+
+/// Ids of the running containers.
+pub fn list() -> Result<Vec<String>, TargetError> {
+    let (status, body) = get("/containers/json")?;
+    if status != 200 {
+        return Err(TargetError::Docker(format!(
+            "GET /containers/json: HTTP {status}: {}",
+            String::from_utf8_lossy(&body).trim()
+        )));
+    }
+    let v: Vec<Listed> = serde_json::from_slice(&body)
+        .map_err(|e| TargetError::Docker(format!("decoding the container list: {e}")))?;
+    Ok(v.into_iter().map(|c| c.id).collect())
+}
+
+/// A container lifecycle event from Docker's event stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// start, die, destroy, …
+    pub action: String,
+    pub id: String,
+}
+
+#[derive(Deserialize)]
+struct RawEvent {
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Action", default)]
+    action: String,
+    #[serde(rename = "Actor", default)]
+    actor: Actor,
+}
+
+#[derive(Deserialize, Default)]
+struct Actor {
+    #[serde(rename = "ID", default)]
+    id: String,
+}
+
+/// Follow Docker's container events (GET /events, one JSON object per line, as they happen)
+/// and call `on` with each; returns when the stream ends or fails (the caller reconnects).
+pub fn follow_events(mut on: impl FnMut(Event)) -> Result<(), TargetError> {
+    let path = "/events?filters=%7B%22type%22%3A%5B%22container%22%5D%7D";
+    let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: ebpf-sidecar\r\n\r\n");
+    let io_err = |what: &str, e: std::io::Error| TargetError::Docker(format!("{what}: {e}"));
+    let stream: Box<dyn Read> = match endpoint()? {
+        Endpoint::Unix(p) => {
+            let mut s = UnixStream::connect(&p)
+                .map_err(|e| io_err(&format!("connecting to the Docker socket {p}"), e))?;
+            s.write_all(req.as_bytes())
+                .map_err(|e| io_err("writing to Docker", e))?;
+            Box::new(s)
+        }
+        Endpoint::Tcp(a) => {
+            let mut s = TcpStream::connect(&a)
+                .map_err(|e| io_err(&format!("connecting to Docker at {a}"), e))?;
+            s.write_all(req.as_bytes())
+                .map_err(|e| io_err("writing to Docker", e))?;
+            Box::new(s)
+        }
+    };
+    let mut r = std::io::BufReader::new(stream);
+    let mut line = String::new();
+    // The head: a status line, headers, a blank line.
+    let mut first = true;
+    loop {
+        line.clear();
+        if std::io::BufRead::read_line(&mut r, &mut line).map_err(|e| io_err("reading", e))? == 0 {
+            return Ok(());
+        }
+        if first {
+            first = false;
+            let status = line.split_whitespace().nth(1).unwrap_or("");
+            if status != "200" {
+                return Err(TargetError::Docker(format!("GET /events: {}", line.trim())));
+            }
+        }
+        if line.trim().is_empty() {
+            break;
+        }
+    }
+    loop {
+        line.clear();
+        // Bounded: an event is a few hundred bytes; a line this long is not Docker's.
+        let n = std::io::BufRead::read_line(&mut (&mut r).take(1 << 20), &mut line)
+            .map_err(|e| io_err("reading events", e))?;
+        if n == 0 {
+            return Ok(());
+        }
+        if let Ok(e) = serde_json::from_str::<RawEvent>(line.trim())
+            && e.kind == "container"
+            && !e.actor.id.is_empty()
+        {
+            on(Event {
+                action: e.action,
+                id: e.actor.id,
+            });
+        }
+    }
+}
+
+/// `--containers`: which containers node mode monitors.
+#[derive(Clone, Debug)]
+pub enum Selector {
+    /// `label=KEY=VALUE`
+    Label(String, String),
+    /// `name=REGEX`, anchored, on the name without its leading slash.
+    Name(String, std::sync::Arc<regex_automata::meta::Regex>),
+}
+
+impl Selector {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        if let Some(rest) = s.strip_prefix("label=") {
+            let (k, v) = rest.split_once('=').ok_or_else(|| {
+                format!("{s:?}: a label selector is label=KEY=VALUE (e.g. label=team=payments)")
+            })?;
+            if k.is_empty() {
+                return Err(format!("{s:?}: the label key is empty"));
+            }
+            return Ok(Self::Label(k.to_string(), v.to_string()));
+        }
+        if let Some(re) = s.strip_prefix("name=") {
+            let anchored = format!("^(?:{re})$");
+            let r = regex_automata::meta::Regex::new(&anchored)
+                .map_err(|e| format!("{s:?}: not a valid regular expression: {e}"))?;
+            return Ok(Self::Name(re.to_string(), std::sync::Arc::new(r)));
+        }
+        Err(format!(
+            "{s:?}: a selector is label=KEY=VALUE or name=REGEX"
+        ))
+    }
+
+    pub fn matches(&self, c: &ContainerInfo) -> bool {
+        match self {
+            Self::Label(k, v) => c.labels.get(k) == Some(v),
+            Self::Name(_, r) => r.is_match(c.name.trim_start_matches('/')),
+        }
+    }
+}
+
 fn get(path: &str) -> Result<(u16, Vec<u8>), TargetError> {
     let req = format!("GET {path} HTTP/1.0\r\nHost: docker\r\nUser-Agent: ebpf-sidecar\r\n\r\n");
     let timeout = Some(Duration::from_secs(5));
@@ -158,6 +303,25 @@ fn parse_response(raw: &[u8]) -> Option<(u16, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn selectors() {
+        let c = ContainerInfo {
+            name: "web-1".into(),
+            labels: [("team".to_string(), "pay".to_string())].into(),
+            ..Default::default()
+        };
+        assert!(Selector::parse("name=web-[0-9]+").unwrap().matches(&c));
+        assert!(
+            !Selector::parse("name=web").unwrap().matches(&c),
+            "anchored"
+        );
+        assert!(Selector::parse("label=team=pay").unwrap().matches(&c));
+        assert!(!Selector::parse("label=team=ops").unwrap().matches(&c));
+        assert!(Selector::parse("name=(").is_err());
+        assert!(Selector::parse("label=team").is_err());
+        assert!(Selector::parse("image=x").is_err());
+    }
 
     #[test]
     fn references() {

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 pub use sidecar_ebpf::clang::Recipe;
 
+pub mod apps;
 mod bpftrace;
 pub mod counted;
 pub mod docker;

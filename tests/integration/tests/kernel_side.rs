@@ -9,11 +9,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use integration::apps::{CODE, app, assert_app, work};
 use integration::docker::{self, Container};
 use integration::{Metrics, free_port, http_get, require_root, sidecar_bin, wait_for, workload};
 
 const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";
-const CODE: i32 = 42;
 
 /// The host has one set per ABI: tests that count its slots or set its `--max-targets` would
 /// see each other's sidecars, so they take turns.
@@ -30,40 +30,6 @@ fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
         .collect();
     assert_eq!(info.len(), 1, "one kernel_side_info series");
     info[0].clone().into_iter().collect()
-}
-
-/// What app `i` does per trigger: distinct numbers so a count leaking between slots shows.
-fn truth(i: usize) -> (u64, u64, u64, u64) {
-    let i = i as u64;
-    // getppid, openat ENOENT, execs of true, HTTP exchanges (each its own TCP connection)
-    (1000 * (i + 1) + 7, 3 + 2 * i, 1 + i, 2 + 3 * i)
-}
-
-fn app(name: &str, i: usize) -> Container {
-    let counted = format!("{}:/counted:ro", workload("counted").display());
-    let http = format!("{}:/http_loop:ro", workload("http_loop").display());
-    let (n, m, k, _) = truth(i);
-    let (n, m, k) = (n.to_string(), m.to_string(), k.to_string());
-    let c = Container::run(
-        name,
-        &[
-            "-v",
-            &counted,
-            "-v",
-            &http,
-            "debian:bookworm-slim",
-            "/counted",
-            "serve",
-            &n,
-            &m,
-            &k,
-            &CODE.to_string(),
-        ],
-    );
-    wait_for("workload ready", Duration::from_secs(20), || {
-        c.logs().contains("ready").then_some(())
-    });
-    c
 }
 
 /// A sidecar container beside `app`, on the host's bpffs; returns it and its port.
@@ -97,76 +63,6 @@ fn sidecar(name: &str, app: &str, extra: &[&str]) -> (Container, u16) {
 
 fn scrape(port: u16) -> Metrics {
     Metrics::parse(&http_get(port, "/metrics", None).expect("scrape").2)
-}
-
-/// One run of the app's workload: counted's run (USR1) and its HTTP exchanges.
-fn work(app: &Container, i: usize, nth: usize) {
-    docker::ok(&["kill", "-s", "USR1", &app.0]);
-    wait_for("workload done", Duration::from_secs(30), || {
-        (app.logs().matches(&format!("done {CODE}")).count() >= nth).then_some(())
-    });
-    let (_, _, _, r) = truth(i);
-    let out = docker::ok(&["exec", &app.0, "/http_loop", &r.to_string()]);
-    assert!(out.contains(&format!("requests={r}")), "{out}");
-}
-
-/// `times` runs of app `i`, exactly.
-fn assert_app(m: &Metrics, i: usize, times: u64, who: &str) {
-    let (n, e, k, r) = truth(i);
-    let t = times as f64;
-    let eq = |name: &str, labels: &[(&str, &str)], want: u64| {
-        assert_eq!(
-            m.sum(name, labels),
-            want as f64 * t,
-            "{who}: {name}{labels:?}"
-        );
-    };
-    eq("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")], n);
-    eq(
-        "ebpf_sidecar_syscall_errors_total",
-        &[("syscall", "openat"), ("errno", "ENOENT")],
-        e,
-    );
-    eq("ebpf_sidecar_process_execs_total", &[("comm", "true")], k);
-    eq(
-        "ebpf_sidecar_process_exits_total",
-        &[("comm", "true"), ("code", "0"), ("signal", "0")],
-        k,
-    );
-    eq(
-        "ebpf_sidecar_process_execs_total",
-        &[("comm", "http_loop")],
-        1,
-    );
-    eq(
-        "ebpf_sidecar_tcp_connections_total",
-        &[("direction", "active")],
-        r,
-    );
-    eq(
-        "ebpf_sidecar_tcp_connections_total",
-        &[("direction", "passive")],
-        r,
-    );
-    eq(
-        "ebpf_sidecar_http_requests_total",
-        &[
-            ("direction", "server"),
-            ("method", "GET"),
-            ("status", "200"),
-        ],
-        r,
-    );
-    eq(
-        "ebpf_sidecar_http_requests_total",
-        &[
-            ("direction", "client"),
-            ("method", "GET"),
-            ("status", "200"),
-        ],
-        r,
-    );
-    assert_eq!(m.sum("ebpf_sidecar_events_lost_total", &[]), 0.0, "{who}");
 }
 
 /// Stop a sidecar container the way `docker stop` and compose do (SIGTERM): it leaves its set.
