@@ -18,6 +18,7 @@ mod disk;
 mod foundation;
 mod kernel_side;
 mod net;
+mod node;
 mod runtimes;
 mod security;
 mod stack;
@@ -79,13 +80,14 @@ fn main() -> anyhow::Result<()> {
         "kernel-side" => {
             kernel_side::run(opt("--calls", 2_000_000)?, opt("--repeat", 5)? as usize)?
         }
+        "node" => node::run(opt("--calls", 2_000_000)?, opt("--repeat", 5)? as usize)?,
         "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
         "custom" => custom::run(opt("--entries", 10_000)?, opt("--rounds", 30)? as usize)?,
         "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
         // Only the node app tables of `runtimes` (stock node 20 and node 18 --with-dtrace).
         "runtimes-node" => runtimes::node_tables(opt("--rounds", 3)? as usize)?,
         other => anyhow::bail!(
-            "unknown benchmark {other:?} (known: foundation, kernel-side, disk, net, stack, security, cpu, runtimes, runtimes-node, custom)"
+            "unknown benchmark {other:?} (known: foundation, kernel-side, node, disk, net, stack, security, cpu, runtimes, runtimes-node, custom)"
         ),
     };
     print!("{report}");
