@@ -281,17 +281,20 @@ pub fn is_common_map(name: &str) -> bool {
     )
 }
 
-/// The ABI of this build: FNV-1a of every embedded object (programs and map layouts), so two
-/// builds share a set only when their kernel sides are the same bytes.
+/// The ABI of this build: FNV-1a of every embedded object (programs and map layouts) and of the
+/// registry's layout, so two builds share a set only when their kernel sides are the same bytes
+/// and they read each other's claims alike.
 pub fn abi() -> &'static str {
     static ABI: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ABI.get_or_init(|| {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for (name, bytes) in sidecar_ebpf::objects::ALL {
-            for b in name.bytes().chain(bytes.iter().copied()) {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
+        let registry = format!("registry claim {} bytes", std::mem::size_of::<Claim>());
+        let objects = sidecar_ebpf::objects::ALL
+            .iter()
+            .flat_map(|(name, bytes)| name.bytes().chain(bytes.iter().copied()));
+        for b in objects.chain(registry.bytes()) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
         }
         format!("{h:016x}")
     })
