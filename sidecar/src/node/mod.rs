@@ -185,18 +185,33 @@ impl Node {
     /// A container is running: start monitoring it, or (a restart) point its slot at its new
     /// cgroup.
     fn started_container(&self, id: &str) {
+        enum Known {
+            Counting,
+            Paused,
+            /// Given up (removed, or seen stopped at a re-listing): its slot is gone, so it
+            /// starts over on a new one.
+            Left,
+        }
         let known = self.lock().get(id).map(|i| {
-            i.removed.is_none()
-                && i.shared
-                    .target
-                    .read()
-                    .map(|t| t.current.is_some())
-                    .unwrap_or(false)
+            if i.removed.is_some() {
+                Known::Left
+            } else if i
+                .shared
+                .target
+                .read()
+                .map(|t| t.current.is_some())
+                .unwrap_or(false)
+            {
+                Known::Counting
+            } else {
+                Known::Paused
+            }
         });
         match known {
-            Some(true) => {}
-            Some(false) => self.refresh(id),
-            None => {
+            Some(Known::Counting) => {}
+            Some(Known::Paused) => self.refresh(id),
+            Some(Known::Left) | None => {
+                self.lock().remove(id);
                 if let Err(e) = self.add(id) {
                     tracing::warn!(container = id, "not monitored: {e:#}");
                 }
