@@ -509,11 +509,7 @@ fn serve(
     child: Option<std::process::Child>,
 ) -> Result<i32> {
     let registry = Arc::new(export::registry(shared.clone()));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()?;
+    let rt = runtime()?;
     let Listen {
         listener,
         tls,
@@ -576,6 +572,16 @@ fn serve(
         shared.options.kernel_side.leave();
         Ok(0)
     })
+}
+
+/// The server's runtime: one worker (scrapes are short; the families' readers have their own
+/// threads) and a few blocking threads for map reads.
+pub(crate) fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()
 }
 
 /// Wait for `run`'s command. SIGTERM/SIGINT go to it (as if we were not there); we exit with it,

@@ -568,11 +568,7 @@ fn serve(node: Arc<Node>, listen: app::Listen) -> Result<i32> {
         }
     }
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .max_blocking_threads(4)
-        .enable_all()
-        .build()?;
+    let rt = app::runtime()?;
     let app::Listen {
         listener,
         tls,

@@ -72,22 +72,12 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
 /// requests still in flight from an earlier owner of the slot are not counted as ours.
 fn write_epoch(obj: &mut Object) -> Result<(), ProbeError> {
     const MAP: &str = "disk_epoch";
-    let err = |detail: String| ProbeError::Map {
-        family: "disk",
-        map: MAP.into(),
-        detail,
-    };
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let epoch = (nanos ^ (u64::from(std::process::id()) << 44)).max(1);
-    let map = obj
-        .slot_map_mut(MAP)
-        .ok_or_else(|| err("this slot's map is missing".into()))?;
-    let mut arr: aya::maps::Array<&mut aya::maps::MapData, u64> =
-        aya::maps::Array::try_from(map).map_err(|e| err(e.to_string()))?;
-    arr.set(0, epoch, 0).map_err(|e| err(e.to_string()))
+    obj.write_slot_array(MAP, [epoch])
 }
 
 pub fn op_name(op: u32) -> &'static str {

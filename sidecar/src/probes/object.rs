@@ -287,24 +287,37 @@ impl Object {
         &self.ks
     }
 
-    /// This slot's inner map of per-target map `name` (SIDECAR_SLOT_MAP), to write: a per-slot
-    /// setting, say. None when the object has no such map or loaded without it.
-    pub fn slot_map_mut(&mut self, name: &str) -> Option<&mut aya::maps::Map> {
-        self.slot_maps.get_mut(name)
-    }
-
     /// Take this slot's inner map of per-target map `name` out of the object (for a thread that
     /// owns it from then on); [`Maps::get`] no longer finds it.
     pub fn take_slot_map(&mut self, name: &str) -> Option<aya::maps::Map> {
         self.slot_maps.remove(name)
     }
 
-    /// Take this slot's inner ring buffer `name` (a per-target map of BPF_MAP_TYPE_RINGBUF) out of
-    /// the object, for a reader of its own: it holds only this slot's events.
-    pub fn take_slot_ring(
+    /// Take this slot's inner map `name` out of the object as `M` (a ring buffer, say, for a
+    /// reader of its own: it holds only this slot's data); [`Maps::get`] no longer finds it.
+    pub fn take_slot_map_as<M>(&mut self, name: &str) -> Result<M, ProbeError>
+    where
+        M: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+    {
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: name.to_string(),
+            detail,
+        };
+        let map = self
+            .take_slot_map(name)
+            .ok_or_else(|| map_err("no inner map for this slot".into()))?;
+        M::try_from(map).map_err(|e| map_err(e.to_string()))
+    }
+
+    /// Write `values` from index 0 into this slot's inner array `name`: per-slot settings the
+    /// kernel reads in the slot's own copy.
+    pub fn write_slot_array<V: Pod>(
         &mut self,
         name: &str,
-    ) -> Result<aya::maps::RingBuf<aya::maps::MapData>, ProbeError> {
+        values: impl IntoIterator<Item = V>,
+    ) -> Result<(), ProbeError> {
         let family = self.family;
         let map_err = |detail: String| ProbeError::Map {
             family,
@@ -313,9 +326,14 @@ impl Object {
         };
         let map = self
             .slot_maps
-            .remove(name)
+            .get_mut(name)
             .ok_or_else(|| map_err("no inner map for this slot".into()))?;
-        aya::maps::RingBuf::try_from(map).map_err(|e| map_err(e.to_string()))
+        let mut arr: Array<&mut aya::maps::MapData, V> =
+            Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
+        for (i, v) in (0..).zip(values) {
+            arr.set(i, v, 0).map_err(|e| map_err(e.to_string()))?;
+        }
+        Ok(())
     }
 
     /// Load raw_tp `program` without attaching it and return a duplicate of its fd: for a

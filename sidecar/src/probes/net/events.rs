@@ -10,7 +10,7 @@ use aya::maps::{MapData, RingBuf};
 use serde_json::{Value, json};
 use sidecar_ebpf::net_pkt::{self as k, ConnEvent, counter as c};
 
-use super::{Object, ProbeError, map_err, take_slot_ring};
+use super::{Object, ProbeError, map_err};
 use crate::events::{EventSink, rfc3339_from_monotonic};
 use crate::probes::object::Maps;
 
@@ -62,7 +62,7 @@ pub struct Events(Mutex<Option<RingBuf<MapData>>>);
 impl Events {
     pub fn new(obj: &mut Object, enabled: bool) -> Result<Self, ProbeError> {
         let ring = if enabled {
-            Some(take_slot_ring(obj, "net_events")?)
+            Some(obj.take_slot_map_as("net_events")?)
         } else {
             None
         };

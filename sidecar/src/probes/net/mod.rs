@@ -32,7 +32,7 @@ use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 
 use aya::Pod;
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::net::counter as c;
 
@@ -219,14 +219,6 @@ fn map_err(map: &str, detail: impl fmt::Display) -> ProbeError {
         map: map.to_string(),
         detail: detail.to_string(),
     }
-}
-
-/// Take this slot's ring buffer `name` out of the object, for a reader thread to own (at load).
-fn take_slot_ring(obj: &mut Object, name: &str) -> Result<RingBuf<MapData>, ProbeError> {
-    let map = obj
-        .take_slot_map(name)
-        .ok_or_else(|| map_err(name, "no inner map for this slot"))?;
-    RingBuf::try_from(map).map_err(|e| map_err(name, e))
 }
 
 /// Every slot of a per-CPU array with its index: a slot that cannot be read is counted against

@@ -11,7 +11,7 @@ use aya::maps::{Array, MapData, RingBuf};
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::net_pkt::{self as k, PcapCfg, PcapHdr, counter as c};
 
-use super::{NetMode, Object, ProbeError, map_err, take_slot_ring};
+use super::{NetMode, Object, ProbeError, map_err};
 use crate::metrics::Metric;
 use crate::probes::Probe;
 use crate::probes::object::Maps;
@@ -99,11 +99,8 @@ impl Capture {
     /// `obj` was loaded with this slot's capture maps when `allowed` (without them otherwise).
     pub fn new(obj: &mut Object, allowed: bool, mode: NetMode) -> Result<Self, ProbeError> {
         let (ring, cfg) = if allowed {
-            let cfg = obj
-                .take_slot_map("net_pcap_cfg")
-                .ok_or_else(|| map_err("net_pcap_cfg", "no inner map for this slot"))?;
-            let cfg = Array::try_from(cfg).map_err(|e| map_err("net_pcap_cfg", e))?;
-            (Some(take_slot_ring(obj, "net_pcap_ring")?), Some(cfg))
+            let cfg = obj.take_slot_map_as("net_pcap_cfg")?;
+            (Some(obj.take_slot_map_as("net_pcap_ring")?), Some(cfg))
         } else {
             (None, None)
         };

@@ -143,12 +143,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         },
     )?;
     let (counts, stacks, config) = {
-        let mut take = |name: &str| {
-            obj.take_slot_map(name)
-                .ok_or_else(|| map_err(name, "this slot's map is missing".into()))
-        };
-        let mut config: Array<MapData, ProfileCfg> = Array::try_from(take("profile_config")?)
-            .map_err(|e| map_err("profile_config", e.to_string()))?;
+        let mut config: Array<MapData, ProfileCfg> = obj.take_slot_map_as("profile_config")?;
         let ns = std::fs::metadata("/proc/self/ns/pid")
             .map_err(|e| map_err("profile_config", e.to_string()))?;
         config
@@ -164,10 +159,8 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             )
             .map_err(|e| map_err("profile_config", e.to_string()))?;
         (
-            aya::maps::HashMap::try_from(take("profile_counts")?)
-                .map_err(|e| map_err("profile_counts", e.to_string()))?,
-            StackTraceMap::try_from(take("profile_stacks")?)
-                .map_err(|e| map_err("profile_stacks", e.to_string()))?,
+            obj.take_slot_map_as("profile_counts")?,
+            obj.take_slot_map_as::<StackTraceMap<MapData>>("profile_stacks")?,
             config,
         )
     };

@@ -144,21 +144,11 @@ fn attach_syscall_tracepoints(obj: &mut Object) -> Result<(), ProbeError> {
 
 /// Write this target's settings (`rt_config`): the pid namespace its node pids are numbered in.
 fn write_config(obj: &mut Object, pidns: (u64, u64)) -> Result<(), ProbeError> {
-    let err = |detail: String| ProbeError::Map {
-        family: "runtimes",
-        map: "rt_config".into(),
-        detail,
-    };
-    let map = obj
-        .take_slot_map("rt_config")
-        .ok_or_else(|| err("not in the object".into()))?;
-    let mut cfg: aya::maps::Array<MapData, sidecar_ebpf::RtConfig> =
-        aya::maps::Array::try_from(map).map_err(|e| err(e.to_string()))?;
     let value = sidecar_ebpf::RtConfig {
         pidns_dev: pidns.0,
         pidns_ino: pidns.1,
     };
-    cfg.set(0, value, 0).map_err(|e| err(e.to_string()))
+    obj.write_slot_array("rt_config", [value])
 }
 
 impl Inner {
@@ -195,16 +185,7 @@ impl Inner {
             );
         }
         let specs = Specs::take(&mut obj)?;
-        let loop_err = |detail: String| ProbeError::Map {
-            family: "runtimes",
-            map: "rt_loop_pids".into(),
-            detail,
-        };
-        let loop_pids = obj
-            .take_slot_map("rt_loop_pids")
-            .ok_or_else(|| loop_err("not in the object".into()))?;
-        let loop_pids =
-            aya::maps::HashMap::try_from(loop_pids).map_err(|e| loop_err(e.to_string()))?;
+        let loop_pids = obj.take_slot_map_as("rt_loop_pids")?;
         Ok(Self {
             obj,
             progs,

@@ -8,7 +8,6 @@
 use std::fmt;
 use std::sync::Arc;
 
-use aya::maps::Array;
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
     SEC_HOOK_DISPATCH, SEC_HOOK_RAW, SEC_HOOK_TRACEPOINTS, SEC_KINDS, SEC_PREFIX_LEN, SEC_PREFIXES,
@@ -118,8 +117,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     } else {
         opts.sensitive_paths.iter().map(String::as_str).collect()
     };
-    write_slot_array(
-        &mut obj,
+    obj.write_slot_array(
         "sensitive_prefixes",
         wanted.iter().take(SEC_PREFIXES as usize).map(|p| {
             let mut v = SecPrefix {
@@ -131,8 +129,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         }),
     )?;
     let syscall_hook = attach_syscall_hook(&mut obj, opts)?;
-    write_slot_array(
-        &mut obj,
+    obj.write_slot_array(
         "security_config",
         [SecurityConfig {
             syscall_hook,
@@ -142,7 +139,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_raw_tp("security_exec", "sched_process_exec")?;
     obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
     let sensitive = Sensitive::load(&mut obj, opts)?;
-    let ring = obj.take_slot_ring("security_events")?;
+    let ring = obj.take_slot_map_as("security_events")?;
     let obj = Arc::new(obj);
     Ok(Arc::new(Security {
         reader: Arc::new(Reader::new(obj.clone(), ring, opts.tls_samples_raw)),
@@ -150,27 +147,6 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         sensitive,
         tls_comms: LabelBudget::new(opts.top_n),
     }))
-}
-
-/// Write `values` from index 0 into this slot's inner array `name`.
-fn write_slot_array<V: aya::Pod>(
-    obj: &mut Object,
-    name: &str,
-    values: impl IntoIterator<Item = V>,
-) -> Result<(), ProbeError> {
-    let map_err = |detail: String| ProbeError::Map {
-        family: "security",
-        map: name.into(),
-        detail,
-    };
-    let map = obj
-        .slot_map_mut(name)
-        .ok_or_else(|| map_err("no inner map for this slot".into()))?;
-    let mut arr: Array<_, V> = Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
-    for (i, v) in (0..).zip(values) {
-        arr.set(i, v, 0).map_err(|e| map_err(e.to_string()))?;
-    }
-    Ok(())
 }
 
 /// Hook the entry of the watched syscalls: the syscalls family's jump slot when it offers one
