@@ -197,3 +197,25 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The slot and whether it created the set, from a sidecar's log line "kernel side: shared"
+/// (None: not on a shared kernel side). The log may carry ANSI colours.
+pub fn shared_slot(log: &str) -> Option<(u32, bool)> {
+    let mut plain = String::new();
+    let mut esc = false;
+    for c in log.chars() {
+        match (esc, c) {
+            (false, '\x1b') => esc = true,
+            (true, 'm') => esc = false,
+            (false, c) => plain.push(c),
+            _ => {}
+        }
+    }
+    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .map(str::to_string)
+    };
+    Some((field("slot")?.parse().ok()?, field("created")? == "true"))
+}

@@ -16,22 +16,35 @@ pub struct Sidecar {
 impl Sidecar {
     /// Start the binary with `args` (plus --listen) and wait until it serves metrics.
     pub fn start(args: &[&str]) -> Self {
+        Self::start_with(&sidecar_bin(), args, &[], Duration::from_secs(30))
+    }
+
+    /// Start `bin` (this build, or another) with `args` and `env`, and wait up to `ready_within`
+    /// until it serves. `--listen` goes first (it is global), so `args` may be a subcommand
+    /// with its own `-- CMD`.
+    pub fn start_with(
+        bin: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        ready_within: Duration,
+    ) -> Self {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("ebpf-sidecar-test-{port}.log"));
-        let child = Command::new(sidecar_bin())
-            .args(args)
+        let child = Command::new(bin)
             .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("starting ebpf-sidecar");
         let mut s = Self { child, port, log };
-        s.wait_ready();
+        s.wait_ready(ready_within);
         s
     }
 
-    fn wait_ready(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+    fn wait_ready(&mut self, within: Duration) {
+        let deadline = Instant::now() + within;
         while Instant::now() < deadline {
             if let Ok(Some(st)) = self.child.try_wait() {
                 panic!("sidecar exited early ({st}):\n{}", self.log_text());
@@ -41,7 +54,10 @@ impl Sidecar {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("sidecar did not serve within 30 s:\n{}", self.log_text());
+        panic!(
+            "sidecar did not serve within {within:?}:\n{}",
+            self.log_text()
+        );
     }
 
     pub fn log_text(&self) -> String {

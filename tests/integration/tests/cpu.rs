@@ -139,28 +139,6 @@ fn context_switches_match_the_kernels_counters_with_exits() {
     );
 }
 
-/// The slot and whether it created the set, from a sidecar's log line "kernel side: shared"
-/// (None: not on a shared kernel side).
-fn shared_slot(log: &str) -> Option<(u32, bool)> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in log.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (false, c) => plain.push(c),
-            _ => {}
-        }
-    }
-    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .map(str::to_string)
-    };
-    Some((field("slot")?.parse().ok()?, field("created")? == "true"))
-}
-
 /// `run --probes cpu -- cpu_burn switches K M` started (not waited for): the child, its metrics
 /// file, its log.
 fn start_switches(tag: &str, k: u32, m: u32) -> (std::process::Child, PathBuf, PathBuf, u16) {
@@ -221,8 +199,10 @@ fn two_sidecars_on_a_shared_kernel_side_count_their_own_switches_only() {
         std::fs::read_to_string(&a_log).unwrap(),
         std::fs::read_to_string(&b_log).unwrap(),
     );
-    let (a_slot, a_created) = shared_slot(&a_log).expect("first sidecar on a shared kernel side");
-    let (b_slot, b_created) = shared_slot(&b_log).expect("second sidecar on a shared kernel side");
+    let (a_slot, a_created) =
+        integration::shared_slot(&a_log).expect("first sidecar on a shared kernel side");
+    let (b_slot, b_created) =
+        integration::shared_slot(&b_log).expect("second sidecar on a shared kernel side");
     assert!(a_created && !b_created, "the second joined the first's set");
     assert_ne!(a_slot, b_slot);
 

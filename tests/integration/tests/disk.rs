@@ -360,28 +360,6 @@ fn sidecar_image_in_pid_container_mode_counts_its_app_only() {
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
 }
 
-/// The slot and whether it created the set, from a sidecar's log line "kernel side: shared"
-/// (None: not on a shared kernel side).
-fn shared_slot(log: &str) -> Option<(u32, bool)> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in log.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (false, c) => plain.push(c),
-            _ => {}
-        }
-    }
-    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
-    let field = |k: &str| {
-        line.split_whitespace()
-            .find_map(|w| w.strip_prefix(&format!("{k}=")))
-            .map(str::to_string)
-    };
-    Some((field("slot")?.parse().ok()?, field("created")? == "true"))
-}
-
 /// Two sidecars at once on one shared kernel side (the default `--kernel-side auto` with bpffs
 /// mounted), each running its own O_DIRECT workload on its own file: the block hooks and the
 /// in-flight table are the host's, and each sidecar counts exactly its own target's requests
@@ -451,8 +429,10 @@ fn two_sidecars_on_a_shared_kernel_side_count_their_own_io_only() {
     );
     let a_log = std::fs::read_to_string(&a_log).unwrap();
     let b_log = std::fs::read_to_string(&b_log).unwrap();
-    let (a_slot, a_created) = shared_slot(&a_log).expect("first sidecar on a shared kernel side");
-    let (b_slot, b_created) = shared_slot(&b_log).expect("second sidecar on a shared kernel side");
+    let (a_slot, a_created) =
+        integration::shared_slot(&a_log).expect("first sidecar on a shared kernel side");
+    let (b_slot, b_created) =
+        integration::shared_slot(&b_log).expect("second sidecar on a shared kernel side");
     assert!(a_created && !b_created, "the second joined the first's set");
     assert_ne!(a_slot, b_slot);
 

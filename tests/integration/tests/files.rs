@@ -308,27 +308,6 @@ fn base_image() {
     );
 }
 
-/// The slot a sidecar's log says it got on the shared kernel side (None: not shared).
-fn shared_slot(log: &str) -> Option<u32> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in log.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
-    let at = line.find("slot=")? + "slot=".len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 /// Two `run` sidecars at once on the one shared kernel side, each around its own files_io
 /// (different numbers of files, failed opens and fsyncs), held at a gate until both serve:
 /// each sidecar reports exactly its own workload and nothing of the other's.
@@ -401,7 +380,10 @@ fn two_sidecars_on_the_shared_kernel_side_each_count_their_own() {
     }
     let slots: Vec<Option<u32>> = runs
         .iter()
-        .map(|r| shared_slot(&std::fs::read_to_string(&r.log).unwrap_or_default()))
+        .map(|r| {
+            integration::shared_slot(&std::fs::read_to_string(&r.log).unwrap_or_default())
+                .map(|(slot, _)| slot)
+        })
         .collect();
     assert!(
         slots.iter().all(Option::is_some) && slots[0] != slots[1],

@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use integration::apps::{CODE, app, assert_app, work};
 use integration::docker::{self, Container};
-use integration::{Metrics, free_port, http_get, require_root, sidecar_bin, wait_for, workload};
+use integration::{
+    Metrics, Sidecar, free_port, http_get, require_root, sidecar_bin, wait_for, workload,
+};
 
 const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";
 
@@ -301,7 +303,7 @@ fn mixed_options_on_one_set_and_a_private_sidecar_beside_it() {
         )
     };
     // A long-lived member keeps the set up while the others come and go.
-    let keeper = RunServer::start(
+    let keeper = run_server(
         &sidecar_bin(),
         &["--probes", "process,syscalls"],
         &["sleep", "60"],
@@ -385,7 +387,7 @@ fn bad_kernel_side_input_exits_2_with_the_reason() {
     // A full set: the second sidecar gets no slot. `--max-targets` is fixed by whoever creates
     // the set, so start from none.
     no_set_left();
-    let keeper = RunServer::start(
+    let keeper = run_server(
         &sidecar_bin(),
         &["--max-targets", "1", "--probes", "process"],
         &["sleep", "60"],
@@ -404,47 +406,15 @@ fn bad_kernel_side_input_exits_2_with_the_reason() {
     drop(keeper);
 }
 
-/// `ebpf-sidecar run OPTS --listen … -- CMD` on the host, serving until dropped (SIGTERM, so it
-/// leaves its set).
-struct RunServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RunServer {
-    fn start(bin: &Path, opts: &[&str], cmd: &[&str]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("ebpf-sidecar-ks-{port}.log"));
-        let child = Command::new(bin)
-            .arg("run")
-            .args(opts)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--")
-            .args(cmd)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for("serving", Duration::from_secs(30), || {
-            http_get(port, "/healthz", None)
-                .ok()
-                .filter(|r| r.0 == 200)
-                .map(|_| ())
-        });
-        Self { child, port }
-    }
-
-    fn scrape(&self) -> Metrics {
-        Metrics::parse(&http_get(self.port, "/metrics", None).expect("scrape").2)
-    }
-}
-
-impl Drop for RunServer {
-    fn drop(&mut self) {
-        // SAFETY: our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
+/// `ebpf-sidecar run OPTS -- CMD` (of `bin`) on the host, serving until dropped (SIGTERM, so
+/// it leaves its set).
+fn run_server(bin: &Path, opts: &[&str], cmd: &[&str]) -> Sidecar {
+    let args: Vec<&str> = std::iter::once("run")
+        .chain(opts.iter().copied())
+        .chain(std::iter::once("--"))
+        .chain(cmd.iter().copied())
+        .collect();
+    Sidecar::start_with(bin, &args, &[], Duration::from_secs(30))
 }
 
 /// Make sure no set is on the host: a set left by an earlier test's killed sidecar keeps its
@@ -524,8 +494,8 @@ fn two_abis_side_by_side_get_two_sets_both_exact() {
     let cmd: Vec<&str> = std::iter::once(counted.to_str().unwrap())
         .chain(serve)
         .collect();
-    let a = RunServer::start(&sidecar_bin(), &["--probes", "process,syscalls"], &cmd);
-    let b = RunServer::start(&variant, &["--probes", "process,syscalls"], &cmd);
+    let a = run_server(&sidecar_bin(), &["--probes", "process,syscalls"], &cmd);
+    let b = run_server(&variant, &["--probes", "process,syscalls"], &cmd);
     let (pa, pb) = (a.port, b.port);
     let (ka, kb) = (kernel_side(&scrape(pa)), kernel_side(&scrape(pb)));
     assert_eq!(

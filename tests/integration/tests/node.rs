@@ -2,45 +2,33 @@
 //! side, every series labelled with its container. Real dockerd; the node runs on the host
 //! (host pid namespace, the host's bpffs and Docker socket).
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use integration::apps::{app_with, assert_app_in, work};
 use integration::docker::{self, Container};
 use integration::{
-    Metrics, free_port, http_get, promtool_check, require_root, sidecar_bin, wait_for,
+    Metrics, Sidecar, free_port, promtool_check, require_root, sidecar_bin, wait_for,
 };
 
 /// `ebpf-sidecar node OPTS` on the host; SIGTERM on drop (it leaves the set).
-struct Node {
-    child: Child,
-    port: u16,
-}
+struct Node(Sidecar);
 
 impl Node {
     fn start(opts: &[&str], env: &[(&str, &str)]) -> Self {
-        let port = free_port();
-        let log = std::env::temp_dir().join(format!("ebpf-sidecar-node-{port}.log"));
-        let child = Command::new(sidecar_bin())
-            .arg("node")
-            .args(opts)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .envs(env.iter().copied())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        wait_for("node serving", Duration::from_secs(60), || {
-            http_get(port, "/healthz", None)
-                .ok()
-                .filter(|r| r.0 == 200)
-                .map(|_| ())
-        });
-        Self { child, port }
+        let args: Vec<&str> = std::iter::once("node")
+            .chain(opts.iter().copied())
+            .collect();
+        Self(Sidecar::start_with(
+            &sidecar_bin(),
+            &args,
+            env,
+            Duration::from_secs(60),
+        ))
     }
 
     fn scrape(&self) -> Metrics {
-        Metrics::parse(&http_get(self.port, "/metrics", None).expect("scrape").2)
+        self.0.scrape()
     }
 
     /// Wait until `n` containers are monitored.
@@ -48,14 +36,6 @@ impl Node {
         wait_for("containers monitored", Duration::from_secs(30), || {
             (self.scrape().sum("ebpf_sidecar_node_containers", &[]) == n as f64).then_some(())
         });
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        // SAFETY: our own child; SIGTERM so it leaves the set.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let _ = self.child.wait();
     }
 }
 

@@ -273,27 +273,6 @@ fn late_python_is_discovered() {
     }
 }
 
-/// The slot a sidecar's log says it got on the shared kernel side (None: not shared).
-fn shared_slot(log: &str) -> Option<u32> {
-    let mut plain = String::new();
-    let mut esc = false;
-    for c in log.chars() {
-        match (esc, c) {
-            (false, '\x1b') => esc = true,
-            (true, 'm') => esc = false,
-            (true, _) => {}
-            (false, c) => plain.push(c),
-        }
-    }
-    let line = plain.lines().find(|l| l.contains("kernel side: shared"))?;
-    let at = line.find("slot=")? + "slot=".len();
-    let digits: String = line[at..]
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
 /// Two `run` sidecars at once on the one shared kernel side, each around its own python3.11
 /// (same binary: the pack's sites are attached once for both), held at a gate until both serve
 /// and scraped before the pythons exit (CPython collects at exit, GC off or not). Each reports
@@ -348,7 +327,7 @@ fn two_sidecars_on_the_shared_kernel_side_each_count_their_own() {
     }
     let slots: Vec<Option<u32>> = runs
         .iter()
-        .map(|(s, _, _)| shared_slot(&s.log_text()))
+        .map(|(s, _, _)| integration::shared_slot(&s.log_text()).map(|(slot, _)| slot))
         .collect();
     assert!(
         slots.iter().all(Option::is_some) && slots[0] != slots[1],
