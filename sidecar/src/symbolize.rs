@@ -8,22 +8,42 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 /// Sorted (address, name) pairs; lookup finds the greatest address <= ip.
+///
+/// Names live in one string (kallsyms: 120k symbols, 10 MiB as a String each, 5 MiB so).
 #[derive(Debug, Default)]
 pub struct SymbolTable {
-    syms: Vec<(u64, u64, String)>, // (start, size, name)
+    syms: Vec<(u64, u64, u32, u32)>, // (start, size, name offset, name length)
+    names: String,
 }
 
 impl SymbolTable {
-    pub fn new(mut syms: Vec<(u64, u64, String)>) -> Self {
-        syms.sort_by_key(|s| s.0);
-        Self { syms }
+    pub fn new(syms: Vec<(u64, u64, String)>) -> Self {
+        let mut t = Self::default();
+        for (start, size, name) in syms {
+            t.push(start, size, &name);
+        }
+        t.syms.sort_by_key(|s| s.0);
+        t
+    }
+
+    fn push(&mut self, start: u64, size: u64, name: &str) {
+        // A table over 4 GiB of names is not one we read: the offset saturates, the name is empty.
+        let off = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        let len = u32::try_from(name.len()).unwrap_or(0);
+        if off != u32::MAX {
+            self.names.push_str(name);
+        }
+        self.syms
+            .push((start, size, off, if off == u32::MAX { 0 } else { len }));
     }
 
     pub fn lookup(&self, addr: u64) -> Option<&str> {
         let i = self.syms.partition_point(|s| s.0 <= addr);
-        let (start, size, name) = self.syms.get(i.checked_sub(1)?)?;
+        let (start, size, off, len) = *self.syms.get(i.checked_sub(1)?)?;
         // Symbols without a size (assembly, some kallsyms) match up to the next symbol.
-        (*size == 0 || addr < start + size).then_some(name.as_str())
+        (size == 0 || addr < start + size)
+            .then(|| self.names.get(off as usize..(off as usize + len as usize)))
+            .flatten()
     }
 
     pub fn len(&self) -> usize {
@@ -35,20 +55,36 @@ impl SymbolTable {
     }
 }
 
-pub fn kallsyms() -> SymbolTable {
-    let text = std::fs::read_to_string("/proc/kallsyms").unwrap_or_default();
-    let syms = text
-        .lines()
-        .filter_map(|l| {
-            let mut it = l.split_whitespace();
-            let addr = u64::from_str_radix(it.next()?, 16).ok()?;
-            let kind = it.next()?;
-            let name = it.next()?;
-            (addr != 0 && matches!(kind, "t" | "T" | "w" | "W"))
-                .then(|| (addr, 0, name.to_string()))
-        })
-        .collect();
-    SymbolTable::new(syms)
+/// The kernel's function symbols, read once per process (node mode's containers and the
+/// profile and custom families all use one copy). Read at the first call: while the sidecar
+/// still has CAP_SYSLOG (dropped after attach), or kallsyms shows zero addresses.
+pub fn kallsyms() -> Arc<SymbolTable> {
+    static TABLE: OnceLock<Arc<SymbolTable>> = OnceLock::new();
+    TABLE.get_or_init(|| Arc::new(read_kallsyms())).clone()
+}
+
+fn read_kallsyms() -> SymbolTable {
+    use std::io::BufRead;
+    let Ok(f) = std::fs::File::open("/proc/kallsyms") else {
+        return SymbolTable::default();
+    };
+    let mut t = SymbolTable::default();
+    for line in std::io::BufReader::new(f).lines().map_while(Result::ok) {
+        let mut it = line.split_whitespace();
+        let (Some(addr), Some(kind), Some(name)) = (it.next(), it.next(), it.next()) else {
+            continue;
+        };
+        let Ok(addr) = u64::from_str_radix(addr, 16) else {
+            continue;
+        };
+        if addr != 0 && matches!(kind, "t" | "T" | "w" | "W") {
+            t.push(addr, 0, name);
+        }
+    }
+    t.syms.sort_by_key(|s| s.0);
+    t.names.shrink_to_fit();
+    t.syms.shrink_to_fit();
+    t
 }
 
 /// One ELF file's function symbols, keyed by virtual address, and its loadable segments to map
@@ -253,14 +289,14 @@ struct Proc {
 /// frames per sample: each frame costs a binary search and a cached name, no system call.
 #[derive(Default)]
 pub struct Symbolizer {
-    kernel: SymbolTable,
+    kernel: Arc<SymbolTable>,
     procs: HashMap<u32, Arc<Proc>>,
     /// By (device, inode): the same binary in many processes or containers is read once.
     files: HashMap<(u64, u64), Option<Arc<ElfSymbols>>>,
 }
 
 impl Symbolizer {
-    pub fn new(kernel: SymbolTable) -> Self {
+    pub fn new(kernel: Arc<SymbolTable>) -> Self {
         Self {
             kernel,
             ..Default::default()

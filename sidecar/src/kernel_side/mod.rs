@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
-pub use raw::pin_fd;
+pub use raw::{pin_fd, set_inner};
 pub use registry::Claim;
 
 /// `--kernel-side`.
@@ -195,6 +195,11 @@ impl KernelSide {
     /// The directory of the shared set (None: private).
     pub fn dir(&self) -> Option<&Path> {
         self.shared.as_ref().map(|r| r.dir.as_path())
+    }
+
+    /// Which set this is (None: private): objects loaded for one set serve only that set.
+    pub fn set_id(&self) -> Option<u32> {
+        self.shared.as_ref().map(|r| r.set_id())
     }
 
     /// Where map `name` of `family`'s object is pinned (maps every object declares through

@@ -45,6 +45,44 @@ pub fn delete_elem(map: &MapData, key: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Put map `inner` at `key` of the array of maps `outer` (by fds: callable from any thread).
+pub fn set_inner(
+    outer: std::os::fd::BorrowedFd<'_>,
+    key: u32,
+    inner: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+    #[repr(C)]
+    struct Elem {
+        map_fd: u32,
+        _pad: u32,
+        key: u64,
+        value: u64,
+        flags: u64,
+    }
+    let value = inner.as_raw_fd() as u32;
+    let attr = Elem {
+        map_fd: outer.as_raw_fd() as u32,
+        _pad: 0,
+        key: &key as *const u32 as u64,
+        value: &value as *const u32 as u64,
+        flags: 0,
+    };
+    // SAFETY: attr is a valid prefix of `union bpf_attr`; `key` and `value` outlive the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_MAP_UPDATE_ELEM,
+            &attr as *const Elem,
+            std::mem::size_of::<Elem>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// BPF_OBJ_PIN `fd` at `path` (aya 0.14 pins only the links it made), in a directory only root
 /// may enter.
 pub fn pin_fd(fd: std::os::fd::BorrowedFd<'_>, path: &std::path::Path) -> std::io::Result<()> {

@@ -242,6 +242,11 @@ impl Registry {
         }
     }
 
+    /// The set's identity: its registry map's id (a set torn down and made again has another).
+    pub fn set_id(&self) -> u32 {
+        self.map_id
+    }
+
     pub fn unlock(&self) {
         if self.locked.swap(false, Ordering::AcqRel) {
             let _ = self.map().remove(&LOCK_KEY);

@@ -63,6 +63,7 @@ pub fn run(cfg: Config) -> Result<i32> {
     };
     let listen = app::bind(&cfg)?;
     let chosen = app::choose_families(&cfg)?;
+    probes::object::loads::share();
     app::raise_memlock();
     let _stats_fd = app::enable_bpf_stats(cfg.bpf_stats)?;
     let mount = start(monitored::cgroup::cgroup2_mount().map_err(|e| {

@@ -138,7 +138,7 @@ pub struct ProgramStats {
 
 pub struct Object {
     pub family: &'static str,
-    ebpf: Mutex<Ebpf>,
+    ebpf: std::sync::Arc<Mutex<Ebpf>>,
     /// Where the object lives (shared: its maps are pinned and its programs attached once per
     /// host) and this sidecar's slot.
     ks: KsHandle,
@@ -163,6 +163,135 @@ pub struct LoadOpts<'a> {
     pub globals: &'a [(&'a str, &'a [u8])],
     pub inner_max_entries: &'a [(&'a str, u32)],
     pub without_inner: &'a [&'a str],
+}
+
+/// A program loaded already is fine: in node mode one object serves every container, and the
+/// first one's load is everyone's.
+fn once(r: Result<(), ProgramError>) -> Result<(), ProgramError> {
+    match r {
+        Err(ProgramError::AlreadyLoaded) => Ok(()),
+        r => r,
+    }
+}
+
+/// The inner-map definition of each per-target array of maps (SIDECAR_SLOT_MAP), by name.
+type PerTarget = Vec<(String, aya_obj::Map)>;
+
+/// Parse and load `bytes` (maps pinned on a shared set), with its per-target map definitions.
+fn load_fresh(
+    ks: &KsHandle,
+    family: &'static str,
+    bytes: &[u8],
+    globals: &[(&str, &[u8])],
+) -> Result<(Ebpf, PerTarget), ProbeError> {
+    let parsed = aya_obj::Object::parse(bytes).map_err(|e| ProbeError::Map {
+        family,
+        map: "(object)".into(),
+        detail: format!("{e:?}"),
+    })?;
+    let mut loader = EbpfLoader::new();
+    // Task storage (per-thread syscall start) has no typed wrapper in aya 0.14 but loads fine.
+    loader.allow_unsupported_maps();
+    for (name, value) in globals {
+        loader.override_global(name, *value, true);
+    }
+    let mut pins = Vec::new();
+    for name in parsed.maps.keys() {
+        // Read-only data (`const volatile` settings, string constants) is frozen once
+        // written, and aya writes it at every load: a joining sidecar could not load with a
+        // pinned copy. Each sidecar keeps its own; the programs read the copy of the sidecar
+        // that loaded them (so a `const volatile` is for settings every sidecar of the set
+        // gives alike: per-target ones are SIDECAR_SLOT_* flags).
+        if name.starts_with(".rodata") {
+            continue;
+        }
+        if let Some(pin) = ks.map_pin(family, name) {
+            pins.push((name.as_str(), pin));
+        }
+    }
+    for (_, pin) in &pins {
+        if let Some(dir) = pin.parent() {
+            make_private_dir(dir).map_err(|e| ProbeError::Attach {
+                family,
+                what: format!("creating {}", dir.display()),
+                detail: e.to_string(),
+            })?;
+        }
+    }
+    for (name, pin) in &pins {
+        loader.map_pin_path(name, pin.as_path());
+    }
+    let ebpf = loader.load(bytes).map_err(|e| ProbeError::Load {
+        family,
+        source: Box::new(e),
+    })?;
+    let mut per_target = Vec::new();
+    for (name, def) in &parsed.maps {
+        if def.map_type() != aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS as u32 {
+            continue;
+        }
+        let inner = def.inner().ok_or_else(|| ProbeError::Map {
+            family,
+            map: name.clone(),
+            detail: "a per-target map without its inner definition".into(),
+        })?;
+        per_target.push((name.clone(), inner));
+    }
+    Ok((ebpf, per_target))
+}
+
+/// Node mode: one loaded object per family and set serves every slot the process holds. A
+/// sidecar's object holds the programs' instructions, line info and map handles, ~10 MiB for
+/// the default families; per container that was most of node mode's memory, and parsing the
+/// objects again most of the time to a new container's first counted exec. The programs are
+/// the set's (attached once per host), the common maps are pinned, and each slot's data are
+/// its own inner maps: nothing in a loaded object is a slot's.
+pub mod loads {
+    use super::*;
+    use std::sync::Arc;
+
+    type Key = (&'static str, u32, Vec<(String, Vec<u8>)>);
+    type Entry = (Arc<Mutex<Ebpf>>, Arc<PerTarget>);
+
+    static ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    static LOADED: Mutex<Vec<(Key, Entry)>> = Mutex::new(Vec::new());
+
+    /// Share loaded objects from now on (node mode).
+    pub fn share() {
+        ON.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    pub(super) fn get(
+        ks: &KsHandle,
+        family: &'static str,
+        globals: &[(&str, &[u8])],
+        fresh: impl FnOnce() -> Result<(Ebpf, PerTarget), ProbeError>,
+    ) -> Result<Entry, ProbeError> {
+        let set = ks.set_id();
+        let (Some(set), true) = (set, ON.load(std::sync::atomic::Ordering::Relaxed)) else {
+            let (ebpf, per_target) = fresh()?;
+            return Ok((Arc::new(Mutex::new(ebpf)), Arc::new(per_target)));
+        };
+        let key: Key = (
+            family,
+            set,
+            globals
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_vec()))
+                .collect(),
+        );
+        let mut loaded = LOADED.lock().unwrap_or_else(|p| p.into_inner());
+        // A set made again (every slot left, then a new container) has new maps: the objects
+        // of the old one point at maps nobody reads.
+        loaded.retain(|(k, _)| k.1 == set);
+        if let Some((_, e)) = loaded.iter().find(|(k, _)| *k == key) {
+            return Ok(e.clone());
+        }
+        let (ebpf, per_target) = fresh()?;
+        let e: Entry = (Arc::new(Mutex::new(ebpf)), Arc::new(per_target));
+        loaded.push((key, e.clone()));
+        Ok(e)
+    }
 }
 
 impl Object {
@@ -196,83 +325,75 @@ impl Object {
         bytes: &[u8],
         opts: &LoadOpts<'_>,
     ) -> Result<Self, ProbeError> {
-        let load_err = |e: aya::EbpfError| ProbeError::Load {
-            family,
-            source: Box::new(e),
-        };
-        let parsed = aya_obj::Object::parse(bytes).map_err(|e| ProbeError::Map {
-            family,
-            map: "(object)".into(),
-            detail: format!("{e:?}"),
+        let (ebpf, per_target) = loads::get(ks, family, opts.globals, || {
+            load_fresh(ks, family, bytes, opts.globals)
         })?;
-        let mut loader = EbpfLoader::new();
-        // Task storage (per-thread syscall start) has no typed wrapper in aya 0.14 but loads fine.
-        loader.allow_unsupported_maps();
-        for (name, value) in opts.globals {
-            loader.override_global(name, *value, true);
-        }
-        let mut pins = Vec::new();
-        for name in parsed.maps.keys() {
-            // Read-only data (`const volatile` settings, string constants) is frozen once
-            // written, and aya writes it at every load: a joining sidecar could not load with a
-            // pinned copy. Each sidecar keeps its own; the programs read the copy of the sidecar
-            // that loaded them (so a `const volatile` is for settings every sidecar of the set
-            // gives alike: per-target ones are SIDECAR_SLOT_* flags).
-            if name.starts_with(".rodata") {
+        let map_err = |name: &str, detail: String| ProbeError::Map {
+            family,
+            map: name.to_string(),
+            detail,
+        };
+        // This slot's inner maps, then each put in its array. An update of an array of maps
+        // waits for an RCU grace period (10-30 ms here), ~40 of them for the default families:
+        // made from one thread each, they wait out the same grace periods.
+        let mut made = Vec::new();
+        for (name, inner) in per_target.iter() {
+            if opts.without_inner.contains(&name.as_str()) {
                 continue;
             }
-            if let Some(pin) = ks.map_pin(family, name) {
-                pins.push((name.as_str(), pin));
-            }
-        }
-        for (_, pin) in &pins {
-            if let Some(dir) = pin.parent() {
-                make_private_dir(dir).map_err(|e| ProbeError::Attach {
-                    family,
-                    what: format!("creating {}", dir.display()),
-                    detail: e.to_string(),
-                })?;
-            }
-        }
-        for (name, pin) in &pins {
-            loader.map_pin_path(name, pin.as_path());
-        }
-        let mut ebpf = loader.load(bytes).map_err(load_err)?;
-        let mut slot_maps = std::collections::BTreeMap::new();
-        for (name, def) in &parsed.maps {
-            if def.map_type() != aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_ARRAY_OF_MAPS as u32
-                || opts.without_inner.contains(&name.as_str())
-            {
-                continue;
-            }
-            let map_err = |detail: String| ProbeError::Map {
-                family,
-                map: name.clone(),
-                detail,
-            };
-            let mut inner = def
-                .inner()
-                .ok_or_else(|| map_err("a per-target map without its inner definition".into()))?;
+            let mut inner = inner.clone();
             if let Some((_, n)) = opts.inner_max_entries.iter().find(|(m, _)| m == name) {
                 inner.set_max_entries(*n);
             }
             let short: String = name.chars().take(15).collect();
             let data = aya::maps::MapData::create(inner, &short, None)
-                .map_err(|e| map_err(format!("creating this slot's map: {e}")))?;
-            let outer = ebpf
-                .map_mut(name)
-                .ok_or_else(|| map_err("not loaded".into()))?;
-            let mut outer: aya::maps::ArrayOfMaps<&mut aya::maps::MapData, aya::maps::MapData> =
-                aya::maps::ArrayOfMaps::try_from(outer).map_err(|e| map_err(e.to_string()))?;
-            outer
-                .set(ks.slot, &data, 0)
-                .map_err(|e| map_err(format!("putting this slot's map in place: {e}")))?;
-            let map = aya::maps::Map::from_map_data(data).map_err(|e| map_err(e.to_string()))?;
-            slot_maps.insert(name.clone(), map);
+                .map_err(|e| map_err(name, format!("creating this slot's map: {e}")))?;
+            let outer = {
+                let guard = ebpf.lock().unwrap_or_else(|p| p.into_inner());
+                match guard.map(name) {
+                    Some(aya::maps::Map::ArrayOfMaps(d)) => d
+                        .fd()
+                        .as_fd()
+                        .try_clone_to_owned()
+                        .map_err(|e| map_err(name, e.to_string()))?,
+                    Some(_) => return Err(map_err(name, "not an array of maps".into())),
+                    None => return Err(map_err(name, "not loaded".into())),
+                }
+            };
+            made.push((name.clone(), outer, data));
+        }
+        let slot = ks.slot;
+        let placed: Vec<Result<(), ProbeError>> = std::thread::scope(|s| {
+            let threads: Vec<_> = made
+                .iter()
+                .map(|(name, outer, data)| {
+                    s.spawn(move || {
+                        crate::kernel_side::set_inner(outer.as_fd(), slot, data.fd().as_fd())
+                            .map_err(|e| {
+                                map_err(name, format!("putting this slot's map in place: {e}"))
+                            })
+                    })
+                })
+                .collect();
+            threads
+                .into_iter()
+                .map(|t| {
+                    t.join().unwrap_or_else(|_| {
+                        Err(map_err("(placing)", "a placing thread panicked".into()))
+                    })
+                })
+                .collect()
+        });
+        placed.into_iter().collect::<Result<Vec<()>, _>>()?;
+        let mut slot_maps = std::collections::BTreeMap::new();
+        for (name, _, data) in made {
+            let map =
+                aya::maps::Map::from_map_data(data).map_err(|e| map_err(&name, e.to_string()))?;
+            slot_maps.insert(name, map);
         }
         Ok(Self {
             family,
-            ebpf: Mutex::new(ebpf),
+            ebpf,
             ks: ks.clone(),
             slot_maps,
             pinned_programs: Vec::new(),
@@ -285,6 +406,28 @@ impl Object {
     /// The kernel side this object is on.
     pub fn kernel_side(&self) -> &KsHandle {
         &self.ks
+    }
+
+    /// Take the set's map `name` out of the object for a reader of its own; when the object is
+    /// node mode's (shared by every container) and an earlier container took it, a handle of
+    /// its own from the pin.
+    pub fn take_set_map(&mut self, name: &str) -> Result<aya::maps::Map, ProbeError> {
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: name.to_string(),
+            detail,
+        };
+        if let Some(m) = self.lock().take_map(name) {
+            return Ok(m);
+        }
+        let pin = self
+            .ks
+            .map_pin(family, name)
+            .ok_or_else(|| map_err("not in the object".into()))?;
+        let data = aya::maps::MapData::from_pin(&pin)
+            .map_err(|e| map_err(format!("opening {}: {e}", pin.display())))?;
+        aya::maps::Map::from_map_data(data).map_err(|e| map_err(e.to_string()))
     }
 
     /// Take this slot's inner map of per-target map `name` out of the object (for a thread that
@@ -340,7 +483,7 @@ impl Object {
     /// syscalls family's jump slot (`probes::dispatch`), which the caller fills itself.
     pub fn load_raw_tp_fd(&mut self, program: &str) -> Result<ProgramFd, ProbeError> {
         self.with_program(program, |p: &mut RawTracePoint| {
-            p.load()?;
+            once(p.load())?;
             p.fd()?.try_clone().map_err(ProgramError::IOError)
         })
     }
@@ -437,7 +580,7 @@ impl Object {
         }
         let shared = self.ks.dir().is_some();
         let links = self.with_program(program, |p: &mut RawTracePoint| {
-            p.load()?;
+            once(p.load())?;
             let id = p.attach(tp)?;
             if !shared {
                 return Ok(Vec::new());
@@ -461,7 +604,7 @@ impl Object {
         }
         let shared = self.ks.dir().is_some();
         let links = self.with_program(program, |p: &mut TracePoint| {
-            p.load()?;
+            once(p.load())?;
             let mut links = Vec::new();
             for n in names {
                 let id = p.attach(category, n)?;
@@ -553,7 +696,7 @@ impl Object {
             return self.attach_syscall_hook(program, names, fallback);
         }
         let fd = self.with_program(fallback.0, |p: &mut RawTracePoint| {
-            p.load()?;
+            once(p.load())?;
             p.fd()?.try_clone().map_err(ProgramError::IOError)
         })?;
         match dispatch.take(side, &fd) {
@@ -591,7 +734,7 @@ impl Object {
     /// Load raw_tp `program` without attaching it: userspace runs it on demand with [`Self::run`]
     /// (maintenance a family does in the kernel before a scrape reads its maps).
     pub fn load_runnable(&mut self, program: &str) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut RawTracePoint| p.load())
+        self.with_program(program, |p: &mut RawTracePoint| once(p.load()))
     }
 
     /// Run a program loaded with [`Self::load_runnable`] once, on this CPU (BPF_PROG_TEST_RUN,
@@ -610,17 +753,17 @@ impl Object {
     /// Load `program` and attach it to the BTF-typed tracepoint `tp` (tp_btf: arguments are typed
     /// kernel pointers the program reads with plain loads).
     pub fn attach_tp_btf(&mut self, program: &str, tp: &str) -> Result<(), ProbeError> {
+        if self.attached_on_set(program) {
+            return Ok(());
+        }
         let btf = aya::Btf::from_sys_fs().map_err(|e| ProbeError::Map {
             family: self.family,
             map: "/sys/kernel/btf/vmlinux".into(),
             detail: format!("reading kernel BTF for tp_btf/{tp}: {e}"),
         })?;
-        if self.attached_on_set(program) {
-            return Ok(());
-        }
         let shared = self.ks.dir().is_some();
         let links = self.with_program(program, |p: &mut BtfTracePoint| {
-            p.load(tp, &btf)?;
+            once(p.load(tp, &btf))?;
             let id = p.attach()?;
             if !shared {
                 return Ok(Vec::new());
@@ -660,7 +803,7 @@ impl Object {
         }
         let shared = self.ks.dir().is_some();
         let links = self.with_program(program, |p: &mut aya::programs::PerfEvent| {
-            p.load()?;
+            once(p.load())?;
             let mut links = Vec::new();
             for cpu in cpus {
                 let id = p.attach(
@@ -686,7 +829,7 @@ impl Object {
     /// duplicate of its fd for those attachments.
     pub fn load_uprobe(&mut self, program: &str) -> Result<ProgramFd, ProbeError> {
         let fd = self.with_program(program, |p: &mut UProbe| {
-            p.load()?;
+            once(p.load())?;
             p.fd()?.try_clone().map_err(ProgramError::IOError)
         })?;
         self.record_program(program);
@@ -744,7 +887,7 @@ impl Object {
 
     /// Load a cgroup_skb program; it is attached per cgroup with [`Self::attach_cgroup_skb`].
     pub fn load_cgroup_skb(&mut self, program: &str) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut CgroupSkb| p.load())?;
+        self.with_program(program, |p: &mut CgroupSkb| once(p.load()))?;
         self.record_program(program);
         Ok(())
     }
@@ -775,7 +918,9 @@ impl Object {
     /// Load a tc classifier program; it is attached per interface with
     /// [`Self::attach_classifier`].
     pub fn load_classifier(&mut self, program: &str) -> Result<(), ProbeError> {
-        self.with_program(program, |p: &mut aya::programs::SchedClassifier| p.load())?;
+        self.with_program(program, |p: &mut aya::programs::SchedClassifier| {
+            once(p.load())
+        })?;
         self.record_program(program);
         Ok(())
     }
@@ -902,7 +1047,7 @@ impl Object {
                     continue;
                 }
                 let link = self.with_program(program, |p: &mut BtfTracePoint| {
-                    p.load(tp, &btf)?;
+                    once(p.load(tp, &btf))?;
                     let id = p.attach()?;
                     Ok(FdLink::from(p.take_link(id)?))
                 })?;

@@ -88,14 +88,12 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     if opts.syscall_latency {
         obj.attach_raw_tp("sys_enter", "sys_enter")?;
         obj.attach_raw_tp("sys_exit", "sys_exit")?;
-        let mut ebpf = obj.lock();
-        let mut slot = |name: &str| {
-            ebpf.take_map(name)
-                .ok_or_else(|| format!("{name}: not in the object"))
-        };
-        let offered = match (slot("syscall_hooks_enter"), slot("syscall_hooks_exit")) {
+        let offered = match (
+            obj.take_set_map("syscall_hooks_enter"),
+            obj.take_set_map("syscall_hooks_exit"),
+        ) {
             (Ok(enter), Ok(exit)) => opts.syscall_dispatch.offer(enter, exit),
-            (Err(e), _) | (_, Err(e)) => Err(e),
+            (Err(e), _) | (_, Err(e)) => Err(e.to_string()),
         };
         if let Err(e) = offered {
             // The other families then attach their syscall handlers on their own.

@@ -16,7 +16,7 @@ use crate::tables::{errno_name, syscall_name};
 
 /// What decoders need beyond the bytes: symbol tables, the cgroup tree, the target's pid.
 pub struct DecodeCtx {
-    kernel: Option<SymbolTable>,
+    kernel: Option<std::sync::Arc<SymbolTable>>,
     user: Mutex<Symbolizer>,
     cgroups: Mutex<(HashMap<u64, String>, Option<Instant>)>,
     cgroup_root: Option<PathBuf>,

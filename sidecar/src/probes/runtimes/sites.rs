@@ -108,16 +108,10 @@ impl Specs {
     /// `rt_declared_specs`, i.e. --config was given).
     pub(super) fn take(obj: &mut Object) -> Result<Self, ProbeError> {
         let slot = obj.kernel_side().slot;
-        let mut ebpf = obj.lock();
-        let shared = ebpf
-            .take_map("usdt_specs")
-            .ok_or_else(|| map_err("usdt_specs", "not in the object"))?;
+        let shared = obj.take_set_map("usdt_specs")?;
         let shared = Array::try_from(shared).map_err(|e| map_err("usdt_specs", e))?;
-        let claims = ebpf
-            .take_map("rt_spec_claims")
-            .ok_or_else(|| map_err("rt_spec_claims", "not in the object"))?;
+        let claims = obj.take_set_map("rt_spec_claims")?;
         let claims = HashMap::try_from(claims).map_err(|e| map_err("rt_spec_claims", e))?;
-        drop(ebpf);
         let declared = match obj.take_slot_map("rt_declared_specs") {
             Some(m) => Some(Mutex::new(
                 Array::try_from(m).map_err(|e| map_err("rt_declared_specs", e))?,
