@@ -359,7 +359,7 @@ function render(samples, types, r) {
 async function poll() {
   const t0 = performance.now();
   try {
-    const res = await fetch('/metrics', { cache: 'no-store' });
+    const res = await fetch('metrics', { cache: 'no-store' });
     if (!res.ok) throw new Error('HTTP ' + res.status);
     const text = await res.text();
     const now = Date.now();

@@ -30,6 +30,8 @@ pub enum Choice {
     Node {
         selectors: Vec<crate::monitored::docker::Selector>,
         retain: Duration,
+        /// Also the host's processes outside every container, as `container=""`.
+        include_host: bool,
     },
 }
 

@@ -169,6 +169,10 @@ enum Command {
         /// Seconds a removed container's series stay after it is gone (its last values).
         #[arg(long, value_name = "SECONDS", default_value_t = 60)]
         retain_seconds: u64,
+        /// Also the processes outside every monitored container (the host's pid namespace), as
+        /// one more target labelled container="".
+        #[arg(long)]
+        include_host: bool,
     },
     /// List the probe families; with --metrics, every metric of every family, one line each:
     /// `family name type labels help`.
@@ -294,6 +298,7 @@ fn main() {
         Some(Command::Node {
             containers,
             retain_seconds,
+            include_host,
         }) => {
             if cli.target_pid.is_some()
                 || cli.target_container.is_some()
@@ -318,6 +323,7 @@ fn main() {
             Choice::Node {
                 selectors,
                 retain: Duration::from_secs(retain_seconds),
+                include_host,
             }
         }
         Some(tool) => std::process::exit(tool_command(tool, &cli)),

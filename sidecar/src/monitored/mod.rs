@@ -336,6 +336,31 @@ fn of_pid(
     }
 }
 
+/// Node mode's host target: every process of the host's pid namespace (pid 1's, which node mode
+/// shares: --pid=host, hostPID) except node mode itself. A container's tasks are in their own
+/// pid namespace, and a monitored container's slot is found first by its cgroup, so this is
+/// what runs outside the containers (and in containers started with --pid=host).
+pub fn host(mount: Option<&Cgroup2Mount>) -> Result<Resolved, TargetError> {
+    let mut r = resolve(&TargetSpec::Pid(1), mount)?.ok_or_else(|| TargetError::Io {
+        what: "reading /proc/1 (node mode needs the host's pid namespace: --pid=host)".into(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })?;
+    let (dev, ino) = ns_inode(1, "pid").ok_or_else(|| TargetError::Io {
+        what: "reading /proc/1/ns/pid".into(),
+        source: io::Error::last_os_error(),
+    })?;
+    r.filter = Filter::PidNs {
+        dev,
+        ino,
+        self_tgid: std::process::id(),
+    };
+    r.cgroup_dir = None;
+    r.cgroup_path = None;
+    r.container = None;
+    r.others_in_cgroup = None;
+    Ok(r)
+}
+
 /// Processes of the cgroup at `dir` (and below) that are neither `pid` nor its descendants.
 fn outside_tree(dir: &std::path::Path, pid: u32) -> u64 {
     let tree: std::collections::HashSet<u32> = tree::members(pid).into_iter().collect();

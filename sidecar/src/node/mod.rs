@@ -38,7 +38,10 @@ struct Instance {
     info: ContainerInfo,
     labels: Vec<(String, String)>,
     shared: Arc<Shared>,
-    registry: Registry,
+    registry: Arc<Registry>,
+    /// What a sidecar on this container would serve (its page, /events, /seccomp, /debug/*),
+    /// reached at /containers/NAME/… and with ?container=NAME.
+    router: axum::Router,
     /// When the container was removed: its series stay until `retain` has passed (its last
     /// values; the slot is given back at once).
     removed: Option<(Instant, String)>,
@@ -52,13 +55,19 @@ struct Node {
     source: Source,
     selectors: Vec<Selector>,
     retain: Duration,
+    include_host: bool,
     instances: Mutex<BTreeMap<String, Instance>>,
     started: Instant,
 }
 
 /// Run node mode until stopped.
 pub fn run(cfg: Config) -> Result<i32> {
-    let Choice::Node { selectors, retain } = cfg.choice.clone() else {
+    let Choice::Node {
+        selectors,
+        retain,
+        include_host,
+    } = cfg.choice.clone()
+    else {
         anyhow::bail!("node::run without node's settings");
     };
     let listen = app::bind(&cfg)?;
@@ -105,9 +114,13 @@ pub fn run(cfg: Config) -> Result<i32> {
         source,
         selectors,
         retain,
+        include_host,
         instances: Mutex::new(BTreeMap::new()),
         started: Instant::now(),
     });
+    if node.include_host {
+        start(node.add_host())?;
+    }
     node.sync();
     {
         let n = node.clone();
@@ -152,7 +165,7 @@ impl Node {
         let gone: Vec<String> = self
             .lock()
             .iter()
-            .filter(|(id, i)| i.removed.is_none() && !running.contains(id))
+            .filter(|(id, i)| i.removed.is_none() && *id != HOST && !running.contains(id))
             .map(|(id, _)| id.clone())
             .collect();
         for id in gone {
@@ -297,6 +310,19 @@ impl Node {
         let Some(target) = self.resolve(id)? else {
             return Ok(());
         };
+        self.monitor(id, info, target)
+    }
+
+    /// --include-host: the host's processes outside every container, one more slot.
+    fn add_host(&self) -> Result<()> {
+        let target = monitored::host(Some(&self.mount))?;
+        let info = ContainerInfo::default();
+        self.monitor(HOST, info, target)
+            .context("--include-host: monitoring the host's processes")
+    }
+
+    /// Load the families on a new slot for `target` and keep the instance under `id`.
+    fn monitor(&self, id: &str, info: ContainerInfo, target: Resolved) -> Result<()> {
         let t0 = Instant::now();
         let ks = KernelSide::open(
             KsChoice::Shared,
@@ -343,7 +369,14 @@ impl Node {
             extra_labels: Vec::new(),
             started: Instant::now(),
         });
-        let registry = export::registry(shared.clone());
+        let registry = Arc::new(export::registry(shared.clone()));
+        let router = export::server::router(
+            export::server::App {
+                registry: registry.clone(),
+                shared: shared.clone(),
+            },
+            None,
+        );
         let labels = container_labels(&info);
         tracing::info!(
             container = %info.name,
@@ -359,6 +392,7 @@ impl Node {
                 labels,
                 shared,
                 registry,
+                router,
                 removed: None,
             },
         );
@@ -430,17 +464,20 @@ impl Node {
         out
     }
 
-    /// The instance named `name` (container name or id, or an id prefix of 12+ characters).
-    fn find(&self, name: &str) -> Option<Arc<Shared>> {
+    /// The router of the instance named `name`: a container name or id, an id prefix of 12+
+    /// characters, or "" for the host (--include-host).
+    fn find(&self, name: &str) -> Option<axum::Router> {
+        let name = name.trim_start_matches('/');
         let map = self.lock();
         map.iter()
             .find(|(id, i)| {
                 i.removed.is_none()
-                    && (i.info.name == name
-                        || id.as_str() == name
+                    && (i.info.name.trim_start_matches('/') == name
+                        || (id.as_str() == HOST && name.is_empty())
+                        || (id.as_str() != HOST && id.as_str() == name)
                         || (name.len() >= 12 && id.starts_with(name)))
             })
-            .map(|(_, i)| i.shared.clone())
+            .map(|(_, i)| i.router.clone())
     }
 
     fn leave_all(&self) {
@@ -449,6 +486,9 @@ impl Node {
         }
     }
 }
+
+/// The host's instance key (--include-host); container ids are 64 hex digits.
+const HOST: &str = "host";
 
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
@@ -524,49 +564,105 @@ fn first_pid(dir: &std::path::Path) -> Option<u32> {
 }
 
 fn serve(node: Arc<Node>, listen: app::Listen) -> Result<i32> {
-    use axum::extract::{Query, State};
+    use axum::extract::{Path, Request, State};
     use axum::http::{StatusCode, header};
-    use axum::response::IntoResponse;
+    use axum::response::{IntoResponse, Redirect, Response};
     use axum::routing::get;
 
     #[derive(serde::Deserialize)]
     struct ContainerQuery {
         container: Option<String>,
-        kind: Option<String>,
     }
 
-    async fn metrics(State(node): State<Arc<Node>>) -> axum::response::Response {
+    async fn metrics(State(node): State<Arc<Node>>) -> Response {
         let text = tokio::task::spawn_blocking(move || node.metrics())
             .await
             .unwrap_or_default();
         ([(header::CONTENT_TYPE, export::PROMETHEUS_TEXT)], text).into_response()
     }
 
-    async fn events(
+    /// Hand `req` to a container's own routes, at `path` (its query kept).
+    async fn forward(router: axum::Router, mut req: Request, path: &str) -> Response {
+        use tower_service::Service;
+        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        match format!("{path}{query}").parse() {
+            Ok(uri) => *req.uri_mut() = uri,
+            Err(_) => return (StatusCode::BAD_REQUEST, "bad path\n").into_response(),
+        }
+        let mut router = router;
+        match router.call(req).await {
+            Ok(r) => r,
+            Err(never) => match never {},
+        }
+    }
+
+    fn unknown(name: &str) -> Response {
+        (
+            StatusCode::NOT_FOUND,
+            format!("no monitored container {name:?} (names, ids, or 12+ characters of an id)\n"),
+        )
+            .into_response()
+    }
+
+    /// `/containers/NAME/…`: that container's page and routes, as its sidecar would serve them.
+    async fn container_page(
         State(node): State<Arc<Node>>,
-        Query(q): Query<ContainerQuery>,
-    ) -> axum::response::Response {
-        let Some(name) = q.container else {
+        Path((name, rest)): Path<(String, String)>,
+        req: Request,
+    ) -> Response {
+        match node.find(&name) {
+            Some(r) => forward(r, req, &format!("/{rest}")).await,
+            None => unknown(&name),
+        }
+    }
+
+    async fn container_root(
+        State(node): State<Arc<Node>>,
+        Path(name): Path<String>,
+        req: Request,
+    ) -> Response {
+        match node.find(&name) {
+            Some(r) => forward(r, req, "/").await,
+            None => unknown(&name),
+        }
+    }
+
+    /// Every other path (`/events`, `/seccomp`, `/debug/…`): the container `?container=NAME`
+    /// names answers it.
+    async fn per_container(State(node): State<Arc<Node>>, req: Request) -> Response {
+        let path = req.uri().path().to_string();
+        let q = axum::extract::Query::<ContainerQuery>::try_from_uri(req.uri())
+            .map(|q| q.0.container)
+            .unwrap_or(None);
+        let Some(name) = q else {
             return (
                 StatusCode::BAD_REQUEST,
-                "node mode: say whose events: /events?container=NAME\n",
+                format!(
+                    "node mode serves {path} per container: {path}?container=NAME (a name, an \
+                     id, or \"\" for the host with --include-host); the list is at /\n"
+                ),
             )
                 .into_response();
         };
         match node.find(&name) {
-            Some(s) => {
-                crate::events::stream(
-                    s.events.clone(),
-                    Query(crate::events::EventsQuery { kind: q.kind }),
-                )
-                .await
-            }
-            None => (
-                StatusCode::NOT_FOUND,
-                format!("no monitored container {name:?}\n"),
-            )
-                .into_response(),
+            Some(r) => forward(r, req, &path).await,
+            None => unknown(&name),
         }
+    }
+
+    async fn index() -> axum::response::Html<&'static str> {
+        axum::response::Html(include_str!("../../assets/node.html"))
+    }
+
+    async fn live_css() -> Response {
+        (
+            [
+                (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+                (header::CACHE_CONTROL, "no-cache"),
+            ],
+            include_str!("../../assets/live.css"),
+        )
+            .into_response()
     }
 
     let rt = app::runtime()?;
@@ -579,9 +675,28 @@ fn serve(node: Arc<Node>, listen: app::Listen) -> Result<i32> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         tracing::info!("node mode serving on {}/metrics", listener.local_addr()?);
         let router = axum::Router::new()
+            .route("/", get(index))
+            .route("/assets/live.css", get(live_css))
             .route("/metrics", get(metrics))
             .route("/healthz", get(|| async { "ok\n" }))
-            .route("/events", get(events))
+            .route(
+                "/containers/{name}",
+                get(|Path(name): Path<String>| async move {
+                    // Docker's names are [A-Za-z0-9_.-]: anything else is no container (and
+                    // would not be a valid Location header).
+                    if name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b))
+                    {
+                        Redirect::permanent(&format!("/containers/{name}/")).into_response()
+                    } else {
+                        unknown(&name)
+                    }
+                }),
+            )
+            .route("/containers/{name}/", get(container_root))
+            .route("/containers/{name}/{*rest}", get(container_page))
+            .fallback(per_container)
             .with_state(node.clone());
         let router = match auth {
             Some(a) => router.layer(axum::middleware::from_fn_with_state(
