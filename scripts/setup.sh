@@ -31,6 +31,18 @@ if [ -n "$missing" ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 
+# kubernetes-validate (PyPI; bundles Kubernetes' schemas, checks offline): the deployment manifests'
+# schema test (tests/integration/tests/stack/files.rs). Debian's own Python is externally managed,
+# hence PIP_BREAK_SYSTEM_PACKAGES (pip installs into /usr/local).
+if ! kubernetes-validate --version >/dev/null 2>&1; then
+  echo "setup: installing kubernetes-validate" >&2
+  if ! command -v pip3 >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  PIP_BREAK_SYSTEM_PACKAGES=1 pip3 install -q kubernetes-validate==1.37.0
+fi
+
 # Rust: the toolchain in rust-toolchain terms is 1.95 (aya 0.14); rustup when cargo is absent.
 if ! command -v cargo >/dev/null; then
   [ -x "$HOME/.cargo/bin/cargo" ] || curl -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal --default-toolchain 1.95.0

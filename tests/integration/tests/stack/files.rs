@@ -225,3 +225,570 @@ fn pod_name_and_namespace_label_the_target_info() {
     let lint = promtool_check(&m.text);
     assert!(lint.is_empty(), "promtool check metrics:\n{lint}");
 }
+
+/// The Kubernetes releases whose schemas every manifest must pass: the oldest and the newest that
+/// kubernetes-validate 1.37.0 (scripts/setup.sh) bundles.
+const KUBERNETES_VERSIONS: [&str; 2] = ["1.25", "1.37"];
+
+/// Kinds Kubernetes does not define, with their schema in deploy/kubernetes/schemas/ (its
+/// README.md: source and version).
+const VENDORED_SCHEMAS: &[(&str, &str, &str)] = &[(
+    "monitoring.coreos.com/v1",
+    "PodMonitor",
+    "podmonitor-monitoring-v1.json",
+)];
+
+const INSTALL_KUBERNETES_VALIDATE: &str =
+    "pip install kubernetes-validate (scripts/setup.sh does it)";
+
+/// Every YAML file under deploy/kubernetes, recursively, sorted.
+fn kubernetes_yaml_files() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut dirs = vec![repo_root().join("deploy/kubernetes")];
+    while let Some(dir) = dirs.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|x| x == "yaml" || x == "yml") {
+                out.push(p);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// YAML text (one or more documents) to JSON, as `yaml_docs` does for a file.
+fn yaml_text(text: &str) -> Vec<Value> {
+    let mut child = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; json.dump([d for d in yaml.safe_load_all(sys.stdin) if d is not None], sys.stdout)",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 not found: apt-get install python3-yaml");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "parsing YAML: {}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `kubernetes-validate --strict` (unknown fields are errors) on one file against one release's
+/// schemas: its exit status and output. Fails, naming the install, when it is missing.
+fn kubernetes_validate(file: &Path, version: &str) -> (bool, String) {
+    let out = Command::new("kubernetes-validate")
+        .args(["--strict", "--kubernetes-version", version])
+        .arg(file)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("running kubernetes-validate: {e}: {INSTALL_KUBERNETES_VALIDATE}")
+        });
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !text.contains("FATAL"),
+        "kubernetes-validate cannot check release {version} ({INSTALL_KUBERNETES_VALIDATE}, 1.37.0 or later):\n{text}"
+    );
+    (out.status.success(), text)
+}
+
+/// One document against a JSON Schema, with Python's jsonschema (a dependency of
+/// kubernetes-validate): the errors, one a line, empty when it is valid.
+fn json_schema_errors(schema: &Path, doc: &Value) -> String {
+    const CHECK: &str = r#"
+import json, sys
+try:
+    import jsonschema
+except ImportError as e:
+    print(e); sys.exit(3)
+schema = json.load(open(sys.argv[1]))
+errors = jsonschema.Draft202012Validator(schema).iter_errors(json.load(sys.stdin))
+for e in sorted(errors, key=lambda e: [str(p) for p in e.absolute_path]):
+    print("/".join(map(str, e.absolute_path)) or "(top)", "-", e.message)
+"#;
+    let mut child = Command::new("python3")
+        .args(["-c", CHECK])
+        .arg(schema)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python3 not found: apt-get install python3");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(doc.to_string().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_ne!(
+        out.status.code(),
+        Some(3),
+        "python3 has no jsonschema ({}): {INSTALL_KUBERNETES_VALIDATE}",
+        text.trim()
+    );
+    assert!(
+        out.status.success(),
+        "checking against {}: {}",
+        schema.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
+/// What a kustomization's `resources` name, relative to its directory: each a file, or a
+/// directory with its own kustomization.yaml.
+fn kustomization_resources(file: &Path, doc: &Value) -> Vec<String> {
+    let dir = file.parent().unwrap();
+    let res = strings(&doc["resources"]);
+    for r in &res {
+        let p = dir.join(r);
+        assert!(
+            p.is_file() || p.join("kustomization.yaml").is_file(),
+            "{}: resource {r} is neither a file nor a kustomization",
+            file.display()
+        );
+    }
+    res
+}
+
+/// Every manifest under deploy/kubernetes (the pod example's and node mode's), offline: a
+/// Kubernetes kind must pass kubernetes-validate --strict against every release of
+/// KUBERNETES_VERSIONS; a Prometheus Operator kind, which it does not know (it warns and passes),
+/// the schema vendored in deploy/kubernetes/schemas/; a kustomization names resources that exist.
+/// Anything else fails.
+#[test]
+fn every_kubernetes_manifest_validates_offline_against_the_schemas() {
+    let files = kubernetes_yaml_files();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.strip_prefix(repo_root()).unwrap().display().to_string())
+        .collect();
+    for must in [
+        "deploy/kubernetes/pod.yaml",
+        "deploy/kubernetes/daemonset/daemonset.yaml",
+        "deploy/kubernetes/daemonset/kustomization.yaml",
+        "deploy/kubernetes/daemonset-containerd/kustomization.yaml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == must),
+            "{must} not found: {names:?}"
+        );
+    }
+    let schemas = repo_root().join("deploy/kubernetes/schemas");
+    let mut checked = 0;
+    for file in &files {
+        let docs = yaml_docs(file);
+        assert!(!docs.is_empty(), "{}: no document", file.display());
+        let mut outputs = Vec::new();
+        for v in KUBERNETES_VERSIONS {
+            let (ok, text) = kubernetes_validate(file, v);
+            assert!(ok, "{}:\n{text}", file.display());
+            assert!(!text.contains("ERROR"), "{}:\n{text}", file.display());
+            outputs.push((v, text));
+        }
+        for doc in &docs {
+            let (api, kind) = (doc["apiVersion"].as_str(), doc["kind"].as_str());
+            let (Some(api), Some(kind)) = (api, kind) else {
+                panic!("{}: a document without apiVersion/kind", file.display());
+            };
+            if kind == "Kustomization" {
+                assert_eq!(api, "kustomize.config.k8s.io/v1beta1", "{}", file.display());
+                assert!(!kustomization_resources(file, doc).is_empty());
+                checked += 1;
+                continue;
+            }
+            let name = doc["metadata"]["name"].as_str().unwrap_or("?");
+            if let Some((_, _, schema)) = VENDORED_SCHEMAS
+                .iter()
+                .find(|(a, k, _)| *a == api && *k == kind)
+            {
+                let errors = json_schema_errors(&schemas.join(schema), doc);
+                assert!(
+                    errors.is_empty(),
+                    "{} {kind}/{name} against {schema}:\n{errors}",
+                    file.display()
+                );
+                checked += 1;
+                continue;
+            }
+            for (v, text) in &outputs {
+                let passed = format!(
+                    "passed for resource {}/{name} against version {v}",
+                    kind.to_lowercase()
+                );
+                assert!(
+                    text.contains(&passed),
+                    "{} {api} {kind}/{name}: neither Kubernetes' schemas (release {v}) nor one in \
+                     deploy/kubernetes/schemas/ checked it:\n{text}",
+                    file.display()
+                );
+            }
+            checked += 1;
+        }
+    }
+    eprintln!("{checked} documents in {} files checked", files.len());
+}
+
+/// The node-mode DaemonSet, base (Docker socket) or rendered from daemonset-containerd (none):
+/// the host's pid namespace, the bpffs its one writable mount, the node subcommand, the documented
+/// capabilities, resources, probes on the metrics port, every node, no API access.
+fn assert_node_daemonset(ds: &Value, docker: bool) {
+    assert_eq!(ds["apiVersion"], "apps/v1");
+    assert_eq!(ds["kind"], "DaemonSet");
+    let tmpl = &ds["spec"]["template"];
+    let labels = tmpl["metadata"]["labels"].as_object().unwrap();
+    for (k, v) in ds["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(labels.get(k), Some(v), "the selector matches the pods");
+    }
+    let spec = &tmpl["spec"];
+    assert_eq!(
+        spec["hostPID"], true,
+        "node mode needs the host's pid namespace"
+    );
+    assert_ne!(spec["hostNetwork"], true);
+    assert_eq!(
+        spec["automountServiceAccountToken"], false,
+        "node mode never calls the Kubernetes API"
+    );
+    for k in ["serviceAccountName", "serviceAccount"] {
+        assert!(spec[k].is_null(), "no ServiceAccount: {k} = {}", spec[k]);
+    }
+    assert!(
+        spec["tolerations"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|t| t["operator"] == "Exists" && t["key"].is_null() && t["effect"].is_null()),
+        "a toleration of every taint, so it runs on every node: {}",
+        spec["tolerations"]
+    );
+    let containers = spec["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+
+    let args = strings(&c["args"]);
+    assert_eq!(args.first().map(String::as_str), Some("node"), "{args:?}");
+    assert!(
+        args.contains(&"--listen=0.0.0.0:9435".to_string()),
+        "{args:?}"
+    );
+    assert_eq!(
+        args.iter().any(|a| a.starts_with("--containers")),
+        docker,
+        "--containers selects by name or label: with the Docker API only: {args:?}"
+    );
+    let port = &c["ports"][0];
+    assert_eq!(
+        (port["name"].as_str(), port["containerPort"].as_u64()),
+        (Some("metrics"), Some(9435))
+    );
+    for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+        let get = &c[probe]["httpGet"];
+        assert_eq!(
+            (get["path"].as_str(), get["port"].as_str()),
+            (Some("/healthz"), Some("metrics")),
+            "{probe}"
+        );
+    }
+
+    let sc = &c["securityContext"];
+    assert_ne!(sc["privileged"], true);
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(
+        sc["runAsUser"], 0,
+        "capabilities come with root (no file capabilities)"
+    );
+    assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"]);
+    let mut add = strings(&sc["capabilities"]["add"]);
+    add.sort();
+    assert_eq!(
+        add,
+        [
+            "BPF",
+            "NET_ADMIN",
+            "PERFMON",
+            "SYS_ADMIN",
+            "SYS_PTRACE",
+            "SYS_RESOURCE"
+        ],
+        "the set daemonset.yaml documents, each for a reason given there"
+    );
+
+    for res in ["cpu", "memory"] {
+        let req = quantity(&c["resources"]["requests"][res]);
+        let lim = quantity(&c["resources"]["limits"][res]);
+        assert!(req > 0.0 && lim >= req, "{res}: request {req}, limit {lim}");
+    }
+
+    // Volumes: host paths, each mounted once; read-only but for the bpffs.
+    let volumes: Vec<&Value> = spec["volumes"].as_array().unwrap().iter().collect();
+    let mounts: Vec<&Value> = c["volumeMounts"].as_array().unwrap().iter().collect();
+    assert_eq!(volumes.len(), mounts.len(), "every volume mounted once");
+    let mut host_paths = BTreeSet::new();
+    for m in &mounts {
+        let v = volumes
+            .iter()
+            .find(|v| v["name"] == m["name"])
+            .unwrap_or_else(|| panic!("no volume for the mount {m}"));
+        let host = v["hostPath"]["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("a hostPath volume: {v}"));
+        assert_eq!(m["mountPath"], host, "mounted where the host has it: {m}");
+        if host == "/sys/fs/bpf" {
+            assert_ne!(m["readOnly"], true, "the bpffs must be writable: {m}");
+            assert_eq!(v["hostPath"]["type"], "Directory");
+        } else {
+            assert_eq!(
+                m["readOnly"], true,
+                "mounts but the bpffs are read-only: {m}"
+            );
+        }
+        host_paths.insert(host);
+    }
+    let mut want = BTreeSet::from(["/sys/fs/bpf", "/sys/fs/cgroup", "/sys/kernel/btf"]);
+    if docker {
+        want.insert("/var/run/docker.sock");
+        let sock = volumes
+            .iter()
+            .find(|v| v["hostPath"]["path"] == "/var/run/docker.sock")
+            .unwrap();
+        assert_eq!(sock["hostPath"]["type"], "Socket");
+    }
+    assert_eq!(host_paths, want);
+}
+
+/// A Kubernetes quantity ("50m", "1", "256Mi", "1Gi") as a number.
+fn quantity(v: &Value) -> f64 {
+    if let Some(n) = v.as_f64() {
+        return n;
+    }
+    let s = v.as_str().unwrap_or_else(|| panic!("a quantity: {v}"));
+    let split = s.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let scale = match unit {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        _ => panic!("unit of {s}"),
+    };
+    num.parse::<f64>()
+        .unwrap_or_else(|_| panic!("quantity {s}"))
+        * scale
+}
+
+/// What `kubectl kustomize daemonset-containerd/` makes of the base DaemonSet, for the only
+/// strategic-merge directives its patch uses: a container's fields replaced (matched by name),
+/// volumeMounts (by mountPath) and volumes (by name) deleted with `$patch: delete`.
+fn containerd_daemonset(base: &Value, patch: &Value) -> Value {
+    assert_eq!(patch["kind"], "DaemonSet");
+    assert_eq!(patch["metadata"]["name"], base["metadata"]["name"]);
+    let mut ds = base.clone();
+    let pspec = &patch["spec"]["template"]["spec"];
+    for key in pspec.as_object().unwrap().keys() {
+        assert!(
+            key == "containers" || key == "volumes",
+            "the test renders only containers and volumes: {key}"
+        );
+    }
+    let delete = |list: &mut Value, entries: &Value, key: &str| {
+        for e in entries.as_array().into_iter().flatten() {
+            assert_eq!(e["$patch"], "delete", "only deletions in {key} lists: {e}");
+            let arr = list.as_array_mut().unwrap();
+            let before = arr.len();
+            arr.retain(|x| x[key] != e[key]);
+            assert_eq!(arr.len(), before - 1, "the base has one {key} {}", e[key]);
+        }
+    };
+    let spec = &mut ds["spec"]["template"]["spec"];
+    delete(&mut spec["volumes"], &pspec["volumes"], "name");
+    for pc in pspec["containers"].as_array().into_iter().flatten() {
+        let c = spec["containers"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|c| c["name"] == pc["name"])
+            .expect("the patched container is in the base");
+        for (k, v) in pc.as_object().unwrap() {
+            match k.as_str() {
+                "name" => {}
+                "volumeMounts" => delete(&mut c["volumeMounts"], v, "mountPath"),
+                "args" => c["args"] = v.clone(),
+                _ => panic!("the test renders only args and volumeMounts of a container: {k}"),
+            }
+        }
+    }
+    ds
+}
+
+#[test]
+fn node_daemonset_runs_node_mode_with_the_host_mounts_and_no_rbac() {
+    let dir = repo_root().join("deploy/kubernetes/daemonset");
+    let kust = &yaml_docs(&dir.join("kustomization.yaml"))[0];
+    let mut listed = kustomization_resources(&dir.join("kustomization.yaml"), kust);
+    listed.sort();
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".yaml") && n != "kustomization.yaml")
+        .collect();
+    present.sort();
+    assert_eq!(
+        listed, present,
+        "the kustomization lists every manifest beside it"
+    );
+
+    let ds = &yaml_docs(&dir.join("daemonset.yaml"))[0];
+    assert_node_daemonset(ds, true);
+    let pod_labels = ds["spec"]["template"]["metadata"]["labels"]
+        .as_object()
+        .unwrap();
+
+    // The Service: headless, the metrics port, selecting the node pods.
+    let svc = &yaml_docs(&dir.join("service.yaml"))[0];
+    assert_eq!(svc["kind"], "Service");
+    assert_eq!(svc["spec"]["clusterIP"], "None");
+    for (k, v) in svc["spec"]["selector"].as_object().unwrap() {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "the Service selects the node pods"
+        );
+    }
+    let port = &svc["spec"]["ports"][0];
+    assert_eq!(
+        (
+            port["name"].as_str(),
+            port["port"].as_u64(),
+            port["targetPort"].as_str()
+        ),
+        (Some("metrics"), Some(9435), Some("metrics"))
+    );
+    let ann = &svc["metadata"]["annotations"];
+    assert_eq!(ann["prometheus.io/scrape"], "true");
+    assert_eq!(ann["prometheus.io/port"], "9435");
+    assert_eq!(ann["prometheus.io/path"], "/metrics");
+
+    // The PodMonitor: the node pods' metrics port, with the operator's namespace, pod and
+    // container target labels dropped (the series carry the monitored container's own).
+    let pm = &yaml_docs(&dir.join("podmonitor.yaml"))[0];
+    assert_eq!(pm["kind"], "PodMonitor");
+    for (k, v) in pm["spec"]["selector"]["matchLabels"].as_object().unwrap() {
+        assert_eq!(
+            pod_labels.get(k),
+            Some(v),
+            "the PodMonitor selects the node pods"
+        );
+    }
+    let ep = &pm["spec"]["podMetricsEndpoints"][0];
+    assert_eq!(
+        (ep["port"].as_str(), ep["path"].as_str()),
+        (Some("metrics"), Some("/metrics"))
+    );
+    assert_ne!(ep["honorLabels"], true);
+    let dropped: BTreeSet<&str> = ep["relabelings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["action"] == "labeldrop")
+        .flat_map(|r| r["regex"].as_str().unwrap().split('|'))
+        .collect();
+    for l in ["namespace", "pod", "container"] {
+        assert!(
+            dropped.contains(l),
+            "the target label {l} is dropped: {dropped:?}"
+        );
+    }
+
+    // Nodes without Docker: the same DaemonSet without the socket and --containers, valid too.
+    let cd = repo_root().join("deploy/kubernetes/daemonset-containerd/kustomization.yaml");
+    let overlay = &yaml_docs(&cd)[0];
+    assert_eq!(strings(&overlay["resources"]), ["../daemonset"]);
+    let patches = overlay["patches"].as_array().unwrap();
+    assert_eq!(patches.len(), 1);
+    let patch = &yaml_text(patches[0]["patch"].as_str().unwrap())[0];
+    let rendered = containerd_daemonset(ds, patch);
+    assert_node_daemonset(&rendered, false);
+    let mut base_args = strings(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
+    base_args.retain(|a| !a.starts_with("--containers"));
+    assert_eq!(
+        strings(&rendered["spec"]["template"]["spec"]["containers"][0]["args"]),
+        base_args,
+        "the overlay's args are the base's less --containers"
+    );
+    let tmp = std::env::temp_dir().join(format!(
+        "ebpf-sidecar-daemonset-containerd-{}.json",
+        std::process::id()
+    ));
+    std::fs::write(&tmp, rendered.to_string()).unwrap();
+    for v in KUBERNETES_VERSIONS {
+        let (ok, text) = kubernetes_validate(&tmp, v);
+        assert!(
+            ok && text.contains("passed for resource daemonset/"),
+            "{text}"
+        );
+    }
+    let _ = std::fs::remove_file(&tmp);
+
+    // No RBAC anywhere: nothing deployed here talks to the API server.
+    for f in kubernetes_yaml_files() {
+        for doc in yaml_docs(&f) {
+            let kind = doc["kind"].as_str().unwrap_or("");
+            assert!(
+                ![
+                    "ServiceAccount",
+                    "Role",
+                    "ClusterRole",
+                    "RoleBinding",
+                    "ClusterRoleBinding"
+                ]
+                .contains(&kind),
+                "{}: {kind}: nothing here needs RBAC",
+                f.display()
+            );
+        }
+    }
+}
+
+/// Every flag the DaemonSet passes is one `ebpf-sidecar node` accepts (the common flags are
+/// global, so they come after the subcommand).
+#[test]
+fn node_daemonset_args_are_flags_of_node_mode() {
+    let out = Command::new(sidecar_bin())
+        .args(["node", "--help"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    let ds = &yaml_docs(&repo_root().join("deploy/kubernetes/daemonset/daemonset.yaml"))[0];
+    let args = strings(&ds["spec"]["template"]["spec"]["containers"][0]["args"]);
+    for a in &args[1..] {
+        let flag = a.split('=').next().unwrap();
+        assert!(
+            flag.starts_with("--") && help.contains(&format!("{flag} ")),
+            "{a}: not a flag of `ebpf-sidecar node`:\n{help}"
+        );
+    }
+}
