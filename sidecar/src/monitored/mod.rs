@@ -336,29 +336,33 @@ fn of_pid(
     }
 }
 
-/// Node mode's host target: every process of the host's pid namespace (pid 1's, which node mode
-/// shares: --pid=host, hostPID) except node mode itself. A container's tasks are in their own
+/// Node mode's host target: every process of the host's pid namespace (node mode's own: it runs
+/// with --pid=host, hostPID) except node mode itself. A container's tasks are in their own
 /// pid namespace, and a monitored container's slot is found first by its cgroup, so this is
 /// what runs outside the containers (and in containers started with --pid=host).
-pub fn host(mount: Option<&Cgroup2Mount>) -> Result<Resolved, TargetError> {
-    let mut r = resolve(&TargetSpec::Pid(1), mount)?.ok_or_else(|| TargetError::Io {
-        what: "reading /proc/1 (node mode needs the host's pid namespace: --pid=host)".into(),
-        source: io::Error::from(io::ErrorKind::NotFound),
-    })?;
-    let (dev, ino) = ns_inode(1, "pid").ok_or_else(|| TargetError::Io {
-        what: "reading /proc/1/ns/pid".into(),
+pub fn host() -> Result<Resolved, TargetError> {
+    // Node mode's own pid namespace is the host's (--pid=host, hostPID); pid 1's may not be
+    // readable (an init with capabilities we lack refuses ptrace-read access to its ns links).
+    let me = std::process::id();
+    let (dev, ino) = ns_inode(me, "pid").ok_or_else(|| TargetError::Io {
+        what: "reading /proc/self/ns/pid".into(),
         source: io::Error::last_os_error(),
     })?;
-    r.filter = Filter::PidNs {
-        dev,
-        ino,
-        self_tgid: std::process::id(),
-    };
-    r.cgroup_dir = None;
-    r.cgroup_path = None;
-    r.container = None;
-    r.others_in_cgroup = None;
-    Ok(r)
+    Ok(Resolved {
+        filter: Filter::PidNs {
+            dev,
+            ino,
+            self_tgid: std::process::id(),
+        },
+        cgroup_path: None,
+        cgroup_dir: None,
+        pid: Some(1),
+        pid_ns: Some(ino),
+        net_ns: ns_inode(1, "net").or_else(|| ns_inode(me, "net")).map(|(_, i)| i),
+        mnt_ns: ns_inode(1, "mnt").or_else(|| ns_inode(me, "mnt")).map(|(_, i)| i),
+        container: None,
+        others_in_cgroup: None,
+    })
 }
 
 /// Processes of the cgroup at `dir` (and below) that are neither `pid` nor its descendants.

@@ -310,12 +310,22 @@ impl Node {
         let Some(target) = self.resolve(id)? else {
             return Ok(());
         };
+        if let Some(dir) = &target.cgroup_dir {
+            // Node mode in a container of its own (a DaemonSet pod): not a target of itself.
+            let me = std::process::id();
+            let mut ours = false;
+            monitored::cgroup::for_each_proc(dir, &mut |p| ours |= p == me);
+            if ours {
+                tracing::info!(container = id, "node mode's own container: not monitored");
+                return Ok(());
+            }
+        }
         self.monitor(id, info, target)
     }
 
     /// --include-host: the host's processes outside every container, one more slot.
     fn add_host(&self) -> Result<()> {
-        let target = monitored::host(Some(&self.mount))?;
+        let target = monitored::host()?;
         let info = ContainerInfo::default();
         self.monitor(HOST, info, target)
             .context("--include-host: monitoring the host's processes")
@@ -445,7 +455,10 @@ impl Node {
                 }
             }
         }
-        let live = map.values().filter(|i| i.removed.is_none()).count();
+        let live = map
+            .iter()
+            .filter(|(id, i)| i.removed.is_none() && id.as_str() != HOST)
+            .count();
         drop(map);
         let mut out = merged.text();
         for (m, v) in [

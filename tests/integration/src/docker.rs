@@ -3,7 +3,9 @@
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
-use crate::repo_root;
+use std::time::Duration;
+
+use crate::{free_port, http_get, repo_root, wait_for};
 
 pub fn run(args: &[&str]) -> Output {
     Command::new("docker")
@@ -92,3 +94,33 @@ impl Drop for Container {
         let _ = run(&["rm", "-f", &self.0]);
     }
 }
+
+/// A sidecar container beside `app`, on the host's bpffs; returns it and its port.
+pub fn sidecar_beside(name: &str, app: &str, extra: &[&str]) -> (Container, u16) {
+    let image = sidecar_image();
+    let port = free_port();
+    let pid = format!("--pid=container:{app}");
+    let publish = format!("127.0.0.1:{port}:9435");
+    let mut args = vec![
+        pid.as_str(),
+        "-v",
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "--cap-add",
+        "SYS_ADMIN",
+        "--cap-add",
+        "NET_ADMIN",
+        "-p",
+        &publish,
+        image,
+    ];
+    args.extend_from_slice(extra);
+    let c = Container::run(name, &args);
+    wait_for("sidecar serving", Duration::from_secs(60), || {
+        http_get(port, "/healthz", None)
+            .ok()
+            .filter(|r| r.0 == 200)
+            .map(|_| ())
+    });
+    (c, port)
+}
+

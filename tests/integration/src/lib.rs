@@ -3,6 +3,7 @@
 //! `sidecar_ebpf::clang`), start the sidecar (binary or image), scrape it, drive real Docker.
 //! Missing prerequisites fail the test with what to install; nothing is skipped.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
@@ -219,3 +220,31 @@ pub fn shared_slot(log: &str) -> Option<(u32, bool)> {
     };
     Some((field("slot")?.parse().ok()?, field("created")? == "true"))
 }
+
+/// Programs of the kinds that go on host-wide hooks (tracepoints, raw and BTF tracepoints,
+/// perf events), by name. `disk_sweep` is each sidecar's own: never attached, its sidecar runs
+/// it at scrape time (BPF_PROG_TEST_RUN), so it costs the host's processes nothing.
+pub fn host_programs() -> BTreeMap<String, usize> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let mut by_name = BTreeMap::new();
+    for p in v.as_array().into_iter().flatten() {
+        let ty = p["type"].as_str().unwrap_or("");
+        if !matches!(
+            ty,
+            "tracepoint" | "raw_tracepoint" | "tracing" | "perf_event"
+        ) {
+            continue;
+        }
+        let name = p["name"].as_str().unwrap_or("").to_string();
+        if name == "disk_sweep" {
+            continue;
+        }
+        *by_name.entry(name).or_insert(0) += 1;
+    }
+    by_name
+}
+

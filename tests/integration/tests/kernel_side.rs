@@ -12,7 +12,8 @@ use std::time::Duration;
 use integration::apps::{CODE, app, assert_app, work};
 use integration::docker::{self, Container};
 use integration::{
-    Metrics, Sidecar, free_port, http_get, require_root, sidecar_bin, wait_for, workload,
+    Metrics, Sidecar, host_programs, http_get, require_root, sidecar_bin, wait_for,
+    workload,
 };
 
 const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";
@@ -34,33 +35,8 @@ fn kernel_side(m: &Metrics) -> BTreeMap<String, String> {
     info[0].clone().into_iter().collect()
 }
 
-/// A sidecar container beside `app`, on the host's bpffs; returns it and its port.
 fn sidecar(name: &str, app: &str, extra: &[&str]) -> (Container, u16) {
-    let image = docker::sidecar_image();
-    let port = free_port();
-    let pid = format!("--pid=container:{app}");
-    let publish = format!("127.0.0.1:{port}:9435");
-    let mut args = vec![
-        pid.as_str(),
-        "-v",
-        "/sys/fs/bpf:/sys/fs/bpf",
-        "--cap-add",
-        "SYS_ADMIN",
-        "--cap-add",
-        "NET_ADMIN",
-        "-p",
-        &publish,
-        image,
-    ];
-    args.extend_from_slice(extra);
-    let c = Container::run(name, &args);
-    wait_for("sidecar serving", Duration::from_secs(60), || {
-        http_get(port, "/healthz", None)
-            .ok()
-            .filter(|r| r.0 == 200)
-            .map(|_| ())
-    });
-    (c, port)
+    docker::sidecar_beside(name, app, extra)
 }
 
 fn scrape(port: u16) -> Metrics {
@@ -72,33 +48,6 @@ fn scrape(port: u16) -> Metrics {
 fn stop(c: Container) {
     docker::ok(&["stop", "-t", "10", &c.0]);
     drop(c);
-}
-
-/// Programs of the kinds that go on host-wide hooks (tracepoints, raw and BTF tracepoints,
-/// perf events), by name. `disk_sweep` is each sidecar's own: never attached, its sidecar runs
-/// it at scrape time (BPF_PROG_TEST_RUN), so it costs the host's processes nothing.
-fn host_programs() -> BTreeMap<String, usize> {
-    let out = Command::new("bpftool")
-        .args(["-j", "prog", "show"])
-        .output()
-        .expect("bpftool: apt-get install bpftool");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    let mut by_name = BTreeMap::new();
-    for p in v.as_array().into_iter().flatten() {
-        let ty = p["type"].as_str().unwrap_or("");
-        if !matches!(
-            ty,
-            "tracepoint" | "raw_tracepoint" | "tracing" | "perf_event"
-        ) {
-            continue;
-        }
-        let name = p["name"].as_str().unwrap_or("").to_string();
-        if name == "disk_sweep" {
-            continue;
-        }
-        *by_name.entry(name).or_insert(0) += 1;
-    }
-    by_name
 }
 
 /// Every BPF map on the host, by name.
