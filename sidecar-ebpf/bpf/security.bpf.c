@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Security family: an event stream of what a security team cares about, through a ring buffer.
  * Hooks: the tracepoints of the few watched syscalls (raw_tp sys_enter without tracefs, or the
- * syscalls family's tail call), sched_process_exec, inet_sock_set_state (new listening ports).
+ * syscalls family's tail call), sched_process_exec, inet_sock_set_state (new listening ports),
+ * signal_generate (SIGSYS from a seccomp filter).
  * Counts per kind (emitted and lost) stay in the kernel; only events cross to userspace.
  *
  * Every program finds the slot (target) of the task first: the ring buffer, the counts, the
@@ -72,6 +73,14 @@ struct seen_ports_map {
 	SIDECAR_INNER_KV(__u16, __u8);
 };
 SIDECAR_SLOT_MAP(seen_ports, struct seen_ports_map);
+
+/* Calls a seccomp filter killed, by syscall slot (SECCOMP_RET_KILL_*: the task is dead). */
+struct seccomp_kills_map {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, SIDECAR_SYSCALL_SLOTS);
+	SIDECAR_INNER_KV(__u32, __u64);
+};
+SIDECAR_SLOT_MAP(seccomp_kills, struct seccomp_kills_map);
 
 /* Scratch for reading a path before deciding to emit (too big for the stack). */
 struct {
@@ -647,6 +656,50 @@ int security_ssl_exit(struct pt_regs *ctx)
 		e->argv_len = len;
 	e->args[0] = dir;
 	e->args[1] = n;
+	submit(slot, e);
+	return 0;
+}
+
+#define SIGSYS 31
+#define SYS_SECCOMP 1
+#define SECCOMP_MODE_DEAD 3
+
+/* A seccomp filter's kill or trap is a SIGSYS the kernel forces on the calling task itself
+ * (force_sig_seccomp), with si_code SYS_SECCOMP and the call's number: it runs in that task's
+ * context, so its slot is the current one. A kill first marks the task SECCOMP_MODE_DEAD, a trap
+ * does not. Not seen: SECCOMP_RET_KILL_THREAD on one thread of several (that thread exits
+ * without a signal). */
+SEC("tp_btf/signal_generate")
+int BPF_PROG(security_seccomp, int sig, struct kernel_siginfo *info, struct task_struct *task,
+	     int group, int result)
+{
+	if (sig != SIGSYS || BPF_CORE_READ(info, si_code) != SYS_SECCOMP)
+		return 0;
+
+	int slot = sidecar_slot();
+
+	if (slot < 0)
+		return 0;
+
+	__u32 nr = (__u32)BPF_CORE_READ(info, _sifields._sigsys._syscall);
+	int dead = BPF_CORE_READ(task, seccomp.mode) == SECCOMP_MODE_DEAD;
+
+	if (dead) {
+		void *kills = sidecar_slot_map(&seccomp_kills, slot);
+		__u32 k = nr < SIDECAR_SYSCALL_SLOTS ? nr : SIDECAR_SYSCALL_SLOTS - 1;
+		__u64 *c = kills ? bpf_map_lookup_elem(kills, &k) : NULL;
+
+		if (c)
+			__sync_fetch_and_add(c, 1);
+	}
+
+	struct security_event *e = reserve(slot, SEC_SECCOMP_KILL);
+
+	if (!e)
+		return 0;
+	e->nr = nr;
+	e->args[0] = dead ? SECCOMP_ACT_KILL : SECCOMP_ACT_TRAP;
+	e->args[1] = (__u32)BPF_CORE_READ(info, si_errno); /* the filter's data (SECCOMP_RET_DATA) */
 	submit(slot, e);
 	return 0;
 }

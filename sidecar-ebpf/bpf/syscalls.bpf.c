@@ -192,6 +192,9 @@ static __always_inline void count_denied(__u32 slot, struct pt_regs *regs, long 
 
 	if (nr < 0 || !denied)
 		return;
+	/* Killed by the filter (SECCOMP_RET_KILL_*): the security family counts it as a kill. */
+	if (bpf_get_current_task_btf()->seccomp.mode == 3 /* SECCOMP_MODE_DEAD */)
+		return;
 	struct syscall_error_key k = {
 		.nr = nr_slot(nr),
 		.err = ret < 0 && ret >= -4095 ? (__u32)(-ret) : 0,

@@ -146,7 +146,8 @@ enum security_kind {
 	SEC_LISTEN_NEW_PORT = 10,
 	SEC_BASH_READLINE = 11,  /* opt-in: a line bash read (argv holds it) */
 	SEC_TLS_SAMPLE = 12,     /* opt-in: first bytes of an SSL_read/SSL_write (argv holds them) */
-	SEC_KINDS = 13,
+	SEC_SECCOMP_KILL = 13,   /* SIGSYS from a seccomp filter: nr, args[0] = enum seccomp_act */
+	SEC_KINDS = 14,
 };
 
 struct security_event {
@@ -185,6 +186,12 @@ enum security_hook {
 	SEC_HOOK_TRACEPOINTS = 1, /* security_syscall on syscalls:sys_enter_<name> */
 	SEC_HOOK_RAW = 2,         /* security_sys_enter_raw on raw sys_enter */
 	SEC_HOOK_DISPATCH = 3,    /* security_sys_enter, tail-called by the syscalls family */
+};
+
+/* What a seccomp filter did to a call, for seccomp_kill events (args[0]). */
+enum seccomp_act {
+	SECCOMP_ACT_TRAP = 1, /* SIGSYS sent, the process may handle it */
+	SECCOMP_ACT_KILL = 2, /* the task is dead (SECCOMP_RET_KILL_PROCESS, _KILL_THREAD) */
 };
 
 /* Per-slot settings of the security family (the single entry of the slot's security_config). */

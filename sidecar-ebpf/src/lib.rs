@@ -201,7 +201,10 @@ pub const SEC_ARGV_LEN: usize = 256;
 pub const SEC_PREFIXES: u32 = 16;
 pub const SEC_PREFIX_LEN: usize = 64;
 /// `enum security_kind` values are 1..SEC_KINDS.
-pub const SEC_KINDS: u32 = 13;
+pub const SEC_KINDS: u32 = 14;
+/// `enum seccomp_act`: a seccomp_kill event's args[0].
+pub const SECCOMP_ACT_TRAP: u64 = 1;
+pub const SECCOMP_ACT_KILL: u64 = 2;
 
 /// `struct security_event`
 #[repr(C)]

@@ -30,6 +30,7 @@ pub const KINDS: [&str; SEC_KINDS as usize] = [
     "listen_new_port",
     "bash_readline",
     "tls_sample",
+    "seccomp_kill",
 ];
 
 fn cstr(b: &[u8]) -> String {
@@ -67,6 +68,18 @@ pub fn to_json(e: &SecurityEvent, raw_tls: bool) -> Value {
                     json!(e.argv_len as usize >= e.argv.len()),
                 );
             }
+        }
+        "seccomp_kill" => {
+            o.insert("syscall".into(), json!(syscall_name(e.nr)));
+            o.insert(
+                "action".into(),
+                json!(if e.args[0] == sidecar_ebpf::SECCOMP_ACT_KILL {
+                    "kill"
+                } else {
+                    "trap"
+                }),
+            );
+            o.insert("data".into(), json!(e.args[1]));
         }
         "sensitive_open" => {
             o.insert("syscall".into(), json!(syscall_name(e.nr)));

@@ -46,7 +46,12 @@ pub const EVENTS: Metric = Metric::counter(
     "Security events of the target, by kind (counted in the kernel, including those lost on the way to /events).",
 )
 .labels(&["kind"]);
-pub const METRICS: &[Metric] = &[UPROBE_FILES, TLS_PLAINTEXT_BYTES, EVENTS];
+pub const SECCOMP_KILLED: Metric = Metric::counter(
+    "ebpf_sidecar_seccomp_killed",
+    "Calls of the target that its seccomp filter killed (SECCOMP_RET_KILL_PROCESS, or _KILL_THREAD on a single-threaded process: SIGSYS), by syscall; each is also a seccomp_kill event on /events. Not in seccomp_denied_total.",
+)
+.labels(&["syscall"]);
+pub const METRICS: &[Metric] = &[UPROBE_FILES, TLS_PLAINTEXT_BYTES, EVENTS, SECCOMP_KILLED];
 
 /// The entry tracepoints of the syscalls `watched_kind()` in security.bpf.c reports.
 const WATCHED_SYSCALLS: &[&str] = &[
@@ -138,6 +143,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     )?;
     obj.attach_raw_tp("security_exec", "sched_process_exec")?;
     obj.attach_raw_tp("security_listen", "inet_sock_set_state")?;
+    obj.attach_tp_btf("security_seccomp", "signal_generate")?;
     let sensitive = Sensitive::load(&mut obj, opts)?;
     let ring = obj.take_slot_map_as("security_events")?;
     let obj = Arc::new(obj);
@@ -276,6 +282,14 @@ impl Probe for Security {
         if let Some(s) = &self.sensitive {
             self.encode_sensitive(s, enc)?;
         }
+        let kills = self.obj.maps().array::<u64>("seccomp_kills");
+        SECCOMP_KILLED.counter_series(
+            enc,
+            kills.into_iter().enumerate().filter_map(|(nr, n)| {
+                let n = n.filter(|n| *n > 0)?;
+                Some((vec![("syscall", crate::tables::syscall_name(nr as u32))], n))
+            }),
+        )?;
         let c = self.counts();
         EVENTS.counter_series(
             enc,
