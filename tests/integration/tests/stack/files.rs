@@ -52,6 +52,65 @@ fn compose_file_validates_and_wires_the_sidecar_to_the_app() {
     assert_eq!(dash["uid"], "ebpf-sidecar");
 }
 
+/// One dashboard for the sidecar and for node mode: a `container` variable (the node's label,
+/// All = `.*`, which also matches the sidecar's series that have no such label), and every query
+/// filtered by it.
+#[test]
+fn dashboard_filters_every_query_by_the_container_variable() {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let var = vars
+        .iter()
+        .find(|v| v["name"] == "container")
+        .expect("a `container` template variable");
+    assert_eq!(var["type"], "query");
+    assert_eq!(var["datasource"]["uid"], "prometheus");
+    let q = var["query"]["query"].as_str().or(var["query"].as_str());
+    assert_eq!(
+        q,
+        Some("label_values(ebpf_sidecar_target_info, container)"),
+        "{var}"
+    );
+    assert_eq!(var["includeAll"], true);
+    assert_eq!(
+        var["allValue"], ".*",
+        "All must match series without the label"
+    );
+    assert_eq!(var["multi"], true);
+    let matcher = r#"container=~"$container""#;
+    let mut exprs = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("every target has an expr");
+            exprs += 1;
+            // Every metric of the expression carries the matcher.
+            let mut rest = expr;
+            while let Some(i) = rest.find("ebpf_sidecar_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let sel = tail[end..]
+                    .strip_prefix('{')
+                    .and_then(|s| s.split_once('}'))
+                    .map(|(m, _)| m);
+                assert!(
+                    sel.is_some_and(|m| m.split(',').any(|x| x.trim() == matcher)),
+                    "{} in panel {:?} lacks {{{matcher}}}: {expr}",
+                    &tail[..end],
+                    p["title"]
+                );
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(exprs >= 30, "dashboard lost its queries: {exprs}");
+}
+
 #[test]
 fn dashboard_queries_only_metrics_the_sidecar_exposes() {
     require_root();
@@ -87,6 +146,11 @@ fn dashboard_queries_only_metrics_the_sidecar_exposes() {
         }
     }
     assert!(panels_with_queries >= 10, "dashboard lost its panels");
+    // The container variable's query too.
+    for v in dash["templating"]["list"].as_array().into_iter().flatten() {
+        let q = v["query"]["query"].as_str().or(v["query"].as_str());
+        queried.extend(q.map(metric_names).unwrap_or_default());
+    }
     let unknown: Vec<_> = queried.iter().filter(|n| !scraped.contains(*n)).collect();
     assert!(
         unknown.is_empty(),

@@ -100,8 +100,9 @@ fn compose_sidecar() -> (Vec<String>, Vec<String>) {
 }
 
 /// Every panel of the dashboard that has queries: its title and its PromQL, with Grafana's
-/// interval variables replaced by `interval`.
-fn dashboard_panels(interval: &str) -> Vec<(String, Vec<String>)> {
+/// interval variables replaced by `interval` and the `container` variable by `container` (a
+/// regex: `.*` is the dashboard's All).
+fn dashboard_panels(interval: &str, container: &str) -> Vec<(String, Vec<String>)> {
     let dash: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
             .unwrap(),
@@ -120,7 +121,8 @@ fn dashboard_panels(interval: &str) -> Vec<(String, Vec<String>)> {
                     .expect("every target has an expr")
                     .replace("$__rate_interval", interval)
                     .replace("$__interval", interval)
-                    .replace("$__range", interval);
+                    .replace("$__range", interval)
+                    .replace("$container", container);
                 assert!(!e.contains('$'), "a Grafana variable left in {e}");
                 e
             })
