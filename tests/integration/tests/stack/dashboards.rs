@@ -204,11 +204,20 @@ fn node_compose_monitors_the_two_apps_and_the_dashboard_shows_each() {
 
     // The variable's values, as Grafana asks Prometheus for them: the two apps, nothing else.
     let want: BTreeSet<String> = apps.iter().map(|a| name(a)).collect();
-    let mut seen = BTreeSet::new();
-    wait_for("both apps monitored", Duration::from_secs(60), || {
-        seen = prom.label_values("ebpf_sidecar_target_info", "container");
-        (seen == want).then_some(())
-    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = prom.label_values("ebpf_sidecar_target_info", "container");
+        if seen == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container variable lists {seen:?}, not {want:?}\nnode: {}\nprometheus: {}",
+            node.logs(),
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert_eq!(prom.query("count(ebpf_sidecar_target_info)"), Some(2.0));
     assert_eq!(prom.query("max(ebpf_sidecar_node_containers)"), Some(2.0));
     // Rounds of load (one a second) over more than the panels' 20 s rate interval.
