@@ -1,5 +1,6 @@
-//! The compose stack running: every dashboard panel has data, the demo app's traffic shows in the
-//! net family, the live page draws its charts in headless Chromium.
+//! The compose stacks running: every dashboard panel has data (beside one sidecar, and per
+//! container under node mode), the demo app's traffic shows in the net family, the live page
+//! draws its charts in headless Chromium.
 
 use super::*;
 
@@ -79,7 +80,7 @@ fn every_dashboard_panel_has_data_with_the_compose_flags() {
     );
     let mut empty_panels = Vec::new();
     let mut empty_queries = Vec::new();
-    let panels = dashboard_panels("20s");
+    let panels = dashboard_panels("20s", ".*");
     assert!(panels.len() >= 25, "dashboard lost its panels");
     for (title, exprs) in &panels {
         // Grafana draws nothing for NaN (a quantile of a histogram with no observations).
@@ -106,6 +107,189 @@ fn every_dashboard_panel_has_data_with_the_compose_flags() {
         "panels without data: {empty_panels:?}; queries without series: {empty_queries:#?}\n{}",
         sidecar.logs()
     );
+}
+
+/// A docker network removed on drop (after the containers on it, declared after it).
+struct Network(String);
+
+impl Network {
+    fn create(name: &str) -> Self {
+        let _ = docker::run(&["network", "rm", name]);
+        docker::ok(&["network", "create", name]);
+        Network(name.to_string())
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker::run(&["network", "rm", &self.0]);
+    }
+}
+
+/// Panels a node-mode container of perl-app (no runtime the runtimes family knows, no block I/O
+/// of its own, no TCP client) must have data in; node-app must have every panel and every
+/// query's series, as beside a sidecar.
+const PERL_APP_PANELS: &[&str] = &[
+    "Target up",
+    "Probes up",
+    "Syscalls/s",
+    "Live processes",
+    "Syscalls/s (top 10)",
+    "Syscall errors/s by errno",
+    "Syscall latency (p50, p99)",
+    "Execs/s by comm",
+    "Exits/s by code and signal",
+    "Forks, threads, OOM kills",
+    "Packets/s by protocol",
+    "Bytes/s by direction",
+    "TCP connections/s",
+    "HTTP requests/s by method and status",
+    "File opens/s by result",
+    "BPF CPU time by program (cores)",
+];
+
+/// compose/node.yaml as compose runs it, service by service: the two apps with their labels, the
+/// load, and the node (its pid, capabilities, mounts and command) on one network; a real
+/// Prometheus scraping the node. The dashboard's `container` variable lists exactly the two apps
+/// (not the busy load container), and with each picked, the dashboard's panels have that app's
+/// data: every panel for node-app, the families perl-app exercises for it.
+#[test]
+fn node_compose_monitors_the_two_apps_and_the_dashboard_shows_each() {
+    require_root();
+    let doc = node_compose();
+    let svc = &doc["services"];
+    let apps = node_compose_apps(&doc);
+    let image_of = |service: &str| -> &'static str {
+        match svc[service]["build"]["context"].as_str() {
+            Some("../examples/node-app") => node_app_image(),
+            Some("../examples/perl-app") => perl_app_image(),
+            Some("..") => docker::sidecar_image(),
+            other => panic!("service {service}: no test image for build context {other:?}"),
+        }
+    };
+    let net = Network::create("ebpf-sidecar-nodecompose");
+    let name = |service: &str| format!("ebpf-sidecar-nodecompose-{service}");
+    let mut containers = Vec::new();
+    for service in apps.iter().map(String::as_str).chain(["load"]) {
+        let mut args = vec![
+            "--network".to_string(),
+            net.0.clone(),
+            "--network-alias".into(),
+            service.into(),
+        ];
+        for (k, v) in svc[service]["labels"].as_object().into_iter().flatten() {
+            args.extend(["--label".into(), format!("{k}={}", v.as_str().unwrap())]);
+        }
+        args.push(image_of(service).into());
+        args.extend(strings(&svc[service]["command"]));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        containers.push(Container::run(&name(service), &args));
+    }
+    let node = &svc["node"];
+    assert_eq!(node["pid"], "host");
+    let port = free_port();
+    let mut args = vec!["--pid=host".to_string()];
+    for c in strings(&node["cap_add"]) {
+        args.extend(["--cap-add".into(), c]);
+    }
+    for v in strings(&node["volumes"]) {
+        args.extend(["-v".into(), v]);
+    }
+    args.extend(["-p".into(), format!("127.0.0.1:{port}:9435")]);
+    args.push(image_of("node").into());
+    args.extend(strings(&node["command"]));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let node = Container::run(&name("node"), &args);
+    let prom = Prometheus::start(&format!("127.0.0.1:{port}"));
+
+    // The variable's values, as Grafana asks Prometheus for them: the two apps, nothing else.
+    let want: BTreeSet<String> = apps.iter().map(|a| name(a)).collect();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seen = prom.label_values("ebpf_sidecar_target_info", "container");
+        if seen == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container variable lists {seen:?}, not {want:?}\nnode: {}\nprometheus: {}",
+            node.logs(),
+            prom.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    assert_eq!(prom.query("count(ebpf_sidecar_target_info)"), Some(2.0));
+    assert_eq!(prom.query("max(ebpf_sidecar_node_containers)"), Some(2.0));
+    // Rounds of load (one a second) over more than the panels' 20 s rate interval.
+    std::thread::sleep(Duration::from_secs(25));
+    let load_log = containers.last().unwrap().logs();
+    assert_eq!(
+        prom.query("count(ebpf_sidecar_probe_up == 0) or vector(0)"),
+        Some(0.0),
+        "a family of the node's --probes is down:\n{}",
+        node.logs()
+    );
+    // All (`.*`): "Probes up" counts each family once, not once per container.
+    let families = strings(&svc["node"]["command"])
+        .iter()
+        .find_map(|a| a.strip_prefix("--probes=").map(|l| l.split(',').count()))
+        .expect("the node's --probes=");
+    let all = dashboard_panels("20s", ".*");
+    let (_, probes_up) = all
+        .iter()
+        .find(|(t, _)| t == "Probes up")
+        .expect("a Probes up panel");
+    assert_eq!(
+        prom.series(&probes_up[0]),
+        [families as f64],
+        "{}",
+        probes_up[0]
+    );
+    let mut failures = Vec::new();
+    for app in &apps {
+        let container = name(app);
+        let panels = dashboard_panels("20s", &container);
+        for (title, exprs) in &panels {
+            let required = app == "node-app" || PERL_APP_PANELS.contains(&title.as_str());
+            let mut panel_values = 0;
+            for e in exprs {
+                let v = prom.series(e);
+                let finite = v.iter().filter(|x| x.is_finite()).count();
+                eprintln!(
+                    "{container}: {title}: {} series, {finite} finite: {e}",
+                    v.len()
+                );
+                panel_values += finite;
+                // node-app: every query, as beside a sidecar; perl-app: its panels' data.
+                if app == "node-app"
+                    && v.is_empty()
+                    && !EMPTY_WHILE_NOTHING_FAILS.iter().any(|m| e.contains(m))
+                {
+                    failures.push(format!("{container}: no series: {e}"));
+                }
+            }
+            if required && panel_values == 0 {
+                failures.push(format!("{container}: panel {title:?} has no data"));
+            }
+        }
+        // Only this app's series: its HTTP requests are its own.
+        let own = prom
+            .query(&format!(
+                r#"sum(ebpf_sidecar_http_requests_total{{container="{container}",direction="server"}})"#
+            ))
+            .unwrap_or(0.0);
+        if own == 0.0 {
+            failures.push(format!("{container}: no server HTTP requests"));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{failures:#?}\nload: {load_log}\nnode: {}",
+        node.logs()
+    );
+    drop(node);
+    drop(containers);
+    drop(net);
 }
 
 /// scripts/demo.sh as a newcomer runs it: its app script (the shell loop with its loopback HTTP

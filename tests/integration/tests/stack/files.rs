@@ -1,5 +1,6 @@
-//! The deployment files, checked without running them: the compose file, the Grafana
-//! dashboard's queries, the Kubernetes manifests; and the pod labels they pass.
+//! The deployment files, checked without running them: the compose files (sidecar and node
+//! mode), the Grafana dashboard's queries and its container variable, the Kubernetes manifests;
+//! and the pod labels they pass.
 
 use super::*;
 
@@ -52,6 +53,180 @@ fn compose_file_validates_and_wires_the_sidecar_to_the_app() {
     assert_eq!(dash["uid"], "ebpf-sidecar");
 }
 
+/// compose/node.yaml: one node-mode sidecar for two different apps it selects by their compose
+/// label (nothing else of the stack), Prometheus scraping it, Grafana with the same dashboard.
+#[test]
+fn node_compose_file_runs_one_node_for_the_two_labelled_apps() {
+    let dir = repo_root().join("compose");
+    let out = Command::new("docker-compose")
+        .args(["-f", "node.yaml", "config"])
+        .current_dir(&dir)
+        .output()
+        .expect("docker-compose not found: apt-get install docker-compose");
+    assert!(
+        out.status.success(),
+        "docker-compose -f node.yaml config: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let doc = node_compose();
+    let svc = &doc["services"];
+    for s in ["node", "prometheus", "grafana"] {
+        assert!(svc[s].is_object(), "service {s} missing");
+    }
+    let node = &svc["node"];
+    assert_eq!(node["image"], "ebpf-sidecar");
+    assert_eq!(
+        node["pid"], "host",
+        "node mode sees every container's processes"
+    );
+    let command = strings(&node["command"]);
+    assert_eq!(
+        command.first().map(String::as_str),
+        Some("node"),
+        "{command:?}"
+    );
+    assert!(
+        command.iter().any(|a| a == "--listen=0.0.0.0:9435"),
+        "{command:?}"
+    );
+    // The same capabilities as compose.yaml's sidecar (and so the same families can load).
+    let (sidecar_caps, sidecar_command) = compose_sidecar();
+    let mut caps = strings(&node["cap_add"]);
+    let mut want = sidecar_caps.clone();
+    caps.sort();
+    want.sort();
+    assert_eq!(caps, want, "node's cap_add vs compose.yaml's sidecar");
+    let probes = |c: &[String]| c.iter().find(|a| a.starts_with("--probes=")).cloned();
+    assert_eq!(
+        probes(&command),
+        probes(&sidecar_command),
+        "the dashboard's families"
+    );
+    // The host's bpffs writable, the Docker socket read-only.
+    let volumes = strings(&node["volumes"]);
+    let mount = |target: &str| {
+        volumes
+            .iter()
+            .find(|v| v.split(':').nth(1) == Some(target))
+            .unwrap_or_else(|| panic!("no mount at {target}: {volumes:?}"))
+            .clone()
+    };
+    assert_eq!(
+        mount("/sys/fs/bpf"),
+        "/sys/fs/bpf:/sys/fs/bpf",
+        "writable bpffs"
+    );
+    assert_eq!(
+        mount("/var/run/docker.sock"),
+        "/var/run/docker.sock:/var/run/docker.sock:ro"
+    );
+    for v in &volumes {
+        assert!(
+            v.starts_with("/sys/fs/bpf:") || v.ends_with(":ro"),
+            "every other mount is read-only: {v}"
+        );
+    }
+    // --containers selects the two apps by label, and nothing else of the stack.
+    let sels = label_selectors(&command);
+    assert!(
+        !sels.is_empty(),
+        "no --containers label=KEY=VALUE: {command:?}"
+    );
+    let apps = node_compose_apps(&doc);
+    assert_eq!(apps.len(), 2, "two apps carry the selected label: {apps:?}");
+    let contexts: BTreeSet<String> = apps
+        .iter()
+        .map(|a| {
+            svc[a]["build"]["context"]
+                .as_str()
+                .unwrap_or_else(|| panic!("app {a} is built from examples/"))
+                .to_string()
+        })
+        .collect();
+    assert_eq!(contexts.len(), 2, "two different apps: {contexts:?}");
+    for c in &contexts {
+        assert!(dir.join(c).join("Dockerfile").is_file(), "{c}/Dockerfile");
+    }
+    for s in ["node", "prometheus", "grafana"] {
+        assert!(!apps.iter().any(|a| a == s), "{s} must not be monitored");
+    }
+    // Prometheus scrapes the node service on its port.
+    assert!(
+        strings(&svc["prometheus"]["volumes"])
+            .contains(&"./prometheus-node.yml:/etc/prometheus/prometheus.yml:ro".to_string()),
+        "{}",
+        svc["prometheus"]["volumes"]
+    );
+    let prom = &yaml_docs(&dir.join("prometheus-node.yml"))[0];
+    let targets = strings(&prom["scrape_configs"][0]["static_configs"][0]["targets"]);
+    assert_eq!(targets, ["node:9435"]);
+    // Grafana: the same provisioning and dashboard as compose.yaml's.
+    let compose = &yaml_docs(&dir.join("compose.yaml"))[0];
+    assert_eq!(
+        svc["grafana"]["volumes"],
+        compose["services"]["grafana"]["volumes"]
+    );
+}
+
+/// One dashboard for the sidecar and for node mode: a `container` variable (the node's label,
+/// All = `.*`, which also matches the sidecar's series that have no such label), and every query
+/// filtered by it.
+#[test]
+fn dashboard_filters_every_query_by_the_container_variable() {
+    let dash: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo_root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    let vars = dash["templating"]["list"].as_array().unwrap();
+    let var = vars
+        .iter()
+        .find(|v| v["name"] == "container")
+        .expect("a `container` template variable");
+    assert_eq!(var["type"], "query");
+    assert_eq!(var["datasource"]["uid"], "prometheus");
+    let q = var["query"]["query"].as_str().or(var["query"].as_str());
+    assert_eq!(
+        q,
+        Some("label_values(ebpf_sidecar_target_info, container)"),
+        "{var}"
+    );
+    assert_eq!(var["includeAll"], true);
+    assert_eq!(
+        var["allValue"], ".*",
+        "All must match series without the label"
+    );
+    assert_eq!(var["multi"], true);
+    let matcher = r#"container=~"$container""#;
+    let mut exprs = 0;
+    for p in dash["panels"].as_array().unwrap() {
+        for t in p["targets"].as_array().into_iter().flatten() {
+            let expr = t["expr"].as_str().expect("every target has an expr");
+            exprs += 1;
+            // Every metric of the expression carries the matcher.
+            let mut rest = expr;
+            while let Some(i) = rest.find("ebpf_sidecar_") {
+                let tail = &rest[i..];
+                let end = tail
+                    .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                    .unwrap_or(tail.len());
+                let sel = tail[end..]
+                    .strip_prefix('{')
+                    .and_then(|s| s.split_once('}'))
+                    .map(|(m, _)| m);
+                assert!(
+                    sel.is_some_and(|m| m.split(',').any(|x| x.trim() == matcher)),
+                    "{} in panel {:?} lacks {{{matcher}}}: {expr}",
+                    &tail[..end],
+                    p["title"]
+                );
+                rest = &tail[end..];
+            }
+        }
+    }
+    assert!(exprs >= 30, "dashboard lost its queries: {exprs}");
+}
+
 #[test]
 fn dashboard_queries_only_metrics_the_sidecar_exposes() {
     require_root();
@@ -87,6 +262,11 @@ fn dashboard_queries_only_metrics_the_sidecar_exposes() {
         }
     }
     assert!(panels_with_queries >= 10, "dashboard lost its panels");
+    // The container variable's query too.
+    for v in dash["templating"]["list"].as_array().into_iter().flatten() {
+        let q = v["query"]["query"].as_str().or(v["query"].as_str());
+        queried.extend(q.map(metric_names).unwrap_or_default());
+    }
     let unknown: Vec<_> = queried.iter().filter(|n| !scraped.contains(*n)).collect();
     assert!(
         unknown.is_empty(),

@@ -1,8 +1,8 @@
 //! The stack: the node example app in Docker, the sidecar image beside it in
 //! `--pid=container:` mode, a real Prometheus scraping the sidecar, and PromQL through
-//! Prometheus's HTTP API; plus the compose file, the Grafana dashboard, the Kubernetes manifests
-//! (files.rs) and the stack running with the dashboard's and live page's views of it
-//! (dashboards.rs).
+//! Prometheus's HTTP API; plus the compose files (sidecar and node mode), the Grafana dashboard,
+//! the Kubernetes manifests (files.rs) and the stacks running with the dashboard's and live
+//! page's views of them (dashboards.rs).
 
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
@@ -99,9 +99,46 @@ fn compose_sidecar() -> (Vec<String>, Vec<String>) {
     (strings(&s["cap_add"]), strings(&s["command"]))
 }
 
+/// compose/node.yaml, as written.
+fn node_compose() -> Value {
+    yaml_docs(&repo_root().join("compose/node.yaml")).remove(0)
+}
+
+/// The `label=KEY=VALUE` selectors of a node command's `--containers` (either spelling).
+fn label_selectors(command: &[String]) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut it = command.iter();
+    while let Some(a) = it.next() {
+        let sel = match a.strip_prefix("--containers=") {
+            Some(s) => s.to_string(),
+            None if a == "--containers" => it.next().cloned().unwrap_or_default(),
+            None => continue,
+        };
+        let (k, v) = sel
+            .strip_prefix("label=")
+            .and_then(|kv| kv.split_once('='))
+            .unwrap_or_else(|| panic!("not a label=KEY=VALUE selector: {sel}"));
+        out.push((k.to_string(), v.to_string()));
+    }
+    out
+}
+
+/// The services of node.yaml a label selector of its node picks (the monitored apps), by name.
+fn node_compose_apps(doc: &Value) -> Vec<String> {
+    let sels = label_selectors(&strings(&doc["services"]["node"]["command"]));
+    doc["services"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .filter(|(_, s)| sels.iter().any(|(k, v)| s["labels"][k] == v.as_str()))
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
 /// Every panel of the dashboard that has queries: its title and its PromQL, with Grafana's
-/// interval variables replaced by `interval`.
-fn dashboard_panels(interval: &str) -> Vec<(String, Vec<String>)> {
+/// interval variables replaced by `interval` and the `container` variable by `container` (a
+/// regex: `.*` is the dashboard's All).
+fn dashboard_panels(interval: &str, container: &str) -> Vec<(String, Vec<String>)> {
     let dash: Value = serde_json::from_str(
         &std::fs::read_to_string(repo_root().join("compose/grafana/dashboards/ebpf-sidecar.json"))
             .unwrap(),
@@ -120,7 +157,8 @@ fn dashboard_panels(interval: &str) -> Vec<(String, Vec<String>)> {
                     .expect("every target has an expr")
                     .replace("$__rate_interval", interval)
                     .replace("$__interval", interval)
-                    .replace("$__range", interval);
+                    .replace("$__range", interval)
+                    .replace("$container", container);
                 assert!(!e.contains('$'), "a Grafana variable left in {e}");
                 e
             })
@@ -213,6 +251,24 @@ impl Prometheus {
             .collect()
     }
 
+    /// The values of `label` on the series matching `selector`, as Grafana's
+    /// `label_values(selector, label)` asks them.
+    fn label_values(&self, selector: &str, label: &str) -> BTreeSet<String> {
+        let path = format!(
+            "/api/v1/label/{label}/values?match%5B%5D={}",
+            urlencode(selector)
+        );
+        let (status, _, body) = http_get(self.port, &path, None).unwrap();
+        assert_eq!(status, 200, "{path}: {body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{path}: {body}"))
+            .iter()
+            .filter_map(|s| s.as_str().map(str::to_string))
+            .collect()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
@@ -270,6 +326,20 @@ fn node_app_image() -> &'static str {
         repo_root().join("examples/node-app").to_str().unwrap(),
     ]);
     "ebpf-sidecar-node-app:test"
+}
+
+/// The second example app (examples/perl-app), built on the local debian:bookworm-slim
+/// (scripts/images.sh, which docker::sidecar_image runs).
+fn perl_app_image() -> &'static str {
+    docker::sidecar_image();
+    docker::ok(&[
+        "build",
+        "-q",
+        "-t",
+        "ebpf-sidecar-perl-app:test",
+        repo_root().join("examples/perl-app").to_str().unwrap(),
+    ]);
+    "ebpf-sidecar-perl-app:test"
 }
 
 /// The PromQL whose increases the known load must produce exactly, with the expected increase.
