@@ -8,6 +8,9 @@
  *   counted hog              allocate and touch memory until killed (OOM tests).
  *   counted signals S        raise SIGUSR1 S times with a handler (S tgkill, S rt_sigreturn),
  *                            then exit_group(0).
+ *   counted sysinfo N        call sysinfo N times, then exit 0 (a call a Docker profile can
+ *                            refuse or kill on: runc itself calls getppid after installing the
+ *                            container's filter, so a profile refusing getppid stops runc).
  *   counted novel            call two syscalls the other modes never make: sysinfo (allowed by
  *                            Docker's default profile) and unshare(CLONE_NEWUTS); exit status
  *                            10 if sysinfo failed with EPERM + 20 if unshare did.
@@ -58,6 +61,13 @@ int main(int argc, char **argv)
 			if (p)
 				memset(p, 1, 1 << 20);
 		}
+	}
+	if (argc == 3 && !strcmp(argv[1], "sysinfo")) {
+		struct sysinfo si;
+
+		for (long i = atol(argv[2]); i > 0; i--)
+			syscall(SYS_sysinfo, &si);
+		return 0;
 	}
 	if (argc >= 2 && !strcmp(argv[1], "novel")) {
 		struct sysinfo si;

@@ -358,8 +358,12 @@ pub fn host() -> Result<Resolved, TargetError> {
         cgroup_dir: None,
         pid: Some(1),
         pid_ns: Some(ino),
-        net_ns: ns_inode(1, "net").or_else(|| ns_inode(me, "net")).map(|(_, i)| i),
-        mnt_ns: ns_inode(1, "mnt").or_else(|| ns_inode(me, "mnt")).map(|(_, i)| i),
+        net_ns: ns_inode(1, "net")
+            .or_else(|| ns_inode(me, "net"))
+            .map(|(_, i)| i),
+        mnt_ns: ns_inode(1, "mnt")
+            .or_else(|| ns_inode(me, "mnt"))
+            .map(|(_, i)| i),
         container: None,
         others_in_cgroup: None,
     })

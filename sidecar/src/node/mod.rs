@@ -597,7 +597,11 @@ fn serve(node: Arc<Node>, listen: app::Listen) -> Result<i32> {
     /// Hand `req` to a container's own routes, at `path` (its query kept).
     async fn forward(router: axum::Router, mut req: Request, path: &str) -> Response {
         use tower_service::Service;
-        let query = req.uri().query().map(|q| format!("?{q}")).unwrap_or_default();
+        let query = req
+            .uri()
+            .query()
+            .map(|q| format!("?{q}"))
+            .unwrap_or_default();
         match format!("{path}{query}").parse() {
             Ok(uri) => *req.uri_mut() = uri,
             Err(_) => return (StatusCode::BAD_REQUEST, "bad path\n").into_response(),

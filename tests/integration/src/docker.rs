@@ -123,4 +123,3 @@ pub fn sidecar_beside(name: &str, app: &str, extra: &[&str]) -> (Container, u16)
     });
     (c, port)
 }
-

@@ -247,4 +247,3 @@ pub fn host_programs() -> BTreeMap<String, usize> {
     }
     by_name
 }
-

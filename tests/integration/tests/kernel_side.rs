@@ -12,8 +12,7 @@ use std::time::Duration;
 use integration::apps::{CODE, app, assert_app, work};
 use integration::docker::{self, Container};
 use integration::{
-    Metrics, Sidecar, host_programs, http_get, require_root, sidecar_bin, wait_for,
-    workload,
+    Metrics, Sidecar, host_programs, http_get, require_root, sidecar_bin, wait_for, workload,
 };
 
 const BASE: &str = "/sys/fs/bpf/ebpf-sidecar";

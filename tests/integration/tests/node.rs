@@ -214,12 +214,20 @@ fn the_host_is_one_more_target_and_each_container_has_its_own_views() {
     require_root();
     let app0 = app_with(&name(20), 0, &[]);
     let node = Node::start(
-        &["--containers", &format!("name={}", name(20)), "--include-host"],
+        &[
+            "--containers",
+            &format!("name={}", name(20)),
+            "--include-host",
+        ],
         &[],
     );
     node.wait_containers(1);
     wait_for("host monitored", Duration::from_secs(20), || {
-        (node.scrape().sum("ebpf_sidecar_target_up", &[("container", "")]) == 1.0).then_some(())
+        (node
+            .scrape()
+            .sum("ebpf_sidecar_target_up", &[("container", "")])
+            == 1.0)
+            .then_some(())
     });
     // On the host (not in a container): K execs of `true`, as the container's workload does.
     let before = node.scrape();
@@ -257,7 +265,10 @@ fn the_host_is_one_more_target_and_each_container_has_its_own_views() {
     assert!(page.contains("assets/live.js"), "its live page");
     let (code, _, js) = get(&format!("/containers/{}/assets/live.js", name(20)));
     assert_eq!(code, 200);
-    assert!(js.contains("fetch('metrics'"), "the page reads its own /metrics");
+    assert!(
+        js.contains("fetch('metrics'"),
+        "the page reads its own /metrics"
+    );
     let (code, _, page) = get("/");
     assert_eq!(code, 200);
     assert!(page.contains("id=\"containers\""), "the node page's table");
@@ -272,7 +283,13 @@ fn the_host_is_one_more_target_and_each_container_has_its_own_views() {
     ));
     assert_eq!(code, 200, "{folded}");
     let pprof = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{content_type}"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{content_type}",
+        ])
         .arg(format!(
             "http://127.0.0.1:{port}/debug/pprof/profile?seconds=1&container={}",
             name(20)

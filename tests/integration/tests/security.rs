@@ -540,3 +540,134 @@ fn two_sidecars_on_the_shared_kernel_side_each_see_exactly_their_own_target() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A Docker seccomp profile `defaultAction: ALLOW` with one rule for sysinfo. (Not getppid:
+/// runc calls it after installing the container's filter, so a profile refusing it stops runc.)
+fn sysinfo_profile(action: &str) -> std::path::PathBuf {
+    let rule = if action == "SCMP_ACT_ERRNO" {
+        serde_json::json!({"names": ["sysinfo"], "action": action, "errnoRet": 1})
+    } else {
+        serde_json::json!({"names": ["sysinfo"], "action": action})
+    };
+    let profile = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [rule],
+    });
+    let path = std::env::temp_dir().join(format!(
+        "ebpf-sidecar-sysinfo-{}-{}.json",
+        action.to_lowercase(),
+        std::process::id()
+    ));
+    std::fs::write(&path, profile.to_string()).unwrap();
+    path
+}
+
+/// A container whose seccomp profile refuses sysinfo with EPERM, then one whose profile kills
+/// on sysinfo: 37 refused calls are `seccomp_denied_total{sysinfo,EPERM}` 37 and no call or
+/// error; the kill is `seccomp_killed_total{sysinfo}` 1, one `seccomp_kill` event, and the exit
+/// by SIGSYS.
+#[test]
+fn docker_profile_denials_and_kills_are_counted_exactly() {
+    require_root();
+    docker::sidecar_image();
+    const N: u64 = 37;
+    let counted = format!("{}:/counted:ro", workload("counted").display());
+    let run = |name: &str, action: &str| {
+        let profile = format!("seccomp={}", sysinfo_profile(action).display());
+        Container::run(
+            name,
+            &[
+                "--security-opt",
+                &profile,
+                "-v",
+                &counted,
+                "debian:bookworm-slim",
+                "sleep",
+                "600",
+            ],
+        )
+    };
+
+    let denying = run("ebpf-sidecar-seccomp-deny", "SCMP_ACT_ERRNO");
+    let s = Sidecar::start(&["--target-container", &denying.0]);
+    let out = docker::run(&["exec", &denying.0, "/counted", "sysinfo", &N.to_string()]);
+    assert_eq!(out.status.code(), Some(0), "the workload ran to its end");
+    let m = s.scrape();
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_seccomp_denied_total",
+            &[("syscall", "sysinfo"), ("errno", "EPERM")]
+        ),
+        N as f64
+    );
+    assert_eq!(
+        m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "sysinfo")]),
+        0.0,
+        "a refused call is not a call"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_syscall_errors_total",
+            &[("syscall", "sysinfo")]
+        ),
+        0.0,
+        "nor an error"
+    );
+    assert_eq!(m.sum("ebpf_sidecar_seccomp_killed_total", &[]), 0.0);
+    drop(s);
+
+    let killing = run("ebpf-sidecar-seccomp-kill", "SCMP_ACT_KILL_PROCESS");
+    let s = Sidecar::start(&["--target-container", &killing.0]);
+    let mut code = None;
+    let lines = stream_lines(
+        s.port,
+        "/events?kind=seccomp_kill",
+        Duration::from_secs(5),
+        || {
+            code = docker::run(&["exec", &killing.0, "/counted", "sysinfo", "1"])
+                .status
+                .code();
+        },
+    );
+    assert_eq!(
+        code,
+        Some(128 + 31),
+        "killed by SIGSYS at its first sysinfo"
+    );
+    assert_eq!(lines.len(), 1, "one seccomp_kill event: {lines:?}");
+    let e: serde_json::Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(e["kind"], "seccomp_kill");
+    assert_eq!(e["syscall"], "sysinfo");
+    assert_eq!(e["action"], "kill");
+    assert_eq!(e["comm"], "counted");
+    let m = s.scrape();
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_seccomp_killed_total",
+            &[("syscall", "sysinfo")]
+        ),
+        1.0
+    );
+    assert_eq!(m.sum("ebpf_sidecar_seccomp_killed_total", &[]), 1.0);
+    assert_eq!(
+        m.sum("ebpf_sidecar_seccomp_denied_total", &[]),
+        0.0,
+        "a kill is not also a denial"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_process_exits_total",
+            &[("comm", "counted"), ("signal", "SIGSYS")]
+        ),
+        1.0,
+        "the exit, with its signal"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_security_events_total",
+            &[("kind", "seccomp_kill")]
+        ),
+        1.0
+    );
+}
