@@ -44,7 +44,7 @@ struct Instance {
     router: axum::Router,
     /// When the container was removed: its series stay until `retain` has passed (its last
     /// values; the slot is given back at once).
-    removed: Option<(Instant, String)>,
+    removed: Option<(Instant, Arc<str>)>,
 }
 
 struct Node {
@@ -420,7 +420,7 @@ impl Node {
         let text = export::render(&inst.registry, None)
             .map(|(_, t)| t)
             .unwrap_or_default();
-        inst.removed = Some((Instant::now(), text));
+        inst.removed = Some((Instant::now(), text.into()));
         let ks = inst.shared.options.kernel_side.clone();
         drop(map);
         ks.leave();
@@ -443,23 +443,42 @@ impl Node {
 
     /// Every container's metrics, merged, with the node's own.
     fn metrics(&self) -> String {
+        enum Source {
+            Live(Arc<Registry>),
+            Retained(Arc<str>),
+        }
+        // A snapshot: discovery may add a container while the scrape renders.
+        let (sources, live) = {
+            let map = self.lock();
+            let sources: Vec<(Vec<(String, String)>, Source)> = map
+                .values()
+                .map(|i| {
+                    let src = match &i.removed {
+                        Some((_, text)) => Source::Retained(text.clone()),
+                        None => Source::Live(i.registry.clone()),
+                    };
+                    (i.labels.clone(), src)
+                })
+                .collect();
+            let live = map
+                .iter()
+                .filter(|(id, i)| i.removed.is_none() && id.as_str() != HOST)
+                .count();
+            (sources, live)
+        };
+        // Rendered one after another: threads here cost more memory (an allocator arena each)
+        // than they saved time on two CPUs.
         let mut merged = merge::Merged::default();
-        let map = self.lock();
-        for inst in map.values() {
-            match &inst.removed {
-                Some((_, text)) => merged.add(text, &inst.labels),
-                None => {
-                    if let Ok((_, text)) = export::render(&inst.registry, None) {
-                        merged.add(&text, &inst.labels);
+        for (labels, src) in &sources {
+            match src {
+                Source::Retained(t) => merged.add(t, labels),
+                Source::Live(r) => {
+                    if let Ok((_, t)) = export::render(r, None) {
+                        merged.add(&t, labels);
                     }
                 }
             }
         }
-        let live = map
-            .iter()
-            .filter(|(id, i)| i.removed.is_none() && id.as_str() != HOST)
-            .count();
-        drop(map);
         let mut out = merged.text();
         for (m, v) in [
             (export::NODE_CONTAINERS, live.to_string()),

@@ -261,6 +261,11 @@ pub mod loads {
         ON.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
+    /// Whether this process serves several slots from shared objects (node mode).
+    pub fn is_shared() -> bool {
+        ON.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub(super) fn get(
         ks: &KsHandle,
         family: &'static str,
