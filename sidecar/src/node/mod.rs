@@ -122,6 +122,18 @@ pub fn run(cfg: Config) -> Result<i32> {
         start(node.add_host())?;
     }
     node.sync();
+    let monitored = node
+        .lock()
+        .keys()
+        .filter(|id| id.as_str() != HOST)
+        .count();
+    if monitored == 0 && !node.selectors.is_empty() {
+        tracing::warn!(
+            "--containers matches none of the running containers: nothing is monitored until a \
+             matching one starts (check the names with `docker ps --format '{{{{.Names}}}}'` and \
+             the labels with `docker inspect`)"
+        );
+    }
     {
         let n = node.clone();
         std::thread::Builder::new()

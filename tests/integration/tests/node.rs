@@ -194,6 +194,15 @@ fn bad_node_input_exits_2_with_the_reason() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
         assert!(err.contains(says), "{args:?}: {err}");
     }
+    // A filter matching nothing: a warning, and node mode serves on (a match may start later).
+    let node = Node::start(&["--containers", "name=no-such-container-[0-9]+"], &[]);
+    node.wait_containers(0);
+    assert!(
+        node.0.log_text().contains("matches none of the running containers"),
+        "{}",
+        node.0.log_text()
+    );
+    drop(node);
     // Selecting by name without the Docker API: said, exit 2.
     let out = Command::new(sidecar_bin())
         .args(["node", "--containers", SELECT, "--listen"])
