@@ -412,7 +412,8 @@ fn stopped_read(pid: u32) -> Result<Vec<Vec<SockFilter>>, ReadError> {
 fn get_filter_hint(e: &std::io::Error) -> String {
     match e.raw_os_error() {
         Some(libc::EACCES) => {
-            let mine = read_proc("/proc/self/status").unwrap_or_default();
+            // Seccomp is per thread: this thread's, not the process's main thread's.
+            let mine = read_proc("/proc/thread-self/status").unwrap_or_default();
             if status_field(&mine, "Seccomp:").unwrap_or(0) != 0 {
                 " (the sidecar itself runs under a seccomp filter, and the kernel lets only an \
                  unconfined process read filters: start it with --security-opt \
@@ -725,6 +726,31 @@ mod tests {
         };
         let got = read(pid as u32);
         let alive_after = alive(pid as u32);
+        // A reader under a filter of its own is refused, and told why. Seccomp is per thread:
+        // a thread confines itself (allow everything) and tries.
+        let confined = std::thread::spawn(move || {
+            let allow = [ret(SECCOMP_RET_ALLOW)];
+            let prog = libc::sock_fprog {
+                len: 1,
+                filter: allow.as_ptr() as *mut libc::sock_filter,
+            };
+            // SAFETY: prctl with integers; seccomp with a program that outlives the call.
+            let installed = unsafe {
+                libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0
+                    && libc::syscall(
+                        libc::SYS_seccomp,
+                        libc::SECCOMP_SET_MODE_FILTER,
+                        0,
+                        &prog as *const libc::sock_fprog,
+                    ) == 0
+            };
+            (
+                installed,
+                read(pid as u32).map(|_| ()).map_err(|e| e.to_string()),
+            )
+        })
+        .join()
+        .unwrap();
         // SAFETY: our own child.
         unsafe {
             libc::kill(pid, libc::SIGKILL);
@@ -732,6 +758,16 @@ mod tests {
         }
         assert_eq!((n, b[0]), (1, 1), "the child installed both filters");
         assert!(alive_after, "the child goes on after the read");
+        assert!(confined.0, "the thread confined itself");
+        let err = confined.1.expect_err("a confined reader is refused");
+        assert!(
+            err.ends_with(
+                "filter 0: Permission denied (os error 13) (the sidecar itself runs under a \
+                 seccomp filter, and the kernel lets only an unconfined process read filters: \
+                 start it with --security-opt seccomp=unconfined)"
+            ),
+            "{err}"
+        );
         let e = got.expect("read").expect("a filter");
         assert_eq!(e.mode, Mode::Filter(2));
         let want = Enforced::from_filters(pid as u32, &[first, second]).unwrap();
