@@ -166,8 +166,12 @@ pub fn allowed_unused(e: &Enforced, observed: &[u32]) -> Vec<u32> {
 ///
 /// `allowed_but_unused` counts syscalls that depend on arguments as allowed: some call of them
 /// runs, and an advised profile that leaves them out refuses every call.
-/// `used_but_denied` holds syscalls the target made or tried that the profile denies whatever
-/// the arguments, plus those it denies for some arguments when a refused call was seen.
+/// `used_but_denied` holds the syscalls the target tried that the profile refused. With refused
+/// calls told apart (`--syscall-latency on`) those are exactly the refused ones: a call that ran
+/// was let through, and one that ran while the profile denies it came from a process this filter
+/// did not confine yet (the runtime before it installs it: `docker exec`'s keyctl). Without,
+/// every call is counted as made, so the syscalls the target made that the profile denies
+/// whatever the arguments.
 pub fn report(enforced: Result<&Enforced, &str>, usage: &Usage, baseline: bool) -> Value {
     let advised = profile(&usage.observed, baseline);
     let observed: BTreeSet<u32> = usage.observed.iter().copied().collect();
@@ -214,25 +218,20 @@ pub fn report(enforced: Result<&Enforced, &str>, usage: &Usage, baseline: bool) 
             .as_ref()
             .map(|r| r.get(&nr).copied().unwrap_or(0))
     };
-    let tried: BTreeSet<u32> = observed
-        .iter()
-        .copied()
-        .chain(
-            usage
-                .refused
-                .iter()
-                .flatten()
-                .filter(|(_, n)| **n > 0)
-                .map(|(nr, _)| *nr),
-        )
-        .collect();
+    let tried: BTreeSet<u32> = match &usage.refused {
+        Some(r) => r
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(nr, _)| *nr)
+            .collect(),
+        None => observed.clone(),
+    };
     let mut broken = Vec::new();
     for nr in tried {
         let mut item = match e.table.get(&nr) {
             Some(Verdict::Fixed(a)) if !a.allows() => entry(nr, a.json()),
-            Some(Verdict::DependsOnArguments(all)) if refused(nr).unwrap_or(0) > 0 => {
-                outcomes(nr, all)
-            }
+            // Refused for some arguments (only known when refusals are counted).
+            Some(Verdict::DependsOnArguments(all)) if usage.refused.is_some() => outcomes(nr, all),
             _ => continue,
         };
         item["refused"] = json!(refused(nr));
@@ -479,8 +478,9 @@ mod tests {
     #[test]
     fn report_against_enforced() {
         let e = small();
-        // Used: read, getppid (allowed), getpid (denied: made with latency off), personality
-        // (refused once: seen by the denied table), uname (refused 3 times).
+        // Used: read, getppid (allowed), getpid (denied: made by a process the filter did not
+        // confine yet), personality (refused once: seen by the denied table), uname (refused 3
+        // times).
         let usage = Usage {
             observed: vec![0, 110, 39],
             refused: Some([(135, 1), (63, 3)].into()),
@@ -506,7 +506,6 @@ mod tests {
         assert_eq!(
             r["used_but_denied"],
             json!([
-                {"syscall": "getpid", "action": "kill_process", "refused": 0},
                 {"syscall": "personality", "outcomes": [
                     {"action": "errno", "errno": "EPERM"}, {"action": "allow"}], "refused": 1},
                 {"syscall": "uname", "action": "errno", "errno": "EPERM", "refused": 3},
@@ -521,8 +520,7 @@ mod tests {
             "enforced: seccomp filter mode, 1 filter(s), pid 1, x86_64",
             "allowed but never used (2): a profile of the observed calls removes these",
             "  personality             write",
-            "used but denied (3): these calls fail or kill",
-            "  getpid                  kill_process                    0",
+            "used but denied (2): these calls fail or kill",
             "  personality             errno EPERM | allow             1",
             "  uname                   errno EPERM                     3",
             "depends on arguments (1)",
@@ -531,14 +529,22 @@ mod tests {
             assert!(text.contains(line), "{line:?} in:\n{text}");
         }
 
-        // Latency off: refused calls are not told apart, and a used conditional is not listed.
+        // Latency off: refused calls are counted as made, so a denied syscall made is listed
+        // (refusals unknown), a conditional one is not.
         let off = Usage {
-            observed: vec![0, 135],
+            observed: vec![0, 135, 39],
             refused: None,
         };
         let r = report(Ok(&e), &off, false);
-        assert_eq!(r["used_but_denied"], json!([]));
+        assert_eq!(
+            r["used_but_denied"],
+            json!([{"syscall": "getpid", "action": "kill_process", "refused": null}])
+        );
         assert_eq!(r["allowed_but_unused"], json!(["getppid", "write"]));
+        assert!(
+            report_text(&r)
+                .contains("  getpid                  kill_process                    -\n")
+        );
     }
 
     #[test]
