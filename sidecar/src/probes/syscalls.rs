@@ -79,6 +79,9 @@ pub struct Syscalls {
     latency: bool,
     /// The target's enforced seccomp profile, read once per target process.
     enforced: Mutex<EnforcedCache>,
+    /// The sidecar has given up its start-up capabilities: a later read (a restarted target)
+    /// is likely refused, and the reason should say what to do.
+    caps_dropped: std::sync::atomic::AtomicBool,
 }
 
 /// The last read of the target's seccomp filters.
@@ -138,6 +141,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
             key: None,
             state: Err("the target has not been found yet".into()),
         }),
+        caps_dropped: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
@@ -230,9 +234,15 @@ impl Syscalls {
                 "the target has no seccomp filter (Seccomp: 0 in /proc/{pid}/status)"
             )),
             Err(e) => {
-                tracing::warn!("the target's seccomp profile: {e}");
+                let after = if self.caps_dropped.load(std::sync::atomic::Ordering::Relaxed) {
+                    "; the target changed after the sidecar dropped its start-up capabilities: \
+                     restart the sidecar to read it"
+                } else {
+                    ""
+                };
+                tracing::warn!("the target's seccomp profile: {e}{after}");
                 Err(format!(
-                    "the target's seccomp filter could not be read: {e}"
+                    "the target's seccomp filter could not be read: {e}{after}"
                 ))
             }
         };
@@ -348,6 +358,8 @@ impl Probe for Syscalls {
     fn before_dropping_capabilities(&self, target: Option<&Resolved>) {
         // `run`: the command exists only now.
         self.read_enforced(target);
+        self.caps_dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {

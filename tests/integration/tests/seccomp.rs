@@ -558,3 +558,38 @@ fn run_writes_the_report() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The filter is read with the start-up capabilities: a target restarted after the sidecar
+/// dropped them is not read again, and the report says why and what to do (no stale table, no
+/// gauge).
+#[test]
+fn a_restarted_target_is_not_read_again_and_says_why() {
+    require_root();
+    docker::base_images();
+    let app = counted_app("ebpf-sidecar-seccomp-restart", &[]);
+    let s = Sidecar::start(&["--target-container", &app.0]);
+    let before = enforced_report(s.port);
+    assert_eq!(before["enforced"]["pid"], app.host_pid());
+    let first = app.host_pid();
+    docker::ok(&["restart", "-t", "1", &app.0]);
+    wait_for("the restarted target", Duration::from_secs(30), || {
+        let r = enforced_report(s.port);
+        (r["enforced"].is_null() && app.host_pid() != first).then_some(r)
+    });
+    let r = enforced_report(s.port);
+    let reason = r["reason"].as_str().unwrap();
+    // Checked before the target is stopped: it is not disturbed for a read bound to fail.
+    assert_eq!(
+        reason,
+        "the target's seccomp filter could not be read: reading a seccomp filter needs \
+         CAP_SYS_ADMIN, which the sidecar does not have (--cap-add SYS_ADMIN; it reads at start, \
+         before it drops its capabilities); the target changed after the sidecar dropped its \
+         start-up capabilities: restart the sidecar to read it"
+    );
+    let m = s.scrape();
+    assert_eq!(
+        m.matching("ebpf_sidecar_seccomp_allowed_unused_syscalls", &[])
+            .count(),
+        0
+    );
+}
