@@ -21,7 +21,8 @@ pub enum Choice {
     Pid(u32),
     Tree(u32),
     Container(String),
-    /// `run -- CMD` (its --seccomp-out is the syscalls family's, in the options).
+    /// `run -- CMD` (its --seccomp-out and --seccomp-report are the syscalls family's, in the
+    /// options).
     Run {
         cmd: Vec<OsString>,
         metrics_out: Option<PathBuf>,
@@ -105,6 +106,9 @@ pub fn run(cfg: Config) -> Result<i32> {
             )
         }),
     )?;
+    for p in &loaded {
+        p.before_dropping_capabilities(target.initial.as_ref());
+    }
     drop_capabilities(&cfg, &families.chosen, custom_keeps, child.is_some());
     for p in &loaded {
         if let Err(e) = p.start_events(sink.clone()) {

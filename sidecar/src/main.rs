@@ -152,6 +152,10 @@ enum Command {
         /// At CMD's exit, write the advised seccomp profile (JSON, as GET /seccomp) to FILE.
         #[arg(long, value_name = "FILE")]
         seccomp_out: Option<PathBuf>,
+        /// At CMD's exit, write the advised profile compared with the one CMD ran under (JSON, as
+        /// GET /seccomp?against=enforced) to FILE. The enforced profile is read when CMD starts.
+        #[arg(long, value_name = "FILE")]
+        seccomp_report: Option<PathBuf>,
         /// The command and its arguments.
         #[arg(required = true, last = true, value_name = "CMD")]
         cmd: Vec<OsString>,
@@ -282,6 +286,7 @@ fn main() {
             cmd,
             metrics_out,
             seccomp_out,
+            seccomp_report,
         }) => {
             if cli.target_pid.is_some()
                 || cli.target_container.is_some()
@@ -293,6 +298,7 @@ fn main() {
                 std::process::exit(2);
             }
             options.seccomp_out = seccomp_out;
+            options.seccomp_report = seccomp_report;
             Choice::Run { cmd, metrics_out }
         }
         Some(Command::Node {

@@ -1,4 +1,4 @@
-//! Files the sidecar writes at the end of `run` (--metrics-out, --seccomp-out).
+//! Files the sidecar writes at the end of `run` (--metrics-out, --seccomp-out, --seccomp-report).
 
 use std::io::Write;
 use std::path::Path;

@@ -76,6 +76,9 @@ pub struct Options {
     pub usdt_config: Option<std::path::PathBuf>,
     /// `run --seccomp-out`: where the syscalls family writes the advised profile at the end.
     pub seccomp_out: Option<std::path::PathBuf>,
+    /// `run --seccomp-report`: where it writes the advised profile compared with the enforced
+    /// one (`/seccomp?against=enforced`) at the end.
+    pub seccomp_report: Option<std::path::PathBuf>,
     /// The syscalls family's jump slots for security's and net's syscall handlers (filled at
     /// load, see `dispatch`).
     pub syscall_dispatch: dispatch::SyscallDispatch,
@@ -115,6 +118,7 @@ impl Default for Options {
             tls_samples_raw: false,
             usdt_config: None,
             seccomp_out: None,
+            seccomp_report: None,
             syscall_dispatch: dispatch::SyscallDispatch::default(),
             kernel_side: crate::kernel_side::Handle::default(),
         }
@@ -132,6 +136,10 @@ pub trait Probe: Send + Sync {
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         self.object().set_target(target.map(|t| &t.filter))
     }
+    /// Once, right before the sidecar drops its capabilities, with the target as known then
+    /// (for `run`, its command has just started): read what only the start-up capabilities can
+    /// (the syscalls family reads the target's seccomp filters).
+    fn before_dropping_capabilities(&self, _target: Option<&Resolved>) {}
     /// Write this family's metrics (declared in its [`Family::metrics`]), reading its maps now.
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result;
     /// Start handing this family's events (if it has any) to `sink`. Called once, after the

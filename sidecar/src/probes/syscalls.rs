@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::DescriptorEncoder;
 use sidecar_ebpf::{
@@ -12,6 +12,8 @@ use sidecar_ebpf::{
 
 use super::{EncodeCtx, LoadOpts, Object, Options, Probe, ProbeError};
 use crate::metrics::{Labels, Log2Histogram, Metric};
+use crate::monitored::{Filter, Resolved};
+use crate::seccomp::enforced::{self, Enforced};
 use crate::tables::{errno_name, syscall_name};
 
 pub const CALLS: Metric = Metric::counter(
@@ -51,10 +53,16 @@ pub const SECCOMP_DENIED: Metric = Metric::counter(
     "System calls of the target that its seccomp filter refused (skipped before entry, seen at exit), by syscall and the errno returned (none: answered with a value). Not in ebpf_sidecar_syscalls_total nor _syscall_errors_total.",
 )
 .labels(&["syscall", "errno"]);
+/// Only when the target's seccomp filter was read (`/seccomp?against=enforced`).
+pub const ALLOWED_UNUSED: Metric = Metric::gauge(
+    "ebpf_sidecar_seccomp_allowed_unused_syscalls",
+    "Syscalls the target's enforced seccomp profile lets run (always or for some arguments) that the target never made: what a profile of the observed calls would remove (/seccomp?against=enforced). Absent when no filter was read.",
+);
 pub const METRICS: &[Metric] = &[
     CALLS,
     ERRORS,
     OBSERVED,
+    ALLOWED_UNUSED,
     RISKY,
     SECONDS,
     DURATION,
@@ -65,6 +73,24 @@ pub struct Syscalls {
     obj: Object,
     /// `run --seccomp-out`.
     seccomp_out: Option<std::path::PathBuf>,
+    /// `run --seccomp-report`.
+    seccomp_report: Option<std::path::PathBuf>,
+    /// --syscall-latency on: refused calls are told apart (`syscall_denied`).
+    latency: bool,
+    /// The target's enforced seccomp profile, read once per target process.
+    enforced: Mutex<EnforcedCache>,
+    /// The sidecar has given up its start-up capabilities: a later read (a restarted target)
+    /// is likely refused, and the reason should say what to do.
+    caps_dropped: std::sync::atomic::AtomicBool,
+}
+
+/// The last read of the target's seccomp filters.
+struct EnforcedCache {
+    /// The process read (its pid as seen here) and the target's kernel filter: a new process or
+    /// a new cgroup (a restart) is read again.
+    key: Option<(u32, Filter)>,
+    /// The evaluated profile, or why there is none.
+    state: Result<Arc<Enforced>, String>,
 }
 
 pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
@@ -109,6 +135,13 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     Ok(Arc::new(Syscalls {
         obj,
         seccomp_out: opts.seccomp_out.clone(),
+        seccomp_report: opts.seccomp_report.clone(),
+        latency: opts.syscall_latency,
+        enforced: Mutex::new(EnforcedCache {
+            key: None,
+            state: Err("the target has not been found yet".into()),
+        }),
+        caps_dropped: std::sync::atomic::AtomicBool::new(false),
     }))
 }
 
@@ -127,12 +160,102 @@ impl Syscalls {
 
     /// Syscall numbers the target has made since start (the seccomp advisor's input).
     fn observed(&self) -> Vec<u32> {
-        self.stats()
-            .into_iter()
-            .map(|(nr, _)| nr)
-            .filter(|nr| (*nr as usize) < SYSCALL_SLOTS - 1)
-            .collect()
+        observed_of(&self.stats())
     }
+
+    /// What the target did: the calls it made and, with latency on, the calls its filter
+    /// refused by syscall number.
+    fn usage(&self) -> crate::seccomp::Usage {
+        let refused = self.latency.then(|| {
+            let mut by_nr: BTreeMap<u32, u64> = BTreeMap::new();
+            for (k, v) in self
+                .obj
+                .maps()
+                .percpu_hash::<SyscallErrorKey, u64>("syscall_denied")
+            {
+                *by_nr.entry(k.nr).or_default() += v.iter().sum::<u64>();
+            }
+            by_nr
+        });
+        crate::seccomp::Usage {
+            observed: self.observed(),
+            refused,
+        }
+    }
+
+    fn enforced(&self) -> Result<Arc<Enforced>, String> {
+        self.enforced
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .state
+            .clone()
+    }
+
+    /// The /seccomp?against=enforced report as JSON.
+    fn report(&self, baseline: bool) -> serde_json::Value {
+        let usage = self.usage();
+        let state = self.enforced();
+        crate::seccomp::report(state.as_deref().map_err(String::as_str), &usage, baseline)
+    }
+
+    /// Read the target process's seccomp filters, unless this process was read already. Needs
+    /// the start-up capabilities (CAP_SYS_ADMIN): called while loading and, for `run`, once its
+    /// command started; a restarted target read later, without them, gets the reason instead.
+    fn read_enforced(&self, target: Option<&Resolved>) {
+        // A target gone keeps what was read from it: the report is about what it ran under.
+        let Some(t) = target else { return };
+        let mut cache = self.enforced.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(pid) = t.pid else {
+            if cache.key.is_none() {
+                cache.state = Err("the target has no process yet".into());
+            }
+            return;
+        };
+        if cache.key == Some((pid, t.filter)) {
+            return;
+        }
+        cache.key = Some((pid, t.filter));
+        cache.state = match enforced::read(pid) {
+            Ok(Some(e)) => {
+                let count =
+                    |f: fn(&enforced::Verdict) -> bool| e.table.values().filter(|v| f(v)).count();
+                tracing::info!(
+                    pid,
+                    mode = ?e.mode,
+                    allowed = count(enforced::Verdict::allowed),
+                    denied = count(enforced::Verdict::denied),
+                    depends_on_arguments =
+                        count(|v| matches!(v, enforced::Verdict::DependsOnArguments(_))),
+                    "read the target's seccomp profile"
+                );
+                Ok(Arc::new(e))
+            }
+            Ok(None) => Err(format!(
+                "the target has no seccomp filter (Seccomp: 0 in /proc/{pid}/status)"
+            )),
+            Err(e) => {
+                let after = if self.caps_dropped.load(std::sync::atomic::Ordering::Relaxed) {
+                    "; the target changed after the sidecar dropped its start-up capabilities: \
+                     restart the sidecar to read it"
+                } else {
+                    ""
+                };
+                tracing::warn!("the target's seccomp profile: {e}{after}");
+                Err(format!(
+                    "the target's seccomp filter could not be read: {e}{after}"
+                ))
+            }
+        };
+    }
+}
+
+/// The syscall numbers among `stats`' slots (the last slot gathers numbers past the table).
+fn observed_of(stats: &[(u32, Vec<SyscallStats>)]) -> Vec<u32> {
+    stats
+        .iter()
+        .map(|(nr, _)| *nr)
+        .filter(|nr| (*nr as usize) < SYSCALL_SLOTS - 1)
+        .collect()
 }
 
 pub const ROUTES: &[(&str, &str)] = &[(
@@ -144,18 +267,65 @@ pub const ROUTES: &[(&str, &str)] = &[(
 struct SeccompQuery {
     /// Leave out the container runtime's baseline (only for processes started outside runc).
     baseline: Option<bool>,
+    /// `enforced`: compare with the profile the target runs under.
+    against: Option<String>,
+    /// With `against`: `json` (the default) or `text`.
+    format: Option<String>,
 }
 
-/// GET /seccomp: the seccomp profile advised from what the target did so far.
+/// GET /seccomp: the seccomp profile advised from what the target did so far; with
+/// `?against=enforced`, compared with the profile the target runs under.
 async fn seccomp_route(
     probe: Arc<Syscalls>,
     axum::extract::Query(q): axum::extract::Query<SeccompQuery>,
 ) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
+    let baseline = q.baseline.unwrap_or(true);
+    let text = match (q.against.as_deref(), q.format.as_deref()) {
+        (Some("enforced"), None | Some("json")) => Some(false),
+        (Some("enforced"), Some("text")) => Some(true),
+        (None, None | Some("json")) => None,
+        (Some("enforced"), Some(_)) => {
+            return (StatusCode::BAD_REQUEST, "format is json or text\n").into_response();
+        }
+        (None, Some(_)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "format=text goes with against=enforced (the profile itself is JSON)\n",
+            )
+                .into_response();
+        }
+        (Some(_), _) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "against takes one value: enforced (the profile the target runs under)\n",
+            )
+                .into_response();
+        }
+    };
+    if let Some(text) = text {
+        return match tokio::task::spawn_blocking(move || probe.report(baseline)).await {
+            Ok(r) if text => (
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                crate::seccomp::report_text(&r),
+            )
+                .into_response(),
+            Ok(r) => (
+                [(header::CONTENT_TYPE, "application/json")],
+                format!("{r:#}\n"),
+            )
+                .into_response(),
+            Err(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "reading the syscall counts failed\n",
+            )
+                .into_response(),
+        };
+    }
     match tokio::task::spawn_blocking(move || probe.observed()).await {
         Ok(nrs) => {
-            let body = crate::seccomp::profile(&nrs, q.baseline.unwrap_or(true));
+            let body = crate::seccomp::profile(&nrs, baseline);
             (
                 [(header::CONTENT_TYPE, "application/json")],
                 format!("{body:#}\n"),
@@ -179,9 +349,24 @@ impl Probe for Syscalls {
         &self.obj
     }
 
+    fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
+        self.obj.set_target(target.map(|t| &t.filter))?;
+        self.read_enforced(target);
+        Ok(())
+    }
+
+    fn before_dropping_capabilities(&self, target: Option<&Resolved>) {
+        // `run`: the command exists only now.
+        self.read_enforced(target);
+        self.caps_dropped
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn encode(&self, ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
         let mut per: BTreeMap<String, (u64, Log2Histogram)> = BTreeMap::new();
-        for (nr, vals) in self.stats() {
+        let stats = self.stats();
+        let observed = observed_of(&stats);
+        for (nr, vals) in stats {
             let mut h = Log2Histogram::new(HIST_BUCKETS);
             for v in &vals {
                 h.add(&v.hist, v.time_ns);
@@ -208,6 +393,10 @@ impl Probe for Syscalls {
                 .map(|((s, e), n)| (vec![("syscall", s), ("errno", e)], n)),
         )?;
         OBSERVED.gauge_series(enc, [(vec![], per.len() as u64)])?;
+        if let Ok(e) = self.enforced() {
+            let n = crate::seccomp::allowed_unused(&e, &observed).len() as u64;
+            ALLOWED_UNUSED.gauge_series(enc, [(vec![], n)])?;
+        }
         RISKY.counter_series(
             enc,
             per.iter()
@@ -263,15 +452,26 @@ impl Probe for Syscalls {
     }
 
     fn finish(&self) -> Result<(), ProbeError> {
-        let Some(path) = &self.seccomp_out else {
-            return Ok(());
+        let write = |flag: &str, path: &std::path::Path, body: serde_json::Value| {
+            crate::output::write_atomically(path, format!("{body:#}\n").as_bytes()).map_err(|e| {
+                ProbeError::Output {
+                    family: "syscalls",
+                    what: format!("writing {flag} {}", path.display()),
+                    source: e,
+                }
+            })
         };
-        let body = format!("{:#}\n", crate::seccomp::profile(&self.observed(), true));
-        crate::output::write_atomically(path, body.as_bytes()).map_err(|e| ProbeError::Output {
-            family: "syscalls",
-            what: format!("writing --seccomp-out {}", path.display()),
-            source: e,
-        })
+        if let Some(path) = &self.seccomp_out {
+            write(
+                "--seccomp-out",
+                path,
+                crate::seccomp::profile(&self.observed(), true),
+            )?;
+        }
+        if let Some(path) = &self.seccomp_report {
+            write("--seccomp-report", path, self.report(true))?;
+        }
+        Ok(())
     }
 
     fn lost_events(&self) -> u64 {
@@ -300,10 +500,16 @@ impl super::FamilyArgs for Args {
     fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
         s.options.per_syscall_histograms = self.per_syscall_histograms;
         s.options.syscall_latency = self.syscall_latency == "on";
-        if s.options.seccomp_out.is_some() && !s.probes.iter().any(|p| p == "syscalls") {
-            return Err(
-                "--seccomp-out needs the syscalls probe family: add syscalls to --probes".into(),
-            );
+        let has = s.probes.iter().any(|p| p == "syscalls");
+        for (flag, set) in [
+            ("--seccomp-out", s.options.seccomp_out.is_some()),
+            ("--seccomp-report", s.options.seccomp_report.is_some()),
+        ] {
+            if set && !has {
+                return Err(format!(
+                    "{flag} needs the syscalls probe family: add syscalls to --probes"
+                ));
+            }
         }
         Ok(())
     }

@@ -27,11 +27,11 @@ pub fn ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// dockerd must be up; then make the local base images and the sidecar image (cached by
-/// Docker's layer cache after the first build).
-pub fn sidecar_image() -> &'static str {
-    static IMAGE: OnceLock<()> = OnceLock::new();
-    IMAGE.get_or_init(|| {
+/// dockerd must be up; then make the local base images (debian:bookworm-slim, the builder),
+/// for tests that run containers but not the sidecar's image.
+pub fn base_images() {
+    static IMAGES: OnceLock<()> = OnceLock::new();
+    IMAGES.get_or_init(|| {
         let v = run(&["version", "--format", "{{.Server.Version}}"]);
         assert!(
             v.status.success(),
@@ -42,6 +42,15 @@ pub fn sidecar_image() -> &'static str {
             .status()
             .unwrap();
         assert!(st.success(), "scripts/images.sh failed");
+    });
+}
+
+/// [`base_images`], then the sidecar image (cached by Docker's layer cache after the first
+/// build).
+pub fn sidecar_image() -> &'static str {
+    static IMAGE: OnceLock<()> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        base_images();
         let st = Command::new("docker")
             .args([
                 "build",
