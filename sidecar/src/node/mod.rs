@@ -122,11 +122,7 @@ pub fn run(cfg: Config) -> Result<i32> {
         start(node.add_host())?;
     }
     node.sync();
-    let monitored = node
-        .lock()
-        .keys()
-        .filter(|id| id.as_str() != HOST)
-        .count();
+    let monitored = node.lock().keys().filter(|id| id.as_str() != HOST).count();
     if monitored == 0 && !node.selectors.is_empty() {
         tracing::warn!(
             "--containers matches none of the running containers: nothing is monitored until a \

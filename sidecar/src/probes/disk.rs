@@ -145,7 +145,9 @@ impl Probe for Disk {
     fn encode(&self, _ctx: &EncodeCtx<'_>, enc: &mut DescriptorEncoder) -> fmt::Result {
         // Count the requests that ended without their completion being delivered (see
         // disk.bpf.c) before reading the counts.
-        if sweep_due() && let Err(e) = self.obj.run("disk_sweep") {
+        if sweep_due()
+            && let Err(e) = self.obj.run("disk_sweep")
+        {
             tracing::warn!("{e}: requests whose completion was not delivered are counted late");
         }
         let keys = self
@@ -187,6 +189,29 @@ impl Probe for Disk {
     }
 }
 
+/// Whether to sweep before this read. A sweep covers every slot's requests (the in-flight table
+/// is the set's), and it walks all 16k buckets: node mode renders every container in one
+/// scrape, so one sweep within the last 100 ms serves them all (21 sweeps were a fifth of a
+/// scrape's time). A sidecar, one target, sweeps at every read.
+fn sweep_due() -> bool {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    static LAST_MS: AtomicU64 = AtomicU64::new(0);
+    if !crate::probes::object::loads::is_shared() {
+        return true;
+    }
+    let now = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
+        + 1000;
+    let last = LAST_MS.load(Ordering::Relaxed);
+    now.saturating_sub(last) >= 100
+        && LAST_MS
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,23 +230,4 @@ mod tests {
         assert_eq!(op_name(disk_op::FLUSH), "flush");
         assert_eq!(op_name(disk_op::OTHER), "other");
     }
-}
-
-/// Whether to sweep before this read. A sweep covers every slot's requests (the in-flight table
-/// is the set's), and it walks all 16k buckets: node mode renders every container in one
-/// scrape, so one sweep within the last 100 ms serves them all (21 sweeps were a fifth of a
-/// scrape's time). A sidecar, one target, sweeps at every read.
-fn sweep_due() -> bool {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-    static LAST_MS: AtomicU64 = AtomicU64::new(0);
-    if !crate::probes::object::loads::is_shared() {
-        return true;
-    }
-    let now = START.get_or_init(std::time::Instant::now).elapsed().as_millis() as u64 + 1000;
-    let last = LAST_MS.load(Ordering::Relaxed);
-    now.saturating_sub(last) >= 100
-        && LAST_MS
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
 }

@@ -198,7 +198,9 @@ fn bad_node_input_exits_2_with_the_reason() {
     let node = Node::start(&["--containers", "name=no-such-container-[0-9]+"], &[]);
     node.wait_containers(0);
     assert!(
-        node.0.log_text().contains("matches none of the running containers"),
+        node.0
+            .log_text()
+            .contains("matches none of the running containers"),
         "{}",
         node.0.log_text()
     );
