@@ -1,57 +1,21 @@
-//! The bpf(2) operations aya 0.14 does not wrap: deleting from an array of maps, pinning a link
-//! it did not make.
+//! The bpf(2) operations aya 0.14 does not wrap: deleting from an array of maps, setting one from
+//! any thread by fds, pinning a link it did not make.
 
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::MapData;
 
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
 
-/// Delete `key` of an array of maps: its inner map is released (aya's ArrayOfMaps has no remove).
-pub fn delete_elem(map: &MapData, key: u32) -> std::io::Result<()> {
-    // `struct bpf_attr`'s element member: map_fd, pad, key pointer, value pointer, flags.
-    #[repr(C)]
-    struct Elem {
-        map_fd: u32,
-        _pad: u32,
-        key: u64,
-        value: u64,
-        flags: u64,
-    }
-    let attr = Elem {
-        map_fd: map.fd().as_fd().as_raw_fd() as u32,
-        _pad: 0,
-        key: &key as *const u32 as u64,
-        value: 0,
-        flags: 0,
-    };
-    // SAFETY: attr is a valid prefix of `union bpf_attr`; `key` outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            BPF_MAP_DELETE_ELEM,
-            &attr as *const Elem,
-            std::mem::size_of::<Elem>() as u32,
-        )
-    };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        // An empty slot is nothing to delete.
-        if e.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(());
-        }
-        return Err(e);
-    }
-    Ok(())
-}
-
-/// Put map `inner` at `key` of the array of maps `outer` (by fds: callable from any thread).
-pub fn set_inner(
-    outer: std::os::fd::BorrowedFd<'_>,
+/// A map element command (`struct bpf_attr`'s element member: map_fd, pad, key pointer, value
+/// pointer, flags) on `map` with a u32 key and, for an update, a u32 value (an inner map's fd).
+fn elem_op(
+    cmd: libc::c_long,
+    map: std::os::fd::BorrowedFd<'_>,
     key: u32,
-    inner: std::os::fd::BorrowedFd<'_>,
+    value: Option<u32>,
 ) -> std::io::Result<()> {
-    const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
     #[repr(C)]
     struct Elem {
         map_fd: u32,
@@ -60,19 +24,18 @@ pub fn set_inner(
         value: u64,
         flags: u64,
     }
-    let value = inner.as_raw_fd() as u32;
     let attr = Elem {
-        map_fd: outer.as_raw_fd() as u32,
+        map_fd: map.as_raw_fd() as u32,
         _pad: 0,
         key: &key as *const u32 as u64,
-        value: &value as *const u32 as u64,
+        value: value.as_ref().map_or(0, |v| v as *const u32 as u64),
         flags: 0,
     };
     // SAFETY: attr is a valid prefix of `union bpf_attr`; `key` and `value` outlive the call.
     let r = unsafe {
         libc::syscall(
             libc::SYS_bpf,
-            BPF_MAP_UPDATE_ELEM,
+            cmd,
             &attr as *const Elem,
             std::mem::size_of::<Elem>() as u32,
         )
@@ -81,6 +44,29 @@ pub fn set_inner(
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Delete `key` of an array of maps: its inner map is released (aya's ArrayOfMaps has no remove).
+pub fn delete_elem(map: &MapData, key: u32) -> std::io::Result<()> {
+    match elem_op(BPF_MAP_DELETE_ELEM, map.fd().as_fd(), key, None) {
+        // An empty slot is nothing to delete.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        r => r,
+    }
+}
+
+/// Put map `inner` at `key` of the array of maps `outer` (by fds: callable from any thread).
+pub fn set_inner(
+    outer: std::os::fd::BorrowedFd<'_>,
+    key: u32,
+    inner: std::os::fd::BorrowedFd<'_>,
+) -> std::io::Result<()> {
+    elem_op(
+        BPF_MAP_UPDATE_ELEM,
+        outer,
+        key,
+        Some(inner.as_raw_fd() as u32),
+    )
 }
 
 /// BPF_OBJ_PIN `fd` at `path` (aya 0.14 pins only the links it made), in a directory only root
