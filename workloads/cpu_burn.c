@@ -1,7 +1,9 @@
 /* CPU ground truth for tests/cpu.rs:
  *   cpu_burn burn S        spin until this process used S seconds of CPU; print its own
  *                          utime+stime (getrusage) in nanoseconds.
- *   cpu_burn sleep N       N sleeps of 10 ms.
+ *   cpu_burn sleep N       N sleeps of 10 ms; prints "sure=S": how many took less than 16.7 ms
+ *                          of wall time, so that their off-CPU interval (at least the 10 ms, at
+ *                          most the call's wall time) is surely in the [8.4, 16.8) ms bucket.
  *   cpu_burn pinned K S    K children pinned to CPU 0, each spinning S seconds of wall time.
  *   cpu_burn switches K M  K children one after another, each sleeping M times 100 µs and
  *                          spinning a little; each is reaped only after its final switch (see
@@ -88,9 +90,15 @@ int main(int argc, char **argv)
 	}
 	if (argc == 3 && !strcmp(argv[1], "sleep")) {
 		struct timespec ten = { 0, 10 * 1000 * 1000 };
+		int sure = 0;
 
-		for (int i = 0; i < atoi(argv[2]); i++)
+		for (int i = 0; i < atoi(argv[2]); i++) {
+			double t0 = now(CLOCK_MONOTONIC);
+
 			nanosleep(&ten, NULL);
+			sure += now(CLOCK_MONOTONIC) - t0 < 0.0167;
+		}
+		printf("sure=%d\n", sure);
 		return 0;
 	}
 	if (argc == 4 && !strcmp(argv[1], "pinned")) {

@@ -2,6 +2,12 @@
 /* Disk family: block requests, bytes, service time and queue time by (disk, op), for the requests
  * the target itself submitted.
  *
+ * Bytes are counted per bio, when the target submits it (block_bio_queue, in the submitter's
+ * context, once per bio: a split keeps the traced flag), not per request: the block layer merges
+ * bios of different processes into one request (adjacent sectors of two files written at the same
+ * time), and a request has one owner. Counted per request, the target's bytes merged into another
+ * process's request were lost, and that process's bytes merged into ours were counted as ours.
+ *
  * Attribution: a request is created from a bio in the context of the task that submits it
  * (block_io_start, from blk_account_io_start in blk_mq_bio_to_request). That is the only moment
  * the submitter is current, so the target decision is taken there and remembered by request
@@ -9,7 +15,8 @@
  * workers, the completion interrupt) and only look the request up. The bio's blkcg is not used: on
  * a hybrid v1+v2 host it is a v1 blkio cgroup, not the v2 id the target filter knows.
  *
- * Hooks (tp_btf: the request argument is typed, so its fields are plain loads): block_io_start (creation), block_rq_insert (into the scheduler),
+ * Hooks (tp_btf: the arguments are typed, so their fields are plain loads): block_bio_queue (bytes),
+ * block_io_start (creation), block_rq_insert (into the scheduler),
  * block_rq_issue (to the driver), block_rq_requeue (back from the driver, issued again later),
  * block_rq_complete (done, possibly partially), block_rq_merge (a request absorbed by another:
  * freed without completing).
@@ -17,7 +24,7 @@
  * Completions the tracepoint does not deliver: on the 6.18 test machines, under concurrent direct
  * I/O, about one request in several thousand ends (its bios complete, the struct is freed and
  * reused) without block_rq_complete reaching any BPF program (tp_btf or perf, no recursion miss
- * recorded). Such a request is still counted, with its bytes, once we know it has ended: when its
+ * recorded). Such a request is still counted once we know it has ended: when its
  * request struct is taken again (block_io_start with the same address), or when userspace runs
  * disk_sweep before reading the tables and finds it idle again after its issue. It then has no
  * service time: it is counted as untimed, outside the duration histograms.
@@ -36,8 +43,6 @@ struct disk_inflight_req {
 	__u64 start_ns;  /* creation */
 	__u64 insert_ns; /* into the I/O scheduler, 0 when it went straight to the driver */
 	__u64 issue_ns;  /* to the driver, 0 until issued */
-	__u64 bytes;     /* completed so far (partial completions) */
-	__u64 len;       /* bytes the request carried at its last issue */
 	struct disk_io_key key;
 	__u64 epoch;     /* of the slot at creation */
 	__u32 slot;
@@ -114,9 +119,9 @@ static __always_inline void bump_counter(__u32 slot, __u32 idx)
 		*c += 1;
 }
 
-static __always_inline __u32 op_of(struct request *rq)
+/* `flags`: a request's cmd_flags or a bio's bi_opf (same layout); `len`: its bytes. */
+static __always_inline __u32 op_of(__u32 flags, __u32 len)
 {
-	__u32 flags = rq->cmd_flags;
 	__u32 op = flags & 0xff; /* REQ_OP_MASK */
 	__u32 preflush = 1U << bpf_core_enum_value(enum req_flag_bits, __REQ_PREFLUSH);
 
@@ -124,7 +129,7 @@ static __always_inline __u32 op_of(struct request *rq)
 		return DISK_OP_READ;
 	if (op == bpf_core_enum_value(enum req_op, REQ_OP_WRITE))
 		/* fsync's cache flush is an empty write with PREFLUSH set */
-		return ((flags & preflush) && !rq->__data_len) ? DISK_OP_FLUSH
+		return ((flags & preflush) && !len) ? DISK_OP_FLUSH
 									 : DISK_OP_WRITE;
 	if (op == bpf_core_enum_value(enum req_op, REQ_OP_FLUSH))
 		return DISK_OP_FLUSH;
@@ -155,10 +160,10 @@ static __always_inline struct disk_io_stats *stats_of(__u32 slot, struct disk_io
 	return st;
 }
 
-/* A request of ours has ended without its completion reaching us (see the header): count what it
- * carried. One that was never issued carried nothing we can vouch for (a merge we did not see
- * would count its bytes twice): only a flush, which has none, is counted then. `v` is a copy
- * taken before the entry was deleted (by us: nobody else counts it). */
+/* A request of ours has ended without its completion reaching us (see the header): count it (its
+ * bytes were counted at submission). One that was never issued may have been merged into another
+ * without our seeing it: only a flush, which cannot be, is counted then. `v` is a copy taken
+ * before the entry was deleted (by us: nobody else counts it). */
 static __always_inline void end_untraced(struct disk_inflight_req *v)
 {
 	if (!still_ours(v))
@@ -169,13 +174,11 @@ static __always_inline void end_untraced(struct disk_inflight_req *v)
 	}
 
 	struct disk_io_key key = v->key;
-	__u64 bytes = v->len > v->bytes ? v->len : v->bytes;
 	struct disk_io_stats *st = stats_of(v->slot, &key);
 
 	if (!st)
 		return;
 	st->requests++;
-	st->bytes += bytes;
 	st->untimed++;
 }
 
@@ -212,7 +215,7 @@ int disk_io_start(unsigned long long *ctx)
 		.key = {
 			.major = disk ? disk->major : 0,
 			.minor = disk ? disk->first_minor : 0,
-			.op = op_of(rq),
+			.op = op_of(rq->cmd_flags, rq->__data_len),
 		},
 		.epoch = epoch,
 		.slot = slot,
@@ -220,6 +223,37 @@ int disk_io_start(unsigned long long *ctx)
 
 	if (bpf_map_update_elem(&disk_inflight, &rq_ptr, &v, BPF_ANY))
 		bump_counter(slot, DISK_LOST_REQUESTS);
+	return 0;
+}
+
+/* tp_btf args: ctx[0] = struct bio * */
+SEC("tp_btf/block_bio_queue")
+int disk_bio_queue(unsigned long long *ctx)
+{
+	int slot = sidecar_slot();
+
+	if (slot < 0 || !slot_epoch(slot))
+		return 0;
+
+	struct bio *bio = (struct bio *)ctx[0];
+	struct gendisk *disk = bio->bi_bdev->bd_disk;
+
+	/* A bio-based device (device mapper, md) has no requests of its own: its bios are counted
+	 * on the disks below, where the remapped bios are queued again (by us when it remaps
+	 * inline, by its workers otherwise, which are then not the target, as for its requests). */
+	if (!disk || !disk->queue->mq_ops)
+		return 0;
+
+	__u32 len = bio->bi_iter.bi_size;
+	struct disk_io_key key = {
+		.major = disk->major,
+		.minor = disk->first_minor,
+		.op = op_of(bio->bi_opf, len),
+	};
+	struct disk_io_stats *st = stats_of(slot, &key);
+
+	if (st)
+		st->bytes += len;
 	return 0;
 }
 
@@ -243,12 +277,8 @@ int disk_rq_issue(unsigned long long *ctx)
 	__u64 rq_ptr = ctx[0];
 	struct disk_inflight_req *v = bpf_map_lookup_elem(&disk_inflight, &rq_ptr);
 
-	if (v) {
-		struct request *rq = (struct request *)rq_ptr;
-
+	if (v)
 		v->issue_ns = bpf_ktime_get_ns();
-		v->len = v->bytes + rq->__data_len;
-	}
 	return 0;
 }
 
@@ -270,7 +300,8 @@ int disk_rq_merge(unsigned long long *ctx)
 {
 	__u64 rq_ptr = ctx[0];
 
-	/* Its bytes now complete as part of the request that absorbed it. */
+	/* It now completes as part of the request that absorbed it (its bytes were counted when
+	 * submitted, whoever's request they end up in). */
 	bpf_map_delete_elem(&disk_inflight, &rq_ptr);
 	return 0;
 }
@@ -288,7 +319,6 @@ int disk_rq_complete(unsigned long long *ctx)
 	__u64 nr_bytes = (__u32)ctx[2];
 	struct request *rq = (struct request *)rq_ptr;
 
-	v->bytes += nr_bytes;
 	/* Partial completion: the rest follows on the same request. */
 	if (nr_bytes < rq->__data_len)
 		return 0;
@@ -302,7 +332,7 @@ int disk_rq_complete(unsigned long long *ctx)
 	__u64 req_ns = now > issued ? now - issued : 0;
 	__u64 queue_ns = issued > queued ? issued - queued : 0;
 	struct disk_io_key key = v->key;
-	__u64 bytes = v->bytes, epoch = v->epoch;
+	__u64 epoch = v->epoch;
 	__u32 slot = v->slot;
 
 	/* Whoever deletes it counts it (a sweep may have found it idle already). */
@@ -316,7 +346,6 @@ int disk_rq_complete(unsigned long long *ctx)
 	if (!st)
 		return 0;
 	st->requests++;
-	st->bytes += bytes;
 	st->request_ns += req_ns;
 	st->queue_ns += queue_ns;
 	st->request_hist[sidecar_hist_bucket(req_ns)]++;

@@ -19,12 +19,12 @@ pub const REQUESTS: Metric = Metric::counter(
 .labels(DEVICE_OP);
 pub const BYTES: Metric = Metric::counter(
     "ebpf_sidecar_block_bytes",
-    "Bytes of the target's completed block requests, by disk and op.",
+    "Bytes the target submitted to block devices, by disk and op: counted per bio when submitted, so bytes the block layer merges into another process's request are still the target's.",
 )
 .labels(DEVICE_OP);
 pub const UNTIMED: Metric = Metric::counter(
     "ebpf_sidecar_block_requests_untimed",
-    "Of ebpf_sidecar_block_requests_total, the requests whose completion the kernel did not deliver to the block_rq_complete tracepoint: counted with their bytes once found ended, without a service time (not in the duration histograms).",
+    "Of ebpf_sidecar_block_requests_total, the requests whose completion the kernel did not deliver to the block_rq_complete tracepoint: counted once found ended, without a service time (not in the duration histograms).",
 )
 .labels(DEVICE_OP);
 pub const REQUEST_DURATION: Metric = Metric::histogram(
@@ -61,6 +61,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
     obj.attach_tp_btf("disk_rq_issue", "block_rq_issue")?;
     obj.attach_tp_btf("disk_rq_insert", "block_rq_insert")?;
     obj.attach_tp_btf("disk_io_start", "block_io_start")?;
+    obj.attach_tp_btf("disk_bio_queue", "block_bio_queue")?;
     obj.load_runnable("disk_sweep")?;
     Ok(Arc::new(Disk {
         obj,

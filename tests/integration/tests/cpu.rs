@@ -61,14 +61,26 @@ fn cpu_seconds_match_the_processes_own_rusage() {
 fn sleeps_of_10ms_land_in_the_8_to_16ms_offcpu_bucket() {
     require_root();
     const N: f64 = 50.0;
-    let (_, m) = run(&["sleep", "50"]);
+    let (out, m) = run(&["sleep", "50"]);
+    // The sleeps whose whole call took under 16.7 ms (all of them on a quiet machine): each is
+    // one off-CPU interval of at least 10 ms and at most the call, so surely in the bucket. A
+    // sleep woken late on a busy host may fall in the next bucket.
+    let sure: f64 = out
+        .trim()
+        .strip_prefix("sure=")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no sure= in {out:?}"));
+    assert!(
+        sure >= N / 2.0,
+        "the host was too busy: {sure} of {N} sleeps on time"
+    );
     let name = "ebpf_sidecar_offcpu_duration_seconds";
     let le16 = bucket(&m, name, &[("state", "sleeping")], "0.016777216");
     let le8 = bucket(&m, name, &[("state", "sleeping")], "0.008388608");
-    assert_eq!(
-        le16 - le8,
-        N,
-        "each 10 ms sleep is one off-CPU interval in [8.4, 16.8) ms"
+    assert!(
+        (sure..=N).contains(&(le16 - le8)),
+        "each 10 ms sleep is one off-CPU interval in [8.4, 16.8) ms: {} there, {sure} surely",
+        le16 - le8
     );
     assert!(
         m.sum(
@@ -113,8 +125,9 @@ fn runqueue_latency_shows_contention_only_when_there_is_some() {
 /// /proc/<pid>/status report): every exited task's final switch is voluntary. The workload
 /// reaps each child after its final switch, so rusage holds all of them, and subtracts what it
 /// had before its main (the spawn's spin, outside the target). What rusage cannot hold is the
-/// workload's own switches after its last getrusage call: its final one (voluntary, +1), and a
-/// preemption of its last steps or during its exec (involuntary, up to 2 more).
+/// workload's own switches after its last getrusage call: its final one (voluntary, +1), and
+/// preemptions of its last steps or of its exec after it joined the target (involuntary: up to 2
+/// on a quiet machine, 3 seen in a CI run beside other work; up to 5 allowed).
 #[test]
 fn context_switches_match_the_kernels_counters_with_exits() {
     require_root();
@@ -134,7 +147,7 @@ fn context_switches_match_the_kernels_counters_with_exits() {
     );
     let (inv, truth) = (kind("involuntary"), fact("involuntary"));
     assert!(
-        (truth..=truth + 2.0).contains(&inv),
+        (truth..=truth + 5.0).contains(&inv),
         "involuntary {inv} vs the tree's nivcsw {truth}"
     );
 }
