@@ -62,6 +62,13 @@ fn sidecar_run_probes(
             &format!("127.0.0.1:{port}"),
         ])
         .args(if stats { &["--bpf-stats"][..] } else { &[] })
+        // A fixed configuration: the governor would sample this loop's latency (see
+        // `sample_prices` for what that costs).
+        .args(if extra.contains(&"--cpu-budget") {
+            &[][..]
+        } else {
+            &["--cpu-budget", "0"]
+        })
         .args(extra)
         .args(["--", "/bin/sh", "-c", &script])
         .stdout(Stdio::piped())
@@ -233,8 +240,41 @@ pub fn run(calls: u64, repeat: usize) -> Result<String> {
     writeln!(o)?;
     family_prices(&mut o, &bin, calls, repeat, b, &rows)?;
     writeln!(o)?;
+    sample_prices(&mut o, &bin, calls, repeat, b)?;
+    writeln!(o)?;
     sidecar_figures(&mut o, &on, &off, &rows, bare_prog, b, t, repeat)?;
     Ok(o)
+}
+
+/// `--syscall-latency-sample N` (what the CPU budget's first steps do): the price of a syscall
+/// of the target with latency timed for 1 call in N, against every call (N = 1) and counting
+/// only.
+fn sample_prices(
+    o: &mut String,
+    bin: &std::path::Path,
+    calls: u64,
+    repeat: usize,
+    base: f64,
+) -> Result<()> {
+    writeln!(
+        o,
+        "Syscall latency sampled 1 in N (`--syscall-latency-sample N`, the CPU budget's first steps), median of {repeat}:\n"
+    )?;
+    writeln!(
+        o,
+        "| N | ns per call | added ns per call | BPF ns per program run (bpf_stats) |"
+    )?;
+    writeln!(o, "|---:|---:|---:|---:|")?;
+    for n in ["1", "4", "16", "64"] {
+        let extra = ["--syscall-latency-sample", n];
+        let mut ns: Vec<f64> = (0..repeat)
+            .map(|_| sidecar_run(bin, calls, &extra, false).map(|r| r.ns_per_call))
+            .collect::<Result<_>>()?;
+        let prog = sidecar_run(bin, calls, &extra, true)?.prog_ns;
+        let s = median(&mut ns);
+        writeln!(o, "| {n} | {s:.1} | {:.1} | {prog:.1} |", s - base)?;
+    }
+    Ok(())
 }
 
 /// What every syscall of the host pays for the families that hook syscalls, alone and together:

@@ -44,10 +44,16 @@ struct syscalls_counters_map {
 SIDECAR_SLOT_MAP(syscalls_counters, struct syscalls_counters_map);
 
 struct start {
-	__u64 ts;    /* entry time, 0: no call in flight */
-	__u32 nr;    /* syscall slot (nr_slot) */
-	__u32 owner; /* id of the syscall_stats map it was written for (map_id) */
+	__u64 ts;     /* entry time; UNTIMED: entered, not timed (sampled out); 0: no call in flight */
+	__u32 nr;     /* syscall slot (nr_slot) */
+	__u32 owner;  /* id of the syscall_stats map it was written for (map_id) */
+	__u32 skip;   /* sampling: calls to leave untimed before the next timed one */
+	__u32 weight; /* sampling: calls the timed one in flight stands for */
 };
+
+/* A call in flight whose latency is not sampled: its exit still counts its error, and an exit
+ * without any entry is still a refused call. No clock reads a time this small. */
+#define UNTIMED 1
 
 /* The call in flight, per thread: task-local storage lives in the task itself, so no hash lookup,
  * no table to fill up, and nothing to clean when the thread dies. One map for every slot (a
@@ -120,7 +126,8 @@ struct {
 	__type(value, __u32);
 } syscall_hooks_exit SEC(".maps");
 
-static __always_inline void start_call(__u32 slot, __u64 nr)
+/* `shift`: time about 1 call in 2^shift (SIDECAR_SLOT_SYSCALL_SAMPLE_*). */
+static __always_inline void start_call(__u32 slot, __u64 nr, __u32 shift)
 {
 	void *stats = sidecar_slot_map(&syscall_stats, slot);
 
@@ -135,9 +142,25 @@ static __always_inline void start_call(__u32 slot, __u64 nr)
 		bump_counter(slot, SYSCALLS_LOST_STARTS);
 		return;
 	}
-	v->ts = bpf_ktime_get_ns();
 	v->nr = nr_slot(nr);
 	v->owner = map_id(stats);
+	if (!shift) {
+		v->weight = 1;
+		v->skip = 0;
+	} else if (v->skip) {
+		v->skip--;
+		v->ts = UNTIMED;
+		return;
+	} else {
+		/* The gap to the next timed call is random, uniform in [1, 2N-1] (mean N): a fixed
+		 * 1-in-N would time the same call of a loop of N calls every time. The random draw
+		 * is paid once per timed call, the decrement above by the others. */
+		__u32 n = 1U << (shift & 7);
+
+		v->weight = n;
+		v->skip = bpf_get_prandom_u32() % (2 * n - 1);
+	}
+	v->ts = bpf_ktime_get_ns();
 }
 
 /* raw_tp args: ctx[0] = struct pt_regs *, ctx[1] = syscall number. Attached once a slot asks for
@@ -150,8 +173,12 @@ int sys_enter(unsigned long long *ctx)
 
 	if (slot < 0)
 		return 0;
-	if (sidecar_slot_wants(slot, SIDECAR_SLOT_SYSCALL_LATENCY))
-		start_call(slot, ctx[1]);
+
+	struct sidecar_target *t = sidecar_slot_config(slot);
+
+	if (t && (t->flags & SIDECAR_SLOT_SYSCALL_LATENCY))
+		start_call(slot, ctx[1],
+			   (t->flags & SIDECAR_SLOT_SYSCALL_SAMPLE_MASK) >> SIDECAR_SLOT_SYSCALL_SAMPLE_SHIFT);
 	bpf_tail_call(ctx, &syscall_hooks_enter, 0);
 	return 0;
 }
@@ -228,14 +255,22 @@ static __always_inline void end_call(__u32 slot, struct pt_regs *regs, long ret)
 		return;
 	}
 
-	__u64 delta = bpf_ktime_get_ns() - v->ts;
 	__u32 s = v->nr;
+
+	if (v->ts == UNTIMED) {
+		v->ts = 0;
+		count_error(slot, s, ret);
+		return;
+	}
+
+	__u64 delta = bpf_ktime_get_ns() - v->ts;
+	__u64 w = v->weight ? v->weight : 1;
 	struct syscall_stats *st = bpf_map_lookup_elem(stats, &s);
 
 	v->ts = 0;
 	if (st) {
-		st->time_ns += delta;
-		st->hist[sidecar_hist_bucket(delta)]++;
+		st->time_ns += delta * w;
+		st->hist[sidecar_hist_bucket(delta)] += w;
 	}
 	count_error(slot, s, ret);
 }

@@ -51,6 +51,10 @@ struct sidecar_target {
  * differ between targets). */
 #define SIDECAR_SLOT_SYSCALL_LATENCY (1ULL << 0)
 #define SIDECAR_SLOT_SYSCALL_COUNTING (1ULL << 1)
+/* --cpu-budget: syscall latency timed for about 1 call in 2^k per thread (k in bits 4-6, 0: every
+ * call); each timed call stands for 2^k in the histograms and time sums, so they stay unbiased. */
+#define SIDECAR_SLOT_SYSCALL_SAMPLE_SHIFT 4
+#define SIDECAR_SLOT_SYSCALL_SAMPLE_MASK (7ULL << SIDECAR_SLOT_SYSCALL_SAMPLE_SHIFT)
 /* security's opt-in uprobes (--capture-bash-readline, --tls-plaintext): a uprobe on a binary
  * fires for every slot whose processes map it. */
 #define SIDECAR_SLOT_BASH_READLINE (1ULL << 12)

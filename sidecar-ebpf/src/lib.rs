@@ -77,6 +77,9 @@ pub const CGROUP_PROBES: u32 = 8;
 pub const CGROUP_TOMBSTONE: u64 = u64::MAX;
 pub const SLOT_SYSCALL_LATENCY: u64 = 1 << 0;
 pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
+/// `--cpu-budget`: syscall latency timed for 1 call in 2^k (k in these bits; 0: every call).
+pub const SLOT_SYSCALL_SAMPLE_SHIFT: u32 = 4;
+pub const SLOT_SYSCALL_SAMPLE_MASK: u64 = 7 << SLOT_SYSCALL_SAMPLE_SHIFT;
 /// security's opt-in uprobes (`--capture-bash-readline`, `--tls-plaintext`).
 pub const SLOT_BASH_READLINE: u64 = 1 << 12;
 pub const SLOT_TLS_PLAINTEXT: u64 = 1 << 13;

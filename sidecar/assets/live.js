@@ -295,6 +295,28 @@ function header(samples) {
     p.textContent = s.labels.probe;
     probes.appendChild(p);
   }
+  budget(samples);
+}
+
+// --cpu-budget: the governor's level, the measured overhead against the budget, what is off.
+function budget(samples) {
+  const one = (n) => samples.find((s) => s.name === n);
+  const b = one('ebpf_sidecar_cpu_budget_ratio');
+  const box = $('budget');
+  if (!b) {
+    box.textContent = 'CPU budget: off (--cpu-budget 0)';
+    return;
+  }
+  const o = one('ebpf_sidecar_overhead_ratio');
+  const lv = one('ebpf_sidecar_governor_level');
+  const src = one('ebpf_sidecar_overhead_source_info');
+  const off = samples
+    .filter((s) => s.name === 'ebpf_sidecar_feature_enabled' && s.value === 0)
+    .map((s) => s.labels.feature);
+  const pct = (v) => (v * 100).toFixed(2) + '%';
+  box.textContent = `CPU budget: overhead ${o ? pct(o.value) : '?'} of ${pct(b.value)}` +
+    ` (${src ? src.labels.source : '?'}), level ${lv ? lv.value : 0}` +
+    (off.length ? ` — off: ${off.join(', ')}` : '');
 }
 
 function more(samples, types, r) {

@@ -44,6 +44,8 @@ pub struct Config {
     /// Whether --probes was given (else `probes` holds the defaults).
     pub probes_explicit: bool,
     pub bpf_stats: bool,
+    /// `--cpu-budget` in percent (0: off).
+    pub cpu_budget: f64,
     pub options: Options,
     pub resolve_interval: Duration,
     /// `--kernel-side`, `--max-targets`.
@@ -93,6 +95,7 @@ pub fn run(cfg: Config) -> Result<i32> {
             return Err(e);
         }
     };
+    let governor = governor_for(&cfg, &loaded);
     let child = start_command(&mut target)?;
     // Opened before the capabilities go, in case the path needs them; readers start after.
     let sink = start(
@@ -108,6 +111,14 @@ pub fn run(cfg: Config) -> Result<i32> {
     )?;
     for p in &loaded {
         p.before_dropping_capabilities(target.initial.as_ref());
+    }
+    let mut custom_keeps = custom_keeps;
+    if governor
+        .as_ref()
+        .is_some_and(|g| g.source() == crate::governor::Source::Windows)
+    {
+        // Its measurement windows turn bpf_stats on and off (BPF_ENABLE_STATS).
+        custom_keeps.push(caps::Capability::CAP_SYS_ADMIN);
     }
     drop_capabilities(&cfg, &families.chosen, custom_keeps, child.is_some());
     for p in &loaded {
@@ -130,8 +141,57 @@ pub fn run(cfg: Config) -> Result<i32> {
         bpf_stats: cfg.bpf_stats,
         extra_labels: cfg.extra_labels.clone(),
         started: Instant::now(),
+        governor,
     });
+    if let Some(g) = shared.governor.clone() {
+        let s = shared.clone();
+        crate::governor::start(
+            g,
+            crate::governor::Ctx {
+                probes: shared.probes.clone(),
+                kernel_side: cfg.options.kernel_side.clone(),
+                events: shared.events.clone(),
+                cgroup: Box::new(move || {
+                    s.target
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .current
+                        .as_ref()
+                        .and_then(|t| t.cgroup_dir.clone())
+                }),
+            },
+        );
+    }
     serve(&cfg, listen, shared, target, child)
+}
+
+/// The CPU-budget governor of this sidecar's slot (`--cpu-budget` > 0), calibrated now, while
+/// the capabilities bpf_stats needs are still there.
+fn governor_for(cfg: &Config, loaded: &[Arc<dyn Probe>]) -> Option<Arc<crate::governor::Governor>> {
+    use crate::governor::{Governor, Source};
+    if cfg.cpu_budget <= 0.0 {
+        return None;
+    }
+    let source = if cfg.bpf_stats {
+        Source::BpfStats
+    } else if crate::caps::has(caps::Capability::CAP_SYS_ADMIN) {
+        Source::Windows
+    } else {
+        tracing::info!(
+            "cpu budget: no CAP_SYS_ADMIN for bpf_stats; the overhead is estimated from the \
+             target's syscall count and a cost model (ebpf_sidecar_overhead_source_info)"
+        );
+        Source::Model
+    };
+    let families: Vec<&str> = loaded.iter().map(|p| p.name()).collect();
+    let g = Governor::new(
+        cfg.cpu_budget,
+        cfg.options.kernel_side.flags(),
+        &families,
+        source,
+    );
+    g.calibrate(loaded);
+    Some(Arc::new(g))
 }
 
 /// Give the heap freed by loading back to the system: every object load parses the kernel's
@@ -338,7 +398,8 @@ fn resolve_target(cfg: &Config) -> Result<Target> {
 pub(crate) fn slot_flags(o: &probes::Options) -> u64 {
     let mut flags = 0;
     if o.syscall_latency {
-        flags |= sidecar_ebpf::SLOT_SYSCALL_LATENCY;
+        flags |= sidecar_ebpf::SLOT_SYSCALL_LATENCY
+            | (u64::from(o.syscall_sample_shift.min(6)) << sidecar_ebpf::SLOT_SYSCALL_SAMPLE_SHIFT);
     } else {
         flags |= sidecar_ebpf::SLOT_SYSCALL_COUNTING;
     }

@@ -5,6 +5,7 @@ pub mod app;
 pub mod caps;
 pub mod events;
 pub mod export;
+pub mod governor;
 pub mod http_path;
 pub mod kernel_side;
 pub mod metrics;

@@ -68,6 +68,13 @@ struct Cli {
     #[arg(long, global = true)]
     bpf_stats: bool,
 
+    /// Keep the kernel time of the sidecar's programs in the target's context under PERCENT of
+    /// the target's own CPU time: over it, syscall latency is sampled (1 in 2 … 64), then
+    /// runtime function calls and HTTP recognition go off, and come back when it is well under.
+    /// Counts never degrade. 0: off.
+    #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = parse_budget, global = true)]
+    cpu_budget: f64,
+
     /// Distinct values kept per bounded label (comm, …); the rest are reported as "other".
     #[arg(long, value_name = "N", default_value_t = 20, global = true)]
     top_n: usize,
@@ -477,6 +484,7 @@ fn config(cli: Cli, matches: &clap::ArgMatches, choice: Choice, mut options: Opt
         probes_explicit,
         probes,
         bpf_stats: cli.bpf_stats,
+        cpu_budget: cli.cpu_budget,
         options,
         resolve_interval: Duration::from_secs_f64(cli.resolve_interval),
         kernel_side: cli.kernel_side,
@@ -486,4 +494,17 @@ fn config(cli: Cli, matches: &clap::ArgMatches, choice: Choice, mut options: Opt
         web_config: cli.web_config,
         custom,
     }
+}
+
+/// `--cpu-budget`: a percentage in [0, 100].
+fn parse_budget(s: &str) -> Result<f64, String> {
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+        format!("{s:?} is not a number: give a percentage such as 1 or 0.5 (0: off)")
+    })?;
+    if !(0.0..=100.0).contains(&v) {
+        return Err(format!(
+            "{v} is not a percentage between 0 and 100 (0: off)"
+        ));
+    }
+    Ok(v)
 }

@@ -12,6 +12,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
+use crate::governor;
 use crate::metrics::{self, Metric};
 use crate::monitored::Resolved;
 use crate::probes::{EncodeCtx, Options, Probe};
@@ -44,6 +45,8 @@ pub struct Shared {
     pub started: Instant,
     /// Where families publish events (served on /events).
     pub events: crate::events::EventSink,
+    /// `--cpu-budget` (None when 0, and in node mode).
+    pub governor: Option<Arc<crate::governor::Governor>>,
 }
 
 impl fmt::Debug for Shared {
@@ -153,6 +156,13 @@ pub const METRICS: &[Metric] = &[
     PROGRAM_RUNS,
     NODE_CONTAINERS,
     NODE_UPTIME,
+    governor::BUDGET,
+    governor::OVERHEAD,
+    governor::LEVEL,
+    governor::FEATURE,
+    governor::SAMPLED,
+    governor::NEIGHBOUR,
+    governor::SOURCE,
 ];
 
 /// Every metric the sidecar can write, as `family name type labels help` lines: its own
@@ -236,6 +246,9 @@ impl Collector for SidecarCollector {
                     .map(move |(map, n)| (vec![("family", p.name().to_string()), ("map", map)], n))
             }),
         )?;
+        if let Some(g) = &s.governor {
+            g.encode(&mut enc)?;
+        }
         if s.bpf_stats {
             let stats: Vec<_> = s
                 .probes

@@ -91,7 +91,8 @@ pub struct KernelSide {
     /// This sidecar's slot.
     pub slot: u32,
     /// SIDECAR_SLOT_* options for this slot (per-slot settings programs check in the kernel).
-    pub flags: u64,
+    /// The CPU-budget governor changes them while running (see [`Self::set_flags`]).
+    flags: std::sync::atomic::AtomicU64,
     /// Shared: the set's directory and its registry.
     shared: Option<registry::Registry>,
     /// Why auto chose private (logged once, in the info metric's absence of a dir).
@@ -120,7 +121,7 @@ impl KernelSide {
             mode: Mode::Private,
             abi: abi().to_string(),
             slot: 0,
-            flags: 0,
+            flags: Default::default(),
             shared: None,
             private_reason: reason,
         }
@@ -164,7 +165,7 @@ impl KernelSide {
                 },
             },
         };
-        ks.flags = flags;
+        ks.flags = flags.into();
         Ok(ks)
     }
 
@@ -186,13 +187,25 @@ impl KernelSide {
             mode: Mode::Shared,
             abi: abi.to_string(),
             slot,
-            flags: 0,
+            flags: Default::default(),
             shared: Some(reg),
             private_reason: None,
         })
     }
 
     /// The directory of the shared set (None: private).
+    /// This slot's SIDECAR_SLOT_* options as they are now.
+    pub fn flags(&self) -> u64 {
+        self.flags.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// New options for this slot: what the next write of its `sidecar_slots` entry carries (the
+    /// caller writes it, [`crate::probes::Object::write_slot_flags`]).
+    pub fn set_flags(&self, flags: u64) {
+        self.flags
+            .store(flags, std::sync::atomic::Ordering::Release);
+    }
+
     pub fn dir(&self) -> Option<&Path> {
         self.shared.as_ref().map(|r| r.dir.as_path())
     }

@@ -386,6 +386,7 @@ impl Node {
             bpf_stats: cfg.bpf_stats,
             extra_labels: Vec::new(),
             started: Instant::now(),
+            governor: None,
         });
         let registry = Arc::new(export::registry(shared.clone()));
         let router = export::server::router(

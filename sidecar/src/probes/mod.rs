@@ -43,6 +43,8 @@ pub struct Options {
     pub per_syscall_histograms: bool,
     /// Measure each syscall's latency (time and histogram), not only count calls and errors.
     pub syscall_latency: bool,
+    /// `--syscall-latency-sample`: log2 of N (0: every call).
+    pub syscall_sample_shift: u32,
     /// Path prefixes whose opening for write is a security event (empty: the defaults).
     pub sensitive_paths: Vec<String>,
     /// Profiler samples per second per CPU.
@@ -102,6 +104,7 @@ impl Default for Options {
             top_n: 20,
             per_syscall_histograms: false,
             syscall_latency: true,
+            syscall_sample_shift: 0,
             sensitive_paths: Vec::new(),
             profile_hz: 49,
             net_http: true,
@@ -160,6 +163,11 @@ pub trait Probe: Send + Sync {
     }
     /// Events the kernel side could not record (full tables, ring buffer overruns).
     fn lost_events(&self) -> u64;
+    /// The syscalls the target has made so far, for a family that counts them (the CPU
+    /// budget's measure of how busy the target is).
+    fn target_calls(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// A family's command-line flags (a clap `Args` struct, flattened into the CLI) and how they

@@ -963,7 +963,7 @@ impl Object {
             self.follow_tree(*root)?;
         }
         let mut target = filter.map(Filter::to_kernel).unwrap_or_default();
-        target.flags = self.ks.flags;
+        target.flags = self.ks.flags();
         let family = self.family;
         let slot = self.ks.slot;
         let map_err = |map: &str, detail: String| ProbeError::Map {
@@ -1028,6 +1028,30 @@ impl Object {
                 .map_err(|e| map_err(sidecar_ebpf::MODES_MAP, e.to_string()))?;
         }
         Ok(())
+    }
+
+    /// Rewrite this slot's options in `sidecar_slots` from the kernel side's current flags (the
+    /// governor's changes), leaving its filter as it is. The programs read the entry at every
+    /// run, so the change takes effect at once.
+    pub fn write_slot_flags(&self) -> Result<(), ProbeError> {
+        let family = self.family;
+        let map_err = |detail: String| ProbeError::Map {
+            family,
+            map: sidecar_ebpf::SLOTS_MAP.into(),
+            detail,
+        };
+        let mut ebpf = self.lock();
+        let map = ebpf
+            .map_mut(sidecar_ebpf::SLOTS_MAP)
+            .ok_or_else(|| map_err("not in the object".into()))?;
+        let mut arr: Array<_, sidecar_ebpf::Target> =
+            Array::try_from(map).map_err(|e| map_err(e.to_string()))?;
+        let mut target = arr
+            .get(&self.ks.slot, 0)
+            .map_err(|e| map_err(e.to_string()))?;
+        target.flags = self.ks.flags();
+        arr.set(self.ks.slot, target, 0)
+            .map_err(|e| map_err(e.to_string()))
     }
 
     /// --target-tree: attach the programs that follow forks and frees (once), then put the tree

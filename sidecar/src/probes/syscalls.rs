@@ -474,6 +474,15 @@ impl Probe for Syscalls {
         Ok(())
     }
 
+    fn target_calls(&self) -> Option<u64> {
+        Some(
+            self.stats()
+                .iter()
+                .flat_map(|(_, vals)| vals.iter().map(|v| v.calls))
+                .sum(),
+        )
+    }
+
     fn lost_events(&self) -> u64 {
         let maps = self.obj.maps();
         maps.counter("syscalls_counters", sc::LOST_STARTS)
@@ -494,12 +503,37 @@ pub struct Args {
     /// and no clock reads, about 40% of the added time per syscall.
     #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
     syscall_latency: String,
+
+    /// Time the latency of about 1 syscall in N per thread (N = 1, 2, 4, … 64; 1: every call).
+    /// Each timed call counts for N in the duration histogram and syscall_seconds_total, so they
+    /// stay unbiased; calls and errors are still counted exactly. --cpu-budget samples further
+    /// when over budget, never less than this.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = parse_sample, global = true)]
+    syscall_latency_sample: u32,
+}
+
+/// `--syscall-latency-sample`: a power of two from 1 to 64, as its log2.
+fn parse_sample(s: &str) -> Result<u32, String> {
+    match s.parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n <= 64 => Ok(n.trailing_zeros()),
+        _ => Err(format!(
+            "{s:?}: give a power of two from 1 to 64 (1, 2, 4, 8, 16, 32, 64)"
+        )),
+    }
 }
 
 impl super::FamilyArgs for Args {
     fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
         s.options.per_syscall_histograms = self.per_syscall_histograms;
         s.options.syscall_latency = self.syscall_latency == "on";
+        s.options.syscall_sample_shift = self.syscall_latency_sample;
+        if self.syscall_latency_sample > 0 && !s.options.syscall_latency {
+            return Err(
+                "--syscall-latency-sample samples the latency that --syscall-latency off turns \
+                 off: give one or the other"
+                    .into(),
+            );
+        }
         let has = s.probes.iter().any(|p| p == "syscalls");
         for (flag, set) in [
             ("--seccomp-out", s.options.seccomp_out.is_some()),
