@@ -112,14 +112,6 @@ pub fn run(cfg: Config) -> Result<i32> {
     for p in &loaded {
         p.before_dropping_capabilities(target.initial.as_ref());
     }
-    let mut custom_keeps = custom_keeps;
-    if governor
-        .as_ref()
-        .is_some_and(|g| g.source() == crate::governor::Source::Windows)
-    {
-        // Its measurement windows turn bpf_stats on and off (BPF_ENABLE_STATS).
-        custom_keeps.push(caps::Capability::CAP_SYS_ADMIN);
-    }
     drop_capabilities(&cfg, &families.chosen, custom_keeps, child.is_some());
     for p in &loaded {
         if let Err(e) = p.start_events(sink.clone()) {
@@ -174,13 +166,7 @@ fn governor_for(cfg: &Config, loaded: &[Arc<dyn Probe>]) -> Option<Arc<crate::go
     }
     let source = if cfg.bpf_stats {
         Source::BpfStats
-    } else if crate::caps::has(caps::Capability::CAP_SYS_ADMIN) {
-        Source::Windows
     } else {
-        tracing::info!(
-            "cpu budget: no CAP_SYS_ADMIN for bpf_stats; the overhead is estimated from the \
-             target's syscall count and a cost model (ebpf_sidecar_overhead_source_info)"
-        );
         Source::Model
     };
     let families: Vec<&str> = loaded.iter().map(|p| p.name()).collect();

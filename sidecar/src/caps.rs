@@ -49,11 +49,6 @@ fn describe(set: &CapsHashSet) -> String {
 pub type Needs<'a> = (&'static str, &'a [Capability]);
 
 /// The first capability of `needs` this process lacks, as a Docker flag hint.
-/// Whether this process has `c` in its effective set now.
-pub fn has(c: Capability) -> bool {
-    effective().is_ok_and(|e| e.contains(&c))
-}
-
 pub fn missing_for(needs: &[Capability]) -> Option<String> {
     let eff = effective().ok()?;
     needs.iter().find(|c| !eff.contains(c)).map(|c| {

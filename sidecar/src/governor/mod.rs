@@ -43,11 +43,11 @@ pub const SAMPLED: Metric = Metric::gauge(
 );
 pub const NEIGHBOUR: Metric = Metric::counter(
     "ebpf_sidecar_neighbour_overhead_seconds",
-    "Kernel time of the sidecar's syscall programs run by the host's other processes (they leave at the filter), estimated from bpf_stats windows.",
+    "Kernel time of the sidecar's per-syscall programs run by the host's other processes (they leave at the filter): their runs less the target's syscalls, at the filter's price measured at start (--bpf-stats only).",
 );
 pub const SOURCE: Metric = Metric::info(
     "ebpf_sidecar_overhead_source",
-    "Where ebpf_sidecar_overhead_ratio comes from: bpf_stats (measured) or model (run counts times per-call costs measured on the project's CI machine, without CAP_SYS_ADMIN).",
+    "Where ebpf_sidecar_overhead_ratio comes from: bpf_stats (--bpf-stats: measured every second) or model (the target's syscalls times the cost per call measured on the project's CI machine, scaled by a calibration at start).",
 )
 .labels(&["source"]);
 
@@ -229,7 +229,9 @@ impl Governor {
                 [(vec![], 1.0 / f64::from(1u32 << sample_shift(flags)))],
             )?;
         }
-        NEIGHBOUR.counter_series(enc, [(vec![], st.neighbour_ns / 1e9)])?;
+        if self.source() == Source::BpfStats {
+            NEIGHBOUR.counter_series(enc, [(vec![], st.neighbour_ns / 1e9)])?;
+        }
         SOURCE.info_series(enc, &vec![("source", self.source().name().to_string())])
     }
 

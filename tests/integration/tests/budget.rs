@@ -64,13 +64,33 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Scrapes every 250 ms until the sidecar exits: (seconds since start, metrics).
-fn follow(s: &mut Sidecar) -> Vec<(f64, Metrics)> {
+/// The target's CPU ns so far, from the cpu.stat of the cgroup `target_info` names.
+fn cgroup_cpu_ns(m: &Metrics) -> Option<f64> {
+    let path = m
+        .matching("ebpf_sidecar_target_info", &[])
+        .find_map(|(labels, _)| labels.get("cgroup_path").cloned())?;
+    let stat = std::fs::read_to_string(
+        real::cgroup2_root()
+            .join(path.trim_start_matches('/'))
+            .join("cpu.stat"),
+    )
+    .ok()?;
+    stat.lines()
+        .find_map(|l| l.strip_prefix("usage_usec "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map(|us| us * 1000.0)
+}
+
+/// Scrapes every 250 ms until the sidecar exits: (seconds since start, metrics, the target's
+/// CPU ns read right after the scrape).
+fn follow(s: &mut Sidecar) -> Vec<(f64, Metrics, Option<f64>)> {
     let t0 = Instant::now();
     let mut out = Vec::new();
     while s.child.try_wait().unwrap().is_none() {
         if let Ok((200, _, body)) = http_get(s.port, "/metrics", None) {
-            out.push((t0.elapsed().as_secs_f64(), Metrics::parse(&body)));
+            let m = Metrics::parse(&body);
+            let cpu = cgroup_cpu_ns(&m);
+            out.push((t0.elapsed().as_secs_f64(), m, cpu));
         }
         std::thread::sleep(Duration::from_millis(250));
     }
@@ -81,14 +101,14 @@ fn follow(s: &mut Sidecar) -> Vec<(f64, Metrics)> {
 /// of 100% is never exceeded, so nothing is turned down).
 fn overhead_at_level_0(spin_us: f64) -> f64 {
     let out = out_file("calibrate");
-    let mut s = start(&["--cpu-budget", "100"], spin_us, 8, 0, &out);
+    let mut s = start(&["--cpu-budget", "100", "--bpf-stats"], spin_us, 8, 0, &out);
     let samples = follow(&mut s);
     let ratios: Vec<f64> = samples
         .iter()
-        .filter(|(t, _)| (3.0..7.0).contains(t))
-        .map(|(_, m)| gauge(m, "ebpf_sidecar_overhead_ratio"))
+        .filter(|(t, _, _)| (3.0..7.0).contains(t))
+        .map(|(_, m, _)| gauge(m, "ebpf_sidecar_overhead_ratio"))
         .collect();
-    for (_, m) in &samples {
+    for (_, m, _) in &samples {
         assert_eq!(gauge(m, "ebpf_sidecar_governor_level"), 0.0);
     }
     median(ratios)
@@ -114,6 +134,7 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
         &[
             "--cpu-budget",
             "1",
+            "--bpf-stats",
             "--events-out",
             events.to_str().unwrap(),
             "--metrics-out",
@@ -128,13 +149,13 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
     let calls = |m: &Metrics| m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]);
     let load_at = samples
         .iter()
-        .find(|(_, m)| calls(m) > 0.0)
+        .find(|(_, m, _)| calls(m) > 0.0)
         .expect("the load was never seen")
         .0;
     let level = |m: &Metrics| gauge(m, "ebpf_sidecar_governor_level");
     let stepped_at = samples
         .iter()
-        .find(|(_, m)| level(m) > 0.0)
+        .find(|(_, m, _)| level(m) > 0.0)
         .unwrap_or_else(|| panic!("never stepped down; {}", s.log_text()))
         .0;
     assert!(
@@ -145,8 +166,8 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
     // Steady state: the last 5 s of the load.
     let steady: Vec<f64> = samples
         .iter()
-        .filter(|(t, _)| (load_at + LOAD - 6.0..load_at + LOAD - 1.0).contains(t))
-        .map(|(_, m)| gauge(m, "ebpf_sidecar_overhead_ratio"))
+        .filter(|(t, _, _)| (load_at + LOAD - 6.0..load_at + LOAD - 1.0).contains(t))
+        .map(|(_, m, _)| gauge(m, "ebpf_sidecar_overhead_ratio"))
         .collect();
     let r = median(steady.clone());
     assert!(
@@ -154,10 +175,29 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
         "overhead at the steady state {r:.4} (samples {steady:?}); log:\n{}",
         s.log_text()
     );
-    let busiest = samples.iter().map(|(_, m)| level(m)).fold(0.0, f64::max);
+    // The test's own figure over the same seconds: every program's bpf_stats time (the
+    // neighbours' runs included: an upper bound) over the target cgroup's CPU time.
+    let at = |t: f64| {
+        samples
+            .iter()
+            .find(|(ts, _, cpu)| *ts >= t && cpu.is_some())
+            .expect("a scrape at that time")
+    };
+    let (a, b) = (at(load_at + LOAD - 6.0), at(load_at + LOAD - 1.5));
+    let bpf = |m: &Metrics| m.sum("ebpf_sidecar_bpf_program_run_seconds_total", &[]) * 1e9;
+    let cross = (bpf(&b.1) - bpf(&a.1)) / (b.2.unwrap() - a.2.unwrap());
+    assert!(
+        cross <= 0.011,
+        "bpf_stats over cpu.stat at the steady state: {cross:.4} (the sidecar's: {r:.4})"
+    );
+    assert!(
+        last_matches(&samples, "bpf_stats"),
+        "measured, not modelled"
+    );
+    let busiest = samples.iter().map(|(_, m, _)| level(m)).fold(0.0, f64::max);
     assert!(busiest >= 1.0);
     // After the load: everything back on.
-    let (_, last) = samples.last().unwrap();
+    let (_, last, _) = samples.last().unwrap();
     assert_eq!(level(last), 0.0, "{}", s.log_text());
     assert_eq!(
         last.sum(
@@ -208,6 +248,63 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
     assert_eq!(changes[0]["from_level"], 0);
     assert_eq!(changes[0]["to_level"], 1);
     assert_eq!(changes.last().unwrap()["to_level"], 0);
+}
+
+/// Whether the last scrape says the overhead came from `source`.
+fn last_matches(samples: &[(f64, Metrics, Option<f64>)], source: &str) -> bool {
+    samples.last().is_some_and(|(_, m, _)| {
+        m.get("ebpf_sidecar_overhead_source_info", &[("source", source)]) == Some(1.0)
+    })
+}
+
+/// Without --bpf-stats the cost is modelled from the target's syscalls, and kept under budget
+/// the same way: it steps down within 5 s and comes back; the counts stay exact.
+#[test]
+fn without_bpf_stats_the_model_keeps_the_budget() {
+    require_root();
+    let _alone = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let out = out_file("model");
+    let prom = out_file("model.prom");
+    // One syscall per 15 µs of work: the model's 250 ns per call is 1.6% of it.
+    let mut s = start(
+        &["--cpu-budget", "1", "--metrics-out", prom.to_str().unwrap()],
+        15.0,
+        8,
+        12,
+        &out,
+    );
+    let samples = follow(&mut s);
+    assert!(last_matches(&samples, "model"), "{}", s.log_text());
+    let level = |m: &Metrics| gauge(m, "ebpf_sidecar_governor_level");
+    let load_at = samples
+        .iter()
+        .find(|(_, m, _)| m.sum("ebpf_sidecar_syscalls_total", &[]) > 0.0)
+        .unwrap()
+        .0;
+    let stepped = samples
+        .iter()
+        .find(|(_, m, _)| level(m) > 0.0)
+        .unwrap_or_else(|| panic!("never stepped down; {}", s.log_text()))
+        .0;
+    assert!(stepped - load_at <= 5.0, "{:.1} s", stepped - load_at);
+    assert!(samples.iter().all(|(_, m, _)| {
+        m.get("ebpf_sidecar_neighbour_overhead_seconds_total", &[])
+            .is_none()
+    }));
+    assert_eq!(level(&samples.last().unwrap().1), 0.0, "{}", s.log_text());
+    let (getppid, closes) = truth(&out);
+    let m = Metrics::parse(&std::fs::read_to_string(&prom).unwrap());
+    assert_eq!(
+        m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+        getppid
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_syscall_errors_total",
+            &[("syscall", "close"), ("errno", "EBADF")]
+        ),
+        closes
+    );
 }
 
 /// One run of `budget_load` with no work between the calls, counted with latency sampled 1 in
@@ -274,7 +371,8 @@ fn sampled_latency_counts_for_every_call_and_is_unbiased() {
 }
 
 /// `--cpu-budget 0` is the sidecar as it was: none of the governor's series, the same families
-/// otherwise; the default (1%) adds exactly the governor's.
+/// otherwise; the default (1%, modelled without --bpf-stats) adds exactly the governor's (the
+/// neighbours' overhead needs --bpf-stats).
 #[test]
 fn budget_zero_writes_no_governor_series() {
     require_root();
@@ -322,7 +420,6 @@ fn budget_zero_writes_no_governor_series() {
         "ebpf_sidecar_governor_level",
         "ebpf_sidecar_feature_enabled",
         "ebpf_sidecar_syscall_latency_sampled_ratio",
-        "ebpf_sidecar_neighbour_overhead_seconds_total",
         "ebpf_sidecar_overhead_source_info",
     ]
     .into_iter()
