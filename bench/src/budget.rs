@@ -18,6 +18,9 @@ enum Arm {
     Alone,
     Budget0,
     Budget1,
+    /// The syscalls family alone: what the governor's steps act on.
+    Syscalls0,
+    Syscalls1,
 }
 
 impl Arm {
@@ -26,11 +29,29 @@ impl Arm {
             Arm::Alone => "no monitor",
             Arm::Budget0 => "default set, --cpu-budget 0",
             Arm::Budget1 => "default set, --cpu-budget 1 (default)",
+            Arm::Syscalls0 => "syscalls family alone, --cpu-budget 0",
+            Arm::Syscalls1 => "syscalls family alone, --cpu-budget 1",
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Arm::Alone => &[],
+            Arm::Budget0 => &["--cpu-budget", "0"],
+            Arm::Budget1 => &["--cpu-budget", "1"],
+            Arm::Syscalls0 => &["--probes", "syscalls", "--cpu-budget", "0"],
+            Arm::Syscalls1 => &["--probes", "syscalls", "--cpu-budget", "1"],
         }
     }
 }
 
-const ARMS: [Arm; 3] = [Arm::Alone, Arm::Budget0, Arm::Budget1];
+const ARMS: [Arm; 5] = [
+    Arm::Alone,
+    Arm::Budget0,
+    Arm::Budget1,
+    Arm::Syscalls0,
+    Arm::Syscalls1,
+];
 
 /// CPU time (user + system, seconds) of a process so far.
 fn cpu_seconds(pid: u32) -> Result<f64> {
@@ -56,17 +77,11 @@ impl Server {
         let metrics_port = free_port();
         let mut c = match arm {
             Arm::Alone => Command::new("taskset"),
-            Arm::Budget0 | Arm::Budget1 => {
+            _ => {
                 let mut c = Command::new(sidecar_release_bin());
-                c.args([
-                    "run",
-                    "--listen",
-                    &format!("127.0.0.1:{metrics_port}"),
-                    "--cpu-budget",
-                    if arm == Arm::Budget0 { "0" } else { "1" },
-                    "--",
-                    "taskset",
-                ]);
+                c.args(["run", "--listen", &format!("127.0.0.1:{metrics_port}")])
+                    .args(arm.args())
+                    .args(["--", "taskset"]);
                 c
             }
         };
@@ -295,9 +310,10 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     for (what, v) in [("node", &n), ("redis", &r)] {
         writeln!(
             o,
-            "- {what}: budget 1 vs budget 0: {:+.1}% CPU per request; budget 1 vs no monitor: {:+.1}% (target ≤ +1%)",
+            "- {what}: budget 1 vs budget 0: {:+.1}% CPU per request; budget 1 vs no monitor: {:+.1}% (target ≤ +1%); syscalls family alone, budget 1 vs 0: {:+.1}%",
             (v[2] / v[1] - 1.0) * 100.0,
-            (v[2] / v[0] - 1.0) * 100.0
+            (v[2] / v[0] - 1.0) * 100.0,
+            (v[4] / v[3] - 1.0) * 100.0
         )?;
     }
     Ok(o)
