@@ -370,7 +370,9 @@ static __always_inline int interesting(__u64 nr)
 /* A sync call of the target starts: stamp it for the exit. */
 static __always_inline void sync_started(void)
 {
-	if (sidecar_slot() < 0)
+	int slot = sidecar_slot();
+
+	if (slot < 0 || sidecar_slot_wants(slot, SIDECAR_SLOT_FILES_OFF))
 		return;
 
 	struct sync_start *v = bpf_task_storage_get(&file_sync_start, bpf_get_current_task_btf(), 0,
@@ -413,7 +415,8 @@ int files_sys_exit(unsigned long long *ctx)
 
 	int slot = sidecar_slot();
 
-	if (slot < 0)
+	/* --cpu-budget may pause the family (SIDECAR_SLOT_FILES_OFF). */
+	if (slot < 0 || sidecar_slot_wants(slot, SIDECAR_SLOT_FILES_OFF))
 		return 0;
 
 	long ret = (long)ctx[1];
@@ -494,7 +497,8 @@ int files_page_cache_add(unsigned long long *ctx)
 {
 	int slot = sidecar_slot();
 
-	if (slot < 0)
+	/* --cpu-budget may pause the family (SIDECAR_SLOT_FILES_OFF). */
+	if (slot < 0 || sidecar_slot_wants(slot, SIDECAR_SLOT_FILES_OFF))
 		return 0;
 
 	struct folio *folio = (struct folio *)ctx[0];

@@ -51,13 +51,21 @@ struct {
 	__type(value, __u64);
 } profile_host SEC(".maps");
 
-static __always_inline void total(void *totals, __u32 i)
+static __always_inline void total(void *totals, __u32 i, __u64 n)
 {
 	__u64 *c = bpf_map_lookup_elem(totals, &i);
 
 	if (c)
-		*c += 1;
+		*c += n;
 }
+
+/* --cpu-budget's lower profiler rate: samples seen per CPU, to keep 1 in 2^k. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+} profile_seen SEC(".maps");
 
 SEC("perf_event")
 int profile_sample(struct bpf_perf_event_data *ctx)
@@ -68,6 +76,19 @@ int profile_sample(struct bpf_perf_event_data *ctx)
 		return 0;
 
 	__u32 zero = 0;
+	struct sidecar_target *t = sidecar_slot_config(slot);
+	__u32 shift = t ? (t->flags & SIDECAR_SLOT_PROFILE_MASK) >> SIDECAR_SLOT_PROFILE_SHIFT : 0;
+	/* A kept sample stands for the 2^k the event fired (the stack walk is the cost saved; the
+	 * timer interrupt itself still fires). */
+	__u64 weight = 1ULL << shift;
+
+	if (shift) {
+		__u64 *seen = bpf_map_lookup_elem(&profile_seen, &zero);
+
+		if (!seen || ((*seen)++ & (weight - 1)))
+			return 0;
+	}
+
 	void *config = sidecar_slot_map(&profile_config, slot);
 	void *stacks = sidecar_slot_map(&profile_stacks, slot);
 	void *counts = sidecar_slot_map(&profile_counts, slot);
@@ -87,20 +108,20 @@ int profile_sample(struct bpf_perf_event_data *ctx)
 	k.user_stack = bpf_get_stackid(ctx, stacks, BPF_F_USER_STACK | BPF_F_REUSE_STACKID);
 	k.kernel_stack = bpf_get_stackid(ctx, stacks, BPF_F_REUSE_STACKID);
 	bpf_get_current_comm(k.comm, sizeof(k.comm));
-	total(totals, 0);
+	total(totals, 0, weight);
 
-	__u64 one = 1, *c = bpf_map_lookup_elem(counts, &k);
+	__u64 *c = bpf_map_lookup_elem(counts, &k);
 
 	if (c) {
-		__sync_fetch_and_add(c, 1);
+		__sync_fetch_and_add(c, weight);
 		return 0;
 	}
-	if (bpf_map_update_elem(counts, &k, &one, BPF_NOEXIST)) {
+	if (bpf_map_update_elem(counts, &k, &weight, BPF_NOEXIST)) {
 		c = bpf_map_lookup_elem(counts, &k);
 		if (c)
-			__sync_fetch_and_add(c, 1);
+			__sync_fetch_and_add(c, weight);
 		else
-			total(totals, 1);
+			total(totals, 1, weight);
 	}
 	return 0;
 }

@@ -55,6 +55,11 @@ struct sidecar_target {
  * call); each timed call stands for 2^k in the histograms and time sums, so they stay unbiased. */
 #define SIDECAR_SLOT_SYSCALL_SAMPLE_SHIFT 4
 #define SIDECAR_SLOT_SYSCALL_SAMPLE_MASK (7ULL << SIDECAR_SLOT_SYSCALL_SAMPLE_SHIFT)
+/* --cpu-budget: the files family pauses (bit 8); the profiler keeps 1 sample in 2^k, each
+ * counting for 2^k (k in bits 9-10). */
+#define SIDECAR_SLOT_FILES_OFF (1ULL << 8)
+#define SIDECAR_SLOT_PROFILE_SHIFT 9
+#define SIDECAR_SLOT_PROFILE_MASK (3ULL << SIDECAR_SLOT_PROFILE_SHIFT)
 /* security's opt-in uprobes (--capture-bash-readline, --tls-plaintext): a uprobe on a binary
  * fires for every slot whose processes map it. */
 #define SIDECAR_SLOT_BASH_READLINE (1ULL << 12)

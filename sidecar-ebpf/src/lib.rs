@@ -80,6 +80,11 @@ pub const SLOT_SYSCALL_COUNTING: u64 = 1 << 1;
 /// `--cpu-budget`: syscall latency timed for 1 call in 2^k (k in these bits; 0: every call).
 pub const SLOT_SYSCALL_SAMPLE_SHIFT: u32 = 4;
 pub const SLOT_SYSCALL_SAMPLE_MASK: u64 = 7 << SLOT_SYSCALL_SAMPLE_SHIFT;
+/// `--cpu-budget`: the files family pauses.
+pub const SLOT_FILES_OFF: u64 = 1 << 8;
+/// `--cpu-budget`: the profiler keeps 1 sample in 2^k (k in these bits), each counting 2^k.
+pub const SLOT_PROFILE_SHIFT: u32 = 9;
+pub const SLOT_PROFILE_MASK: u64 = 3 << SLOT_PROFILE_SHIFT;
 /// security's opt-in uprobes (`--capture-bash-readline`, `--tls-plaintext`).
 pub const SLOT_BASH_READLINE: u64 = 1 << 12;
 pub const SLOT_TLS_PLAINTEXT: u64 = 1 << 13;

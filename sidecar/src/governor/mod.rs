@@ -57,6 +57,10 @@ pub const SOURCE: Metric = Metric::info(
 pub enum Step {
     /// Syscall latency timed for about 1 call in 2^k (k = 1..=6: 2, 4, … 64).
     SyscallSample(u32),
+    /// The files family pauses (its counts stop until it is back).
+    FilesOff,
+    /// The profiler keeps 1 sample in 4, each counting for 4.
+    ProfileQuarter,
     /// `--runtime-calls`: the runtimes' function-entry counts.
     RuntimeCalls,
     /// HTTP/1 recognition (and with it HTTP timing) in the net family.
@@ -72,6 +76,8 @@ impl Step {
     fn describe(self) -> String {
         match self {
             Step::SyscallSample(k) => format!("syscall latency timed for 1 call in {}", 1 << k),
+            Step::FilesOff => "files family paused".into(),
+            Step::ProfileQuarter => "profiler at a quarter of its rate".into(),
             Step::RuntimeCalls => "runtime function calls off".into(),
             Step::Http => "HTTP recognition off".into(),
         }
@@ -83,10 +89,21 @@ impl Step {
                 (flags & !sidecar_ebpf::SLOT_SYSCALL_SAMPLE_MASK)
                     | (u64::from(k) << sidecar_ebpf::SLOT_SYSCALL_SAMPLE_SHIFT)
             }
+            Step::FilesOff => flags | sidecar_ebpf::SLOT_FILES_OFF,
+            Step::ProfileQuarter => {
+                (flags & !sidecar_ebpf::SLOT_PROFILE_MASK) | (2 << sidecar_ebpf::SLOT_PROFILE_SHIFT)
+            }
             Step::RuntimeCalls => flags & !sidecar_ebpf::SLOT_RUNTIME_CALLS,
             Step::Http => flags & !HTTP_FLAGS,
         }
     }
+}
+
+/// Steps for families that are loaded (files, profile have no flag of their own to say so).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Loaded {
+    pub files: bool,
+    pub profile: bool,
 }
 
 /// The flags of the features whose family is not loaded: nothing to turn down there.
@@ -102,11 +119,17 @@ pub fn loaded_only(base: u64, families: &[&str]) -> u64 {
 }
 
 /// The steps available for a slot's flags as the user asked for them, in order.
-pub fn steps(base: u64) -> Vec<Step> {
+pub fn steps(base: u64, loaded: Loaded) -> Vec<Step> {
     let mut out = Vec::new();
     if base & sidecar_ebpf::SLOT_SYSCALL_LATENCY != 0 {
         // From what --syscall-latency-sample asked for.
         out.extend((sample_shift(base) + 1..=SAMPLE_MAX_SHIFT).map(Step::SyscallSample));
+    }
+    if loaded.files {
+        out.push(Step::FilesOff);
+    }
+    if loaded.profile {
+        out.push(Step::ProfileQuarter);
     }
     if base & sidecar_ebpf::SLOT_RUNTIME_CALLS != 0 {
         out.push(Step::RuntimeCalls);
@@ -123,12 +146,21 @@ fn flags_at(base: u64, steps: &[Step], level: usize) -> u64 {
 }
 
 /// Features the budget may turn down, for `ebpf_sidecar_feature_enabled`.
-fn features(base: u64, flags: u64) -> Vec<(&'static str, bool)> {
+fn features(base: u64, loaded: Loaded, flags: u64) -> Vec<(&'static str, bool)> {
     let mut out = Vec::new();
     if base & sidecar_ebpf::SLOT_SYSCALL_LATENCY != 0 {
         out.push((
             "syscall_latency_every_call",
             flags & sidecar_ebpf::SLOT_SYSCALL_SAMPLE_MASK == 0,
+        ));
+    }
+    if loaded.files {
+        out.push(("files", flags & sidecar_ebpf::SLOT_FILES_OFF == 0));
+    }
+    if loaded.profile {
+        out.push((
+            "profile_full_rate",
+            flags & sidecar_ebpf::SLOT_PROFILE_MASK == 0,
         ));
     }
     if base & sidecar_ebpf::SLOT_RUNTIME_CALLS != 0 {
@@ -169,6 +201,7 @@ pub struct Governor {
     /// The budget as a ratio (1% = 0.01).
     budget: f64,
     base: u64,
+    loaded: Loaded,
     steps: Vec<Step>,
     state: Mutex<State>,
     meter: Mutex<measure::Meter>,
@@ -179,10 +212,15 @@ impl Governor {
     /// user asked, for the families loaded.
     pub fn new(budget_percent: f64, base: u64, families: &[&str], source: Source) -> Self {
         let base = loaded_only(base, families);
+        let loaded = Loaded {
+            files: families.contains(&"files"),
+            profile: families.contains(&"profile"),
+        };
         Self {
             budget: budget_percent / 100.0,
             base,
-            steps: steps(base),
+            loaded,
+            steps: steps(base, loaded),
             state: Mutex::new(State {
                 level: 0,
                 ratio: 0.0,
@@ -219,7 +257,7 @@ impl Governor {
         LEVEL.gauge_series(enc, [(vec![], st.level as u64)])?;
         FEATURE.gauge_series(
             enc,
-            features(self.base, flags)
+            features(self.base, self.loaded, flags)
                 .into_iter()
                 .map(|(f, on)| (vec![("feature", f.to_string())], u64::from(on))),
         )?;
@@ -330,7 +368,7 @@ impl Governor {
             "change": what,
             "overhead_ratio": ratio,
             "budget_ratio": self.budget,
-            "features": features(self.base, flags)
+            "features": features(self.base, self.loaded, flags)
                 .into_iter()
                 .map(|(f, on)| (f.to_string(), serde_json::Value::Bool(on)))
                 .collect::<serde_json::Map<_, _>>(),
@@ -372,15 +410,23 @@ mod tests {
         let base = sidecar_ebpf::SLOT_SYSCALL_LATENCY
             | sidecar_ebpf::SLOT_NET_HTTP_PACKETS
             | sidecar_ebpf::SLOT_RUNTIME_CALLS;
-        let s = steps(base);
-        assert_eq!(s.len(), 8);
+        let all = Loaded {
+            files: true,
+            profile: true,
+        };
+        let s = steps(base, all);
+        assert_eq!(s.len(), 10);
         assert_eq!(s[0], Step::SyscallSample(1));
         assert_eq!(s[5], Step::SyscallSample(6));
-        assert_eq!(s[6], Step::RuntimeCalls);
-        assert_eq!(s[7], Step::Http);
-        assert!(steps(sidecar_ebpf::SLOT_SYSCALL_COUNTING).is_empty());
+        assert_eq!(s[6], Step::FilesOff);
+        assert_eq!(s[7], Step::ProfileQuarter);
+        assert_eq!(s[8], Step::RuntimeCalls);
+        assert_eq!(s[9], Step::Http);
+        assert_eq!(steps(base, Loaded::default()).len(), 8);
+        assert!(steps(sidecar_ebpf::SLOT_SYSCALL_COUNTING, Loaded::default()).is_empty());
         let from_16 = steps(
             sidecar_ebpf::SLOT_SYSCALL_LATENCY | (4 << sidecar_ebpf::SLOT_SYSCALL_SAMPLE_SHIFT),
+            Loaded::default(),
         );
         assert_eq!(
             from_16,
@@ -391,7 +437,11 @@ mod tests {
     #[test]
     fn a_level_sets_the_flags_of_every_step_below_it() {
         let base = sidecar_ebpf::SLOT_SYSCALL_LATENCY | sidecar_ebpf::SLOT_NET_HTTP_PACKETS;
-        let s = steps(base);
+        let loaded = Loaded {
+            files: true,
+            profile: true,
+        };
+        let s = steps(base, loaded);
         assert_eq!(flags_at(base, &s, 0), base);
         assert_eq!(sample_shift(flags_at(base, &s, 4)), 4);
         let last = flags_at(base, &s, s.len());
@@ -402,10 +452,20 @@ mod tests {
             0,
             "counting stays"
         );
-        let f = features(base, last);
+        assert_ne!(last & sidecar_ebpf::SLOT_FILES_OFF, 0);
+        assert_eq!(
+            (last & sidecar_ebpf::SLOT_PROFILE_MASK) >> sidecar_ebpf::SLOT_PROFILE_SHIFT,
+            2
+        );
+        let f = features(base, loaded, last);
         assert_eq!(
             f,
-            vec![("syscall_latency_every_call", false), ("http", false)]
+            vec![
+                ("syscall_latency_every_call", false),
+                ("files", false),
+                ("profile_full_rate", false),
+                ("http", false)
+            ]
         );
     }
 }

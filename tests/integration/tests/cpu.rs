@@ -64,7 +64,9 @@ fn sleeps_of_10ms_land_in_the_8_to_16ms_offcpu_bucket() {
     let (out, m) = run(&["sleep", "50"]);
     // The sleeps whose whole call took under 16.7 ms (all of them on a quiet machine): each is
     // one off-CPU interval of at least 10 ms and at most the call, so surely in the bucket. A
-    // sleep woken late on a busy host may fall in the next bucket.
+    // sleep woken late on a busy host may fall in the next bucket; one woken early by a stray
+    // wakeup goes back to sleep for the rest (the hrtimer sleep loops), two shorter intervals:
+    // seen once in 50 in a full CI run, so up to 2 of the sure ones may miss.
     let sure: f64 = out
         .trim()
         .strip_prefix("sure=")
@@ -78,7 +80,7 @@ fn sleeps_of_10ms_land_in_the_8_to_16ms_offcpu_bucket() {
     let le16 = bucket(&m, name, &[("state", "sleeping")], "0.016777216");
     let le8 = bucket(&m, name, &[("state", "sleeping")], "0.008388608");
     assert!(
-        (sure..=N).contains(&(le16 - le8)),
+        (sure - 2.0..=N).contains(&(le16 - le8)),
         "each 10 ms sleep is one off-CPU interval in [8.4, 16.8) ms: {} there, {sure} surely",
         le16 - le8
     );
