@@ -53,17 +53,6 @@ const ARMS: [Arm; 5] = [
     Arm::Syscalls1,
 ];
 
-/// CPU time (user + system, seconds) of a process so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 /// A server started pinned to CPU 0, alone or under `ebpf-sidecar run` (default families): the
 /// process and the server's pid.
 struct Server {
@@ -174,19 +163,7 @@ fn node_round(arm: Arm, seconds: u64) -> Result<Round> {
     let cpu1 = cpu_seconds(s.pid)?;
     let governor = s.governor();
     s.stop();
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .context("wrk output")?
-        .trim()
-        .parse()?;
-    let reqs: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .context("wrk output")?
-        .0
-        .parse()?;
+    let (rps, reqs) = wrk_result(&out.stdout)?;
     Ok(Round {
         rps,
         cpu_us: (cpu1 - cpu0) * 1e6 / reqs.max(1.0),

@@ -86,18 +86,6 @@ fn bpftrace(calls: u64, stats: bool) -> Result<(f64, f64)> {
     Ok((ns, (s1.0 - s0.0) as f64 / (s1.1 - s0.1).max(1) as f64))
 }
 
-/// CPU time (user + system, seconds) of a process so far.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
-    let rest = stat.rsplit_once(')').context("stat")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks / hz)
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum NodeArm {
     Alone,
@@ -232,19 +220,7 @@ fn node_rps(arm: NodeArm) -> Result<(f64, f64)> {
         .output()
         .context("wrk not found: apt-get install wrk")?;
     let cpu1 = cpu_seconds(node)?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("Requests/sec:"))
-        .context("wrk output")?
-        .trim()
-        .parse()?;
-    let reqs: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .context("wrk output")?
-        .0
-        .parse()?;
+    let (rps, reqs) = wrk_result(&out.stdout)?;
     // SAFETY: signalling the node process this function started (directly or through run).
     unsafe { libc::kill(node as i32, libc::SIGTERM) };
     let _ = child.wait();

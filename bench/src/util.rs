@@ -162,3 +162,33 @@ pub fn prog_costs(text: &str) -> Vec<ProgCost> {
     }
     out
 }
+
+/// CPU time (user + system, seconds) of a process so far, from /proc/PID/stat.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised comm: state is field 3, utime 14, stime 15.
+    let rest = stat.rsplit_once(')').context("stat")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f[11].parse::<f64>()? + f[12].parse::<f64>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(ticks / hz)
+}
+
+/// Requests/s and the request count from wrk's output.
+pub fn wrk_result(stdout: &[u8]) -> Result<(f64, f64)> {
+    let text = String::from_utf8_lossy(stdout);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .context("wrk output")?
+        .trim()
+        .parse()?;
+    let reqs: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .context("wrk output")?
+        .0
+        .parse()?;
+    Ok((rps, reqs))
+}

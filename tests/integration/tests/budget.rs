@@ -57,6 +57,25 @@ fn truth(out: &Path) -> (f64, f64) {
     (get("getppid"), get("close"))
 }
 
+/// Counts never degrade: the final metrics hold exactly the workload's getppid calls and failed
+/// closes, whatever the level was.
+fn assert_exact(m: &Metrics, out: &Path) {
+    let (getppid, closes) = truth(out);
+    assert_eq!(
+        m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
+        getppid,
+        "getppid calls"
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_syscall_errors_total",
+            &[("syscall", "close"), ("errno", "EBADF")]
+        ),
+        closes,
+        "failed closes"
+    );
+}
+
 fn gauge(m: &Metrics, name: &str) -> f64 {
     m.get(name, &[])
         .unwrap_or_else(|| panic!("{name} missing:\n{}", m.text))
@@ -216,19 +235,9 @@ fn a_syscall_heavy_target_is_kept_under_budget_with_exact_counts() {
     );
     assert_eq!(gauge(last, "ebpf_sidecar_cpu_budget_ratio"), 0.01);
 
-    // Counts never degrade: exact, whatever the level was.
-    let (getppid, closes) = truth(&out);
-    let m = Metrics::parse(&std::fs::read_to_string(out_file("final")).unwrap());
-    assert_eq!(calls(&m), getppid, "getppid calls");
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_syscall_errors_total",
-            &[("syscall", "close"), ("errno", "EBADF")]
-        ),
-        closes,
-        "failed closes"
-    );
-    let lint = promtool_check(&std::fs::read_to_string(out_file("final")).unwrap());
+    let final_text = std::fs::read_to_string(out_file("final")).unwrap();
+    assert_exact(&Metrics::parse(&final_text), &out);
+    let lint = promtool_check(&final_text);
     assert!(lint.is_empty(), "{lint}");
 
     // Every change was said: in the log and as an event, down then up.
@@ -328,18 +337,9 @@ fn without_bpf_stats_the_model_keeps_the_budget() {
             "{f} back"
         );
     }
-    let (getppid, closes) = truth(&out);
-    let m = Metrics::parse(&std::fs::read_to_string(&prom).unwrap());
-    assert_eq!(
-        m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
-        getppid
-    );
-    assert_eq!(
-        m.sum(
-            "ebpf_sidecar_syscall_errors_total",
-            &[("syscall", "close"), ("errno", "EBADF")]
-        ),
-        closes
+    assert_exact(
+        &Metrics::parse(&std::fs::read_to_string(&prom).unwrap()),
+        &out,
     );
 }
 
@@ -430,19 +430,7 @@ fn budget_zero_writes_no_governor_series() {
         );
         assert!(s.child.wait().unwrap().success(), "{}", s.log_text());
         let text = std::fs::read_to_string(&prom).unwrap();
-        let (getppid, closes) = truth(&out);
-        let m = Metrics::parse(&text);
-        assert_eq!(
-            m.sum("ebpf_sidecar_syscalls_total", &[("syscall", "getppid")]),
-            getppid
-        );
-        assert_eq!(
-            m.sum(
-                "ebpf_sidecar_syscall_errors_total",
-                &[("syscall", "close"), ("errno", "EBADF")]
-            ),
-            closes
-        );
+        assert_exact(&Metrics::parse(&text), &out);
         text.lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))
             .filter_map(|l| l.split_whitespace().next())
