@@ -484,23 +484,31 @@ pub fn returns(prog: &[SockFilter], nr: u32, arch: u32) -> Result<BTreeSet<Retur
     Ok(out)
 }
 
+/// The three instructions test filters are written with (here and in `enforced`'s tests).
+#[cfg(test)]
+pub(crate) mod asm {
+    use super::*;
+
+    pub fn ld(off: u32) -> SockFilter {
+        SockFilter::stmt(BPF_LD | BPF_W | BPF_ABS, off)
+    }
+    pub fn jeq(k: u32, jt: u8, jf: u8) -> SockFilter {
+        SockFilter::jump(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf)
+    }
+    pub fn ret(k: u32) -> SockFilter {
+        SockFilter::stmt(BPF_RET | BPF_K, k)
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::asm::*;
     use super::*;
 
     const ALLOW: u32 = 0x7fff_0000;
     const EPERM: u32 = 0x0005_0001;
     const X86_64: u32 = 0xc000_003e;
 
-    fn ld(off: u32) -> SockFilter {
-        SockFilter::stmt(BPF_LD | BPF_W | BPF_ABS, off)
-    }
-    fn jeq(k: u32, jt: u8, jf: u8) -> SockFilter {
-        SockFilter::jump(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf)
-    }
-    fn ret(k: u32) -> SockFilter {
-        SockFilter::stmt(BPF_RET | BPF_K, k)
-    }
     fn vals(v: &[u32]) -> BTreeSet<Return> {
         v.iter().map(|v| Return::Value(*v)).collect()
     }

@@ -495,20 +495,12 @@ fn release_if_dead(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::seccomp::cbpf::asm::*;
     use crate::seccomp::cbpf::*;
 
     const EPERM: u32 = SECCOMP_RET_ERRNO | 1;
     const ENOSYS: u32 = SECCOMP_RET_ERRNO | 38;
 
-    fn ld(off: u32) -> SockFilter {
-        SockFilter::stmt(BPF_LD | BPF_W | BPF_ABS, off)
-    }
-    fn jeq(k: u32, jt: u8, jf: u8) -> SockFilter {
-        SockFilter::jump(BPF_JMP | BPF_JEQ | BPF_K, k, jt, jf)
-    }
-    fn ret(k: u32) -> SockFilter {
-        SockFilter::stmt(BPF_RET | BPF_K, k)
-    }
     fn nr(name: &str) -> u32 {
         SYSCALLS.iter().find(|(_, n)| *n == name).unwrap().0
     }

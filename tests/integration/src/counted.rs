@@ -21,6 +21,29 @@ pub fn args() -> [String; 4] {
     ]
 }
 
+/// One short `counted run` (exit status CODE) in a fresh container under the seccomp profile in
+/// the file `profile`: Docker's output.
+pub fn run_under_seccomp(profile: &std::path::Path) -> std::process::Output {
+    let opt = format!("seccomp={}", profile.display());
+    let mount = format!("{}:/counted:ro", workload("counted").display());
+    let code = CODE.to_string();
+    docker::run(&[
+        "run",
+        "--rm",
+        "--security-opt",
+        &opt,
+        "-v",
+        &mount,
+        "debian:bookworm-slim",
+        "/counted",
+        "run",
+        "100",
+        "3",
+        "2",
+        &code,
+    ])
+}
+
 /// The counts one run of the workload must produce, `times` runs in total.
 pub fn assert_counts(m: &Metrics, times: u64, comm: &str) {
     let t = times as f64;

@@ -324,22 +324,7 @@ fn docker_default_profile_read_back_and_tightened() {
     let path = std::env::temp_dir().join("ebpf-sidecar-seccomp-tightened.json");
     std::fs::write(&path, format!("{advised:#}")).unwrap();
     let opt = format!("seccomp={}", path.display());
-    let mount = format!("{}:/counted:ro", workload("counted").display());
-    let out = docker::run(&[
-        "run",
-        "--rm",
-        "--security-opt",
-        &opt,
-        "-v",
-        &mount,
-        "debian:bookworm-slim",
-        "/counted",
-        "run",
-        "100",
-        "3",
-        "2",
-        "42",
-    ]);
+    let out = counted::run_under_seccomp(&path);
     assert_eq!(
         out.status.code(),
         Some(42),

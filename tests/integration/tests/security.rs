@@ -73,21 +73,7 @@ fn advised_seccomp_profile_runs_the_workload_and_blocks_novel_syscalls() {
     let opt = format!("seccomp={}", path.display());
 
     // The same workload under the advised profile: the container starts and the work succeeds.
-    let out = docker::run(&[
-        "run",
-        "--rm",
-        "--security-opt",
-        &opt,
-        "-v",
-        &mount,
-        "debian:bookworm-slim",
-        "/counted",
-        "run",
-        "100",
-        "3",
-        "2",
-        "42",
-    ]);
+    let out = counted::run_under_seccomp(&path);
     assert_eq!(
         out.status.code(),
         Some(42),
