@@ -69,9 +69,9 @@ struct Cli {
     bpf_stats: bool,
 
     /// Keep the kernel time of the sidecar's programs in the target's context under PERCENT of
-    /// the target's own CPU time: over it, syscall latency is sampled (1 in 2 … 64), then
-    /// runtime function calls and HTTP recognition go off, and come back when it is well under.
-    /// Counts never degrade. 0: off.
+    /// the target's own CPU time: over it, syscall latency is sampled (1 in 2 … 64), then the
+    /// files family pauses, the profiler drops to a quarter rate, runtime function calls and HTTP
+    /// recognition go off; all come back when it is well under. Counts never degrade. 0: off.
     #[arg(long, value_name = "PERCENT", default_value_t = 1.0, value_parser = parse_budget, global = true)]
     cpu_budget: f64,
 
