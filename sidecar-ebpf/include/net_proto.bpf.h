@@ -314,16 +314,16 @@ static __always_inline __u32 proto_detect(struct __sk_buff *skb, __u32 off, __u3
 	return NET_PROTO_NONE;
 }
 
-/* One message of the connection's protocol. Global: the per-segment loop makes one call, which
- * the verifier checks once, not once per protocol per step. */
-__attribute__((noinline)) int proto_step(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
-					 __u32 inslot)
+/* One message of the connection's protocol. */
+static __always_inline int proto_step(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
+				      __u32 inslot)
 {
-	if (!skb || !c)
-		return -1;
 	switch (c->proto) {
-	case NET_PROTO_REDIS:
-		return redis_step(skb, c, offav, inslot);
+	case NET_PROTO_REDIS: {
+		int r = redis_fast(skb, c, offav, inslot);
+
+		return r ? r : redis_step(skb, c, offav, inslot);
+	}
 	case NET_PROTO_POSTGRES:
 		return pg_step(skb, c, offav, inslot);
 	default:

@@ -95,8 +95,8 @@ static __always_inline void redis_message(struct proto_conn *c, struct proto_str
 }
 
 /* An element of stream `in` (received) or sent is complete: so may be its parents, and the
- * message. Global: checked once. */
-__attribute__((noinline)) int redis_done(struct proto_conn *c, __u32 in, __u32 slot)
+ * message. */
+static __always_inline int redis_done(struct proto_conn *c, __u32 in, __u32 slot)
 {
 	if (!c)
 		return 0;
@@ -179,22 +179,184 @@ __attribute__((noinline)) int resp_line(struct proto_buf *pb, __u32 n, struct re
 	return 0;
 }
 
-/* The name of a command (`n` bytes at `off` of the segment, `avail` left), lower case as Redis
- * reports it in INFO commandstats; cut at NET_PROTO_NAME_LEN. */
+/* The name of a command (`n` bytes at `off` of the segment, `avail` left) into dst (a map
+ * value's NET_PROTO_NAME_LEN bytes), lower case as Redis reports it in INFO commandstats; cut at
+ * NET_PROTO_NAME_LEN. A name cut by the segment's end stays empty: exported as `other`. */
 static __always_inline void redis_name(struct __sk_buff *skb, __u32 off, __u32 avail, __u32 n,
 				       char *dst)
 {
-	__u8 nm[32] = {};
 	__u32 k = n < NET_PROTO_NAME_LEN ? n : NET_PROTO_NAME_LEN;
 
-	/* a name cut by the segment's end stays empty: exported as `other` */
-	if (!k || avail < k || bpf_skb_load_bytes(skb, off, nm, HTTP_SIZE(k, 32)))
+	if (k < 1 || k > NET_PROTO_NAME_LEN || avail < k || bpf_skb_load_bytes(skb, off, dst, k))
 		return;
 	for (int i = 0; i < NET_PROTO_NAME_LEN; i++) {
-		__u8 ch = i < k ? nm[i] : 0;
+		__u8 ch = i < k ? dst[i] : 0;
 
 		dst[i] = ch >= 'A' && ch <= 'Z' ? ch | 0x20 : ch;
 	}
+}
+
+/* A whole RESP line of type t (its number v, negative if neg; `off`/`avail`: the segment from
+ * the line's end on) applied to stream `in`: an element complete, a bulk string to skip (a
+ * command's name read first), or an aggregate opened. tnv: t | neg << 8 | v << 16. 0, or -1:
+ * untracked. Global: both line readers below call it, the verifier checks it once. */
+__attribute__((noinline)) int redis_elem(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
+					 __u32 inslot, __u64 tnv)
+{
+	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, slot = inslot >> 8;
+	__u8 t = tnv & 0xff, neg = (tnv >> 8) & 1, started = (tnv >> 9) & 1;
+	__u64 v = tnv >> 16;
+
+	if (!skb || !c)
+		return -1;
+
+	struct proto_stream *s = &c->s[in ? 0 : 1];
+	int req = in == c->req_in;
+
+	if (!s->depth && !started) {
+		s->top = t;
+		s->mstart = bpf_ktime_get_ns();
+		s->named = 0;
+		__builtin_memset(s->name, 0, NET_PROTO_NAME_LEN);
+	}
+	int want_name = s->named;
+
+	s->named = 0;
+	switch (t) {
+	case '+':
+	case '-':
+	case ':':
+	case '_':
+	case '#':
+	case ',':
+	case '(':
+		redis_done(c, in, slot);
+		return 0;
+	case '$':
+	case '=':
+	case '!':
+		if (!neg) {
+			if (want_name && req && s->depth == 1)
+				redis_name(skb, off, avail, v, s->name);
+			s->left = v + 2; /* the bytes and their CRLF */
+		}
+		redis_done(c, in, slot);
+		return 0;
+	case '*':
+	case '~':
+	case '>':
+	case '%':
+	case '|': {
+		__u64 m = t == '%' || t == '|' ? 2 * v : v;
+
+		if (neg || !m) {
+			redis_done(c, in, slot);
+			return 0;
+		}
+		if (s->depth >= RESP_DEPTH) {
+			proto_untrack(slot, c, NET_PROTO_UT_UNSUPPORTED);
+			return -1;
+		}
+		s->need[s->depth & (RESP_DEPTH - 1)] = m;
+		s->depth++;
+		s->named = s->depth == 1 && req && t == '*';
+		return 0;
+	}
+	}
+	proto_untrack(slot, c, NET_PROTO_UT_HEAD);
+	return -1;
+}
+
+static __always_inline int resp_typed(__u8 t)
+{
+	return t == '+' || t == '-' || t == ':' || t == '_' || t == '#' || t == ',' || t == '(' ||
+	       t == '$' || t == '=' || t == '!' || t == '*' || t == '~' || t == '>' || t == '%' ||
+	       t == '|';
+}
+
+/* The common case, fast: a line of at most 8 bytes ("$16\r\n", "*3\r\n", "+OK\r\n") read with
+ * one 8-byte load. Returns its length (0: not such a line, the general reader takes it), or -1.
+ * Global: checked once. */
+__attribute__((noinline)) int redis_line8(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
+					  __u32 inslot)
+{
+	__u32 off = offav >> 32, avail = (__u32)offav;
+	__u64 w = 0, v = 0;
+	int e = -1, neg = 0, digits = 0, bad = 0;
+
+	if (!skb || !c || avail < 8 || bpf_skb_load_bytes(skb, off, &w, 8))
+		return 0;
+	__u8 t = w & 0xff;
+
+	if (!resp_typed(t))
+		return 0;
+#pragma unroll
+	for (int j = 2; j < 8; j++)
+		if (e < 0 && ((w >> (8 * j)) & 0xff) == '\n')
+			e = j;
+	if (e < 0 || ((w >> (8 * (e - 1))) & 0xff) != '\r')
+		return 0;
+#pragma unroll
+	for (int j = 1; j < 6; j++) {
+		__u8 ch = (w >> (8 * j)) & 0xff;
+
+		if (j > e - 2)
+			break;
+		if (j == 1 && ch == '-')
+			neg = 1;
+		else if (ch >= '0' && ch <= '9')
+			v = v * 10 + (ch - '0'), digits++;
+		else
+			bad = 1;
+	}
+	/* a number the type needs and does not have: the general reader says why */
+	if ((bad || !digits) && !(t == '+' || t == '-' || t == '_' || t == '#' || t == ',' ||
+				  t == '(' || t == ':'))
+		return 0;
+	__u32 end = e + 1;
+
+	if (redis_elem(skb, c, (__u64)(off + end) << 32 | (avail - end), inslot,
+		       t | (__u64)neg << 8 | v << 16) < 0)
+		return -1;
+	return end;
+}
+
+/* Lines of the common case and the bulk strings between them, up to 16 lines per call: bytes
+ * consumed (0: none, the general reader goes on), or -1. Global, called before redis_step rather
+ * than from it: the call chain stays within the 512 bytes of stack the verifier allows. */
+__attribute__((noinline)) int redis_fast(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
+					 __u32 inslot)
+{
+	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, used = 0;
+
+	if (!skb || !c || c->off)
+		return -1;
+
+	struct proto_stream *s = &c->s[in ? 0 : 1];
+
+	if (s->skiplf || s->partlen)
+		return 0;
+
+	for (int k = 0; k < 16; k++) {
+		if (s->left) {
+			__u32 sk = s->left < avail - used ? s->left : avail - used;
+
+			used += sk;
+			s->left -= sk;
+			if (s->left)
+				return used;
+		}
+		if (used >= avail)
+			break;
+		int r = redis_line8(skb, c, (__u64)(off + used) << 32 | (avail - used), inslot);
+
+		if (r < 0)
+			return -1;
+		if (r == 0)
+			break;
+		used += r;
+	}
+	return used;
 }
 
 /* One RESP line (and the skip of what it announces) at `off` of the segment, `avail` bytes left.
@@ -204,9 +366,8 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 {
 	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, slot = inslot >> 8;
 	__u32 zero = 0;
-	struct proto_buf *pb = bpf_map_lookup_elem(&net_proto_scratch, &zero);
 
-	if (!skb || !c || !pb || !avail)
+	if (!skb || !c || !avail)
 		return -1;
 
 	struct proto_stream *s = &c->s[in ? 0 : 1];
@@ -224,6 +385,10 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 		s->skiplf = 0;
 		return i + 1;
 	}
+	struct proto_buf *pb = bpf_map_lookup_elem(&net_proto_scratch, &zero);
+
+	if (!pb)
+		return -1;
 
 	__u32 p = s->partlen & 15, n = proto_peek(skb, off, avail, s, pb);
 	__u8 t = pb->b[0];
@@ -235,18 +400,21 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 		     t == '(';
 	int inline_cmd = req && !s->depth && ((t >= 'A' && t <= 'Z') || (t >= 'a' && t <= 'z'));
 
-	if (!s->depth) {
-		s->top = inline_cmd ? 'i' : t;
-		s->mstart = bpf_ktime_get_ns();
-		s->named = 0;
-		__builtin_memset(s->name, 0, NET_PROTO_NAME_LEN);
+	if (l.e < 0 || inline_cmd) {
+		if (!s->depth) {
+			s->top = inline_cmd ? 'i' : t;
+			s->mstart = bpf_ktime_get_ns();
+			s->named = 0;
+			__builtin_memset(s->name, 0, NET_PROTO_NAME_LEN);
+		}
 	}
 	if (l.e < 0) {
 		if (simple && n > p) {
 			/* the element is whole as far as counting goes; its line ends further on */
 			s->partlen = 0;
 			s->skiplf = 1;
-			redis_done(c, in, slot);
+			if (redis_elem(skb, c, 0, inslot, t | 1ULL << 9) < 0)
+				return -1;
 			return n - p;
 		}
 		if (n == p + avail && !inline_cmd && proto_carry(s, pb, n))
@@ -256,13 +424,7 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 	}
 	s->partlen = 0;
 	__u32 e = l.e, used = e + 1 > p ? e + 1 - p : 1;
-	int want_name = s->named;
 
-	s->named = 0;
-	if (simple) {
-		redis_done(c, in, slot);
-		return used;
-	}
 	if (inline_cmd) {
 		/* "PING\r\n", "SET k v\r\n": the first word names the command */
 		for (int i = 0; i < NET_PROTO_NAME_LEN; i++) {
@@ -272,40 +434,19 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 				break;
 			s->name[i] = ch >= 'A' && ch <= 'Z' ? ch | 0x20 : ch;
 		}
-		redis_done(c, in, slot);
+		/* complete as a simple element would be, the message's start kept */
+		if (redis_elem(skb, c, 0, inslot, '+' | 1ULL << 9) < 0)
+			return -1;
 		return used;
 	}
-	if (!l.valid) {
+	if (!simple && !l.valid) {
 		proto_untrack(slot, c, NET_PROTO_UT_HEAD);
 		return -1;
 	}
-	if (t == '$' || t == '=' || t == '!') {
-		if (!l.neg) {
-			if (want_name && req && s->depth == 1)
-				redis_name(skb, off + used, avail - used, l.v, s->name);
-			s->left = l.v + 2; /* the bytes and their CRLF */
-		}
-		redis_done(c, in, slot);
-		return used;
-	}
-	if (t == '*' || t == '~' || t == '>' || t == '%' || t == '|') {
-		__u64 m = t == '%' || t == '|' ? 2 * l.v : l.v;
-
-		if (l.neg || !m) {
-			redis_done(c, in, slot);
-			return used;
-		}
-		if (s->depth >= RESP_DEPTH) {
-			proto_untrack(slot, c, NET_PROTO_UT_UNSUPPORTED);
-			return -1;
-		}
-		s->need[s->depth & (RESP_DEPTH - 1)] = m;
-		s->depth++;
-		s->named = s->depth == 1 && req && t == '*';
-		return used;
-	}
-	proto_untrack(slot, c, NET_PROTO_UT_HEAD);
-	return -1;
+	if (redis_elem(skb, c, (__u64)(off + used) << 32 | (avail - used), inslot,
+		       t | (__u64)l.neg << 8 | l.v << 16) < 0)
+		return -1;
+	return used;
 }
 
 #endif /* NET_REDIS_BPF_H */
