@@ -1,0 +1,289 @@
+//! PostgreSQL 15: queries by kind equal `pg_stat_statements` calls deltas (its normalised texts
+//! classified as the contract classifies statements) plus the statements that failed, which
+//! pg_stat_statements never records (it counts at the end of execution) while the sidecar
+//! counts every answered one; errors by SQLSTATE class exact; TLS connections counted, not
+//! parsed.
+//!
+//! Ground truth details: pg_stat_statements is read from database `postgres` and filtered on
+//! the workload's database `work`, so its own readings are never in the truth. It sees what
+//! pgbench sends besides its transactions (`-i`: DROP/CREATE TABLE, TRUNCATE, COPY … FROM STDIN,
+//! VACUUM ANALYZE, ALTER TABLE … ADD PRIMARY KEY in BEGIN/COMMIT; a run: its table and
+//! partitioning checks, SELECTs), so the comparison is per kind over each whole phase. pgbench's
+//! transaction ends with `END` (kind COMMIT). Each phase is compared on its own, so a
+//! difference names the phase (init, simple, extended, prepared, psql).
+
+use super::*;
+
+/// The workload's database.
+const DB: &str = "work";
+/// Transactions per pgbench client.
+const T: &str = "150";
+
+const QUERIES: &str = "ebpf_sidecar_postgres_queries_total";
+const ERRORS: &str = "ebpf_sidecar_postgres_errors_total";
+const DURATION_COUNT: &str = "ebpf_sidecar_postgres_query_duration_seconds_count";
+const TLS: &str = "ebpf_sidecar_postgres_tls_connections_total";
+
+/// `after - before`, by key.
+fn delta(after: &Counts, before: &Counts) -> Counts {
+    let mut out = after.clone();
+    for (k, v) in out.iter_mut() {
+        *v -= before.get(k).copied().unwrap_or(0);
+    }
+    out.retain(|_, v| *v > 0);
+    out
+}
+
+fn server_series(m: &Metrics, name: &str, key: &str) -> Counts {
+    by_labels(m, name, &[("direction", "server")], &[key])
+}
+
+/// Run `work` (a phase of the workload) and compare: queries by kind = pg_stat_statements'
+/// calls classified + `failed` (kind → statements that failed), errors by class = `errors`,
+/// the duration histogram's count = the queries, by kind.
+fn phase(
+    pg: &Postgres,
+    sc: &Sidecar,
+    name: &str,
+    failed: &[(&str, u64)],
+    errors: &[(&str, u64)],
+    work: impl FnOnce(),
+) {
+    let truth_before = pg.statement_calls(DB);
+    let before = sc.scrape();
+    work();
+    let truth_after = pg.statement_calls(DB);
+    let mut truth = Counts::new();
+    for (q, c) in &truth_after {
+        let d = c - truth_before.get(q).copied().unwrap_or(0);
+        *truth.entry(sql_kind(q).to_string()).or_default() += d;
+    }
+    for (kind, n) in failed {
+        *truth.entry(kind.to_string()).or_default() += n;
+    }
+    let truth = by_kind(&truth);
+    let want = before.sum(QUERIES, &[("direction", "server")]) as u64 + truth.values().sum::<u64>();
+    let m = scrape_when(sc, QUERIES, &[("direction", "server")], want);
+    let got = delta(
+        &server_series(&m, QUERIES, "kind"),
+        &server_series(&before, QUERIES, "kind"),
+    );
+    eprintln!("postgres {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}");
+    assert_counts_eq(
+        &format!(
+            "postgres {name}: queries_total{{direction=server}} by kind vs pg_stat_statements + failed"
+        ),
+        &by_kind(&got),
+        &truth,
+    );
+    let errors: Counts = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+    assert_counts_eq(
+        &format!("postgres {name}: errors_total{{direction=server}} by sqlstate_class"),
+        &delta(
+            &server_series(&m, ERRORS, "sqlstate_class"),
+            &server_series(&before, ERRORS, "sqlstate_class"),
+        ),
+        &errors,
+    );
+    assert_counts_eq(
+        &format!("postgres {name}: query_duration_seconds_count by kind vs queries_total"),
+        &delta(
+            &server_series(&m, DURATION_COUNT, "kind"),
+            &server_series(&before, DURATION_COUNT, "kind"),
+        ),
+        &got,
+    );
+    assert_eq!(m.sum(QUERIES, &[("direction", "client")]), 0.0);
+    assert_all_tracked(&m, &format!("postgres {name}"));
+}
+
+fn pgbench(pg: &Postgres, args: &[&str]) {
+    let o = Command::new(pg_bin("pgbench"))
+        .args(args)
+        .arg(pg.conninfo(DB, "disable"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "pgbench {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The psql phase: statements that fail (kind, SQLSTATE) among ones that do not, and the
+/// transaction keywords in all their spellings. psql -f sends one Query message per statement.
+const PSQL_SCRIPT: &str = "\
+SELEC 1;
+SELECT * FROM WHERE;
+SELECT * FROM no_such_table;
+SELECT 1/0;
+INSERT INTO pgbench_branches (bid, bbalance) VALUES (1, 0);
+SELECT count(*) FROM pgbench_branches;
+BEGIN;
+SELECT 1/0;
+COMMIT;
+START TRANSACTION;
+UPDATE pgbench_branches SET bbalance = bbalance WHERE bid = 1;
+ABORT;
+BEGIN;
+DELETE FROM pgbench_history WHERE tid = -1;
+END;
+BEGIN;
+INSERT INTO pgbench_history (tid, bid, aid, delta) VALUES (1, 1, 1, 0);
+ROLLBACK;
+";
+// Failed: SELEC (42601, other); FROM WHERE (42601), no_such_table (42P01), two 1/0 (22012):
+// SELECT; the duplicate branch (23505): INSERT. The COMMIT of the failed transaction is
+// answered `ROLLBACK` but is a COMMIT statement (pg_stat_statements records it as such).
+
+#[test]
+fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
+    require_root();
+    let pg = Postgres::start(
+        "proto",
+        &PgOptions {
+            stat_statements: true,
+            ..Default::default()
+        },
+    );
+    pg.local("postgres", &format!("CREATE DATABASE {DB}"));
+    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+
+    phase(&pg, &sc, "pgbench -i", &[], &[], || {
+        pgbench(&pg, &["-i", "-s", "1", "-q"])
+    });
+    for mode in ["simple", "extended", "prepared"] {
+        phase(&pg, &sc, &format!("pgbench -M {mode}"), &[], &[], || {
+            pgbench(&pg, &["-n", "-M", mode, "-c", "2", "-j", "1", "-t", T])
+        });
+    }
+    let script = pg.data.join("../errors.sql");
+    std::fs::write(&script, PSQL_SCRIPT).unwrap();
+    phase(
+        &pg,
+        &sc,
+        "psql errors",
+        &[("other", 1), ("SELECT", 4), ("INSERT", 1)],
+        &[("42", 3), ("22", 2), ("23", 1)],
+        || {
+            let o = Command::new(pg_bin("psql"))
+                .arg(pg.conninfo(DB, "disable"))
+                .args(["-X", "-q", "-f"])
+                .arg(&script)
+                .output()
+                .unwrap();
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(err.matches("ERROR:").count(), 6, "psql: {err}");
+        },
+    );
+    assert_eq!(
+        sc.scrape().sum(TLS, &[]),
+        0.0,
+        "no connection asked for TLS"
+    );
+}
+
+/// Lines of the server log since `from` that log an authorised connection with TLS
+/// (log_connections: "connection authorized: … SSL enabled (protocol=…").
+fn tls_connections_logged(pg: &Postgres, from: usize) -> (u64, u64) {
+    let text = std::fs::read_to_string(&pg.log).unwrap();
+    let auth: Vec<&str> = text[from..]
+        .lines()
+        .filter(|l| l.contains("connection authorized:"))
+        .collect();
+    let tls = auth.iter().filter(|l| l.contains("SSL enabled")).count() as u64;
+    (tls, auth.len() as u64 - tls)
+}
+
+fn psql(pg: &Postgres, sslmode: &str, statements: &[&str]) {
+    let mut c = Command::new(pg_bin("psql"));
+    c.arg(pg.conninfo("postgres", sslmode)).args(["-X", "-q"]);
+    for s in statements {
+        c.args(["-c", s]);
+    }
+    let o = c.output().unwrap();
+    assert!(
+        o.status.success(),
+        "psql sslmode={sslmode}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn postgres_tls_connections_are_counted_and_not_parsed() {
+    require_root();
+    let pg = Postgres::start(
+        "tls",
+        &PgOptions {
+            ssl: true,
+            ..Default::default()
+        },
+    );
+    let from = std::fs::read_to_string(&pg.log).unwrap().len();
+    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    // SSLRequest answered `S`, then TLS: counted once per connection, the queries inside unseen.
+    for _ in 0..3 {
+        psql(&pg, "require", &["SELECT 1", "SELECT 2"]);
+    }
+    // Plaintext to the same server still parsed.
+    psql(&pg, "disable", &["SELECT 1", "BEGIN", "SELECT 2", "COMMIT"]);
+    let m = scrape_when(&sc, QUERIES, &[("direction", "server")], 4);
+    let (tls, plain) = tls_connections_logged(&pg, from);
+    assert_eq!(
+        (tls, plain),
+        (3, 1),
+        "the server's log: TLS and plain connections"
+    );
+    assert_eq!(
+        m.sum(TLS, &[("direction", "server")]) as u64,
+        tls,
+        "tls_connections_total"
+    );
+    assert_eq!(m.sum(TLS, &[("direction", "client")]), 0.0);
+    assert_eq!(
+        by_kind(&server_series(&m, QUERIES, "kind")),
+        by_kind(&Counts::from([
+            ("SELECT".to_string(), 2),
+            ("BEGIN".to_string(), 1),
+            ("COMMIT".to_string(), 1)
+        ])),
+        "only the plaintext connection's queries"
+    );
+    assert_eq!(m.sum(ERRORS, &[]), 0.0);
+    assert_all_tracked(&m, "postgres TLS");
+}
+
+#[test]
+fn postgres_ssl_refused_then_plaintext_queries_are_counted() {
+    require_root();
+    let pg = Postgres::start("no-ssl", &PgOptions::default());
+    let from = std::fs::read_to_string(&pg.log).unwrap().len();
+    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    // libpq's sslmode=prefer sends SSLRequest first; ssl=off answers `N`; the startup message
+    // and the queries follow in plaintext on the same connection.
+    for _ in 0..2 {
+        psql(
+            &pg,
+            "prefer",
+            &[
+                "SELECT 1",
+                "UPDATE pg_class SET relname = relname WHERE false",
+            ],
+        );
+    }
+    let m = scrape_when(&sc, QUERIES, &[("direction", "server")], 4);
+    assert_eq!(
+        tls_connections_logged(&pg, from),
+        (0, 2),
+        "the server's log"
+    );
+    assert_eq!(m.sum(TLS, &[]), 0.0, "`N` is no TLS connection");
+    assert_eq!(
+        by_kind(&server_series(&m, QUERIES, "kind")),
+        by_kind(&Counts::from([
+            ("SELECT".to_string(), 2),
+            ("UPDATE".to_string(), 2)
+        ]))
+    );
+    assert_all_tracked(&m, "postgres sslmode=prefer, ssl=off");
+}
