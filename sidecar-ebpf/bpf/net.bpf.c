@@ -206,6 +206,10 @@ static __always_inline struct sock *tcp_sock_of_fd(__u32 fd)
 /* HTTP/1.x from TCP segments (below), called by the packet programs. */
 static __always_inline void http_skb(struct __sk_buff *skb, int in, __u32 off, __u32 slot,
 				     __u64 flags);
+/* HTTP/1.x, Redis, PostgreSQL, MySQL: each connection's protocol decided, then its parser
+ * (net_proto.bpf.h). */
+static __always_inline void proto_skb(struct __sk_buff *skb, int in, __u32 off, __u32 slot,
+				      __u64 flags);
 /* A socket closed: forget the HTTP state kept for it (syscalls source). */
 static __always_inline void http_forget(__u32 slot, __u64 key);
 
@@ -408,6 +412,8 @@ int net_udp_drop(unsigned long long *ctx)
 /* ---- HTTP/1.x: requests and answers followed through each connection's byte streams ---- */
 #include "net_http.bpf.h"
 #include "net_http_pair.bpf.h"
+/* ---- Redis, PostgreSQL, MySQL ---- */
+#include "net_proto.bpf.h"
 
 /* ---- failed connect / bind / listen ---- */
 

@@ -390,8 +390,8 @@ int net_ingress(struct __sk_buff *skb)
 	__u32 payload = pkt(skb, 0, 0, slot);
 	__u64 flags = payload ? slot_flags(slot) : 0;
 
-	if (flags & SIDECAR_SLOT_NET_HTTP_PACKETS)
-		http_skb(skb, 1, payload, slot, flags);
+	if (flags & (SIDECAR_SLOT_NET_HTTP_PACKETS | SIDECAR_SLOT_NET_PROTOS))
+		proto_skb(skb, 1, payload, slot, flags);
 	return 1;
 }
 
@@ -406,8 +406,8 @@ int net_egress(struct __sk_buff *skb)
 	__u32 payload = pkt(skb, 1, 0, slot);
 	__u64 flags = payload ? slot_flags(slot) : 0;
 
-	if (flags & SIDECAR_SLOT_NET_HTTP_PACKETS)
-		http_skb(skb, 0, payload, slot, flags);
+	if (flags & (SIDECAR_SLOT_NET_HTTP_PACKETS | SIDECAR_SLOT_NET_PROTOS))
+		proto_skb(skb, 0, payload, slot, flags);
 	return 1;
 }
 

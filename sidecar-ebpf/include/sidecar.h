@@ -70,6 +70,12 @@ struct sidecar_target {
 #define SIDECAR_SLOT_NET_HTTP_SYSCALLS (1ULL << 21)
 #define SIDECAR_SLOT_NET_HTTP_PATHS (1ULL << 22)
 #define SIDECAR_SLOT_NET_EVENTS (1ULL << 23)
+/* net: the protocols other than HTTP/1 recognised in TCP segments (--protocols). */
+#define SIDECAR_SLOT_NET_REDIS (1ULL << 24)
+#define SIDECAR_SLOT_NET_POSTGRES (1ULL << 25)
+#define SIDECAR_SLOT_NET_MYSQL (1ULL << 26)
+#define SIDECAR_SLOT_NET_PROTOS                                                                    \
+	(SIDECAR_SLOT_NET_REDIS | SIDECAR_SLOT_NET_POSTGRES | SIDECAR_SLOT_NET_MYSQL)
 /* runtimes (bits 16-23): --runtime-calls (the pack's function__entry sites count), and
  * --http-paths (HTTP requests keep their path). */
 #define SIDECAR_SLOT_RUNTIME_CALLS (1ULL << 16)
@@ -503,6 +509,65 @@ struct net_http_path_key {
 	__u32 pad;
 	char path[NET_HTTP_PATH_LEN];
 };
+
+/* net: Redis, PostgreSQL and MySQL recognised in the target's TCP segments (net_proto.bpf.h). A
+ * connection's protocol is decided from its first payload byte(s), whatever the port. */
+enum net_proto {
+	NET_PROTO_NONE = 0, /* not recognised: never looked at again */
+	NET_PROTO_HTTP = 1,
+	NET_PROTO_REDIS = 2,
+	NET_PROTO_POSTGRES = 3,
+	NET_PROTO_MYSQL = 4,
+};
+
+/* What a net_proto_key counts. */
+enum net_proto_what {
+	NET_PROTO_REQUESTS = 0, /* commands or queries answered (errors included) */
+	NET_PROTO_ERRORS = 1,   /* answered with an error */
+	NET_PROTO_TLS = 2,      /* PostgreSQL connections that switched to TLS */
+};
+
+/* Query kinds (PostgreSQL, MySQL), from the statement's first word. */
+enum net_proto_kind {
+	NET_KIND_SELECT = 0,
+	NET_KIND_INSERT = 1,
+	NET_KIND_UPDATE = 2,
+	NET_KIND_DELETE = 3,
+	NET_KIND_BEGIN = 4,
+	NET_KIND_COMMIT = 5,
+	NET_KIND_ROLLBACK = 6,
+	NET_KIND_OTHER = 7,
+	NET_PROTO_KINDS = 8,
+};
+
+#define NET_PROTO_NAME_LEN 24
+/* Protocols with tables (Redis, PostgreSQL, MySQL: NET_PROTO_* - 2). */
+#define NET_PROTO_TABLES 3
+
+struct net_proto_key {
+	__u8 proto; /* enum net_proto */
+	__u8 dir;   /* 0 server (the target answers), 1 client */
+	__u8 what;  /* enum net_proto_what */
+	__u8 kind;  /* enum net_proto_kind (PostgreSQL, MySQL) */
+	__u32 code; /* MySQL error number */
+	char name[NET_PROTO_NAME_LEN]; /* Redis command (lower case), PostgreSQL SQLSTATE class */
+};
+
+/* Durations: index ((proto - 2) * 2 + dir) * NET_PROTO_KINDS + kind (Redis: kind 0). */
+#define NET_PROTO_HISTS (NET_PROTO_TABLES * 2 * NET_PROTO_KINDS)
+
+/* Why a connection of these protocols stopped being followed; counter index
+ * (proto - 2) * NET_PROTO_UT_REASONS + reason. */
+enum net_proto_untracked {
+	NET_PROTO_UT_GAP = 0,       /* bytes never seen where a message header was due */
+	NET_PROTO_UT_HEAD = 1,      /* a header that is not one, or longer than followed */
+	NET_PROTO_UT_STEPS = 2,     /* more messages in one segment than followed */
+	NET_PROTO_UT_PIPELINE = 3,  /* too many requests waiting, an answer without a request */
+	NET_PROTO_UT_MIDSTREAM = 4, /* already carrying data when first seen */
+	NET_PROTO_UT_UNSUPPORTED = 5, /* COPY, compression, TLS (MySQL), deep nesting, pub/sub */
+	NET_PROTO_UT_REASONS = 6,
+};
+#define NET_PROTO_COUNTERS (NET_PROTO_TABLES * NET_PROTO_UT_REASONS)
 
 /* net: DNS, packet capture, connection events (net_pkt.bpf.h, included by net.bpf.c) */
 #define NET_DNS_QTYPES 11 /* A AAAA CNAME MX TXT PTR SRV NS SOA ANY other */

@@ -94,6 +94,12 @@ pub const SLOT_NET_HTTP_PACKETS: u64 = 1 << 20;
 pub const SLOT_NET_HTTP_SYSCALLS: u64 = 1 << 21;
 /// net: `--http-paths`.
 pub const SLOT_NET_HTTP_PATHS: u64 = 1 << 22;
+/// `SIDECAR_SLOT_NET_REDIS`, `_POSTGRES`, `_MYSQL`: the protocols recognised besides HTTP/1
+/// (`--protocols`).
+pub const SLOT_NET_REDIS: u64 = 1 << 24;
+pub const SLOT_NET_POSTGRES: u64 = 1 << 25;
+pub const SLOT_NET_MYSQL: u64 = 1 << 26;
+pub const SLOT_NET_PROTOS: u64 = SLOT_NET_REDIS | SLOT_NET_POSTGRES | SLOT_NET_MYSQL;
 /// net: `--net-events`.
 pub const SLOT_NET_EVENTS: u64 = 1 << 23;
 /// runtimes: --runtime-calls, --http-paths.
@@ -421,6 +427,44 @@ pub mod net {
     unsafe impl Pod for PeerKey {}
     unsafe impl Pod for PeerStats {}
     unsafe impl Pod for ErrorKey {}
+
+    /// `enum net_proto`: the protocols with tables, in their index order (`proto - 2`).
+    pub const PROTO_REDIS: u8 = 2;
+    pub const PROTO_POSTGRES: u8 = 3;
+    pub const PROTO_MYSQL: u8 = 4;
+    pub const PROTO_TABLES: usize = 3;
+    /// `enum net_proto_what`
+    pub const PROTO_REQUESTS: u8 = 0;
+    pub const PROTO_ERRORS: u8 = 1;
+    pub const PROTO_TLS: u8 = 2;
+    /// `enum net_proto_kind`, in order.
+    pub const PROTO_KINDS: [&str; 8] = [
+        "SELECT", "INSERT", "UPDATE", "DELETE", "BEGIN", "COMMIT", "ROLLBACK", "other",
+    ];
+    pub const PROTO_NAME_LEN: usize = 24;
+    /// `enum net_proto_untracked`, in order.
+    pub const PROTO_UNTRACKED_REASONS: [&str; 6] = [
+        "gap",
+        "head",
+        "steps",
+        "pipeline",
+        "midstream",
+        "unsupported",
+    ];
+
+    /// `struct net_proto_key`
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct ProtoKey {
+        pub proto: u8,
+        pub dir: u8,
+        pub what: u8,
+        pub kind: u8,
+        pub code: u32,
+        pub name: [u8; PROTO_NAME_LEN],
+    }
+    // SAFETY: as below.
+    unsafe impl Pod for ProtoKey {}
 
     // enum net_http_untracked fits in net_counters (NET_COUNTERS = 16)
     const _: () = assert!(counter::HTTP_UNTRACKED as usize + HTTP_UNTRACKED_REASONS.len() <= 16);
@@ -795,6 +839,7 @@ pub const MIRRORS: &[Mirror] = &[
     mirror!(net::ErrorKey => "net_error_key" { kind, err }),
     mirror!(net::HttpKey => "net_http_key" { dir, method, status, pad }),
     mirror!(net::HttpPathKey => "net_http_path_key" { dir, method, status, pad, path }),
+    mirror!(net::ProtoKey => "net_proto_key" { proto, dir, what, kind, code, name }),
     mirror!(net_pkt::PcapCfg => "net_pcap_cfg" { enabled, snaplen, max_pps, pad }),
     mirror!(net_pkt::PcapHdr => "net_pcap_hdr" { ts_ns, len, caplen, dir, pad }),
     mirror!(net_pkt::ConnEvent => "net_conn_event" { ts_ns, duration_ns, sent, received, laddr, raddr, pid, family, lport, rport, kind, pad, comm }),

@@ -407,6 +407,10 @@ pub(crate) fn slot_flags(o: &probes::Options) -> u64 {
             flags |= sidecar_ebpf::SLOT_NET_HTTP_PATHS;
         }
     }
+    // Recognised in the packet programs, which only cgroup mode runs on the target's sockets.
+    if o.net_mode == crate::probes::NetMode::Cgroup {
+        flags |= o.protocols & sidecar_ebpf::SLOT_NET_PROTOS;
+    }
     if o.net_events {
         flags |= sidecar_ebpf::SLOT_NET_EVENTS;
     }

@@ -63,14 +63,16 @@ pub enum Step {
     ProfileQuarter,
     /// `--runtime-calls`: the runtimes' function-entry counts.
     RuntimeCalls,
-    /// HTTP/1 recognition (and with it HTTP timing) in the net family.
+    /// Protocol recognition (HTTP/1, Redis, PostgreSQL, MySQL; with it their timing) in the net
+    /// family.
     Http,
 }
 
 const SAMPLE_MAX_SHIFT: u32 = 6;
 const HTTP_FLAGS: u64 = sidecar_ebpf::SLOT_NET_HTTP_PACKETS
     | sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
-    | sidecar_ebpf::SLOT_NET_HTTP_PATHS;
+    | sidecar_ebpf::SLOT_NET_HTTP_PATHS
+    | sidecar_ebpf::SLOT_NET_PROTOS;
 
 impl Step {
     fn describe(self) -> String {
@@ -134,7 +136,12 @@ pub fn steps(base: u64, loaded: Loaded) -> Vec<Step> {
     if base & sidecar_ebpf::SLOT_RUNTIME_CALLS != 0 {
         out.push(Step::RuntimeCalls);
     }
-    if base & (sidecar_ebpf::SLOT_NET_HTTP_PACKETS | sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS) != 0 {
+    if base
+        & (sidecar_ebpf::SLOT_NET_HTTP_PACKETS
+            | sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
+            | sidecar_ebpf::SLOT_NET_PROTOS)
+        != 0
+    {
         out.push(Step::Http);
     }
     out

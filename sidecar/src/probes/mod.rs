@@ -54,6 +54,9 @@ pub struct Options {
     /// net: read HTTP payloads from read/write syscalls instead of TCP segments (`--net-http
     /// syscalls`: for targets without a cgroup v2 to attach packet programs to).
     pub net_http_syscalls: bool,
+    /// net: the protocols besides HTTP/1 recognised in the target's TCP segments (`--protocols`;
+    /// SIDECAR_SLOT_NET_REDIS/_POSTGRES/_MYSQL bits).
+    pub protocols: u64,
     /// net and runtimes: label HTTP metrics with the normalised path (`crate::http_path`), top-N.
     pub http_paths: bool,
     /// runtimes: count function calls by module:function (costly: every call fires a probe).
@@ -109,6 +112,7 @@ impl Default for Options {
             profile_hz: 49,
             net_http: true,
             net_http_syscalls: false,
+            protocols: sidecar_ebpf::SLOT_NET_PROTOS,
             http_paths: false,
             runtime_calls: false,
             run_program: None,

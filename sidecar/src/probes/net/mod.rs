@@ -24,6 +24,7 @@ pub mod netns;
 pub mod packets;
 pub mod pcap;
 mod progs;
+pub mod protocols;
 pub mod sockets;
 pub mod tcp;
 
@@ -62,6 +63,17 @@ pub const METRICS: &[Metric] = &[
     http::REQUESTS,
     http::REQUEST_DURATION,
     http::UNTRACKED,
+    protocols::REDIS_COMMANDS,
+    protocols::REDIS_ERRORS,
+    protocols::REDIS_DURATION,
+    protocols::POSTGRES_QUERIES,
+    protocols::POSTGRES_ERRORS,
+    protocols::POSTGRES_DURATION,
+    protocols::POSTGRES_TLS,
+    protocols::MYSQL_QUERIES,
+    protocols::MYSQL_ERRORS,
+    protocols::MYSQL_DURATION,
+    protocols::UNTRACKED,
     sockets::UDP_DROPS,
     dns::QUERIES,
     dns::RESPONSES,
@@ -88,6 +100,9 @@ pub struct Net {
     paths: Option<LabelBudget>,
     /// HTTP is read in the packet programs (so it needs the cgroup attachment).
     http_from_packets: bool,
+    /// SLOT_NET_REDIS/_POSTGRES/_MYSQL: the other protocols recognised (cgroup mode only).
+    protocols: u64,
+    budgets: protocols::Budgets,
     mode: NetMode,
     tc: Mutex<Option<netns::TcAttached>>,
     /// Interfaces the classifiers are attached to now (--net-mode netns).
@@ -102,10 +117,23 @@ fn http_from_syscalls(opts: &Options) -> bool {
     opts.net_http && (opts.net_http_syscalls || opts.net_mode == NetMode::Netns)
 }
 
+/// The protocols besides HTTP/1 this slot recognises: they are read in the cgroup_skb programs,
+/// which have the target's sockets (tc ingress in netns mode has none to keep state on).
+fn protocols_on(opts: &Options) -> u64 {
+    if opts.net_mode == NetMode::Cgroup {
+        opts.protocols & sidecar_ebpf::SLOT_NET_PROTOS
+    } else {
+        0
+    }
+}
+
 /// The per-target maps this slot does without (its options leave them unused): the kernel then
 /// finds none for the slot and skips that work, and the slot's memory is what it asked for.
 fn unused_maps(opts: &Options) -> Vec<&'static str> {
     let mut unused = Vec::new();
+    if protocols_on(opts) == 0 {
+        unused.extend(["net_proto_counts", "net_proto_hists", "net_proto_counters"]);
+    }
     if !opts.net_http {
         unused.extend(["net_http_requests", "net_http_hists", "net_http_paths"]);
     } else if opts.http_paths {
@@ -205,6 +233,8 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         http: opts.net_http,
         paths: (opts.net_http && opts.http_paths).then(|| LabelBudget::new(opts.top_n)),
         http_from_packets: opts.net_http && !http_syscalls,
+        protocols: protocols_on(opts),
+        budgets: protocols::Budgets::new(opts.top_n),
         mode: opts.net_mode,
         tc: Mutex::new(None),
         tc_interfaces: Arc::new(AtomicUsize::new(0)),
@@ -271,6 +301,7 @@ impl Probe for Net {
         let tcp = tcp::Tcp::read(&maps);
         let sockets = sockets::Sockets::read(&maps);
         let http = http::Http::read(&self.obj, &maps, self.http, self.paths.is_some());
+        let protos = protocols::Protocols::read(&self.obj, &maps, self.protocols != 0);
         let dns = dns::Dns::read(&self.obj, &maps);
         let pcap = pcap::Counters::read(&maps);
         drop(maps);
@@ -282,6 +313,7 @@ impl Probe for Net {
         tcp.encode(enc, &self.peers, &self.ports)?;
         sockets.encode_errors(enc)?;
         http.encode(enc, ctx.options.net_http, self.paths.as_ref())?;
+        protos.encode(enc, self.protocols, &self.budgets)?;
         sockets.encode_udp_drops(enc)?;
         dns.encode(enc)?;
         pcap.encode(enc)
@@ -305,6 +337,17 @@ pub struct Args {
     /// the host); `off` does neither.
     #[arg(long, value_name = "on|packets|syscalls|off", default_value = "on", value_parser = ["on", "packets", "syscalls", "off"], global = true)]
     net_http: String,
+    /// net: the protocols recognised by content (any port) in the target's TCP segments:
+    /// comma-separated `http`, `redis`, `postgres`, `mysql`, or `none`. Each connection is
+    /// looked at once; one that speaks none of them costs a lookup per segment after that.
+    /// Redis, PostgreSQL and MySQL need --net-mode cgroup.
+    #[arg(
+        long,
+        value_name = "LIST",
+        default_value = "http,redis,postgres,mysql",
+        global = true
+    )]
+    protocols: String,
     /// net: where packets are counted (and DNS parsed, and captured). `cgroup`: cgroup_skb on
     /// the target's cgroup (its own sockets). `netns`: tc on every interface of the target's
     /// network namespace (all its traffic, other processes sharing it included); needs
@@ -324,7 +367,10 @@ pub struct Args {
 impl super::FamilyArgs for Args {
     fn apply(self, s: &mut super::Setup<'_>) -> Result<(), String> {
         let o = &mut *s.options;
-        o.net_http = self.net_http != "off";
+        let (http, protocols) = protocols::parse(&self.protocols)?;
+        // --protocols without http turns HTTP recognition off, as --net-http off does.
+        o.net_http = self.net_http != "off" && http;
+        o.protocols = protocols;
         o.net_http_syscalls = self.net_http == "syscalls";
         o.net_mode = if self.net_mode == "netns" {
             NetMode::Netns
@@ -366,6 +412,11 @@ mod tests {
             let sockets = sockets::Sockets::sample();
             sockets.encode_errors(&mut enc)?;
             http::Http::sample().encode(&mut enc, true, paths.as_ref())?;
+            protocols::Protocols::sample().encode(
+                &mut enc,
+                sidecar_ebpf::SLOT_NET_PROTOS,
+                &protocols::Budgets::new(20),
+            )?;
             sockets.encode_udp_drops(&mut enc)?;
             dns::Dns::sample().encode(&mut enc)?;
             pcap::Counters::sample().encode(&mut enc)
