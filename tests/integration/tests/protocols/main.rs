@@ -103,14 +103,19 @@ fn scrape_when(sc: &Sidecar, name: &str, filter: &[(&str, &str)], want: u64) -> 
     }
 }
 
-/// No connection of the workload was given up by the recogniser.
-fn assert_all_tracked(m: &Metrics, what: &str) {
-    let untracked = by_labels(
+/// Connections the recogniser stopped following, by "protocol reason".
+fn untracked(m: &Metrics) -> Counts {
+    by_labels(
         m,
         "ebpf_sidecar_protocol_untracked_streams_total",
         &[],
         &["protocol", "reason"],
-    );
+    )
+}
+
+/// No connection of the workload was given up by the recogniser.
+fn assert_all_tracked(m: &Metrics, what: &str) {
+    let untracked = untracked(m);
     assert!(
         untracked.is_empty(),
         "{what}: connections the recogniser stopped following: {untracked:?}"

@@ -102,7 +102,10 @@ fn phase(
         &server_series(&m, QUERIES, "kind"),
         &server_series(&before, QUERIES, "kind"),
     );
-    eprintln!("mariadb {name}: sidecar {got:?}; Com_ deltas {com:?}");
+    eprintln!(
+        "mariadb {name}: sidecar {got:?}; Com_ deltas {com:?}; untracked {:?}",
+        untracked(&m)
+    );
     assert_counts_eq(
         &format!("mariadb {name}: mysql_queries_total{{direction=server}} by kind vs Com_ deltas"),
         &by_kind(&got),

@@ -73,7 +73,10 @@ fn phase(
         &server_series(&m, QUERIES, "kind"),
         &server_series(&before, QUERIES, "kind"),
     );
-    eprintln!("postgres {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}");
+    eprintln!(
+        "postgres {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}; untracked {:?}",
+        untracked(&m)
+    );
     assert_counts_eq(
         &format!(
             "postgres {name}: queries_total{{direction=server}} by kind vs pg_stat_statements + failed"
@@ -160,8 +163,10 @@ fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
     pg.local("postgres", &format!("CREATE DATABASE {DB}"));
     let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
 
-    phase(&pg, &sc, "pgbench -i", &[], &[], || {
-        pgbench(&pg, &["-i", "-s", "1", "-q"]);
+    // Server-side data generation (`G`: INSERT … SELECT generate_series): no COPY, which
+    // `pgbench_init_with_copy_equals_pg_stat_statements` covers.
+    phase(&pg, &sc, "pgbench -i -I dtGvp", &[], &[], || {
+        pgbench(&pg, &["-i", "-I", "dtGvp", "-s", "1", "-q"]);
         Counts::new()
     });
     for mode in ["simple", "extended", "prepared"] {
@@ -205,6 +210,34 @@ fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
         sc.scrape().sum(TLS, &[]),
         0.0,
         "no connection asked for TLS"
+    );
+}
+
+/// pgbench's default initialisation fills pgbench_accounts with `COPY … FROM STDIN` (the copy-in
+/// sub-protocol: CopyInResponse, CopyData…, CopyDone) and goes on with COMMIT, VACUUM and ALTER
+/// TABLE on the same connection: all of it is in pg_stat_statements.
+#[test]
+fn postgres_pgbench_init_with_copy_equals_pg_stat_statements() {
+    require_root();
+    let pg = Postgres::start(
+        "proto-copy",
+        &PgOptions {
+            stat_statements: true,
+            ..Default::default()
+        },
+    );
+    pg.local("postgres", &format!("CREATE DATABASE {DB}"));
+    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    phase(
+        &pg,
+        &sc,
+        "pgbench -i (client-side generation, COPY)",
+        &[],
+        &[],
+        || {
+            pgbench(&pg, &["-i", "-s", "1", "-q"]);
+            Counts::new()
+        },
     );
 }
 
