@@ -198,7 +198,7 @@ fn mariadb_server_queries_equal_com_counters_and_errors_by_code() {
          INSERT INTO w.t VALUES {}",
         rows.join(", ")
     ));
-    let sc = Sidecar::start(&["--target-pid", &db.pid()]);
+    let sc = sidecar(&db.pid(), &[]);
     let port = db.port.to_string();
 
     phase(

@@ -161,7 +161,7 @@ fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
         },
     );
     pg.local("postgres", &format!("CREATE DATABASE {DB}"));
-    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    let sc = sidecar(&pg.pid(), &[]);
 
     // Server-side data generation (`G`: INSERT … SELECT generate_series): no COPY, which
     // `pgbench_init_with_copy_equals_pg_stat_statements` covers.
@@ -227,7 +227,7 @@ fn postgres_pgbench_init_with_copy_equals_pg_stat_statements() {
         },
     );
     pg.local("postgres", &format!("CREATE DATABASE {DB}"));
-    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    let sc = sidecar(&pg.pid(), &[]);
     phase(
         &pg,
         &sc,
@@ -278,7 +278,7 @@ fn postgres_tls_connections_are_counted_and_not_parsed() {
         },
     );
     let from = std::fs::read_to_string(&pg.log).unwrap().len();
-    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    let sc = sidecar(&pg.pid(), &[]);
     // SSLRequest answered `S`, then TLS: counted once per connection, the queries inside unseen.
     for _ in 0..3 {
         psql(&pg, "require", &["SELECT 1", "SELECT 2"]);
@@ -316,7 +316,7 @@ fn postgres_ssl_refused_then_plaintext_queries_are_counted() {
     require_root();
     let pg = Postgres::start("no-ssl", &PgOptions::default());
     let from = std::fs::read_to_string(&pg.log).unwrap().len();
-    let sc = Sidecar::start(&["--target-pid", &pg.pid()]);
+    let sc = sidecar(&pg.pid(), &[]);
     // libpq's sslmode=prefer sends SSLRequest first; ssl=off answers `N`; the startup message
     // and the queries follow in plaintext on the same connection.
     for _ in 0..2 {

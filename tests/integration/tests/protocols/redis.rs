@@ -116,7 +116,7 @@ fn assert_redis(
 fn redis_server_commands_and_errors_equal_commandstats() {
     require_root();
     let redis = Redis::start("proto-server");
-    let sc = Sidecar::start(&["--target-pid", &redis.pid()]);
+    let sc = sidecar(&redis.pid(), &[]);
     let before = redis.commandstats();
     for pipeline in ["1", "16"] {
         let o = benchmark(redis.port, pipeline).output().unwrap();
@@ -175,7 +175,7 @@ fn redis_client_commands_and_errors_equal_commandstats() {
     let redis = Redis::start("proto-for-client");
     redis.local(&["RPUSH", "wt:list", "a"]);
     let cc = ClientCgroup::new("redis");
-    let sc = Sidecar::start(&["--target-pid", &cc.pid()]);
+    let sc = sidecar(&cc.pid(), &[]);
     let before = redis.commandstats();
     for pipeline in ["1", "16"] {
         cc.run(&mut benchmark(redis.port, pipeline));
@@ -196,4 +196,40 @@ fn redis_client_commands_and_errors_equal_commandstats() {
         truth.values().sum(),
     );
     assert_redis(&m, "client", &truth, errors_delta(&before, &after), K2);
+}
+
+/// `--top-n 3` with seven command names (redis-benchmark's five, CONFIG, INFO is not seen): at
+/// most three names are kept, each exact, the rest sum to `other`, and nothing is lost.
+#[test]
+fn redis_command_names_beyond_top_n_are_other() {
+    require_root();
+    let redis = Redis::start("proto-topn");
+    let sc = sidecar(&redis.pid(), &["--top-n", "3"]);
+    let before = redis.commandstats();
+    let o = benchmark(redis.port, "1").output().unwrap();
+    assert!(o.status.success(), "redis-benchmark");
+    let after = redis.commandstats();
+    let truth = calls_delta(&before, &after);
+    let total: u64 = truth.values().sum();
+    let m = scrape_when(
+        &sc,
+        "ebpf_sidecar_redis_commands_total",
+        &[("direction", "server")],
+        total,
+    );
+    let got = by_labels(
+        &m,
+        "ebpf_sidecar_redis_commands_total",
+        &[("direction", "server")],
+        &["command"],
+    );
+    eprintln!("redis --top-n 3: sidecar {got:?}; commandstats {truth:?}");
+    assert_eq!(got.values().sum::<u64>(), total, "nothing lost: {got:?}");
+    assert!(got.contains_key("other"), "the rest is `other`: {got:?}");
+    let named: Vec<_> = got.iter().filter(|(k, _)| *k != "other").collect();
+    assert!(named.len() <= 3, "at most --top-n names: {got:?}");
+    for (k, v) in named {
+        assert_eq!(Some(v), truth.get(k), "{k}: a kept name is exact");
+    }
+    assert_all_tracked(&m, "redis --top-n 3");
 }
