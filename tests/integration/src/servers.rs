@@ -552,14 +552,23 @@ impl ClientCgroup {
         self.holder.0.id().to_string()
     }
 
-    /// Run `cmd` inside the cgroup (its sockets are the cgroup's) and wait; it must succeed.
+    /// Run `cmd` inside the cgroup (its sockets are the cgroup's) with `input` on its stdin;
+    /// wait for it.
+    pub fn output(&self, cmd: &mut Command, input: &[u8]) -> Output {
+        let mut child = self.cgroup.spawn(
+            cmd.stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped()),
+        );
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+        drop(stdin);
+        child.wait_with_output().unwrap()
+    }
+
+    /// [`ClientCgroup::output`] with no input, for a command that must succeed: its stdout.
     pub fn run(&self, cmd: &mut Command) -> String {
-        let child = self
-            .cgroup
-            .spawn(cmd.stdout(Stdio::piped()).stderr(Stdio::piped()));
-        ok(
-            &format!("{cmd:?} in the client cgroup"),
-            child.wait_with_output().unwrap(),
-        )
+        let o = self.output(cmd, b"");
+        ok(&format!("{cmd:?} in the client cgroup"), o)
     }
 }

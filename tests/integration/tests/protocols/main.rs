@@ -13,7 +13,8 @@
 //!
 //! Files: redis.rs, postgres.rs, mysql.rs; here the `--protocols` flag and the exposition check.
 
-use std::process::Command;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use integration::real::*;
@@ -31,6 +32,31 @@ fn sidecar(pid: &str, extra: &[&str]) -> Sidecar {
     let mut args = vec!["--target-pid", pid, "--cpu-budget", "0"];
     args.extend_from_slice(extra);
     Sidecar::start(&args)
+}
+
+/// Run a client: inside `cc` when the target is the client, else from the test (outside every
+/// monitored cgroup), with `input` on its stdin.
+fn client_output(cc: Option<&ClientCgroup>, cmd: &mut Command, input: &[u8]) -> Output {
+    if let Some(cc) = cc {
+        return cc.output(cmd, input);
+    }
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The other direction.
+fn opposite(direction: &str) -> &'static str {
+    if direction == "server" {
+        "client"
+    } else {
+        "server"
+    }
 }
 
 /// The statement kinds of the postgres and mysql metrics.

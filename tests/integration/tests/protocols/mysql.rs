@@ -16,8 +16,6 @@
 //! - The mariadb client in batch mode sends nothing but the statements.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::process::Stdio;
 
 use super::*;
 
@@ -61,8 +59,8 @@ fn delta(after: &Counts, before: &Counts) -> Counts {
     out
 }
 
-fn server_series(m: &Metrics, name: &str, key: &str) -> Counts {
-    by_labels(m, name, &[("direction", "server")], &[key])
+fn series(m: &Metrics, name: &str, direction: &str, key: &str) -> Counts {
+    by_labels(m, name, &[("direction", direction)], &[key])
 }
 
 /// Run `work` and compare: queries by kind = `Com_` deltas by kind + `syntax_errors` (kind →
@@ -71,6 +69,7 @@ fn server_series(m: &Metrics, name: &str, key: &str) -> Counts {
 fn phase(
     db: &MariaDb,
     sc: &Sidecar,
+    dir: &str,
     name: &str,
     syntax_errors: &[(&str, u64)],
     errors: &[(&str, u64)],
@@ -96,40 +95,48 @@ fn phase(
         *truth.entry(kind.to_string()).or_default() += n;
     }
     let truth = by_kind(&truth);
-    let want = before.sum(QUERIES, &[("direction", "server")]) as u64 + truth.values().sum::<u64>();
-    let m = scrape_when(sc, QUERIES, &[("direction", "server")], want);
+    let d = [("direction", dir)];
+    let want = before.sum(QUERIES, &d) as u64 + truth.values().sum::<u64>();
+    let m = scrape_when(sc, QUERIES, &d, want);
     let got = delta(
-        &server_series(&m, QUERIES, "kind"),
-        &server_series(&before, QUERIES, "kind"),
+        &series(&m, QUERIES, dir, "kind"),
+        &series(&before, QUERIES, dir, "kind"),
     );
     eprintln!(
-        "mariadb {name}: sidecar {got:?}; Com_ deltas {com:?}; untracked {:?}",
+        "mariadb {dir} {name}: sidecar {got:?}; Com_ deltas {com:?}; untracked {:?}",
         untracked(&m)
     );
     assert_counts_eq(
-        &format!("mariadb {name}: mysql_queries_total{{direction=server}} by kind vs Com_ deltas"),
+        &format!("mariadb {name}: mysql_queries_total{{direction={dir}}} by kind vs Com_ deltas"),
         &by_kind(&got),
         &truth,
     );
     let errors: Counts = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
     assert_counts_eq(
-        &format!("mariadb {name}: mysql_errors_total{{direction=server}} by code"),
+        &format!("mariadb {name}: mysql_errors_total{{direction={dir}}} by code"),
         &delta(
-            &server_series(&m, ERRORS, "code"),
-            &server_series(&before, ERRORS, "code"),
+            &series(&m, ERRORS, dir, "code"),
+            &series(&before, ERRORS, dir, "code"),
         ),
         &errors,
     );
     assert_counts_eq(
         &format!("mariadb {name}: query_duration_seconds_count by kind vs queries_total"),
         &delta(
-            &server_series(&m, DURATION_COUNT, "kind"),
-            &server_series(&before, DURATION_COUNT, "kind"),
+            &series(&m, DURATION_COUNT, dir, "kind"),
+            &series(&before, DURATION_COUNT, dir, "kind"),
         ),
         &got,
     );
-    assert_eq!(m.sum(QUERIES, &[("direction", "client")]), 0.0);
-    assert_all_tracked(&m, &format!("mariadb {name}"));
+    let other = opposite(dir);
+    for name in [QUERIES, ERRORS] {
+        assert_eq!(
+            m.sum(name, &[("direction", other)]),
+            0.0,
+            "{name}{{direction={other}}}"
+        );
+    }
+    assert_all_tracked(&m, &format!("mariadb {dir} {name}"));
     com
 }
 
@@ -192,52 +199,74 @@ print("ok")
 fn mariadb_server_queries_equal_com_counters_and_errors_by_code() {
     require_root();
     let db = MariaDb::start("proto");
+    create_table(&db);
+    let sc = sidecar(&db.pid(), &[]);
+    workload(&db, &sc, "server", None);
+}
+
+/// The target as client: the mariadb client and the connector run in a client cgroup, the
+/// server outside; the same phases, the same truth, direction `client`.
+#[test]
+fn mariadb_client_queries_equal_com_counters_and_errors_by_code() {
+    require_root();
+    let db = MariaDb::start("proto-for-client");
+    create_table(&db);
+    let cc = ClientCgroup::new("mysql");
+    let sc = sidecar(&cc.pid(), &[]);
+    workload(&db, &sc, "client", Some(&cc));
+}
+
+/// Database `w`, table `t` with ids 1..=20, made through the unix socket.
+fn create_table(db: &MariaDb) {
     let rows: Vec<String> = (1..=20).map(|i| format!("({i}, 0)")).collect();
     db.local(&format!(
         "CREATE DATABASE w; CREATE TABLE w.t (id INT PRIMARY KEY, v INT); \
          INSERT INTO w.t VALUES {}",
         rows.join(", ")
     ));
-    let sc = sidecar(&db.pid(), &[]);
-    let port = db.port.to_string();
+}
 
+/// The two phases: COM_QUERY from the mariadb client, COM_STMT_EXECUTE from the connector.
+fn workload(db: &MariaDb, sc: &Sidecar, dir: &str, cc: Option<&ClientCgroup>) {
+    let port = db.port.to_string();
     phase(
-        &db,
-        &sc,
+        db,
+        sc,
+        dir,
         "mariadb client (COM_QUERY)",
         &[("other", 1), ("SELECT", 1)],
         &[("1062", 1), ("1146", 1), ("1064", 2)],
         || {
-            let mut c = Command::new(need("mariadb", "mariadb-client"))
-                .args(["-h", "127.0.0.1", "-P", &port, "-uroot", "-D", "w"])
-                .args(["--force", "--skip-ssl", "--batch"])
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap();
-            c.stdin.take().unwrap().write_all(BATCH.as_bytes()).unwrap();
-            let o = c.wait_with_output().unwrap();
+            let o = client_output(
+                cc,
+                Command::new(need("mariadb", "mariadb-client"))
+                    .args(["-h", "127.0.0.1", "-P", &port, "-uroot", "-D", "w"])
+                    .args(["--force", "--skip-ssl", "--batch"]),
+                BATCH.as_bytes(),
+            );
             let err = String::from_utf8_lossy(&o.stderr);
             assert_eq!(err.matches("ERROR ").count(), 4, "mariadb: {err}");
         },
     );
 
-    let dir = Scratch::new("mysql-prepared");
-    let script = dir.path().join("prepared.py");
+    let scratch = Scratch::new(&format!("mysql-prepared-{dir}"));
+    let script = scratch.path().join("prepared.py");
     std::fs::write(&script, PREPARED_PY).unwrap();
     let com = phase(
-        &db,
-        &sc,
+        db,
+        sc,
+        dir,
         "prepared statements (COM_STMT_EXECUTE)",
         &[],
         &[("1062", 1)],
         || {
-            let o = Command::new(python3())
-                .arg(&script)
-                .args([&port, &N.to_string()])
-                .output()
-                .unwrap();
+            let o = client_output(
+                cc,
+                Command::new(python3())
+                    .arg(&script)
+                    .args([&port, &N.to_string()]),
+                b"",
+            );
             assert!(
                 o.status.success(),
                 "{}: {}",

@@ -37,91 +37,164 @@ fn delta(after: &Counts, before: &Counts) -> Counts {
     out
 }
 
+fn series(m: &Metrics, name: &str, direction: &str, key: &str) -> Counts {
+    by_labels(m, name, &[("direction", direction)], &[key])
+}
+
 fn server_series(m: &Metrics, name: &str, key: &str) -> Counts {
-    by_labels(m, name, &[("direction", "server")], &[key])
+    series(m, name, "server", key)
 }
 
-/// Run `work` (a phase of the workload) and compare: queries by kind = pg_stat_statements'
-/// calls classified + `failed` (kind → statements that failed), except the kinds `work`
-/// returns, counted by the workload itself; errors by class = `errors`; the duration
-/// histogram's count = the queries, by kind.
-fn phase(
-    pg: &Postgres,
-    sc: &Sidecar,
-    name: &str,
-    failed: &[(&str, u64)],
-    errors: &[(&str, u64)],
-    work: impl FnOnce() -> Counts,
-) {
-    let truth_before = pg.statement_calls(DB);
-    let before = sc.scrape();
-    let own = work();
-    let truth_after = pg.statement_calls(DB);
-    let mut truth = Counts::new();
-    for (q, c) in &truth_after {
-        let d = c - truth_before.get(q).copied().unwrap_or(0);
-        *truth.entry(sql_kind(q).to_string()).or_default() += d;
-    }
-    for (kind, n) in failed {
-        *truth.entry(kind.to_string()).or_default() += n;
-    }
-    truth.extend(own);
-    let truth = by_kind(&truth);
-    let want = before.sum(QUERIES, &[("direction", "server")]) as u64 + truth.values().sum::<u64>();
-    let m = scrape_when(sc, QUERIES, &[("direction", "server")], want);
-    let got = delta(
-        &server_series(&m, QUERIES, "kind"),
-        &server_series(&before, QUERIES, "kind"),
-    );
-    eprintln!(
-        "postgres {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}; untracked {:?}",
-        untracked(&m)
-    );
-    assert_counts_eq(
-        &format!(
-            "postgres {name}: queries_total{{direction=server}} by kind vs pg_stat_statements + failed"
-        ),
-        &by_kind(&got),
-        &truth,
-    );
-    let errors: Counts = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
-    assert_counts_eq(
-        &format!("postgres {name}: errors_total{{direction=server}} by sqlstate_class"),
-        &delta(
-            &server_series(&m, ERRORS, "sqlstate_class"),
-            &server_series(&before, ERRORS, "sqlstate_class"),
-        ),
-        &errors,
-    );
-    assert_counts_eq(
-        &format!("postgres {name}: query_duration_seconds_count by kind vs queries_total"),
-        &delta(
-            &server_series(&m, DURATION_COUNT, "kind"),
-            &server_series(&before, DURATION_COUNT, "kind"),
-        ),
-        &got,
-    );
-    assert_eq!(m.sum(QUERIES, &[("direction", "client")]), 0.0);
-    assert_all_tracked(&m, &format!("postgres {name}"));
+/// Where the workload runs: the target is the server (clients run from the test) or the
+/// client (clients run in `cc`, the server outside).
+struct Window<'a> {
+    pg: &'a Postgres,
+    sc: &'a Sidecar,
+    direction: &'static str,
+    cc: Option<&'a ClientCgroup>,
 }
 
-/// Run pgbench; the transactions it reports processed.
-fn pgbench(pg: &Postgres, args: &[&str]) -> u64 {
-    let o = Command::new(pg_bin("pgbench"))
-        .args(args)
-        .arg(pg.conninfo(DB, "disable"))
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "pgbench {args:?}: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    let out = String::from_utf8_lossy(&o.stdout);
-    out.lines()
-        .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
-        .and_then(|v| v.split('/').next()?.parse().ok())
-        .unwrap_or(0)
+impl Window<'_> {
+    /// Run `work` (a phase of the workload) and compare: queries by kind = pg_stat_statements'
+    /// calls classified + `failed` (kind → statements that failed), except the kinds `work`
+    /// returns, counted by the workload itself; errors by class = `errors`; the duration
+    /// histogram's count = the queries, by kind; nothing in the other direction.
+    fn phase(
+        &self,
+        name: &str,
+        failed: &[(&str, u64)],
+        errors: &[(&str, u64)],
+        work: impl FnOnce() -> Counts,
+    ) {
+        let (pg, sc, dir) = (self.pg, self.sc, self.direction);
+        let truth_before = pg.statement_calls(DB);
+        let before = sc.scrape();
+        let own = work();
+        let truth_after = pg.statement_calls(DB);
+        let mut truth = Counts::new();
+        for (q, c) in &truth_after {
+            let d = c - truth_before.get(q).copied().unwrap_or(0);
+            *truth.entry(sql_kind(q).to_string()).or_default() += d;
+        }
+        for (kind, n) in failed {
+            *truth.entry(kind.to_string()).or_default() += n;
+        }
+        truth.extend(own);
+        let truth = by_kind(&truth);
+        let d = [("direction", dir)];
+        let want = before.sum(QUERIES, &d) as u64 + truth.values().sum::<u64>();
+        let m = scrape_when(sc, QUERIES, &d, want);
+        let got = delta(
+            &series(&m, QUERIES, dir, "kind"),
+            &series(&before, QUERIES, dir, "kind"),
+        );
+        eprintln!(
+            "postgres {dir} {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}; \
+             untracked {:?}",
+            untracked(&m)
+        );
+        assert_counts_eq(
+            &format!(
+                "postgres {name}: queries_total{{direction={dir}}} by kind vs pg_stat_statements + failed"
+            ),
+            &by_kind(&got),
+            &truth,
+        );
+        let errors: Counts = errors.iter().map(|(k, v)| (k.to_string(), *v)).collect();
+        assert_counts_eq(
+            &format!("postgres {name}: errors_total{{direction={dir}}} by sqlstate_class"),
+            &delta(
+                &series(&m, ERRORS, dir, "sqlstate_class"),
+                &series(&before, ERRORS, dir, "sqlstate_class"),
+            ),
+            &errors,
+        );
+        assert_counts_eq(
+            &format!(
+                "postgres {name}: query_duration_seconds_count{{direction={dir}}} by kind vs queries_total"
+            ),
+            &delta(
+                &series(&m, DURATION_COUNT, dir, "kind"),
+                &series(&before, DURATION_COUNT, dir, "kind"),
+            ),
+            &got,
+        );
+        let other = opposite(dir);
+        for name in [QUERIES, ERRORS] {
+            assert_eq!(
+                m.sum(name, &[("direction", other)]),
+                0.0,
+                "{name}{{direction={other}}}"
+            );
+        }
+        assert_all_tracked(&m, &format!("postgres {dir} {name}"));
+    }
+
+    /// Run pgbench; the transactions it reports processed.
+    fn pgbench(&self, args: &[&str]) -> u64 {
+        let o = client_output(
+            self.cc,
+            Command::new(pg_bin("pgbench"))
+                .args(args)
+                .arg(self.pg.conninfo(DB, "disable")),
+            b"",
+        );
+        assert!(
+            o.status.success(),
+            "pgbench {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let out = String::from_utf8_lossy(&o.stdout);
+        out.lines()
+            .find_map(|l| l.strip_prefix("number of transactions actually processed: "))
+            .and_then(|v| v.split('/').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// pgbench in each query mode, a phase each.
+    fn pgbench_modes(&self, modes: &[&str]) {
+        for mode in modes {
+            self.phase(&format!("pgbench -M {mode}"), &[], &[], || {
+                let t = self.pgbench(&["-n", "-M", mode, "-c", "2", "-j", "1", "-t", T]);
+                assert_eq!(
+                    t,
+                    2 * T.parse::<u64>().unwrap(),
+                    "pgbench -M {mode} transactions"
+                );
+                if *mode != "prepared" {
+                    return Counts::new();
+                }
+                // pg_stat_statements (15) counts a utility statement of a named prepared
+                // statement once per connection, not per execution: BEGIN and END are 2
+                // there, not one per transaction. pgbench's own count is their truth.
+                Counts::from([("BEGIN".to_string(), t), ("COMMIT".to_string(), t)])
+            });
+        }
+    }
+
+    /// The psql script of failing and succeeding statements, with its errors.
+    fn psql_errors(&self) {
+        let script = self.pg.data.join("../errors.sql");
+        std::fs::write(&script, PSQL_SCRIPT).unwrap();
+        self.phase(
+            "psql errors",
+            &[("other", 1), ("SELECT", 4), ("INSERT", 1)],
+            &[("42", 3), ("22", 2), ("23", 1)],
+            || {
+                let o = client_output(
+                    self.cc,
+                    Command::new(pg_bin("psql"))
+                        .arg(self.pg.conninfo(DB, "disable"))
+                        .args(["-X", "-q", "-f"])
+                        .arg(&script),
+                    b"",
+                );
+                let err = String::from_utf8_lossy(&o.stderr);
+                assert_eq!(err.matches("ERROR:").count(), 6, "psql: {err}");
+                Counts::new()
+            },
+        );
+    }
 }
 
 /// The psql phase: statements that fail (kind, SQLSTATE) among ones that do not, and the
@@ -162,55 +235,54 @@ fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
     );
     pg.local("postgres", &format!("CREATE DATABASE {DB}"));
     let sc = sidecar(&pg.pid(), &[]);
-
+    let w = Window {
+        pg: &pg,
+        sc: &sc,
+        direction: "server",
+        cc: None,
+    };
     // Server-side data generation (`G`: INSERT … SELECT generate_series): no COPY, which
-    // `pgbench_init_with_copy_equals_pg_stat_statements` covers.
-    phase(&pg, &sc, "pgbench -i -I dtGvp", &[], &[], || {
-        pgbench(&pg, &["-i", "-I", "dtGvp", "-s", "1", "-q"]);
+    // `postgres_pgbench_init_with_copy_equals_pg_stat_statements` covers.
+    w.phase("pgbench -i -I dtGvp", &[], &[], || {
+        w.pgbench(&["-i", "-I", "dtGvp", "-s", "1", "-q"]);
         Counts::new()
     });
-    for mode in ["simple", "extended", "prepared"] {
-        phase(&pg, &sc, &format!("pgbench -M {mode}"), &[], &[], || {
-            let t = pgbench(&pg, &["-n", "-M", mode, "-c", "2", "-j", "1", "-t", T]);
-            assert_eq!(
-                t,
-                2 * T.parse::<u64>().unwrap(),
-                "pgbench -M {mode} transactions"
-            );
-            if mode != "prepared" {
-                return Counts::new();
-            }
-            // pg_stat_statements (15) counts a utility statement of a named prepared statement
-            // once per connection, not per execution: BEGIN and END are 2 there, not one per
-            // transaction. pgbench's own count is the truth for them.
-            Counts::from([("BEGIN".to_string(), t), ("COMMIT".to_string(), t)])
-        });
-    }
-    let script = pg.data.join("../errors.sql");
-    std::fs::write(&script, PSQL_SCRIPT).unwrap();
-    phase(
-        &pg,
-        &sc,
-        "psql errors",
-        &[("other", 1), ("SELECT", 4), ("INSERT", 1)],
-        &[("42", 3), ("22", 2), ("23", 1)],
-        || {
-            let o = Command::new(pg_bin("psql"))
-                .arg(pg.conninfo(DB, "disable"))
-                .args(["-X", "-q", "-f"])
-                .arg(&script)
-                .output()
-                .unwrap();
-            let err = String::from_utf8_lossy(&o.stderr);
-            assert_eq!(err.matches("ERROR:").count(), 6, "psql: {err}");
-            Counts::new()
-        },
-    );
+    w.pgbench_modes(&["simple", "extended", "prepared"]);
+    w.psql_errors();
     assert_eq!(
         sc.scrape().sum(TLS, &[]),
         0.0,
         "no connection asked for TLS"
     );
+}
+
+/// The target as client: pgbench and psql run in a client cgroup, the server outside; the same
+/// phases, the same truth, direction `client`.
+#[test]
+fn postgres_client_queries_equal_pg_stat_statements_and_errors_by_class() {
+    require_root();
+    let pg = Postgres::start(
+        "proto-for-client",
+        &PgOptions {
+            stat_statements: true,
+            ..Default::default()
+        },
+    );
+    pg.local("postgres", &format!("CREATE DATABASE {DB}"));
+    let cc = ClientCgroup::new("pg");
+    let sc = sidecar(&cc.pid(), &[]);
+    let w = Window {
+        pg: &pg,
+        sc: &sc,
+        direction: "client",
+        cc: Some(&cc),
+    };
+    w.phase("pgbench -i -I dtGvp", &[], &[], || {
+        w.pgbench(&["-i", "-I", "dtGvp", "-s", "1", "-q"]);
+        Counts::new()
+    });
+    w.pgbench_modes(&["simple", "extended", "prepared"]);
+    w.psql_errors();
 }
 
 /// pgbench's default initialisation fills pgbench_accounts with `COPY … FROM STDIN` (the copy-in
@@ -228,14 +300,18 @@ fn postgres_pgbench_init_with_copy_equals_pg_stat_statements() {
     );
     pg.local("postgres", &format!("CREATE DATABASE {DB}"));
     let sc = sidecar(&pg.pid(), &[]);
-    phase(
-        &pg,
-        &sc,
+    let w = Window {
+        pg: &pg,
+        sc: &sc,
+        direction: "server",
+        cc: None,
+    };
+    w.phase(
         "pgbench -i (client-side generation, COPY)",
         &[],
         &[],
         || {
-            pgbench(&pg, &["-i", "-s", "1", "-q"]);
+            w.pgbench(&["-i", "-s", "1", "-q"]);
             Counts::new()
         },
     );

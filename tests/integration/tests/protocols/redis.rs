@@ -9,6 +9,7 @@
 //! is in the second one (redis counts a command after running it); it went through the unix
 //! socket, so the sidecar never saw it and it is taken out.
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 
 use super::*;
@@ -128,7 +129,7 @@ fn redis_server_commands_and_errors_equal_commandstats() {
     }
     // A raw RESP2 client: INCR on a list key is a WRONGTYPE error reply.
     let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
-    resp_call(&mut s, &["DEL", "wt:list", "wt:h"]);
+    resp_call(&mut s, &["DEL", "wt:list", "wt:h", "wt:n"]);
     resp_call(&mut s, &["RPUSH", "wt:list", "a"]);
     for _ in 0..K2 {
         let r = resp_call(&mut s, &["INCR", "wt:list"]);
@@ -138,6 +139,17 @@ fn redis_server_commands_and_errors_equal_commandstats() {
             String::from_utf8_lossy(&r)
         );
     }
+    // A transaction: MULTI, two queued INCRs (answered +QUEUED), EXEC (an array of both).
+    assert_eq!(resp_call(&mut s, &["MULTI"]), b"+OK\r\n");
+    for _ in 0..2 {
+        assert_eq!(resp_call(&mut s, &["INCR", "wt:n"]), b"+QUEUED\r\n");
+    }
+    assert_eq!(resp_call(&mut s, &["EXEC"]), b"*2\r\n:1\r\n:2\r\n");
+    // An inline command (a line, not an array).
+    s.write_all(b"PING\r\n").unwrap();
+    let mut pong = [0u8; 7];
+    s.read_exact(&mut pong).unwrap();
+    assert_eq!(&pong, b"+PONG\r\n");
     drop(s);
     // RESP3: HELLO 3 answers a map, HGETALL a map, a missing key the null `_`.
     let mut s = TcpStream::connect(("127.0.0.1", redis.port)).unwrap();
