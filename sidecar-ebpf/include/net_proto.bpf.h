@@ -18,7 +18,7 @@
 #define NET_PROTO_BPF_H
 
 #define PROTO_PIPELINE 32 /* requests waiting for their answers, per connection (power of 2) */
-#define PROTO_STEPS 128   /* messages (RESP lines) followed per segment */
+#define PROTO_STEPS 256   /* messages (RESP lines) followed per segment (bpf_loop) */
 #define PROTO_STMTS 16    /* prepared statements remembered per connection (power of 2) */
 
 /* One direction of a connection. */
@@ -314,9 +314,13 @@ static __always_inline __u32 proto_detect(struct __sk_buff *skb, __u32 off, __u3
 	return NET_PROTO_NONE;
 }
 
-static __always_inline int proto_step(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
-				      __u32 inslot)
+/* One message of the connection's protocol. Global: the per-segment loop makes one call, which
+ * the verifier checks once, not once per protocol per step. */
+__attribute__((noinline)) int proto_step(struct __sk_buff *skb, struct proto_conn *c, __u64 offav,
+					 __u32 inslot)
 {
+	if (!skb || !c)
+		return -1;
 	switch (c->proto) {
 	case NET_PROTO_REDIS:
 		return redis_step(skb, c, offav, inslot);
@@ -327,61 +331,91 @@ static __always_inline int proto_step(struct __sk_buff *skb, struct proto_conn *
 	}
 }
 
-/* `len` payload bytes of stream `in` (received) or sent at `off0`, starting at sequence number
- * `seq`. Global: checked once. */
-__attribute__((noinline)) int proto_data(struct __sk_buff *skb, struct proto_conn *c, __u32 in,
-					 __u64 seqlen, __u32 off0slot)
+/* The per-segment loop's state (bpf_loop's context, on proto_data's stack). */
+struct proto_loop {
+	struct __sk_buff *skb;
+	struct proto_conn *c;
+	__u32 pos, len, off0, in, slot;
+};
+
+/* One step of the per-segment loop: skip what is left of a body, then one message. Run by
+ * bpf_loop, so the verifier checks it once rather than once per iteration. 1: stop. */
+static long proto_loop_step(__u64 i, struct proto_loop *x)
 {
-	__u32 seq = seqlen >> 32, len = (__u32)seqlen, off0 = off0slot & 0xffff,
-	      slot = off0slot >> 16;
+	struct proto_conn *c = x->c;
+	__u32 pos = x->pos, len = x->len;
 
-	if (!skb || !c || c->off)
-		return 0;
+	if (!c || c->off)
+		return 1;
 
-	struct proto_stream *s = &c->s[in ? 0 : 1];
-	__s32 d = (__s32)(seq - s->next);
-	__u32 pos = 0;
+	struct proto_stream *s = &c->s[x->in ? 0 : 1];
 
-	if (d < 0) {
-		/* a retransmission: skip what was seen */
-		if ((__u32)-d >= len)
-			return 0;
-		pos = -d;
-	} else if (d > 0) {
-		/* bytes never seen: harmless inside a body, whose bytes are only skipped */
-		if (!s->partlen && !s->skiplf && d <= s->left) {
-			s->left -= d;
-		} else {
-			proto_untrack(slot, c, NET_PROTO_UT_GAP);
-			return 0;
-		}
-	}
-	s->next = seq + len;
-
-	for (int i = 0; i < PROTO_STEPS; i++) {
-		if (s->left) {
-			__u32 k = s->left < len - pos ? s->left : len - pos;
-
-			pos += k;
-			s->left -= k;
-		}
-		if (pos >= len)
-			return 0;
-		int r = proto_step(skb, c, (__u64)(off0 + pos) << 32 | (len - pos),
-				   in | slot << 8);
-
-		if (r <= 0 || c->off)
-			return 0;
-		pos += r;
-	}
 	if (s->left) {
 		__u32 k = s->left < len - pos ? s->left : len - pos;
 
 		pos += k;
 		s->left -= k;
 	}
-	if (pos < len)
-		proto_untrack(slot, c, NET_PROTO_UT_STEPS);
+	x->pos = pos;
+	if (pos >= len)
+		return 1;
+	int r = proto_step(x->skb, c, (__u64)(x->off0 + pos) << 32 | (len - pos),
+			   x->in | x->slot << 8);
+
+	if (r <= 0 || c->off)
+		return 1;
+	x->pos = pos + r;
+	return 0;
+}
+
+/* `len` payload bytes of stream `in` (received) or sent at `off0`, starting at sequence number
+ * `seq`. Global: checked once. */
+__attribute__((noinline)) int proto_data(struct __sk_buff *skb, struct proto_conn *c, __u32 in,
+					 __u64 seqlen, __u32 off0slot)
+{
+	__u32 seq = seqlen >> 32, len = (__u32)seqlen;
+	struct proto_loop x = {
+		.skb = skb,
+		.c = c,
+		.len = len,
+		.off0 = off0slot & 0xffff,
+		.in = in,
+		.slot = off0slot >> 16,
+	};
+
+	if (!skb || !c || c->off)
+		return 0;
+
+	struct proto_stream *s = &c->s[in ? 0 : 1];
+	__s32 d = (__s32)(seq - s->next);
+
+	if (d < 0) {
+		/* a retransmission: skip what was seen */
+		if ((__u32)-d >= len)
+			return 0;
+		x.pos = -d;
+	} else if (d > 0) {
+		/* bytes never seen: harmless inside a body, whose bytes are only skipped */
+		if (!s->partlen && !s->skiplf && d <= s->left) {
+			s->left -= d;
+		} else {
+			proto_untrack(x.slot, c, NET_PROTO_UT_GAP);
+			return 0;
+		}
+	}
+	s->next = seq + len;
+	bpf_loop(PROTO_STEPS, proto_loop_step, &x, 0);
+	if (c->off || x.pos >= len)
+		return 0;
+	/* the last step's message may leave a body that ends in this segment */
+	if (s->left) {
+		__u32 k = s->left < len - x.pos ? s->left : len - x.pos;
+
+		x.pos += k;
+		s->left -= k;
+	}
+	if (x.pos < len)
+		proto_untrack(x.slot, c, NET_PROTO_UT_STEPS);
 	return 0;
 }
 

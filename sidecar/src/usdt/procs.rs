@@ -107,6 +107,15 @@ pub fn parse_maps(maps: &str) -> Vec<Mapped> {
         .collect()
 }
 
+/// A process's start time (clock ticks after boot, field 22 of /proc/<pid>/stat): a reused pid
+/// is another process.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+}
+
 pub fn mappings(pid: u32) -> std::io::Result<Vec<Mapped>> {
     Ok(parse_maps(&std::fs::read_to_string(format!(
         "/proc/{pid}/maps"

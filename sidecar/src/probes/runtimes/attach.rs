@@ -1,12 +1,17 @@
-//! Attaching: the family's programs at load, then once per runtime file the pack's hooks (USDT
-//! probes and function symbols) and the --config metrics' probes, each site with a spec that
-//! tells the kernel side where its arguments are and which slot it feeds. On a shared kernel side
-//! a pack site is attached once per set (see `sites`).
+//! Attaching: the family's programs at load, then the pack's hooks (USDT probes and function
+//! symbols) and the --config metrics' probes of each runtime file, each site with a spec that
+//! tells the kernel side where its arguments are and which slot it feeds. A file's sites are
+//! planned once (read, placed, specs written); they are attached **per target process**
+//! (`perf_event_open` with its pid: the kernel puts the breakpoint in that process only, so a
+//! neighbour mapping the same binary never traps), when the scanner first sees the process, and
+//! detached when it exits. `run` mode hooks its command's binaries for every process before the
+//! command starts, so its start-up is seen; on a shared kernel side such a site is pinned once
+//! per set (see `sites`) and the per-process sites of other sidecars skip it.
 
 use std::collections::{HashMap, HashSet};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use aya::maps::MapData;
@@ -36,17 +41,45 @@ pub(super) const DECLARED_SLOT: u32 = 100;
 /// a uprobe on libc's wrapper a trap per call) for the node processes in `rt_loop_pids`.
 const EPOLL_WAITS: &[&str] = &["epoll_wait", "epoll_pwait", "epoll_pwait2"];
 
-/// One attached runtime binary.
+/// One runtime binary: its pack's sites, planned once.
 pub(super) struct Attached {
     pub runtime: Runtime,
     pub version: String,
-    /// (provider, probe) per attached site.
+    /// (provider, probe) per site.
     pub sites: Vec<(String, String)>,
+    plan: Vec<Planned>,
+    /// `run` mode hooked it for every process: never per process then.
+    everywhere: bool,
+    /// Those links, when this sidecar holds them (a private kernel side).
     _links: Vec<Link>,
 }
 
-/// (provider, probe) sites attached for --config metrics in one file, and their links.
-pub(super) type DeclaredFile = (Vec<(String, String)>, Vec<Link>);
+/// A site of a file, ready to attach to any process that maps it.
+struct Planned {
+    prog: Prog,
+    off: u64,
+    sema: u64,
+    ret: bool,
+    cookie: u64,
+    /// A pack site's pin on a shared set: while it exists, a sidecar hooked the site for every
+    /// process, and a per-process link as well would run the program twice per hit.
+    pin: Option<PathBuf>,
+}
+
+/// (provider, probe) sites of --config metrics in one file, and their plan.
+pub(super) struct DeclaredFile {
+    pub sites: Vec<(String, String)>,
+    plan: Vec<Planned>,
+    everywhere: bool,
+    _links: Vec<Link>,
+}
+
+/// A target process being hooked: its start time (a reused pid is another process) and its
+/// links by (file, --config sites).
+struct Hooked {
+    start: u64,
+    files: HashMap<((u64, u64), bool), Vec<Link>>,
+}
 
 #[derive(Default)]
 pub(super) struct State {
@@ -54,10 +87,21 @@ pub(super) struct State {
     pub files: HashMap<(u64, u64), Option<Attached>>,
     /// (runtime, version, pid) seen at the last scan.
     pub procs: Vec<(Runtime, String, u32)>,
-    /// Declared (--config) attachments by file: (provider, probe) sites and their links.
+    /// Declared (--config) sites by file.
     pub declared_files: HashMap<(u64, u64), DeclaredFile>,
     /// Node processes registered in the kernel's `rt_loop_pids` (event loop, HTTP timing).
     pub loop_pids: HashSet<u32>,
+    /// The target processes hooked, by pid.
+    hooked: HashMap<u32, Hooked>,
+}
+
+impl State {
+    /// Detach the processes that are not in `live` any more (exited, or left the target).
+    pub(super) fn forget_gone(&mut self, live: &HashSet<u32>) {
+        self.hooked
+            .retain(|pid, h| live.contains(pid) && procs::start_time(*pid) == Some(h.start));
+    }
+
 }
 
 /// What the family keeps between scans: its object, programs and spec table, what it attached.
@@ -81,8 +125,7 @@ pub(super) struct Inner {
 
 /// Where one program goes: a file offset, its semaphore, entry or return; the file as uprobes
 /// know it (`sites::file_id`).
-struct At<'a> {
-    path: &'a Path,
+struct At {
     file: (u64, u64),
     off: u64,
     sema: u64,
@@ -201,93 +244,214 @@ impl Inner {
         })
     }
 
-    /// Write a spec and attach one program at one site with the spec's cookie. A pack site on a
-    /// shared set is pinned, or skipped when the set has it already: Ok(None), nothing for this
-    /// sidecar to hold.
-    fn attach_site(
-        &self,
-        prog: Prog,
-        spec: UsdtSpec,
-        at: At<'_>,
-        owner: Owner,
-    ) -> Result<Option<Link>, String> {
+    /// The program fd sites attach (on a shared set, the set's copy).
+    fn prog_fd(&self, prog: Prog) -> std::os::fd::BorrowedFd<'_> {
         let (_, own, set) = self
             .progs
             .iter()
             .find(|(p, _, _)| *p == prog)
             .expect("every program is loaded");
-        let fd = match set {
+        match set {
             Some(set) => set.as_fd(),
             None => own.as_fd(),
-        };
-        let off = at.off;
-        let attach = |cookie: u64| {
-            usdt::attach::attach_uprobe(-1, fd, at.path, off, at.sema, at.ret, cookie)
-                .map_err(|e| format!("attaching at {off:#x}: {e}"))
-        };
-        if let Owner::Declared = owner {
-            let cookie = self.specs.put_declared(spec)?;
-            return attach(cookie).map(Some);
-        }
-        let name = sites::site_name(at.file, off, at.ret, spec.slot, prog.name());
-        let pin = sites::site_pin(&self.obj, &name);
-        if pin.as_ref().is_some_and(|p| p.exists()) {
-            return Ok(None);
-        }
-        let id = self.specs.put_shared(spec)?;
-        let link = match attach(u64::from(id)) {
-            Ok(l) => l,
-            Err(e) => {
-                self.specs.release(id);
-                return Err(e);
-            }
-        };
-        let Some(pin) = pin else {
-            return Ok(Some(link));
-        };
-        match crate::kernel_side::pin_fd(std::os::fd::AsFd::as_fd(&link), &pin) {
-            Ok(()) => Ok(None),
-            // Another sidecar attached the same site meanwhile: theirs stays, ours goes.
-            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                drop(link);
-                self.specs.release(id);
-                Ok(None)
-            }
-            Err(e) => {
-                drop(link);
-                self.specs.release(id);
-                Err(format!("pinning at {}: {e}", pin.display()))
-            }
         }
     }
 
-    /// Attach the --config metrics that apply to the file at `host_path` (`shown`: its path in
-    /// the target), once per file. An unknown probe is logged with the probes the file has; the
+    /// Write a site's spec: its cookie, and for a pack site its pin on a shared set.
+    fn plan_site(
+        &self,
+        prog: Prog,
+        spec: UsdtSpec,
+        at: At,
+        owner: Owner,
+    ) -> Result<Planned, String> {
+        let (cookie, pin) = match owner {
+            Owner::Declared => (self.specs.put_declared(spec)?, None),
+            Owner::Pack => {
+                let name = sites::site_name(at.file, at.off, at.ret, spec.slot, prog.name());
+                let id = self.specs.put_shared(spec)?;
+                (u64::from(id), sites::site_pin(&self.obj, &name))
+            }
+        };
+        Ok(Planned {
+            prog,
+            off: at.off,
+            sema: at.sema,
+            ret: at.ret,
+            cookie,
+            pin,
+        })
+    }
+
+    /// Attach a file's sites to process `pid` (its own path to the file: `path`). Pack sites
+    /// some sidecar of the set hooked for every process are skipped.
+    fn attach_plan(&self, plan: &[Planned], path: &Path, pid: u32) -> Result<Vec<Link>, String> {
+        let mut links = Vec::with_capacity(plan.len());
+        for p in plan {
+            if p.pin.as_ref().is_some_and(|pin| pin.exists()) {
+                continue;
+            }
+            let link = usdt::attach::attach_uprobe(
+                pid as i32,
+                self.prog_fd(p.prog),
+                path,
+                p.off,
+                p.sema,
+                p.ret,
+                p.cookie,
+            )
+            .map_err(|e| format!("attaching at {:#x}: {e}", p.off))?;
+            links.push(link);
+        }
+        Ok(links)
+    }
+
+    /// `run` mode: attach a file's sites for every process. A pack site on a shared set is
+    /// pinned, or skipped when the set has it already (nothing for this sidecar to hold);
+    /// --config sites carry this target's slot in their cookie and are this sidecar's.
+    fn attach_everywhere(&self, plan: &[Planned], path: &Path) -> Vec<Link> {
+        let mut links = Vec::new();
+        for p in plan {
+            if p.pin.as_ref().is_some_and(|pin| pin.exists()) {
+                continue;
+            }
+            let link = match usdt::attach::attach_uprobe(
+                -1,
+                self.prog_fd(p.prog),
+                path,
+                p.off,
+                p.sema,
+                p.ret,
+                p.cookie,
+            ) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), "attaching at {:#x}: {e}", p.off);
+                    continue;
+                }
+            };
+            let Some(pin) = &p.pin else {
+                links.push(link);
+                continue;
+            };
+            match crate::kernel_side::pin_fd(std::os::fd::AsFd::as_fd(&link), pin) {
+                // The set holds it now, and the spec with it.
+                Ok(()) => self.specs.keep(p.cookie as u32),
+                // Another sidecar attached the same site meanwhile: theirs stays, ours goes.
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+                Err(e) => tracing::warn!("pinning at {}: {e}", pin.display()),
+            }
+        }
+        links
+    }
+
+    /// Attach `plan` (the sites of the file `key`, `declared` or the pack's) to `pid`, unless
+    /// done: once per (process, file).
+    fn hook(
+        &self,
+        st: &mut State,
+        (key, declared): ((u64, u64), bool),
+        path: &Path,
+        pid: u32,
+        shown: &str,
+    ) {
+        if st
+            .hooked
+            .get(&pid)
+            .is_some_and(|h| h.files.contains_key(&(key, declared)))
+        {
+            return;
+        }
+        let plan = if declared {
+            st.declared_files
+                .get(&key)
+                .filter(|d| !d.everywhere)
+                .map(|d| &d.plan)
+        } else {
+            st.files
+                .get(&key)
+                .and_then(Option::as_ref)
+                .filter(|a| !a.everywhere)
+                .map(|a| &a.plan)
+        };
+        let links = match plan.map(|plan| self.attach_plan(plan, path, pid)) {
+            None => Vec::new(),
+            Some(Ok(links)) => links,
+            Some(Err(e)) => {
+                tracing::debug!(pid, binary = shown, "runtimes: not attached: {e}");
+                return; // gone meanwhile, or not attachable now: the next scan tries again
+            }
+        };
+        let Some(start) = procs::start_time(pid) else {
+            return;
+        };
+        let h = st.hooked.entry(pid).or_insert_with(|| Hooked {
+            start,
+            files: HashMap::new(),
+        });
+        h.files.insert((key, declared), links);
+    }
+
+    /// The --config metrics that apply to the file at `host_path` (`shown`: its path in the
+    /// target): planned once per file, then attached to process `pid`, or with None (`run`
+    /// mode) for every process. An unknown probe is logged with the probes the file has; the
     /// other entries still attach.
-    pub(super) fn consider_declared(&self, host_path: &Path, shown: Option<&str>) {
+    pub(super) fn consider_declared(&self, host_path: &Path, shown: Option<&str>, pid: Option<u32>) {
         let shown = shown
             .map(str::to_string)
             .unwrap_or_else(|| host_path.display().to_string());
-        let runtime = Runtime::of_path(&shown).map(Runtime::name);
-        let entries: Vec<(usize, &Declared)> = self
-            .declared
-            .iter()
-            .enumerate()
-            .filter(|(_, d)| match &d.scope {
-                Scope::Binary(b) => Path::new(&shown) == b,
-                Scope::Runtime(r) => runtime == Some(r.as_str()),
-            })
-            .collect();
-        if entries.is_empty() {
-            return;
-        }
         let Ok(meta) = std::fs::metadata(host_path) else {
             return;
         };
         let key = (meta.dev(), meta.ino());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if st.declared_files.contains_key(&key) {
-            return;
+        if !st.declared_files.contains_key(&key) {
+            let Some((sites, plan)) = self.plan_declared(host_path, &shown) else {
+                return;
+            };
+            let (everywhere, links) = match pid {
+                None => (true, self.attach_everywhere(&plan, host_path)),
+                Some(_) => (false, Vec::new()),
+            };
+            tracing::info!(
+                binary = shown,
+                sites = sites.len(),
+                every_process = everywhere,
+                "declared USDT metrics planned"
+            );
+            st.declared_files.insert(
+                key,
+                DeclaredFile {
+                    sites,
+                    plan,
+                    everywhere,
+                    _links: links,
+                },
+            );
+        }
+        if let Some(pid) = pid {
+            self.hook(&mut st, (key, true), host_path, pid, &shown);
+        }
+    }
+
+    /// The --config sites of one file; None when no metric applies to it.
+    fn plan_declared(
+        &self,
+        host_path: &Path,
+        shown: &str,
+    ) -> Option<(Vec<(String, String)>, Vec<Planned>)> {
+        let runtime = Runtime::of_path(shown).map(Runtime::name);
+        let entries: Vec<(usize, &Declared)> = self
+            .declared
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| match &d.scope {
+                Scope::Binary(b) => Path::new(shown) == b,
+                Scope::Runtime(r) => runtime == Some(r.as_str()),
+            })
+            .collect();
+        if entries.is_empty() {
+            return None;
         }
         let cfg = self.config_file.as_str();
         let file = sites::file_id(host_path);
@@ -297,11 +461,10 @@ impl Inner {
                 for (i, d) in &entries {
                     tracing::warn!("{cfg}: metrics[{i}] ({}): {shown}: {e}", d.name);
                 }
-                st.declared_files.insert(key, (Vec::new(), Vec::new()));
-                return;
+                return Some((Vec::new(), Vec::new()));
             }
         };
-        let mut done: DeclaredFile = (Vec::new(), Vec::new());
+        let (mut sites, mut plan) = (Vec::new(), Vec::new());
         for (i, d) in entries {
             let who = format!("{cfg}: metrics[{i}] ({})", d.name);
             let slot = DECLARED_SLOT + i as u32;
@@ -342,35 +505,31 @@ impl Inner {
                         continue;
                     }
                     let at = At {
-                        path: host_path,
                         file,
                         off: n.offset,
                         sema: n.semaphore_offset,
                         ret: false,
                     };
-                    match self.attach_site(prog, spec(args, slot, l1, l2), at, Owner::Declared) {
-                        Ok(l) => {
-                            done.1.extend(l);
-                            done.0.push((probe.provider.clone(), probe.probe.clone()));
+                    match self.plan_site(prog, spec(args, slot, l1, l2), at, Owner::Declared) {
+                        Ok(p) => {
+                            plan.push(p);
+                            sites.push((probe.provider.clone(), probe.probe.clone()));
                         }
                         Err(e) => tracing::warn!("{who}: {probe}: {e}"),
                     }
                 }
             }
         }
-        tracing::info!(
-            binary = shown,
-            sites = done.0.len(),
-            "declared USDT metrics attached"
-        );
-        st.declared_files.insert(key, done);
+        Some((sites, plan))
     }
 
-    /// Attach the pack of the runtime at `host_path` once per file; returns what it runs.
+    /// The pack of the runtime at `host_path`: planned once per file, then attached to process
+    /// `pid`, or with None (`run` mode) for every process. Returns what the file runs.
     pub(super) fn consider(
         &self,
         host_path: &Path,
         shown: Option<&str>,
+        pid: Option<u32>,
     ) -> Option<(Runtime, String)> {
         let shown = shown
             .map(str::to_string)
@@ -379,41 +538,46 @@ impl Inner {
         let meta = std::fs::metadata(host_path).ok()?;
         let key = (meta.dev(), meta.ino());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(done) = st.files.get(&key) {
-            return done.as_ref().map(|a| (a.runtime, a.version.clone()));
+        if !st.files.contains_key(&key) {
+            let planned = match self.plan_file(runtime, host_path, &shown) {
+                Ok(mut a) => {
+                    if pid.is_none() {
+                        a._links = self.attach_everywhere(&a.plan, host_path);
+                        a.everywhere = true;
+                    }
+                    tracing::info!(
+                        runtime = runtime.name(),
+                        version = a.version,
+                        binary = shown,
+                        sites = a.sites.len(),
+                        every_process = a.everywhere,
+                        "runtime pack planned"
+                    );
+                    Some(a)
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        runtime = runtime.name(),
+                        binary = shown,
+                        "runtime pack not attached: {e}"
+                    );
+                    None
+                }
+            };
+            st.files.insert(key, planned);
         }
-        let r = self.attach_file(runtime, host_path, &shown);
-        match r {
-            Ok(a) => {
-                tracing::info!(
-                    runtime = runtime.name(),
-                    version = a.version,
-                    binary = shown,
-                    sites = a.sites.len(),
-                    "runtime pack attached"
-                );
-                let o = (a.runtime, a.version.clone());
-                st.files.insert(key, Some(a));
-                Some(o)
-            }
-            Err(e) => {
-                tracing::warn!(
-                    runtime = runtime.name(),
-                    binary = shown,
-                    "runtime pack not attached: {e}"
-                );
-                st.files.insert(key, None);
-                None
-            }
+        let out = st
+            .files
+            .get(&key)
+            .and_then(Option::as_ref)
+            .map(|a| (a.runtime, a.version.clone()))?;
+        if let Some(pid) = pid {
+            self.hook(&mut st, (key, false), host_path, pid, &shown);
         }
+        Some(out)
     }
 
-    fn attach_file(
-        &self,
-        runtime: Runtime,
-        host_path: &Path,
-        shown: &str,
-    ) -> Result<Attached, String> {
+    fn plan_file(&self, runtime: Runtime, host_path: &Path, shown: &str) -> Result<Attached, String> {
         let data = usdt::read_file(host_path).map_err(|e| e.to_string())?;
         let version = match runtime {
             Runtime::Python => procs::python_version(shown).unwrap_or_default(),
@@ -427,7 +591,7 @@ impl Inner {
             Err(e) => return Err(format!("{shown}: {e}")),
         };
         let file = sites::file_id(host_path);
-        let mut links = Vec::new();
+        let mut plan = Vec::new();
         let mut sites = Vec::new();
         for h in packs::HOOKS.iter().filter(|h| h.runtime == runtime) {
             if h.calls_only && !self.calls {
@@ -436,16 +600,15 @@ impl Inner {
             for t in hook_targets(h, &notes, &data, shown)? {
                 let (provider, probe) = (t.provider, t.probe);
                 let at = At {
-                    path: host_path,
                     file,
                     off: t.off,
                     sema: t.sema,
                     ret: t.ret,
                 };
                 let spec = spec(&t.args, h.slot, h.label, h.label2);
-                match self.attach_site(h.prog, spec, at, Owner::Pack) {
-                    Ok(l) => {
-                        links.extend(l);
+                match self.plan_site(h.prog, spec, at, Owner::Pack) {
+                    Ok(p) => {
+                        plan.push(p);
                         sites.push((provider, probe));
                     }
                     Err(e) => tracing::warn!("{shown}: {provider}:{probe}: {e}"),
@@ -459,7 +622,9 @@ impl Inner {
             runtime,
             version,
             sites,
-            _links: links,
+            plan,
+            everywhere: false,
+            _links: Vec::new(),
         })
     }
 }

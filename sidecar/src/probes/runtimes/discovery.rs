@@ -98,37 +98,39 @@ impl Inner {
     /// is seen (the scanner would find it only a [`RESCAN`] later).
     pub(super) fn attach_run_program(&self, cmd: &Path) {
         for path in run_binaries(cmd) {
-            self.consider(&path, None);
-            self.consider_declared(&path, None);
+            self.consider(&path, None, None);
+            self.consider_declared(&path, None, None);
         }
         for d in &self.declared {
             if let Scope::Binary(b) = &d.scope
                 && b.is_file()
             {
-                self.consider_declared(b, None);
+                self.consider_declared(b, None, None);
             }
         }
     }
 
-    /// One look at the target's processes: attach what they map that is new, list the runtimes
-    /// seen, and forget the node processes that are gone.
+    /// One look at the target's processes: attach each new process's runtime files to it, list
+    /// the runtimes seen, and detach the processes that are gone.
     pub(super) fn scan(&self) {
         let Some(pids) = procs::pids_of(&self.target) else {
             return;
         };
         let mut seen = Vec::new();
-        for pid in pids {
+        for &pid in &pids {
             let Ok(maps) = procs::mappings(pid) else {
                 continue;
             };
             for m in maps {
                 if !self.declared.is_empty() {
-                    self.consider_declared(&m.host_path(pid), Some(&m.path));
+                    self.consider_declared(&m.host_path(pid), Some(&m.path), Some(pid));
                 }
                 if Runtime::of_path(&m.path).is_none() {
                     continue;
                 }
-                if let Some((rt, version)) = self.consider(&m.host_path(pid), Some(&m.path)) {
+                if let Some((rt, version)) =
+                    self.consider(&m.host_path(pid), Some(&m.path), Some(pid))
+                {
                     if rt == Runtime::Node {
                         self.attach_lag(pid);
                     }
@@ -139,6 +141,7 @@ impl Inner {
         seen.sort();
         seen.dedup();
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.forget_gone(&pids.iter().copied().collect());
         let gone: Vec<u32> = st
             .loop_pids
             .iter()

@@ -219,7 +219,7 @@ impl Runtimes {
         )?;
         let mut attached: BTreeMap<(String, String), i64> = BTreeMap::new();
         let pack_sites = st.files.values().flatten().flat_map(|a| &a.sites);
-        let declared_sites = st.declared_files.values().flat_map(|(sites, _)| sites);
+        let declared_sites = st.declared_files.values().flat_map(|d| &d.sites);
         for s in pack_sites.chain(declared_sites) {
             *attached.entry(s.clone()).or_default() += 1;
         }

@@ -89,6 +89,18 @@ pub(super) struct Specs {
     slot: u32,
     /// Where to look for a free shared entry next, and the next --config entry.
     next: Mutex<(u32, u32)>,
+    /// Shared entries this sidecar claimed and gives back when it goes (not those of sites it
+    /// pinned for the set, which live as long as their pins).
+    owned: Mutex<Vec<u32>>,
+}
+
+impl Drop for Specs {
+    fn drop(&mut self) {
+        let owned = std::mem::take(self.owned.get_mut().unwrap_or_else(|p| p.into_inner()));
+        for id in owned {
+            self.release(id);
+        }
+    }
 }
 
 fn map_err(map: &str, detail: impl ToString) -> ProbeError {
@@ -124,6 +136,7 @@ impl Specs {
             declared,
             slot,
             next: Mutex::new((0, 0)),
+            owned: Mutex::new(Vec::new()),
         })
     }
 
@@ -139,10 +152,22 @@ impl Specs {
             self.release(id);
             return Err(format!("writing spec {id}: {e}"));
         }
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
         Ok(id)
     }
 
-    /// Give back a shared entry (its site went unattached, or another sidecar pinned it first).
+    /// A pinned site's entry: the set keeps it, this sidecar does not give it back.
+    pub(super) fn keep(&self, id: u32) {
+        self.owned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|&o| o != id);
+    }
+
+    /// Give back a shared entry.
     pub(super) fn release(&self, id: u32) {
         let _ = self
             .claims
