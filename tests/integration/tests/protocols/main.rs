@@ -113,11 +113,24 @@ fn sql_kind_follows_the_contract() {
     }
 }
 
-/// Counts keyed by kind with every kind present (0 when none), so a diff names all of them.
+/// Counts by kind, zeros dropped; every kind must be one of the contract's.
 fn by_kind(c: &Counts) -> Counts {
-    let mut out: Counts = KINDS.iter().map(|k| (k.to_string(), 0)).collect();
-    for (k, v) in c {
-        *out.entry(k.clone()).or_default() += v;
+    for k in c.keys() {
+        assert!(
+            KINDS.contains(&k.as_str()),
+            "kind {k:?} is not one of {KINDS:?}"
+        );
+    }
+    let mut out = c.clone();
+    out.retain(|_, v| *v > 0);
+    out
+}
+
+/// `after - before`, by key, zeros dropped (counters only grow).
+fn delta(after: &Counts, before: &Counts) -> Counts {
+    let mut out = after.clone();
+    for (k, v) in out.iter_mut() {
+        *v -= before.get(k).copied().unwrap_or(0);
     }
     out.retain(|_, v| *v > 0);
     out
@@ -198,16 +211,17 @@ fn three_clients(cc: &ClientCgroup, redis: &Redis, pg: &Postgres, db: &MariaDb) 
     );
 }
 
-#[test]
-fn protocols_http_leaves_redis_postgres_and_mysql_out() {
+/// The three clients under `--protocols LIST`: the series of the protocols in `kept` are there,
+/// the others' absent.
+fn only(tag: &str, list: &str, kept: &[&str]) {
     require_root();
     let (redis, pg, db) = (
-        Redis::start("only-http"),
-        Postgres::start("only-http", &PgOptions::default()),
-        MariaDb::start("only-http"),
+        Redis::start(tag),
+        Postgres::start(tag, &PgOptions::default()),
+        MariaDb::start(tag),
     );
-    let cc = ClientCgroup::new("only-http");
-    let sc = sidecar(&cc.pid(), &["--protocols", "http"]);
+    let cc = ClientCgroup::new(tag);
+    let sc = sidecar(&cc.pid(), &["--protocols", list]);
     three_clients(&cc, &redis, &pg, &db);
     std::thread::sleep(Duration::from_millis(500));
     let m = sc.scrape();
@@ -219,12 +233,40 @@ fn protocols_http_leaves_redis_postgres_and_mysql_out() {
         ) >= 3.0,
         "the clients' connections are counted"
     );
-    // ... and not recognised.
-    let present = series_named(&m, &PROTOCOL_PREFIXES);
-    assert!(
-        present.is_empty(),
-        "--protocols http: no redis/postgres/mysql series, got {present:?}"
-    );
+    // ... and only the listed protocols recognised.
+    for prefix in PROTOCOL_PREFIXES {
+        let protocol = prefix
+            .trim_start_matches("ebpf_sidecar_")
+            .trim_end_matches('_');
+        let present = series_named(&m, &[prefix]);
+        if kept.contains(&protocol) {
+            assert!(!present.is_empty(), "--protocols {list}: {protocol} series");
+        } else {
+            assert!(
+                present.is_empty(),
+                "--protocols {list}: no {protocol} series, got {present:?}"
+            );
+        }
+    }
+    if kept.contains(&"redis") {
+        assert_eq!(
+            m.sum(
+                "ebpf_sidecar_redis_commands_total",
+                &[("direction", "client"), ("command", "get")]
+            ),
+            100.0
+        );
+    }
+}
+
+#[test]
+fn protocols_http_leaves_redis_postgres_and_mysql_out() {
+    only("only-http", "http", &[]);
+}
+
+#[test]
+fn protocols_redis_recognises_redis_alone() {
+    only("only-redis", "redis", &["redis"]);
 }
 
 #[test]

@@ -50,15 +50,6 @@ fn com_kind(name: &str) -> Option<&'static str> {
     }
 }
 
-fn delta(after: &Counts, before: &Counts) -> Counts {
-    let mut out = after.clone();
-    for (k, v) in out.iter_mut() {
-        *v -= before.get(k).copied().unwrap_or(0);
-    }
-    out.retain(|_, v| *v > 0);
-    out
-}
-
 fn series(m: &Metrics, name: &str, direction: &str, key: &str) -> Counts {
     by_labels(m, name, &[("direction", direction)], &[key])
 }

@@ -27,16 +27,6 @@ const ERRORS: &str = "ebpf_sidecar_postgres_errors_total";
 const DURATION_COUNT: &str = "ebpf_sidecar_postgres_query_duration_seconds_count";
 const TLS: &str = "ebpf_sidecar_postgres_tls_connections_total";
 
-/// `after - before`, by key.
-fn delta(after: &Counts, before: &Counts) -> Counts {
-    let mut out = after.clone();
-    for (k, v) in out.iter_mut() {
-        *v -= before.get(k).copied().unwrap_or(0);
-    }
-    out.retain(|_, v| *v > 0);
-    out
-}
-
 fn series(m: &Metrics, name: &str, direction: &str, key: &str) -> Counts {
     by_labels(m, name, &[("direction", direction)], &[key])
 }
