@@ -74,6 +74,9 @@ pub(super) struct DeclaredFile {
     _links: Vec<Link>,
 }
 
+/// (provider, probe) per site of a file's --config metrics, and their plan.
+type DeclaredPlan = (Vec<(String, String)>, Vec<Planned>);
+
 /// A target process being hooked: its start time (a reused pid is another process) and its
 /// links by (file, --config sites).
 struct Hooked {
@@ -101,7 +104,6 @@ impl State {
         self.hooked
             .retain(|pid, h| live.contains(pid) && procs::start_time(*pid) == Some(h.start));
     }
-
 }
 
 /// What the family keeps between scans: its object, programs and spec table, what it attached.
@@ -396,7 +398,12 @@ impl Inner {
     /// target): planned once per file, then attached to process `pid`, or with None (`run`
     /// mode) for every process. An unknown probe is logged with the probes the file has; the
     /// other entries still attach.
-    pub(super) fn consider_declared(&self, host_path: &Path, shown: Option<&str>, pid: Option<u32>) {
+    pub(super) fn consider_declared(
+        &self,
+        host_path: &Path,
+        shown: Option<&str>,
+        pid: Option<u32>,
+    ) {
         let shown = shown
             .map(str::to_string)
             .unwrap_or_else(|| host_path.display().to_string());
@@ -405,7 +412,7 @@ impl Inner {
         };
         let key = (meta.dev(), meta.ino());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.declared_files.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = st.declared_files.entry(key) {
             let Some((sites, plan)) = self.plan_declared(host_path, &shown) else {
                 return;
             };
@@ -419,15 +426,12 @@ impl Inner {
                 every_process = everywhere,
                 "declared USDT metrics planned"
             );
-            st.declared_files.insert(
-                key,
-                DeclaredFile {
-                    sites,
-                    plan,
-                    everywhere,
-                    _links: links,
-                },
-            );
+            entry.insert(DeclaredFile {
+                sites,
+                plan,
+                everywhere,
+                _links: links,
+            });
         }
         if let Some(pid) = pid {
             self.hook(&mut st, (key, true), host_path, pid, &shown);
@@ -435,11 +439,7 @@ impl Inner {
     }
 
     /// The --config sites of one file; None when no metric applies to it.
-    fn plan_declared(
-        &self,
-        host_path: &Path,
-        shown: &str,
-    ) -> Option<(Vec<(String, String)>, Vec<Planned>)> {
+    fn plan_declared(&self, host_path: &Path, shown: &str) -> Option<DeclaredPlan> {
         let runtime = Runtime::of_path(shown).map(Runtime::name);
         let entries: Vec<(usize, &Declared)> = self
             .declared
@@ -538,7 +538,7 @@ impl Inner {
         let meta = std::fs::metadata(host_path).ok()?;
         let key = (meta.dev(), meta.ino());
         let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if !st.files.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(entry) = st.files.entry(key) {
             let planned = match self.plan_file(runtime, host_path, &shown) {
                 Ok(mut a) => {
                     if pid.is_none() {
@@ -564,7 +564,7 @@ impl Inner {
                     None
                 }
             };
-            st.files.insert(key, planned);
+            entry.insert(planned);
         }
         let out = st
             .files
@@ -577,7 +577,12 @@ impl Inner {
         Some(out)
     }
 
-    fn plan_file(&self, runtime: Runtime, host_path: &Path, shown: &str) -> Result<Attached, String> {
+    fn plan_file(
+        &self,
+        runtime: Runtime,
+        host_path: &Path,
+        shown: &str,
+    ) -> Result<Attached, String> {
         let data = usdt::read_file(host_path).map_err(|e| e.to_string())?;
         let version = match runtime {
             Runtime::Python => procs::python_version(shown).unwrap_or_default(),

@@ -1,7 +1,7 @@
 //! CPython 3.11 (function calls, GC, a process started late) and OpenJDK 17 (GC pauses, class
 //! loading, threads).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
@@ -412,4 +412,112 @@ fn two_sidecars_on_the_shared_kernel_side_each_count_their_own() {
         "B's --config metric: B's GCs only"
     );
     assert_eq!(a.sum("ebpf_sidecar_usdt_two_gc_starts_total", &[]), 0.0);
+}
+
+/// Run counts of the runtimes family's uprobe programs (bpftool shows uprobes as `kprobe`),
+/// summed; kernel.bpf_stats_enabled must be on.
+fn uprobe_runs() -> u64 {
+    let out = Command::new("bpftool")
+        .args(["prog", "show", "-j"])
+        .output()
+        .expect("bpftool (apt-get install bpftool)");
+    let progs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["type"] == "kprobe" && p["name"].as_str().is_some_and(|n| n.starts_with("rt_"))
+        })
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Per-process attach: a python outside the target, running the same binary, takes no uprobe
+/// hit (the runtimes programs' run count does not move while only it collects) and adds
+/// nothing; the target's own collections are counted exactly. The target is found by
+/// --target-pid (not `run`, whose command is hooked for every process before it starts).
+#[test]
+fn neighbour_python_takes_no_uprobe_hit() {
+    require_root();
+    require(PYTHON, "apt-get install python3.11");
+    const N: u64 = 13;
+    const M: u64 = 50;
+    let go_t = scratch("nb-target.go");
+    let go_n = scratch("nb-neighbour.go");
+    for f in [&go_t, &go_n] {
+        let _ = std::fs::remove_file(f);
+    }
+    // GC off; wait for the go file; N (or M) collections; then sleep until killed.
+    let script = |go: &Path, n: u64| {
+        format!(
+            "import gc, os, time\ngc.disable()\n\
+             while not os.path.exists('{}'):\n    time.sleep(0.05)\n\
+             for _ in range({n}):\n    gc.collect()\ntime.sleep(60)\n",
+            go.display()
+        )
+    };
+    let cg = integration::real::TestCgroup::new("rt-neighbour");
+    let target =
+        integration::real::Proc(cg.spawn(Command::new(PYTHON).args(["-c", &script(&go_t, N)])));
+    let neighbour = integration::real::Proc(
+        Command::new(PYTHON)
+            .args(["-c", &script(&go_n, M)])
+            .spawn()
+            .unwrap(),
+    );
+    let sidecar = Sidecar::start(&[
+        "--target-pid",
+        &target.0.id().to_string(),
+        "--probes",
+        "runtimes",
+    ]);
+    let pid = target.0.id().to_string();
+    wait_for("the target python hooked", Duration::from_secs(20), || {
+        let m = sidecar.scrape();
+        (m.sum(
+            "ebpf_sidecar_runtime_info",
+            &[("runtime", "python"), ("pid", &pid)],
+        ) == 1.0)
+            .then_some(())
+    });
+    let stats = std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1").expect("enabling bpf stats");
+    let gcs = |m: &Metrics| {
+        m.sum(
+            "ebpf_sidecar_runtime_gc_duration_seconds_count",
+            &[("runtime", "python")],
+        )
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    let runs0 = uprobe_runs();
+    std::fs::write(&go_n, "").unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let runs1 = uprobe_runs();
+    let m1 = sidecar.scrape();
+    std::fs::write(&go_t, "").unwrap();
+    let m2 = wait_for("the target's collections", Duration::from_secs(10), || {
+        let m = sidecar.scrape();
+        (gcs(&m) >= N as f64).then_some(m)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let runs2 = uprobe_runs();
+    let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats.trim());
+    drop(neighbour);
+    drop(target);
+    eprintln!(
+        "uprobe runs: neighbour phase {} (M = {M} collections), target phase {} (N = {N})",
+        runs1 - runs0,
+        runs2 - runs1
+    );
+    assert_eq!(
+        runs1 - runs0,
+        0,
+        "the neighbour's collections ran a runtimes uprobe program"
+    );
+    assert_eq!(gcs(&m1), 0.0, "the neighbour's collections were counted");
+    assert!(runs2 > runs1, "the target's collections ran no program");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(gcs(&sidecar.scrape()), N as f64);
+    assert_eq!(gcs(&m2), N as f64);
 }
