@@ -94,7 +94,12 @@ fn phase(
         &series(&before, QUERIES, dir, "kind"),
     );
     eprintln!(
-        "mariadb {dir} {name}: sidecar {got:?}; Com_ deltas {com:?}; untracked {:?}",
+        "mariadb {dir} {name}: sidecar {got:?}; Com_ deltas {com:?}; errors by code {:?}; \
+         untracked {:?}",
+        delta(
+            &series(&m, ERRORS, dir, "code"),
+            &series(&before, ERRORS, dir, "code"),
+        ),
         untracked(&m)
     );
     assert_counts_eq(

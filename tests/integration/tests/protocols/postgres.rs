@@ -80,7 +80,11 @@ impl Window<'_> {
         );
         eprintln!(
             "postgres {dir} {name}: sidecar {got:?}; pg_stat_statements (+failed) {truth:?}; \
-             untracked {:?}",
+             errors by class {:?}; untracked {:?}",
+            delta(
+                &series(&m, ERRORS, dir, "sqlstate_class"),
+                &series(&before, ERRORS, dir, "sqlstate_class"),
+            ),
             untracked(&m)
         );
         assert_counts_eq(
@@ -162,6 +166,31 @@ impl Window<'_> {
         }
     }
 
+    /// `psql -c SQL`: psql sends the string as it is, one Query message.
+    fn psql_c(&self, sql: &str) -> String {
+        let o = client_output(
+            self.cc,
+            Command::new(pg_bin("psql"))
+                .arg(self.pg.conninfo(DB, "disable"))
+                .args(["-X", "-q", "-c", sql]),
+            b"",
+        );
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    /// One Query message holding several statements: pg_stat_statements records each.
+    fn multi_statements(&self) {
+        self.phase("multi-statement Query", &[], &[], || {
+            let err = self.psql_c(
+                "BEGIN; SELECT 1; INSERT INTO pgbench_history (tid, bid, aid, delta) \
+                 VALUES (1, 1, 1, 0); UPDATE pgbench_branches SET bbalance = bbalance \
+                 WHERE bid = 1; DELETE FROM pgbench_history WHERE tid = -1; COMMIT",
+            );
+            assert!(err.is_empty(), "{err}");
+            Counts::new()
+        });
+    }
+
     /// The psql script of failing and succeeding statements, with its errors.
     fn psql_errors(&self) {
         let script = self.pg.data.join("../errors.sql");
@@ -239,6 +268,7 @@ fn postgres_server_queries_equal_pg_stat_statements_and_errors_by_class() {
     });
     w.pgbench_modes(&["simple", "extended", "prepared"]);
     w.psql_errors();
+    w.multi_statements();
     assert_eq!(
         sc.scrape().sum(TLS, &[]),
         0.0,
@@ -273,6 +303,40 @@ fn postgres_client_queries_equal_pg_stat_statements_and_errors_by_class() {
     });
     w.pgbench_modes(&["simple", "extended", "prepared"]);
     w.psql_errors();
+    w.multi_statements();
+}
+
+/// One Query message whose second statement fails (`SELECT 1; SELECT 1/0; SELECT 2`): the
+/// first is answered, the second fails (a SELECT, by its text), the third is never run nor
+/// answered. pgbench tables are not needed.
+#[test]
+fn postgres_multi_statement_query_failing_statement_counts_by_its_text() {
+    require_root();
+    let pg = Postgres::start(
+        "proto-multi",
+        &PgOptions {
+            stat_statements: true,
+            ..Default::default()
+        },
+    );
+    pg.local("postgres", &format!("CREATE DATABASE {DB}"));
+    let sc = sidecar(&pg.pid(), &[]);
+    let w = Window {
+        pg: &pg,
+        sc: &sc,
+        direction: "server",
+        cc: None,
+    };
+    w.phase(
+        "multi-statement Query, second statement fails",
+        &[("SELECT", 1)],
+        &[("22", 1)],
+        || {
+            let err = w.psql_c("SELECT 1; SELECT 1/0; SELECT 2");
+            assert!(err.contains("division by zero"), "{err}");
+            Counts::new()
+        },
+    );
 }
 
 /// pgbench's default initialisation fills pgbench_accounts with `COPY … FROM STDIN` (the copy-in

@@ -54,11 +54,16 @@ fn errors_delta(
     (failed, rejected)
 }
 
-fn benchmark(port: u16, pipeline: &str) -> Command {
+/// redis-benchmark's five commands with `-P pipeline`, RESP3 (`-3`: HELLO 3 on every
+/// connection first) when `resp3`.
+fn benchmark(port: u16, pipeline: &str, resp3: bool) -> Command {
     let mut c = Command::new(need("redis-benchmark", "redis-tools"));
     c.args(["-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-t", "set,get,incr,lpush,rpop", "-n", N, "-c", "4", "-q"])
         .args(["-P", pipeline]);
+    if resp3 {
+        c.arg("-3");
+    }
     c
 }
 
@@ -119,11 +124,11 @@ fn redis_server_commands_and_errors_equal_commandstats() {
     let redis = Redis::start("proto-server");
     let sc = sidecar(&redis.pid(), &[]);
     let before = redis.commandstats();
-    for pipeline in ["1", "16"] {
-        let o = benchmark(redis.port, pipeline).output().unwrap();
+    for (pipeline, resp3) in [("1", false), ("16", false), ("16", true)] {
+        let o = benchmark(redis.port, pipeline, resp3).output().unwrap();
         assert!(
             o.status.success(),
-            "redis-benchmark -P {pipeline}: {}",
+            "redis-benchmark -P {pipeline} (RESP3 {resp3}): {}",
             String::from_utf8_lossy(&o.stderr)
         );
     }
@@ -190,7 +195,7 @@ fn redis_client_commands_and_errors_equal_commandstats() {
     let sc = sidecar(&cc.pid(), &[]);
     let before = redis.commandstats();
     for pipeline in ["1", "16"] {
-        cc.run(&mut benchmark(redis.port, pipeline));
+        cc.run(&mut benchmark(redis.port, pipeline, false));
     }
     // redis-cli prints the errors and exits 0.
     let out = cc.run(
@@ -218,7 +223,7 @@ fn redis_command_names_beyond_top_n_are_other() {
     let redis = Redis::start("proto-topn");
     let sc = sidecar(&redis.pid(), &["--top-n", "3"]);
     let before = redis.commandstats();
-    let o = benchmark(redis.port, "1").output().unwrap();
+    let o = benchmark(redis.port, "1", false).output().unwrap();
     assert!(o.status.success(), "redis-benchmark");
     let after = redis.commandstats();
     let truth = calls_delta(&before, &after);
