@@ -14,13 +14,14 @@ cd "$(dirname "$0")/.."
 # net family's /debug/pcap captures back); the real software the tests run as targets
 # (tests/integration/tests/real_software/): nginx (+ its echo module: http_framing.rs), redis
 # and its benchmark, PostgreSQL 15 with pgbench, fio, stress-ng, dnsmasq and dig; ethtool (the GSO
-# test's loopback without offloads); xz-utils (unpacks shared/node18-dtrace).
+# test's loopback without offloads); xz-utils (unpacks shared/node18-dtrace); MariaDB server and
+# client (the protocol recognition tests' MySQL-protocol server, tests/integration/tests/protocols/).
 PACKAGES="clang-19 llvm-19 libbpf-dev linux-libc-dev gcc libc6-dev make pkg-config bpftool bpftrace
   docker.io debootstrap prometheus wrk hyperfine iproute2 util-linux procps curl ca-certificates
   openssl docker-compose python3 python3.11 graphviz chromium systemtap-sdt-dev
   openjdk-17-jdk-headless nodejs tshark
   nginx-light libnginx-mod-http-echo redis-server redis-tools postgresql-15 fio stress-ng
-  dnsmasq-base dnsutils ethtool xz-utils"
+  dnsmasq-base dnsutils ethtool xz-utils mariadb-server mariadb-client"
 missing=""
 for p in $PACKAGES; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
@@ -41,6 +42,18 @@ if ! kubernetes-validate --version >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
   PIP_BREAK_SYSTEM_PACKAGES=1 pip3 install -q kubernetes-validate==1.37.0
+fi
+
+# mysql-connector-python (PyPI, pinned): the protocol tests' prepared-statement client
+# (COM_STMT_PREPARE/COM_STMT_EXECUTE, tests/integration/tests/protocols/mysql.rs): bookworm has no
+# python3-mysql.connector package.
+if ! python3 -c 'import mysql.connector' >/dev/null 2>&1; then
+  echo "setup: installing mysql-connector-python" >&2
+  if ! command -v pip3 >/dev/null; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  PIP_BREAK_SYSTEM_PACKAGES=1 pip3 install -q mysql-connector-python==8.4.0
 fi
 
 # Rust: the toolchain in rust-toolchain terms is 1.95 (aya 0.14); rustup when cargo is absent.

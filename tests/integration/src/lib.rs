@@ -19,6 +19,7 @@ mod http;
 mod metrics;
 pub mod real;
 mod runner;
+pub mod servers;
 
 pub use bpftrace::{Bpftrace, ensure_tracefs};
 pub use http::{free_port, http_get, http_get_bytes, stream_lines};
