@@ -8,7 +8,9 @@
  * Execute the server skipped after an error gets no answer and is dropped there). The kind comes
  * from the statement's text: the Query's, or the Parse message's of the statement the Execute's
  * portal was bound to (named statements are remembered per connection). A simple query with
- * several statements counts each: the first by its text, the others by their command tags. */
+ * several statements counts each: the first by its text, the others by their command tags (a
+ * failed one, which has no tag, as `other`). COPY in both directions is framed like the rest
+ * (CopyData messages) and counted at its CommandComplete. */
 #ifndef NET_PG_BPF_H
 #define NET_PG_BPF_H
 
@@ -226,11 +228,11 @@ __attribute__((noinline)) int pg_backend(struct __sk_buff *skb, struct proto_con
 				return 0;
 		}
 		return 0;
-	case 'G': /* CopyInResponse */
-	case 'H': /* CopyOutResponse */
-	case 'W': /* CopyBothResponse */
+	case 'W': /* CopyBothResponse: streaming replication, not queries */
 		proto_untrack(slot, c, NET_PROTO_UT_UNSUPPORTED);
 		return 0;
+	/* CopyInResponse ('G') and CopyOutResponse ('H'): the data follows as CopyData messages,
+	 * framed like every other, and the COPY's CommandComplete ends it: nothing to do. */
 	}
 	return 0;
 }

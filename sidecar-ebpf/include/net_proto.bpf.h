@@ -18,7 +18,7 @@
 #define NET_PROTO_BPF_H
 
 #define PROTO_PIPELINE 32 /* requests waiting for their answers, per connection (power of 2) */
-#define PROTO_STEPS 256   /* messages (RESP lines) followed per segment (bpf_loop) */
+#define PROTO_STEPS 8192  /* messages (RESP lines) followed per segment (bpf_loop) */
 #define PROTO_STMTS 16    /* prepared statements remembered per connection (power of 2) */
 
 /* One direction of a connection. */

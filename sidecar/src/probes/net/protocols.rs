@@ -69,7 +69,7 @@ pub const MYSQL_DURATION: Metric = Metric::histogram(
 .labels(&["direction", "kind"]);
 pub const UNTRACKED: Metric = Metric::counter(
     "ebpf_sidecar_protocol_untracked_streams",
-    "Redis, PostgreSQL and MySQL connections of the target the recogniser stopped following (counted once each; their requests from then on are not counted), by protocol and reason: gap (bytes never seen where a header was due), head (not a header of the protocol where one was due, or longer than followed), steps (more than 256 messages in one segment), pipeline (more than 32 requests waiting, an answer without a request), midstream (already carrying data when first seen), unsupported (COPY, compression, TLS inside MySQL, nesting deeper than 8, pub/sub).",
+    "Redis, PostgreSQL and MySQL connections of the target the recogniser stopped following (counted once each; their requests from then on are not counted), by protocol and reason: gap (bytes never seen where a header was due), head (not a header of the protocol where one was due, or longer than followed), steps (more than 8192 messages in one segment), pipeline (more than 32 requests waiting, an answer without a request), midstream (already carrying data when first seen), unsupported (PostgreSQL replication, MySQL compression or TLS, nesting deeper than 8).",
 )
 .labels(&["protocol", "reason"]);
 
