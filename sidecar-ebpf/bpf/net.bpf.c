@@ -408,6 +408,7 @@ int net_udp_drop(unsigned long long *ctx)
 /* ---- HTTP/1.x: requests and answers followed through each connection's byte streams ---- */
 #include "net_http.bpf.h"
 #include "net_http_pair.bpf.h"
+#include "net_tls.bpf.h"
 
 /* ---- failed connect / bind / listen ---- */
 

@@ -70,6 +70,9 @@ struct sidecar_target {
 #define SIDECAR_SLOT_NET_HTTP_SYSCALLS (1ULL << 21)
 #define SIDECAR_SLOT_NET_HTTP_PATHS (1ULL << 22)
 #define SIDECAR_SLOT_NET_EVENTS (1ULL << 23)
+/* (bits 24-27: net's other protocols) net: HTTP/1.x inside TLS, from uprobes on OpenSSL's
+ * SSL_read/SSL_write in the target's processes (net_tls.bpf.h). */
+#define SIDECAR_SLOT_NET_HTTPS (1ULL << 28)
 /* runtimes (bits 16-23): --runtime-calls (the pack's function__entry sites count), and
  * --http-paths (HTTP requests keep their path). */
 #define SIDECAR_SLOT_RUNTIME_CALLS (1ULL << 16)
@@ -487,7 +490,7 @@ struct net_http_key {
 	__u32 dir;
 	__u32 method;
 	__u32 status; /* 100..599 */
-	__u32 pad;
+	__u32 tls;    /* 1: read inside TLS (SSL_read/SSL_write), 0: plaintext TCP */
 };
 
 /* --http-paths: the request path up to the first ' ', '?' or '#' (query strings never leave the
@@ -500,8 +503,18 @@ struct net_http_path_key {
 	__u32 dir;
 	__u32 method;
 	__u32 status;
-	__u32 pad;
+	__u32 tls;
 	char path[NET_HTTP_PATH_LEN];
+};
+
+/* net, HTTPS: an OpenSSL connection (SSL *) of a process of the target. The process is part of
+ * the key because SSL * addresses repeat across processes. */
+#define NET_TLS_CONNS_MAX 4096
+
+struct net_tls_key {
+	__u64 ssl;
+	__u32 tgid; /* host pid of the process */
+	__u32 pad;
 };
 
 /* net: DNS, packet capture, connection events (net_pkt.bpf.h, included by net.bpf.c) */

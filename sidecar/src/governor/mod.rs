@@ -70,7 +70,8 @@ pub enum Step {
 const SAMPLE_MAX_SHIFT: u32 = 6;
 const HTTP_FLAGS: u64 = sidecar_ebpf::SLOT_NET_HTTP_PACKETS
     | sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
-    | sidecar_ebpf::SLOT_NET_HTTP_PATHS;
+    | sidecar_ebpf::SLOT_NET_HTTP_PATHS
+    | sidecar_ebpf::SLOT_NET_HTTPS;
 
 impl Step {
     fn describe(self) -> String {

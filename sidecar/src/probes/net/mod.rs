@@ -26,6 +26,7 @@ pub mod pcap;
 mod progs;
 pub mod sockets;
 pub mod tcp;
+pub mod tls;
 
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -62,6 +63,7 @@ pub const METRICS: &[Metric] = &[
     http::REQUESTS,
     http::REQUEST_DURATION,
     http::UNTRACKED,
+    tls::PROCESSES,
     sockets::UDP_DROPS,
     dns::QUERIES,
     dns::RESPONSES,
@@ -94,6 +96,8 @@ pub struct Net {
     tc_interfaces: Arc<AtomicUsize>,
     capture: Arc<pcap::Capture>,
     events: events::Events,
+    /// HTTPS (uprobes on OpenSSL in the target's processes): with HTTP on.
+    https: Option<Arc<tls::Https>>,
 }
 
 /// Where HTTP is read from: in netns mode there is no socket on tc ingress to pair requests with,
@@ -115,6 +119,9 @@ fn unused_maps(opts: &Options) -> Vec<&'static str> {
     }
     if !http_from_syscalls(opts) {
         unused.push("net_http_conns");
+    }
+    if !opts.net_http {
+        unused.push("net_tls_conns");
     }
     if !opts.net_events {
         unused.extend(["net_events", "net_conn_owners"]);
@@ -196,8 +203,25 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         opts.net_mode,
     )?);
     let events = events::Events::new(&mut obj, opts.net_events)?;
+    let tls_progs = if opts.net_http {
+        Some(tls::Https::load(&mut obj)?)
+    } else {
+        None
+    };
+    let obj = Arc::new(obj);
+    let https = match tls_progs {
+        Some(p) => {
+            let run_libs = if opts.run_program.is_some() {
+                crate::usdt::per_process::system_libssl()
+            } else {
+                Vec::new()
+            };
+            Some(tls::Https::start(obj.clone(), p, &run_libs)?)
+        }
+        None => None,
+    };
     Ok(Arc::new(Net {
-        obj: Arc::new(obj),
+        obj,
         progs,
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
@@ -210,6 +234,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         tc_interfaces: Arc::new(AtomicUsize::new(0)),
         capture,
         events,
+        https,
     }))
 }
 
@@ -259,6 +284,9 @@ impl Probe for Net {
 
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         self.obj.set_target(target.map(|t| &t.filter))?;
+        if let Some(h) = &self.https {
+            h.set_target(target);
+        }
         match self.mode {
             NetMode::Netns => self.on_target_netns(target),
             NetMode::Cgroup => self.on_target_cgroup(target),
@@ -282,6 +310,9 @@ impl Probe for Net {
         tcp.encode(enc, &self.peers, &self.ports)?;
         sockets.encode_errors(enc)?;
         http.encode(enc, ctx.options.net_http, self.paths.as_ref())?;
+        if let Some(h) = &self.https {
+            h.encode(enc)?;
+        }
         sockets.encode_udp_drops(enc)?;
         dns.encode(enc)?;
         pcap.encode(enc)
@@ -366,6 +397,7 @@ mod tests {
             let sockets = sockets::Sockets::sample();
             sockets.encode_errors(&mut enc)?;
             http::Http::sample().encode(&mut enc, true, paths.as_ref())?;
+            tls::encode_counts(&mut enc, Default::default())?;
             sockets.encode_udp_drops(&mut enc)?;
             dns::Dns::sample().encode(&mut enc)?;
             pcap::Counters::sample().encode(&mut enc)
