@@ -26,7 +26,10 @@
 #define MSG_PEEK 2
 
 #define HTTP_PIPELINE 8    /* requests waiting for their answers, per connection (power of 2) */
-#define HTTP_STEPS 16      /* heads, chunks and trailers followed per segment or call */
+#define HTTP_STEPS 16      /* heads, chunks and trailers followed per segment */
+/* ... per read/write or SSL_read/SSL_write call: one call may carry a whole chunked answer (Node
+ * writes a head and every chunk written in one tick with one SSL_write) */
+#define HTTP_STEPS_USER 32
 #define HTTP_HEAD_MAX 2048 /* longest head (request or status line and headers) followed */
 
 enum http_state {

@@ -224,7 +224,7 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 
 	__u64 now = bpf_ktime_get_ns();
 
-	for (int i = 0; i < HTTP_STEPS; i++) {
+	for (int i = 0; i < (skb ? HTTP_STEPS : HTTP_STEPS_USER); i++) {
 		__u32 st = s->state;
 
 		if (st == HS_BODY || st == HS_DATA) {
