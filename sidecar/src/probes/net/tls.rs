@@ -43,12 +43,16 @@ const FREE: &str = "net_tls_free";
 
 type ConnValue = [u8; TLS_CONN_SIZE];
 
+/// When the table was last looked at, and each connection's positions then (both directions in
+/// one u64) with since when they have not moved.
+type Idle = (Instant, HashMap<TlsKey, (u64, Instant)>);
+
 pub struct Https {
     obj: Arc<Object>,
     target: Mutex<Option<Resolved>>,
     hooks: Mutex<PerProcess>,
     /// Positions of each connection at the last sweep, and since when they have not moved.
-    idle: Mutex<(Instant, HashMap<TlsKey, (u64, Instant)>)>,
+    idle: Mutex<Idle>,
 }
 
 impl Https {
