@@ -1,0 +1,293 @@
+//! Issue 20, HTTPS: what following HTTP inside TLS costs a Node 20 `https` server per request.
+//! Node (OpenSSL linked into the binary) pinned to CPU 0 in a cgroup of its own, wrk over HTTPS
+//! with keep-alive on CPU 1 (wrk maps the system's libssl: a neighbour, which per-process attach
+//! must leave alone). Arms, interleaved, median of R rounds: no sidecar; `--probes net
+//! --net-http off` (the packet programs, no HTTP); `--probes net` (default: HTTP from packets,
+//! which sees only TLS records, plus the HTTPS uprobes). The figure is node's CPU time per request
+//! (utime + stime from /proc: the uprobe traps and the programs run in its context). A last run
+//! of the HTTPS arm with `--bpf-stats` gives the programs' own time per request.
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use integration::real::{Proc, TestCgroup};
+
+use crate::util::*;
+
+const SERVER: &str = r#"
+const https = require('https'), fs = require('fs');
+const [port, dir] = [Number(process.argv[2]), process.argv[3]];
+https.createServer({
+  key: fs.readFileSync(dir + '/key.pem'), cert: fs.readFileSync(dir + '/cert.pem'),
+}, (req, res) => {
+  res.writeHead(200, {'content-type': 'application/json'});
+  res.end('{"ok":true}');
+}).listen(port, '127.0.0.1', () => console.log('ready'));
+"#;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Arm {
+    Alone,
+    HttpOff,
+    Https,
+    /// The traps alone: bpftrace counting calls with a uprobe and a uretprobe on the same four
+    /// functions (only node maps its binary, so these trap in node only, as ours do).
+    Bpftrace,
+}
+
+impl Arm {
+    fn name(self) -> &'static str {
+        match self {
+            Arm::Alone => "no sidecar",
+            Arm::HttpOff => "`--probes net --net-http off`",
+            Arm::Https => "`--probes net` (HTTPS on, per-process uprobes)",
+            Arm::Bpftrace => {
+                "bpftrace: `@ = count()` on uprobe + uretprobe of the same four SSL_* in node"
+            }
+        }
+    }
+
+    fn args(self) -> &'static [&'static str] {
+        match self {
+            Arm::Alone => &[],
+            Arm::HttpOff => &["--probes", "net", "--net-http", "off"],
+            Arm::Https => &["--probes", "net"],
+            Arm::Bpftrace => &[],
+        }
+    }
+}
+
+const ARMS: [Arm; 4] = [Arm::Alone, Arm::HttpOff, Arm::Https, Arm::Bpftrace];
+
+struct Round {
+    rps: f64,
+    cpu_us: f64,
+    /// --bpf-stats run only: (program, ns per request, runs per request).
+    progs: Vec<(String, f64, f64)>,
+}
+
+/// A sidecar stopped with SIGTERM on drop (its kernel side is cleaned up on the way out).
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: signalling the process this bench started.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let _ = self.0.wait();
+    }
+}
+
+fn scrape(port: u16) -> Result<String> {
+    let (_, _, body) = http_get(port, "/metrics", None)?;
+    Ok(body)
+}
+
+fn round(arm: Arm, dir: &std::path::Path, seconds: u64, bpf_stats: bool) -> Result<Round> {
+    let cg = TestCgroup::new("bench-https");
+    let port = free_port();
+    let node = Proc(
+        cg.spawn(
+            Command::new("taskset")
+                .args(["-c", "0", "node"])
+                .arg(dir.join("server.js"))
+                .arg(port.to_string())
+                .arg(dir)
+                .stdout(Stdio::null()),
+        ),
+    );
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if t0.elapsed() > Duration::from_secs(20) {
+            bail!("node did not listen on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pid = node.0.id();
+    let metrics_port = free_port();
+    let _bpftrace = (arm == Arm::Bpftrace).then(|| {
+        let probes: Vec<String> = ["SSL_read", "SSL_write", "SSL_read_ex", "SSL_write_ex"]
+            .iter()
+            .flat_map(|f| {
+                [
+                    format!("uprobe:/usr/bin/node:{f}"),
+                    format!("uretprobe:/usr/bin/node:{f}"),
+                ]
+            })
+            .collect();
+        integration::Bpftrace::start(
+            "bench-https",
+            &format!("{} {{ @ = count(); }}", probes.join(",")),
+        )
+    });
+    let sidecar = if matches!(arm, Arm::Alone | Arm::Bpftrace) {
+        None
+    } else {
+        let mut c = Command::new(sidecar_release_bin());
+        c.args(["--listen", &format!("127.0.0.1:{metrics_port}")])
+            .args(["--target-pid", &pid.to_string()])
+            .args(arm.args());
+        if bpf_stats {
+            c.arg("--bpf-stats");
+        }
+        let child = c.stdout(Stdio::null()).stderr(Stdio::null()).spawn()?;
+        let sc = Stopped(child);
+        let t0 = Instant::now();
+        loop {
+            let ready = scrape(metrics_port).ok().is_some_and(|m| {
+                arm != Arm::Https
+                    || metric_value(&m, "ebpf_sidecar_http_tls_processes{state=\"attached\"}")
+                        >= 1.0
+            });
+            if ready {
+                break;
+            }
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("the sidecar did not attach");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Some(sc)
+    };
+    let url = format!("https://127.0.0.1:{port}/fast");
+    let wrk = |secs: u64| {
+        Command::new("taskset")
+            .args(["-c", "1", "wrk", "-t1", "-c8"])
+            .arg(format!("-d{secs}s"))
+            .arg(&url)
+            .output()
+            .context("wrk not found: apt-get install wrk")
+    };
+    if !wrk(2)?.status.success() {
+        bail!("wrk failed");
+    }
+    let before = if bpf_stats {
+        scrape(metrics_port)?
+    } else {
+        String::new()
+    };
+    let cpu0 = cpu_seconds(pid)?;
+    let out = wrk(seconds)?;
+    let cpu1 = cpu_seconds(pid)?;
+    let (rps, reqs) = wrk_result(&out.stdout)?;
+    let mut progs = Vec::new();
+    if bpf_stats {
+        let after = scrape(metrics_port)?;
+        let b = prog_costs(&before);
+        for a in prog_costs(&after) {
+            let p = b.iter().find(|p| p.program == a.program);
+            let (s, n) = (
+                a.seconds - p.map_or(0.0, |p| p.seconds),
+                a.runs - p.map_or(0.0, |p| p.runs),
+            );
+            if n > 0.0 {
+                progs.push((a.program, s * 1e9 / reqs.max(1.0), n / reqs.max(1.0)));
+            }
+        }
+    }
+    drop(sidecar);
+    drop(node);
+    Ok(Round {
+        rps,
+        cpu_us: (cpu1 - cpu0) * 1e6 / reqs.max(1.0),
+        progs,
+    })
+}
+
+pub fn run(seconds: u64, rounds: usize) -> Result<String> {
+    let dir = std::env::temp_dir().join("ebpf-sidecar-bench-https");
+    std::fs::create_dir_all(&dir)?;
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(Stdio::null())
+        .status()
+        .context("openssl not found")?;
+    if !st.success() {
+        bail!("openssl req failed");
+    }
+    std::fs::write(dir.join("server.js"), SERVER)?;
+
+    let mut all: Vec<(Arm, Round)> = Vec::new();
+    for _ in 0..rounds {
+        for arm in ARMS {
+            all.push((arm, round(arm, &dir, seconds, false)?));
+        }
+    }
+    let stats = round(Arm::Https, &dir, seconds, true)?;
+
+    let mut o = String::new();
+    writeln!(
+        o,
+        "## HTTPS: a Node 20 `https` server's CPU per request\n\n\
+         node (OpenSSL linked in) on CPU 0 in a cgroup of its own, `wrk -t1 -c8 -d{seconds}s` over \
+         HTTPS (keep-alive) on CPU 1, a 11-byte JSON answer; the sidecar with `--target-pid`; arms \
+         interleaved, median of {rounds} rounds. wrk maps the system's libssl.so.3: it is a \
+         neighbour and must not trap.\n"
+    )?;
+    writeln!(
+        o,
+        "| | requests/s | node CPU µs per request | added vs no sidecar |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|")?;
+    let mut cpu = Vec::new();
+    for arm in ARMS {
+        let mine: Vec<&Round> = all
+            .iter()
+            .filter(|(a, _)| *a == arm)
+            .map(|(_, r)| r)
+            .collect();
+        let rps = median(&mut mine.iter().map(|r| r.rps).collect::<Vec<_>>());
+        let c = median(&mut mine.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
+        cpu.push(c);
+        writeln!(
+            o,
+            "| {} | {rps:.0} | {c:.2} | {:+.2} µs |",
+            arm.name(),
+            c - cpu[0]
+        )?;
+    }
+    let rounds_of = |arm: Arm| -> String {
+        all.iter()
+            .filter(|(a, _)| *a == arm)
+            .map(|(_, r)| format!("{:.2}", r.cpu_us))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    writeln!(o)?;
+    for arm in ARMS {
+        writeln!(
+            o,
+            "- {} rounds (µs/request): {}",
+            arm.name(),
+            rounds_of(arm)
+        )?;
+    }
+    writeln!(
+        o,
+        "\nHTTPS alone (HTTPS arm − `--net-http off` arm): {:+.2} µs of node CPU per request \
+         (target ≤ 2 µs {}); the traps alone (bpftrace's near-empty programs on the same sites): \
+         {:+.2} µs.\n",
+        cpu[2] - cpu[1],
+        if cpu[2] - cpu[1] <= 2.0 { "✔" } else { "✘" },
+        cpu[3] - cpu[0]
+    )?;
+    writeln!(
+        o,
+        "Programs' own time in the HTTPS arm (`--bpf-stats`, one more round; bpf_stats adds its \
+         own clock reads), per request: {:.0} requests/s, node {:.2} µs/request\n",
+        stats.rps, stats.cpu_us
+    )?;
+    writeln!(o, "| program | ns per request | runs per request |")?;
+    writeln!(o, "|---|---:|---:|")?;
+    for (p, ns, runs) in &stats.progs {
+        writeln!(o, "| `{p}` | {ns:.0} | {runs:.2} |")?;
+    }
+    Ok(o)
+}
