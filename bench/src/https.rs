@@ -27,6 +27,42 @@ https.createServer({
 }).listen(port, '127.0.0.1', () => console.log('ready'));
 "#;
 
+/// nginx with TLS, one worker (libssl.so.3 of the system).
+fn nginx_conf(d: &std::path::Path, port: u16) -> String {
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 1;
+user root;
+pid {d}/nginx.pid;
+error_log {d}/error.log;
+events {{ worker_connections 64; }}
+http {{
+    access_log off;
+    keepalive_requests 100000;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {d}/cert.pem;
+        ssl_certificate_key {d}/key.pem;
+        location = /fast {{ default_type application/json; return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"#,
+        d = d.display()
+    )
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Server {
+    Node,
+    Nginx,
+}
+
 #[derive(Clone, Copy, PartialEq)]
 enum Arm {
     Alone,
@@ -84,23 +120,38 @@ fn scrape(port: u16) -> Result<String> {
     Ok(body)
 }
 
-fn round(arm: Arm, dir: &std::path::Path, seconds: u64, bpf_stats: bool) -> Result<Round> {
+fn round(
+    server: Server,
+    arm: Arm,
+    dir: &std::path::Path,
+    seconds: u64,
+    bpf_stats: bool,
+) -> Result<Round> {
     let cg = TestCgroup::new("bench-https");
     let port = free_port();
-    let node = Proc(
-        cg.spawn(
-            Command::new("taskset")
-                .args(["-c", "0", "node"])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "0"]);
+    match server {
+        Server::Node => {
+            cmd.arg("node")
                 .arg(dir.join("server.js"))
                 .arg(port.to_string())
-                .arg(dir)
-                .stdout(Stdio::null()),
-        ),
-    );
+                .arg(dir);
+        }
+        Server::Nginx => {
+            std::fs::write(dir.join("nginx.conf"), nginx_conf(dir, port))?;
+            cmd.arg("/usr/sbin/nginx")
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                .arg("-p")
+                .arg(dir);
+        }
+    }
+    let node = Proc(cg.spawn(cmd.stdout(Stdio::null()).stderr(Stdio::null())));
     let t0 = Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         if t0.elapsed() > Duration::from_secs(20) {
-            bail!("node did not listen on {port}");
+            bail!("the server did not listen on {port}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -136,9 +187,10 @@ fn round(arm: Arm, dir: &std::path::Path, seconds: u64, bpf_stats: bool) -> Resu
         let t0 = Instant::now();
         loop {
             let ready = scrape(metrics_port).ok().is_some_and(|m| {
+                let want = if server == Server::Nginx { 2.0 } else { 1.0 };
                 arm != Arm::Https
                     || metric_value(&m, "ebpf_sidecar_http_tls_processes{state=\"attached\"}")
-                        >= 1.0
+                        >= want
             });
             if ready {
                 break;
@@ -167,9 +219,10 @@ fn round(arm: Arm, dir: &std::path::Path, seconds: u64, bpf_stats: bool) -> Resu
     } else {
         String::new()
     };
-    let cpu0 = cpu_seconds(pid)?;
+    // Every process of the server (nginx: master and worker), the traps included.
+    let cpu0 = cg.cpu_stat("usage_usec") as f64 / 1e6;
     let out = wrk(seconds)?;
-    let cpu1 = cpu_seconds(pid)?;
+    let cpu1 = cg.cpu_stat("usage_usec") as f64 / 1e6;
     let (rps, reqs) = wrk_result(&out.stdout)?;
     let mut progs = Vec::new();
     if bpf_stats {
@@ -195,6 +248,40 @@ fn round(arm: Arm, dir: &std::path::Path, seconds: u64, bpf_stats: bool) -> Resu
     })
 }
 
+/// One server's table; returns the median CPU µs per request of each arm present, in ARMS order.
+fn table(o: &mut String, title: &str, all: &[(Arm, Round)]) -> Result<Vec<f64>> {
+    writeln!(o, "{title}:\n")?;
+    writeln!(
+        o,
+        "| | requests/s | CPU µs per request | added vs no sidecar | rounds (µs) |"
+    )?;
+    writeln!(o, "|---|---:|---:|---:|---|")?;
+    let mut cpu = Vec::new();
+    for arm in ARMS {
+        let mine: Vec<&Round> = all
+            .iter()
+            .filter(|(a, _)| *a == arm)
+            .map(|(_, r)| r)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let rps = median(&mut mine.iter().map(|r| r.rps).collect::<Vec<_>>());
+        let c = median(&mut mine.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
+        let each: Vec<String> = mine.iter().map(|r| format!("{:.2}", r.cpu_us)).collect();
+        cpu.push(c);
+        writeln!(
+            o,
+            "| {} | {rps:.0} | {c:.2} | {:+.2} µs | {} |",
+            arm.name(),
+            c - cpu[0],
+            each.join(", ")
+        )?;
+    }
+    writeln!(o)?;
+    Ok(cpu)
+}
+
 pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let dir = std::env::temp_dir().join("ebpf-sidecar-bench-https");
     std::fs::create_dir_all(&dir)?;
@@ -215,79 +302,61 @@ pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     std::fs::write(dir.join("server.js"), SERVER)?;
 
     let mut all: Vec<(Arm, Round)> = Vec::new();
+    let mut nginx: Vec<(Arm, Round)> = Vec::new();
     for _ in 0..rounds {
         for arm in ARMS {
-            all.push((arm, round(arm, &dir, seconds, false)?));
+            all.push((arm, round(Server::Node, arm, &dir, seconds, false)?));
+            if arm != Arm::Bpftrace {
+                nginx.push((arm, round(Server::Nginx, arm, &dir, seconds, false)?));
+            }
         }
     }
-    let stats = round(Arm::Https, &dir, seconds, true)?;
+    let stats = round(Server::Node, Arm::Https, &dir, seconds, true)?;
+    let nginx_stats = round(Server::Nginx, Arm::Https, &dir, seconds, true)?;
 
     let mut o = String::new();
     writeln!(
         o,
-        "## HTTPS: a Node 20 `https` server's CPU per request\n\n\
-         node (OpenSSL linked in) on CPU 0 in a cgroup of its own, `wrk -t1 -c8 -d{seconds}s` over \
-         HTTPS (keep-alive) on CPU 1, a 11-byte JSON answer; the sidecar with `--target-pid`; arms \
-         interleaved, median of {rounds} rounds. wrk maps the system's libssl.so.3: it is a \
-         neighbour and must not trap.\n"
+        "## HTTPS: a server's CPU per request with the HTTPS probe\n\n\
+         The server on CPU 0 in a cgroup of its own (CPU from its cpu.stat: every process, the \
+         traps included), `wrk -t1 -c8 -d{seconds}s` over HTTPS (keep-alive) on CPU 1, an 11-byte \
+         JSON answer; the sidecar with `--target-pid`; arms interleaved, median of {rounds} \
+         rounds. wrk maps the system's libssl.so.3: a neighbour, which per-process attach leaves \
+         alone.\n"
+    )?;
+    let node = table(&mut o, "Node 20 `https` (OpenSSL linked into node)", &all)?;
+    let ngx = table(
+        &mut o,
+        "nginx 1.22, one worker (the system's libssl.so.3)",
+        &nginx,
     )?;
     writeln!(
         o,
-        "| | requests/s | node CPU µs per request | added vs no sidecar |"
+        "HTTPS alone (HTTPS arm − `--net-http off` arm), node CPU per request: {:+.2} µs (target \
+         ≤ 2 µs {}); the traps alone (bpftrace's near-empty programs on the same sites): {:+.2} µs. \
+         nginx: {:+.2} µs.\n",
+        node[2] - node[1],
+        if node[2] - node[1] <= 2.0 {
+            "✔"
+        } else {
+            "✘"
+        },
+        node[3] - node[0],
+        ngx[2] - ngx[1],
     )?;
-    writeln!(o, "|---|---:|---:|---:|")?;
-    let mut cpu = Vec::new();
-    for arm in ARMS {
-        let mine: Vec<&Round> = all
-            .iter()
-            .filter(|(a, _)| *a == arm)
-            .map(|(_, r)| r)
-            .collect();
-        let rps = median(&mut mine.iter().map(|r| r.rps).collect::<Vec<_>>());
-        let c = median(&mut mine.iter().map(|r| r.cpu_us).collect::<Vec<_>>());
-        cpu.push(c);
+    for (what, st) in [("node", &stats), ("nginx", &nginx_stats)] {
         writeln!(
             o,
-            "| {} | {rps:.0} | {c:.2} | {:+.2} µs |",
-            arm.name(),
-            c - cpu[0]
+            "Programs' own time, {what}, HTTPS arm (`--bpf-stats`, one more round; bpf_stats adds \
+             its own clock reads): {:.0} requests/s, {:.2} µs of CPU per request\n",
+            st.rps, st.cpu_us
         )?;
-    }
-    let rounds_of = |arm: Arm| -> String {
-        all.iter()
-            .filter(|(a, _)| *a == arm)
-            .map(|(_, r)| format!("{:.2}", r.cpu_us))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    writeln!(o)?;
-    for arm in ARMS {
-        writeln!(
-            o,
-            "- {} rounds (µs/request): {}",
-            arm.name(),
-            rounds_of(arm)
-        )?;
-    }
-    writeln!(
-        o,
-        "\nHTTPS alone (HTTPS arm − `--net-http off` arm): {:+.2} µs of node CPU per request \
-         (target ≤ 2 µs {}); the traps alone (bpftrace's near-empty programs on the same sites): \
-         {:+.2} µs.\n",
-        cpu[2] - cpu[1],
-        if cpu[2] - cpu[1] <= 2.0 { "✔" } else { "✘" },
-        cpu[3] - cpu[0]
-    )?;
-    writeln!(
-        o,
-        "Programs' own time in the HTTPS arm (`--bpf-stats`, one more round; bpf_stats adds its \
-         own clock reads), per request: {:.0} requests/s, node {:.2} µs/request\n",
-        stats.rps, stats.cpu_us
-    )?;
-    writeln!(o, "| program | ns per request | runs per request |")?;
-    writeln!(o, "|---|---:|---:|")?;
-    for (p, ns, runs) in &stats.progs {
-        writeln!(o, "| `{p}` | {ns:.0} | {runs:.2} |")?;
+        writeln!(o, "| program | ns per request | runs per request |")?;
+        writeln!(o, "|---|---:|---:|")?;
+        for (p, ns, runs) in &st.progs {
+            writeln!(o, "| `{p}` | {ns:.0} | {runs:.2} |")?;
+        }
+        writeln!(o)?;
     }
     Ok(o)
 }

@@ -406,8 +406,10 @@ pub(crate) fn slot_flags(o: &probes::Options) -> u64 {
         if o.http_paths {
             flags |= sidecar_ebpf::SLOT_NET_HTTP_PATHS;
         }
-        // HTTPS follows HTTP: the same recogniser, fed by uprobes on OpenSSL (probes::net::tls).
-        flags |= sidecar_ebpf::SLOT_NET_HTTPS;
+        // The same recogniser, fed by uprobes on OpenSSL (probes::net::tls).
+        if o.net_https {
+            flags |= sidecar_ebpf::SLOT_NET_HTTPS;
+        }
     }
     if o.net_events {
         flags |= sidecar_ebpf::SLOT_NET_EVENTS;

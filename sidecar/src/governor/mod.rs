@@ -80,7 +80,7 @@ impl Step {
             Step::FilesOff => "files family paused".into(),
             Step::ProfileQuarter => "profiler at a quarter of its rate".into(),
             Step::RuntimeCalls => "runtime function calls off".into(),
-            Step::Http => "HTTP recognition off".into(),
+            Step::Http => "HTTP recognition off (HTTPS uprobes detached)".into(),
         }
     }
 

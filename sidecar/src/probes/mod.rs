@@ -54,6 +54,9 @@ pub struct Options {
     /// net: read HTTP payloads from read/write syscalls instead of TCP segments (`--net-http
     /// syscalls`: for targets without a cgroup v2 to attach packet programs to).
     pub net_http_syscalls: bool,
+    /// net: HTTP/1.x inside TLS too (uprobes on OpenSSL in the target's processes), with
+    /// `net_http` (`--net-https`).
+    pub net_https: bool,
     /// net and runtimes: label HTTP metrics with the normalised path (`crate::http_path`), top-N.
     pub http_paths: bool,
     /// runtimes: count function calls by module:function (costly: every call fires a probe).
@@ -109,6 +112,7 @@ impl Default for Options {
             profile_hz: 49,
             net_http: true,
             net_http_syscalls: false,
+            net_https: true,
             http_paths: false,
             runtime_calls: false,
             run_program: None,

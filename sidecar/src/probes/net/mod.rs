@@ -106,6 +106,11 @@ fn http_from_syscalls(opts: &Options) -> bool {
     opts.net_http && (opts.net_http_syscalls || opts.net_mode == NetMode::Netns)
 }
 
+/// HTTPS: HTTP on and not turned off by itself.
+fn https(opts: &Options) -> bool {
+    opts.net_http && opts.net_https
+}
+
 /// The per-target maps this slot does without (its options leave them unused): the kernel then
 /// finds none for the slot and skips that work, and the slot's memory is what it asked for.
 fn unused_maps(opts: &Options) -> Vec<&'static str> {
@@ -120,7 +125,7 @@ fn unused_maps(opts: &Options) -> Vec<&'static str> {
     if !http_from_syscalls(opts) {
         unused.push("net_http_conns");
     }
-    if !opts.net_http {
+    if !https(opts) {
         unused.push("net_tls_conns");
     }
     if !opts.net_events {
@@ -203,7 +208,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         opts.net_mode,
     )?);
     let events = events::Events::new(&mut obj, opts.net_events)?;
-    let tls_progs = if opts.net_http {
+    let tls_progs = if https(opts) {
         Some(tls::Https::load(&mut obj)?)
     } else {
         None
@@ -346,6 +351,12 @@ pub struct Args {
     /// kernel, so it is off unless given).
     #[arg(long, global = true)]
     allow_pcap: bool,
+    /// net: HTTP/1.x inside TLS (with --net-http not off): uprobes on OpenSSL's SSL_read/SSL_write
+    /// in each target process (libssl, or a binary with OpenSSL linked in, as Node's). Each
+    /// SSL call of the target then traps into the kernel twice (entry and return): see the
+    /// HTTPS cost in docs/families/net.md before leaving it on for a busy TLS server.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
+    net_https: String,
     /// net: TCP connect/accept/close events (pid, comm, addresses, bytes, duration) on
     /// /events (kinds tcp_connect, tcp_accept, tcp_close) and --events-out.
     #[arg(long, global = true)]
@@ -357,6 +368,7 @@ impl super::FamilyArgs for Args {
         let o = &mut *s.options;
         o.net_http = self.net_http != "off";
         o.net_http_syscalls = self.net_http == "syscalls";
+        o.net_https = self.net_https == "on";
         o.net_mode = if self.net_mode == "netns" {
             NetMode::Netns
         } else {

@@ -110,8 +110,15 @@ impl Https {
     }
 
     fn scan(&self) {
-        // No target: every process left it, so every link goes.
-        let pids = procs::pids_of(&self.target).unwrap_or_default();
+        // No target: every process left it, so every link goes. HTTPS turned off by the CPU
+        // budget: the links go too, since a program that returns at once still costs the
+        // process its traps; they come back at the first scan after it is turned on again.
+        let on = self.obj.kernel_side().flags() & sidecar_ebpf::SLOT_NET_HTTPS != 0;
+        let pids = if on {
+            procs::pids_of(&self.target).unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         self.hooks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
