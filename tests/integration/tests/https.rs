@@ -718,3 +718,36 @@ fn a_neighbour_on_the_same_libssl_adds_nothing_and_never_traps() {
     assert_counts_eq("nginx", &https(&m2, "server"), &truth);
     assert!(runs.total() > runs1, "the target's calls ran the programs");
 }
+
+#[test]
+fn net_https_off_attaches_nothing() {
+    require_root();
+    let dir = Scratch::new("https-off");
+    let d = dir.path();
+    let cg = TestCgroup::new("https-off");
+    let (nginx, port) = start_nginx(d, &cg);
+    let master = nginx.0.id().to_string();
+    let before = tls_program_ids();
+    let sc = Sidecar::start(&[
+        "--target-pid",
+        &master,
+        "--probes",
+        "net",
+        "--net-https",
+        "off",
+    ]);
+    std::thread::sleep(Duration::from_millis(1500));
+    curl(port, &[("GET", "/index.html", 0), ("GET", "/missing", 0)]);
+    let m = sc.scrape();
+    assert!(
+        tls_program_ids().difference(&before).next().is_none(),
+        "no HTTPS program loaded"
+    );
+    assert_eq!(m.sum("ebpf_sidecar_http_requests_total", &[]), 0.0);
+    assert!(m.get("ebpf_sidecar_http_tls_processes", &[]).is_none());
+    // Plain HTTP recognition is still there (its untracked counters are written).
+    assert!(
+        m.get("ebpf_sidecar_http_untracked_streams_total", &[])
+            .is_some()
+    );
+}
