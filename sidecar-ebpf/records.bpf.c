@@ -26,6 +26,7 @@ struct net_error_key record_net_error_key;         /* net.bpf.c: net_errors */
 struct net_http_key record_net_http_key;           /* net.bpf.c: net_http_requests */
 struct net_http_path_key record_net_http_path_key; /* net.bpf.c: net_http_paths */
 struct net_proto_key record_net_proto_key;         /* net.bpf.c: net_proto_counts */
+struct net_tls_key record_net_tls_key;             /* net.bpf.c (net_tls.bpf.h): net_tls_conns */
 struct net_pcap_cfg record_net_pcap_cfg;           /* net.bpf.c: net_pcap_cfg */
 struct file_io record_file_io;                     /* files.bpf.c: file_io, file_kind_io */
 struct file_sync_stats record_file_sync_stats;     /* files.bpf.c: file_syncs */

@@ -9,6 +9,7 @@
 //!   cargo run --release -p bench -- custom [--entries N] [--rounds R]
 //!   cargo run --release -p bench -- budget [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- protocols [--seconds S] [--rounds R]
+//!   cargo run --release -p bench -- https [--seconds S] [--rounds R]
 //!   cargo run --release -p bench -- bpf-cc SRC.bpf.c OUT.o   (the probes' clang recipe, for scripts)
 //!
 //! Prints a markdown table and writes it to bench/results/<name>.md. Needs root, clang/gcc,
@@ -19,6 +20,7 @@ mod cpu;
 mod custom;
 mod disk;
 mod foundation;
+mod https;
 mod kernel_side;
 mod net;
 mod node;
@@ -88,12 +90,13 @@ fn main() -> anyhow::Result<()> {
         "stack" => stack::run(opt("--seconds", 30)?, opt("--rounds", 3)? as usize)?,
         "budget" => budget::run(opt("--seconds", 6)?, opt("--rounds", 3)? as usize)?,
         "protocols" => protocols::run(opt("--seconds", 10)?, opt("--rounds", 5)? as usize)?,
+        "https" => https::run(opt("--seconds", 8)?, opt("--rounds", 5)? as usize)?,
         "custom" => custom::run(opt("--entries", 10_000)?, opt("--rounds", 30)? as usize)?,
         "runtimes" => runtimes::run(opt("--calls", 1_000_000)?, opt("--repeat", 3)? as usize)?,
         // Only the node app tables of `runtimes` (stock node 20 and node 18 --with-dtrace).
         "runtimes-node" => runtimes::node_tables(opt("--rounds", 3)? as usize)?,
         other => anyhow::bail!(
-            "unknown benchmark {other:?} (known: foundation, budget, protocols, kernel-side, node, disk, net, stack, security, cpu, runtimes, runtimes-node, custom)"
+            "unknown benchmark {other:?} (known: foundation, budget, protocols, https, kernel-side, node, disk, net, stack, security, cpu, runtimes, runtimes-node, custom)"
         ),
     };
     print!("{report}");

@@ -414,6 +414,7 @@ int net_udp_drop(unsigned long long *ctx)
 #include "net_http_pair.bpf.h"
 /* ---- Redis, PostgreSQL, MySQL ---- */
 #include "net_proto.bpf.h"
+#include "net_tls.bpf.h"
 
 /* ---- failed connect / bind / listen ---- */
 

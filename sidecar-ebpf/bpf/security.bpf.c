@@ -620,8 +620,9 @@ int security_ssl_exit(struct pt_regs *ctx)
 
 	bpf_map_delete_elem(&tls_calls, &id);
 	if (c.cookie & TLS_EX) {
-		/* 1 on success, the length through the pointer */
-		if ((int)PT_REGS_RC(ctx) != 1 || bpf_probe_read_user(&n, sizeof(n), (void *)c.out))
+		/* > 0 on success (1 for the _ex calls; OpenSSL's internal read/write, which usdt::per_process
+		 * may hook instead, returns 1 too), the length through the pointer */
+		if ((int)PT_REGS_RC(ctx) <= 0 || bpf_probe_read_user(&n, sizeof(n), (void *)c.out))
 			return 0;
 	} else {
 		int rc = (int)PT_REGS_RC(ctx);

@@ -26,7 +26,10 @@
 #define MSG_PEEK 2
 
 #define HTTP_PIPELINE 8    /* requests waiting for their answers, per connection (power of 2) */
-#define HTTP_STEPS 16      /* heads, chunks and trailers followed per segment or call */
+#define HTTP_STEPS 16      /* heads, chunks and trailers followed per segment */
+/* ... per read/write or SSL_read/SSL_write call: one call may carry a whole chunked answer (Node
+ * writes a head and every chunk written in one tick with one SSL_write) */
+#define HTTP_STEPS_USER 32
 #define HTTP_HEAD_MAX 2048 /* longest head (request or status line and headers) followed */
 
 enum http_state {
@@ -60,7 +63,8 @@ struct http_conn {
 	__u8 off;                /* not followed any more (untracked, or another protocol after 101) */
 	__u8 head;               /* oldest waiting request in q */
 	__u8 count;              /* requests waiting */
-	__u32 pad;
+	__u8 tls;                /* read from SSL_read/SSL_write (net_tls.bpf.h): the `tls` label */
+	__u8 pad[3];
 	struct http_req q[HTTP_PIPELINE];
 };
 
@@ -118,10 +122,11 @@ struct net_http_requests_map {
 };
 SIDECAR_SLOT_MAP(net_http_requests, struct net_http_requests_map);
 
-/* Request start to response start, by dir * NET_HTTP_METHODS + method. */
+/* Request start to response start, by (tls * NET_HTTP_DIRS + dir) * NET_HTTP_METHODS + method
+ * (tls: 0 plaintext, 1 inside TLS). */
 struct net_http_hists_map {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, NET_HTTP_DIRS * NET_HTTP_METHODS);
+	__uint(max_entries, 2 * NET_HTTP_DIRS * NET_HTTP_METHODS);
 	SIDECAR_INNER_KV(__u32, struct syscall_stats);
 };
 SIDECAR_SLOT_MAP(net_http_hists, struct net_http_hists_map);

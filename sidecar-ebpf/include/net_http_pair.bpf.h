@@ -24,27 +24,34 @@ static __always_inline struct syscall_stats *path_stats(void *paths, struct net_
 	return bpf_map_lookup_elem(paths, k);
 }
 
-/* The request `p` (direction dir: 0 server, 1 client) of target `slot` is answered with status
- * `st` now. Global: checked once, not once per step of the per-segment loop. */
-__attribute__((noinline)) int http_end(struct http_req *p, __u32 dir, __u32 st, __u64 now,
-				       __u32 slot)
+/* The oldest request waiting on connection `c` of target `slot` is answered with status `st`
+ * now (direction from c->req_dir). Global: checked once, not once per step of the per-segment
+ * loop. */
+__attribute__((noinline)) int http_end(struct http_conn *c, __u32 st, __u64 now, __u32 slot)
 {
 	struct syscall_stats *hs = NULL;
 
-	if (!p)
+	if (!c)
 		return 0;
+	struct http_req *p = &c->q[c->head & (HTTP_PIPELINE - 1)];
+	__u32 dir = c->req_dir == 2, tls = c->tls != 0;
 	__u64 d = now - p->start;
 	void *paths = sidecar_slot_map(&net_http_paths, slot);
 
 	/* A slot has the path table with --http-paths only, and then not the two others. */
 	if (paths) {
-		struct net_http_path_key pk = { .dir = dir, .method = p->method, .status = st };
+		struct net_http_path_key pk = {
+			.dir = dir, .method = p->method, .status = st, .tls = tls
+		};
 
 		__builtin_memcpy(pk.path, p->path, NET_HTTP_PATH_LEN);
 		hs = path_stats(paths, &pk);
 	} else {
-		struct net_http_key k = { .dir = dir, .method = p->method, .status = st };
-		__u32 h = dir * NET_HTTP_METHODS + (p->method & (NET_HTTP_METHODS - 1));
+		struct net_http_key k = {
+			.dir = dir, .method = p->method, .status = st, .tls = tls
+		};
+		__u32 h = (tls * NET_HTTP_DIRS + dir) * NET_HTTP_METHODS +
+			(p->method & (NET_HTTP_METHODS - 1));
 		void *reqs = sidecar_slot_map(&net_http_requests, slot);
 		void *hists = sidecar_slot_map(&net_http_hists, slot);
 
@@ -158,7 +165,7 @@ static __always_inline int http_message(struct http_conn *c, struct http_stream 
 		return 0; /* interim (100 Continue, 103): the final answer follows, no body */
 	struct http_req *q = &c->q[c->head & (HTTP_PIPELINE - 1)];
 
-	http_end(q, c->req_dir - 1, st, now, slot);
+	http_end(c, st, now, slot);
 	c->head++;
 	c->count--;
 	if (st == 101) {
@@ -217,7 +224,7 @@ static __always_inline void http_data(struct http_conn *c, int in, __u32 seq, __
 
 	__u64 now = bpf_ktime_get_ns();
 
-	for (int i = 0; i < HTTP_STEPS; i++) {
+	for (int i = 0; i < (skb ? HTTP_STEPS : HTTP_STEPS_USER); i++) {
 		__u32 st = s->state;
 
 		if (st == HS_BODY || st == HS_DATA) {

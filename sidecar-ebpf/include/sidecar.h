@@ -76,6 +76,9 @@ struct sidecar_target {
 #define SIDECAR_SLOT_NET_MYSQL (1ULL << 26)
 #define SIDECAR_SLOT_NET_PROTOS                                                                    \
 	(SIDECAR_SLOT_NET_REDIS | SIDECAR_SLOT_NET_POSTGRES | SIDECAR_SLOT_NET_MYSQL)
+/* (bits 24-27: net's other protocols) net: HTTP/1.x inside TLS, from uprobes on OpenSSL's
+ * SSL_read/SSL_write in the target's processes (net_tls.bpf.h). */
+#define SIDECAR_SLOT_NET_HTTPS (1ULL << 28)
 /* runtimes (bits 16-23): --runtime-calls (the pack's function__entry sites count), and
  * --http-paths (HTTP requests keep their path). */
 #define SIDECAR_SLOT_RUNTIME_CALLS (1ULL << 16)
@@ -493,7 +496,7 @@ struct net_http_key {
 	__u32 dir;
 	__u32 method;
 	__u32 status; /* 100..599 */
-	__u32 pad;
+	__u32 tls;    /* 1: read inside TLS (SSL_read/SSL_write), 0: plaintext TCP */
 };
 
 /* --http-paths: the request path up to the first ' ', '?' or '#' (query strings never leave the
@@ -506,7 +509,7 @@ struct net_http_path_key {
 	__u32 dir;
 	__u32 method;
 	__u32 status;
-	__u32 pad;
+	__u32 tls;
 	char path[NET_HTTP_PATH_LEN];
 };
 
@@ -568,6 +571,16 @@ enum net_proto_untracked {
 	NET_PROTO_UT_REASONS = 6,
 };
 #define NET_PROTO_COUNTERS (NET_PROTO_TABLES * NET_PROTO_UT_REASONS)
+
+/* net, HTTPS: an OpenSSL connection (SSL *) of a process of the target. The process is part of
+ * the key because SSL * addresses repeat across processes. */
+#define NET_TLS_CONNS_MAX 4096
+
+struct net_tls_key {
+	__u64 ssl;
+	__u32 tgid; /* host pid of the process */
+	__u32 pad;
+};
 
 /* net: DNS, packet capture, connection events (net_pkt.bpf.h, included by net.bpf.c) */
 #define NET_DNS_QTYPES 11 /* A AAAA CNAME MX TXT PTR SRV NS SOA ANY other */

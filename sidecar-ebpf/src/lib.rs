@@ -102,6 +102,9 @@ pub const SLOT_NET_MYSQL: u64 = 1 << 26;
 pub const SLOT_NET_PROTOS: u64 = SLOT_NET_REDIS | SLOT_NET_POSTGRES | SLOT_NET_MYSQL;
 /// net: `--net-events`.
 pub const SLOT_NET_EVENTS: u64 = 1 << 23;
+/// net: HTTP/1.x inside TLS (uprobes on OpenSSL's SSL_read/SSL_write); bits 24-27 are the other
+/// protocols'.
+pub const SLOT_NET_HTTPS: u64 = 1 << 28;
 /// runtimes: --runtime-calls, --http-paths.
 pub const SLOT_RUNTIME_CALLS: u64 = 1 << 16;
 pub const SLOT_RUNTIME_HTTP_PATHS: u64 = 1 << 17;
@@ -404,7 +407,8 @@ pub mod net {
         pub dir: u32,
         pub method: u32,
         pub status: u32,
-        pub pad: u32,
+        /// 1: read inside TLS (SSL_read/SSL_write), 0: plaintext.
+        pub tls: u32,
     }
 
     pub const HTTP_PATH_LEN: usize = 48;
@@ -416,13 +420,34 @@ pub mod net {
         pub dir: u32,
         pub method: u32,
         pub status: u32,
-        pub pad: u32,
+        pub tls: u32,
         pub path: [u8; HTTP_PATH_LEN],
+    }
+
+    /// `net_http_hists` holds (tls, direction, method): plaintext and TLS.
+    pub const HTTP_TLS: usize = 2;
+
+    pub const TLS_CONNS_MAX: usize = 4096;
+    /// Values of `net_tls_conns` (`struct http_conn`, private to the kernel side; its size and
+    /// these offsets are asserted in `net_tls.bpf.h`): the plaintext positions of each direction,
+    /// which only move while the connection is used.
+    pub const TLS_CONN_SIZE: usize = 552;
+    pub const TLS_CONN_NEXT_IN: usize = 8;
+    pub const TLS_CONN_NEXT_OUT: usize = 24;
+
+    /// `struct net_tls_key`: an OpenSSL connection (`SSL *`) of a process (host pid).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+    pub struct TlsKey {
+        pub ssl: u64,
+        pub tgid: u32,
+        pub pad: u32,
     }
 
     // SAFETY: repr(C), integers and byte arrays only, no implicit padding (`MIRRORS`).
     unsafe impl Pod for HttpKey {}
     unsafe impl Pod for HttpPathKey {}
+    unsafe impl Pod for TlsKey {}
     unsafe impl Pod for PktStats {}
     unsafe impl Pod for PeerKey {}
     unsafe impl Pod for PeerStats {}
@@ -837,9 +862,10 @@ pub const MIRRORS: &[Mirror] = &[
     mirror!(net::PeerKey => "net_peer_key" { addr, family, port, pad }),
     mirror!(net::PeerStats => "net_peer_stats" { sent, received, closed }),
     mirror!(net::ErrorKey => "net_error_key" { kind, err }),
-    mirror!(net::HttpKey => "net_http_key" { dir, method, status, pad }),
-    mirror!(net::HttpPathKey => "net_http_path_key" { dir, method, status, pad, path }),
+    mirror!(net::HttpKey => "net_http_key" { dir, method, status, tls }),
+    mirror!(net::HttpPathKey => "net_http_path_key" { dir, method, status, tls, path }),
     mirror!(net::ProtoKey => "net_proto_key" { proto, dir, what, kind, code, name }),
+    mirror!(net::TlsKey => "net_tls_key" { ssl, tgid, pad }),
     mirror!(net_pkt::PcapCfg => "net_pcap_cfg" { enabled, snaplen, max_pps, pad }),
     mirror!(net_pkt::PcapHdr => "net_pcap_hdr" { ts_ns, len, caplen, dir, pad }),
     mirror!(net_pkt::ConnEvent => "net_conn_event" { ts_ns, duration_ns, sent, received, laddr, raddr, pid, family, lport, rport, kind, pad, comm }),

@@ -406,6 +406,10 @@ pub(crate) fn slot_flags(o: &probes::Options) -> u64 {
         if o.http_paths {
             flags |= sidecar_ebpf::SLOT_NET_HTTP_PATHS;
         }
+        // The same recogniser, fed by uprobes on OpenSSL (probes::net::tls).
+        if o.net_https {
+            flags |= sidecar_ebpf::SLOT_NET_HTTPS;
+        }
     }
     // Recognised in the packet programs, which only cgroup mode runs on the target's sockets.
     if o.net_mode == crate::probes::NetMode::Cgroup {

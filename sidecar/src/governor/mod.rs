@@ -72,7 +72,8 @@ const SAMPLE_MAX_SHIFT: u32 = 6;
 const HTTP_FLAGS: u64 = sidecar_ebpf::SLOT_NET_HTTP_PACKETS
     | sidecar_ebpf::SLOT_NET_HTTP_SYSCALLS
     | sidecar_ebpf::SLOT_NET_HTTP_PATHS
-    | sidecar_ebpf::SLOT_NET_PROTOS;
+    | sidecar_ebpf::SLOT_NET_PROTOS
+    | sidecar_ebpf::SLOT_NET_HTTPS;
 
 impl Step {
     fn describe(self) -> String {
@@ -81,7 +82,7 @@ impl Step {
             Step::FilesOff => "files family paused".into(),
             Step::ProfileQuarter => "profiler at a quarter of its rate".into(),
             Step::RuntimeCalls => "runtime function calls off".into(),
-            Step::Http => "HTTP recognition off".into(),
+            Step::Http => "HTTP recognition off (HTTPS uprobes detached)".into(),
         }
     }
 

@@ -57,6 +57,9 @@ pub struct Options {
     /// net: the protocols besides HTTP/1 recognised in the target's TCP segments (`--protocols`;
     /// SIDECAR_SLOT_NET_REDIS/_POSTGRES/_MYSQL bits).
     pub protocols: u64,
+    /// net: HTTP/1.x inside TLS too (uprobes on OpenSSL in the target's processes), with
+    /// `net_http` (`--net-https`).
+    pub net_https: bool,
     /// net and runtimes: label HTTP metrics with the normalised path (`crate::http_path`), top-N.
     pub http_paths: bool,
     /// runtimes: count function calls by module:function (costly: every call fires a probe).
@@ -113,6 +116,7 @@ impl Default for Options {
             net_http: true,
             net_http_syscalls: false,
             protocols: sidecar_ebpf::SLOT_NET_PROTOS,
+            net_https: true,
             http_paths: false,
             runtime_calls: false,
             run_program: None,

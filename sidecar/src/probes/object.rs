@@ -1264,6 +1264,11 @@ impl<'a> Maps<'a> {
         }
     }
 
+    /// The map `name` itself (the slot's inner map for per-slot maps), None when absent.
+    pub fn map(&self, name: &str) -> Option<&aya::maps::Map> {
+        self.obj.slot_maps.get(name).or_else(|| self.ebpf.map(name))
+    }
+
     fn keep<T>(&self, name: &str, r: Result<T, aya::maps::MapError>) -> Option<T> {
         r.map_err(|e| self.obj.read_error(name, e)).ok()
     }

@@ -8,6 +8,7 @@
 pub mod args;
 pub mod attach;
 pub mod config;
+pub mod per_process;
 pub mod place;
 pub mod procs;
 

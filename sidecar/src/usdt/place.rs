@@ -162,3 +162,69 @@ mod tests {
         assert_eq!(entry_offset(&store_then_jmp, &[], false), 3);
     }
 }
+
+/// Whether the instruction at the start of `code` is one the kernel emulates (a uprobe there
+/// costs one trap, not a trap and a single step).
+pub fn emulated_at(code: &[u8]) -> bool {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    if !decoder.can_decode() {
+        return false;
+    }
+    let i = decoder.decode();
+    i.code() != Code::INVALID && emulated(&i)
+}
+
+/// The file offset of the first direct near `call` on the fall-through path of the function at
+/// file offset `at` of `data` (within [`MAX_CALL_SEARCH`] instructions), or None. Offsets stand
+/// for addresses: a near call's target is in the caller's segment, where both differ by the same
+/// amount.
+pub fn first_call_target(data: &[u8], at: u64) -> Option<u64> {
+    let start = usize::try_from(at).ok()?;
+    let code = data.get(start..)?;
+    let code = &code[..code.len().min(256)];
+    let mut decoder = Decoder::with_ip(64, code, at, DecoderOptions::NONE);
+    for _ in 0..MAX_CALL_SEARCH {
+        if !decoder.can_decode() {
+            return None;
+        }
+        let i = decoder.decode();
+        if i.code() == Code::INVALID {
+            return None;
+        }
+        if i.is_call_near() && !i.is_call_near_indirect() {
+            return Some(i.near_branch_target());
+        }
+        // Straight on through conditional branches (their fall-through), nothing else.
+        if !matches!(
+            i.flow_control(),
+            FlowControl::Next | FlowControl::ConditionalBranch
+        ) {
+            return None;
+        }
+    }
+    None
+}
+
+/// Instructions looked at for a function's first call (a wrapper's argument checks are short).
+const MAX_CALL_SEARCH: usize = 16;
+
+#[cfg(test)]
+mod call_tests {
+    use super::*;
+
+    #[test]
+    fn first_call_of_a_wrapper() {
+        // sub $0x18,%rsp; test %edx,%edx; js +2; mov %rsp,%rcx; call +0x100 (from 0x1000)
+        let code = [
+            0x48, 0x83, 0xec, 0x18, 0x85, 0xd2, 0x78, 0x02, 0x48, 0x89, 0xe1, 0xe8, 0x00, 0x01,
+            0x00, 0x00, 0xc3,
+        ];
+        let mut data = vec![0u8; 0x1000];
+        data.extend_from_slice(&code);
+        assert_eq!(first_call_target(&data, 0x1000), Some(0x1000 + 16 + 0x100));
+        assert!(!emulated_at(&code));
+        assert!(emulated_at(&[0x41, 0x55])); // push %r13
+        // ret first: no call on the way
+        assert_eq!(first_call_target(&[0xc3], 0), None);
+    }
+}

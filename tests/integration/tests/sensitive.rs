@@ -442,3 +442,132 @@ fn sensitive_flags_need_the_security_family() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("add security to --probes"));
 }
+
+/// Run counts of the programs named `names`, among the programs loaded since `before`.
+fn runs_since(before: &std::collections::BTreeSet<u64>, names: &[&str]) -> u64 {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            !before.contains(&p["id"].as_u64().unwrap_or(0))
+                && names.contains(&p["name"].as_str().unwrap_or(""))
+        })
+        .map(|p| p["run_cnt"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+fn prog_ids() -> std::collections::BTreeSet<u64> {
+    let out = Command::new("bpftool")
+        .args(["-j", "prog", "show"])
+        .output()
+        .expect("bpftool: apt-get install bpftool");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
+/// Sidecar mode: the TLS uprobes are attached per target process. A client in the target counts
+/// exactly; the server and a curl outside it, on the same libssl, count nothing and run none of
+/// the programs.
+#[test]
+fn tls_plaintext_hooks_only_the_target_processes() {
+    use integration::real::{Proc, TestCgroup};
+    require_root();
+    let dir = std::env::temp_dir().join("ebpf-sidecar-sec-tls-pp");
+    std::fs::create_dir_all(&dir).unwrap();
+    const B: u64 = 2000;
+    const R: usize = 30_000;
+    let mut server = Server::start(&dir, R);
+    let port = server.port;
+    // The client maps libssl (import ssl), then waits for the go file.
+    let go = dir.join("go");
+    let _ = std::fs::remove_file(&go);
+    let wrapper = format!(
+        "import ssl, os, sys, time, runpy\n\
+         while not os.path.exists({go:?}): time.sleep(0.05)\n\
+         sys.argv = ['client.py', '{port}', '{B}']\n\
+         runpy.run_path({client:?})\n",
+        go = go.display().to_string(),
+        client = dir.join("client.py").display().to_string(),
+    );
+    let cg = TestCgroup::new("sec-tls-pp");
+    let mut client = Proc(
+        cg.spawn(
+            Command::new("/usr/bin/python3")
+                .args(["-c", &wrapper])
+                .stdout(Stdio::null()),
+        ),
+    );
+    let before = prog_ids();
+    let pid = client.0.id().to_string();
+    let sc = Sidecar::start(&[
+        "--target-pid",
+        &pid,
+        "--probes",
+        "security",
+        "--tls-plaintext",
+        "--bpf-stats",
+    ]);
+    wait_for(
+        "libssl hooked in the client",
+        Duration::from_secs(5),
+        || {
+            let m = sc.scrape();
+            (m.sum("ebpf_sidecar_security_uprobe_files", &[("probe", "tls")]) >= 1.0).then_some(())
+        },
+    );
+    let progs = ["security_ssl_enter", "security_ssl_exit"];
+    let runs0 = runs_since(&before, &progs);
+
+    // Neighbours only: curl to the server, both outside the target.
+    for _ in 0..5 {
+        let st = Command::new("curl")
+            .args(["-sk", "--http1.1", "-o", "/dev/null"])
+            .arg(format!("https://127.0.0.1:{port}/x"))
+            .status()
+            .unwrap();
+        assert!(st.success());
+        server.served();
+    }
+    let m = sc.scrape();
+    assert_eq!(
+        m.sum("ebpf_sidecar_tls_plaintext_bytes_total", &[]),
+        0.0,
+        "neighbours count nothing"
+    );
+    assert_eq!(
+        runs_since(&before, &progs),
+        runs0,
+        "neighbours run none of the TLS programs"
+    );
+
+    // The target: exact bytes.
+    std::fs::write(&go, "").unwrap();
+    assert!(client.0.wait().unwrap().success());
+    let (req, resp) = server.served();
+    assert_eq!(req, B);
+    let m = sc.scrape();
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_tls_plaintext_bytes_total",
+            &[("direction", "write")]
+        ) as u64,
+        B
+    );
+    assert_eq!(
+        m.sum(
+            "ebpf_sidecar_tls_plaintext_bytes_total",
+            &[("direction", "read")]
+        ) as u64,
+        resp
+    );
+    assert!(runs_since(&before, &progs) > runs0);
+}

@@ -16,15 +16,15 @@ use crate::probes::object::Maps;
 
 pub const REQUESTS: Metric = Metric::counter(
     "ebpf_sidecar_http_requests",
-    "HTTP/1.x requests of the target, followed through its TCP connections with HTTP/1 framing (Content-Length and chunked bodies skipped, pipelined requests paired in order): direction server (request received) or client (request sent), method, status of the answer (and path with --http-paths).",
+    "HTTP/1.x requests of the target, followed through its TCP connections with HTTP/1 framing (Content-Length and chunked bodies skipped, pipelined requests paired in order): direction server (request received) or client (request sent), method, status of the answer, tls (true: read inside TLS at OpenSSL's SSL_read/SSL_write, false: from plaintext TCP) (and path with --http-paths).",
 )
-.labels(&["direction", "method", "status", "path?"])
+.labels(&["direction", "method", "status", "tls", "path?"])
 .top_n(&["path"]);
 pub const REQUEST_DURATION: Metric = Metric::histogram(
     "ebpf_sidecar_http_request_duration_seconds",
     "Time from an HTTP/1.x request line to the status line of its answer, per connection.",
 )
-.labels(&["direction", "method", "path?"])
+.labels(&["direction", "method", "tls", "path?"])
 .top_n(&["path"]);
 pub const UNTRACKED: Metric = Metric::counter(
     "ebpf_sidecar_http_untracked_streams",
@@ -34,6 +34,11 @@ pub const UNTRACKED: Metric = Metric::counter(
 
 const METHODS: [&str; 7] = ["GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS"];
 const DIRS: [&str; k::HTTP_DIRS] = ["server", "client"];
+
+/// The `tls` label of a kernel key's flag.
+fn tls(v: u32) -> String {
+    (v != 0).to_string()
+}
 
 /// The name of kernel index `v` in `names`, `other` past the end.
 fn name(v: u32, names: &[&str]) -> String {
@@ -51,14 +56,17 @@ fn path_label(raw: &[u8]) -> String {
     crate::http_path::normalize(&metrics::label_value(&raw[..end]))
 }
 
+/// A series' kernel key: (direction, method, status, tls).
+type Series = (u32, u32, u32, u32);
+
 /// One scrape's reading of the HTTP maps.
 pub(super) struct Http {
-    /// Requests by (direction, method, status).
-    requests: BTreeMap<(u32, u32, u32), u64>,
-    /// Durations by (direction, method), the pairs that saw requests only.
-    hists: Vec<(u32, u32, Log2Histogram)>,
-    /// --http-paths: (path, (direction, method, status), durations), paths normalised.
-    by_path: Vec<(String, (u32, u32, u32), Log2Histogram)>,
+    /// Requests by (direction, method, status, tls).
+    requests: BTreeMap<(u32, u32, u32, u32), u64>,
+    /// Durations by (direction, method, tls), the ones that saw requests only.
+    hists: Vec<(u32, u32, u32, Log2Histogram)>,
+    /// --http-paths: (path, (direction, method, status, tls), durations), paths normalised.
+    by_path: Vec<(String, Series, Log2Histogram)>,
     /// Untracked connections by reason, in `k::HTTP_UNTRACKED_REASONS` order.
     untracked: Vec<u64>,
 }
@@ -68,11 +76,11 @@ impl Http {
     /// instead of the two others (the slot has only the ones its options use).
     pub(super) fn read(obj: &Object, maps: &Maps<'_>, http: bool, with_paths: bool) -> Self {
         let by_method = http && !with_paths;
-        let mut requests: BTreeMap<(u32, u32, u32), u64> = BTreeMap::new();
+        let mut requests: BTreeMap<Series, u64> = BTreeMap::new();
         if by_method {
             for (key, vals) in maps.percpu_hash::<HttpKey, u64>("net_http_requests") {
                 *requests
-                    .entry((key.dir, key.method, key.status))
+                    .entry((key.dir, key.method, key.status, key.tls))
                     .or_default() += vals.iter().sum::<u64>();
             }
         }
@@ -83,7 +91,11 @@ impl Http {
                 for v in vals {
                     h.add(&v.hist, v.time_ns);
                 }
-                by_path.push((path_label(&key.path), (key.dir, key.method, key.status), h));
+                by_path.push((
+                    path_label(&key.path),
+                    (key.dir, key.method, key.status, key.tls),
+                    h,
+                ));
             }
         }
         let mut hists = Vec::new();
@@ -98,8 +110,12 @@ impl Http {
                 h.add(&v.hist, v.time_ns);
             }
             if h.count() > 0 {
-                let (d, m) = (i / k::HTTP_METHODS, i % k::HTTP_METHODS);
-                hists.push((d as u32, m as u32, h));
+                // (tls * HTTP_DIRS + direction) * HTTP_METHODS + method
+                let (dt, m) = (i / k::HTTP_METHODS, i % k::HTTP_METHODS);
+                let (t, d) = (dt / k::HTTP_DIRS, dt % k::HTTP_DIRS);
+                if t < k::HTTP_TLS {
+                    hists.push((d as u32, m as u32, t as u32, h));
+                }
             }
         }
         let untracked = (0..k::HTTP_UNTRACKED_REASONS.len())
@@ -119,11 +135,11 @@ impl Http {
         let mut h = Log2Histogram::new(HIST_BUCKETS);
         h.add(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1], 2048);
         Self {
-            requests: [((0, 0, 200), 1), ((1, 7, 404), 2)].into(),
-            hists: vec![(0, 0, h.clone()), (1, 7, h.clone())],
+            requests: [((0, 0, 200, 0), 1), ((1, 7, 404, 1), 2)].into(),
+            hists: vec![(0, 0, 0, h.clone()), (1, 7, 1, h.clone())],
             by_path: vec![
-                ("/users/:id".to_string(), (0, 0, 200), h.clone()),
-                (metrics::OTHER.to_string(), (1, 1, 500), h),
+                ("/users/:id".to_string(), (0, 0, 200, 1), h.clone()),
+                (metrics::OTHER.to_string(), (1, 1, 500, 0), h),
             ],
             untracked: vec![1; k::HTTP_UNTRACKED_REASONS.len()],
         }
@@ -144,12 +160,13 @@ impl Http {
             None => {
                 REQUESTS.counter_series(
                     enc,
-                    self.requests.iter().map(|((d, m, st), n)| {
+                    self.requests.iter().map(|((d, m, st, t), n)| {
                         (
                             vec![
                                 ("direction", name(*d, &DIRS)),
                                 ("method", name(*m, &METHODS)),
                                 ("status", st.to_string()),
+                                ("tls", tls(*t)),
                             ],
                             *n,
                         )
@@ -157,9 +174,13 @@ impl Http {
                 )?;
                 REQUEST_DURATION.histogram_series(
                     enc,
-                    self.hists.into_iter().map(|(d, m, h)| {
+                    self.hists.into_iter().map(|(d, m, t, h)| {
                         (
-                            vec![("direction", name(d, &DIRS)), ("method", name(m, &METHODS))],
+                            vec![
+                                ("direction", name(d, &DIRS)),
+                                ("method", name(m, &METHODS)),
+                                ("tls", tls(t)),
+                            ],
                             h,
                         )
                     }),
@@ -183,7 +204,7 @@ impl Http {
 /// admitted path stays).
 fn encode_by_path(
     enc: &mut DescriptorEncoder,
-    by_path: Vec<(String, (u32, u32, u32), Log2Histogram)>,
+    by_path: Vec<(String, Series, Log2Histogram)>,
     budget: &LabelBudget,
 ) -> fmt::Result {
     let mut totals: BTreeMap<String, u64> = BTreeMap::new();
@@ -195,28 +216,29 @@ fn encode_by_path(
         .into_iter()
         .map(|(p, _, _)| p)
         .collect();
-    let mut requests: BTreeMap<(u32, u32, u32, String), u64> = BTreeMap::new();
-    let mut hists: BTreeMap<(u32, u32, String), Log2Histogram> = BTreeMap::new();
-    for (p, (d, m, st), h) in by_path {
+    let mut requests: BTreeMap<(Series, String), u64> = BTreeMap::new();
+    let mut hists: BTreeMap<(u32, u32, u32, String), Log2Histogram> = BTreeMap::new();
+    for (p, (d, m, st, t), h) in by_path {
         let p = if admitted.contains(&p) {
             p
         } else {
             metrics::OTHER.to_string()
         };
-        *requests.entry((d, m, st, p.clone())).or_default() += h.count();
+        *requests.entry(((d, m, st, t), p.clone())).or_default() += h.count();
         hists
-            .entry((d, m, p))
+            .entry((d, m, t, p))
             .or_insert_with(|| Log2Histogram::new(HIST_BUCKETS))
             .add(&h.buckets, h.sum_ns);
     }
     REQUESTS.counter_series(
         enc,
-        requests.into_iter().map(|((d, m, st, p), n)| {
+        requests.into_iter().map(|(((d, m, st, t), p), n)| {
             (
                 vec![
                     ("direction", name(d, &DIRS)),
                     ("method", name(m, &METHODS)),
                     ("status", st.to_string()),
+                    ("tls", tls(t)),
                     ("path", p),
                 ],
                 n,
@@ -225,11 +247,12 @@ fn encode_by_path(
     )?;
     REQUEST_DURATION.histogram_series(
         enc,
-        hists.into_iter().map(|((d, m, p), h)| {
+        hists.into_iter().map(|((d, m, t, p), h)| {
             (
                 vec![
                     ("direction", name(d, &DIRS)),
                     ("method", name(m, &METHODS)),
+                    ("tls", tls(t)),
                     ("path", p),
                 ],
                 h,

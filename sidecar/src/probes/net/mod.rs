@@ -27,6 +27,7 @@ mod progs;
 pub mod protocols;
 pub mod sockets;
 pub mod tcp;
+pub mod tls;
 
 use std::fmt;
 use std::sync::atomic::AtomicUsize;
@@ -74,6 +75,7 @@ pub const METRICS: &[Metric] = &[
     protocols::MYSQL_ERRORS,
     protocols::MYSQL_DURATION,
     protocols::UNTRACKED,
+    tls::PROCESSES,
     sockets::UDP_DROPS,
     dns::QUERIES,
     dns::RESPONSES,
@@ -109,6 +111,8 @@ pub struct Net {
     tc_interfaces: Arc<AtomicUsize>,
     capture: Arc<pcap::Capture>,
     events: events::Events,
+    /// HTTPS (uprobes on OpenSSL in the target's processes): with HTTP on.
+    https: Option<Arc<tls::Https>>,
 }
 
 /// Where HTTP is read from: in netns mode there is no socket on tc ingress to pair requests with,
@@ -127,6 +131,11 @@ fn protocols_on(opts: &Options) -> u64 {
     }
 }
 
+/// HTTPS: HTTP on and not turned off by itself.
+fn https(opts: &Options) -> bool {
+    opts.net_http && opts.net_https
+}
+
 /// The per-target maps this slot does without (its options leave them unused): the kernel then
 /// finds none for the slot and skips that work, and the slot's memory is what it asked for.
 fn unused_maps(opts: &Options) -> Vec<&'static str> {
@@ -143,6 +152,9 @@ fn unused_maps(opts: &Options) -> Vec<&'static str> {
     }
     if !http_from_syscalls(opts) {
         unused.push("net_http_conns");
+    }
+    if !https(opts) {
+        unused.push("net_tls_conns");
     }
     if !opts.net_events {
         unused.extend(["net_events", "net_conn_owners"]);
@@ -224,8 +236,25 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         opts.net_mode,
     )?);
     let events = events::Events::new(&mut obj, opts.net_events)?;
+    let tls_progs = if https(opts) {
+        Some(tls::Https::load(&mut obj)?)
+    } else {
+        None
+    };
+    let obj = Arc::new(obj);
+    let https = match tls_progs {
+        Some(p) => {
+            let run_libs = if opts.run_program.is_some() {
+                crate::usdt::per_process::system_libssl()
+            } else {
+                Vec::new()
+            };
+            Some(tls::Https::start(obj.clone(), p, &run_libs)?)
+        }
+        None => None,
+    };
     Ok(Arc::new(Net {
-        obj: Arc::new(obj),
+        obj,
         progs,
         attached: Mutex::new(None),
         peers: LabelBudget::new(opts.top_n),
@@ -240,6 +269,7 @@ pub fn load(opts: &Options) -> Result<Arc<dyn Probe>, ProbeError> {
         tc_interfaces: Arc::new(AtomicUsize::new(0)),
         capture,
         events,
+        https,
     }))
 }
 
@@ -289,6 +319,9 @@ impl Probe for Net {
 
     fn on_target(&self, target: Option<&Resolved>) -> Result<(), ProbeError> {
         self.obj.set_target(target.map(|t| &t.filter))?;
+        if let Some(h) = &self.https {
+            h.set_target(target);
+        }
         match self.mode {
             NetMode::Netns => self.on_target_netns(target),
             NetMode::Cgroup => self.on_target_cgroup(target),
@@ -314,6 +347,9 @@ impl Probe for Net {
         sockets.encode_errors(enc)?;
         http.encode(enc, ctx.options.net_http, self.paths.as_ref())?;
         protos.encode(enc, self.protocols, &self.budgets)?;
+        if let Some(h) = &self.https {
+            h.encode(enc)?;
+        }
         sockets.encode_udp_drops(enc)?;
         dns.encode(enc)?;
         pcap.encode(enc)
@@ -358,6 +394,12 @@ pub struct Args {
     /// kernel, so it is off unless given).
     #[arg(long, global = true)]
     allow_pcap: bool,
+    /// net: HTTP/1.x inside TLS (with --net-http not off): uprobes on OpenSSL's SSL_read/SSL_write
+    /// in each target process (libssl, or a binary with OpenSSL linked in, as Node's). Each
+    /// SSL call of the target then traps into the kernel twice (entry and return): see the
+    /// HTTPS cost in docs/families/net.md before leaving it on for a busy TLS server.
+    #[arg(long, value_name = "on|off", default_value = "on", value_parser = ["on", "off"], global = true)]
+    net_https: String,
     /// net: TCP connect/accept/close events (pid, comm, addresses, bytes, duration) on
     /// /events (kinds tcp_connect, tcp_accept, tcp_close) and --events-out.
     #[arg(long, global = true)]
@@ -372,6 +414,7 @@ impl super::FamilyArgs for Args {
         o.net_http = self.net_http != "off" && http;
         o.protocols = protocols;
         o.net_http_syscalls = self.net_http == "syscalls";
+        o.net_https = self.net_https == "on";
         o.net_mode = if self.net_mode == "netns" {
             NetMode::Netns
         } else {
@@ -417,6 +460,7 @@ mod tests {
                 sidecar_ebpf::SLOT_NET_PROTOS,
                 &protocols::Budgets::new(20),
             )?;
+            tls::encode_counts(&mut enc, Default::default())?;
             sockets.encode_udp_drops(&mut enc)?;
             dns::Dns::sample().encode(&mut enc)?;
             pcap::Counters::sample().encode(&mut enc)

@@ -8,26 +8,28 @@
 //!   default ([`redact`]).
 //!
 //! Binaries are found like the runtimes family finds runtimes (`crate::usdt::procs`): the
-//! target's processes are scanned every [`RESCAN`] and each file ([`FileId`]) is attached
-//! once for every process that maps it (the BPF programs filter the target). In `run` mode the
-//! command's bash and the system's libssl are attached before the command starts.
+//! target's processes are scanned every [`RESCAN`]. The TLS uprobes are attached **per
+//! process** ([`crate::usdt::per_process`], shared with the net family's HTTPS): the kernel puts
+//! their breakpoints in the target's processes only, in every file that defines `SSL_read` or
+//! `SSL_write` (libssl, or a binary with OpenSSL linked in, such as Node's). bash's readline is
+//! attached once per file for every process that maps it (the BPF program filters the target).
+//! In `run` mode the command's bash and the system's libssl are attached for every process before
+//! the command starts (its processes may be gone before a scan could see them).
 //!
 //! A file is known by its inode number, size and modification time ([`FileId`]), not its
 //! device: a uprobe lands on the real file under an overlayfs path, which every container of an
 //! image shares, and overlayfs gives each container its own device but the layer's inode number
 //! (when its layers share a filesystem, as Docker's overlay2 does). On a shared kernel side each
-//! (file, offset, program) is attached once per set, its link pinned under a name made of them:
-//! a second uprobe there would run the shared program twice per call. Sidecars that find the pin
-//! skip the site; the programs check that the caller's slot asked for the probe.
+//! readline site is attached once per set, its link pinned under a name made of (file, offset,
+//! program): a second uprobe there would run the shared program twice per call. Sidecars that
+//! find the pin skip the site; the programs check that the caller's slot asked for the probe.
 
 use std::collections::HashMap;
 use std::os::fd::AsFd;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use aya::programs::ProgramFd;
-use sidecar_ebpf::{TLS_EX, TLS_READ, TLS_WRITE};
 
 mod redact;
 
@@ -36,6 +38,7 @@ pub use redact::redact;
 use crate::kernel_side::Handle as KsHandle;
 use crate::monitored::Resolved;
 use crate::probes::{Object, Options, ProbeError};
+use crate::usdt::per_process::{self, FileId, PerProcess, file_id};
 use crate::usdt::{self, attach::Link, procs};
 
 /// How often the target's processes are scanned for binaries not attached yet.
@@ -43,17 +46,6 @@ pub use crate::usdt::procs::RESCAN;
 
 /// Largest `--tls-sample-bytes` (the event's payload field).
 pub const MAX_SAMPLE: u32 = sidecar_ebpf::SEC_ARGV_LEN as u32;
-
-/// Library directories whose libssl `run` mode attaches before the command starts (a program
-/// usually loads libssl later, e.g. Python's `import ssl`, after the first scan could see it).
-const SYSTEM_LIB_DIRS: &[&str] = &[
-    "/lib/x86_64-linux-gnu",
-    "/usr/lib/x86_64-linux-gnu",
-    "/lib64",
-    "/usr/lib64",
-    "/usr/lib",
-    "/usr/local/lib",
-];
 
 /// What each opt-in probe attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -71,48 +63,26 @@ impl Kind {
     }
 }
 
-/// (symbol, return probe, cookie) per kind. The cookie tells the TLS programs the direction
-/// and whether the length comes back through a `size_t *` (`_ex`).
-const TLS_SITES: &[(&str, bool, u64)] = &[
-    ("SSL_read", false, TLS_READ as u64),
-    ("SSL_read", true, TLS_READ as u64),
-    ("SSL_write", false, TLS_WRITE as u64),
-    ("SSL_write", true, TLS_WRITE as u64),
-    ("SSL_read_ex", false, TLS_READ as u64 | TLS_EX),
-    ("SSL_read_ex", true, TLS_READ as u64 | TLS_EX),
-    ("SSL_write_ex", false, TLS_WRITE as u64 | TLS_EX),
-    ("SSL_write_ex", true, TLS_WRITE as u64 | TLS_EX),
-];
-
+/// Files of the readline probe (the TLS probe looks at every file, for its symbols).
 pub fn file_kind(path: &str, bash_seen: bool) -> Option<Kind> {
     let name = path.rsplit('/').next()?;
     if name == "bash" || bash_seen && name.starts_with("libreadline.so") {
         Some(Kind::BashReadline)
-    } else if name.starts_with("libssl.so") {
-        Some(Kind::Tls)
     } else {
         None
     }
 }
 
 struct Attached {
-    kind: Kind,
     /// Private kernel side: the links (closing them detaches). Shared: empty, the links are
     /// pinned on the set.
     _links: Vec<Link>,
 }
 
-/// A file across containers and mount namespaces: inode number, size, mtime (s, ns).
-type FileId = (u64, u64, i64, i64);
-
-fn file_id(path: &Path) -> std::io::Result<FileId> {
-    let m = std::fs::metadata(path)?;
-    Ok((m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
-}
-
 pub struct Sensitive {
     readline: Option<ProgramFd>,
-    ssl: Option<(ProgramFd, ProgramFd)>,
+    /// --tls-plaintext: SSL_* uprobes, per target process.
+    tls: Option<Mutex<PerProcess>>,
     /// By [`FileId`]: None when the file could not be attached (tried once).
     files: Mutex<HashMap<FileId, Option<Attached>>>,
     target: Mutex<Option<Resolved>>,
@@ -135,7 +105,7 @@ impl Sensitive {
         } else {
             None
         };
-        let ssl = if opts.tls_plaintext {
+        let tls = if opts.tls_plaintext {
             if opts.tls_sample_bytes > 0 {
                 tracing::warn!(
                     bytes = opts.tls_sample_bytes,
@@ -154,28 +124,38 @@ impl Sensitive {
                      decrypted bytes"
                 );
             }
-            Some((
+            let progs = vec![
                 obj.load_uprobe("security_ssl_enter")?,
                 obj.load_uprobe("security_ssl_exit")?,
-            ))
+            ];
+            let mut pp = PerProcess::new(
+                "tls",
+                progs,
+                per_process::ssl_sites(0, 1),
+                vec!["SSL_read", "SSL_write"],
+            );
+            if opts.run_program.is_some() {
+                for lib in per_process::system_libssl() {
+                    pp.attach_everywhere(&lib);
+                }
+            }
+            Some(Mutex::new(pp))
         } else {
             None
         };
         let me = Arc::new(Self {
             readline,
-            ssl,
+            tls,
             files: Mutex::new(HashMap::new()),
             target: Mutex::new(None),
             ks: obj.kernel_side().clone(),
         });
-        if let Some(cmd) = &opts.run_program {
-            for path in run_files(cmd, opts.tls_plaintext) {
-                let shown = path.display().to_string();
-                let bash = path.file_name().is_some_and(|n| n == "bash");
-                if let Some(kind) = file_kind(&shown, bash) {
-                    me.consider(kind, &path, &shown);
-                }
-            }
+        if let Some(cmd) = &opts.run_program
+            && me.readline.is_some()
+            && let Some(bash) = run_bash(cmd)
+        {
+            let shown = bash.display().to_string();
+            me.consider(Kind::BashReadline, &bash, &shown);
         }
         let bg = me.clone();
         // Binaries found later are attached by this thread (it keeps what that takes).
@@ -197,23 +177,26 @@ impl Sensitive {
     pub fn attached(&self) -> Vec<(Kind, u64)> {
         let files = self.files.lock().unwrap_or_else(|p| p.into_inner());
         let mut out: Vec<(Kind, u64)> = Vec::new();
-        let kinds = [
-            (Kind::BashReadline, self.readline.is_some()),
-            (Kind::Tls, self.ssl.is_some()),
-        ];
-        for (k, on) in kinds {
-            if on {
-                let n = files.values().flatten().filter(|a| a.kind == k).count() as u64;
-                out.push((k, n));
-            }
+        if self.readline.is_some() {
+            let n = files.values().flatten().count() as u64;
+            out.push((Kind::BashReadline, n));
+        }
+        if let Some(tls) = &self.tls {
+            let n = tls.lock().unwrap_or_else(|p| p.into_inner()).counts().files;
+            out.push((Kind::Tls, n));
         }
         out
     }
 
     fn scan(&self) {
-        let Some(pids) = procs::pids_of(&self.target) else {
+        // No target: every process left it, and the per-process TLS links go.
+        let pids = procs::pids_of(&self.target).unwrap_or_default();
+        if let Some(tls) = &self.tls {
+            tls.lock().unwrap_or_else(|p| p.into_inner()).scan(&pids);
+        }
+        if self.readline.is_none() {
             return;
-        };
+        }
         for pid in pids {
             let Ok(maps) = procs::mappings(pid) else {
                 continue;
@@ -226,11 +209,6 @@ impl Sensitive {
                 let Some(kind) = file_kind(&m.path, bash) else {
                     continue;
                 };
-                if (kind == Kind::BashReadline && self.readline.is_none())
-                    || (kind == Kind::Tls && self.ssl.is_none())
-                {
-                    continue;
-                }
                 self.consider(kind, &m.host_path(pid), &m.path);
             }
         }
@@ -256,13 +234,7 @@ impl Sensitive {
                     hooked_here,
                     "sensitive probe attached"
                 );
-                files.insert(
-                    key,
-                    Some(Attached {
-                        kind,
-                        _links: links,
-                    }),
-                );
+                files.insert(key, Some(Attached { _links: links }));
             }
             Err(e) => {
                 tracing::warn!(probe = kind.name(), binary = shown, "not attached: {e}");
@@ -280,7 +252,7 @@ impl Sensitive {
         path: &Path,
         id: &FileId,
     ) -> Result<(Vec<Link>, usize, usize), String> {
-        let data = usdt::read_file(path).map_err(|e| e.to_string())?;
+        let data = per_process::read_limited(path)?;
         let mut sites: Vec<(&str, &ProgramFd, &str, u64, bool, u64)> = Vec::new();
         match kind {
             Kind::BashReadline => {
@@ -288,24 +260,7 @@ impl Sensitive {
                 let off = usdt::symbol_offset(&data, "readline").map_err(|e| e.to_string())?;
                 sites.push(("readline", prog, "security_readline", off, true, 0));
             }
-            Kind::Tls => {
-                let (enter, exit) = self.ssl.as_ref().expect("checked by the caller");
-                for (sym, ret, cookie) in TLS_SITES {
-                    // SSL_read_ex/SSL_write_ex exist since OpenSSL 1.1.1: older ones lack them.
-                    let Ok(off) = usdt::symbol_offset(&data, sym) else {
-                        continue;
-                    };
-                    let (prog, name) = if *ret {
-                        (exit, "security_ssl_exit")
-                    } else {
-                        (enter, "security_ssl_enter")
-                    };
-                    sites.push((sym, prog, name, off, *ret, *cookie));
-                }
-                if sites.is_empty() {
-                    return Err("no SSL_read/SSL_write symbol (not OpenSSL's libssl?)".into());
-                }
-            }
+            Kind::Tls => return Err("TLS files are attached per process".into()),
         }
         let mut links = Vec::new();
         let mut pinned = Vec::new();
@@ -353,28 +308,9 @@ fn site_pin_name(program: &str, (ino, size, sec, nsec): &FileId, offset: u64) ->
     format!("{program}-{ino}-{size}-{sec}_{nsec}-{offset:x}")
 }
 
-/// Files `run -- CMD` will use: CMD itself when it is bash, the system's libssl.
-fn run_files(cmd: &Path, tls: bool) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Some(bin) = procs::resolve_command(cmd)
-        && bin.file_name().is_some_and(|n| n == "bash")
-    {
-        out.push(bin);
-    }
-    if tls {
-        for dir in SYSTEM_LIB_DIRS {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let name = e.file_name();
-                if name.to_string_lossy().starts_with("libssl.so.") {
-                    out.push(e.path());
-                }
-            }
-        }
-    }
-    out
+/// `run -- CMD`'s CMD when it is bash.
+fn run_bash(cmd: &Path) -> Option<PathBuf> {
+    procs::resolve_command(cmd).filter(|bin| bin.file_name().is_some_and(|n| n == "bash"))
 }
 
 #[cfg(test)]
@@ -391,7 +327,7 @@ mod tests {
         assert_eq!(file_kind("/usr/lib/libreadline.so.8.2", false), None);
         assert_eq!(
             file_kind("/usr/lib/x86_64-linux-gnu/libssl.so.3", false),
-            Some(Kind::Tls)
+            None
         );
         assert_eq!(
             file_kind("/usr/lib/x86_64-linux-gnu/libssl3.so", false),
