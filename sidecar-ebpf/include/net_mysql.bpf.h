@@ -122,14 +122,13 @@ __attribute__((noinline)) int mysql_step(struct __sk_buff *skb, struct proto_con
 					 __u32 inslot)
 {
 	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, slot = inslot >> 8;
-	__u32 zero = 0;
-	struct proto_buf *pb = bpf_map_lookup_elem(&net_proto_scratch, &zero);
+	struct proto_buf *pb = proto_scratch();
+	int req;
 
 	if (!skb || !c || !pb || !avail)
 		return -1;
 
-	struct proto_stream *s = &c->s[in ? 0 : 1];
-	int req = in == c->req_in;
+	struct proto_stream *s = proto_stream(c, in, &req);
 
 	/* the rest of an answer: not read */
 	if (!req && c->phase == MY_COMMAND && !c->await && !s->partlen) {

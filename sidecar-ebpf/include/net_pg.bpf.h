@@ -228,11 +228,11 @@ __attribute__((noinline)) int pg_backend(struct __sk_buff *skb, struct proto_con
 				return 0;
 		}
 		return 0;
+	/* CopyInResponse ('G') and CopyOutResponse ('H') need nothing: the data follows as
+	 * CopyData messages, framed like every other, and the COPY's CommandComplete ends it. */
 	case 'W': /* CopyBothResponse: streaming replication, not queries */
 		proto_untrack(slot, c, NET_PROTO_UT_UNSUPPORTED);
 		return 0;
-	/* CopyInResponse ('G') and CopyOutResponse ('H'): the data follows as CopyData messages,
-	 * framed like every other, and the COPY's CommandComplete ends it: nothing to do. */
 	}
 	return 0;
 }
@@ -243,14 +243,13 @@ __attribute__((noinline)) int pg_step(struct __sk_buff *skb, struct proto_conn *
 				      __u32 inslot)
 {
 	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, slot = inslot >> 8;
-	__u32 zero = 0;
-	struct proto_buf *pb = bpf_map_lookup_elem(&net_proto_scratch, &zero);
+	struct proto_buf *pb = proto_scratch();
+	int req;
 
 	if (!skb || !c || !pb || !avail)
 		return -1;
 
-	struct proto_stream *s = &c->s[in ? 0 : 1];
-	int req = in == c->req_in;
+	struct proto_stream *s = proto_stream(c, in, &req);
 
 	if (!req && c->phase == PG_SSLANS) {
 		__u8 a = 0;

@@ -177,6 +177,21 @@ static __always_inline __u32 proto_dir(struct proto_conn *c)
 }
 
 /* Queue a request; 0 when the FIFO is full (untracked). */
+/* The stream of `c` a segment belongs to (received if `in`), and whether it carries requests. */
+static __always_inline struct proto_stream *proto_stream(struct proto_conn *c, __u32 in, int *req)
+{
+	*req = in == c->req_in;
+	return &c->s[in ? 0 : 1];
+}
+
+/* The per-CPU buffer a header is assembled in (proto_peek). */
+static __always_inline struct proto_buf *proto_scratch(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&net_proto_scratch, &zero);
+}
+
 static __always_inline struct proto_req *proto_push(struct proto_conn *c, __u32 slot, __u64 start)
 {
 	if (c->count >= PROTO_PIPELINE) {

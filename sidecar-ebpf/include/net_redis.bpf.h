@@ -207,11 +207,12 @@ __attribute__((noinline)) int redis_elem(struct __sk_buff *skb, struct proto_con
 	__u8 t = tnv & 0xff, neg = (tnv >> 8) & 1, started = (tnv >> 9) & 1;
 	__u64 v = tnv >> 16;
 
+	int req;
+
 	if (!skb || !c)
 		return -1;
 
-	struct proto_stream *s = &c->s[in ? 0 : 1];
-	int req = in == c->req_in;
+	struct proto_stream *s = proto_stream(c, in, &req);
 
 	if (!s->depth && !started) {
 		s->top = t;
@@ -365,13 +366,12 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 					 __u32 inslot)
 {
 	__u32 off = offav >> 32, avail = (__u32)offav, in = inslot & 1, slot = inslot >> 8;
-	__u32 zero = 0;
+	int req;
 
 	if (!skb || !c || !avail)
 		return -1;
 
-	struct proto_stream *s = &c->s[in ? 0 : 1];
-	int req = in == c->req_in;
+	struct proto_stream *s = proto_stream(c, in, &req);
 
 	if (s->skiplf) {
 		int i = redis_find_lf(skb, off, avail);
@@ -385,7 +385,7 @@ __attribute__((noinline)) int redis_step(struct __sk_buff *skb, struct proto_con
 		s->skiplf = 0;
 		return i + 1;
 	}
-	struct proto_buf *pb = bpf_map_lookup_elem(&net_proto_scratch, &zero);
+	struct proto_buf *pb = proto_scratch();
 
 	if (!pb)
 		return -1;

@@ -17,7 +17,7 @@ use std::path::Path;
 use aya::programs::ProgramFd;
 
 use super::attach::{Link, attach_uprobe};
-use super::procs;
+use super::procs::{self, start_time};
 
 /// Largest file whose symbols are read (Node 20's binary, OpenSSL statically linked, is 99 MB).
 /// A file the target controls must not make the sidecar read without bound.
@@ -399,13 +399,6 @@ impl PerProcess {
     }
 }
 
-/// A process's start time (clock ticks after boot, field 22 of /proc/<pid>/stat).
-fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
-}
 
 /// One link and one perf event fd per (process, site): a target of a few hundred processes
 /// passes the usual soft limit of 1024 open files.

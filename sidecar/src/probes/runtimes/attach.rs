@@ -285,6 +285,19 @@ impl Inner {
         })
     }
 
+    /// One planned site, for process `pid` (-1: every process).
+    fn attach_one(&self, p: &Planned, path: &Path, pid: i32) -> std::io::Result<Link> {
+        usdt::attach::attach_uprobe(
+            pid,
+            self.prog_fd(p.prog),
+            path,
+            p.off,
+            p.sema,
+            p.ret,
+            p.cookie,
+        )
+    }
+
     /// Attach a file's sites to process `pid` (its own path to the file: `path`). Pack sites
     /// some sidecar of the set hooked for every process are skipped.
     fn attach_plan(&self, plan: &[Planned], path: &Path, pid: u32) -> Result<Vec<Link>, String> {
@@ -293,16 +306,9 @@ impl Inner {
             if p.pin.as_ref().is_some_and(|pin| pin.exists()) {
                 continue;
             }
-            let link = usdt::attach::attach_uprobe(
-                pid as i32,
-                self.prog_fd(p.prog),
-                path,
-                p.off,
-                p.sema,
-                p.ret,
-                p.cookie,
-            )
-            .map_err(|e| format!("attaching at {:#x}: {e}", p.off))?;
+            let link = self
+                .attach_one(p, path, pid as i32)
+                .map_err(|e| format!("attaching at {:#x}: {e}", p.off))?;
             links.push(link);
         }
         Ok(links)
@@ -317,15 +323,7 @@ impl Inner {
             if p.pin.as_ref().is_some_and(|pin| pin.exists()) {
                 continue;
             }
-            let link = match usdt::attach::attach_uprobe(
-                -1,
-                self.prog_fd(p.prog),
-                path,
-                p.off,
-                p.sema,
-                p.ret,
-                p.cookie,
-            ) {
+            let link = match self.attach_one(p, path, -1) {
                 Ok(l) => l,
                 Err(e) => {
                     tracing::warn!(path = %path.display(), "attaching at {:#x}: {e}", p.off);
