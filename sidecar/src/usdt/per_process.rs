@@ -399,7 +399,6 @@ impl PerProcess {
     }
 }
 
-
 /// One link and one perf event fd per (process, site): a target of a few hundred processes
 /// passes the usual soft limit of 1024 open files.
 fn raise_nofile() {
