@@ -296,20 +296,7 @@ fn table(o: &mut String, title: &str, all: &[(Arm, Round)]) -> Result<Vec<f64>> 
 pub fn run(seconds: u64, rounds: usize) -> Result<String> {
     let dir = std::env::temp_dir().join("ebpf-sidecar-bench-https");
     std::fs::create_dir_all(&dir)?;
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(dir.join("key.pem"))
-        .arg("-out")
-        .arg(dir.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .context("openssl not found")?;
-    if !st.success() {
-        bail!("openssl req failed");
-    }
+    integration::self_signed_cert(&dir).map_err(anyhow::Error::msg)?;
     std::fs::write(dir.join("server.js"), SERVER)?;
 
     let mut all: Vec<(Arm, Round)> = Vec::new();

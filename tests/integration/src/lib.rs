@@ -248,3 +248,23 @@ pub fn host_programs() -> BTreeMap<String, usize> {
     }
     by_name
 }
+
+/// A self-signed RSA certificate for localhost in `dir` (cert.pem, key.pem), valid for a day:
+/// the TLS servers of the HTTPS tests and bench.
+pub fn self_signed_cert(dir: &Path) -> Result<(), String> {
+    let st = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .stderr(std::process::Stdio::null())
+        .status()
+        .map_err(|e| format!("openssl not found ({e}): apt-get install openssl"))?;
+    if !st.success() {
+        return Err("openssl req failed".into());
+    }
+    Ok(())
+}

@@ -17,18 +17,7 @@ const PROGRAMS: [&str; 3] = ["net_tls_enter", "net_tls_exit", "net_tls_free"];
 /// A self-signed certificate and key in `d` (cert.pem, key.pem).
 fn certificate(d: &Path) {
     need("/usr/bin/openssl", "openssl");
-    let st = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-        ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
-        .arg(d.join("key.pem"))
-        .arg("-out")
-        .arg(d.join("cert.pem"))
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "openssl req");
+    integration::self_signed_cert(d).unwrap();
 }
 
 /// Ids of the programs named like the HTTPS uprobe programs.

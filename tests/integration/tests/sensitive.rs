@@ -242,18 +242,7 @@ struct Server {
 
 impl Server {
     fn start(dir: &Path, response_body: usize) -> Self {
-        let st = Command::new("openssl")
-            .args([
-                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-            ])
-            .args(["-subj", "/CN=localhost", "-keyout"])
-            .arg(dir.join("key.pem"))
-            .arg("-out")
-            .arg(dir.join("cert.pem"))
-            .stderr(Stdio::null())
-            .status()
-            .expect("openssl not found: apt-get install openssl");
-        assert!(st.success(), "openssl req");
+        integration::self_signed_cert(dir).unwrap();
         std::fs::write(dir.join("server.py"), SERVER).unwrap();
         std::fs::write(dir.join("client.py"), CLIENT).unwrap();
         let port = free_port();
